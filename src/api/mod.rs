@@ -1,0 +1,145 @@
+//! The gRPC edge. Each RPC: take the peer certificate from the TLS connection, authenticate it
+//! against the store, parse the request into domain types, call the service, and map the
+//! result back. This is the only module that sees prost types or `tonic::Status`.
+
+pub mod client;
+mod convert;
+pub mod tls;
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::domain::{ManufacturerId, Principal};
+use crate::proto::{self, admin_service_server::AdminService,
+    enrollment_service_server::EnrollmentService, registry_service_server::RegistryService};
+use crate::service::Ca;
+use crate::store::registry::DeviceQuery;
+
+/// The gRPC services, all backed by one [`Ca`].
+#[derive(Clone)]
+pub struct Api {
+    ca: Arc<Ca>,
+}
+
+impl Api {
+    pub fn new(ca: Arc<Ca>) -> Self {
+        Self { ca }
+    }
+
+    /// The caller's principal, from the leaf certificate of its TLS session.
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        let certs = request.peer_certs();
+        let leaf = certs.as_ref().and_then(|c| c.first()).map(|c| c.as_ref());
+        Ok(self.ca.authenticate(leaf).await?)
+    }
+
+    /// Parses a request field; a parse failure is refused and audited like any other refusal.
+    async fn parse<T>(
+        &self,
+        who: &Principal,
+        action: &str,
+        target: &str,
+        parsed: Result<T, crate::Error>,
+    ) -> Result<T, Status> {
+        match parsed {
+            Ok(v) => Ok(v),
+            Err(e) => Err(self.ca.refuse(who, action, target, e).await.into()),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for Api {
+    async fn create_manufacturer(
+        &self,
+        request: Request<proto::CreateManufacturerRequest>,
+    ) -> Result<Response<proto::Manufacturer>, Status> {
+        let who = self.caller(&request).await?;
+        let req = request.into_inner();
+        let target = format!("manufacturer/{}", crate::domain::quote(&req.id));
+        let input = self
+            .parse(&who, "manufacturer.create", &target, convert::new_manufacturer(req))
+            .await?;
+        let m = self.ca.create_manufacturer(&who, input).await?;
+        Ok(Response::new(convert::manufacturer(&m)))
+    }
+
+    async fn list_manufacturers(
+        &self,
+        request: Request<proto::ListManufacturersRequest>,
+    ) -> Result<Response<proto::ListManufacturersResponse>, Status> {
+        let who = self.caller(&request).await?;
+        let list = self.ca.list_manufacturers(&who).await?;
+        Ok(Response::new(proto::ListManufacturersResponse {
+            manufacturers: list.iter().map(convert::manufacturer).collect(),
+        }))
+    }
+
+    async fn issue_principal_certificate(
+        &self,
+        request: Request<proto::IssuePrincipalCertificateRequest>,
+    ) -> Result<Response<proto::IssuedCertificate>, Status> {
+        let who = self.caller(&request).await?;
+        let req = request.into_inner();
+        let target = format!("principal/{}", crate::domain::quote(&req.id));
+        let (role, id) = self
+            .parse(&who, "principal.issue", &target, convert::principal_role(&req))
+            .await?;
+        let issued = self.ca.issue_principal(&who, role, id, &req.csr).await?;
+        Ok(Response::new(convert::issued(&issued)))
+    }
+}
+
+#[tonic::async_trait]
+impl EnrollmentService for Api {
+    async fn enroll_device(
+        &self,
+        request: Request<proto::EnrollDeviceRequest>,
+    ) -> Result<Response<proto::EnrollDeviceResponse>, Status> {
+        let who = self.caller(&request).await?;
+        let req = request.into_inner();
+        let target = crate::domain::quote(&req.serial);
+        let input = self
+            .parse(&who, "device.enroll", &target, convert::enroll_input(req))
+            .await?;
+        let (device, issued) = self.ca.enroll_device(&who, input).await?;
+        Ok(Response::new(proto::EnrollDeviceResponse {
+            device: Some(convert::device(&device)),
+            certificate: Some(convert::issued(&issued)),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl RegistryService for Api {
+    async fn get_device(
+        &self,
+        request: Request<proto::GetDeviceRequest>,
+    ) -> Result<Response<proto::Device>, Status> {
+        let who = self.caller(&request).await?;
+        let req = request.into_inner();
+        let target = format!("device/{}", crate::domain::quote(&req.manufacturer_id));
+        let manufacturer = self
+            .parse(&who, "device.read", &target, ManufacturerId::parse(&req.manufacturer_id))
+            .await?;
+        let device = self.ca.get_device(&who, manufacturer, &req.serial).await?;
+        Ok(Response::new(convert::device(&device)))
+    }
+
+    async fn list_devices(
+        &self,
+        request: Request<proto::ListDevicesRequest>,
+    ) -> Result<Response<proto::ListDevicesResponse>, Status> {
+        let who = self.caller(&request).await?;
+        let req = request.into_inner();
+        let query: DeviceQuery = self
+            .parse(&who, "device.list", "devices", convert::device_query(req))
+            .await?;
+        let (devices, next) = self.ca.list_devices(&who, query).await?;
+        Ok(Response::new(proto::ListDevicesResponse {
+            devices: devices.iter().map(convert::device).collect(),
+            next_page_token: next.unwrap_or_default(),
+        }))
+    }
+}

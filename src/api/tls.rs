@@ -1,0 +1,101 @@
+//! The TLS layer, built by hand (not tonic's) so medid controls the client-certificate
+//! verifier: anchored on medid's two issuing CAs, TLS 1.2 and 1.3 only, ring provider.
+//! Connections are accepted with tokio-rustls and handed to tonic's `serve_with_incoming`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::PrivateKeyDer;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::error::Error;
+use crate::issuance::bootstrap::PkiFiles;
+
+/// A handshake that has not finished by then is dropped, so slow clients cannot pin sockets.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The server's rustls configuration: its certificate chain and key from `files`, and a
+/// verifier that requires a client certificate chaining to one of medid's issuing CAs.
+pub fn server_config(files: &PkiFiles) -> Result<Arc<ServerConfig>, Error> {
+    let mut roots = RootCertStore::empty();
+    for path in [&files.device_ca_cert, &files.operational_ca_cert] {
+        for cert in read_certs(path)? {
+            roots
+                .add(cert)
+                .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
+        }
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| Error::internal("building client verifier", e))?;
+    let chain = read_certs(&files.server_cert)?;
+    let key = PrivateKeyDer::from_pem_file(&files.server_key)
+        .map_err(|e| Error::Internal(format!("{}: {e}", files.server_key.display())))?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| Error::internal("TLS versions", e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| Error::internal("server certificate", e))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn read_certs(
+    path: &std::path::Path,
+) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, Error> {
+    let text = std::fs::read(path)
+        .map_err(|e| Error::Internal(format!("reading {}: {e}", path.display())))?;
+    crate::pem::parse_certificates(&text)
+        .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))
+}
+
+/// Accepts TCP connections and completes TLS handshakes concurrently, yielding finished TLS
+/// streams. A failed handshake is logged and dropped; it never stops the listener.
+pub fn incoming(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    let (tx, rx) = mpsc::channel(256);
+    let acceptor = TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            if tx.is_closed() {
+                break;
+            }
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}

@@ -1,0 +1,512 @@
+//! Client commands: talk to a running medid over mTLS. Keys are generated locally and never
+//! sent; only CSRs travel.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand, ValueEnum};
+use rcgen::{CertificateParams, KeyPair};
+use serde_json::json;
+
+use crate::api::client::{connect, ClientCredentials};
+use crate::error::Error;
+use crate::proto::{
+    self, admin_service_client::AdminServiceClient,
+    enrollment_service_client::EnrollmentServiceClient,
+    registry_service_client::RegistryServiceClient,
+};
+
+/// Where and as whom to connect. Defaults are the development material in certs-dev/.
+#[derive(Debug, Args, Clone)]
+pub struct Connection {
+    /// Service URL.
+    #[arg(long, env = "MEDID_SERVER", default_value = "https://localhost:7443", global = true)]
+    pub server: String,
+    /// CA certificate that signed the service's certificate chain (the root).
+    #[arg(long, env = "MEDID_CA", default_value = "certs-dev/root-ca.pem", global = true)]
+    pub ca: PathBuf,
+    /// Client certificate (PEM).
+    #[arg(long, env = "MEDID_CERT", default_value = "certs-dev/admin.pem", global = true)]
+    pub cert: PathBuf,
+    /// Client private key (PEM).
+    #[arg(long, env = "MEDID_KEY", default_value = "certs-dev/admin.key", global = true)]
+    pub key: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+impl Connection {
+    async fn channel(&self) -> Result<tonic::transport::Channel, Error> {
+        let creds = ClientCredentials::from_files(&self.ca, &self.cert, &self.key)?;
+        connect(&self.server, &creds).await
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Register a manufacturer.
+    AddManufacturer {
+        #[command(flatten)]
+        conn: Connection,
+        /// Manufacturer id (a-z, 0-9, '-').
+        #[arg(long)]
+        id: String,
+        /// Display name (written as O in its devices' birth certificates).
+        #[arg(long)]
+        name: String,
+        /// A model it may enroll; repeat for several. None: any model.
+        #[arg(long = "model")]
+        models: Vec<String>,
+    },
+    /// List manufacturers.
+    ListManufacturers {
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Issue a station, gateway, auditor or admin certificate. The key is generated here.
+    Issue {
+        #[command(flatten)]
+        conn: Connection,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// Principal id (a-z, 0-9, '-').
+        #[arg(long)]
+        id: String,
+        /// For --role station: the manufacturer it serves.
+        #[arg(long)]
+        manufacturer: Option<String>,
+        #[command(flatten)]
+        key: KeySource,
+        /// Directory for ID.pem, ID-chain.pem and ID.key.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    Station,
+    Gateway,
+    Auditor,
+    Admin,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum KeyType {
+    P256,
+    P384,
+    Ed25519,
+}
+
+/// Where the CSR comes from: a file, or a key generated here.
+#[derive(Debug, Args, Clone)]
+pub struct KeySource {
+    /// Use this CSR (PEM or DER) instead of generating a key.
+    #[arg(long, conflicts_with = "generate_key")]
+    pub csr: Option<PathBuf>,
+    /// Generate the key locally (the default when no --csr is given).
+    #[arg(long)]
+    pub generate_key: bool,
+    /// Type of a generated key.
+    #[arg(long, value_enum, default_value = "p256")]
+    pub key_type: KeyType,
+    /// Overwrite existing output files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EnrollArgs {
+    #[command(flatten)]
+    pub conn: Connection,
+    /// Device serial number (PrintableString, 1–64 characters).
+    #[arg(long)]
+    pub serial: String,
+    /// Device model.
+    #[arg(long)]
+    pub model: String,
+    /// GS1 GTIN-14 UDI-DI.
+    #[arg(long)]
+    pub udi_di: Option<String>,
+    #[command(flatten)]
+    pub key: KeySource,
+    /// Directory for SERIAL.pem, SERIAL-chain.pem and (with a generated key) SERIAL.key.
+    #[arg(long, default_value = ".")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Show one device.
+    Get {
+        #[command(flatten)]
+        conn: Connection,
+        #[arg(long)]
+        manufacturer: String,
+        #[arg(long)]
+        serial: String,
+    },
+    /// List devices, all pages.
+    List {
+        #[command(flatten)]
+        conn: Connection,
+        #[arg(long)]
+        manufacturer: Option<String>,
+        #[arg(long)]
+        model: Option<String>,
+        /// active or decommissioned.
+        #[arg(long)]
+        state: Option<String>,
+        /// Devices per request (1–500).
+        #[arg(long, default_value_t = 100)]
+        page_size: u32,
+    },
+}
+
+fn status(e: tonic::Status) -> Error {
+    use tonic::Code;
+    let m = e.message().to_owned();
+    match e.code() {
+        Code::InvalidArgument | Code::OutOfRange => Error::InvalidArgument(m),
+        Code::Unauthenticated => Error::Unauthenticated(m),
+        Code::PermissionDenied => Error::PermissionDenied(m),
+        Code::NotFound => Error::NotFound(m),
+        Code::AlreadyExists => Error::AlreadyExists(m),
+        Code::FailedPrecondition => Error::FailedPrecondition(m),
+        Code::Unavailable => Error::Unavailable(m),
+        _ => Error::Internal(format!("{:?}: {m}", e.code())),
+    }
+}
+
+pub async fn admin(cmd: AdminCommand) -> Result<(), Error> {
+    match cmd {
+        AdminCommand::AddManufacturer {
+            conn,
+            id,
+            name,
+            models,
+        } => {
+            let mut c = AdminServiceClient::new(conn.channel().await?);
+            let m = c
+                .create_manufacturer(proto::CreateManufacturerRequest {
+                    id,
+                    display_name: name,
+                    allowed_models: models,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_manufacturers(&conn, &[m]);
+            Ok(())
+        }
+        AdminCommand::ListManufacturers { conn } => {
+            let mut c = AdminServiceClient::new(conn.channel().await?);
+            let list = c
+                .list_manufacturers(proto::ListManufacturersRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_manufacturers(&conn, &list.manufacturers);
+            Ok(())
+        }
+        AdminCommand::Issue {
+            conn,
+            role,
+            id,
+            manufacturer,
+            key,
+            out,
+        } => {
+            let (role, manufacturer_id) = match (role, manufacturer) {
+                (RoleArg::Station, Some(m)) => (proto::PrincipalRole::ManufacturerStation, m),
+                (RoleArg::Station, None) => {
+                    return Err(Error::InvalidArgument(
+                        "--role station needs --manufacturer".into(),
+                    ))
+                }
+                (_, Some(_)) => {
+                    return Err(Error::InvalidArgument(
+                        "--manufacturer applies only to --role station".into(),
+                    ))
+                }
+                (RoleArg::Gateway, None) => (proto::PrincipalRole::Gateway, String::new()),
+                (RoleArg::Auditor, None) => (proto::PrincipalRole::Auditor, String::new()),
+                (RoleArg::Admin, None) => (proto::PrincipalRole::Admin, String::new()),
+            };
+            let stem = file_stem(&id);
+            let files = OutputFiles::new(&out, &stem);
+            let pending = PendingKey::prepare(&key, &files)?;
+            let mut c = AdminServiceClient::new(conn.channel().await?);
+            let issued = c
+                .issue_principal_certificate(proto::IssuePrincipalCertificateRequest {
+                    role: role as i32,
+                    id,
+                    manufacturer_id,
+                    csr: pending.csr.clone(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            pending.save(&files, &issued)?;
+            print_issued(&conn, &issued, &files, None);
+            Ok(())
+        }
+    }
+}
+
+pub async fn enroll(args: EnrollArgs) -> Result<(), Error> {
+    let files = OutputFiles::new(&args.out, &file_stem(&args.serial));
+    let pending = PendingKey::prepare(&args.key, &files)?;
+    let mut c = EnrollmentServiceClient::new(args.conn.channel().await?);
+    let resp = c
+        .enroll_device(proto::EnrollDeviceRequest {
+            csr: pending.csr.clone(),
+            serial: args.serial,
+            model: args.model,
+            udi_di: args.udi_di.unwrap_or_default(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    let issued = resp
+        .certificate
+        .ok_or_else(|| Error::Internal("response without certificate".into()))?;
+    pending.save(&files, &issued)?;
+    print_issued(&args.conn, &issued, &files, resp.device.as_ref());
+    Ok(())
+}
+
+pub async fn device(cmd: DeviceCommand) -> Result<(), Error> {
+    match cmd {
+        DeviceCommand::Get {
+            conn,
+            manufacturer,
+            serial,
+        } => {
+            let mut c = RegistryServiceClient::new(conn.channel().await?);
+            let d = c
+                .get_device(proto::GetDeviceRequest {
+                    manufacturer_id: manufacturer,
+                    serial,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_devices(&conn, &[d]);
+            Ok(())
+        }
+        DeviceCommand::List {
+            conn,
+            manufacturer,
+            model,
+            state,
+            page_size,
+        } => {
+            let state = match state.as_deref() {
+                None => proto::DeviceState::Unspecified,
+                Some("active") => proto::DeviceState::Active,
+                Some("decommissioned") => proto::DeviceState::Decommissioned,
+                Some(other) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "--state must be active or decommissioned (got {other:?})"
+                    )))
+                }
+            };
+            let mut c = RegistryServiceClient::new(conn.channel().await?);
+            let mut all = Vec::new();
+            let mut token = String::new();
+            loop {
+                let page = c
+                    .list_devices(proto::ListDevicesRequest {
+                        manufacturer_id: manufacturer.clone().unwrap_or_default(),
+                        model: model.clone().unwrap_or_default(),
+                        state: state as i32,
+                        page_size,
+                        page_token: token,
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                all.extend(page.devices);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+            print_devices(&conn, &all);
+            Ok(())
+        }
+    }
+}
+
+/// A file-name-safe form of a serial or id.
+fn file_stem(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-._".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+struct OutputFiles {
+    cert: PathBuf,
+    chain: PathBuf,
+    key: PathBuf,
+}
+
+impl OutputFiles {
+    fn new(dir: &Path, stem: &str) -> Self {
+        Self {
+            cert: dir.join(format!("{stem}.pem")),
+            chain: dir.join(format!("{stem}-chain.pem")),
+            key: dir.join(format!("{stem}.key")),
+        }
+    }
+}
+
+/// A CSR ready to send, and the key to save once the certificate arrives.
+struct PendingKey {
+    csr: Vec<u8>,
+    key_pem: Option<String>,
+}
+
+impl PendingKey {
+    fn prepare(src: &KeySource, files: &OutputFiles) -> Result<Self, Error> {
+        let mut outputs = vec![&files.cert, &files.chain];
+        if src.csr.is_none() {
+            outputs.push(&files.key);
+        }
+        if !src.force {
+            if let Some(p) = outputs.iter().find(|p| p.exists()) {
+                return Err(Error::AlreadyExists(format!(
+                    "{} exists; pass --force to overwrite",
+                    p.display()
+                )));
+            }
+        }
+        if let Some(path) = &src.csr {
+            let csr = std::fs::read(path).map_err(|e| {
+                Error::InvalidArgument(format!("reading {}: {e}", path.display()))
+            })?;
+            return Ok(Self { csr, key_pem: None });
+        }
+        let alg = match src.key_type {
+            KeyType::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            KeyType::P384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+            KeyType::Ed25519 => &rcgen::PKCS_ED25519,
+        };
+        let key = KeyPair::generate_for(alg).map_err(|e| Error::internal("generating key", e))?;
+        let csr = CertificateParams::default()
+            .serialize_request(&key)
+            .map_err(|e| Error::internal("making CSR", e))?;
+        Ok(Self {
+            csr: csr.der().to_vec(),
+            key_pem: Some(key.serialize_pem()),
+        })
+    }
+
+    fn save(&self, files: &OutputFiles, issued: &proto::IssuedCertificate) -> Result<(), Error> {
+        use crate::issuance::bootstrap::{write_private, write_public};
+        if let Some(key) = &self.key_pem {
+            write_private(&files.key, key)?;
+        }
+        write_public(&files.cert, &issued.certificate_pem)?;
+        let chain = std::iter::once(issued.certificate_pem.as_str())
+            .chain(issued.chain_pem.iter().map(String::as_str))
+            .collect::<String>();
+        write_public(&files.chain, &chain)
+    }
+}
+
+fn ts(t: &Option<prost_types::Timestamp>) -> String {
+    t.as_ref()
+        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds).ok())
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+fn print_manufacturers(conn: &Connection, list: &[proto::Manufacturer]) {
+    if conn.json {
+        let v: Vec<_> = list
+            .iter()
+            .map(|m| {
+                json!({"id": m.id, "display_name": m.display_name,
+                       "allowed_models": m.allowed_models, "created_at": ts(&m.created_at)})
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+        return;
+    }
+    for m in list {
+        let models = if m.allowed_models.is_empty() {
+            "any model".to_owned()
+        } else {
+            m.allowed_models.join(", ")
+        };
+        println!("{:<20} {:<30} {}", m.id, m.display_name, models);
+    }
+}
+
+fn print_issued(
+    conn: &Connection,
+    c: &proto::IssuedCertificate,
+    files: &OutputFiles,
+    device: Option<&proto::Device>,
+) {
+    let key = files.key.exists().then(|| files.key.display().to_string());
+    if conn.json {
+        println!(
+            "{}",
+            json!({"subject_uri": c.subject_uri, "serial": c.serial,
+                   "not_before": ts(&c.not_before), "not_after": ts(&c.not_after),
+                   "certificate": files.cert.display().to_string(),
+                   "chain": files.chain.display().to_string(), "key": key,
+                   "device": device.map(device_json)})
+        );
+        return;
+    }
+    println!("issued {}", c.subject_uri);
+    println!("  serial:       {}", c.serial);
+    println!("  valid:        {} .. {}", ts(&c.not_before), ts(&c.not_after));
+    println!("  certificate:  {}", files.cert.display());
+    println!("  chain:        {}", files.chain.display());
+    if let Some(k) = key {
+        println!("  key:          {k} (mode 0600, generated here, never sent)");
+    }
+}
+
+fn device_json(d: &proto::Device) -> serde_json::Value {
+    json!({"manufacturer_id": d.manufacturer_id, "serial": d.serial, "model": d.model,
+           "udi_di": d.udi_di, "uri": d.uri, "state": state_name(d.state),
+           "enrolled_at": ts(&d.enrolled_at), "birth_certificate_serial": d.birth_certificate_serial})
+}
+
+fn state_name(s: i32) -> &'static str {
+    match proto::DeviceState::try_from(s) {
+        Ok(proto::DeviceState::Active) => "active",
+        Ok(proto::DeviceState::Decommissioned) => "decommissioned",
+        _ => "unknown",
+    }
+}
+
+fn print_devices(conn: &Connection, list: &[proto::Device]) {
+    if conn.json {
+        let v: Vec<_> = list.iter().map(device_json).collect();
+        println!("{}", serde_json::Value::Array(v));
+        return;
+    }
+    for d in list {
+        println!(
+            "{:<16} {:<24} {:<16} {:<15} {}",
+            d.manufacturer_id,
+            d.serial,
+            d.model,
+            state_name(d.state),
+            d.uri
+        );
+    }
+}

@@ -1,0 +1,163 @@
+//! The `medid` command line: the service (`serve`), PKI bootstrap (`ca init`), and client
+//! commands that talk to a running service over mTLS. `main.rs` only calls [`run`].
+
+mod client;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::domain::TrustDomain;
+use crate::error::Error;
+use crate::issuance::bootstrap::{self, PkiFiles};
+
+#[derive(Debug, Parser)]
+#[command(name = "medid", version, about = "Private CA and audit ledger for connected medical devices")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service (creates a development PKI in certs-dev/ and a SQLite file if missing).
+    Serve(ServeArgs),
+    /// Manage the CA material.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Administration: manufacturers and principal certificates (role admin).
+    #[command(subcommand)]
+    Admin(client::AdminCommand),
+    /// Enroll a device at the factory (role manufacturer-station).
+    Enroll(client::EnrollArgs),
+    /// Read the device registry.
+    #[command(subcommand)]
+    Device(client::DeviceCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (see docs/CONFIGURATION.md).
+    #[arg(long, env = "MEDID_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:7443].
+    #[arg(long, env = "MEDID_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// sqlite://PATH [default: sqlite://data/medid.db].
+    #[arg(long, env = "MEDID_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Directory of the CA material [default: certs-dev].
+    #[arg(long, env = "MEDID_PKI_DIR")]
+    pub pki_dir: Option<PathBuf>,
+    /// Base URL for CRL/OCSP/CA URLs in issued certificates [default: http://127.0.0.1:8080].
+    #[arg(long, env = "MEDID_PUBLIC_BASE_URL")]
+    pub public_base_url: Option<String>,
+}
+
+impl ServeArgs {
+    /// Defaults, then the file, then environment and flags.
+    pub fn config(&self) -> Result<Config, Error> {
+        let mut c = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = self.listen {
+            c.listen = v;
+        }
+        if let Some(v) = &self.database_url {
+            c.database_url = v.clone();
+        }
+        if let Some(v) = &self.pki_dir {
+            c.pki_dir = v.clone();
+        }
+        if let Some(v) = &self.public_base_url {
+            c.public_base_url = v.clone();
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create a root CA, the device-identity and operational CAs, the service's TLS
+    /// certificate, the audit-signing key and a first admin certificate.
+    Init {
+        /// Where to write the material.
+        #[arg(long, default_value = "certs-dev")]
+        dir: PathBuf,
+        /// SPIFFE-style trust domain of every principal URI.
+        #[arg(long, default_value = crate::server::DEV_TRUST_DOMAIN)]
+        trust_domain: String,
+        /// Extra DNS names or IP addresses for the service's TLS certificate.
+        #[arg(long = "server-name")]
+        server_names: Vec<String>,
+        /// Base URL for CRL/OCSP/CA URLs in the certificates it issues.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        public_base_url: String,
+        /// Replace existing material (the old CA keys are lost).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Runs the command line. Returns the process exit code.
+pub async fn run(cli: Cli) -> Result<(), Error> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Ca(CaCommand::Init {
+            dir,
+            trust_domain,
+            server_names,
+            public_base_url,
+            force,
+        }) => {
+            let trust_domain = TrustDomain::parse(&trust_domain)?;
+            let config = Config {
+                public_base_url,
+                ..Config::default()
+            };
+            config.validate()?;
+            let files = PkiFiles::new(&dir);
+            let opts = bootstrap::InitOptions {
+                trust_domain: trust_domain.clone(),
+                force,
+                extra_server_names: server_names,
+                operational_ca_lifetime: time::Duration::days(5 * 365),
+                profiles: crate::server::profile_settings(&config, trust_domain),
+            };
+            bootstrap::init(&files, &opts, SystemClock.now())?;
+            println!("created PKI in {}", dir.display());
+            println!("  root CA:              {}", files.root_cert.display());
+            println!("  device-identity CA:   {}", files.device_ca_cert.display());
+            println!("  operational CA:       {}", files.operational_ca_cert.display());
+            println!("  service TLS:          {}", files.server_cert.display());
+            println!("  first admin:          {}", files.admin_cert.display());
+            println!("  audit-signing key:    {}", files.audit_key.display());
+            println!("private keys (*.key) are mode 0600; keep them off shared disks");
+            Ok(())
+        }
+        Command::Admin(cmd) => client::admin(cmd).await,
+        Command::Enroll(args) => client::enroll(args).await,
+        Command::Device(cmd) => client::device(cmd).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), Error> {
+    let config = args.config()?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let prepared = crate::server::prepare(&config, clock).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Error::Unavailable(format!("binding {}: {e}", config.listen)))?;
+    println!(
+        "medid serving gRPC (mTLS) on {} — PKI {}, database {}",
+        config.listen,
+        config.pki_dir.display(),
+        config.database_url
+    );
+    crate::server::run(prepared, listener, crate::server::shutdown_signal()).await
+}

@@ -1,0 +1,136 @@
+//! Typed configuration: a TOML file (`--config`), then `MEDID_*` environment variables and
+//! flags on top. Unknown keys are errors. Every field has a default that is safe to run with.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::Error;
+
+/// The service's configuration. See `docs/CONFIGURATION.md` for each key.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the gRPC (mTLS) listener.
+    pub listen: SocketAddr,
+    /// `sqlite://PATH` (created if missing) or a plain file path.
+    pub database_url: String,
+    /// Directory holding the CA material written by `medid ca init`.
+    pub pki_dir: PathBuf,
+    /// Create a development PKI in `pki_dir` when it is missing. On by default only when no
+    /// configuration file is given, so a production config never silently makes a new CA.
+    pub create_dev_pki: bool,
+    /// Base URL written into certificates for CRL, OCSP and CA-certificate retrieval.
+    pub public_base_url: String,
+    /// Lifetime of station, gateway, auditor and admin certificates, in days.
+    pub principal_validity_days: u32,
+    /// Lifetime of the service's own TLS certificate, in days.
+    pub server_validity_days: u32,
+    /// Largest gRPC message accepted, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            database_url: "sqlite://data/medid.db".into(),
+            pki_dir: PathBuf::from("certs-dev"),
+            create_dev_pki: true,
+            public_base_url: "http://127.0.0.1:8080".into(),
+            principal_validity_days: 90,
+            server_validity_days: 90,
+            max_message_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; keys it omits keep their defaults, except `create_dev_pki`, which a
+    /// configuration file must turn on explicitly.
+    pub fn from_file(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::InvalidArgument(format!("reading {}: {e}", path.display())))?;
+        let mut raw: toml::Table = toml::from_str(&text)
+            .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;
+        raw.entry("create_dev_pki")
+            .or_insert(toml::Value::Boolean(false));
+        let config: Config = raw
+            .try_into()
+            .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.principal_validity_days == 0 || self.server_validity_days == 0 {
+            return Err(Error::InvalidArgument(
+                "validity periods must be at least one day".into(),
+            ));
+        }
+        if !(self.public_base_url.starts_with("http://")
+            || self.public_base_url.starts_with("https://"))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "public_base_url must be an http:// or https:// URL (got {:?})",
+                self.public_base_url
+            )));
+        }
+        if !(16 * 1024..=64 * 1024 * 1024).contains(&self.max_message_bytes) {
+            return Err(Error::InvalidArgument(
+                "max_message_bytes must be between 16 KiB and 64 MiB".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The SQLite file the database URL names.
+    pub fn sqlite_path(&self) -> Result<PathBuf, Error> {
+        let url = &self.database_url;
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
+        if path.is_empty() || path.contains("://") {
+            return Err(Error::InvalidArgument(format!(
+                "database_url {url:?} is not a SQLite file (sqlite://PATH)"
+            )));
+        }
+        Ok(PathBuf::from(path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("medid.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nlsten = 1\n").unwrap();
+        let err = Config::from_file(&path).unwrap_err();
+        assert!(err.to_string().contains("lsten"), "{err}");
+    }
+
+    #[test]
+    fn a_config_file_does_not_create_a_dev_pki_unless_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("medid.toml");
+        std::fs::write(&path, "pki_dir = \"/etc/medid/pki\"\n").unwrap();
+        let c = Config::from_file(&path).unwrap();
+        assert!(!c.create_dev_pki);
+        assert_eq!(c.listen, Config::default().listen);
+    }
+
+    #[test]
+    fn sqlite_urls_and_paths_are_understood() {
+        let mut c = Config::default();
+        assert_eq!(c.sqlite_path().unwrap(), PathBuf::from("data/medid.db"));
+        c.database_url = "/var/lib/medid/medid.db".into();
+        assert_eq!(c.sqlite_path().unwrap(), PathBuf::from("/var/lib/medid/medid.db"));
+        c.database_url = "postgres://x".into();
+        assert!(c.sqlite_path().is_err());
+    }
+}

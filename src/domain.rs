@@ -1,0 +1,357 @@
+//! Validated domain values. Each is built once, at the edge, with `parse`/`TryFrom`; the rest
+//! of the code cannot hold an unchecked one ("parse, don't validate").
+
+use std::fmt;
+
+use crate::error::Error;
+
+/// Characters of an ASN.1 PrintableString (X.680 §41.4), the type of subject serialNumber.
+fn is_printable_string_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || " '()+,-./:=?".contains(c)
+}
+
+/// Lowercase slug: `[a-z0-9-]`, 1–63 characters, no leading or trailing '-'.
+fn check_slug(what: &str, s: &str) -> Result<(), Error> {
+    let ok = (1..=63).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "{what} must be 1–63 characters of a-z, 0-9 and '-', not starting or ending with '-' (got {})",
+            quote(s)
+        )))
+    }
+}
+
+/// Quotes a caller-supplied value for an error message: at most 80 characters, escaped,
+/// so a hostile value cannot forge log lines or flood a message.
+pub fn quote(s: &str) -> String {
+    let mut out: String = s.chars().take(80).collect::<String>().escape_debug().to_string();
+    if s.chars().count() > 80 {
+        out.push('…');
+    }
+    format!("\"{out}\"")
+}
+
+macro_rules! slug_type {
+    ($name:ident, $what:literal) => {
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(s: &str) -> Result<Self, Error> {
+                check_slug($what, s)?;
+                Ok(Self(s.to_owned()))
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+slug_type!(ManufacturerId, "manufacturer id");
+slug_type!(PrincipalId, "principal id");
+
+/// A device serial number: a PrintableString of 1–64 characters (X.520 serialNumber,
+/// IEEE 802.1AR), without leading or trailing spaces.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeviceSerial(String);
+
+impl DeviceSerial {
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        check_printable("device serial", s)?;
+        Ok(Self(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A device model name: a PrintableString of 1–64 characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Model(String);
+
+impl Model {
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        check_printable("device model", s)?;
+        Ok(Self(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn check_printable(what: &str, s: &str) -> Result<(), Error> {
+    if s.is_empty() || s.len() > 64 {
+        return Err(Error::InvalidArgument(format!(
+            "{what} must be 1–64 characters (got {} characters)",
+            s.chars().count()
+        )));
+    }
+    if let Some(c) = s.chars().find(|c| !is_printable_string_char(*c)) {
+        return Err(Error::InvalidArgument(format!(
+            "{what} {} contains {:?}, which is not a PrintableString character \
+             (allowed: A-Z a-z 0-9 space ' ( ) + , - . / : = ?)",
+            quote(s),
+            c
+        )));
+    }
+    if s.starts_with(' ') || s.ends_with(' ') {
+        return Err(Error::InvalidArgument(format!(
+            "{what} {} must not start or end with a space",
+            quote(s)
+        )));
+    }
+    Ok(())
+}
+
+/// A GS1 GTIN-14, used as the FDA UDI device identifier (UDI-DI). The check digit is verified.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Gtin14(String);
+
+impl Gtin14 {
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        if s.len() != 14 || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(Error::InvalidArgument(format!(
+                "UDI-DI must be a GTIN-14: exactly 14 digits (got {})",
+                quote(s)
+            )));
+        }
+        let digits: Vec<u32> = s.bytes().map(|b| u32::from(b - b'0')).collect();
+        // GS1 General Specifications §7.9.1: weights 3,1,3,1,… from the right, excluding the check digit.
+        let sum: u32 = digits[..13]
+            .iter()
+            .rev()
+            .enumerate()
+            .map(|(i, d)| if i % 2 == 0 { d * 3 } else { *d })
+            .sum();
+        let expected = (10 - sum % 10) % 10;
+        if digits[13] != expected {
+            return Err(Error::InvalidArgument(format!(
+                "UDI-DI {s} has check digit {} but its first 13 digits give {expected}",
+                digits[13]
+            )));
+        }
+        Ok(Self(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The SPIFFE-style trust domain that prefixes every principal URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustDomain(String);
+
+impl TrustDomain {
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        let ok = (1..=255).contains(&s.len())
+            && s.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.' || b == b'_'
+            });
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "trust domain must be 1–255 characters of a-z, 0-9, '.', '-' and '_' (got {})",
+                quote(s)
+            )))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn device_uri(&self, manufacturer: &ManufacturerId, serial: &DeviceSerial) -> String {
+        format!(
+            "spiffe://{}/device/{}/{}",
+            self.0,
+            manufacturer,
+            percent_encode(serial.as_str())
+        )
+    }
+
+    /// The URI of a non-device principal.
+    pub fn principal_uri(&self, role: &PrincipalRole, id: &PrincipalId) -> String {
+        match role {
+            PrincipalRole::Admin => format!("spiffe://{}/admin/{id}", self.0),
+            PrincipalRole::Gateway => format!("spiffe://{}/gateway/{id}", self.0),
+            PrincipalRole::Auditor => format!("spiffe://{}/auditor/{id}", self.0),
+            PrincipalRole::Station(m) => {
+                format!("spiffe://{}/manufacturer/{m}/station/{id}", self.0)
+            }
+        }
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters, for URI path segments.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A non-device principal's role, with its scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrincipalRole {
+    Admin,
+    Station(ManufacturerId),
+    Gateway,
+    Auditor,
+}
+
+impl PrincipalRole {
+    pub fn role(&self) -> Role {
+        match self {
+            PrincipalRole::Admin => Role::Admin,
+            PrincipalRole::Station(_) => Role::Station,
+            PrincipalRole::Gateway => Role::Gateway,
+            PrincipalRole::Auditor => Role::Auditor,
+        }
+    }
+}
+
+/// Every role medid knows, as written in the store and in audit events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Admin,
+    Station,
+    Gateway,
+    Auditor,
+    Device,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Station => "manufacturer-station",
+            Role::Gateway => "gateway",
+            Role::Auditor => "auditor",
+            Role::Device => "device",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        [
+            Role::Admin,
+            Role::Station,
+            Role::Gateway,
+            Role::Auditor,
+            Role::Device,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An authenticated caller: who it is (URI), what it may act as (role), and its scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub uri: String,
+    pub role: Role,
+    /// The manufacturer a station serves, or a device's manufacturer.
+    pub manufacturer: Option<ManufacturerId>,
+    /// For devices: the device's serial.
+    pub device_serial: Option<DeviceSerial>,
+    /// Serial (hex) of the certificate the caller presented.
+    pub certificate_serial: String,
+}
+
+/// A certificate serial number: positive, 8–20 octets, big-endian without a sign byte.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CertSerial(Vec<u8>);
+
+impl CertSerial {
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+    pub fn to_hex(&self) -> String {
+        hex(&self.0)
+    }
+}
+
+impl fmt::Display for CertSerial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// Lowercase hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gtin14_check_digit_is_verified() {
+        // GS1's worked example GTIN 0061414112345 + check digit 2 (GTIN-14 with leading 0).
+        assert!(Gtin14::parse("00614141123452").is_ok());
+        assert!(Gtin14::parse("00614141123453").is_err());
+        assert!(Gtin14::parse("0061414112345").is_err());
+        assert!(Gtin14::parse("0061414112345a").is_err());
+    }
+
+    #[test]
+    fn device_serial_must_be_printable_string() {
+        assert!(DeviceSerial::parse("PUMP-0001").is_ok());
+        assert!(DeviceSerial::parse("SN 12/34 (rev:B)").is_ok());
+        for bad in ["", " lead", "trail ", "a\nb", "nul\0", "semi;colon", "é", "=cmd|x", "<b>"] {
+            assert!(DeviceSerial::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(DeviceSerial::parse(&"x".repeat(64)).is_ok());
+        assert!(DeviceSerial::parse(&"x".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn device_uri_percent_encodes_the_serial() {
+        let td = TrustDomain::parse("hospital.example").unwrap();
+        let m = ManufacturerId::parse("acme").unwrap();
+        let s = DeviceSerial::parse("SN 1/2").unwrap();
+        assert_eq!(
+            td.device_uri(&m, &s),
+            "spiffe://hospital.example/device/acme/SN%201%2F2"
+        );
+    }
+
+    #[test]
+    fn slugs_refuse_uppercase_and_edges() {
+        assert!(ManufacturerId::parse("acme-medical").is_ok());
+        for bad in ["", "Acme", "-acme", "acme-", "ac me", &"a".repeat(64)] {
+            assert!(ManufacturerId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}

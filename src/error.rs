@@ -1,0 +1,91 @@
+//! The one error type of the domain, and its one mapping to a gRPC status.
+//!
+//! Variants say what went wrong in terms a caller can act on. Database, crypto and I/O
+//! internals become [`Error::Internal`]: the caller sees a generic message, the operator's
+//! log gets the detail (boulder `docs/error-handling.md`).
+
+use tonic::{Code, Status};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed or breaks a rule about its content.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The CSR could not be accepted (parse, key type, signature).
+    #[error("CSR refused: {0}")]
+    BadCsr(String),
+    /// The caller could not be identified (no, unknown, expired or inactive certificate).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller is known but may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A rule about the current state refuses the request (e.g. the device is decommissioned).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The store or another dependency cannot be reached; retrying later may succeed.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A fault inside medid. The string is for the operator's log only, never the caller.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
+        Error::Internal(format!("{context}: {err}"))
+    }
+
+    /// The outcome word recorded in audit events for a refusal of this kind.
+    pub fn audit_outcome(&self) -> crate::audit::Outcome {
+        use crate::audit::Outcome;
+        match self {
+            Error::Unauthenticated(_) | Error::PermissionDenied(_) => Outcome::Denied,
+            Error::Internal(_) | Error::Unavailable(_) => Outcome::Failed,
+            _ => Outcome::Refused,
+        }
+    }
+}
+
+impl From<&Error> for Status {
+    fn from(err: &Error) -> Status {
+        match err {
+            Error::InvalidArgument(m) => Status::invalid_argument(m.clone()),
+            Error::BadCsr(_) => Status::invalid_argument(err.to_string()),
+            Error::Unauthenticated(m) => Status::unauthenticated(m.clone()),
+            Error::PermissionDenied(m) => Status::permission_denied(m.clone()),
+            Error::NotFound(m) => Status::not_found(m.clone()),
+            Error::AlreadyExists(m) => Status::already_exists(m.clone()),
+            Error::FailedPrecondition(m) => Status::failed_precondition(m.clone()),
+            Error::Unavailable(m) => Status::unavailable(m.clone()),
+            Error::Internal(detail) => {
+                tracing::error!(detail = %detail, "internal error");
+                Status::new(Code::Internal, "internal error; the operator's log has details")
+            }
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Status {
+        Status::from(&err)
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(err: sqlx::Error) -> Self {
+        match err {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                tracing::warn!(error = %err, "database unavailable");
+                Error::Unavailable("database unavailable; retry later".into())
+            }
+            other => Error::internal("database", other),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,317 @@
+//! `medid ca init`: creates the CA hierarchy and the first credentials in a directory.
+//!
+//! ```text
+//! root CA (P-256, notAfter 99991231235959Z)
+//! ├── device-identity CA (P-256, notAfter 99991231235959Z, pathLen 0): device birth certificates
+//! └── operational CA (P-256, 5 years, pathLen 0): everything else
+//! ```
+//! Plus the service's TLS certificate, an Ed25519 audit-signing key, and a first admin
+//! certificate. Private keys are PKCS#8 PEM files of mode 0600. These leaf certificates are
+//! signed before any database exists; `medid serve` records them in its store on first start.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SerialNumber,
+};
+use serde::{Deserialize, Serialize};
+use time::{Duration, OffsetDateTime};
+
+use super::{random_serial, IssuanceToken};
+use crate::domain::{PrincipalId, PrincipalRole, TrustDomain};
+use crate::error::Error;
+use crate::policy::profile::{no_well_defined_expiry, ProfileSettings};
+
+/// The id of the admin principal `ca init` creates.
+pub const BOOTSTRAP_ADMIN_ID: &str = "admin";
+
+/// Where each file of a PKI directory lives.
+#[derive(Debug, Clone)]
+pub struct PkiFiles {
+    pub dir: PathBuf,
+    pub metadata: PathBuf,
+    pub root_cert: PathBuf,
+    pub root_key: PathBuf,
+    pub device_ca_cert: PathBuf,
+    pub device_ca_key: PathBuf,
+    pub operational_ca_cert: PathBuf,
+    pub operational_ca_key: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub audit_key: PathBuf,
+    pub audit_public_key: PathBuf,
+    pub admin_cert: PathBuf,
+    pub admin_key: PathBuf,
+}
+
+impl PkiFiles {
+    pub fn new(dir: &Path) -> Self {
+        let f = |name: &str| dir.join(name);
+        Self {
+            dir: dir.to_path_buf(),
+            metadata: f("pki.json"),
+            root_cert: f("root-ca.pem"),
+            root_key: f("root-ca.key"),
+            device_ca_cert: f("device-ca.pem"),
+            device_ca_key: f("device-ca.key"),
+            operational_ca_cert: f("operational-ca.pem"),
+            operational_ca_key: f("operational-ca.key"),
+            server_cert: f("server.pem"),
+            server_key: f("server.key"),
+            audit_key: f("audit-signing.key"),
+            audit_public_key: f("audit-signing.pub"),
+            admin_cert: f("admin.pem"),
+            admin_key: f("admin.key"),
+        }
+    }
+
+    fn all(&self) -> [&PathBuf; 14] {
+        [
+            &self.metadata,
+            &self.root_cert,
+            &self.root_key,
+            &self.device_ca_cert,
+            &self.device_ca_key,
+            &self.operational_ca_cert,
+            &self.operational_ca_key,
+            &self.server_cert,
+            &self.server_key,
+            &self.audit_key,
+            &self.audit_public_key,
+            &self.admin_cert,
+            &self.admin_key,
+            &self.dir,
+        ]
+    }
+
+    /// True when `ca init` has completed in this directory.
+    pub fn exists(&self) -> bool {
+        self.metadata.exists()
+    }
+}
+
+/// Facts about a PKI directory that the service needs, written by `ca init`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PkiMetadata {
+    pub trust_domain: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+impl PkiMetadata {
+    pub fn load(files: &PkiFiles) -> Result<Self, Error> {
+        let text = fs::read_to_string(&files.metadata).map_err(|e| {
+            Error::Internal(format!(
+                "reading {}: {e} (run `medid ca init --dir {}`)",
+                files.metadata.display(),
+                files.dir.display()
+            ))
+        })?;
+        serde_json::from_str(&text)
+            .map_err(|e| Error::Internal(format!("{}: {e}", files.metadata.display())))
+    }
+}
+
+/// What `ca init` is asked to create.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub trust_domain: TrustDomain,
+    pub force: bool,
+    /// Names in the service's TLS certificate besides localhost, 127.0.0.1 and ::1.
+    pub extra_server_names: Vec<String>,
+    pub operational_ca_lifetime: Duration,
+    pub profiles: ProfileSettings,
+}
+
+/// Creates the PKI in `files.dir`. Refuses to overwrite existing material unless `force`.
+pub fn init(files: &PkiFiles, opts: &InitOptions, now: OffsetDateTime) -> Result<(), Error> {
+    if !opts.force {
+        let existing: Vec<String> = files.all()[..13]
+            .iter()
+            .filter(|p| p.exists())
+            .map(|p| p.display().to_string())
+            .collect();
+        if !existing.is_empty() {
+            return Err(Error::AlreadyExists(format!(
+                "refusing to overwrite existing PKI material ({}); pass --force to replace it",
+                existing.join(", ")
+            )));
+        }
+    }
+    fs::create_dir_all(&files.dir)
+        .map_err(|e| Error::Internal(format!("creating {}: {e}", files.dir.display())))?;
+
+    let td = opts.trust_domain.as_str();
+    let ca_not_before = now - Duration::hours(1);
+
+    // Root: self-signed, no AKI (RFC 5280 §4.2.1.1 allows omitting it on a self-signed root).
+    let root_key = new_key()?;
+    let mut root = ca_params(td, "medid root CA", ca_not_before, no_well_defined_expiry(), None);
+    root.use_authority_key_identifier_extension = false;
+    let root_cert = root
+        .self_signed(&root_key)
+        .map_err(|e| Error::internal("signing root CA", e))?;
+    let root_issuer = Issuer::new(root, &root_key);
+
+    let device_key = new_key()?;
+    let device_params = ca_params(
+        td,
+        "medid device-identity CA",
+        ca_not_before,
+        no_well_defined_expiry(),
+        Some(0),
+    );
+    let device_cert = device_params
+        .signed_by(&device_key, &root_issuer)
+        .map_err(|e| Error::internal("signing device-identity CA", e))?;
+
+    let operational_key = new_key()?;
+    let operational_params = ca_params(
+        td,
+        "medid operational CA",
+        ca_not_before,
+        now + opts.operational_ca_lifetime,
+        Some(0),
+    );
+    let operational_cert = operational_params
+        .signed_by(&operational_key, &root_issuer)
+        .map_err(|e| Error::internal("signing operational CA", e))?;
+
+    write_private(&files.root_key, &root_key.serialize_pem())?;
+    write_public(&files.root_cert, &root_cert.pem())?;
+    write_private(&files.device_ca_key, &device_key.serialize_pem())?;
+    write_public(&files.device_ca_cert, &device_cert.pem())?;
+    write_private(&files.operational_ca_key, &operational_key.serialize_pem())?;
+    write_public(&files.operational_ca_cert, &operational_cert.pem())?;
+
+    let authority = super::Authority::load(&files.dir)?;
+    let op_not_after = authority.operational.cert.not_after;
+
+    // The service's TLS certificate.
+    let server_key = new_key()?;
+    let mut dns = vec!["localhost".to_string()];
+    let mut ips: Vec<IpAddr> = vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()];
+    for name in &opts.extra_server_names {
+        match name.parse::<IpAddr>() {
+            Ok(ip) => ips.push(ip),
+            Err(_) => dns.push(name.clone()),
+        }
+    }
+    let server = opts.profiles.server(
+        random_serial(),
+        now,
+        op_not_after,
+        &dns,
+        &ips,
+        public_key_of(&server_key),
+    );
+    let server_cert = authority.sign(IssuanceToken::reserved(server))?;
+    write_private(&files.server_key, &server_key.serialize_pem())?;
+    write_public(
+        &files.server_cert,
+        &(crate::pem::certificate(&server_cert.der)
+            + &crate::pem::certificate(&authority.operational.cert.der)),
+    )?;
+
+    // The first admin.
+    let admin_key = new_key()?;
+    let admin = opts.profiles.principal(
+        random_serial(),
+        now,
+        op_not_after,
+        &PrincipalRole::Admin,
+        &PrincipalId::parse(BOOTSTRAP_ADMIN_ID)?,
+        public_key_of(&admin_key),
+    );
+    let admin_cert = authority.sign(IssuanceToken::reserved(admin))?;
+    write_private(&files.admin_key, &admin_key.serialize_pem())?;
+    write_public(&files.admin_cert, &crate::pem::certificate(&admin_cert.der))?;
+
+    // The audit-signing key: Ed25519, not a CA key (DESIGN.md "Audit ledger").
+    let audit_key = KeyPair::generate_for(&rcgen::PKCS_ED25519)
+        .map_err(|e| Error::internal("generating audit key", e))?;
+    write_private(&files.audit_key, &audit_key.serialize_pem())?;
+    write_public(&files.audit_public_key, &audit_key.public_key_pem())?;
+
+    let metadata = PkiMetadata {
+        trust_domain: td.to_owned(),
+        created_at: now,
+    };
+    let json = serde_json::to_string_pretty(&metadata)
+        .map_err(|e| Error::internal("encoding pki.json", e))?;
+    write_public(&files.metadata, &(json + "\n"))?;
+    Ok(())
+}
+
+fn new_key() -> Result<KeyPair, Error> {
+    KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| Error::internal("generating P-256 key", e))
+}
+
+/// The public half of a key we generated, as policy's profiles take it.
+pub fn public_key_of(key: &KeyPair) -> super::SubjectPublicKey {
+    super::SubjectPublicKey {
+        algorithm: key.algorithm(),
+        key_bits: key.public_key_raw().to_vec(),
+    }
+}
+
+fn ca_params(
+    trust_domain: &str,
+    cn: &str,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    path_len: Option<u8>,
+) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, trust_domain);
+    dn.push(DnType::CommonName, cn);
+    p.distinguished_name = dn;
+    p.serial_number = Some(SerialNumber::from_slice(random_serial().as_bytes()));
+    p.not_before = not_before;
+    p.not_after = not_after;
+    p.is_ca = IsCa::Ca(match path_len {
+        Some(n) => BasicConstraints::Constrained(n),
+        None => BasicConstraints::Unconstrained,
+    });
+    // RFC 5280 §4.2.1.3: keyCertSign and cRLSign; digitalSignature lets the CA sign OCSP itself.
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p.use_authority_key_identifier_extension = true;
+    p
+}
+
+/// Writes a private key: mode 0600 from creation, never world- or group-readable.
+pub fn write_private(path: &Path, contents: &str) -> Result<(), Error> {
+    write_with_mode(path, contents, 0o600)
+}
+
+pub fn write_public(path: &Path, contents: &str) -> Result<(), Error> {
+    write_with_mode(path, contents, 0o644)
+}
+
+fn write_with_mode(path: &Path, contents: &str, mode: u32) -> Result<(), Error> {
+    let io = |e: std::io::Error| Error::Internal(format!("writing {}: {e}", path.display()));
+    // Replace, never edit in place: a fresh file gets the mode from its creation.
+    if path.exists() {
+        fs::remove_file(path).map_err(io)?;
+    }
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(contents.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)
+}

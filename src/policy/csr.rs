@@ -1,0 +1,274 @@
+//! CSR acceptance: parse, check the key against the allow-list, verify proof of possession.
+//!
+//! The CSR proves only that the caller holds the private key. Its subject, SANs and requested
+//! extensions are never read into a certificate (DESIGN.md "Certificate hierarchy and profiles").
+
+use ring::digest::{digest, SHA256};
+use ring::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
+use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::prelude::FromDer;
+use x509_parser::public_key::PublicKey;
+use x509_parser::x509::SubjectPublicKeyInfo;
+
+use crate::error::Error;
+use crate::issuance::SubjectPublicKey;
+
+/// CSRs larger than this are refused before any parsing. An RSA-4096 CSR is under 2 KiB.
+pub const MAX_CSR_BYTES: usize = 16 * 1024;
+
+/// The key types medid accepts (DESIGN.md): ECDSA P-256/P-384, Ed25519, RSA 2048–4096, e = 65537.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    EcdsaP256,
+    EcdsaP384,
+    Ed25519,
+    Rsa { bits: usize },
+}
+
+impl std::fmt::Display for KeyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyKind::EcdsaP256 => f.write_str("ECDSA P-256"),
+            KeyKind::EcdsaP384 => f.write_str("ECDSA P-384"),
+            KeyKind::Ed25519 => f.write_str("Ed25519"),
+            KeyKind::Rsa { bits } => write!(f, "RSA-{bits}"),
+        }
+    }
+}
+
+/// A CSR whose signature verified with an accepted key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedCsr {
+    pub key_kind: KeyKind,
+    pub public_key: SubjectPublicKey,
+    /// SHA-256 of the DER SubjectPublicKeyInfo, lowercase hex: the key's identity in the store.
+    pub spki_sha256: String,
+}
+
+/// Parses and verifies a DER CSR.
+pub fn verify(der: &[u8]) -> Result<VerifiedCsr, Error> {
+    if der.is_empty() {
+        return Err(Error::BadCsr("the CSR is empty".into()));
+    }
+    if der.len() > MAX_CSR_BYTES {
+        return Err(Error::BadCsr(format!(
+            "the CSR is {} bytes; the limit is {MAX_CSR_BYTES}",
+            der.len()
+        )));
+    }
+    let (rest, csr) = X509CertificationRequest::from_der(der)
+        .map_err(|e| Error::BadCsr(format!("not a DER PKCS#10 request ({e})")))?;
+    if !rest.is_empty() {
+        return Err(Error::BadCsr(format!(
+            "{} trailing bytes after the request",
+            rest.len()
+        )));
+    }
+    let info = &csr.certification_request_info;
+    let key_kind = key_kind(&info.subject_pki)?;
+    let alg = signature_algorithm(
+        &csr.signature_algorithm.algorithm.to_id_string(),
+        key_kind,
+    )?;
+    let key_bits = info.subject_pki.subject_public_key.data.to_vec();
+    UnparsedPublicKey::new(alg, &key_bits)
+        .verify(info.raw, &csr.signature_value.data)
+        .map_err(|_| {
+            Error::BadCsr(
+                "the signature does not verify with the CSR's public key (no proof of possession)"
+                    .into(),
+            )
+        })?;
+
+    let public_key = SubjectPublicKey {
+        algorithm: match key_kind {
+            KeyKind::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            KeyKind::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+            KeyKind::Ed25519 => &rcgen::PKCS_ED25519,
+            KeyKind::Rsa { .. } => &rcgen::PKCS_RSA_SHA256,
+        },
+        key_bits,
+    };
+    // The certificate must carry exactly the key the CSR proved: re-encoding must be identical.
+    let spki = info.subject_pki.raw;
+    if rcgen::PublicKeyData::subject_public_key_info(&public_key) != spki {
+        return Err(Error::BadCsr(
+            "the SubjectPublicKeyInfo is not in its canonical DER form".into(),
+        ));
+    }
+    Ok(VerifiedCsr {
+        key_kind,
+        public_key,
+        spki_sha256: crate::domain::hex(digest(&SHA256, spki).as_ref()),
+    })
+}
+
+fn key_kind(spki: &SubjectPublicKeyInfo<'_>) -> Result<KeyKind, Error> {
+    let refuse = |what: &str| Err(Error::BadCsr(format!("{what} keys are not accepted; use ECDSA P-256 or P-384, Ed25519, or RSA 2048–4096")));
+    match spki.algorithm.algorithm.to_id_string().as_str() {
+        "1.2.840.113549.1.1.1" => rsa_key_kind(spki),
+        "1.2.840.10045.2.1" => {
+            let Some(params) = &spki.algorithm.parameters else {
+                return Err(Error::BadCsr("EC key without curve parameters".into()));
+            };
+            let curve = match params.clone().oid() {
+                Ok(oid) => oid.to_id_string(),
+                Err(_) => {
+                    return Err(Error::BadCsr(
+                        "explicit EC curve parameters are refused; use a named curve (P-256 or P-384)"
+                            .into(),
+                    ))
+                }
+            };
+            let (kind, point_len) = match curve.as_str() {
+                "1.2.840.10045.3.1.7" => (KeyKind::EcdsaP256, 65),
+                "1.3.132.0.34" => (KeyKind::EcdsaP384, 97),
+                "1.2.840.10045.3.1.1" => return refuse("ECDSA P-192"),
+                "1.3.132.0.10" => return refuse("ECDSA secp256k1"),
+                "1.3.132.0.35" => return refuse("ECDSA P-521"),
+                other => return refuse(&format!("ECDSA on curve {other}")),
+            };
+            let point = &spki.subject_public_key.data;
+            if point.len() != point_len || point.first() != Some(&0x04) {
+                return Err(Error::BadCsr(format!(
+                    "{kind} public key must be an uncompressed point of {point_len} bytes"
+                )));
+            }
+            Ok(kind)
+        }
+        "1.3.101.112" => {
+            if spki.subject_public_key.data.len() != 32 {
+                return Err(Error::BadCsr("Ed25519 public key must be 32 bytes".into()));
+            }
+            Ok(KeyKind::Ed25519)
+        }
+        "1.3.101.113" => refuse("Ed448"),
+        "1.2.840.10040.4.1" => refuse("DSA"),
+        "1.2.840.113549.1.1.10" => refuse("RSASSA-PSS-only"),
+        other => refuse(&format!("algorithm {other}")),
+    }
+}
+
+fn rsa_key_kind(spki: &SubjectPublicKeyInfo<'_>) -> Result<KeyKind, Error> {
+    let Ok(PublicKey::RSA(rsa)) = spki.parsed() else {
+        return Err(Error::BadCsr("RSA public key is malformed".into()));
+    };
+    let modulus = strip_leading_zeros(rsa.modulus);
+    let bits = match modulus.first() {
+        Some(top) => modulus.len() * 8 - top.leading_zeros() as usize,
+        None => 0,
+    };
+    if !(2048..=4096).contains(&bits) {
+        return Err(Error::BadCsr(format!(
+            "RSA-{bits} keys are not accepted; RSA keys must be 2048–4096 bits"
+        )));
+    }
+    if strip_leading_zeros(rsa.exponent) != [0x01, 0x00, 0x01] {
+        return Err(Error::BadCsr(
+            "RSA public exponent must be 65537".into(),
+        ));
+    }
+    Ok(KeyKind::Rsa { bits })
+}
+
+fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
+    &bytes[start..]
+}
+
+/// The ring verification algorithm for a CSR's signature algorithm and key.
+fn signature_algorithm(
+    oid: &str,
+    key: KeyKind,
+) -> Result<&'static dyn VerificationAlgorithm, Error> {
+    use KeyKind::*;
+    let alg: &'static dyn VerificationAlgorithm = match (oid, key) {
+        ("1.2.840.10045.4.3.2", EcdsaP256) => &signature::ECDSA_P256_SHA256_ASN1,
+        ("1.2.840.10045.4.3.2", EcdsaP384) => &signature::ECDSA_P384_SHA256_ASN1,
+        ("1.2.840.10045.4.3.3", EcdsaP256) => &signature::ECDSA_P256_SHA384_ASN1,
+        ("1.2.840.10045.4.3.3", EcdsaP384) => &signature::ECDSA_P384_SHA384_ASN1,
+        ("1.3.101.112", Ed25519) => &signature::ED25519,
+        ("1.2.840.113549.1.1.11", Rsa { .. }) => &signature::RSA_PKCS1_2048_8192_SHA256,
+        ("1.2.840.113549.1.1.12", Rsa { .. }) => &signature::RSA_PKCS1_2048_8192_SHA384,
+        ("1.2.840.113549.1.1.13", Rsa { .. }) => &signature::RSA_PKCS1_2048_8192_SHA512,
+        ("1.2.840.113549.1.1.4", _) | ("1.2.840.113549.1.1.2", _) => {
+            return Err(Error::BadCsr(
+                "the CSR is signed with MD5, which is refused".into(),
+            ))
+        }
+        ("1.2.840.113549.1.1.5", _) | ("1.2.840.10045.4.1", _) | ("1.2.840.10040.4.3", _) => {
+            return Err(Error::BadCsr(
+                "the CSR is signed with SHA-1, which is refused; use SHA-256 or stronger".into(),
+            ))
+        }
+        ("1.2.840.113549.1.1.10", _) => {
+            return Err(Error::BadCsr(
+                "RSASSA-PSS CSR signatures are not supported; sign with PKCS#1 v1.5 and SHA-256"
+                    .into(),
+            ))
+        }
+        (other, key) => {
+            return Err(Error::BadCsr(format!(
+                "signature algorithm {other} is not accepted with a {key} key"
+            )))
+        }
+    };
+    Ok(alg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, KeyPair};
+
+    fn csr_for(alg: &'static rcgen::SignatureAlgorithm) -> Vec<u8> {
+        let key = KeyPair::generate_for(alg).unwrap();
+        CertificateParams::new(vec![])
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .der()
+            .to_vec()
+    }
+
+    #[test]
+    fn accepts_each_allowed_key_type_generated_by_rcgen() {
+        for (alg, kind) in [
+            (&rcgen::PKCS_ECDSA_P256_SHA256, KeyKind::EcdsaP256),
+            (&rcgen::PKCS_ECDSA_P384_SHA384, KeyKind::EcdsaP384),
+            (&rcgen::PKCS_ED25519, KeyKind::Ed25519),
+        ] {
+            let v = verify(&csr_for(alg)).unwrap();
+            assert_eq!(v.key_kind, kind);
+            assert_eq!(v.spki_sha256.len(), 64);
+        }
+    }
+
+    #[test]
+    fn a_flipped_signature_bit_is_no_proof_of_possession() {
+        let mut der = csr_for(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let last = der.len() - 1;
+        der[last] ^= 0x01;
+        let err = verify(&der).unwrap_err();
+        assert!(err.to_string().contains("does not verify"), "{err}");
+    }
+
+    #[test]
+    fn empty_garbage_trailing_and_oversized_input_is_refused() {
+        assert_eq!(verify(&[]).unwrap_err(), Error::BadCsr("the CSR is empty".into()));
+        assert!(verify(b"hello world").unwrap_err().to_string().contains("not a DER"));
+        let mut der = csr_for(&rcgen::PKCS_ED25519);
+        der.push(0);
+        assert!(verify(&der).unwrap_err().to_string().contains("trailing"));
+        let big = vec![0x30; MAX_CSR_BYTES + 1];
+        assert!(verify(&big).unwrap_err().to_string().contains("limit"));
+    }
+
+    #[test]
+    fn every_truncation_is_refused_without_panic() {
+        let der = csr_for(&rcgen::PKCS_ECDSA_P256_SHA256);
+        for len in 0..der.len() {
+            assert!(verify(&der[..len]).is_err(), "truncated at {len}");
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The registration authority: pure decisions. Who may do what ([`authorize`]), which CSRs and
+//! keys are acceptable ([`csr`]), and what each certificate profile contains ([`profile`]).
+//!
+//! Nothing here performs I/O or touches a private key; every function is a function of its
+//! arguments, so every rule is unit-testable with pinned inputs.
+
+pub mod csr;
+pub mod profile;
+
+use crate::domain::{ManufacturerId, Model, Principal, Role};
+use crate::error::Error;
+
+pub use csr::{KeyKind, VerifiedCsr};
+
+/// What a caller asks to do, with the scope the decision depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action<'a> {
+    CreateManufacturer,
+    ListManufacturers,
+    IssuePrincipalCertificate,
+    EnrollDevice { manufacturer: &'a ManufacturerId },
+    ReadDevices { manufacturer: &'a ManufacturerId },
+    ListDevices,
+}
+
+impl Action<'_> {
+    /// The name recorded in audit events.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::CreateManufacturer => "manufacturer.create",
+            Action::ListManufacturers => "manufacturer.list",
+            Action::IssuePrincipalCertificate => "principal.issue",
+            Action::EnrollDevice { .. } => "device.enroll",
+            Action::ReadDevices { .. } => "device.read",
+            Action::ListDevices => "device.list",
+        }
+    }
+}
+
+/// Decides whether `who` may perform `action`. Roles are checked on every call.
+pub fn authorize(who: &Principal, action: Action<'_>) -> Result<(), Error> {
+    let allowed = match (who.role, action) {
+        // Separation of duties: devices are enrolled by a manufacturer's station only.
+        (Role::Admin, Action::EnrollDevice { .. }) => false,
+        (Role::Admin, _) => true,
+        (Role::Station, Action::EnrollDevice { manufacturer })
+        | (Role::Station, Action::ReadDevices { manufacturer }) => {
+            who.manufacturer.as_ref() == Some(manufacturer)
+        }
+        (Role::Station, Action::ListDevices) => true,
+        _ => false,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(denial(who, action))
+    }
+}
+
+fn denial(who: &Principal, action: Action<'_>) -> Error {
+    let scope = match action {
+        Action::EnrollDevice { manufacturer } | Action::ReadDevices { manufacturer } => {
+            format!(" for manufacturer {manufacturer}")
+        }
+        _ => String::new(),
+    };
+    Error::PermissionDenied(format!(
+        "{} ({}) may not {}{scope}",
+        who.uri,
+        who.role,
+        action.name()
+    ))
+}
+
+/// The manufacturer filter a device listing runs with: admins see what they ask for,
+/// a station sees only its own manufacturer's devices.
+pub fn device_list_scope(
+    who: &Principal,
+    requested: Option<ManufacturerId>,
+) -> Result<Option<ManufacturerId>, Error> {
+    match who.role {
+        Role::Admin => Ok(requested),
+        Role::Station => {
+            let own = who.manufacturer.clone().ok_or_else(|| {
+                Error::Internal(format!("station {} has no manufacturer", who.uri))
+            })?;
+            match requested {
+                Some(m) if m != own => Err(denial(who, Action::ReadDevices { manufacturer: &m })),
+                _ => Ok(Some(own)),
+            }
+        }
+        _ => authorize(who, Action::ListDevices).map(|_| None),
+    }
+}
+
+/// The manufacturer a caller enrolls devices for: a station's own; nobody else enrolls.
+pub fn enrollment_scope(who: &Principal) -> Result<ManufacturerId, Error> {
+    match (who.role, &who.manufacturer) {
+        (Role::Station, Some(m)) => Ok(m.clone()),
+        _ => Err(Error::PermissionDenied(format!(
+            "{} ({}) may not device.enroll: only manufacturer stations enroll devices",
+            who.uri, who.role
+        ))),
+    }
+}
+
+/// A manufacturer enrolls only the models it registered (none registered: any model).
+pub fn check_model_allowed(
+    manufacturer: &ManufacturerId,
+    allowed_models: &[String],
+    model: &Model,
+) -> Result<(), Error> {
+    if allowed_models.is_empty() || allowed_models.iter().any(|m| m == model.as_str()) {
+        Ok(())
+    } else {
+        Err(Error::PermissionDenied(format!(
+            "model {} is not among manufacturer {manufacturer}'s allowed models ({})",
+            crate::domain::quote(model.as_str()),
+            allowed_models.join(", ")
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::DeviceSerial;
+
+    fn principal(role: Role, manufacturer: Option<&str>) -> Principal {
+        Principal {
+            uri: format!("spiffe://t/{role}"),
+            role,
+            manufacturer: manufacturer.map(|m| ManufacturerId::parse(m).unwrap()),
+            device_serial: (role == Role::Device).then(|| DeviceSerial::parse("D1").unwrap()),
+            certificate_serial: "01".into(),
+        }
+    }
+
+    #[test]
+    fn station_enrolls_only_for_its_own_manufacturer() {
+        let acme = ManufacturerId::parse("acme").unwrap();
+        let other = ManufacturerId::parse("other").unwrap();
+        let station = principal(Role::Station, Some("acme"));
+        assert!(authorize(&station, Action::EnrollDevice { manufacturer: &acme }).is_ok());
+        assert!(matches!(
+            authorize(&station, Action::EnrollDevice { manufacturer: &other }),
+            Err(Error::PermissionDenied(_))
+        ));
+    }
+
+    #[test]
+    fn only_admins_manage_manufacturers_and_principals() {
+        for role in [Role::Station, Role::Gateway, Role::Auditor, Role::Device] {
+            let p = principal(role, Some("acme"));
+            for action in [
+                Action::CreateManufacturer,
+                Action::ListManufacturers,
+                Action::IssuePrincipalCertificate,
+            ] {
+                assert!(authorize(&p, action).is_err(), "{role} {action:?}");
+            }
+        }
+        let admin = principal(Role::Admin, None);
+        assert!(authorize(&admin, Action::CreateManufacturer).is_ok());
+    }
+
+    #[test]
+    fn station_listing_is_narrowed_to_its_manufacturer() {
+        let station = principal(Role::Station, Some("acme"));
+        let acme = ManufacturerId::parse("acme").unwrap();
+        assert_eq!(device_list_scope(&station, None).unwrap(), Some(acme.clone()));
+        assert_eq!(
+            device_list_scope(&station, Some(acme.clone())).unwrap(),
+            Some(acme)
+        );
+        let other = ManufacturerId::parse("other").unwrap();
+        assert!(device_list_scope(&station, Some(other)).is_err());
+        assert!(device_list_scope(&principal(Role::Gateway, None), None).is_err());
+    }
+}

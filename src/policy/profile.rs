@@ -1,0 +1,201 @@
+//! Certificate profiles (DESIGN.md table): what each kind of certificate contains.
+//! The CA decides every field from the registry; the CSR contributes only its public key.
+
+use std::net::IpAddr;
+
+use time::{Duration, OffsetDateTime};
+
+use crate::domain::{
+    CertSerial, DeviceSerial, Gtin14, ManufacturerId, PrincipalId, PrincipalRole, TrustDomain,
+};
+use crate::issuance::{CertificateTemplate, Eku, IssuerName, SubjectName, SubjectPublicKey};
+
+/// IEEE 802.1AR: an IDevID has no well-defined expiry, GeneralizedTime 99991231235959Z.
+pub fn no_well_defined_expiry() -> OffsetDateTime {
+    time::macros::datetime!(9999-12-31 23:59:59 UTC)
+}
+
+/// How far notBefore is set in the past, so a device whose clock is a little slow can use a
+/// fresh certificate at once.
+pub const BACKDATE: Duration = Duration::minutes(5);
+
+/// Who a birth certificate names.
+#[derive(Debug, Clone, Copy)]
+pub struct BirthSubject<'a> {
+    pub manufacturer: &'a ManufacturerId,
+    /// The manufacturer's display name, written as the subject's O.
+    pub manufacturer_name: &'a str,
+    pub serial: &'a DeviceSerial,
+    /// UDI-DI, written as a GS1 Digital Link URI SAN.
+    pub udi_di: Option<&'a Gtin14>,
+}
+
+/// The settings profiles depend on, from configuration.
+#[derive(Debug, Clone)]
+pub struct ProfileSettings {
+    pub trust_domain: TrustDomain,
+    /// Base of the CRL, OCSP and CA-certificate URLs written into certificates.
+    pub public_base_url: String,
+    /// Lifetime of station, gateway, auditor and admin certificates.
+    pub principal_lifetime: Duration,
+    /// Lifetime of the service's own TLS certificate.
+    pub server_lifetime: Duration,
+}
+
+/// Validity of a finite certificate: backdated, exact (notAfter − notBefore + 1 s = lifetime,
+/// RFC 5280 §4.1.2.5 is inclusive), never past the issuer's notAfter.
+pub fn finite_validity(
+    now: OffsetDateTime,
+    lifetime: Duration,
+    issuer_not_after: OffsetDateTime,
+) -> (OffsetDateTime, OffsetDateTime) {
+    let not_before = now - BACKDATE;
+    let not_after = (not_before + lifetime - Duration::SECOND).min(issuer_not_after);
+    (not_before, not_after)
+}
+
+impl ProfileSettings {
+    fn urls(&self, issuer: IssuerName) -> (Option<String>, Option<String>, Option<String>) {
+        let base = self.public_base_url.trim_end_matches('/');
+        let name = issuer.as_str();
+        (
+            Some(format!("{base}/crl/{name}.crl")),
+            Some(format!("{base}/ocsp/{name}")),
+            Some(format!("{base}/ca/{name}.der")),
+        )
+    }
+
+    fn template(
+        &self,
+        issuer: IssuerName,
+        serial: CertSerial,
+        validity: (OffsetDateTime, OffsetDateTime),
+        public_key: SubjectPublicKey,
+    ) -> CertificateTemplate {
+        let (crl_url, ocsp_url, ca_issuers_url) = self.urls(issuer);
+        CertificateTemplate {
+            issuer,
+            serial,
+            subject: SubjectName::default(),
+            san_uris: vec![],
+            san_dns: vec![],
+            san_ips: vec![],
+            not_before: validity.0,
+            not_after: validity.1,
+            ekus: vec![Eku::ClientAuth],
+            crl_url,
+            ocsp_url,
+            ca_issuers_url,
+            public_key,
+        }
+    }
+
+    /// Device birth certificate (IEEE 802.1AR IDevID style), from the device-identity CA.
+    pub fn device_birth(
+        &self,
+        serial: CertSerial,
+        now: OffsetDateTime,
+        device: &BirthSubject<'_>,
+        public_key: SubjectPublicKey,
+    ) -> CertificateTemplate {
+        let BirthSubject {
+            manufacturer,
+            manufacturer_name,
+            serial: device_serial,
+            udi_di,
+        } = *device;
+        let validity = (now - BACKDATE, no_well_defined_expiry());
+        let mut t = self.template(IssuerName::DeviceIdentity, serial, validity, public_key);
+        t.subject = SubjectName {
+            organization: Some(manufacturer_name.to_owned()),
+            serial_number: Some(device_serial.as_str().to_owned()),
+            ..SubjectName::default()
+        };
+        t.san_uris
+            .push(self.trust_domain.device_uri(manufacturer, device_serial));
+        if let Some(gtin) = udi_di {
+            // GS1 Digital Link: UDI-DI (01) + serial (21); never lot, expiry or patient data.
+            t.san_uris.push(format!(
+                "https://id.gs1.org/01/{}/21/{}",
+                gtin.as_str(),
+                crate::domain::percent_encode(device_serial.as_str())
+            ));
+        }
+        t
+    }
+
+    /// Station, gateway, auditor or admin certificate, from the operational CA.
+    pub fn principal(
+        &self,
+        serial: CertSerial,
+        now: OffsetDateTime,
+        issuer_not_after: OffsetDateTime,
+        role: &PrincipalRole,
+        id: &PrincipalId,
+        public_key: SubjectPublicKey,
+    ) -> CertificateTemplate {
+        let validity = finite_validity(now, self.principal_lifetime, issuer_not_after);
+        let mut t = self.template(IssuerName::Operational, serial, validity, public_key);
+        t.subject = SubjectName {
+            organization: match role {
+                PrincipalRole::Station(m) => Some(m.to_string()),
+                _ => None,
+            },
+            organizational_unit: Some(role.role().as_str().to_owned()),
+            common_name: Some(id.to_string()),
+            serial_number: None,
+        };
+        t.san_uris.push(self.trust_domain.principal_uri(role, id));
+        if matches!(role, PrincipalRole::Gateway) {
+            t.ekus.push(Eku::ServerAuth);
+        }
+        t
+    }
+
+    /// The service's own TLS server certificate, from the operational CA.
+    pub fn server(
+        &self,
+        serial: CertSerial,
+        now: OffsetDateTime,
+        issuer_not_after: OffsetDateTime,
+        dns_names: &[String],
+        ips: &[IpAddr],
+        public_key: SubjectPublicKey,
+    ) -> CertificateTemplate {
+        let validity = finite_validity(now, self.server_lifetime, issuer_not_after);
+        let mut t = self.template(IssuerName::Operational, serial, validity, public_key);
+        t.subject = SubjectName {
+            common_name: Some("medid service".into()),
+            ..SubjectName::default()
+        };
+        t.san_uris
+            .push(format!("spiffe://{}/service/medid", self.trust_domain.as_str()));
+        t.san_dns = dns_names.to_vec();
+        t.san_ips = ips.to_vec();
+        t.ekus = vec![Eku::ServerAuth];
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn finite_validity_is_exact_and_inclusive() {
+        let now = datetime!(2026-01-01 00:00:00 UTC);
+        let far = datetime!(2099-01-01 00:00:00 UTC);
+        let (nb, na) = finite_validity(now, Duration::days(90), far);
+        assert_eq!(na - nb + Duration::SECOND, Duration::days(90));
+        assert_eq!(nb, datetime!(2025-12-31 23:55:00 UTC));
+    }
+
+    #[test]
+    fn finite_validity_never_outlives_the_issuer() {
+        let now = datetime!(2026-01-01 00:00:00 UTC);
+        let issuer_end = datetime!(2026-02-01 00:00:00 UTC);
+        let (_, na) = finite_validity(now, Duration::days(90), issuer_end);
+        assert_eq!(na, issuer_end);
+    }
+}

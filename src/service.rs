@@ -1,0 +1,453 @@
+//! The use cases, each written as the numbered steps of `docs/ISSUANCE-CYCLE.md`: policy
+//! decides, the store reserves and records, issuance signs, and every outcome (success or
+//! refusal) leaves exactly one audit event describing it.
+
+use std::sync::Arc;
+
+use time::{Duration, OffsetDateTime};
+
+use crate::audit::{Actor, AuditEvent};
+use crate::clock::Clock;
+use crate::domain::{
+    quote, DeviceSerial, Gtin14, ManufacturerId, Model, Principal, PrincipalId, PrincipalRole,
+    Role,
+};
+use crate::error::Error;
+use crate::issuance::{Authority, CertificateTemplate, IssuerName, SignedCertificate};
+use crate::policy::{self, profile::ProfileSettings, Action};
+use crate::store::certificates::{fingerprint, Claim, Completion, PeerRecord, Reservation};
+use crate::store::registry::{DeviceQuery, DeviceRecord, ManufacturerRecord};
+use crate::store::Store;
+
+/// A reservation older than this at start-up belongs to an issuance that died mid-cycle.
+pub const ABANDON_AFTER: Duration = Duration::minutes(5);
+
+/// The CA service: what the gRPC edge calls once it has parsed a request.
+pub struct Ca {
+    pub store: Store,
+    pub authority: Arc<Authority>,
+    pub clock: Arc<dyn Clock>,
+    pub profiles: ProfileSettings,
+}
+
+/// A new manufacturer, validated.
+#[derive(Debug, Clone)]
+pub struct NewManufacturer {
+    pub id: ManufacturerId,
+    pub display_name: String,
+    pub allowed_models: Vec<Model>,
+}
+
+/// An enrollment request, validated except for the CSR (checked in step 1 so its refusal
+/// is audited like every other).
+#[derive(Debug, Clone)]
+pub struct EnrollInput {
+    pub csr: Vec<u8>,
+    pub serial: DeviceSerial,
+    pub model: Model,
+    pub udi_di: Option<Gtin14>,
+}
+
+/// A certificate handed back to a caller, with its chain.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub der: Vec<u8>,
+    pub chain: Vec<Vec<u8>>,
+    pub root: Vec<u8>,
+    pub serial: String,
+    pub subject_uri: String,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+impl Ca {
+    fn event(&self, who: &Principal, action: &str, target: impl Into<String>) -> AuditEvent {
+        AuditEvent::new(self.clock.now(), Actor::of(who), action, target)
+    }
+
+    /// Records the refusal of a request and hands the error back. The refusal itself changes
+    /// nothing, so a failure to write its event is logged and the refusal still stands.
+    pub async fn refuse(&self, who: &Principal, action: &str, target: &str, err: Error) -> Error {
+        let event = self.event(who, action, target).refused(&err);
+        if let Err(audit_err) = self.store.record_event(&event).await {
+            tracing::error!(error = %audit_err, action, "could not record refusal event");
+        }
+        err
+    }
+
+    async fn audited<T>(
+        &self,
+        who: &Principal,
+        action: &str,
+        target: &str,
+        result: Result<T, Error>,
+    ) -> Result<T, Error> {
+        match result {
+            Ok(v) => Ok(v),
+            Err(e) => Err(self.refuse(who, action, target, e).await),
+        }
+    }
+
+    /// Maps a TLS peer certificate to a principal by looking it up in the store: unknown,
+    /// revoked, expired or inactive → UNAUTHENTICATED. Every refusal is audited.
+    pub async fn authenticate(&self, peer_der: Option<&[u8]>) -> Result<Principal, Error> {
+        let fp = peer_der.map(fingerprint);
+        let result = match (peer_der, &fp) {
+            (Some(_), Some(fp)) => match self.store.peer_by_fingerprint(fp).await {
+                Ok(Some(peer)) => self.principal_of(peer),
+                Ok(None) => Err(Error::Unauthenticated(
+                    "the client certificate is not one medid issued and recorded".into(),
+                )),
+                Err(e) => Err(e),
+            },
+            _ => Err(Error::Unauthenticated(
+                "a client certificate is required".into(),
+            )),
+        };
+        match result {
+            Ok(p) => Ok(p),
+            Err(err @ (Error::Unavailable(_) | Error::Internal(_))) => Err(err),
+            Err(err) => {
+                let event = AuditEvent::new(
+                    self.clock.now(),
+                    Actor::unidentified(fp.as_deref()),
+                    "auth.authenticate",
+                    fp.clone().unwrap_or_default(),
+                )
+                .refused(&err);
+                if let Err(audit_err) = self.store.record_event(&event).await {
+                    tracing::error!(error = %audit_err, "could not record authentication refusal");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    fn principal_of(&self, peer: PeerRecord) -> Result<Principal, Error> {
+        let now = self.clock.now();
+        let serial = &peer.serial;
+        if peer.status != "active" {
+            return Err(Error::Unauthenticated(format!(
+                "certificate {serial} is {}",
+                peer.status
+            )));
+        }
+        if now > peer.not_after {
+            return Err(Error::Unauthenticated(format!(
+                "certificate {serial} expired at {}",
+                peer.not_after
+            )));
+        }
+        if now < peer.not_before {
+            return Err(Error::Unauthenticated(format!(
+                "certificate {serial} is not valid before {}",
+                peer.not_before
+            )));
+        }
+        match peer.subject_state.as_deref() {
+            Some("active") => {}
+            Some(state) => {
+                return Err(Error::Unauthenticated(format!(
+                    "{} is {state}",
+                    peer.subject_uri
+                )))
+            }
+            None => {
+                return Err(Error::Unauthenticated(format!(
+                    "{} is not registered",
+                    peer.subject_uri
+                )))
+            }
+        }
+        let role = Role::parse(&peer.role).ok_or_else(|| {
+            Error::Unauthenticated(format!(
+                "certificate {serial} is not a client credential"
+            ))
+        })?;
+        Ok(Principal {
+            uri: peer.subject_uri,
+            role,
+            manufacturer: peer
+                .manufacturer
+                .as_deref()
+                .map(ManufacturerId::parse)
+                .transpose()?,
+            device_serial: peer
+                .device_serial
+                .as_deref()
+                .map(DeviceSerial::parse)
+                .transpose()?,
+            certificate_serial: peer.serial,
+        })
+    }
+
+    pub async fn create_manufacturer(
+        &self,
+        who: &Principal,
+        m: NewManufacturer,
+    ) -> Result<ManufacturerRecord, Error> {
+        let action = Action::CreateManufacturer;
+        let target = format!("manufacturer/{}", m.id);
+        self.audited(who, action.name(), &target, policy::authorize(who, action))
+            .await?;
+        let record = ManufacturerRecord {
+            id: m.id,
+            display_name: m.display_name,
+            allowed_models: m.allowed_models.iter().map(|m| m.as_str().to_owned()).collect(),
+            created_at: self.clock.now(),
+        };
+        let event = self
+            .event(who, action.name(), &target)
+            .with("display_name", record.display_name.clone())
+            .with("allowed_models", record.allowed_models.clone());
+        let created = self.store.create_manufacturer(&record, &event).await;
+        self.audited(who, action.name(), &target, created).await?;
+        Ok(record)
+    }
+
+    pub async fn list_manufacturers(
+        &self,
+        who: &Principal,
+    ) -> Result<Vec<ManufacturerRecord>, Error> {
+        let action = Action::ListManufacturers;
+        self.audited(who, action.name(), "manufacturers", policy::authorize(who, action))
+            .await?;
+        self.store.manufacturers().await
+    }
+
+    /// Issues a station, gateway, auditor or admin certificate (docs/ISSUANCE-CYCLE.md).
+    pub async fn issue_principal(
+        &self,
+        who: &Principal,
+        role: PrincipalRole,
+        id: PrincipalId,
+        csr: &[u8],
+    ) -> Result<Issued, Error> {
+        let action = Action::IssuePrincipalCertificate;
+        let subject_uri = self.profiles.trust_domain.principal_uri(&role, &id);
+        let step1 = async {
+            // Step 1: policy — may the caller ask, is the scope real, is the CSR acceptable,
+            // and what exactly will the certificate say.
+            policy::authorize(who, action)?;
+            if let PrincipalRole::Station(m) = &role {
+                self.store.manufacturer(m).await?;
+            }
+            let csr = policy::csr::verify(&crate::pem::csr_der(csr)?)?;
+            let now = self.clock.now();
+            let template = self.profiles.principal(
+                crate::issuance::random_serial(),
+                now,
+                self.authority.issuer_cert(IssuerName::Operational).not_after,
+                &role,
+                &id,
+                csr.public_key.clone(),
+            );
+            Ok((template, csr.spki_sha256))
+        };
+        let (template, spki) = self
+            .audited(who, action.name(), &subject_uri, step1.await)
+            .await?;
+        let manufacturer = match &role {
+            PrincipalRole::Station(m) => Some(m.clone()),
+            _ => None,
+        };
+        let reservation = Reservation {
+            template,
+            profile: "principal",
+            role: role.role(),
+            subject_uri: subject_uri.clone(),
+            spki_sha256: spki,
+            claim: Claim::Principal {
+                role: role.role(),
+                principal_id: id.to_string(),
+                manufacturer: manufacturer.clone(),
+            },
+        };
+        let completion = Completion::Principal {
+            role: role.role(),
+            principal_id: id.to_string(),
+            manufacturer,
+        };
+        self.run_cycle(who, action.name(), reservation, completion)
+            .await
+    }
+
+    /// Enrolls a device at the factory and returns its birth certificate.
+    pub async fn enroll_device(
+        &self,
+        who: &Principal,
+        input: EnrollInput,
+    ) -> Result<(DeviceRecord, Issued), Error> {
+        let manufacturer = match policy::enrollment_scope(who) {
+            Ok(m) => m,
+            Err(err) => {
+                let target = quote(input.serial.as_str());
+                return Err(self.refuse(who, "device.enroll", &target, err).await);
+            }
+        };
+        let action = Action::EnrollDevice {
+            manufacturer: &manufacturer,
+        };
+        let subject_uri = self
+            .profiles
+            .trust_domain
+            .device_uri(&manufacturer, &input.serial);
+        let step1 = async {
+            // Step 1: policy — the station's scope, the model, the CSR, the profile.
+            policy::authorize(who, action)?;
+            let m = self.store.manufacturer(&manufacturer).await?;
+            policy::check_model_allowed(&manufacturer, &m.allowed_models, &input.model)?;
+            let csr = policy::csr::verify(&crate::pem::csr_der(&input.csr)?)?;
+            let template = self.profiles.device_birth(
+                crate::issuance::random_serial(),
+                self.clock.now(),
+                &crate::policy::profile::BirthSubject {
+                    manufacturer: &manufacturer,
+                    manufacturer_name: &m.display_name,
+                    serial: &input.serial,
+                    udi_di: input.udi_di.as_ref(),
+                },
+                csr.public_key.clone(),
+            );
+            Ok((template, csr))
+        };
+        let (template, csr) = self
+            .audited(who, action.name(), &subject_uri, step1.await)
+            .await?;
+        let reservation = Reservation {
+            template,
+            profile: "device-birth",
+            role: Role::Device,
+            subject_uri: subject_uri.clone(),
+            spki_sha256: csr.spki_sha256.clone(),
+            claim: Claim::NewDevice {
+                manufacturer: manufacturer.clone(),
+                serial: input.serial.clone(),
+            },
+        };
+        let completion = Completion::Device {
+            manufacturer: manufacturer.clone(),
+            serial: input.serial.clone(),
+            model: input.model.as_str().to_owned(),
+            udi_di: input.udi_di.as_ref().map(|g| g.as_str().to_owned()),
+        };
+        let issued = self
+            .run_cycle(who, action.name(), reservation, completion)
+            .await?;
+        let device = self
+            .store
+            .device(&manufacturer, input.serial.as_str())
+            .await?;
+        Ok((device, issued))
+    }
+
+    /// Steps 2–4 of the issuance cycle, shared by every profile.
+    async fn run_cycle(
+        &self,
+        who: &Principal,
+        action: &str,
+        reservation: Reservation,
+        completion: Completion,
+    ) -> Result<Issued, Error> {
+        let subject_uri = reservation.subject_uri.clone();
+        let t: &CertificateTemplate = &reservation.template;
+        let (issuer, serial) = (t.issuer, t.serial.to_hex());
+        let intent = self
+            .event(who, "certificate.reserve", &subject_uri)
+            .with("issuer", issuer.as_str())
+            .with("serial", serial.clone())
+            .with("profile", reservation.profile)
+            .with("spki_sha256", reservation.spki_sha256.clone())
+            .with("not_after", t.not_after.unix_timestamp());
+
+        // Step 2: reserve the serial and record the intent with its audit event, durably.
+        let reserved = self.store.reserve(reservation, &intent).await;
+        let token = self.audited(who, action, &subject_uri, reserved).await?;
+
+        // Step 3: sign. The token is consumed: one reservation, at most one signature.
+        let signed: SignedCertificate = match self.authority.sign(token) {
+            Ok(s) => s,
+            Err(err) => {
+                let event = self
+                    .event(who, "certificate.abandon", &subject_uri)
+                    .with("issuer", issuer.as_str())
+                    .with("serial", serial.clone())
+                    .refused(&err);
+                if let Err(e) = self
+                    .store
+                    .abandon_reservation(issuer.as_str(), &serial, &event)
+                    .await
+                {
+                    tracing::error!(error = %e, serial, "could not abandon reservation; start-up recovery will");
+                }
+                return Err(err);
+            }
+        };
+
+        // Step 4: record the certificate and what it completes, with the success event.
+        let done = self
+            .event(who, action, &subject_uri)
+            .with("issuer", issuer.as_str())
+            .with("serial", serial.clone())
+            .with("certificate_sha256", fingerprint(&signed.der));
+        self.store
+            .record_issued(&signed, &completion, &subject_uri, &done)
+            .await?;
+        Ok(self.issued(signed, subject_uri))
+    }
+
+    fn issued(&self, signed: SignedCertificate, subject_uri: String) -> Issued {
+        let (_, cert) = x509_parser::parse_x509_certificate(&signed.der)
+            .expect("a certificate we just signed parses");
+        Issued {
+            not_before: cert.validity().not_before.to_datetime(),
+            not_after: cert.validity().not_after.to_datetime(),
+            der: signed.der.to_vec(),
+            chain: vec![self.authority.issuer_cert(signed.issuer).der.to_vec()],
+            root: self.authority.root().der.to_vec(),
+            serial: signed.serial.to_hex(),
+            subject_uri,
+        }
+    }
+
+    pub async fn get_device(
+        &self,
+        who: &Principal,
+        manufacturer: ManufacturerId,
+        serial: &str,
+    ) -> Result<DeviceRecord, Error> {
+        let action = Action::ReadDevices {
+            manufacturer: &manufacturer,
+        };
+        let target = format!("device/{manufacturer}/{}", quote(serial));
+        self.audited(who, action.name(), &target, policy::authorize(who, action))
+            .await?;
+        self.store.device(&manufacturer, serial).await
+    }
+
+    pub async fn list_devices(
+        &self,
+        who: &Principal,
+        mut query: DeviceQuery,
+    ) -> Result<(Vec<DeviceRecord>, Option<String>), Error> {
+        let scope = policy::device_list_scope(who, query.manufacturer.take());
+        query.manufacturer = self
+            .audited(who, Action::ListDevices.name(), "devices", scope)
+            .await?;
+        self.store.devices(&query).await
+    }
+
+    /// Start-up recovery: reservations left by an issuance that died between steps 2 and 4
+    /// are revoked, so a certificate that might exist is never "good" (ISSUANCE-CYCLE.md).
+    pub async fn recover_abandoned(&self) -> Result<usize, Error> {
+        let now = self.clock.now();
+        self.store
+            .abandon_reservations(now - ABANDON_AFTER, now, |issuer, serial, subject| {
+                AuditEvent::new(now, Actor::system(), "certificate.abandon", subject)
+                    .with("issuer", issuer)
+                    .with("serial", serial)
+                    .with("reason", "issuance did not complete; serial revoked (superseded)")
+            })
+            .await
+    }
+}

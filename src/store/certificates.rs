@@ -1,0 +1,425 @@
+//! Certificates: the store's half of the issuance cycle (docs/ISSUANCE-CYCLE.md), and the
+//! lookup that turns a TLS peer certificate into a principal on every RPC.
+
+use sqlx::Row;
+use time::OffsetDateTime;
+
+use super::{audit, from_unix, to_unix, Store, WriteTx};
+use crate::audit::AuditEvent;
+use crate::domain::{quote, DeviceSerial, ManufacturerId, Role};
+use crate::error::Error;
+use crate::issuance::{CertificateTemplate, IssuanceToken, IssuerName, SignedCertificate};
+
+/// Who a reserved certificate is for, and what must be unique about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// A device's first (birth) certificate: the serial must be new for its manufacturer.
+    NewDevice {
+        manufacturer: ManufacturerId,
+        serial: DeviceSerial,
+    },
+    /// A certificate for a non-device principal; the principal may already exist with the
+    /// same role and scope (re-issue), never with another.
+    Principal {
+        role: Role,
+        principal_id: String,
+        manufacturer: Option<ManufacturerId>,
+    },
+}
+
+/// What is recorded about a reservation besides the template.
+#[derive(Debug, Clone)]
+pub struct Reservation {
+    pub template: CertificateTemplate,
+    pub profile: &'static str,
+    pub role: Role,
+    pub subject_uri: String,
+    pub spki_sha256: String,
+    pub claim: Claim,
+}
+
+/// What step 4 adds to the registry along with the certificate.
+#[derive(Debug, Clone)]
+pub enum Completion {
+    Device {
+        manufacturer: ManufacturerId,
+        serial: DeviceSerial,
+        model: String,
+        udi_di: Option<String>,
+    },
+    Principal {
+        role: Role,
+        principal_id: String,
+        manufacturer: Option<ManufacturerId>,
+    },
+}
+
+/// A certificate signed before the store existed (`medid ca init`), to be recorded as is.
+#[derive(Debug, Clone)]
+pub struct AdoptedCertificate {
+    pub issuer: IssuerName,
+    pub serial: String,
+    pub profile: &'static str,
+    pub role: Role,
+    pub subject_uri: String,
+    pub spki_sha256: String,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    pub der: Vec<u8>,
+}
+
+/// A certificate found by its fingerprint, with the state of its subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRecord {
+    pub role: String,
+    pub subject_uri: String,
+    pub serial: String,
+    pub status: String,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    /// Principal or device state ('active', 'disabled', 'decommissioned'); None if the
+    /// subject row is missing.
+    pub subject_state: Option<String>,
+    pub manufacturer: Option<String>,
+    pub device_serial: Option<String>,
+}
+
+impl Store {
+    /// Issuance step 2: in one transaction, check uniqueness, reserve the serial with the
+    /// full intent, and append the intent's audit event. Returns the token that allows
+    /// exactly one signature.
+    pub async fn reserve(
+        &self,
+        r: Reservation,
+        intent: &AuditEvent,
+    ) -> Result<IssuanceToken, Error> {
+        let mut tx = self.begin_write().await?;
+        check_claim(&mut tx, &r).await?;
+        let t = &r.template;
+        sqlx::query(
+            "INSERT INTO certificates (issuer, serial, profile, role, subject_uri, spki_sha256,
+                                       not_before, not_after, status, reserved_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?)",
+        )
+        .bind(t.issuer.as_str())
+        .bind(t.serial.to_hex())
+        .bind(r.profile)
+        .bind(r.role.as_str())
+        .bind(&r.subject_uri)
+        .bind(&r.spki_sha256)
+        .bind(to_unix(t.not_before))
+        .bind(to_unix(t.not_after))
+        .bind(to_unix(intent.recorded_at))
+        .execute(&mut *tx)
+        .await?;
+        audit::append(&mut tx, intent).await?;
+        tx.commit().await?;
+        Ok(IssuanceToken::reserved(r.template))
+    }
+
+    /// Issuance step 4: store the signed certificate, create what it completes (the device or
+    /// principal row), and append the completion event, in one transaction.
+    pub async fn record_issued(
+        &self,
+        signed: &SignedCertificate,
+        completion: &Completion,
+        subject_uri: &str,
+        event: &AuditEvent,
+    ) -> Result<(), Error> {
+        let mut tx = self.begin_write().await?;
+        let updated = sqlx::query(
+            "UPDATE certificates SET status = 'active', der = ?, fingerprint = ?
+             WHERE issuer = ? AND serial = ? AND status = 'reserved'",
+        )
+        .bind(signed.der.as_ref())
+        .bind(fingerprint(&signed.der))
+        .bind(signed.issuer.as_str())
+        .bind(signed.serial.to_hex())
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() != 1 {
+            return Err(Error::Internal(format!(
+                "certificate {} was not reserved when its signature was recorded",
+                signed.serial
+            )));
+        }
+        complete(&mut tx, completion, subject_uri, &signed.serial.to_hex(), event).await?;
+        audit::append(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Marks reservations that never completed as revoked (reason superseded, RFC 5280 §5.3.1
+    /// code 4): a certificate that might have been signed stays known and is never "good".
+    /// `event_for` builds the audit event for each.
+    pub async fn abandon_reservations(
+        &self,
+        reserved_before: OffsetDateTime,
+        now: OffsetDateTime,
+        event_for: impl Fn(&str, &str, &str) -> AuditEvent,
+    ) -> Result<usize, Error> {
+        let mut tx = self.begin_write().await?;
+        let rows = sqlx::query(
+            "SELECT issuer, serial, subject_uri FROM certificates
+             WHERE status = 'reserved' AND reserved_at < ?",
+        )
+        .bind(to_unix(reserved_before))
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in &rows {
+            let issuer: String = row.try_get("issuer")?;
+            let serial: String = row.try_get("serial")?;
+            let subject: String = row.try_get("subject_uri")?;
+            revoke_reserved(&mut tx, &issuer, &serial, now).await?;
+            audit::append(&mut tx, &event_for(&issuer, &serial, &subject)).await?;
+        }
+        tx.commit().await?;
+        Ok(rows.len())
+    }
+
+    /// Undoes one reservation whose signing failed (same effect as abandonment).
+    pub async fn abandon_reservation(
+        &self,
+        issuer: &str,
+        serial: &str,
+        event: &AuditEvent,
+    ) -> Result<(), Error> {
+        let mut tx = self.begin_write().await?;
+        revoke_reserved(&mut tx, issuer, serial, event.recorded_at).await?;
+        audit::append(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records a certificate signed outside the cycle (by `medid ca init`, before any store
+    /// existed), with its principal and audit event, unless it is already known.
+    /// Returns true if it was recorded now.
+    pub async fn adopt_certificate(
+        &self,
+        c: &AdoptedCertificate,
+        completion: &Completion,
+        event: &AuditEvent,
+    ) -> Result<bool, Error> {
+        let fp = fingerprint(&c.der);
+        let mut tx = self.begin_write().await?;
+        let known: Option<String> =
+            sqlx::query_scalar("SELECT serial FROM certificates WHERE fingerprint = ?")
+                .bind(&fp)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if known.is_some() {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO certificates (issuer, serial, profile, role, subject_uri, spki_sha256,
+                                       not_before, not_after, status, reserved_at, der, fingerprint)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?)",
+        )
+        .bind(c.issuer.as_str())
+        .bind(&c.serial)
+        .bind(c.profile)
+        .bind(c.role.as_str())
+        .bind(&c.subject_uri)
+        .bind(&c.spki_sha256)
+        .bind(to_unix(c.not_before))
+        .bind(to_unix(c.not_after))
+        .bind(to_unix(event.recorded_at))
+        .bind(&c.der)
+        .bind(&fp)
+        .execute(&mut *tx)
+        .await?;
+        complete(&mut tx, completion, &c.subject_uri, &c.serial, event).await?;
+        audit::append(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The certificate whose DER has this SHA-256, with its subject's state.
+    pub async fn peer_by_fingerprint(&self, fp: &str) -> Result<Option<PeerRecord>, Error> {
+        let row = sqlx::query(
+            "SELECT c.role, c.subject_uri, c.serial, c.status, c.not_before, c.not_after,
+                    COALESCE(p.state, d.state) AS subject_state,
+                    COALESCE(p.manufacturer_id, d.manufacturer_id) AS manufacturer,
+                    d.serial AS device_serial
+             FROM certificates c
+             LEFT JOIN principals p ON p.uri = c.subject_uri
+             LEFT JOIN devices d ON d.uri = c.subject_uri
+             WHERE c.fingerprint = ?",
+        )
+        .bind(fp)
+        .fetch_optional(&self.reader)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(PeerRecord {
+            role: row.try_get("role")?,
+            subject_uri: row.try_get("subject_uri")?,
+            serial: row.try_get("serial")?,
+            status: row.try_get("status")?,
+            not_before: from_unix(row.try_get("not_before")?)?,
+            not_after: from_unix(row.try_get("not_after")?)?,
+            subject_state: row.try_get("subject_state")?,
+            manufacturer: row.try_get("manufacturer")?,
+            device_serial: row.try_get("device_serial")?,
+        }))
+    }
+
+    /// How many certificates are in `status` ('reserved', 'active', 'revoked').
+    pub async fn certificate_count(&self, status: &str) -> Result<i64, Error> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM certificates WHERE status = ?")
+                .bind(status)
+                .fetch_one(&self.reader)
+                .await?,
+        )
+    }
+}
+
+/// Creates what an issued certificate completes: the device row or the principal row.
+async fn complete(
+    tx: &mut WriteTx,
+    completion: &Completion,
+    subject_uri: &str,
+    cert_serial: &str,
+    event: &AuditEvent,
+) -> Result<(), Error> {
+    let now = to_unix(event.recorded_at);
+        match completion {
+            Completion::Device {
+                manufacturer,
+                serial,
+                model,
+                udi_di,
+            } => {
+                sqlx::query(
+                    "INSERT INTO devices (manufacturer_id, serial, model, udi_di, uri, state,
+                                          enrolled_at, birth_serial)
+                     VALUES (?, ?, ?, ?, ?, 'active', ?, ?)",
+                )
+                .bind(manufacturer.as_str())
+                .bind(serial.as_str())
+                .bind(model)
+                .bind(udi_di)
+                .bind(subject_uri)
+                .bind(now)
+                .bind(cert_serial)
+                .execute(&mut **tx)
+                .await?;
+            }
+            Completion::Principal {
+                role,
+                principal_id,
+                manufacturer,
+            } => {
+                sqlx::query(
+                    "INSERT INTO principals (uri, role, principal_id, manufacturer_id, state, created_at)
+                     VALUES (?, ?, ?, ?, 'active', ?)
+                     ON CONFLICT (uri) DO NOTHING",
+                )
+                .bind(subject_uri)
+                .bind(role.as_str())
+                .bind(principal_id)
+                .bind(manufacturer.as_ref().map(|m| m.as_str()))
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+            }
+        }
+    Ok(())
+}
+
+async fn check_claim(tx: &mut WriteTx, r: &Reservation) -> Result<(), Error> {
+    // A public key identifies one subject only (a key seen on another device is refused).
+    let other: Option<String> = sqlx::query_scalar(
+        "SELECT subject_uri FROM certificates WHERE spki_sha256 = ? AND subject_uri <> ? LIMIT 1",
+    )
+    .bind(&r.spki_sha256)
+    .bind(&r.subject_uri)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if other.is_some() {
+        return Err(Error::AlreadyExists(
+            "this public key is already bound to another device or principal; generate a new key"
+                .into(),
+        ));
+    }
+    match &r.claim {
+        Claim::NewDevice {
+            manufacturer,
+            serial,
+        } => {
+            let enrolled: Option<String> = sqlx::query_scalar(
+                "SELECT serial FROM devices WHERE manufacturer_id = ? AND serial = ?",
+            )
+            .bind(manufacturer.as_str())
+            .bind(serial.as_str())
+            .fetch_optional(&mut **tx)
+            .await?;
+            // A reservation in flight for the same device counts as taken: of two concurrent
+            // enrollments of one serial, exactly one proceeds.
+            let in_flight: Option<String> = sqlx::query_scalar(
+                "SELECT serial FROM certificates WHERE subject_uri = ? AND status = 'reserved'",
+            )
+            .bind(&r.subject_uri)
+            .fetch_optional(&mut **tx)
+            .await?;
+            if enrolled.is_some() || in_flight.is_some() {
+                return Err(Error::AlreadyExists(format!(
+                    "device {} of manufacturer {manufacturer} is already enrolled",
+                    quote(serial.as_str())
+                )));
+            }
+        }
+        Claim::Principal {
+            role,
+            principal_id,
+            manufacturer,
+        } => {
+            let row = sqlx::query(
+                "SELECT role, manufacturer_id, state FROM principals WHERE uri = ?",
+            )
+            .bind(&r.subject_uri)
+            .fetch_optional(&mut **tx)
+            .await?;
+            if let Some(row) = row {
+                let same_role = row.try_get::<String, _>("role")? == role.as_str();
+                let same_scope = row.try_get::<Option<String>, _>("manufacturer_id")?
+                    == manufacturer.as_ref().map(|m| m.to_string());
+                if !same_role || !same_scope {
+                    return Err(Error::AlreadyExists(format!(
+                        "principal {principal_id} exists with another role or manufacturer"
+                    )));
+                }
+                if row.try_get::<String, _>("state")? != "active" {
+                    return Err(Error::FailedPrecondition(format!(
+                        "principal {principal_id} is disabled"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn revoke_reserved(
+    tx: &mut WriteTx,
+    issuer: &str,
+    serial: &str,
+    now: OffsetDateTime,
+) -> Result<(), Error> {
+    // The serial may have been signed but was never delivered: it stays on record, revoked.
+    sqlx::query(
+        "UPDATE certificates SET status = 'revoked', revoked_at = ?, revocation_reason = 4
+         WHERE issuer = ? AND serial = ? AND status = 'reserved'",
+    )
+    .bind(to_unix(now))
+    .bind(issuer)
+    .bind(serial)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// SHA-256 of a certificate's DER, lowercase hex.
+pub fn fingerprint(der: &[u8]) -> String {
+    crate::domain::hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
+}

@@ -1,0 +1,227 @@
+//! Manufacturers, devices and principals.
+
+use base64::Engine;
+use sqlx::Row;
+use time::OffsetDateTime;
+
+use super::{audit, from_unix, to_unix, Store};
+use crate::audit::AuditEvent;
+use crate::domain::{quote, ManufacturerId};
+use crate::error::Error;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManufacturerRecord {
+    pub id: ManufacturerId,
+    pub display_name: String,
+    pub allowed_models: Vec<String>,
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceState {
+    Active,
+    Decommissioned,
+}
+
+impl DeviceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceState::Active => "active",
+            DeviceState::Decommissioned => "decommissioned",
+        }
+    }
+    fn parse(s: &str) -> Result<Self, Error> {
+        match s {
+            "active" => Ok(DeviceState::Active),
+            "decommissioned" => Ok(DeviceState::Decommissioned),
+            other => Err(Error::Internal(format!("unknown device state {other:?}"))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    pub manufacturer_id: String,
+    pub serial: String,
+    pub model: String,
+    pub udi_di: Option<String>,
+    pub uri: String,
+    pub state: DeviceState,
+    pub enrolled_at: OffsetDateTime,
+    pub birth_serial: String,
+}
+
+/// Filters and position for a device listing.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceQuery {
+    pub manufacturer: Option<ManufacturerId>,
+    pub model: Option<String>,
+    pub state: Option<DeviceState>,
+    pub page_size: u32,
+    /// Opaque keyset cursor from a previous page.
+    pub page_token: Option<String>,
+}
+
+impl Store {
+    /// Creates a manufacturer and records `event` in the same transaction.
+    pub async fn create_manufacturer(
+        &self,
+        m: &ManufacturerRecord,
+        event: &AuditEvent,
+    ) -> Result<(), Error> {
+        let mut tx = self.begin_write().await?;
+        let exists: Option<String> =
+            sqlx::query_scalar("SELECT id FROM manufacturers WHERE id = ?")
+                .bind(m.id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if exists.is_some() {
+            return Err(Error::AlreadyExists(format!(
+                "manufacturer {} already exists",
+                m.id
+            )));
+        }
+        let models = serde_json::to_string(&m.allowed_models)
+            .map_err(|e| Error::internal("encoding models", e))?;
+        sqlx::query(
+            "INSERT INTO manufacturers (id, display_name, allowed_models, created_at)
+             VALUES (?, ?, ?, ?)",
+        )
+        .bind(m.id.as_str())
+        .bind(&m.display_name)
+        .bind(models)
+        .bind(to_unix(m.created_at))
+        .execute(&mut *tx)
+        .await?;
+        audit::append(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn manufacturer(&self, id: &ManufacturerId) -> Result<ManufacturerRecord, Error> {
+        let row = sqlx::query(
+            "SELECT id, display_name, allowed_models, created_at FROM manufacturers WHERE id = ?",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.reader)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("manufacturer {id} does not exist")))?;
+        decode_manufacturer(&row)
+    }
+
+    pub async fn manufacturers(&self) -> Result<Vec<ManufacturerRecord>, Error> {
+        let rows = sqlx::query(
+            "SELECT id, display_name, allowed_models, created_at FROM manufacturers ORDER BY id",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(decode_manufacturer).collect()
+    }
+
+    pub async fn device(
+        &self,
+        manufacturer: &ManufacturerId,
+        serial: &str,
+    ) -> Result<DeviceRecord, Error> {
+        let row = sqlx::query(&format!(
+            "{DEVICE_COLUMNS} WHERE manufacturer_id = ? AND serial = ?"
+        ))
+        .bind(manufacturer.as_str())
+        .bind(serial)
+        .fetch_optional(&self.reader)
+        .await?
+        .ok_or_else(|| {
+            Error::NotFound(format!(
+                "device {} of manufacturer {manufacturer} is not enrolled",
+                quote(serial)
+            ))
+        })?;
+        decode_device(&row)
+    }
+
+    /// One page of devices ordered by (manufacturer, serial), and the token of the next page.
+    pub async fn devices(
+        &self,
+        q: &DeviceQuery,
+    ) -> Result<(Vec<DeviceRecord>, Option<String>), Error> {
+        let size = match q.page_size {
+            0 => 100,
+            n => n.min(500),
+        };
+        let cursor = match &q.page_token {
+            Some(t) => Some(decode_cursor(t)?),
+            None => None,
+        };
+        let (after_m, after_s) = cursor.unwrap_or_default();
+        let rows = sqlx::query(&format!(
+            "{DEVICE_COLUMNS}
+             WHERE (? IS NULL OR manufacturer_id = ?)
+               AND (? IS NULL OR model = ?)
+               AND (? IS NULL OR state = ?)
+               AND (manufacturer_id, serial) > (?, ?)
+             ORDER BY manufacturer_id, serial
+             LIMIT ?"
+        ))
+        .bind(q.manufacturer.as_ref().map(|m| m.as_str()))
+        .bind(q.manufacturer.as_ref().map(|m| m.as_str()))
+        .bind(q.model.as_deref())
+        .bind(q.model.as_deref())
+        .bind(q.state.map(DeviceState::as_str))
+        .bind(q.state.map(DeviceState::as_str))
+        .bind(after_m)
+        .bind(after_s)
+        .bind(i64::from(size) + 1)
+        .fetch_all(&self.reader)
+        .await?;
+        let mut devices = rows.iter().map(decode_device).collect::<Result<Vec<_>, _>>()?;
+        let next = if devices.len() > size as usize {
+            devices.truncate(size as usize);
+            devices
+                .last()
+                .map(|d| encode_cursor(&d.manufacturer_id, &d.serial))
+        } else {
+            None
+        };
+        Ok((devices, next))
+    }
+}
+
+const DEVICE_COLUMNS: &str = "SELECT manufacturer_id, serial, model, udi_di, uri, state, \
+                              enrolled_at, birth_serial FROM devices";
+
+fn decode_manufacturer(row: &sqlx::sqlite::SqliteRow) -> Result<ManufacturerRecord, Error> {
+    let models: String = row.try_get("allowed_models")?;
+    Ok(ManufacturerRecord {
+        id: ManufacturerId::parse(&row.try_get::<String, _>("id")?)?,
+        display_name: row.try_get("display_name")?,
+        allowed_models: serde_json::from_str(&models)
+            .map_err(|e| Error::internal("decoding allowed_models", e))?,
+        created_at: from_unix(row.try_get("created_at")?)?,
+    })
+}
+
+fn decode_device(row: &sqlx::sqlite::SqliteRow) -> Result<DeviceRecord, Error> {
+    Ok(DeviceRecord {
+        manufacturer_id: row.try_get("manufacturer_id")?,
+        serial: row.try_get("serial")?,
+        model: row.try_get("model")?,
+        udi_di: row.try_get("udi_di")?,
+        uri: row.try_get("uri")?,
+        state: DeviceState::parse(&row.try_get::<String, _>("state")?)?,
+        enrolled_at: from_unix(row.try_get("enrolled_at")?)?,
+        birth_serial: row.try_get("birth_serial")?,
+    })
+}
+
+fn encode_cursor(manufacturer: &str, serial: &str) -> String {
+    let json = serde_json::json!([manufacturer, serial]).to_string();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+}
+
+fn decode_cursor(token: &str) -> Result<(String, String), Error> {
+    let bad = || Error::InvalidArgument("page_token is not one this server issued".into());
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
+    serde_json::from_slice(&bytes).map_err(|_| bad())
+}

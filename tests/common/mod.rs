@@ -1,0 +1,208 @@
+//! Test harness: starts the real medid server on 127.0.0.1:0 with a temporary PKI and SQLite
+//! database, and makes real tonic clients that talk to it over mTLS.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use medid::api::client::{connect, ClientCredentials};
+use medid::clock::{Clock, FixedClock, SystemClock};
+use medid::config::Config;
+use medid::proto::{
+    admin_service_client::AdminServiceClient, enrollment_service_client::EnrollmentServiceClient,
+    registry_service_client::RegistryServiceClient, IssuePrincipalCertificateRequest,
+    PrincipalRole,
+};
+use medid::service::Ca;
+use rcgen::{CertificateParams, KeyPair};
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    pub ca: Arc<Ca>,
+    pub clock: Arc<FixedClock>,
+    pub config: Config,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A client identity: certificate chain PEM and private key PEM.
+#[derive(Clone)]
+pub struct Identity {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(dir).await
+    }
+
+    /// Starts a server on an existing directory (PKI and database are reused if present).
+    pub async fn start_in(dir: tempfile::TempDir) -> Self {
+        let config = Config {
+            pki_dir: dir.path().join("pki"),
+            database_url: format!("sqlite://{}", dir.path().join("medid.db").display()),
+            create_dev_pki: true,
+            ..Config::default()
+        };
+        // The clock starts at the real time (TLS checks validity against the real clock);
+        // tests move it forward to exercise expiry in medid's own checks.
+        let clock = Arc::new(FixedClock::new(SystemClock.now()));
+        let prepared = medid::server::prepare(&config, clock.clone())
+            .await
+            .expect("server prepares");
+        let ca = prepared.ca.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            medid::server::run(prepared, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("server runs");
+        });
+        TestServer {
+            url: format!("https://localhost:{}", addr.port()),
+            dir,
+            ca,
+            clock,
+            config,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the server and waits for it to drain; returns the directory for a restart.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.expect("server task ends cleanly");
+        }
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        dir
+    }
+
+    pub fn pki(&self, name: &str) -> PathBuf {
+        self.config.pki_dir.join(name)
+    }
+
+    pub fn root_pem(&self) -> String {
+        std::fs::read_to_string(self.pki("root-ca.pem")).unwrap()
+    }
+
+    pub fn admin(&self) -> Identity {
+        Identity {
+            cert_pem: std::fs::read_to_string(self.pki("admin.pem")).unwrap(),
+            key_pem: std::fs::read_to_string(self.pki("admin.key")).unwrap(),
+        }
+    }
+
+    pub async fn channel(&self, who: &Identity) -> Channel {
+        self.try_channel(who).await.expect("mTLS connection")
+    }
+
+    pub async fn try_channel(&self, who: &Identity) -> Result<Channel, medid::Error> {
+        let creds = ClientCredentials {
+            ca_pem: self.root_pem().into_bytes(),
+            cert_pem: who.cert_pem.clone().into_bytes(),
+            key_pem: who.key_pem.clone().into_bytes(),
+        };
+        connect(&self.url, &creds).await
+    }
+
+    pub async fn admin_client(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel(&self.admin()).await)
+    }
+
+    pub async fn enrollment_client(&self, who: &Identity) -> EnrollmentServiceClient<Channel> {
+        EnrollmentServiceClient::new(self.channel(who).await)
+    }
+
+    pub async fn registry_client(&self, who: &Identity) -> RegistryServiceClient<Channel> {
+        RegistryServiceClient::new(self.channel(who).await)
+    }
+
+    /// Creates a manufacturer through the API.
+    pub async fn add_manufacturer(&self, id: &str, models: &[&str]) {
+        self.admin_client()
+            .await
+            .create_manufacturer(medid::proto::CreateManufacturerRequest {
+                id: id.into(),
+                display_name: format!("{id} Medical Inc."),
+                allowed_models: models.iter().map(|m| m.to_string()).collect(),
+            })
+            .await
+            .expect("manufacturer created");
+    }
+
+    /// Issues a principal certificate through the API, with a key made here.
+    pub async fn issue(&self, role: PrincipalRole, id: &str, manufacturer: &str) -> Identity {
+        let (csr, key_pem) = csr_p256();
+        let issued = self
+            .admin_client()
+            .await
+            .issue_principal_certificate(IssuePrincipalCertificateRequest {
+                role: role as i32,
+                id: id.into(),
+                manufacturer_id: manufacturer.into(),
+                csr,
+            })
+            .await
+            .expect("principal issued")
+            .into_inner();
+        Identity {
+            cert_pem: issued.certificate_pem,
+            key_pem,
+        }
+    }
+
+    pub async fn station(&self, manufacturer: &str, id: &str) -> Identity {
+        self.issue(PrincipalRole::ManufacturerStation, id, manufacturer)
+            .await
+    }
+
+    /// Every audit event so far.
+    pub async fn audit_events(&self) -> Vec<medid::audit::StoredEvent> {
+        self.ca.store.audit_events(0, i64::MAX).await.unwrap()
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        let path = self.dir.path().join("medid.db");
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
+        pool.close().await;
+        n
+    }
+}
+
+/// A CSR (DER) for a new key of `alg`, and the key's PEM.
+pub fn csr_for(alg: &'static rcgen::SignatureAlgorithm) -> (Vec<u8>, String) {
+    let key = KeyPair::generate_for(alg).unwrap();
+    let csr = CertificateParams::new(vec![])
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap();
+    (csr.der().to_vec(), key.serialize_pem())
+}
+
+pub fn csr_p256() -> (Vec<u8>, String) {
+    csr_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+}
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name))
+        .unwrap()
+}
+
+pub fn system_now() -> time::OffsetDateTime {
+    SystemClock.now()
+}
