@@ -129,7 +129,10 @@ mod tests {
         let mut c = Config::default();
         assert_eq!(c.sqlite_path().unwrap(), PathBuf::from("data/medid.db"));
         c.database_url = "/var/lib/medid/medid.db".into();
-        assert_eq!(c.sqlite_path().unwrap(), PathBuf::from("/var/lib/medid/medid.db"));
+        assert_eq!(
+            c.sqlite_path().unwrap(),
+            PathBuf::from("/var/lib/medid/medid.db")
+        );
         c.database_url = "postgres://x".into();
         assert!(c.sqlite_path().is_err());
     }

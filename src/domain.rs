@@ -30,7 +30,12 @@ fn check_slug(what: &str, s: &str) -> Result<(), Error> {
 /// Quotes a caller-supplied value for an error message: at most 80 characters, escaped,
 /// so a hostile value cannot forge log lines or flood a message.
 pub fn quote(s: &str) -> String {
-    let mut out: String = s.chars().take(80).collect::<String>().escape_debug().to_string();
+    let mut out: String = s
+        .chars()
+        .take(80)
+        .collect::<String>()
+        .escape_debug()
+        .to_string();
     if s.chars().count() > 80 {
         out.push('…');
     }
@@ -306,10 +311,12 @@ impl fmt::Display for CertSerial {
 /// Lowercase hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 #[cfg(test)]
@@ -329,7 +336,17 @@ mod tests {
     fn device_serial_must_be_printable_string() {
         assert!(DeviceSerial::parse("PUMP-0001").is_ok());
         assert!(DeviceSerial::parse("SN 12/34 (rev:B)").is_ok());
-        for bad in ["", " lead", "trail ", "a\nb", "nul\0", "semi;colon", "é", "=cmd|x", "<b>"] {
+        for bad in [
+            "",
+            " lead",
+            "trail ",
+            "a\nb",
+            "nul\0",
+            "semi;colon",
+            "é",
+            "=cmd|x",
+            "<b>",
+        ] {
             assert!(DeviceSerial::parse(bad).is_err(), "{bad:?} was accepted");
         }
         assert!(DeviceSerial::parse(&"x".repeat(64)).is_ok());

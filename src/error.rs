@@ -64,7 +64,10 @@ impl From<&Error> for Status {
             Error::Unavailable(m) => Status::unavailable(m.clone()),
             Error::Internal(detail) => {
                 tracing::error!(detail = %detail, "internal error");
-                Status::new(Code::Internal, "internal error; the operator's log has details")
+                Status::new(
+                    Code::Internal,
+                    "internal error; the operator's log has details",
+                )
             }
         }
     }

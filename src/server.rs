@@ -90,7 +90,10 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
     adopt_bootstrap_admin(&ca, &files).await?;
     let abandoned = ca.recover_abandoned().await?;
     if abandoned > 0 {
-        tracing::warn!(abandoned, "revoked reservations left by an interrupted issuance");
+        tracing::warn!(
+            abandoned,
+            "revoked reservations left by an interrupted issuance"
+        );
     }
     Ok(Prepared {
         ca,
@@ -128,15 +131,27 @@ async fn adopt_bootstrap_admin(ca: &Ca, files: &PkiFiles) -> Result<(), Error> {
         not_after: cert.validity().not_after.to_datetime(),
         der: der.to_vec(),
     };
-    let event = AuditEvent::new(ca.clock.now(), Actor::system(), "principal.bootstrap", &subject_uri)
-        .with("serial", adopted.serial.clone())
-        .with("certificate_sha256", crate::store::certificates::fingerprint(&der));
+    let event = AuditEvent::new(
+        ca.clock.now(),
+        Actor::system(),
+        "principal.bootstrap",
+        &subject_uri,
+    )
+    .with("serial", adopted.serial.clone())
+    .with(
+        "certificate_sha256",
+        crate::store::certificates::fingerprint(&der),
+    );
     let completion = Completion::Principal {
         role: Role::Admin,
         principal_id: id.to_string(),
         manufacturer: None,
     };
-    if ca.store.adopt_certificate(&adopted, &completion, &event).await? {
+    if ca
+        .store
+        .adopt_certificate(&adopted, &completion, &event)
+        .await?
+    {
         tracing::info!(uri = %subject_uri, "recorded the bootstrap admin certificate");
     }
     Ok(())
@@ -151,9 +166,7 @@ pub async fn run(
     let limit = prepared.max_message_bytes;
     let api = Api::new(prepared.ca.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<EnrollmentServiceServer<Api>>()
-        .await;
+    health.set_serving::<EnrollmentServiceServer<Api>>().await;
     health.set_serving::<AdminServiceServer<Api>>().await;
     health.set_serving::<RegistryServiceServer<Api>>().await;
     let reflection = tonic_reflection::server::Builder::configure()

@@ -9,8 +9,7 @@ use time::{Duration, OffsetDateTime};
 use crate::audit::{Actor, AuditEvent};
 use crate::clock::Clock;
 use crate::domain::{
-    quote, DeviceSerial, Gtin14, ManufacturerId, Model, Principal, PrincipalId, PrincipalRole,
-    Role,
+    quote, DeviceSerial, Gtin14, ManufacturerId, Model, Principal, PrincipalId, PrincipalRole, Role,
 };
 use crate::error::Error;
 use crate::issuance::{Authority, CertificateTemplate, IssuerName, SignedCertificate};
@@ -160,9 +159,7 @@ impl Ca {
             }
         }
         let role = Role::parse(&peer.role).ok_or_else(|| {
-            Error::Unauthenticated(format!(
-                "certificate {serial} is not a client credential"
-            ))
+            Error::Unauthenticated(format!("certificate {serial} is not a client credential"))
         })?;
         Ok(Principal {
             uri: peer.subject_uri,
@@ -193,7 +190,11 @@ impl Ca {
         let record = ManufacturerRecord {
             id: m.id,
             display_name: m.display_name,
-            allowed_models: m.allowed_models.iter().map(|m| m.as_str().to_owned()).collect(),
+            allowed_models: m
+                .allowed_models
+                .iter()
+                .map(|m| m.as_str().to_owned())
+                .collect(),
             created_at: self.clock.now(),
         };
         let event = self
@@ -210,8 +211,13 @@ impl Ca {
         who: &Principal,
     ) -> Result<Vec<ManufacturerRecord>, Error> {
         let action = Action::ListManufacturers;
-        self.audited(who, action.name(), "manufacturers", policy::authorize(who, action))
-            .await?;
+        self.audited(
+            who,
+            action.name(),
+            "manufacturers",
+            policy::authorize(who, action),
+        )
+        .await?;
         self.store.manufacturers().await
     }
 
@@ -237,7 +243,9 @@ impl Ca {
             let template = self.profiles.principal(
                 crate::issuance::random_serial(),
                 now,
-                self.authority.issuer_cert(IssuerName::Operational).not_after,
+                self.authority
+                    .issuer_cert(IssuerName::Operational)
+                    .not_after,
                 &role,
                 &id,
                 csr.public_key.clone(),
@@ -446,7 +454,10 @@ impl Ca {
                 AuditEvent::new(now, Actor::system(), "certificate.abandon", subject)
                     .with("issuer", issuer)
                     .with("serial", serial)
-                    .with("reason", "issuance did not complete; serial revoked (superseded)")
+                    .with(
+                        "reason",
+                        "issuance did not complete; serial revoked (superseded)",
+                    )
             })
             .await
     }

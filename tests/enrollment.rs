@@ -5,9 +5,7 @@ mod common;
 use std::collections::HashSet;
 
 use common::{csr_for, csr_p256, fixture, Identity, TestServer};
-use medid::proto::{
-    EnrollDeviceRequest, GetDeviceRequest, ListDevicesRequest, PrincipalRole,
-};
+use medid::proto::{EnrollDeviceRequest, GetDeviceRequest, ListDevicesRequest, PrincipalRole};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use tonic::Code;
 use x509_parser::prelude::*;
@@ -66,10 +64,18 @@ async fn enrolled_birth_certificate_has_the_802_1ar_profile() {
         .filter(|a| a.attr_type().to_id_string() == "2.5.4.5")
         .collect();
     assert_eq!(sn.len(), 1);
-    assert_eq!(sn[0].attr_value().tag(), x509_parser::der_parser::asn1_rs::Tag::PrintableString);
+    assert_eq!(
+        sn[0].attr_value().tag(),
+        x509_parser::der_parser::asn1_rs::Tag::PrintableString
+    );
     assert_eq!(sn[0].as_str().unwrap(), "PUMP-0001");
     assert_eq!(
-        cert.subject().iter_organization().next().unwrap().as_str().unwrap(),
+        cert.subject()
+            .iter_organization()
+            .next()
+            .unwrap()
+            .as_str()
+            .unwrap(),
         "acme Medical Inc."
     );
     // notAfter 99991231235959Z as GeneralizedTime (IEEE 802.1AR).
@@ -143,12 +149,11 @@ async fn birth_certificate_verifies_with_webpki_and_in_a_real_mtls_handshake() {
         cert_pem: issued.certificate_pem.clone(),
         key_pem,
     };
-    let err = medid::proto::admin_service_client::AdminServiceClient::new(
-        server.channel(&device).await,
-    )
-    .list_manufacturers(medid::proto::ListManufacturersRequest {})
-    .await
-    .unwrap_err();
+    let err =
+        medid::proto::admin_service_client::AdminServiceClient::new(server.channel(&device).await)
+            .list_manufacturers(medid::proto::ListManufacturersRequest {})
+            .await
+            .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     assert!(err.message().contains("device"), "{}", err.message());
 }
@@ -158,12 +163,18 @@ async fn a_serial_is_enrolled_once() {
     let server = TestServer::start().await;
     server.add_manufacturer("acme", &[]).await;
     let station = server.station("acme", "line-1").await;
-    enroll(&server, &station, "PUMP-1", csr_p256().0).await.unwrap();
+    enroll(&server, &station, "PUMP-1", csr_p256().0)
+        .await
+        .unwrap();
     let err = enroll(&server, &station, "PUMP-1", csr_p256().0)
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
-    assert!(err.message().contains("already enrolled"), "{}", err.message());
+    assert!(
+        err.message().contains("already enrolled"),
+        "{}",
+        err.message()
+    );
     assert_eq!(server.count("SELECT COUNT(*) FROM devices").await, 1);
 }
 
@@ -279,7 +290,11 @@ async fn bad_csrs_are_refused_with_a_named_reason_and_leave_only_one_audit_event
         ("secp256k1", fixture("secp256k1.csr"), "secp256k1"),
         ("Ed448", fixture("ed448.csr"), "Ed448"),
         ("SHA-1", fixture("p256-sha1.csr"), "SHA-1"),
-        ("garbage", b"this is not a CSR at all".to_vec(), "not a DER PKCS#10"),
+        (
+            "garbage",
+            b"this is not a CSR at all".to_vec(),
+            "not a DER PKCS#10",
+        ),
         ("empty", vec![], "empty"),
         (
             "two PEM blocks",
@@ -337,15 +352,23 @@ async fn nothing_the_csr_requests_is_copied_into_the_certificate() {
     let server = TestServer::start().await;
     server.add_manufacturer("acme", &[]).await;
     let station = server.station("acme", "line-1").await;
-    let resp = enroll(&server, &station, "CA-WANNABE", fixture("p256-requests-ca.csr"))
-        .await
-        .unwrap();
+    let resp = enroll(
+        &server,
+        &station,
+        "CA-WANNABE",
+        fixture("p256-requests-ca.csr"),
+    )
+    .await
+    .unwrap();
     let der = der_of(&resp.certificate.unwrap().certificate_pem);
     let (_, cert) = parse_x509_certificate(&der).unwrap();
     assert!(!cert.basic_constraints().unwrap().unwrap().value.ca);
     let eku = cert.extended_key_usage().unwrap().unwrap().value;
     assert!(eku.client_auth && !eku.code_signing);
-    let san = format!("{:?}", cert.subject_alternative_name().unwrap().unwrap().value);
+    let san = format!(
+        "{:?}",
+        cert.subject_alternative_name().unwrap().unwrap().value
+    );
     assert!(!san.contains("evil.example"));
     assert!(!cert.subject().to_string().contains("CN=ca"));
 }
@@ -465,7 +488,9 @@ async fn admin_can_read_any_device_and_an_unknown_one_is_not_found() {
     let server = TestServer::start().await;
     server.add_manufacturer("acme", &[]).await;
     let station = server.station("acme", "line-1").await;
-    enroll(&server, &station, "G-1", csr_p256().0).await.unwrap();
+    enroll(&server, &station, "G-1", csr_p256().0)
+        .await
+        .unwrap();
     let mut registry = server.registry_client(&server.admin()).await;
     let d = registry
         .get_device(GetDeviceRequest {

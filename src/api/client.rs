@@ -28,9 +28,8 @@ impl std::fmt::Debug for ClientCredentials {
 impl ClientCredentials {
     pub fn from_files(ca: &Path, cert: &Path, key: &Path) -> Result<Self, Error> {
         let read = |p: &Path| {
-            std::fs::read(p).map_err(|e| {
-                Error::InvalidArgument(format!("reading {}: {e}", p.display()))
-            })
+            std::fs::read(p)
+                .map_err(|e| Error::InvalidArgument(format!("reading {}: {e}", p.display())))
         };
         Ok(Self {
             ca_pem: read(ca)?,

@@ -3,9 +3,7 @@
 use prost_types::Timestamp;
 use time::OffsetDateTime;
 
-use crate::domain::{
-    DeviceSerial, Gtin14, ManufacturerId, Model, PrincipalId, PrincipalRole,
-};
+use crate::domain::{DeviceSerial, Gtin14, ManufacturerId, Model, PrincipalId, PrincipalRole};
 use crate::error::Error;
 use crate::proto;
 use crate::service::{EnrollInput, Issued, NewManufacturer};
@@ -112,7 +110,9 @@ pub fn device(d: &DeviceRecord) -> proto::Device {
 
 pub fn device_query(req: proto::ListDevicesRequest) -> Result<DeviceQuery, Error> {
     if req.page_size > 500 {
-        return Err(Error::InvalidArgument("page_size must be at most 500".into()));
+        return Err(Error::InvalidArgument(
+            "page_size must be at most 500".into(),
+        ));
     }
     Ok(DeviceQuery {
         manufacturer: match req.manufacturer_id.as_str() {

@@ -11,8 +11,10 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::domain::{ManufacturerId, Principal};
-use crate::proto::{self, admin_service_server::AdminService,
-    enrollment_service_server::EnrollmentService, registry_service_server::RegistryService};
+use crate::proto::{
+    self, admin_service_server::AdminService, enrollment_service_server::EnrollmentService,
+    registry_service_server::RegistryService,
+};
 use crate::service::Ca;
 use crate::store::registry::DeviceQuery;
 
@@ -59,7 +61,12 @@ impl AdminService for Api {
         let req = request.into_inner();
         let target = format!("manufacturer/{}", crate::domain::quote(&req.id));
         let input = self
-            .parse(&who, "manufacturer.create", &target, convert::new_manufacturer(req))
+            .parse(
+                &who,
+                "manufacturer.create",
+                &target,
+                convert::new_manufacturer(req),
+            )
             .await?;
         let m = self.ca.create_manufacturer(&who, input).await?;
         Ok(Response::new(convert::manufacturer(&m)))
@@ -84,7 +91,12 @@ impl AdminService for Api {
         let req = request.into_inner();
         let target = format!("principal/{}", crate::domain::quote(&req.id));
         let (role, id) = self
-            .parse(&who, "principal.issue", &target, convert::principal_role(&req))
+            .parse(
+                &who,
+                "principal.issue",
+                &target,
+                convert::principal_role(&req),
+            )
             .await?;
         let issued = self.ca.issue_principal(&who, role, id, &req.csr).await?;
         Ok(Response::new(convert::issued(&issued)))
@@ -121,7 +133,12 @@ impl RegistryService for Api {
         let req = request.into_inner();
         let target = format!("device/{}", crate::domain::quote(&req.manufacturer_id));
         let manufacturer = self
-            .parse(&who, "device.read", &target, ManufacturerId::parse(&req.manufacturer_id))
+            .parse(
+                &who,
+                "device.read",
+                &target,
+                ManufacturerId::parse(&req.manufacturer_id),
+            )
             .await?;
         let device = self.ca.get_device(&who, manufacturer, &req.serial).await?;
         Ok(Response::new(convert::device(&device)))

@@ -19,16 +19,36 @@ use crate::proto::{
 #[derive(Debug, Args, Clone)]
 pub struct Connection {
     /// Service URL.
-    #[arg(long, env = "MEDID_SERVER", default_value = "https://localhost:7443", global = true)]
+    #[arg(
+        long,
+        env = "MEDID_SERVER",
+        default_value = "https://localhost:7443",
+        global = true
+    )]
     pub server: String,
     /// CA certificate that signed the service's certificate chain (the root).
-    #[arg(long, env = "MEDID_CA", default_value = "certs-dev/root-ca.pem", global = true)]
+    #[arg(
+        long,
+        env = "MEDID_CA",
+        default_value = "certs-dev/root-ca.pem",
+        global = true
+    )]
     pub ca: PathBuf,
     /// Client certificate (PEM).
-    #[arg(long, env = "MEDID_CERT", default_value = "certs-dev/admin.pem", global = true)]
+    #[arg(
+        long,
+        env = "MEDID_CERT",
+        default_value = "certs-dev/admin.pem",
+        global = true
+    )]
     pub cert: PathBuf,
     /// Client private key (PEM).
-    #[arg(long, env = "MEDID_KEY", default_value = "certs-dev/admin.key", global = true)]
+    #[arg(
+        long,
+        env = "MEDID_KEY",
+        default_value = "certs-dev/admin.key",
+        global = true
+    )]
     pub key: PathBuf,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
@@ -389,9 +409,8 @@ impl PendingKey {
             }
         }
         if let Some(path) = &src.csr {
-            let csr = std::fs::read(path).map_err(|e| {
-                Error::InvalidArgument(format!("reading {}: {e}", path.display()))
-            })?;
+            let csr = std::fs::read(path)
+                .map_err(|e| Error::InvalidArgument(format!("reading {}: {e}", path.display())))?;
             return Ok(Self { csr, key_pem: None });
         }
         let alg = match src.key_type {
@@ -425,7 +444,10 @@ impl PendingKey {
 fn ts(t: &Option<prost_types::Timestamp>) -> String {
     t.as_ref()
         .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds).ok())
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }
 
@@ -471,7 +493,11 @@ fn print_issued(
     }
     println!("issued {}", c.subject_uri);
     println!("  serial:       {}", c.serial);
-    println!("  valid:        {} .. {}", ts(&c.not_before), ts(&c.not_after));
+    println!(
+        "  valid:        {} .. {}",
+        ts(&c.not_before),
+        ts(&c.not_after)
+    );
     println!("  certificate:  {}", files.cert.display());
     println!("  chain:        {}", files.chain.display());
     if let Some(k) = key {

@@ -15,7 +15,11 @@ use crate::error::Error;
 use crate::issuance::bootstrap::{self, PkiFiles};
 
 #[derive(Debug, Parser)]
-#[command(name = "medid", version, about = "Private CA and audit ledger for connected medical devices")]
+#[command(
+    name = "medid",
+    version,
+    about = "Private CA and audit ledger for connected medical devices"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -133,7 +137,10 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             println!("created PKI in {}", dir.display());
             println!("  root CA:              {}", files.root_cert.display());
             println!("  device-identity CA:   {}", files.device_ca_cert.display());
-            println!("  operational CA:       {}", files.operational_ca_cert.display());
+            println!(
+                "  operational CA:       {}",
+                files.operational_ca_cert.display()
+            );
             println!("  service TLS:          {}", files.server_cert.display());
             println!("  first admin:          {}", files.admin_cert.display());
             println!("  audit-signing key:    {}", files.audit_key.display());

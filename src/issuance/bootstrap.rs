@@ -152,7 +152,13 @@ pub fn init(files: &PkiFiles, opts: &InitOptions, now: OffsetDateTime) -> Result
 
     // Root: self-signed, no AKI (RFC 5280 §4.2.1.1 allows omitting it on a self-signed root).
     let root_key = new_key()?;
-    let mut root = ca_params(td, "medid root CA", ca_not_before, no_well_defined_expiry(), None);
+    let mut root = ca_params(
+        td,
+        "medid root CA",
+        ca_not_before,
+        no_well_defined_expiry(),
+        None,
+    );
     root.use_authority_key_identifier_extension = false;
     let root_cert = root
         .self_signed(&root_key)

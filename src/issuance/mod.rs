@@ -167,7 +167,10 @@ fn read(path: &Path) -> Result<String, Error> {
 fn load_ca_cert(path: &Path) -> Result<CaCert, Error> {
     let certs = crate::pem::parse_certificates(read(path)?.as_bytes())
         .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
-    let der = certs.into_iter().next().expect("parse_certificates returns ≥ 1");
+    let der = certs
+        .into_iter()
+        .next()
+        .expect("parse_certificates returns ≥ 1");
     let (_, parsed) = x509_parser::parse_x509_certificate(&der)
         .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
     let not_after = parsed.validity().not_after.to_datetime();

@@ -66,10 +66,7 @@ pub fn verify(der: &[u8]) -> Result<VerifiedCsr, Error> {
     }
     let info = &csr.certification_request_info;
     let key_kind = key_kind(&info.subject_pki)?;
-    let alg = signature_algorithm(
-        &csr.signature_algorithm.algorithm.to_id_string(),
-        key_kind,
-    )?;
+    let alg = signature_algorithm(&csr.signature_algorithm.algorithm.to_id_string(), key_kind)?;
     let key_bits = info.subject_pki.subject_public_key.data.to_vec();
     UnparsedPublicKey::new(alg, &key_bits)
         .verify(info.raw, &csr.signature_value.data)
@@ -104,7 +101,11 @@ pub fn verify(der: &[u8]) -> Result<VerifiedCsr, Error> {
 }
 
 fn key_kind(spki: &SubjectPublicKeyInfo<'_>) -> Result<KeyKind, Error> {
-    let refuse = |what: &str| Err(Error::BadCsr(format!("{what} keys are not accepted; use ECDSA P-256 or P-384, Ed25519, or RSA 2048–4096")));
+    let refuse = |what: &str| {
+        Err(Error::BadCsr(format!(
+            "{what} keys are not accepted; use ECDSA P-256 or P-384, Ed25519, or RSA 2048–4096"
+        )))
+    };
     match spki.algorithm.algorithm.to_id_string().as_str() {
         "1.2.840.113549.1.1.1" => rsa_key_kind(spki),
         "1.2.840.10045.2.1" => {
@@ -113,12 +114,10 @@ fn key_kind(spki: &SubjectPublicKeyInfo<'_>) -> Result<KeyKind, Error> {
             };
             let curve = match params.clone().oid() {
                 Ok(oid) => oid.to_id_string(),
-                Err(_) => {
-                    return Err(Error::BadCsr(
-                        "explicit EC curve parameters are refused; use a named curve (P-256 or P-384)"
-                            .into(),
-                    ))
-                }
+                Err(_) => return Err(Error::BadCsr(
+                    "explicit EC curve parameters are refused; use a named curve (P-256 or P-384)"
+                        .into(),
+                )),
             };
             let (kind, point_len) = match curve.as_str() {
                 "1.2.840.10045.3.1.7" => (KeyKind::EcdsaP256, 65),
@@ -164,9 +163,7 @@ fn rsa_key_kind(spki: &SubjectPublicKeyInfo<'_>) -> Result<KeyKind, Error> {
         )));
     }
     if strip_leading_zeros(rsa.exponent) != [0x01, 0x00, 0x01] {
-        return Err(Error::BadCsr(
-            "RSA public exponent must be 65537".into(),
-        ));
+        return Err(Error::BadCsr("RSA public exponent must be 65537".into()));
     }
     Ok(KeyKind::Rsa { bits })
 }
@@ -255,8 +252,14 @@ mod tests {
 
     #[test]
     fn empty_garbage_trailing_and_oversized_input_is_refused() {
-        assert_eq!(verify(&[]).unwrap_err(), Error::BadCsr("the CSR is empty".into()));
-        assert!(verify(b"hello world").unwrap_err().to_string().contains("not a DER"));
+        assert_eq!(
+            verify(&[]).unwrap_err(),
+            Error::BadCsr("the CSR is empty".into())
+        );
+        assert!(verify(b"hello world")
+            .unwrap_err()
+            .to_string()
+            .contains("not a DER"));
         let mut der = csr_for(&rcgen::PKCS_ED25519);
         der.push(0);
         assert!(verify(&der).unwrap_err().to_string().contains("trailing"));

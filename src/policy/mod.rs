@@ -141,9 +141,20 @@ mod tests {
         let acme = ManufacturerId::parse("acme").unwrap();
         let other = ManufacturerId::parse("other").unwrap();
         let station = principal(Role::Station, Some("acme"));
-        assert!(authorize(&station, Action::EnrollDevice { manufacturer: &acme }).is_ok());
+        assert!(authorize(
+            &station,
+            Action::EnrollDevice {
+                manufacturer: &acme
+            }
+        )
+        .is_ok());
         assert!(matches!(
-            authorize(&station, Action::EnrollDevice { manufacturer: &other }),
+            authorize(
+                &station,
+                Action::EnrollDevice {
+                    manufacturer: &other
+                }
+            ),
             Err(Error::PermissionDenied(_))
         ));
     }
@@ -168,7 +179,10 @@ mod tests {
     fn station_listing_is_narrowed_to_its_manufacturer() {
         let station = principal(Role::Station, Some("acme"));
         let acme = ManufacturerId::parse("acme").unwrap();
-        assert_eq!(device_list_scope(&station, None).unwrap(), Some(acme.clone()));
+        assert_eq!(
+            device_list_scope(&station, None).unwrap(),
+            Some(acme.clone())
+        );
         assert_eq!(
             device_list_scope(&station, Some(acme.clone())).unwrap(),
             Some(acme)

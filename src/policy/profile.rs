@@ -168,8 +168,10 @@ impl ProfileSettings {
             common_name: Some("medid service".into()),
             ..SubjectName::default()
         };
-        t.san_uris
-            .push(format!("spiffe://{}/service/medid", self.trust_domain.as_str()));
+        t.san_uris.push(format!(
+            "spiffe://{}/service/medid",
+            self.trust_domain.as_str()
+        ));
         t.san_dns = dns_names.to_vec();
         t.san_ips = ips.to_vec();
         t.ekus = vec![Eku::ServerAuth];

@@ -64,9 +64,8 @@ fn decode(row: &sqlx::sqlite::SqliteRow) -> Result<StoredEvent, Error> {
         "denied" => Outcome::Denied,
         _ => Outcome::Failed,
     };
-    let detail: Map<String, Value> =
-        serde_json::from_str(&row.try_get::<String, _>("detail")?)
-            .map_err(|e| Error::internal("decoding audit detail", e))?;
+    let detail: Map<String, Value> = serde_json::from_str(&row.try_get::<String, _>("detail")?)
+        .map_err(|e| Error::internal("decoding audit detail", e))?;
     Ok(StoredEvent {
         seq: row.try_get("seq")?,
         event: AuditEvent {

@@ -143,7 +143,14 @@ impl Store {
                 signed.serial
             )));
         }
-        complete(&mut tx, completion, subject_uri, &signed.serial.to_hex(), event).await?;
+        complete(
+            &mut tx,
+            completion,
+            subject_uri,
+            &signed.serial.to_hex(),
+            event,
+        )
+        .await?;
         audit::append(&mut tx, event).await?;
         tx.commit().await?;
         Ok(())
@@ -283,34 +290,34 @@ async fn complete(
     event: &AuditEvent,
 ) -> Result<(), Error> {
     let now = to_unix(event.recorded_at);
-        match completion {
-            Completion::Device {
-                manufacturer,
-                serial,
-                model,
-                udi_di,
-            } => {
-                sqlx::query(
-                    "INSERT INTO devices (manufacturer_id, serial, model, udi_di, uri, state,
+    match completion {
+        Completion::Device {
+            manufacturer,
+            serial,
+            model,
+            udi_di,
+        } => {
+            sqlx::query(
+                "INSERT INTO devices (manufacturer_id, serial, model, udi_di, uri, state,
                                           enrolled_at, birth_serial)
                      VALUES (?, ?, ?, ?, ?, 'active', ?, ?)",
-                )
-                .bind(manufacturer.as_str())
-                .bind(serial.as_str())
-                .bind(model)
-                .bind(udi_di)
-                .bind(subject_uri)
-                .bind(now)
-                .bind(cert_serial)
-                .execute(&mut **tx)
-                .await?;
-            }
-            Completion::Principal {
-                role,
-                principal_id,
-                manufacturer,
-            } => {
-                sqlx::query(
+            )
+            .bind(manufacturer.as_str())
+            .bind(serial.as_str())
+            .bind(model)
+            .bind(udi_di)
+            .bind(subject_uri)
+            .bind(now)
+            .bind(cert_serial)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Completion::Principal {
+            role,
+            principal_id,
+            manufacturer,
+        } => {
+            sqlx::query(
                     "INSERT INTO principals (uri, role, principal_id, manufacturer_id, state, created_at)
                      VALUES (?, ?, ?, ?, 'active', ?)
                      ON CONFLICT (uri) DO NOTHING",
@@ -322,8 +329,8 @@ async fn complete(
                 .bind(now)
                 .execute(&mut **tx)
                 .await?;
-            }
         }
+    }
     Ok(())
 }
 
@@ -374,12 +381,11 @@ async fn check_claim(tx: &mut WriteTx, r: &Reservation) -> Result<(), Error> {
             principal_id,
             manufacturer,
         } => {
-            let row = sqlx::query(
-                "SELECT role, manufacturer_id, state FROM principals WHERE uri = ?",
-            )
-            .bind(&r.subject_uri)
-            .fetch_optional(&mut **tx)
-            .await?;
+            let row =
+                sqlx::query("SELECT role, manufacturer_id, state FROM principals WHERE uri = ?")
+                    .bind(&r.subject_uri)
+                    .fetch_optional(&mut **tx)
+                    .await?;
             if let Some(row) = row {
                 let same_role = row.try_get::<String, _>("role")? == role.as_str();
                 let same_scope = row.try_get::<Option<String>, _>("manufacturer_id")?

@@ -173,7 +173,10 @@ impl Store {
         .bind(i64::from(size) + 1)
         .fetch_all(&self.reader)
         .await?;
-        let mut devices = rows.iter().map(decode_device).collect::<Result<Vec<_>, _>>()?;
+        let mut devices = rows
+            .iter()
+            .map(decode_device)
+            .collect::<Result<Vec<_>, _>>()?;
         let next = if devices.len() > size as usize {
             devices.truncate(size as usize);
             devices

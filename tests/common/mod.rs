@@ -43,15 +43,21 @@ impl TestServer {
 
     /// Starts a server on an existing directory (PKI and database are reused if present).
     pub async fn start_in(dir: tempfile::TempDir) -> Self {
+        Self::start_at(dir, SystemClock.now()).await
+    }
+
+    /// Starts with medid's clock pinned at `now`. TLS still checks certificate validity against
+    /// the real clock, so `now` should stay near it.
+    pub async fn start_at(dir: tempfile::TempDir, now: time::OffsetDateTime) -> Self {
         let config = Config {
             pki_dir: dir.path().join("pki"),
             database_url: format!("sqlite://{}", dir.path().join("medid.db").display()),
             create_dev_pki: true,
             ..Config::default()
         };
-        // The clock starts at the real time (TLS checks validity against the real clock);
-        // tests move it forward to exercise expiry in medid's own checks.
-        let clock = Arc::new(FixedClock::new(SystemClock.now()));
+        // The clock starts at (near) the real time (TLS checks validity against the real
+        // clock); tests move it forward to exercise expiry in medid's own checks.
+        let clock = Arc::new(FixedClock::new(now));
         let prepared = medid::server::prepare(&config, clock.clone())
             .await
             .expect("server prepares");
@@ -85,8 +91,7 @@ impl TestServer {
         if let Some(t) = self.task.take() {
             t.await.expect("server task ends cleanly");
         }
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        dir
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 
     pub fn pki(&self, name: &str) -> PathBuf {
@@ -199,8 +204,12 @@ pub fn csr_p256() -> (Vec<u8>, String) {
 }
 
 pub fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name))
-        .unwrap()
+    std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data")
+            .join(name),
+    )
+    .unwrap()
 }
 
 pub fn system_now() -> time::OffsetDateTime {

@@ -1,0 +1,270 @@
+//! PKI bootstrap, restarts and recovery from an issuance interrupted mid-cycle.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use common::{csr_p256, TestServer};
+use medid::audit::{Actor, AuditEvent};
+use medid::clock::Clock;
+use medid::proto::EnrollDeviceRequest;
+use tonic::Code;
+
+fn medid(args: &[&str], dir: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_medid"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("medid runs")
+}
+
+#[test]
+fn ca_init_writes_private_keys_0600_and_refuses_to_overwrite_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = medid(
+        &[
+            "ca",
+            "init",
+            "--dir",
+            "pki",
+            "--trust-domain",
+            "hospital.example",
+        ],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pki = dir.path().join("pki");
+    for key in [
+        "root-ca.key",
+        "device-ca.key",
+        "operational-ca.key",
+        "server.key",
+        "admin.key",
+        "audit-signing.key",
+    ] {
+        let mode = std::fs::metadata(pki.join(key))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{key}");
+    }
+    let meta = std::fs::read_to_string(pki.join("pki.json")).unwrap();
+    assert!(meta.contains("hospital.example"));
+    let root_before = std::fs::read(pki.join("root-ca.pem")).unwrap();
+
+    let again = medid(&["ca", "init", "--dir", "pki"], dir.path());
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    assert_eq!(std::fs::read(pki.join("root-ca.pem")).unwrap(), root_before);
+
+    let forced = medid(&["ca", "init", "--dir", "pki", "--force"], dir.path());
+    assert!(forced.status.success());
+    assert_ne!(std::fs::read(pki.join("root-ca.pem")).unwrap(), root_before);
+}
+
+#[test]
+fn the_ca_hierarchy_follows_the_design() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(medid(&["ca", "init", "--dir", "pki"], dir.path())
+        .status
+        .success());
+    let read = |name: &str| {
+        let pem = std::fs::read(dir.path().join("pki").join(name)).unwrap();
+        medid::pem::parse_certificates(&pem).unwrap()[0].to_vec()
+    };
+    let root = read("root-ca.pem");
+    let device = read("device-ca.pem");
+    let operational = read("operational-ca.pem");
+    let parse = |der: &[u8]| -> (bool, Option<u32>, String) {
+        let (_, c) = x509_parser::parse_x509_certificate(der).unwrap();
+        let bc = c.basic_constraints().unwrap().unwrap();
+        assert!(bc.critical);
+        (
+            bc.value.ca,
+            bc.value.path_len_constraint,
+            c.validity().not_after.to_string(),
+        )
+    };
+    let (ca, _, root_end) = parse(&root);
+    assert!(ca);
+    assert!(root_end.contains("9999"));
+    let (ca, path_len, device_end) = parse(&device);
+    assert!(ca && path_len == Some(0));
+    assert!(device_end.contains("9999"));
+    let (ca, path_len, operational_end) = parse(&operational);
+    assert!(ca && path_len == Some(0));
+    assert!(
+        !operational_end.contains("9999"),
+        "operational CA is finite"
+    );
+}
+
+#[tokio::test]
+async fn a_restart_keeps_every_record_and_adopts_the_bootstrap_admin_once() {
+    let server = TestServer::start().await;
+    server.add_manufacturer("acme", &[]).await;
+    let dir = server.stop().await;
+    let server = TestServer::start_in(dir).await;
+    let list = server
+        .admin_client()
+        .await
+        .list_manufacturers(medid::proto::ListManufacturersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.manufacturers.len(), 1);
+    let adoptions = server
+        .audit_events()
+        .await
+        .iter()
+        .filter(|e| e.event.action == "principal.bootstrap")
+        .count();
+    assert_eq!(adoptions, 1);
+}
+
+#[tokio::test]
+async fn audit_sequence_numbers_are_gap_free() {
+    let server = TestServer::start().await;
+    server.add_manufacturer("acme", &[]).await;
+    let station = server.station("acme", "line-1").await;
+    let mut enrollment = server.enrollment_client(&station).await;
+    for i in 0..5 {
+        let _ = enrollment
+            .enroll_device(EnrollDeviceRequest {
+                csr: if i % 2 == 0 {
+                    csr_p256().0
+                } else {
+                    vec![1, 2, 3]
+                },
+                serial: format!("G-{i}"),
+                model: "M".into(),
+                udi_di: String::new(),
+            })
+            .await;
+    }
+    let seqs: Vec<i64> = server.audit_events().await.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn audit_rows_cannot_be_updated_or_deleted_through_sql() {
+    let server = TestServer::start().await;
+    let path = server.dir.path().join("medid.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    let upd = sqlx::query("UPDATE audit_events SET outcome = 'success'")
+        .execute(&pool)
+        .await;
+    assert!(upd.unwrap_err().to_string().contains("append-only"));
+    let del = sqlx::query("DELETE FROM audit_events").execute(&pool).await;
+    assert!(del.unwrap_err().to_string().contains("append-only"));
+}
+
+/// A crash between step 2 (reserve) and step 4 (record) leaves a reserved serial. On the next
+/// start it is revoked (never "good"), audited, and the device can enroll again.
+#[tokio::test]
+async fn an_interrupted_issuance_is_revoked_at_the_next_start() {
+    let server = TestServer::start().await;
+    server.add_manufacturer("acme", &[]).await;
+    let station = server.station("acme", "line-1").await;
+    // Step 1 and step 2 exactly as the service runs them, then "crash" before signing.
+    // The crash happened ten minutes ago (TLS checks the real clock, so we go back, not forward).
+    server
+        .clock
+        .set(common::system_now() - time::Duration::minutes(10));
+    let verified = medid::policy::csr::verify(&csr_p256().0).unwrap();
+    let manufacturer = medid::domain::ManufacturerId::parse("acme").unwrap();
+    let serial = medid::domain::DeviceSerial::parse("CRASH-1").unwrap();
+    let template = server.ca.profiles.device_birth(
+        medid::issuance::random_serial(),
+        server.clock.now(),
+        &medid::policy::profile::BirthSubject {
+            manufacturer: &manufacturer,
+            manufacturer_name: "acme Medical Inc.",
+            serial: &serial,
+            udi_di: None,
+        },
+        verified.public_key.clone(),
+    );
+    let uri = server
+        .ca
+        .profiles
+        .trust_domain
+        .device_uri(&manufacturer, &serial);
+    let cert_serial = template.serial.to_hex();
+    let intent = AuditEvent::new(
+        server.clock.now(),
+        Actor::system(),
+        "certificate.reserve",
+        &uri,
+    );
+    let token = server
+        .ca
+        .store
+        .reserve(
+            medid::store::certificates::Reservation {
+                template,
+                profile: "device-birth",
+                role: medid::domain::Role::Device,
+                subject_uri: uri.clone(),
+                spki_sha256: verified.spki_sha256.clone(),
+                claim: medid::store::certificates::Claim::NewDevice {
+                    manufacturer,
+                    serial,
+                },
+            },
+            &intent,
+        )
+        .await
+        .unwrap();
+    drop(token); // the process dies here
+    server.clock.set(common::system_now());
+    // While the reservation stands, the serial is taken.
+    let again = server
+        .enrollment_client(&station)
+        .await
+        .enroll_device(EnrollDeviceRequest {
+            csr: csr_p256().0,
+            serial: "CRASH-1".into(),
+            model: "M".into(),
+            udi_di: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::AlreadyExists);
+
+    let dir = server.stop().await;
+    let server = TestServer::start_in(dir).await;
+    let status = server
+        .count(&format!(
+            "SELECT COUNT(*) FROM certificates WHERE serial = '{cert_serial}' \
+             AND status = 'revoked' AND revocation_reason = 4"
+        ))
+        .await;
+    assert_eq!(status, 1, "abandoned reservation is revoked (superseded)");
+    assert!(server
+        .audit_events()
+        .await
+        .iter()
+        .any(|e| e.event.action == "certificate.abandon"
+            && e.event.detail.get("serial").and_then(|s| s.as_str()) == Some(&cert_serial)));
+    let station = server.station("acme", "line-2").await;
+    server
+        .enrollment_client(&station)
+        .await
+        .enroll_device(EnrollDeviceRequest {
+            csr: csr_p256().0,
+            serial: "CRASH-1".into(),
+            model: "M".into(),
+            udi_di: String::new(),
+        })
+        .await
+        .expect("the device enrolls once the interrupted attempt is cleaned up");
+}
