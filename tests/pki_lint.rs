@@ -26,11 +26,19 @@ async fn everything_medid_issues_passes_pkilint() {
         let der = medid::pem::parse_certificates(&std::fs::read(src).unwrap()).unwrap();
         std::fs::write(out.join(name), medid::pem::certificate(&der[0])).unwrap();
     };
-    for name in ["root-ca.pem", "device-ca.pem", "operational-ca.pem", "server.pem", "admin.pem"] {
+    for name in [
+        "root-ca.pem",
+        "device-ca.pem",
+        "operational-ca.pem",
+        "server.pem",
+        "admin.pem",
+    ] {
         copy_first(server.pki(name), name);
     }
     server.add_manufacturer("acme", &[]).await;
-    let station = server.issue(PrincipalRole::ManufacturerStation, "line-1", "acme").await;
+    let station = server
+        .issue(PrincipalRole::ManufacturerStation, "line-1", "acme")
+        .await;
     std::fs::write(out.join("station.pem"), &station.cert_pem).unwrap();
     let gateway = server.issue(PrincipalRole::Gateway, "gw-1", "").await;
     std::fs::write(out.join("gateway.pem"), &gateway.cert_pem).unwrap();
@@ -76,7 +84,8 @@ async fn everything_medid_issues_passes_pkilint() {
         .filter(|l| l.contains("(ERROR)") || l.contains("(FATAL)"))
         .filter(|l| {
             let spiffe_uri = l.contains("pkix.invalid_uri_syntax") && l.contains("\"spiffe://");
-            let localhost = l.contains("pkix.invalid_domain_name_syntax") && l.contains("\"localhost\"");
+            let localhost =
+                l.contains("pkix.invalid_domain_name_syntax") && l.contains("\"localhost\"");
             !(spiffe_uri || localhost)
         })
         .collect();

@@ -408,6 +408,10 @@ impl PendingKey {
                 )));
             }
         }
+        if let Some(dir) = files.cert.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::InvalidArgument(format!("creating {}: {e}", dir.display())))?;
+        }
         if let Some(path) = &src.csr {
             let csr = std::fs::read(path)
                 .map_err(|e| Error::InvalidArgument(format!("reading {}: {e}", path.display())))?;
