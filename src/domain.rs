@@ -286,6 +286,66 @@ pub struct Principal {
     pub certificate_serial: String,
 }
 
+/// RFC 5280 §5.3.1 reason codes medid accepts. `unspecified` (0) is never sent: a revocation
+/// without a reason omits the reasonCode entry extension. certificateHold (6) is refused:
+/// revocation in medid is permanent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RevocationReason {
+    KeyCompromise = 1,
+    CaCompromise = 2,
+    AffiliationChanged = 3,
+    Superseded = 4,
+    CessationOfOperation = 5,
+    PrivilegeWithdrawn = 9,
+    AaCompromise = 10,
+}
+
+impl RevocationReason {
+    pub const ALL: [RevocationReason; 7] = [
+        RevocationReason::KeyCompromise,
+        RevocationReason::CaCompromise,
+        RevocationReason::AffiliationChanged,
+        RevocationReason::Superseded,
+        RevocationReason::CessationOfOperation,
+        RevocationReason::PrivilegeWithdrawn,
+        RevocationReason::AaCompromise,
+    ];
+
+    pub fn code(self) -> i64 {
+        self as i64
+    }
+
+    /// From a wire or stored code: 0 means "no reason given".
+    pub fn from_code(code: i64) -> Result<Option<Self>, Error> {
+        if code == 0 {
+            return Ok(None);
+        }
+        Self::ALL
+            .into_iter()
+            .find(|r| r.code() == code)
+            .map(Some)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "revocation reason {code} is not accepted; use an RFC 5280 §5.3.1 code: \
+                     1 keyCompromise, 2 cACompromise, 3 affiliationChanged, 4 superseded, \
+                     5 cessationOfOperation, 9 privilegeWithdrawn, 10 aACompromise (or 0 for none)"
+                ))
+            })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RevocationReason::KeyCompromise => "keyCompromise",
+            RevocationReason::CaCompromise => "cACompromise",
+            RevocationReason::AffiliationChanged => "affiliationChanged",
+            RevocationReason::Superseded => "superseded",
+            RevocationReason::CessationOfOperation => "cessationOfOperation",
+            RevocationReason::PrivilegeWithdrawn => "privilegeWithdrawn",
+            RevocationReason::AaCompromise => "aACompromise",
+        }
+    }
+}
+
 /// A certificate serial number: positive, 8–20 octets, big-endian without a sign byte.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CertSerial(Vec<u8>);
@@ -317,6 +377,17 @@ pub fn hex(bytes: &[u8]) -> String {
             let _ = write!(s, "{b:02x}");
             s
         })
+}
+
+/// Bytes of lowercase or uppercase hex; None if not hex.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod der;
 pub mod domain;
 pub mod error;
 pub mod issuance;

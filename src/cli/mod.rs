@@ -155,11 +155,12 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
 
 async fn serve(args: ServeArgs) -> Result<(), Error> {
     let config = args.config()?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let prepared = crate::server::prepare(&config, clock).await?;
+    // Bind first: a port already in use fails before anything is created on disk.
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| Error::Unavailable(format!("binding {}: {e}", config.listen)))?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let prepared = crate::server::prepare(&config, clock).await?;
     println!(
         "medid serving gRPC (mTLS) on {} — PKI {}, database {}",
         config.listen,

@@ -13,6 +13,7 @@ use rcgen::{
 use time::OffsetDateTime;
 
 use super::IssuerName;
+use crate::der;
 use crate::domain::CertSerial;
 use crate::error::Error;
 
@@ -177,70 +178,11 @@ fn ia5(s: &str) -> Result<rcgen::string::Ia5String, Error> {
 /// DER of AuthorityInfoAccessSyntax ::= SEQUENCE OF AccessDescription, each
 /// { accessMethod OBJECT IDENTIFIER, accessLocation [6] IMPLICIT IA5String (URI) }.
 fn authority_info_access(entries: &[(&[u64], &str)]) -> Vec<u8> {
-    let mut body = Vec::new();
-    for (oid, uri) in entries {
-        let mut desc = der_tlv(0x06, &oid_content(oid));
-        desc.extend(der_tlv(0x86, uri.as_bytes()));
-        body.extend(der_tlv(0x30, &desc));
-    }
-    der_tlv(0x30, &body)
-}
-
-pub(crate) fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let len = content.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes: Vec<u8> = len
-            .to_be_bytes()
-            .into_iter()
-            .skip_while(|b| *b == 0)
-            .collect();
-        out.push(0x80 | bytes.len() as u8);
-        out.extend(bytes);
-    }
-    out.extend_from_slice(content);
-    out
-}
-
-/// Content octets of an OBJECT IDENTIFIER (X.690 §8.19).
-pub(crate) fn oid_content(arcs: &[u64]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut push_base128 = |mut v: u64| {
-        let mut tmp = vec![(v & 0x7f) as u8];
-        v >>= 7;
-        while v > 0 {
-            tmp.push(0x80 | (v & 0x7f) as u8);
-            v >>= 7;
-        }
-        out.extend(tmp.into_iter().rev());
-    };
-    push_base128(arcs[0] * 40 + arcs[1]);
-    for arc in &arcs[2..] {
-        push_base128(*arc);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn oid_encoding_matches_known_der() {
-        // 1.3.6.1.5.5.7.1.1 (id-pe-authorityInfoAccess) is 2b 06 01 05 05 07 01 01.
-        assert_eq!(
-            oid_content(OID_AUTHORITY_INFO_ACCESS),
-            [0x2b, 6, 1, 5, 5, 7, 1, 1]
-        );
-        // 2.5.4.5 is 55 04 05.
-        assert_eq!(oid_content(OID_SERIAL_NUMBER), [0x55, 4, 5]);
-    }
-
-    #[test]
-    fn long_lengths_use_the_long_form() {
-        let tlv = der_tlv(0x04, &[0u8; 300]);
-        assert_eq!(&tlv[..4], &[0x04, 0x82, 0x01, 0x2c]);
-    }
+    let descriptions: Vec<Vec<u8>> = entries
+        .iter()
+        .map(|(oid, uri)| {
+            der::sequence(&[&der::oid(oid), &der::tlv(der::tag::context_primitive(6), uri.as_bytes())])
+        })
+        .collect();
+    der::tlv(der::tag::SEQUENCE, &descriptions.concat())
 }

@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod certificates;
+pub mod lifecycle;
 pub mod registry;
 
 use std::path::Path;
@@ -24,11 +25,18 @@ use time::OffsetDateTime;
 use crate::error::Error;
 
 /// Migrations, embedded in the binary, applied in order; each runs once.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "core",
-    include_str!("../../migrations/sqlite/0001_core.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "core",
+        include_str!("../../migrations/sqlite/0001_core.sql"),
+    ),
+    (
+        2,
+        "lifecycle",
+        include_str!("../../migrations/sqlite/0002_lifecycle.sql"),
+    ),
+];
 
 /// Handle to the database: one writer connection, a few readers.
 #[derive(Debug, Clone)]

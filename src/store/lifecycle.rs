@@ -1,0 +1,344 @@
+//! Revocation, CRLs, certificate status and history, expiry, and one-time enrollment tokens.
+
+use sqlx::Row;
+use time::OffsetDateTime;
+
+use super::{audit, from_unix, to_unix, Store, WriteTx};
+use crate::audit::AuditEvent;
+use crate::domain::{ManufacturerId, RevocationReason};
+use crate::error::Error;
+use crate::issuance::{IssuerName, RevokedEntry};
+
+/// A certificate row with its subject's scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertRecord {
+    pub issuer: IssuerName,
+    pub serial: String,
+    pub profile: String,
+    pub role: String,
+    pub subject_uri: String,
+    pub status: String,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    pub revoked_at: Option<OffsetDateTime>,
+    pub reason: Option<RevocationReason>,
+    /// The device's or station's manufacturer.
+    pub manufacturer: Option<String>,
+    pub device_serial: Option<String>,
+}
+
+const CERT_COLUMNS: &str = "SELECT c.issuer, c.serial, c.profile, c.role, c.subject_uri, c.status,
+        c.not_before, c.not_after, c.revoked_at, c.revocation_reason,
+        COALESCE(d.manufacturer_id, p.manufacturer_id) AS manufacturer, d.serial AS device_serial
+    FROM certificates c
+    LEFT JOIN devices d ON d.uri = c.subject_uri
+    LEFT JOIN principals p ON p.uri = c.subject_uri";
+
+fn decode_cert(row: &sqlx::sqlite::SqliteRow) -> Result<CertRecord, Error> {
+    let issuer: String = row.try_get("issuer")?;
+    let reason: Option<i64> = row.try_get("revocation_reason")?;
+    Ok(CertRecord {
+        issuer: IssuerName::parse(&issuer)
+            .ok_or_else(|| Error::Internal(format!("unknown issuer {issuer:?}")))?,
+        serial: row.try_get("serial")?,
+        profile: row.try_get("profile")?,
+        role: row.try_get("role")?,
+        subject_uri: row.try_get("subject_uri")?,
+        status: row.try_get("status")?,
+        not_before: from_unix(row.try_get("not_before")?)?,
+        not_after: from_unix(row.try_get("not_after")?)?,
+        revoked_at: row
+            .try_get::<Option<i64>, _>("revoked_at")?
+            .map(from_unix)
+            .transpose()?,
+        reason: match reason {
+            Some(code) => RevocationReason::from_code(code)?,
+            None => None,
+        },
+        manufacturer: row.try_get("manufacturer")?,
+        device_serial: row.try_get("device_serial")?,
+    })
+}
+
+/// A one-time enrollment token as stored (its hash, never the token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub token_sha256: String,
+    pub manufacturer_id: String,
+    pub serial: String,
+    pub model: Option<String>,
+    pub expires_at: OffsetDateTime,
+    pub used_at: Option<OffsetDateTime>,
+}
+
+/// A signed CRL as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlRecord {
+    pub number: i64,
+    pub this_update: OffsetDateTime,
+    pub next_update: OffsetDateTime,
+    pub der: Vec<u8>,
+}
+
+impl Store {
+    pub async fn certificate(
+        &self,
+        issuer: IssuerName,
+        serial: &str,
+    ) -> Result<Option<CertRecord>, Error> {
+        let row = sqlx::query(&format!("{CERT_COLUMNS} WHERE c.issuer = ? AND c.serial = ?"))
+            .bind(issuer.as_str())
+            .bind(serial)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(decode_cert).transpose()
+    }
+
+    /// Every certificate of a subject, oldest first.
+    pub async fn certificates_of(&self, subject_uri: &str) -> Result<Vec<CertRecord>, Error> {
+        let rows = sqlx::query(&format!(
+            "{CERT_COLUMNS} WHERE c.subject_uri = ? ORDER BY c.not_before, c.serial"
+        ))
+        .bind(subject_uri)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(decode_cert).collect()
+    }
+
+    /// Active certificates with a finite notAfter at or before `before`, soonest first.
+    pub async fn expiring(
+        &self,
+        before: OffsetDateTime,
+        manufacturer: Option<&ManufacturerId>,
+        limit: i64,
+    ) -> Result<Vec<CertRecord>, Error> {
+        let rows = sqlx::query(&format!(
+            "{CERT_COLUMNS}
+             WHERE c.status = 'active' AND c.not_after <= ?
+               AND (? IS NULL OR COALESCE(d.manufacturer_id, p.manufacturer_id) = ?)
+             ORDER BY c.not_after, c.serial LIMIT ?"
+        ))
+        .bind(to_unix(before))
+        .bind(manufacturer.map(|m| m.as_str()))
+        .bind(manufacturer.map(|m| m.as_str()))
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(decode_cert).collect()
+    }
+
+    /// Revokes the given certificates (those not yet revoked), optionally decommissions a
+    /// device, and appends `event`, in one transaction. Returns the serials revoked now.
+    pub async fn revoke(
+        &self,
+        targets: &[(IssuerName, String)],
+        reason: Option<RevocationReason>,
+        decommission: Option<(&ManufacturerId, &str)>,
+        event: &AuditEvent,
+    ) -> Result<Vec<(IssuerName, String)>, Error> {
+        let at = to_unix(event.recorded_at);
+        let mut tx = self.begin_write().await?;
+        let mut revoked = Vec::new();
+        for (issuer, serial) in targets {
+            let done = sqlx::query(
+                "UPDATE certificates SET status = 'revoked', revoked_at = ?, revocation_reason = ?
+                 WHERE issuer = ? AND serial = ? AND status <> 'revoked'",
+            )
+            .bind(at)
+            .bind(reason.map(RevocationReason::code))
+            .bind(issuer.as_str())
+            .bind(serial)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 1 {
+                revoked.push((*issuer, serial.clone()));
+            }
+        }
+        if let Some((manufacturer, serial)) = decommission {
+            sqlx::query(
+                "UPDATE devices SET state = 'decommissioned' WHERE manufacturer_id = ? AND serial = ?",
+            )
+            .bind(manufacturer.as_str())
+            .bind(serial)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let mut event = event.clone();
+        event.detail.insert(
+            "revoked".into(),
+            revoked
+                .iter()
+                .map(|(i, s)| format!("{}:{s}", i.as_str()))
+                .collect::<Vec<_>>()
+                .into(),
+        );
+        audit::append(&mut tx, &event).await?;
+        tx.commit().await?;
+        Ok(revoked)
+    }
+
+    /// Issues the next CRL of `issuer`: takes the next number, reads the revoked entries that
+    /// must appear (revoked certificates not expired more than a day before `this_update`),
+    /// lets `sign` produce the DER, and stores it — all in one transaction, so numbers are
+    /// strictly increasing with exactly one CRL per number.
+    pub async fn issue_crl(
+        &self,
+        issuer: IssuerName,
+        this_update: OffsetDateTime,
+        next_update: OffsetDateTime,
+        sign: impl FnOnce(u64, &[RevokedEntry]) -> Result<Vec<u8>, Error>,
+    ) -> Result<CrlRecord, Error> {
+        let mut tx = self.begin_write().await?;
+        let last: Option<i64> =
+            sqlx::query_scalar("SELECT last_number FROM crl_numbers WHERE issuer = ?")
+                .bind(issuer.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let number = last.unwrap_or(0) + 1;
+        let entries = revoked_entries(&mut tx, issuer, this_update).await?;
+        let der = sign(number as u64, &entries)?;
+        sqlx::query(
+            "INSERT INTO crl_numbers (issuer, last_number) VALUES (?, ?)
+             ON CONFLICT (issuer) DO UPDATE SET last_number = excluded.last_number",
+        )
+        .bind(issuer.as_str())
+        .bind(number)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO crls (issuer, number, this_update, next_update, der) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(issuer.as_str())
+        .bind(number)
+        .bind(to_unix(this_update))
+        .bind(to_unix(next_update))
+        .bind(&der)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(CrlRecord {
+            number,
+            this_update,
+            next_update,
+            der,
+        })
+    }
+
+    pub async fn latest_crl(&self, issuer: IssuerName) -> Result<Option<CrlRecord>, Error> {
+        let row = sqlx::query(
+            "SELECT number, this_update, next_update, der FROM crls
+             WHERE issuer = ? ORDER BY number DESC LIMIT 1",
+        )
+        .bind(issuer.as_str())
+        .fetch_optional(&self.reader)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(CrlRecord {
+            number: row.try_get("number")?,
+            this_update: from_unix(row.try_get("this_update")?)?,
+            next_update: from_unix(row.try_get("next_update")?)?,
+            der: row.try_get("der")?,
+        }))
+    }
+
+    /// Stores a new enrollment token (by hash) with its audit event.
+    pub async fn create_token(&self, t: &TokenRecord, event: &AuditEvent) -> Result<(), Error> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO enrollment_tokens
+                 (token_sha256, manufacturer_id, serial, model, expires_at, created_by, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&t.token_sha256)
+        .bind(&t.manufacturer_id)
+        .bind(&t.serial)
+        .bind(&t.model)
+        .bind(to_unix(t.expires_at))
+        .bind(&event.actor.uri)
+        .bind(to_unix(event.recorded_at))
+        .execute(&mut *tx)
+        .await?;
+        audit::append(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn token(&self, token_sha256: &str) -> Result<Option<TokenRecord>, Error> {
+        let row = sqlx::query(
+            "SELECT token_sha256, manufacturer_id, serial, model, expires_at, used_at
+             FROM enrollment_tokens WHERE token_sha256 = ?",
+        )
+        .bind(token_sha256)
+        .fetch_optional(&self.reader)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(TokenRecord {
+            token_sha256: row.try_get("token_sha256")?,
+            manufacturer_id: row.try_get("manufacturer_id")?,
+            serial: row.try_get("serial")?,
+            model: row.try_get("model")?,
+            expires_at: from_unix(row.try_get("expires_at")?)?,
+            used_at: row
+                .try_get::<Option<i64>, _>("used_at")?
+                .map(from_unix)
+                .transpose()?,
+        }))
+    }
+}
+
+/// Spends a token inside a reservation's transaction. Exactly one caller wins.
+pub(crate) async fn consume_token(
+    tx: &mut WriteTx,
+    token_sha256: &str,
+    now: OffsetDateTime,
+) -> Result<(), Error> {
+    let done = sqlx::query(
+        "UPDATE enrollment_tokens SET used_at = ?
+         WHERE token_sha256 = ? AND used_at IS NULL AND expires_at >= ?",
+    )
+    .bind(to_unix(now))
+    .bind(token_sha256)
+    .bind(to_unix(now))
+    .execute(&mut **tx)
+    .await?;
+    if done.rows_affected() == 1 {
+        Ok(())
+    } else {
+        Err(Error::PermissionDenied(
+            "the enrollment token is unknown, expired or already used".into(),
+        ))
+    }
+}
+
+async fn revoked_entries(
+    tx: &mut WriteTx,
+    issuer: IssuerName,
+    this_update: OffsetDateTime,
+) -> Result<Vec<RevokedEntry>, Error> {
+    // RFC 5280 §3.3: an entry may leave the CRL only after the certificate has expired; keep it
+    // a day longer so relying parties with skewed clocks still see it (Vault CVE-2021-29653).
+    let keep_after = this_update - time::Duration::days(1);
+    let rows = sqlx::query(
+        "SELECT serial, revoked_at, revocation_reason FROM certificates
+         WHERE issuer = ? AND status = 'revoked' AND not_after >= ?
+         ORDER BY serial",
+    )
+    .bind(issuer.as_str())
+    .bind(to_unix(keep_after))
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let serial: String = row.try_get("serial")?;
+            Ok(RevokedEntry {
+                serial: crate::domain::unhex(&serial)
+                    .ok_or_else(|| Error::Internal(format!("stored serial {serial:?} is not hex")))?,
+                revoked_at: from_unix(row.try_get("revoked_at")?)?,
+                reason: match row.try_get::<Option<i64>, _>("revocation_reason")? {
+                    Some(code) => RevocationReason::from_code(code)?,
+                    None => None,
+                },
+            })
+        })
+        .collect()
+}
