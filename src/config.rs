@@ -29,6 +29,17 @@ pub struct Config {
     pub server_validity_days: u32,
     /// Largest gRPC message accepted, in bytes.
     pub max_message_bytes: usize,
+    /// Address of the plain-HTTP listener for CRLs, OCSP and CA certificates (public data).
+    pub http_listen: SocketAddr,
+    /// Lifetime of device operational certificates, in hours.
+    pub operational_validity_hours: u32,
+    /// A renewal must present a key never certified before for that device or gateway.
+    pub rekey_required: bool,
+    /// Revoke (reason superseded) a device's older operational certificates on renewal.
+    pub revoke_superseded: bool,
+    /// CRL nextUpdate − thisUpdate, in hours. CRLs are re-signed at half of it and on every
+    /// revocation.
+    pub crl_validity_hours: u32,
 }
 
 impl Default for Config {
@@ -42,6 +53,11 @@ impl Default for Config {
             principal_validity_days: 90,
             server_validity_days: 90,
             max_message_bytes: 1024 * 1024,
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            operational_validity_hours: 7 * 24,
+            rekey_required: true,
+            revoke_superseded: false,
+            crl_validity_hours: 24,
         }
     }
 }
@@ -64,7 +80,11 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), Error> {
-        if self.principal_validity_days == 0 || self.server_validity_days == 0 {
+        if self.principal_validity_days == 0
+            || self.server_validity_days == 0
+            || self.operational_validity_hours == 0
+            || self.crl_validity_hours == 0
+        {
             return Err(Error::InvalidArgument(
                 "validity periods must be at least one day".into(),
             ));

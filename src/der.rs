@@ -223,9 +223,20 @@ mod tests {
 
     #[test]
     fn ber_and_truncated_input_is_refused() {
-        assert!(Reader::new(&[0x30, 0x80, 0, 0]).any().is_none(), "indefinite length");
-        assert!(Reader::new(&[0x04, 0x81, 0x05, 1, 2, 3, 4, 5]).any().is_none(), "non-minimal");
-        assert!(Reader::new(&[0x04, 0x05, 1, 2]).any().is_none(), "truncated");
+        assert!(
+            Reader::new(&[0x30, 0x80, 0, 0]).any().is_none(),
+            "indefinite length"
+        );
+        assert!(
+            Reader::new(&[0x04, 0x81, 0x05, 1, 2, 3, 4, 5])
+                .any()
+                .is_none(),
+            "non-minimal"
+        );
+        assert!(
+            Reader::new(&[0x04, 0x05, 1, 2]).any().is_none(),
+            "truncated"
+        );
         assert!(Reader::new(&[]).any().is_none());
     }
 

@@ -241,6 +241,8 @@ pub enum Role {
     Gateway,
     Auditor,
     Device,
+    /// medid's own certificates (OCSP responders); never a client.
+    Service,
 }
 
 impl Role {
@@ -251,6 +253,7 @@ impl Role {
             Role::Gateway => "gateway",
             Role::Auditor => "auditor",
             Role::Device => "device",
+            Role::Service => "service",
         }
     }
 
@@ -261,6 +264,7 @@ impl Role {
             Role::Gateway,
             Role::Auditor,
             Role::Device,
+            Role::Service,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)

@@ -1,6 +1,7 @@
 //! Starting the service: `prepare` loads (or, in development, creates) the PKI, opens the
-//! store and recovers from an interrupted issuance; `run` serves gRPC on a listener until the
-//! shutdown future completes. `medid serve` and the integration tests call the same two.
+//! store, recovers from an interrupted issuance, installs OCSP responders and signs CRLs;
+//! `run` serves gRPC (mTLS) and the public HTTP endpoints until the shutdown future completes.
+//! `medid serve` and the integration tests call the same two.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,14 +18,17 @@ use crate::domain::{PrincipalRole, Role, TrustDomain};
 use crate::error::Error;
 use crate::issuance::bootstrap::{self, PkiFiles, PkiMetadata, BOOTSTRAP_ADMIN_ID};
 use crate::issuance::{Authority, IssuerName};
+use crate::policy::lifecycle::LifecyclePolicy;
 use crate::policy::profile::ProfileSettings;
 use crate::proto::{
     admin_service_server::AdminServiceServer, enrollment_service_server::EnrollmentServiceServer,
+    lifecycle_service_server::LifecycleServiceServer,
     registry_service_server::RegistryServiceServer,
 };
 use crate::service::Ca;
 use crate::store::certificates::{AdoptedCertificate, Completion};
 use crate::store::Store;
+use tonic::service::interceptor::InterceptedService;
 
 /// The trust domain of a development PKI that `serve` creates by itself.
 pub const DEV_TRUST_DOMAIN: &str = "medid.local";
@@ -32,9 +36,20 @@ pub const DEV_TRUST_DOMAIN: &str = "medid.local";
 /// A service ready to serve.
 pub struct Prepared {
     pub ca: Arc<Ca>,
-    pub tls: Arc<rustls::ServerConfig>,
+    pub tls: Arc<tls::TlsReloader>,
     pub max_message_bytes: usize,
 }
+
+/// The sockets `run` serves on.
+pub struct Listeners {
+    /// gRPC over mTLS.
+    pub grpc: TcpListener,
+    /// Plain HTTP: CRLs, OCSP, CA certificates, health.
+    pub http: TcpListener,
+}
+
+/// How often CRL freshness and OCSP responder lifetimes are checked.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 
 pub fn profile_settings(config: &Config, trust_domain: TrustDomain) -> ProfileSettings {
     ProfileSettings {
@@ -42,7 +57,17 @@ pub fn profile_settings(config: &Config, trust_domain: TrustDomain) -> ProfileSe
         public_base_url: config.public_base_url.clone(),
         principal_lifetime: time::Duration::days(config.principal_validity_days.into()),
         server_lifetime: time::Duration::days(config.server_validity_days.into()),
+        operational_lifetime: time::Duration::hours(config.operational_validity_hours.into()),
     }
+}
+
+/// The current CRLs of both issuing CAs, DER.
+async fn current_crls(ca: &Ca) -> Result<Vec<Vec<u8>>, Error> {
+    let mut crls = Vec::new();
+    for issuer in [IssuerName::DeviceIdentity, IssuerName::Operational] {
+        crls.push(ca.current_crl(issuer).await?.der);
+    }
+    Ok(crls)
 }
 
 /// Loads or creates everything `run` needs. Prints (logs) what it created and where.
@@ -86,6 +111,12 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
         authority: Arc::new(Authority::load(&files.dir)?),
         clock,
         profiles: profile_settings(config, trust_domain),
+        lifecycle: LifecyclePolicy {
+            rekey_required: config.rekey_required,
+            revoke_superseded: config.revoke_superseded,
+        },
+        crl_validity: time::Duration::hours(config.crl_validity_hours.into()),
+        crl_generation: tokio::sync::watch::channel(0).0,
     });
     adopt_bootstrap_admin(&ca, &files).await?;
     let abandoned = ca.recover_abandoned().await?;
@@ -94,10 +125,15 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
             abandoned,
             "revoked reservations left by an interrupted issuance"
         );
+        for issuer in [IssuerName::DeviceIdentity, IssuerName::Operational] {
+            ca.publish_crl(issuer).await?;
+        }
     }
+    ca.maintain().await?;
+    let tls = Arc::new(tls::TlsReloader::new(files, current_crls(&ca).await?)?);
     Ok(Prepared {
         ca,
-        tls: tls::server_config(&files)?,
+        tls,
         max_message_bytes: config.max_message_bytes,
     })
 }
@@ -157,33 +193,65 @@ async fn adopt_bootstrap_admin(ca: &Ca, files: &PkiFiles) -> Result<(), Error> {
     Ok(())
 }
 
-/// Serves gRPC (mTLS) on `listener` until `shutdown` completes, then drains in-flight calls.
+/// Serves gRPC (mTLS) and HTTP until `shutdown` completes, then drains in-flight calls.
 pub async fn run(
     prepared: Prepared,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     let limit = prepared.max_message_bytes;
-    let api = Api::new(prepared.ca.clone());
+    let ca = prepared.ca.clone();
+    let api = Api::new(ca.clone());
+    let background = [
+        tokio::spawn(reload_tls_on_new_crls(ca.clone(), prepared.tls.clone())),
+        tokio::spawn(maintenance(ca.clone())),
+    ];
+    let (stop_http, mut http_stopped) = tokio::sync::watch::channel(false);
+    let http_addr = listeners.http.local_addr().ok();
+    let http = axum::serve(listeners.http, crate::api::http::router(ca.clone()))
+        .with_graceful_shutdown(async move {
+            let _ = http_stopped.wait_for(|stop| *stop).await;
+        });
+    let http = tokio::spawn(async move { http.await });
+    tracing::info!(addr = ?http_addr, "serving CRL, OCSP and CA certificates over HTTP");
+
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<EnrollmentServiceServer<Api>>().await;
     health.set_serving::<AdminServiceServer<Api>>().await;
     health.set_serving::<RegistryServiceServer<Api>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    health.set_serving::<LifecycleServiceServer<Api>>().await;
+    // Reflection v1 and, for older grpcurl builds, v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
         .map_err(|e| Error::internal("building reflection service", e))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| Error::internal("building reflection service", e))?;
 
-    let local: Option<SocketAddr> = listener.local_addr().ok();
-    let incoming = tls::incoming(listener, prepared.tls.clone());
+    let local: Option<SocketAddr> = listeners.grpc.local_addr().ok();
+    let incoming = tls::incoming(listeners.grpc, prepared.tls.clone());
     tracing::info!(addr = ?local, "serving gRPC over mTLS");
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         .timeout(Duration::from_secs(30))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(health_service)
-        .add_service(reflection)
+        .add_service(InterceptedService::new(
+            health_service,
+            tls::require_client_certificate,
+        ))
+        .add_service(InterceptedService::new(
+            reflection_v1,
+            tls::require_client_certificate,
+        ))
+        .add_service(InterceptedService::new(
+            reflection_v1alpha,
+            tls::require_client_certificate,
+        ))
         .add_service(
             AdminServiceServer::new(api.clone())
                 .max_decoding_message_size(limit)
@@ -195,15 +263,57 @@ pub async fn run(
                 .max_encoding_message_size(limit),
         )
         .add_service(
-            RegistryServiceServer::new(api)
+            RegistryServiceServer::new(api.clone())
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+        )
+        .add_service(
+            LifecycleServiceServer::new(api)
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
         )
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
-        .map_err(|e| Error::internal("gRPC server", e))?;
-    prepared.ca.store.close().await;
-    Ok(())
+        .map_err(|e| Error::internal("gRPC server", e));
+    let _ = stop_http.send(true);
+    let http_result = http.await;
+    for task in background {
+        task.abort();
+    }
+    ca.store.close().await;
+    served?;
+    match http_result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Error::internal("HTTP server", e)),
+        Err(e) => Err(Error::internal("HTTP server task", e)),
+    }
+}
+
+/// Rebuilds the TLS verifier whenever a CRL is signed, so the handshake refuses revoked
+/// certificates too (the per-RPC store check already does, at once).
+async fn reload_tls_on_new_crls(ca: Arc<Ca>, tls: Arc<tls::TlsReloader>) {
+    let mut generation = ca.crl_generation.subscribe();
+    while generation.changed().await.is_ok() {
+        match current_crls(&ca).await {
+            Ok(crls) => {
+                if let Err(e) = tls.reload(crls) {
+                    tracing::error!(error = %e, "rebuilding TLS verifier with new CRLs");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading CRLs for the TLS verifier"),
+        }
+    }
+}
+
+async fn maintenance(ca: Arc<Ca>) {
+    let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(e) = ca.maintain().await {
+            tracing::warn!(error = %e, "periodic CRL/OCSP upkeep failed; retrying next minute");
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

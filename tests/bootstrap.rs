@@ -218,6 +218,7 @@ async fn an_interrupted_issuance_is_revoked_at_the_next_start() {
                 claim: medid::store::certificates::Claim::NewDevice {
                     manufacturer,
                     serial,
+                    token_sha256: None,
                 },
             },
             &intent,

@@ -4,6 +4,8 @@
 
 pub mod client;
 mod convert;
+pub mod http;
+mod lifecycle;
 pub mod tls;
 
 use std::sync::Arc;

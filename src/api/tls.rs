@@ -1,14 +1,20 @@
 //! The TLS layer, built by hand (not tonic's) so medid controls the client-certificate
-//! verifier: anchored on medid's two issuing CAs, TLS 1.2 and 1.3 only, ring provider.
-//! Connections are accepted with tokio-rustls and handed to tonic's `serve_with_incoming`.
+//! verifier: anchored on medid's two issuing CAs, carrying their current CRLs, TLS 1.2 and
+//! 1.3 only, ring provider. Connections are accepted with tokio-rustls and handed to tonic's
+//! `serve_with_incoming`. A new CRL means a new verifier: [`TlsReloader`] swaps the config,
+//! and connections accepted after that use it.
+//!
+//! A client certificate is optional at this layer so that a device holding a one-time token
+//! can call `EnrollWithToken`; every other RPC refuses a caller without one (api/mod.rs), and
+//! health and reflection are behind [`require_client_certificate`].
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::PrivateKeyDer;
+use rustls_pki_types::{CertificateRevocationListDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
@@ -25,9 +31,58 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Holds the current server configuration and rebuilds it when CRLs change.
+#[derive(Debug)]
+pub struct TlsReloader {
+    files: PkiFiles,
+    current: RwLock<Arc<ServerConfig>>,
+}
+
+impl TlsReloader {
+    pub fn new(files: PkiFiles, crls: Vec<Vec<u8>>) -> Result<Self, Error> {
+        let config = server_config(&files, crls)?;
+        Ok(Self {
+            files,
+            current: RwLock::new(config),
+        })
+    }
+
+    /// Rebuilds the verifier with these CRLs (DER) and makes it current.
+    pub fn reload(&self, crls: Vec<Vec<u8>>) -> Result<(), Error> {
+        let config = server_config(&self.files, crls)?;
+        *self
+            .current
+            .write()
+            .expect("TLS config lock is never poisoned") = config;
+        Ok(())
+    }
+
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.current
+            .read()
+            .expect("TLS config lock is never poisoned")
+            .clone()
+    }
+}
+
+/// Interceptor for services that take no principal of their own (health, reflection): a
+/// client certificate that passed TLS verification is required.
+#[allow(clippy::result_large_err)]
+pub fn require_client_certificate(
+    request: tonic::Request<()>,
+) -> Result<tonic::Request<()>, tonic::Status> {
+    match request.peer_certs() {
+        Some(certs) if !certs.is_empty() => Ok(request),
+        _ => Err(tonic::Status::unauthenticated(
+            "a client certificate is required",
+        )),
+    }
+}
+
 /// The server's rustls configuration: its certificate chain and key from `files`, and a
-/// verifier that requires a client certificate chaining to one of medid's issuing CAs.
-pub fn server_config(files: &PkiFiles) -> Result<Arc<ServerConfig>, Error> {
+/// verifier that accepts a client certificate only if it chains to one of medid's issuing CAs
+/// and is not on their CRLs.
+pub fn server_config(files: &PkiFiles, crls: Vec<Vec<u8>>) -> Result<Arc<ServerConfig>, Error> {
     let mut roots = RootCertStore::empty();
     for path in [&files.device_ca_cert, &files.operational_ca_cert] {
         for cert in read_certs(path)? {
@@ -36,7 +91,19 @@ pub fn server_config(files: &PkiFiles) -> Result<Arc<ServerConfig>, Error> {
                 .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
         }
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+    let crls: Vec<CertificateRevocationListDer<'static>> = crls
+        .into_iter()
+        .map(CertificateRevocationListDer::from)
+        .collect();
+    let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .allow_unauthenticated()
+        .only_check_end_entity_revocation();
+    if !crls.is_empty() {
+        builder = builder.with_crls(crls);
+    } else {
+        builder = builder.allow_unknown_revocation_status();
+    }
+    let verifier = builder
         .build()
         .map_err(|e| Error::internal("building client verifier", e))?;
     let chain = read_certs(&files.server_cert)?;
@@ -65,10 +132,9 @@ fn read_certs(
 /// streams. A failed handshake is logged and dropped; it never stops the listener.
 pub fn incoming(
     listener: TcpListener,
-    config: Arc<ServerConfig>,
+    tls: Arc<TlsReloader>,
 ) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
     let (tx, rx) = mpsc::channel(256);
-    let acceptor = TlsAcceptor::from(config);
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = match listener.accept().await {
@@ -84,7 +150,7 @@ pub fn incoming(
             if tx.is_closed() {
                 break;
             }
-            let acceptor = acceptor.clone();
+            let acceptor = TlsAcceptor::from(tls.current());
             let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

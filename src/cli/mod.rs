@@ -156,16 +156,23 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
 async fn serve(args: ServeArgs) -> Result<(), Error> {
     let config = args.config()?;
     // Bind first: a port already in use fails before anything is created on disk.
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| Error::Unavailable(format!("binding {}: {e}", config.listen)))?;
+    let bind = |addr: std::net::SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::Unavailable(format!("binding {addr}: {e}")))
+    };
+    let listeners = crate::server::Listeners {
+        grpc: bind(config.listen).await?,
+        http: bind(config.http_listen).await?,
+    };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let prepared = crate::server::prepare(&config, clock).await?;
     println!(
-        "medid serving gRPC (mTLS) on {} — PKI {}, database {}",
+        "medid serving gRPC (mTLS) on {}, CRL/OCSP over HTTP on {} — PKI {}, database {}",
         config.listen,
+        config.http_listen,
         config.pki_dir.display(),
         config.database_url
     );
-    crate::server::run(prepared, listener, crate::server::shutdown_signal()).await
+    crate::server::run(prepared, listeners, crate::server::shutdown_signal()).await
 }

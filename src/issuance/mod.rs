@@ -5,17 +5,23 @@
 //! This is the one module that may read or hold a CA private key.
 
 pub mod bootstrap;
+pub mod ocsp;
 mod profile;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
+use std::sync::RwLock;
 
-use rcgen::{CertificateParams, Issuer, KeyPair};
+use rcgen::{
+    CertificateParams, CertificateRevocationListParams, Issuer, KeyIdMethod, KeyPair,
+    RevokedCertParams, SerialNumber,
+};
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
-use crate::domain::CertSerial;
+use crate::domain::{CertSerial, RevocationReason};
 use crate::error::Error;
 
 pub use profile::{CertificateTemplate, Eku, SubjectName, SubjectPublicKey};
@@ -55,6 +61,11 @@ pub struct CaCert {
 struct IssuingCa {
     cert: CaCert,
     issuer: Issuer<'static, KeyPair>,
+    /// The CA certificate's subjectKeyIdentifier, for AKIs of what it signs.
+    ski: Vec<u8>,
+    /// DER of the CA's subject Name and its public key bits: what OCSP CertIDs hash.
+    subject_der: Vec<u8>,
+    key_bits: Vec<u8>,
 }
 
 impl fmt::Debug for IssuingCa {
@@ -73,6 +84,37 @@ pub struct Authority {
     root: CaCert,
     device_identity: IssuingCa,
     operational: IssuingCa,
+    /// Delegated OCSP responders (RFC 6960 §4.2.2.2), one per issuing CA; installed at start
+    /// and replaced before they expire.
+    ocsp: RwLock<HashMap<IssuerName, ocsp::Responder>>,
+}
+
+/// A revoked certificate as it appears on a CRL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedEntry {
+    pub serial: Vec<u8>,
+    pub revoked_at: OffsetDateTime,
+    pub reason: Option<RevocationReason>,
+}
+
+/// A new private key for a delegated OCSP responder. It never leaves this module.
+pub struct ResponderKey(KeyPair);
+
+impl fmt::Debug for ResponderKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ResponderKey(…)")
+    }
+}
+
+impl ResponderKey {
+    pub fn generate() -> Result<Self, Error> {
+        KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map(Self)
+            .map_err(|e| Error::internal("generating OCSP responder key", e))
+    }
+    pub fn public_key(&self) -> SubjectPublicKey {
+        bootstrap::public_key_of(&self.0)
+    }
 }
 
 impl fmt::Debug for CaCert {
@@ -117,7 +159,100 @@ impl Authority {
             root: load_ca_cert(&files.root_cert)?,
             device_identity: load_issuing(&files.device_ca_cert, &files.device_ca_key)?,
             operational: load_issuing(&files.operational_ca_cert, &files.operational_ca_key)?,
+            ocsp: RwLock::new(HashMap::new()),
         })
+    }
+
+    /// Signs CRL number `number` of `issuer` (RFC 5280 §5: v2, AKI, cRLNumber, nextUpdate).
+    pub fn sign_crl(
+        &self,
+        issuer: IssuerName,
+        number: u64,
+        this_update: OffsetDateTime,
+        next_update: OffsetDateTime,
+        entries: &[RevokedEntry],
+    ) -> Result<Vec<u8>, Error> {
+        let ca = self.issuing(issuer);
+        let params = CertificateRevocationListParams {
+            this_update,
+            next_update,
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: entries
+                .iter()
+                .map(|e| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&e.serial),
+                    revocation_time: e.revoked_at,
+                    reason_code: e.reason.map(rcgen_reason),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::PreSpecified(ca.ski.clone()),
+        };
+        let crl = params
+            .signed_by(&ca.issuer)
+            .map_err(|e| Error::internal("signing CRL", e))?;
+        Ok(crl.der().to_vec())
+    }
+
+    /// Which issuing CA an OCSP CertID names, by its issuer name and key hashes.
+    pub fn issuer_for_cert_id(
+        &self,
+        hash: ocsp::HashAlg,
+        name_hash: &[u8],
+        key_hash: &[u8],
+    ) -> Option<IssuerName> {
+        [IssuerName::DeviceIdentity, IssuerName::Operational]
+            .into_iter()
+            .find(|name| {
+                let ca = self.issuing(*name);
+                hash.digest(&ca.subject_der) == name_hash && hash.digest(&ca.key_bits) == key_hash
+            })
+    }
+
+    /// Installs (or replaces) the delegated OCSP responder of `issuer`.
+    pub fn install_ocsp_responder(
+        &self,
+        issuer: IssuerName,
+        key: ResponderKey,
+        cert: CertificateDer<'static>,
+        not_after: OffsetDateTime,
+    ) {
+        let responder = ocsp::Responder::new(key.0, cert, not_after);
+        self.ocsp
+            .write()
+            .expect("OCSP responder lock is never poisoned")
+            .insert(issuer, responder);
+    }
+
+    /// When the installed responder of `issuer` expires, if there is one.
+    pub fn ocsp_responder_not_after(&self, issuer: IssuerName) -> Option<OffsetDateTime> {
+        self.ocsp
+            .read()
+            .expect("OCSP responder lock is never poisoned")
+            .get(&issuer)
+            .map(|r| r.not_after)
+    }
+
+    /// Signs an OCSP response for `issuer`'s certificates with its delegated responder.
+    pub fn sign_ocsp(
+        &self,
+        issuer: IssuerName,
+        responses: &[ocsp::SingleResponse],
+        nonce: Option<&[u8]>,
+        produced_at: OffsetDateTime,
+    ) -> Result<Vec<u8>, Error> {
+        let guard = self
+            .ocsp
+            .read()
+            .expect("OCSP responder lock is never poisoned");
+        let responder = guard.get(&issuer).ok_or_else(|| {
+            Error::Unavailable(format!(
+                "no OCSP responder for the {} CA yet",
+                issuer.as_str()
+            ))
+        })?;
+        responder.sign(responses, nonce, produced_at)
     }
 
     pub fn root(&self) -> &CaCert {
@@ -181,9 +316,42 @@ fn load_issuing(cert_path: &Path, key_path: &Path) -> Result<IssuingCa, Error> {
     let cert = load_ca_cert(cert_path)?;
     let key = KeyPair::from_pem(&read(key_path)?)
         .map_err(|e| Error::Internal(format!("{}: {e}", key_path.display())))?;
-    let issuer = Issuer::from_ca_cert_der(&cert.der, key)
-        .map_err(|e| Error::Internal(format!("{}: {e}", cert_path.display())))?;
-    Ok(IssuingCa { cert, issuer })
+    let bad = |what: &str| Error::Internal(format!("{}: {what}", cert_path.display()));
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(&cert.der).map_err(|e| bad(&e.to_string()))?;
+    let ski = parsed
+        .extensions()
+        .iter()
+        .find_map(|ext| match ext.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(id) => {
+                Some(id.0.to_vec())
+            }
+            _ => None,
+        })
+        .ok_or_else(|| bad("CA certificate has no subjectKeyIdentifier"))?;
+    let subject_der = parsed.subject().as_raw().to_vec();
+    let key_bits = parsed.public_key().subject_public_key.data.to_vec();
+    let issuer = Issuer::from_ca_cert_der(&cert.der, key).map_err(|e| bad(&e.to_string()))?;
+    Ok(IssuingCa {
+        cert,
+        issuer,
+        ski,
+        subject_der,
+        key_bits,
+    })
+}
+
+fn rcgen_reason(r: RevocationReason) -> rcgen::RevocationReason {
+    use rcgen::RevocationReason as R;
+    match r {
+        RevocationReason::KeyCompromise => R::KeyCompromise,
+        RevocationReason::CaCompromise => R::CaCompromise,
+        RevocationReason::AffiliationChanged => R::AffiliationChanged,
+        RevocationReason::Superseded => R::Superseded,
+        RevocationReason::CessationOfOperation => R::CessationOfOperation,
+        RevocationReason::PrivilegeWithdrawn => R::PrivilegeWithdrawn,
+        RevocationReason::AaCompromise => R::AaCompromise,
+    }
 }
 
 /// A random serial: 16 octets from the CSPRNG (128 bits, RFC 5280 §4.1.2.2 asks for ≥ 64),

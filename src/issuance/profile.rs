@@ -22,6 +22,8 @@ use crate::error::Error;
 pub enum Eku {
     ClientAuth,
     ServerAuth,
+    /// id-kp-OCSPSigning: only on delegated OCSP responder certificates.
+    OcspSigning,
 }
 
 /// Subject attributes. Each is optional; policy decides which a profile carries.
@@ -80,6 +82,8 @@ pub struct CertificateTemplate {
     pub ocsp_url: Option<String>,
     /// Where the issuer certificate can be fetched (AIA id-ad-caIssuers).
     pub ca_issuers_url: Option<String>,
+    /// id-pkix-ocsp-nocheck (RFC 6960 §4.2.2.2.1), for delegated OCSP responders.
+    pub ocsp_nocheck: bool,
     pub public_key: SubjectPublicKey,
 }
 
@@ -87,6 +91,7 @@ const OID_AUTHORITY_INFO_ACCESS: &[u64] = &[1, 3, 6, 1, 5, 5, 7, 1, 1];
 const OID_AD_OCSP: &[u64] = &[1, 3, 6, 1, 5, 5, 7, 48, 1];
 const OID_AD_CA_ISSUERS: &[u64] = &[1, 3, 6, 1, 5, 5, 7, 48, 2];
 const OID_SERIAL_NUMBER: &[u64] = &[2, 5, 4, 5];
+const OID_OCSP_NOCHECK: &[u64] = &[1, 3, 6, 1, 5, 5, 7, 48, 1, 5];
 
 impl CertificateTemplate {
     pub(super) fn to_params(&self) -> Result<CertificateParams, Error> {
@@ -104,6 +109,7 @@ impl CertificateTemplate {
             .map(|e| match e {
                 Eku::ClientAuth => ExtendedKeyUsagePurpose::ClientAuth,
                 Eku::ServerAuth => ExtendedKeyUsagePurpose::ServerAuth,
+                Eku::OcspSigning => ExtendedKeyUsagePurpose::OcspSigning,
             })
             .collect();
         p.use_authority_key_identifier_extension = true;
@@ -121,10 +127,16 @@ impl CertificateTemplate {
             access.push((OID_AD_CA_ISSUERS, url.as_str()));
         }
         if !access.is_empty() {
-            p.custom_extensions = vec![CustomExtension::from_oid_content(
+            p.custom_extensions.push(CustomExtension::from_oid_content(
                 OID_AUTHORITY_INFO_ACCESS,
                 authority_info_access(&access),
-            )];
+            ));
+        }
+        if self.ocsp_nocheck {
+            p.custom_extensions.push(CustomExtension::from_oid_content(
+                OID_OCSP_NOCHECK,
+                der::tlv(der::tag::NULL, &[]),
+            ));
         }
         Ok(p)
     }
@@ -181,7 +193,10 @@ fn authority_info_access(entries: &[(&[u64], &str)]) -> Vec<u8> {
     let descriptions: Vec<Vec<u8>> = entries
         .iter()
         .map(|(oid, uri)| {
-            der::sequence(&[&der::oid(oid), &der::tlv(der::tag::context_primitive(6), uri.as_bytes())])
+            der::sequence(&[
+                &der::oid(oid),
+                &der::tlv(der::tag::context_primitive(6), uri.as_bytes()),
+            ])
         })
         .collect();
     der::tlv(der::tag::SEQUENCE, &descriptions.concat())

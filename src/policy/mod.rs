@@ -5,6 +5,7 @@
 //! arguments, so every rule is unit-testable with pinned inputs.
 
 pub mod csr;
+pub mod lifecycle;
 pub mod profile;
 
 use crate::domain::{ManufacturerId, Model, Principal, Role};
@@ -18,9 +19,30 @@ pub enum Action<'a> {
     CreateManufacturer,
     ListManufacturers,
     IssuePrincipalCertificate,
-    EnrollDevice { manufacturer: &'a ManufacturerId },
-    ReadDevices { manufacturer: &'a ManufacturerId },
+    EnrollDevice {
+        manufacturer: &'a ManufacturerId,
+    },
+    ReadDevices {
+        manufacturer: &'a ManufacturerId,
+    },
     ListDevices,
+    /// Read a device's rotation status; `device_uri` lets a device read its own.
+    ReadRotation {
+        manufacturer: &'a ManufacturerId,
+        device_uri: &'a str,
+    },
+    ListExpiring,
+    /// Ask whether a certificate is good: gateways deciding about a device, admins, auditors.
+    CertificateStatus,
+    /// Public material, for any authenticated caller.
+    TrustBundle,
+    GetCrl,
+    CreateToken {
+        manufacturer: &'a ManufacturerId,
+    },
+    Decommission {
+        manufacturer: &'a ManufacturerId,
+    },
 }
 
 impl Action<'_> {
@@ -33,6 +55,13 @@ impl Action<'_> {
             Action::EnrollDevice { .. } => "device.enroll",
             Action::ReadDevices { .. } => "device.read",
             Action::ListDevices => "device.list",
+            Action::ReadRotation { .. } => "device.rotation.read",
+            Action::ListExpiring => "certificate.expiring.list",
+            Action::CertificateStatus => "certificate.status",
+            Action::TrustBundle => "trust.bundle",
+            Action::GetCrl => "crl.get",
+            Action::CreateToken { .. } => "token.create",
+            Action::Decommission { .. } => "device.decommission",
         }
     }
 }
@@ -48,6 +77,15 @@ pub fn authorize(who: &Principal, action: Action<'_>) -> Result<(), Error> {
             who.manufacturer.as_ref() == Some(manufacturer)
         }
         (Role::Station, Action::ListDevices) => true,
+        (Role::Station, Action::ReadRotation { manufacturer, .. })
+        | (Role::Station, Action::CreateToken { manufacturer })
+        | (Role::Station, Action::Decommission { manufacturer }) => {
+            who.manufacturer.as_ref() == Some(manufacturer)
+        }
+        (Role::Device, Action::ReadRotation { device_uri, .. }) => who.uri == device_uri,
+        (Role::Gateway | Role::Auditor, Action::CertificateStatus) => true,
+        (Role::Service, _) => false,
+        (_, Action::TrustBundle | Action::GetCrl) => true,
         _ => false,
     };
     if allowed {
@@ -59,7 +97,11 @@ pub fn authorize(who: &Principal, action: Action<'_>) -> Result<(), Error> {
 
 fn denial(who: &Principal, action: Action<'_>) -> Error {
     let scope = match action {
-        Action::EnrollDevice { manufacturer } | Action::ReadDevices { manufacturer } => {
+        Action::EnrollDevice { manufacturer }
+        | Action::ReadDevices { manufacturer }
+        | Action::ReadRotation { manufacturer, .. }
+        | Action::CreateToken { manufacturer }
+        | Action::Decommission { manufacturer } => {
             format!(" for manufacturer {manufacturer}")
         }
         _ => String::new(),

@@ -40,7 +40,12 @@ pub struct ProfileSettings {
     pub principal_lifetime: Duration,
     /// Lifetime of the service's own TLS certificate.
     pub server_lifetime: Duration,
+    /// Lifetime of device operational (LDevID-style) certificates.
+    pub operational_lifetime: Duration,
 }
+
+/// Lifetime of a delegated OCSP responder certificate; replaced at 2/3 of it.
+pub const OCSP_RESPONDER_LIFETIME: Duration = Duration::days(30);
 
 /// Validity of a finite certificate: backdated, exact (notAfter − notBefore + 1 s = lifetime,
 /// RFC 5280 §4.1.2.5 is inclusive), never past the issuer's notAfter.
@@ -86,6 +91,7 @@ impl ProfileSettings {
             crl_url,
             ocsp_url,
             ca_issuers_url,
+            ocsp_nocheck: false,
             public_key,
         }
     }
@@ -121,6 +127,55 @@ impl ProfileSettings {
                 crate::domain::percent_encode(device_serial.as_str())
             ));
         }
+        t
+    }
+
+    /// Device operational certificate (LDevID style), from the operational CA: the same
+    /// subject serialNumber and device URI as the birth certificate, short-lived.
+    pub fn device_operational(
+        &self,
+        serial: CertSerial,
+        now: OffsetDateTime,
+        issuer_not_after: OffsetDateTime,
+        device: &BirthSubject<'_>,
+        public_key: SubjectPublicKey,
+    ) -> CertificateTemplate {
+        let validity = finite_validity(now, self.operational_lifetime, issuer_not_after);
+        let mut t = self.template(IssuerName::Operational, serial, validity, public_key);
+        t.subject = SubjectName {
+            organization: Some(device.manufacturer_name.to_owned()),
+            serial_number: Some(device.serial.as_str().to_owned()),
+            ..SubjectName::default()
+        };
+        t.san_uris.push(
+            self.trust_domain
+                .device_uri(device.manufacturer, device.serial),
+        );
+        t.ekus = vec![Eku::ClientAuth, Eku::ServerAuth];
+        t
+    }
+
+    /// A delegated OCSP responder certificate for `issuer` (RFC 6960 §4.2.2.2): EKU
+    /// OCSPSigning only, id-pkix-ocsp-nocheck, no CRL or OCSP pointers of its own.
+    pub fn ocsp_responder(
+        &self,
+        serial: CertSerial,
+        now: OffsetDateTime,
+        issuer: IssuerName,
+        issuer_not_after: OffsetDateTime,
+        public_key: SubjectPublicKey,
+    ) -> CertificateTemplate {
+        let validity = finite_validity(now, OCSP_RESPONDER_LIFETIME, issuer_not_after);
+        let mut t = self.template(issuer, serial, validity, public_key);
+        t.subject = SubjectName {
+            organization: Some(self.trust_domain.as_str().to_owned()),
+            common_name: Some(format!("medid OCSP responder ({})", issuer.as_str())),
+            ..SubjectName::default()
+        };
+        t.ekus = vec![Eku::OcspSigning];
+        t.ocsp_nocheck = true;
+        t.crl_url = None;
+        t.ocsp_url = None;
         t
     }
 
@@ -179,10 +234,65 @@ impl ProfileSettings {
     }
 }
 
+/// When a certificate should be renewed: at 2/3 of its lifetime (notAfter − notBefore + 1 s),
+/// counted from notBefore (linkerd `refresh_in`; DESIGN.md "device operational").
+pub fn renew_after(not_before: OffsetDateTime, not_after: OffsetDateTime) -> OffsetDateTime {
+    let lifetime = not_after - not_before + Duration::SECOND;
+    not_before + lifetime * 2 / 3
+}
+
+/// Where a certificate stands in its rotation at `now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotationState {
+    /// Before the renewal window.
+    Fresh,
+    /// In the renewal window: renew now.
+    Due,
+    /// Past notAfter: the device missed its renewal.
+    Expired,
+}
+
+pub fn rotation_state(
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    now: OffsetDateTime,
+) -> RotationState {
+    if now > not_after {
+        RotationState::Expired
+    } else if now >= renew_after(not_before, not_after) {
+        RotationState::Due
+    } else {
+        RotationState::Fresh
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use time::macros::datetime;
+
+    #[test]
+    fn renewal_window_opens_at_two_thirds_and_closes_at_the_last_second() {
+        // 7-day certificate: lifetime 604800 s, window opens at 403200 s = 4 days 16 hours.
+        let nb = datetime!(2026-01-01 00:00:00 UTC);
+        let na = nb + Duration::days(7) - Duration::SECOND;
+        let opens = renew_after(nb, na);
+        assert_eq!(opens, datetime!(2026-01-05 16:00:00 UTC));
+        assert_eq!(
+            rotation_state(nb, na, opens - Duration::SECOND),
+            RotationState::Fresh
+        );
+        assert_eq!(rotation_state(nb, na, opens), RotationState::Due);
+        assert_eq!(
+            rotation_state(nb, na, na),
+            RotationState::Due,
+            "last valid second"
+        );
+        assert_eq!(
+            rotation_state(nb, na, na + Duration::SECOND),
+            RotationState::Expired
+        );
+    }
 
     #[test]
     fn finite_validity_is_exact_and_inclusive() {

@@ -17,7 +17,13 @@ pub enum Claim {
     NewDevice {
         manufacturer: ManufacturerId,
         serial: DeviceSerial,
+        /// For enrollment with a one-time token: its hash, spent in the same transaction.
+        token_sha256: Option<String>,
     },
+    /// A renewal for an existing device or gateway.
+    Renewal { rekey_required: bool },
+    /// medid's own certificates (delegated OCSP responders).
+    Service,
     /// A certificate for a non-device principal; the principal may already exist with the
     /// same role and scope (re-issue), never with another.
     Principal {
@@ -52,6 +58,11 @@ pub enum Completion {
         principal_id: String,
         manufacturer: Option<ManufacturerId>,
     },
+    /// A renewal: nothing to create; older operational certificates of the subject may be
+    /// revoked as superseded.
+    Renewal { revoke_superseded: bool },
+    /// Nothing to create (OCSP responder certificates).
+    Nothing,
 }
 
 /// A certificate signed before the store existed (`medid ca init`), to be recorded as is.
@@ -94,7 +105,7 @@ impl Store {
         intent: &AuditEvent,
     ) -> Result<IssuanceToken, Error> {
         let mut tx = self.begin_write().await?;
-        check_claim(&mut tx, &r).await?;
+        check_claim(&mut tx, &r, intent.recorded_at).await?;
         let t = &r.template;
         sqlx::query(
             "INSERT INTO certificates (issuer, serial, profile, role, subject_uri, spki_sha256,
@@ -312,6 +323,21 @@ async fn complete(
             .execute(&mut **tx)
             .await?;
         }
+        Completion::Renewal { revoke_superseded } => {
+            if *revoke_superseded {
+                sqlx::query(
+                    "UPDATE certificates SET status = 'revoked', revoked_at = ?, revocation_reason = 4
+                     WHERE subject_uri = ? AND profile = 'device-operational'
+                       AND status = 'active' AND serial <> ?",
+                )
+                .bind(now)
+                .bind(subject_uri)
+                .bind(cert_serial)
+                .execute(&mut **tx)
+                .await?;
+            }
+        }
+        Completion::Nothing => {}
         Completion::Principal {
             role,
             principal_id,
@@ -334,7 +360,7 @@ async fn complete(
     Ok(())
 }
 
-async fn check_claim(tx: &mut WriteTx, r: &Reservation) -> Result<(), Error> {
+async fn check_claim(tx: &mut WriteTx, r: &Reservation, now: OffsetDateTime) -> Result<(), Error> {
     // A public key identifies one subject only (a key seen on another device is refused).
     let other: Option<String> = sqlx::query_scalar(
         "SELECT subject_uri FROM certificates WHERE spki_sha256 = ? AND subject_uri <> ? LIMIT 1",
@@ -349,10 +375,41 @@ async fn check_claim(tx: &mut WriteTx, r: &Reservation) -> Result<(), Error> {
                 .into(),
         ));
     }
+    // A key revoked for keyCompromise is never certified again, for anyone.
+    let compromised: Option<String> = sqlx::query_scalar(
+        "SELECT serial FROM certificates WHERE spki_sha256 = ? AND revocation_reason = 1 LIMIT 1",
+    )
+    .bind(&r.spki_sha256)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if compromised.is_some() {
+        return Err(Error::PermissionDenied(
+            "this public key was revoked for keyCompromise and is refused for good; generate a new key"
+                .into(),
+        ));
+    }
     match &r.claim {
+        Claim::Service => {}
+        Claim::Renewal { rekey_required } => {
+            if *rekey_required {
+                let seen: Option<String> = sqlx::query_scalar(
+                    "SELECT serial FROM certificates WHERE spki_sha256 = ? LIMIT 1",
+                )
+                .bind(&r.spki_sha256)
+                .fetch_optional(&mut **tx)
+                .await?;
+                if seen.is_some() {
+                    return Err(Error::FailedPrecondition(
+                        "renewal requires a new key (rekey_required); this key was certified before"
+                            .into(),
+                    ));
+                }
+            }
+        }
         Claim::NewDevice {
             manufacturer,
             serial,
+            token_sha256,
         } => {
             let enrolled: Option<String> = sqlx::query_scalar(
                 "SELECT serial FROM devices WHERE manufacturer_id = ? AND serial = ?",
@@ -374,6 +431,9 @@ async fn check_claim(tx: &mut WriteTx, r: &Reservation) -> Result<(), Error> {
                     "device {} of manufacturer {manufacturer} is already enrolled",
                     quote(serial.as_str())
                 )));
+            }
+            if let Some(token) = token_sha256 {
+                super::lifecycle::consume_token(tx, token, now).await?;
             }
         }
         Claim::Principal {

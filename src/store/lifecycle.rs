@@ -86,11 +86,13 @@ impl Store {
         issuer: IssuerName,
         serial: &str,
     ) -> Result<Option<CertRecord>, Error> {
-        let row = sqlx::query(&format!("{CERT_COLUMNS} WHERE c.issuer = ? AND c.serial = ?"))
-            .bind(issuer.as_str())
-            .bind(serial)
-            .fetch_optional(&self.reader)
-            .await?;
+        let row = sqlx::query(&format!(
+            "{CERT_COLUMNS} WHERE c.issuer = ? AND c.serial = ?"
+        ))
+        .bind(issuer.as_str())
+        .bind(serial)
+        .fetch_optional(&self.reader)
+        .await?;
         row.as_ref().map(decode_cert).transpose()
     }
 
@@ -331,8 +333,9 @@ async fn revoked_entries(
         .map(|row| {
             let serial: String = row.try_get("serial")?;
             Ok(RevokedEntry {
-                serial: crate::domain::unhex(&serial)
-                    .ok_or_else(|| Error::Internal(format!("stored serial {serial:?} is not hex")))?,
+                serial: crate::domain::unhex(&serial).ok_or_else(|| {
+                    Error::Internal(format!("stored serial {serial:?} is not hex"))
+                })?,
                 revoked_at: from_unix(row.try_get("revoked_at")?)?,
                 reason: match row.try_get::<Option<i64>, _>("revocation_reason")? {
                     Some(code) => RevocationReason::from_code(code)?,

@@ -21,6 +21,8 @@ use tonic::transport::Channel;
 pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub url: String,
+    /// Base URL of the plain-HTTP listener (CRL, OCSP, CA certificates).
+    pub http_url: String,
     pub ca: Arc<Ca>,
     pub clock: Arc<FixedClock>,
     pub config: Config,
@@ -62,11 +64,13 @@ impl TestServer {
             .await
             .expect("server prepares");
         let ca = prepared.ca.clone();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = grpc.local_addr().unwrap();
+        let http_addr = http.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            medid::server::run(prepared, listener, async {
+            medid::server::run(prepared, medid::server::Listeners { grpc, http }, async {
                 let _ = stopped.await;
             })
             .await
@@ -74,6 +78,7 @@ impl TestServer {
         });
         TestServer {
             url: format!("https://localhost:{}", addr.port()),
+            http_url: format!("http://{http_addr}"),
             dir,
             ca,
             clock,

@@ -1,6 +1,18 @@
 //! The use cases, each written as the numbered steps of `docs/ISSUANCE-CYCLE.md`: policy
 //! decides, the store reserves and records, issuance signs, and every outcome (success or
 //! refusal) leaves exactly one audit event describing it.
+//!
+//! `mod.rs` holds the shared cycle and the registry use cases; `enroll.rs` factory and token
+//! enrollment; `lifecycle.rs` renewal, revocation, decommissioning and rotation;
+//! `publish.rs` CRLs, OCSP, certificate status and the trust bundle.
+
+mod enroll;
+mod lifecycle;
+pub mod publish;
+
+pub use enroll::{EnrollInput, NewToken};
+pub use lifecycle::{RevokeTarget, RotationStatus};
+pub use publish::{CertificateStatusQuery, StatusAnswer, TrustBundle};
 
 use std::sync::Arc;
 
@@ -9,11 +21,11 @@ use time::{Duration, OffsetDateTime};
 use crate::audit::{Actor, AuditEvent};
 use crate::clock::Clock;
 use crate::domain::{
-    quote, DeviceSerial, Gtin14, ManufacturerId, Model, Principal, PrincipalId, PrincipalRole, Role,
+    quote, DeviceSerial, ManufacturerId, Model, Principal, PrincipalId, PrincipalRole, Role,
 };
 use crate::error::Error;
 use crate::issuance::{Authority, CertificateTemplate, IssuerName, SignedCertificate};
-use crate::policy::{self, profile::ProfileSettings, Action};
+use crate::policy::{self, lifecycle::LifecyclePolicy, profile::ProfileSettings, Action};
 use crate::store::certificates::{fingerprint, Claim, Completion, PeerRecord, Reservation};
 use crate::store::registry::{DeviceQuery, DeviceRecord, ManufacturerRecord};
 use crate::store::Store;
@@ -27,6 +39,11 @@ pub struct Ca {
     pub authority: Arc<Authority>,
     pub clock: Arc<dyn Clock>,
     pub profiles: ProfileSettings,
+    pub lifecycle: LifecyclePolicy,
+    /// CRL nextUpdate − thisUpdate.
+    pub crl_validity: Duration,
+    /// Bumped after every CRL is signed, so the TLS layer rebuilds its verifier.
+    pub crl_generation: tokio::sync::watch::Sender<u64>,
 }
 
 /// A new manufacturer, validated.
@@ -35,16 +52,6 @@ pub struct NewManufacturer {
     pub id: ManufacturerId,
     pub display_name: String,
     pub allowed_models: Vec<Model>,
-}
-
-/// An enrollment request, validated except for the CSR (checked in step 1 so its refusal
-/// is audited like every other).
-#[derive(Debug, Clone)]
-pub struct EnrollInput {
-    pub csr: Vec<u8>,
-    pub serial: DeviceSerial,
-    pub model: Model,
-    pub udi_di: Option<Gtin14>,
 }
 
 /// A certificate handed back to a caller, with its chain.
@@ -61,13 +68,22 @@ pub struct Issued {
 
 impl Ca {
     fn event(&self, who: &Principal, action: &str, target: impl Into<String>) -> AuditEvent {
-        AuditEvent::new(self.clock.now(), Actor::of(who), action, target)
+        self.actor_event(&Actor::of(who), action, target)
+    }
+
+    fn actor_event(&self, actor: &Actor, action: &str, target: impl Into<String>) -> AuditEvent {
+        AuditEvent::new(self.clock.now(), actor.clone(), action, target)
     }
 
     /// Records the refusal of a request and hands the error back. The refusal itself changes
     /// nothing, so a failure to write its event is logged and the refusal still stands.
     pub async fn refuse(&self, who: &Principal, action: &str, target: &str, err: Error) -> Error {
-        let event = self.event(who, action, target).refused(&err);
+        self.refuse_as(&Actor::of(who), action, target, err).await
+    }
+
+    /// [`Ca::refuse`] for an actor that is not an authenticated principal (a token holder).
+    pub async fn refuse_as(&self, actor: &Actor, action: &str, target: &str, err: Error) -> Error {
+        let event = self.actor_event(actor, action, target).refused(&err);
         if let Err(audit_err) = self.store.record_event(&event).await {
             tracing::error!(error = %audit_err, action, "could not record refusal event");
         }
@@ -81,9 +97,20 @@ impl Ca {
         target: &str,
         result: Result<T, Error>,
     ) -> Result<T, Error> {
+        self.audited_as(&Actor::of(who), action, target, result)
+            .await
+    }
+
+    async fn audited_as<T>(
+        &self,
+        actor: &Actor,
+        action: &str,
+        target: &str,
+        result: Result<T, Error>,
+    ) -> Result<T, Error> {
         match result {
             Ok(v) => Ok(v),
-            Err(e) => Err(self.refuse(who, action, target, e).await),
+            Err(e) => Err(self.refuse_as(actor, action, target, e).await),
         }
     }
 
@@ -276,83 +303,14 @@ impl Ca {
             principal_id: id.to_string(),
             manufacturer,
         };
-        self.run_cycle(who, action.name(), reservation, completion)
+        self.run_cycle(&Actor::of(who), action.name(), reservation, completion)
             .await
-    }
-
-    /// Enrolls a device at the factory and returns its birth certificate.
-    pub async fn enroll_device(
-        &self,
-        who: &Principal,
-        input: EnrollInput,
-    ) -> Result<(DeviceRecord, Issued), Error> {
-        let manufacturer = match policy::enrollment_scope(who) {
-            Ok(m) => m,
-            Err(err) => {
-                let target = quote(input.serial.as_str());
-                return Err(self.refuse(who, "device.enroll", &target, err).await);
-            }
-        };
-        let action = Action::EnrollDevice {
-            manufacturer: &manufacturer,
-        };
-        let subject_uri = self
-            .profiles
-            .trust_domain
-            .device_uri(&manufacturer, &input.serial);
-        let step1 = async {
-            // Step 1: policy — the station's scope, the model, the CSR, the profile.
-            policy::authorize(who, action)?;
-            let m = self.store.manufacturer(&manufacturer).await?;
-            policy::check_model_allowed(&manufacturer, &m.allowed_models, &input.model)?;
-            let csr = policy::csr::verify(&crate::pem::csr_der(&input.csr)?)?;
-            let template = self.profiles.device_birth(
-                crate::issuance::random_serial(),
-                self.clock.now(),
-                &crate::policy::profile::BirthSubject {
-                    manufacturer: &manufacturer,
-                    manufacturer_name: &m.display_name,
-                    serial: &input.serial,
-                    udi_di: input.udi_di.as_ref(),
-                },
-                csr.public_key.clone(),
-            );
-            Ok((template, csr))
-        };
-        let (template, csr) = self
-            .audited(who, action.name(), &subject_uri, step1.await)
-            .await?;
-        let reservation = Reservation {
-            template,
-            profile: "device-birth",
-            role: Role::Device,
-            subject_uri: subject_uri.clone(),
-            spki_sha256: csr.spki_sha256.clone(),
-            claim: Claim::NewDevice {
-                manufacturer: manufacturer.clone(),
-                serial: input.serial.clone(),
-            },
-        };
-        let completion = Completion::Device {
-            manufacturer: manufacturer.clone(),
-            serial: input.serial.clone(),
-            model: input.model.as_str().to_owned(),
-            udi_di: input.udi_di.as_ref().map(|g| g.as_str().to_owned()),
-        };
-        let issued = self
-            .run_cycle(who, action.name(), reservation, completion)
-            .await?;
-        let device = self
-            .store
-            .device(&manufacturer, input.serial.as_str())
-            .await?;
-        Ok((device, issued))
     }
 
     /// Steps 2–4 of the issuance cycle, shared by every profile.
     async fn run_cycle(
         &self,
-        who: &Principal,
+        actor: &Actor,
         action: &str,
         reservation: Reservation,
         completion: Completion,
@@ -361,7 +319,7 @@ impl Ca {
         let t: &CertificateTemplate = &reservation.template;
         let (issuer, serial) = (t.issuer, t.serial.to_hex());
         let intent = self
-            .event(who, "certificate.reserve", &subject_uri)
+            .actor_event(actor, "certificate.reserve", &subject_uri)
             .with("issuer", issuer.as_str())
             .with("serial", serial.clone())
             .with("profile", reservation.profile)
@@ -370,14 +328,16 @@ impl Ca {
 
         // Step 2: reserve the serial and record the intent with its audit event, durably.
         let reserved = self.store.reserve(reservation, &intent).await;
-        let token = self.audited(who, action, &subject_uri, reserved).await?;
+        let token = self
+            .audited_as(actor, action, &subject_uri, reserved)
+            .await?;
 
         // Step 3: sign. The token is consumed: one reservation, at most one signature.
         let signed: SignedCertificate = match self.authority.sign(token) {
             Ok(s) => s,
             Err(err) => {
                 let event = self
-                    .event(who, "certificate.abandon", &subject_uri)
+                    .actor_event(actor, "certificate.abandon", &subject_uri)
                     .with("issuer", issuer.as_str())
                     .with("serial", serial.clone())
                     .refused(&err);
@@ -394,7 +354,7 @@ impl Ca {
 
         // Step 4: record the certificate and what it completes, with the success event.
         let done = self
-            .event(who, action, &subject_uri)
+            .actor_event(actor, action, &subject_uri)
             .with("issuer", issuer.as_str())
             .with("serial", serial.clone())
             .with("certificate_sha256", fingerprint(&signed.der));

@@ -1,0 +1,376 @@
+//! Renewal (operational certificates), revocation, decommissioning and rotation tracking.
+
+use time::{Duration, OffsetDateTime};
+
+use super::{Ca, Issued};
+use crate::audit::Actor;
+use crate::domain::{
+    quote, DeviceSerial, ManufacturerId, Principal, PrincipalId, PrincipalRole, RevocationReason,
+    Role,
+};
+use crate::error::Error;
+use crate::issuance::IssuerName;
+use crate::policy::lifecycle::{authorize_revocation, renewal_for, Renewal, RevocationTarget};
+use crate::policy::profile::{renew_after, rotation_state, BirthSubject, RotationState};
+use crate::policy::{self, Action};
+use crate::store::certificates::{Claim, Completion, Reservation};
+use crate::store::lifecycle::CertRecord;
+use crate::store::registry::{DeviceRecord, DeviceState};
+
+/// What a revocation names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevokeTarget {
+    /// One certificate; the issuer may be omitted when the serial is unique.
+    Certificate {
+        issuer: Option<IssuerName>,
+        serial: String,
+    },
+    /// Every certificate of a device.
+    Device {
+        manufacturer: ManufacturerId,
+        serial: DeviceSerial,
+    },
+}
+
+/// A device's rotation: its current operational certificate and its history.
+#[derive(Debug, Clone)]
+pub struct RotationStatus {
+    pub device: DeviceRecord,
+    /// The newest unrevoked, unexpired operational certificate.
+    pub current: Option<CertRecord>,
+    pub renew_after: Option<OffsetDateTime>,
+    /// The renewal window of the current certificate is open (renew now), or the device has no
+    /// valid operational certificate although it had one.
+    pub overdue: bool,
+    /// Every certificate of the device, oldest first, with its state at `now`:
+    /// current, superseded, revoked, expired or reserved.
+    pub history: Vec<(CertRecord, &'static str)>,
+}
+
+impl Ca {
+    /// Issues an operational certificate to a device (or a fresh certificate to a gateway),
+    /// authenticated by its birth or current certificate (docs/ROTATION.md).
+    pub async fn renew(&self, who: &Principal, csr: &[u8]) -> Result<Issued, Error> {
+        let action = "certificate.renew";
+        let step1 = async {
+            // Step 1: who renews, for what; the CSR; the profile. A revoked or expired caller
+            // never gets here: authentication refused it.
+            let kind = renewal_for(who)?;
+            let csr = policy::csr::verify(&crate::pem::csr_der(csr)?)?;
+            let now = self.clock.now();
+            let op_end = self
+                .authority
+                .issuer_cert(IssuerName::Operational)
+                .not_after;
+            let serial = crate::issuance::random_serial();
+            let (template, profile, completion) = match kind {
+                Renewal::DeviceOperational => {
+                    let (m, s) = device_of(who)?;
+                    let registered = self.store.manufacturer(&m).await?;
+                    let template = self.profiles.device_operational(
+                        serial,
+                        now,
+                        op_end,
+                        &BirthSubject {
+                            manufacturer: &m,
+                            manufacturer_name: &registered.display_name,
+                            serial: &s,
+                            udi_di: None,
+                        },
+                        csr.public_key.clone(),
+                    );
+                    let completion = Completion::Renewal {
+                        revoke_superseded: self.lifecycle.revoke_superseded,
+                    };
+                    (template, "device-operational", completion)
+                }
+                Renewal::Gateway => {
+                    let id = who.uri.rsplit('/').next().unwrap_or_default();
+                    let id = PrincipalId::parse(id)?;
+                    let template = self.profiles.principal(
+                        serial,
+                        now,
+                        op_end,
+                        &PrincipalRole::Gateway,
+                        &id,
+                        csr.public_key.clone(),
+                    );
+                    (
+                        template,
+                        "principal",
+                        Completion::Renewal {
+                            revoke_superseded: false,
+                        },
+                    )
+                }
+            };
+            Ok((template, profile, completion, csr.spki_sha256))
+        };
+        let (template, profile, completion, spki) =
+            self.audited(who, action, &who.uri, step1.await).await?;
+        let reservation = Reservation {
+            template,
+            profile,
+            role: who.role,
+            subject_uri: who.uri.clone(),
+            spki_sha256: spki,
+            claim: Claim::Renewal {
+                rekey_required: self.lifecycle.rekey_required,
+            },
+        };
+        let issued = self
+            .run_cycle(&Actor::of(who), action, reservation, completion)
+            .await?;
+        if self.lifecycle.revoke_superseded && profile == "device-operational" {
+            self.publish_crl(IssuerName::Operational).await?;
+        }
+        Ok(issued)
+    }
+
+    /// Revokes one certificate or all of a device's, with an RFC 5280 reason. The CRLs of the
+    /// affected issuers are re-signed at once.
+    pub async fn revoke(
+        &self,
+        who: &Principal,
+        target: RevokeTarget,
+        reason: Option<RevocationReason>,
+    ) -> Result<Vec<(IssuerName, String)>, Error> {
+        let action = "certificate.revoke";
+        let label = match &target {
+            RevokeTarget::Certificate { serial, .. } => format!("certificate/{}", quote(serial)),
+            RevokeTarget::Device {
+                manufacturer,
+                serial,
+            } => format!("device/{manufacturer}/{}", quote(serial.as_str())),
+        };
+        let decide = async {
+            let certs = self.revocation_targets(&target).await?;
+            let first = certs.first().ok_or_else(|| {
+                Error::FailedPrecondition(format!("{label} has no certificate to revoke"))
+            })?;
+            authorize_revocation(
+                who,
+                RevocationTarget {
+                    role: &first.role,
+                    subject_uri: &first.subject_uri,
+                    manufacturer: first.manufacturer.as_deref(),
+                },
+                reason,
+            )?;
+            let open: Vec<(IssuerName, String)> = certs
+                .iter()
+                .filter(|c| c.status != "revoked")
+                .map(|c| (c.issuer, c.serial.clone()))
+                .collect();
+            if open.is_empty() {
+                return Err(Error::FailedPrecondition(format!(
+                    "{label} is already revoked"
+                )));
+            }
+            Ok(open)
+        };
+        let open = self.audited(who, action, &label, decide.await).await?;
+        let event = self
+            .event(who, action, &label)
+            .with("reason", reason.map(RevocationReason::name));
+        let revoked = self.store.revoke(&open, reason, None, &event).await?;
+        self.publish_crls_for(&revoked).await?;
+        Ok(revoked)
+    }
+
+    async fn revocation_targets(&self, target: &RevokeTarget) -> Result<Vec<CertRecord>, Error> {
+        match target {
+            RevokeTarget::Certificate { issuer, serial } => {
+                let serial = serial.to_ascii_lowercase();
+                let issuers = match issuer {
+                    Some(i) => vec![*i],
+                    None => vec![IssuerName::DeviceIdentity, IssuerName::Operational],
+                };
+                let mut found = Vec::new();
+                for i in issuers {
+                    found.extend(self.store.certificate(i, &serial).await?);
+                }
+                if found.len() > 1 {
+                    return Err(Error::InvalidArgument(format!(
+                        "serial {serial} exists under both issuing CAs; name the issuer"
+                    )));
+                }
+                if found.is_empty() {
+                    return Err(Error::NotFound(format!(
+                        "no certificate with serial {serial}"
+                    )));
+                }
+                Ok(found)
+            }
+            RevokeTarget::Device {
+                manufacturer,
+                serial,
+            } => {
+                let device = self.store.device(manufacturer, serial.as_str()).await?;
+                self.store.certificates_of(&device.uri).await
+            }
+        }
+    }
+
+    /// Revokes every certificate of a device and blocks further issuance to it.
+    pub async fn decommission(
+        &self,
+        who: &Principal,
+        manufacturer: ManufacturerId,
+        serial: DeviceSerial,
+        reason: Option<RevocationReason>,
+    ) -> Result<DeviceRecord, Error> {
+        let action = Action::Decommission {
+            manufacturer: &manufacturer,
+        };
+        let label = format!("device/{manufacturer}/{}", quote(serial.as_str()));
+        let reason = reason.or(Some(RevocationReason::CessationOfOperation));
+        let decide = async {
+            policy::authorize(who, action)?;
+            let device = self.store.device(&manufacturer, serial.as_str()).await?;
+            if device.state == DeviceState::Decommissioned {
+                return Err(Error::FailedPrecondition(format!(
+                    "{label} is already decommissioned"
+                )));
+            }
+            let certs = self.store.certificates_of(&device.uri).await?;
+            Ok(certs
+                .iter()
+                .filter(|c| c.status != "revoked")
+                .map(|c| (c.issuer, c.serial.clone()))
+                .collect::<Vec<_>>())
+        };
+        let open = self
+            .audited(who, action.name(), &label, decide.await)
+            .await?;
+        let event = self
+            .event(who, action.name(), &label)
+            .with("reason", reason.map(RevocationReason::name));
+        let revoked = self
+            .store
+            .revoke(
+                &open,
+                reason,
+                Some((&manufacturer, serial.as_str())),
+                &event,
+            )
+            .await?;
+        self.publish_crls_for(&revoked).await?;
+        self.store.device(&manufacturer, serial.as_str()).await
+    }
+
+    async fn publish_crls_for(&self, revoked: &[(IssuerName, String)]) -> Result<(), Error> {
+        for issuer in [IssuerName::DeviceIdentity, IssuerName::Operational] {
+            if revoked.iter().any(|(i, _)| *i == issuer) {
+                self.publish_crl(issuer).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rotation status of one device: admins, the device's own manufacturer's stations, and
+    /// the device itself.
+    pub async fn rotation_status(
+        &self,
+        who: &Principal,
+        manufacturer: ManufacturerId,
+        serial: &str,
+    ) -> Result<RotationStatus, Error> {
+        let target = format!("device/{manufacturer}/{}", quote(serial));
+        let read = async {
+            let device = self.store.device(&manufacturer, serial).await?;
+            policy::authorize(
+                who,
+                Action::ReadRotation {
+                    manufacturer: &manufacturer,
+                    device_uri: &device.uri,
+                },
+            )?;
+            Ok(device)
+        };
+        let device = self
+            .audited(who, "device.rotation.read", &target, read.await)
+            .await?;
+        let certs = self.store.certificates_of(&device.uri).await?;
+        Ok(rotation(device, certs, self.clock.now()))
+    }
+
+    /// Active certificates that expire within `within`, for admins.
+    pub async fn list_expiring(
+        &self,
+        who: &Principal,
+        within: Duration,
+        manufacturer: Option<ManufacturerId>,
+    ) -> Result<Vec<CertRecord>, Error> {
+        let action = Action::ListExpiring;
+        let checked = policy::authorize(who, action).and_then(|_| {
+            if within < Duration::ZERO || within > Duration::days(3650) {
+                Err(Error::InvalidArgument(
+                    "within must be 0 to 3650 days".into(),
+                ))
+            } else {
+                Ok(())
+            }
+        });
+        self.audited(who, action.name(), "certificates", checked)
+            .await?;
+        self.store
+            .expiring(self.clock.now() + within, manufacturer.as_ref(), 10_000)
+            .await
+    }
+}
+
+fn device_of(who: &Principal) -> Result<(ManufacturerId, DeviceSerial), Error> {
+    match (&who.manufacturer, &who.device_serial, who.role) {
+        (Some(m), Some(s), Role::Device) => Ok((m.clone(), s.clone())),
+        _ => Err(Error::Internal(format!(
+            "device principal {} lacks its scope",
+            who.uri
+        ))),
+    }
+}
+
+/// Pure: a device's rotation status from its certificates at `now`.
+fn rotation(device: DeviceRecord, certs: Vec<CertRecord>, now: OffsetDateTime) -> RotationStatus {
+    let operational = |c: &&CertRecord| c.profile == "device-operational";
+    let current = certs
+        .iter()
+        .filter(operational)
+        .filter(|c| c.status == "active" && c.not_before <= now && now <= c.not_after)
+        .max_by_key(|c| c.not_before)
+        .cloned();
+    let had_one = certs.iter().any(|c| operational(&c));
+    let renew = current
+        .as_ref()
+        .map(|c| renew_after(c.not_before, c.not_after));
+    let overdue = match &current {
+        Some(c) => rotation_state(c.not_before, c.not_after, now) != RotationState::Fresh,
+        None => had_one,
+    };
+    let history = certs
+        .into_iter()
+        .map(|c| {
+            let state = if c.status == "revoked" {
+                "revoked"
+            } else if c.status == "reserved" {
+                "reserved"
+            } else if now > c.not_after {
+                "expired"
+            } else if c.profile == "device-birth" {
+                "birth"
+            } else if current.as_ref().is_some_and(|cur| cur.serial == c.serial) {
+                "current"
+            } else {
+                "superseded"
+            };
+            (c, state)
+        })
+        .collect();
+    RotationStatus {
+        device,
+        current,
+        renew_after: renew,
+        overdue,
+        history,
+    }
+}

@@ -1,0 +1,346 @@
+//! What medid publishes about certificates: CRLs, OCSP answers, a status call for gateways,
+//! and the trust bundle. Also the periodic upkeep that keeps CRLs and OCSP responders fresh.
+
+use time::{Duration, OffsetDateTime};
+
+use super::Ca;
+use crate::audit::Actor;
+use crate::domain::{Principal, RevocationReason, Role};
+use crate::error::Error;
+use crate::issuance::ocsp::{self, CertStatus, HashAlg, SingleResponse};
+use crate::issuance::{IssuerName, ResponderKey};
+use crate::policy::profile::{renew_after, OCSP_RESPONDER_LIFETIME};
+use crate::policy::{self, Action};
+use crate::store::certificates::{fingerprint, Claim, Completion, Reservation};
+use crate::store::lifecycle::{CertRecord, CrlRecord};
+
+/// How long an OCSP answer may be cached (its nextUpdate − thisUpdate).
+pub const OCSP_VALIDITY: Duration = Duration::hours(1);
+
+/// One CertID from an OCSP request, parsed by the edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertId {
+    /// The CertID's DER exactly as received, echoed in the answer.
+    pub der: Vec<u8>,
+    pub hash: HashAlg,
+    pub issuer_name_hash: Vec<u8>,
+    pub issuer_key_hash: Vec<u8>,
+    /// Serial magnitude (no sign octet).
+    pub serial: Vec<u8>,
+}
+
+/// A parsed OCSP request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OcspQuery {
+    pub cert_ids: Vec<CertId>,
+    pub nonce: Option<Vec<u8>>,
+}
+
+/// How a gateway names the certificate it asks about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertificateStatusQuery {
+    Serial {
+        issuer: Option<IssuerName>,
+        serial: String,
+    },
+    /// The certificate itself: "good" only if medid issued exactly these bytes.
+    Der(Vec<u8>),
+}
+
+/// The answer to a status query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusAnswer {
+    pub status: CertStatus,
+    pub certificate: Option<CertRecord>,
+    pub checked_at: OffsetDateTime,
+}
+
+/// The CA certificates a relying party needs.
+#[derive(Debug, Clone)]
+pub struct TrustBundle {
+    pub root: Vec<u8>,
+    pub device_identity: Vec<u8>,
+    pub operational: Vec<u8>,
+}
+
+impl Ca {
+    /// Signs and stores the next CRL of `issuer`, and tells the TLS layer.
+    pub async fn publish_crl(&self, issuer: IssuerName) -> Result<CrlRecord, Error> {
+        let this_update = self.clock.now();
+        let next_update = this_update + self.crl_validity;
+        let authority = self.authority.clone();
+        let crl = self
+            .store
+            .issue_crl(issuer, this_update, next_update, |number, entries| {
+                authority.sign_crl(issuer, number, this_update, next_update, entries)
+            })
+            .await?;
+        self.crl_generation.send_modify(|g| *g += 1);
+        tracing::info!(issuer = issuer.as_str(), number = crl.number, "signed CRL");
+        Ok(crl)
+    }
+
+    /// The current CRL of `issuer` (signing the first one if none exists yet).
+    pub async fn current_crl(&self, issuer: IssuerName) -> Result<CrlRecord, Error> {
+        match self.store.latest_crl(issuer).await? {
+            Some(crl) => Ok(crl),
+            None => self.publish_crl(issuer).await,
+        }
+    }
+
+    /// The CRL over gRPC: any authenticated caller.
+    pub async fn crl_for(&self, who: &Principal, issuer: IssuerName) -> Result<CrlRecord, Error> {
+        let action = Action::GetCrl;
+        self.audited(
+            who,
+            action.name(),
+            issuer.as_str(),
+            policy::authorize(who, action),
+        )
+        .await?;
+        self.current_crl(issuer).await
+    }
+
+    pub async fn trust_bundle(&self, who: &Principal) -> Result<TrustBundle, Error> {
+        let action = Action::TrustBundle;
+        self.audited(
+            who,
+            action.name(),
+            "trust-bundle",
+            policy::authorize(who, action),
+        )
+        .await?;
+        Ok(self.public_trust_bundle())
+    }
+
+    pub fn public_trust_bundle(&self) -> TrustBundle {
+        TrustBundle {
+            root: self.authority.root().der.to_vec(),
+            device_identity: self
+                .authority
+                .issuer_cert(IssuerName::DeviceIdentity)
+                .der
+                .to_vec(),
+            operational: self
+                .authority
+                .issuer_cert(IssuerName::Operational)
+                .der
+                .to_vec(),
+        }
+    }
+
+    /// Certificate status for gateways (and admins, auditors). Never "good" for a certificate
+    /// medid did not issue and record.
+    pub async fn certificate_status(
+        &self,
+        who: &Principal,
+        query: CertificateStatusQuery,
+    ) -> Result<StatusAnswer, Error> {
+        let action = Action::CertificateStatus;
+        self.audited(
+            who,
+            action.name(),
+            "certificate",
+            policy::authorize(who, action),
+        )
+        .await?;
+        let record = match query {
+            CertificateStatusQuery::Serial { issuer, serial } => {
+                let serial = serial.to_ascii_lowercase();
+                let issuers = match issuer {
+                    Some(i) => vec![i],
+                    None => vec![IssuerName::DeviceIdentity, IssuerName::Operational],
+                };
+                let mut found = None;
+                for i in issuers {
+                    if let Some(c) = self.store.certificate(i, &serial).await? {
+                        found = Some(c);
+                        break;
+                    }
+                }
+                found
+            }
+            CertificateStatusQuery::Der(der) => {
+                match self.store.peer_by_fingerprint(&fingerprint(&der)).await? {
+                    Some(peer) => {
+                        let (_, cert) = x509_parser::parse_x509_certificate(&der)
+                            .map_err(|_| Error::InvalidArgument("not a DER certificate".into()))?;
+                        let issuer = if cert.issuer().as_raw()
+                            == self.authority_subject(IssuerName::DeviceIdentity)
+                        {
+                            IssuerName::DeviceIdentity
+                        } else {
+                            IssuerName::Operational
+                        };
+                        self.store.certificate(issuer, &peer.serial).await?
+                    }
+                    None => None,
+                }
+            }
+        };
+        let status = record.as_ref().map_or(CertStatus::Unknown, status_of);
+        Ok(StatusAnswer {
+            status,
+            certificate: record,
+            checked_at: self.clock.now(),
+        })
+    }
+
+    fn authority_subject(&self, issuer: IssuerName) -> Vec<u8> {
+        x509_parser::parse_x509_certificate(&self.authority.issuer_cert(issuer).der)
+            .map(|(_, c)| c.subject().as_raw().to_vec())
+            .unwrap_or_default()
+    }
+
+    /// Answers an OCSP request (RFC 6960). Always returns a DER OCSPResponse: errors are
+    /// encoded as OCSP error statuses, never as HTTP errors.
+    pub async fn ocsp(&self, query: Option<OcspQuery>) -> Vec<u8> {
+        let Some(query) = query.filter(|q| !q.cert_ids.is_empty()) else {
+            return ocsp::error_response(ocsp::ErrorStatus::MalformedRequest);
+        };
+        let issuer = query.cert_ids.iter().find_map(|id| {
+            self.authority
+                .issuer_for_cert_id(id.hash, &id.issuer_name_hash, &id.issuer_key_hash)
+        });
+        let Some(issuer) = issuer else {
+            // RFC 6960 §2.3: not authoritative for these certificates.
+            return ocsp::error_response(ocsp::ErrorStatus::Unauthorized);
+        };
+        let now = self.clock.now();
+        let mut responses = Vec::with_capacity(query.cert_ids.len());
+        for id in &query.cert_ids {
+            let same_issuer = self.authority.issuer_for_cert_id(
+                id.hash,
+                &id.issuer_name_hash,
+                &id.issuer_key_hash,
+            ) == Some(issuer);
+            let status = if !same_issuer {
+                CertStatus::Unknown
+            } else {
+                match self
+                    .store
+                    .certificate(issuer, &crate::domain::hex(&id.serial))
+                    .await
+                {
+                    Ok(Some(record)) => status_of(&record),
+                    Ok(None) => CertStatus::Unknown,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "OCSP lookup failed");
+                        return ocsp::error_response(ocsp::ErrorStatus::TryLater);
+                    }
+                }
+            };
+            responses.push(SingleResponse {
+                cert_id_der: id.der.clone(),
+                status,
+                this_update: now,
+                next_update: now + OCSP_VALIDITY,
+            });
+        }
+        match self
+            .authority
+            .sign_ocsp(issuer, &responses, query.nonce.as_deref(), now)
+        {
+            Ok(der) => der,
+            Err(e) => {
+                tracing::error!(error = %e, "OCSP signing failed");
+                ocsp::error_response(ocsp::ErrorStatus::InternalError)
+            }
+        }
+    }
+
+    /// Issues (through the full cycle) and installs a delegated OCSP responder for each issuing
+    /// CA that has none or whose responder is past 2/3 of its life.
+    pub async fn ensure_ocsp_responders(&self) -> Result<(), Error> {
+        let now = self.clock.now();
+        for issuer in [IssuerName::DeviceIdentity, IssuerName::Operational] {
+            let fresh = self
+                .authority
+                .ocsp_responder_not_after(issuer)
+                .is_some_and(|end| now < renew_after(end - OCSP_RESPONDER_LIFETIME, end));
+            if fresh {
+                continue;
+            }
+            let key = ResponderKey::generate()?;
+            let template = self.profiles.ocsp_responder(
+                crate::issuance::random_serial(),
+                now,
+                issuer,
+                self.authority.issuer_cert(issuer).not_after,
+                key.public_key(),
+            );
+            let spki = crate::domain::hex(
+                ring::digest::digest(
+                    &ring::digest::SHA256,
+                    &rcgen::PublicKeyData::subject_public_key_info(&key.public_key()),
+                )
+                .as_ref(),
+            );
+            let subject_uri = format!(
+                "spiffe://{}/service/ocsp/{}",
+                self.profiles.trust_domain.as_str(),
+                issuer.as_str()
+            );
+            let reservation = Reservation {
+                template,
+                profile: "ocsp-responder",
+                role: Role::Service,
+                subject_uri,
+                spki_sha256: spki,
+                claim: Claim::Service,
+            };
+            let issued = self
+                .run_cycle(
+                    &Actor::system(),
+                    "ocsp.responder.issue",
+                    reservation,
+                    Completion::Nothing,
+                )
+                .await?;
+            self.authority.install_ocsp_responder(
+                issuer,
+                key,
+                issued.der.clone().into(),
+                issued.not_after,
+            );
+            tracing::info!(
+                issuer = issuer.as_str(),
+                serial = issued.serial,
+                "installed OCSP responder"
+            );
+        }
+        Ok(())
+    }
+
+    /// Periodic upkeep: re-sign a CRL at half its validity, renew OCSP responders.
+    pub async fn maintain(&self) -> Result<(), Error> {
+        let now = self.clock.now();
+        for issuer in [IssuerName::DeviceIdentity, IssuerName::Operational] {
+            let stale = match self.store.latest_crl(issuer).await? {
+                Some(crl) => now >= crl.this_update + self.crl_validity / 2,
+                None => true,
+            };
+            if stale {
+                self.publish_crl(issuer).await?;
+            }
+        }
+        self.ensure_ocsp_responders().await
+    }
+}
+
+fn status_of(c: &CertRecord) -> CertStatus {
+    match c.status.as_str() {
+        "active" => CertStatus::Good,
+        "revoked" => CertStatus::Revoked {
+            at: c.revoked_at.unwrap_or(c.not_before),
+            reason: c.reason,
+        },
+        // Reserved: possibly signed, not recorded. Never "good".
+        _ => CertStatus::Unknown,
+    }
+}
+
+/// Re-exported for the edge: reason names for status answers.
+pub fn reason_name(r: Option<RevocationReason>) -> &'static str {
+    r.map_or("", RevocationReason::name)
+}
