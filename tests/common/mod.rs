@@ -31,7 +31,7 @@ pub struct TestServer {
 }
 
 /// A client identity: certificate chain PEM and private key PEM.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Identity {
     pub cert_pem: String,
     pub key_pem: String,
