@@ -31,3 +31,6 @@ CREATE TABLE enrollment_tokens (
 
 CREATE INDEX certificates_revoked ON certificates (issuer, not_after) WHERE status = 'revoked';
 CREATE INDEX certificates_expiry ON certificates (not_after) WHERE status = 'active';
+
+-- Issuance order, assigned under the write lock: "newest" without ties at one-second times.
+ALTER TABLE certificates ADD COLUMN issue_order INTEGER NOT NULL DEFAULT 0;

@@ -39,15 +39,33 @@ impl ClientCredentials {
     }
 }
 
-/// Connects to `server` (e.g. `https://127.0.0.1:7443`) over mTLS. The server's certificate
-/// must name `localhost` or the host in the URL.
-pub async fn connect(server: &str, creds: &ClientCredentials) -> Result<Channel, Error> {
-    let host = server
+/// Connects with server authentication only (no client certificate): for `EnrollWithToken`.
+pub async fn connect_without_identity(server: &str, ca_pem: &[u8]) -> Result<Channel, Error> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name(host_of(server));
+    Channel::from_shared(server.to_owned())
+        .map_err(|e| Error::InvalidArgument(format!("server URL {server:?}: {e}")))?
+        .tls_config(tls)
+        .map_err(|e| Error::InvalidArgument(format!("TLS configuration: {e}")))?
+        .connect()
+        .await
+        .map_err(|e| Error::Unavailable(format!("connecting to {server}: {e:?}")))
+}
+
+fn host_of(server: &str) -> &str {
+    server
         .split("://")
         .nth(1)
         .and_then(|rest| rest.rsplit_once(':').map(|(h, _)| h).or(Some(rest)))
         .map(|h| h.trim_matches(|c| c == '[' || c == ']'))
-        .unwrap_or("localhost");
+        .unwrap_or("localhost")
+}
+
+/// Connects to `server` (e.g. `https://127.0.0.1:7443`) over mTLS. The server's certificate
+/// must name `localhost` or the host in the URL.
+pub async fn connect(server: &str, creds: &ClientCredentials) -> Result<Channel, Error> {
+    let host = host_of(server);
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&creds.ca_pem))
         .identity(Identity::from_pem(&creds.cert_pem, &creds.key_pem))

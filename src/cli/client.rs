@@ -12,6 +12,7 @@ use crate::error::Error;
 use crate::proto::{
     self, admin_service_client::AdminServiceClient,
     enrollment_service_client::EnrollmentServiceClient,
+    lifecycle_service_client::LifecycleServiceClient,
     registry_service_client::RegistryServiceClient,
 };
 
@@ -56,7 +57,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    async fn channel(&self) -> Result<tonic::transport::Channel, Error> {
+    pub(super) async fn channel(&self) -> Result<tonic::transport::Channel, Error> {
         let creds = ClientCredentials::from_files(&self.ca, &self.cert, &self.key)?;
         connect(&self.server, &creds).await
     }
@@ -150,6 +151,10 @@ pub struct EnrollArgs {
     pub udi_di: Option<String>,
     #[command(flatten)]
     pub key: KeySource,
+    /// Enroll with a one-time token instead of a station certificate (no client certificate
+    /// is sent).
+    #[arg(long)]
+    pub token: Option<String>,
     /// Directory for SERIAL.pem, SERIAL-chain.pem and (with a generated key) SERIAL.key.
     #[arg(long, default_value = ".")]
     pub out: PathBuf,
@@ -183,9 +188,20 @@ pub enum DeviceCommand {
     },
 }
 
-fn status(e: tonic::Status) -> Error {
+pub(super) fn status(e: tonic::Status) -> Error {
+    use std::error::Error as _;
     use tonic::Code;
-    let m = e.message().to_owned();
+    let mut m = e.message().to_owned();
+    // Transport failures (a refused TLS handshake, a closed connection) carry the reason in
+    // their source chain: name it instead of a bare "transport error".
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !m.contains(&text) {
+            m = format!("{m}: {text}");
+        }
+        source = s.source();
+    }
     match e.code() {
         Code::InvalidArgument | Code::OutOfRange => Error::InvalidArgument(m),
         Code::Unauthenticated => Error::Unauthenticated(m),
@@ -277,17 +293,36 @@ pub async fn admin(cmd: AdminCommand) -> Result<(), Error> {
 pub async fn enroll(args: EnrollArgs) -> Result<(), Error> {
     let files = OutputFiles::new(&args.out, &file_stem(&args.serial));
     let pending = PendingKey::prepare(&args.key, &files)?;
-    let mut c = EnrollmentServiceClient::new(args.conn.channel().await?);
-    let resp = c
-        .enroll_device(proto::EnrollDeviceRequest {
-            csr: pending.csr.clone(),
-            serial: args.serial,
-            model: args.model,
-            udi_di: args.udi_di.unwrap_or_default(),
-        })
-        .await
-        .map_err(status)?
-        .into_inner();
+    let resp = match &args.token {
+        None => EnrollmentServiceClient::new(args.conn.channel().await?)
+            .enroll_device(proto::EnrollDeviceRequest {
+                csr: pending.csr.clone(),
+                serial: args.serial,
+                model: args.model,
+                udi_di: args.udi_di.unwrap_or_default(),
+            })
+            .await
+            .map_err(status)?
+            .into_inner(),
+        Some(token) => {
+            let ca = std::fs::read(&args.conn.ca).map_err(|e| {
+                Error::InvalidArgument(format!("reading {}: {e}", args.conn.ca.display()))
+            })?;
+            let channel =
+                crate::api::client::connect_without_identity(&args.conn.server, &ca).await?;
+            LifecycleServiceClient::new(channel)
+                .enroll_with_token(proto::EnrollWithTokenRequest {
+                    token: token.clone(),
+                    csr: pending.csr.clone(),
+                    serial: args.serial,
+                    model: args.model,
+                    udi_di: args.udi_di.unwrap_or_default(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner()
+        }
+    };
     let issued = resp
         .certificate
         .ok_or_else(|| Error::Internal("response without certificate".into()))?;
@@ -372,14 +407,14 @@ fn file_stem(s: &str) -> String {
         .collect()
 }
 
-struct OutputFiles {
+pub(super) struct OutputFiles {
     cert: PathBuf,
     chain: PathBuf,
     key: PathBuf,
 }
 
 impl OutputFiles {
-    fn new(dir: &Path, stem: &str) -> Self {
+    pub(super) fn new(dir: &Path, stem: &str) -> Self {
         Self {
             cert: dir.join(format!("{stem}.pem")),
             chain: dir.join(format!("{stem}-chain.pem")),
@@ -389,13 +424,13 @@ impl OutputFiles {
 }
 
 /// A CSR ready to send, and the key to save once the certificate arrives.
-struct PendingKey {
-    csr: Vec<u8>,
+pub(super) struct PendingKey {
+    pub(super) csr: Vec<u8>,
     key_pem: Option<String>,
 }
 
 impl PendingKey {
-    fn prepare(src: &KeySource, files: &OutputFiles) -> Result<Self, Error> {
+    pub(super) fn prepare(src: &KeySource, files: &OutputFiles) -> Result<Self, Error> {
         let mut outputs = vec![&files.cert, &files.chain];
         if src.csr.is_none() {
             outputs.push(&files.key);
@@ -432,7 +467,11 @@ impl PendingKey {
         })
     }
 
-    fn save(&self, files: &OutputFiles, issued: &proto::IssuedCertificate) -> Result<(), Error> {
+    pub(super) fn save(
+        &self,
+        files: &OutputFiles,
+        issued: &proto::IssuedCertificate,
+    ) -> Result<(), Error> {
         use crate::issuance::bootstrap::{write_private, write_public};
         if let Some(key) = &self.key_pem {
             write_private(&files.key, key)?;
@@ -445,7 +484,7 @@ impl PendingKey {
     }
 }
 
-fn ts(t: &Option<prost_types::Timestamp>) -> String {
+pub(super) fn ts(t: &Option<prost_types::Timestamp>) -> String {
     t.as_ref()
         .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds).ok())
         .and_then(|t| {
@@ -477,7 +516,7 @@ fn print_manufacturers(conn: &Connection, list: &[proto::Manufacturer]) {
     }
 }
 
-fn print_issued(
+pub(super) fn print_issued(
     conn: &Connection,
     c: &proto::IssuedCertificate,
     files: &OutputFiles,
@@ -509,7 +548,7 @@ fn print_issued(
     }
 }
 
-fn device_json(d: &proto::Device) -> serde_json::Value {
+pub(super) fn device_json(d: &proto::Device) -> serde_json::Value {
     json!({"manufacturer_id": d.manufacturer_id, "serial": d.serial, "model": d.model,
            "udi_di": d.udi_di, "uri": d.uri, "state": state_name(d.state),
            "enrolled_at": ts(&d.enrolled_at), "birth_certificate_serial": d.birth_certificate_serial})

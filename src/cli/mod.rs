@@ -1,7 +1,9 @@
 //! The `medid` command line: the service (`serve`), PKI bootstrap (`ca init`), and client
 //! commands that talk to a running service over mTLS. `main.rs` only calls [`run`].
 
+mod agent;
 mod client;
+mod lifecycle;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,6 +42,22 @@ pub enum Command {
     /// Read the device registry.
     #[command(subcommand)]
     Device(client::DeviceCommand),
+    /// Get an operational certificate (device) or a fresh gateway certificate, once.
+    Renew(lifecycle::RenewArgs),
+    /// Revoke a certificate, or every certificate of a device.
+    Revoke(lifecycle::RevokeArgs),
+    /// Revoke all of a device's certificates and block further issuance to it.
+    Decommission(lifecycle::DecommissionArgs),
+    /// Certificate status (good/revoked/unknown) or a device's rotation status.
+    Status(lifecycle::StatusArgs),
+    /// CRLs.
+    #[command(subcommand)]
+    Crl(lifecycle::CrlCommand),
+    /// One-time enrollment tokens.
+    #[command(subcommand)]
+    Token(lifecycle::TokenCommand),
+    /// Keep an operational certificate fresh: renew at 2/3 of its lifetime, with jitter.
+    Agent(agent::AgentArgs),
 }
 
 #[derive(Debug, Args)]
@@ -150,6 +168,13 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Admin(cmd) => client::admin(cmd).await,
         Command::Enroll(args) => client::enroll(args).await,
         Command::Device(cmd) => client::device(cmd).await,
+        Command::Renew(args) => lifecycle::renew(args).await,
+        Command::Revoke(args) => lifecycle::revoke(args).await,
+        Command::Decommission(args) => lifecycle::decommission(args).await,
+        Command::Status(args) => lifecycle::show_status(args).await,
+        Command::Crl(cmd) => lifecycle::crl(cmd).await,
+        Command::Token(cmd) => lifecycle::token(cmd).await,
+        Command::Agent(args) => agent::run(args).await,
     }
 }
 

@@ -337,7 +337,7 @@ fn rotation(device: DeviceRecord, certs: Vec<CertRecord>, now: OffsetDateTime) -
         .iter()
         .filter(operational)
         .filter(|c| c.status == "active" && c.not_before <= now && now <= c.not_after)
-        .max_by_key(|c| c.not_before)
+        .max_by_key(|c| c.issue_order)
         .cloned();
     let had_one = certs.iter().any(|c| operational(&c));
     let renew = current

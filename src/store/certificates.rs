@@ -109,8 +109,9 @@ impl Store {
         let t = &r.template;
         sqlx::query(
             "INSERT INTO certificates (issuer, serial, profile, role, subject_uri, spki_sha256,
-                                       not_before, not_after, status, reserved_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?)",
+                                       not_before, not_after, status, reserved_at, issue_order)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?,
+                     (SELECT COALESCE(MAX(issue_order), 0) + 1 FROM certificates))",
         )
         .bind(t.issuer.as_str())
         .bind(t.serial.to_hex())
@@ -230,8 +231,10 @@ impl Store {
         }
         sqlx::query(
             "INSERT INTO certificates (issuer, serial, profile, role, subject_uri, spki_sha256,
-                                       not_before, not_after, status, reserved_at, der, fingerprint)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?)",
+                                       not_before, not_after, status, reserved_at, der, fingerprint,
+                                       issue_order)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?,
+                     (SELECT COALESCE(MAX(issue_order), 0) + 1 FROM certificates))",
         )
         .bind(c.issuer.as_str())
         .bind(&c.serial)

@@ -25,10 +25,12 @@ pub struct CertRecord {
     /// The device's or station's manufacturer.
     pub manufacturer: Option<String>,
     pub device_serial: Option<String>,
+    /// Issuance order: larger is newer.
+    pub issue_order: i64,
 }
 
 const CERT_COLUMNS: &str = "SELECT c.issuer, c.serial, c.profile, c.role, c.subject_uri, c.status,
-        c.not_before, c.not_after, c.revoked_at, c.revocation_reason,
+        c.not_before, c.not_after, c.revoked_at, c.revocation_reason, c.issue_order,
         COALESCE(d.manufacturer_id, p.manufacturer_id) AS manufacturer, d.serial AS device_serial
     FROM certificates c
     LEFT JOIN devices d ON d.uri = c.subject_uri
@@ -57,6 +59,7 @@ fn decode_cert(row: &sqlx::sqlite::SqliteRow) -> Result<CertRecord, Error> {
         },
         manufacturer: row.try_get("manufacturer")?,
         device_serial: row.try_get("device_serial")?,
+        issue_order: row.try_get("issue_order")?,
     })
 }
 
@@ -99,7 +102,7 @@ impl Store {
     /// Every certificate of a subject, oldest first.
     pub async fn certificates_of(&self, subject_uri: &str) -> Result<Vec<CertRecord>, Error> {
         let rows = sqlx::query(&format!(
-            "{CERT_COLUMNS} WHERE c.subject_uri = ? ORDER BY c.not_before, c.serial"
+            "{CERT_COLUMNS} WHERE c.subject_uri = ? ORDER BY c.issue_order"
         ))
         .bind(subject_uri)
         .fetch_all(&self.reader)

@@ -1,0 +1,272 @@
+//! `medid agent`: keeps a device's (or gateway's) operational certificate fresh.
+//!
+//! It holds `cert.pem` + `key.pem` in a directory, renews at 2/3 of the certificate's lifetime
+//! minus a random jitter (so a fleet does not renew in lockstep), writes atomically (temporary
+//! file, fsync, rename), runs an optional command after each renewal, and retries with
+//! exponential backoff while the service is unreachable. With no valid certificate in the
+//! directory it authenticates with its bootstrap identity (the birth certificate).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration as StdDuration;
+
+use clap::Args;
+use rcgen::{CertificateParams, KeyPair};
+use ring::rand::{SecureRandom, SystemRandom};
+use time::{Duration, OffsetDateTime};
+
+use crate::api::client::{connect, ClientCredentials};
+use crate::error::Error;
+use crate::policy::profile::renew_after;
+use crate::proto::{
+    lifecycle_service_client::LifecycleServiceClient, RequestOperationalCertificateRequest,
+};
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Directory for cert.pem, key.pem and chain.pem (created if missing).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Certificate to authenticate with when the directory has no valid one (e.g. the
+    /// device's birth certificate).
+    #[arg(long)]
+    pub bootstrap_cert: PathBuf,
+    #[arg(long)]
+    pub bootstrap_key: PathBuf,
+    /// Renew once if due (or if there is no certificate yet), then exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Renew now, even if not due (with --once: for scripts and tests).
+    #[arg(long)]
+    pub force: bool,
+    /// Command run with `sh -c` after each renewal; MEDID_CERT and MEDID_KEY name the files.
+    #[arg(long)]
+    pub exec: Option<String>,
+    /// Service URL and trust anchor.
+    #[arg(long, env = "MEDID_SERVER", default_value = "https://localhost:7443")]
+    pub server: String,
+    #[arg(long, env = "MEDID_CA", default_value = "certs-dev/root-ca.pem")]
+    pub ca: PathBuf,
+}
+
+/// Fraction of the lifetime the renewal may be moved earlier, at most.
+const JITTER_FRACTION: f64 = 0.05;
+const MAX_BACKOFF: StdDuration = StdDuration::from_secs(300);
+/// With --once, give up after this many failed attempts.
+const ONCE_ATTEMPTS: u32 = 5;
+
+/// When to renew a certificate: at 2/3 of its lifetime, moved earlier by `jitter` ∈ [0, 1)
+/// times 5% of the lifetime. Pure, so the schedule is tested with pinned values.
+pub fn renewal_time(
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    jitter: f64,
+) -> OffsetDateTime {
+    let lifetime = not_after - not_before + Duration::SECOND;
+    let jitter = jitter.clamp(0.0, 1.0);
+    renew_after(not_before, not_after) - lifetime * (JITTER_FRACTION * jitter)
+}
+
+/// Exponential backoff for attempt `n` (0-based): 1 s, 2 s, 4 s … capped at 5 minutes.
+pub fn backoff(attempt: u32) -> StdDuration {
+    StdDuration::from_secs(1u64 << attempt.min(16)).min(MAX_BACKOFF)
+}
+
+struct Files {
+    cert: PathBuf,
+    key: PathBuf,
+    chain: PathBuf,
+}
+
+impl Files {
+    fn new(dir: &Path) -> Self {
+        Self {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            chain: dir.join("chain.pem"),
+        }
+    }
+}
+
+/// The validity of the certificate in `cert`, if it is readable, matches `key`, and has not
+/// expired.
+fn current_validity(
+    files: &Files,
+    now: OffsetDateTime,
+) -> Option<(OffsetDateTime, OffsetDateTime)> {
+    let cert_pem = std::fs::read(&files.cert).ok()?;
+    let key_pem = std::fs::read_to_string(&files.key).ok()?;
+    let der = crate::pem::parse_certificates(&cert_pem)
+        .ok()?
+        .into_iter()
+        .next()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    let key = KeyPair::from_pem(&key_pem).ok()?;
+    // A crash between the two renames can leave a new key beside an old certificate.
+    if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+        return None;
+    }
+    let v = cert.validity();
+    let (nb, na) = (v.not_before.to_datetime(), v.not_after.to_datetime());
+    (now <= na).then_some((nb, na))
+}
+
+fn random_unit() -> f64 {
+    let mut b = [0u8; 4];
+    if SystemRandom::new().fill(&mut b).is_err() {
+        return 0.5;
+    }
+    f64::from(u32::from_be_bytes(b)) / f64::from(u32::MAX)
+}
+
+/// Writes `contents` to `path` atomically: temporary file in the same directory, fsync, rename.
+fn write_atomically(path: &Path, contents: &str, private: bool) -> Result<(), Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e: std::io::Error| Error::Internal(format!("writing {}: {e}", path.display()));
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(if private { 0o600 } else { 0o644 })
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(contents.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+async fn renew_once(args: &AgentArgs, files: &Files, have_current: bool) -> Result<(), Error> {
+    let (cert, key) = if have_current {
+        (&files.cert, &files.key)
+    } else {
+        (&args.bootstrap_cert, &args.bootstrap_key)
+    };
+    let creds = ClientCredentials::from_files(&args.ca, cert, key)?;
+    let channel = connect(&args.server, &creds).await?;
+    let new_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| Error::internal("generating key", e))?;
+    let csr = CertificateParams::default()
+        .serialize_request(&new_key)
+        .map_err(|e| Error::internal("making CSR", e))?;
+    let issued = LifecycleServiceClient::new(channel)
+        .request_operational_certificate(RequestOperationalCertificateRequest {
+            csr: csr.der().to_vec(),
+        })
+        .await
+        .map_err(super::client::status)?
+        .into_inner();
+    let chain: String = std::iter::once(issued.certificate_pem.as_str())
+        .chain(issued.chain_pem.iter().map(String::as_str))
+        .collect();
+    // Key first: if we stop between the renames, the mismatch is detected and healed.
+    write_atomically(&files.key, &new_key.serialize_pem(), true)?;
+    write_atomically(&files.cert, &issued.certificate_pem, false)?;
+    write_atomically(&files.chain, &chain, false)?;
+    println!(
+        "renewed {}: serial {}, valid until {}",
+        issued.subject_uri,
+        issued.serial,
+        super::client::ts(&issued.not_after)
+    );
+    if let Some(cmd) = &args.exec {
+        let status = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .env("MEDID_CERT", &files.cert)
+            .env("MEDID_KEY", &files.key)
+            .status()
+            .await
+            .map_err(|e| Error::Internal(format!("running --exec: {e}")))?;
+        if !status.success() {
+            eprintln!("warning: --exec command exited with {status}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn run(args: AgentArgs) -> Result<(), Error> {
+    std::fs::create_dir_all(&args.dir)
+        .map_err(|e| Error::InvalidArgument(format!("creating {}: {e}", args.dir.display())))?;
+    let files = Files::new(&args.dir);
+    let mut failures = 0u32;
+    let mut force = args.force;
+    // After a refusal with the current certificate (revoked, say), try the bootstrap identity.
+    let mut use_bootstrap = false;
+    loop {
+        let now = OffsetDateTime::now_utc();
+        let current = current_validity(&files, now);
+        let due = match current {
+            Some((nb, na)) => renewal_time(nb, na, random_unit()),
+            None => now,
+        };
+        if force || now >= due {
+            let with_current = current.is_some() && !use_bootstrap;
+            match renew_once(&args, &files, with_current).await {
+                Ok(()) => {
+                    failures = 0;
+                    force = false;
+                    use_bootstrap = false;
+                    if args.once {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    failures += 1;
+                    use_bootstrap = with_current;
+                    if args.once && failures >= ONCE_ATTEMPTS {
+                        return Err(e);
+                    }
+                    let wait = backoff(failures - 1);
+                    eprintln!("renewal failed ({e}); retrying in {wait:?}");
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+            }
+        }
+        if args.once {
+            println!("not due: renewal at {due}");
+            return Ok(());
+        }
+        let wait = (due - now).clamp(Duration::SECOND, Duration::HOUR);
+        tokio::time::sleep(StdDuration::from_secs(wait.whole_seconds() as u64)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn renewal_lands_between_jittered_and_two_thirds() {
+        let nb = datetime!(2026-01-01 00:00:00 UTC);
+        let na = nb + Duration::days(7) - Duration::SECOND;
+        let two_thirds = datetime!(2026-01-05 16:00:00 UTC);
+        assert_eq!(renewal_time(nb, na, 0.0), two_thirds);
+        // Full jitter: 5% of 7 days (8 h 24 min) earlier.
+        assert_eq!(
+            renewal_time(nb, na, 1.0),
+            two_thirds - Duration::minutes(504)
+        );
+        let mid = renewal_time(nb, na, 0.5);
+        assert!(mid < two_thirds && mid > two_thirds - Duration::minutes(504));
+        // Out-of-range jitter is clamped, never past 2/3.
+        assert_eq!(renewal_time(nb, na, -3.0), two_thirds);
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps_at_five_minutes() {
+        assert_eq!(backoff(0), StdDuration::from_secs(1));
+        assert_eq!(backoff(3), StdDuration::from_secs(8));
+        assert_eq!(backoff(9), MAX_BACKOFF);
+        assert_eq!(backoff(100), MAX_BACKOFF);
+    }
+}

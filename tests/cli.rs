@@ -1,0 +1,234 @@
+//! The `medid` binary as an operator and a device use it, against the real server.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::TestServer;
+
+struct Cli<'a> {
+    server: &'a TestServer,
+}
+
+impl Cli<'_> {
+    /// Runs `medid ARGS` with --server/--ca for this server and the given identity files.
+    fn run(&self, args: &[&str], cert: &Path, key: &Path) -> (bool, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_medid"))
+            .args(args)
+            .arg("--server")
+            .arg(&self.server.url)
+            .arg("--ca")
+            .arg(self.server.pki("root-ca.pem"))
+            .arg("--cert")
+            .arg(cert)
+            .arg("--key")
+            .arg(key)
+            .current_dir(self.server.dir.path())
+            .output()
+            .expect("medid runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    fn admin(&self, args: &[&str]) -> (bool, String) {
+        self.run(
+            args,
+            &self.server.pki("admin.pem"),
+            &self.server.pki("admin.key"),
+        )
+    }
+
+    fn agent(&self, dir: &Path, birth: &Path, extra: &[&str]) -> (bool, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_medid"))
+            .args(["agent", "--dir"])
+            .arg(dir)
+            .arg("--bootstrap-cert")
+            .arg(birth.with_extension("pem"))
+            .arg("--bootstrap-key")
+            .arg(birth.with_extension("key"))
+            .arg("--server")
+            .arg(&self.server.url)
+            .arg("--ca")
+            .arg(self.server.pki("root-ca.pem"))
+            .args(extra)
+            .output()
+            .expect("medid agent runs");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+}
+
+fn serial_of(pem_path: &Path) -> String {
+    let pem = std::fs::read(pem_path).unwrap();
+    let der = medid::pem::parse_certificates(&pem).unwrap().remove(0);
+    let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
+    medid::domain::hex(c.raw_serial())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_lives_its_life_through_the_cli_and_the_agent() {
+    let server = TestServer::start().await;
+    let cli = Cli { server: &server };
+    let dir = server.dir.path();
+    let (ok, out) = cli.admin(&[
+        "admin",
+        "add-manufacturer",
+        "--id",
+        "acme",
+        "--name",
+        "Acme",
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli.admin(&[
+        "admin",
+        "issue",
+        "--role",
+        "station",
+        "--id",
+        "line-1",
+        "--manufacturer",
+        "acme",
+        "--out",
+        "demo",
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli.run(
+        &[
+            "enroll", "--serial", "PUMP-9", "--model", "X", "--out", "demo",
+        ],
+        &dir.join("demo/line-1.pem"),
+        &dir.join("demo/line-1.key"),
+    );
+    assert!(ok, "{out}");
+    let birth = dir.join("demo/PUMP-9.pem");
+
+    // The agent's first run authenticates with the birth certificate and runs the hook.
+    let agent_dir = dir.join("agent");
+    let hook = format!("cp \"$MEDID_CERT\" {}", dir.join("hooked.pem").display());
+    let (ok, out) = cli.agent(&agent_dir, &birth, &["--once", "--exec", &hook]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("renewed spiffe://medid.local/device/acme/PUMP-9"),
+        "{out}"
+    );
+    let first = serial_of(&agent_dir.join("cert.pem"));
+    assert_eq!(
+        serial_of(&dir.join("hooked.pem")),
+        first,
+        "--exec ran after the write"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(agent_dir.join("key.pem"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    // Not due yet: nothing changes.
+    let (ok, out) = cli.agent(&agent_dir, &birth, &["--once"]);
+    assert!(ok && out.contains("not due"), "{out}");
+    assert_eq!(serial_of(&agent_dir.join("cert.pem")), first);
+    // Forced: renews with the operational certificate it holds, new key and serial.
+    let (ok, out) = cli.agent(&agent_dir, &birth, &["--once", "--force"]);
+    assert!(ok, "{out}");
+    let second = serial_of(&agent_dir.join("cert.pem"));
+    assert_ne!(first, second);
+
+    // Status, revocation, and status again, as the admin.
+    let (ok, out) = cli.admin(&["status", "--manufacturer", "acme", "--device", "PUMP-9"]);
+    assert!(ok && out.contains(&format!("current {second}")), "{out}");
+    let (ok, out) = cli.admin(&["revoke", "--serial", &second, "--reason", "keyCompromise"]);
+    assert!(ok && out.contains(&second), "{out}");
+    let (ok, out) = cli.admin(&["status", "--serial", &second]);
+    assert!(ok && out.starts_with("revoked"), "{out}");
+    // The agent notices its certificate is refused and falls back to the birth certificate.
+    let (ok, out) = cli.agent(&agent_dir, &birth, &["--once", "--force"]);
+    assert!(ok, "{out}");
+    assert_ne!(serial_of(&agent_dir.join("cert.pem")), second);
+
+    // The CRL over gRPC lists the revoked serial.
+    let (ok, out) = cli.admin(&["crl", "fetch", "--issuer", "operational", "--out", "op.crl"]);
+    assert!(ok, "{out}");
+    let crl = std::fs::read(dir.join("op.crl")).unwrap();
+    let (_, parsed) = x509_parser::parse_x509_crl(&crl).unwrap();
+    assert!(parsed
+        .iter_revoked_certificates()
+        .any(|r| medid::domain::hex(r.raw_serial()) == second));
+
+    // Decommissioning: the birth certificate can no longer renew, with a clear reason.
+    let (ok, out) = cli.admin(&[
+        "decommission",
+        "--manufacturer",
+        "acme",
+        "--serial",
+        "PUMP-9",
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli.run(
+        &["renew", "--out", "late"],
+        &birth,
+        &birth.with_extension("key"),
+    );
+    assert!(!ok, "{out}");
+    assert!(out.to_lowercase().contains("revoked"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_device_enrolls_with_a_one_time_token_from_the_cli() {
+    let server = TestServer::start().await;
+    let cli = Cli { server: &server };
+    server.add_manufacturer("acme", &[]).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_medid"))
+        .args([
+            "token",
+            "create",
+            "--manufacturer",
+            "acme",
+            "--serial",
+            "FIELD-1",
+            "--ttl",
+            "600",
+            "--server",
+            &server.url,
+        ])
+        .arg("--ca")
+        .arg(server.pki("root-ca.pem"))
+        .arg("--cert")
+        .arg(server.pki("admin.pem"))
+        .arg("--key")
+        .arg(server.pki("admin.key"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(token.starts_with("met_"), "{token}");
+    // The CLI sends no client certificate with --token: these files need not exist.
+    let none = server.dir.path().join("nothing.pem");
+    let (ok, out) = cli.run(
+        &[
+            "enroll", "--token", &token, "--serial", "FIELD-1", "--model", "M", "--out", "field",
+        ],
+        &none,
+        &none,
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = cli.run(
+        &[
+            "enroll", "--token", &token, "--serial", "FIELD-1", "--model", "M", "--out", "field2",
+        ],
+        &none,
+        &none,
+    );
+    assert!(!ok && out.contains("already used"), "{out}");
+}
