@@ -13,7 +13,7 @@ mod common;
 use common::{csr_for, TestServer};
 use medid::proto::{EnrollDeviceRequest, PrincipalRole};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn everything_medid_issues_passes_pkilint() {
     let Ok(lint) = std::env::var("MEDID_LINT_PKI") else {
         eprintln!("MEDID_LINT_PKI not set: pkilint run skipped (.ci/run sets it)");
@@ -42,14 +42,13 @@ async fn everything_medid_issues_passes_pkilint() {
     std::fs::write(out.join("station.pem"), &station.cert_pem).unwrap();
     let gateway = server.issue(PrincipalRole::Gateway, "gw-1", "").await;
     std::fs::write(out.join("gateway.pem"), &gateway.cert_pem).unwrap();
-    for (i, alg) in [
+    let mut i = 0;
+    for alg in [
         &rcgen::PKCS_ECDSA_P256_SHA256,
         &rcgen::PKCS_ECDSA_P384_SHA384,
         &rcgen::PKCS_ED25519,
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    ] {
+        i += 1;
         let resp = server
             .enrollment_client(&station)
             .await
@@ -67,6 +66,106 @@ async fn everything_medid_issues_passes_pkilint() {
             resp.certificate.unwrap().certificate_pem,
         )
         .unwrap();
+    }
+    let device = {
+        let (csr, key_pem) = csr_for(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let resp = server
+            .enrollment_client(&station)
+            .await
+            .enroll_device(EnrollDeviceRequest {
+                csr,
+                serial: "LINT-OP".into(),
+                model: "PUMP-X".into(),
+                udi_di: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        common::Identity {
+            cert_pem: resp.certificate.unwrap().certificate_pem,
+            key_pem,
+        }
+    };
+    let mut lifecycle = medid::proto::lifecycle_service_client::LifecycleServiceClient::new(
+        server.channel(&device).await,
+    );
+    let mut operational = Vec::new();
+    for _ in 0..2 {
+        let issued = lifecycle
+            .request_operational_certificate(medid::proto::RequestOperationalCertificateRequest {
+                csr: csr_for(&rcgen::PKCS_ECDSA_P256_SHA256).0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        operational.push(issued);
+    }
+    std::fs::write(out.join("operational.pem"), &operational[0].certificate_pem).unwrap();
+    medid::proto::lifecycle_service_client::LifecycleServiceClient::new(
+        server.channel(&server.admin()).await,
+    )
+    .revoke(medid::proto::RevokeRequest {
+        target: Some(medid::proto::revoke_request::Target::Certificate(
+            medid::proto::CertificateRef {
+                issuer: 0,
+                serial: operational[1].serial.clone(),
+            },
+        )),
+        reason: medid::proto::RevocationReason::KeyCompromise as i32,
+    })
+    .await
+    .unwrap();
+    for issuer in [
+        medid::issuance::IssuerName::DeviceIdentity,
+        medid::issuance::IssuerName::Operational,
+    ] {
+        let crl = server.ca.current_crl(issuer).await.unwrap();
+        std::fs::write(out.join(format!("{}.crl", issuer.as_str())), crl.der).unwrap();
+    }
+    // The delegated OCSP responder certificates, from the store.
+    let db = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        server.dir.path().join("medid.db").display()
+    ))
+    .await
+    .unwrap();
+    let responders: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT der FROM certificates WHERE profile = 'ocsp-responder' AND status = 'active'",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(responders.len(), 2, "one responder per issuing CA");
+    for (i, der) in responders.iter().enumerate() {
+        std::fs::write(
+            out.join(format!("ocsp-responder-{i}.pem")),
+            medid::pem::certificate(der),
+        )
+        .unwrap();
+    }
+    // OCSP responses (good and revoked), fetched by OpenSSL's client.
+    for (name, issued) in [("good", &operational[0]), ("revoked", &operational[1])] {
+        let cert = server.dir.path().join(format!("{name}-cert.pem"));
+        std::fs::write(&cert, &issued.certificate_pem).unwrap();
+        let status = std::process::Command::new("openssl")
+            .args(["ocsp", "-issuer"])
+            .arg(server.pki("operational-ca.pem"))
+            .arg("-cert")
+            .arg(&cert)
+            .args([
+                "-url",
+                &format!("{}/ocsp/operational", server.http_url),
+                "-noverify",
+                "-respout",
+            ])
+            .arg(out.join(format!("{name}.ocsp")))
+            .output()
+            .unwrap();
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
     }
 
     let result = std::process::Command::new(&lint)
