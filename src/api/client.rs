@@ -44,6 +44,20 @@ pub async fn connect_without_identity(server: &str, ca_pem: &[u8]) -> Result<Cha
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca_pem))
         .domain_name(host_of(server));
+    open(server, tls).await
+}
+
+/// Connects to `server` (e.g. `https://127.0.0.1:7443`) over mTLS. The server's certificate
+/// must name `localhost` or the host in the URL.
+pub async fn connect(server: &str, creds: &ClientCredentials) -> Result<Channel, Error> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&creds.ca_pem))
+        .identity(Identity::from_pem(&creds.cert_pem, &creds.key_pem))
+        .domain_name(host_of(server));
+    open(server, tls).await
+}
+
+async fn open(server: &str, tls: ClientTlsConfig) -> Result<Channel, Error> {
     Channel::from_shared(server.to_owned())
         .map_err(|e| Error::InvalidArgument(format!("server URL {server:?}: {e}")))?
         .tls_config(tls)
@@ -60,21 +74,4 @@ fn host_of(server: &str) -> &str {
         .and_then(|rest| rest.rsplit_once(':').map(|(h, _)| h).or(Some(rest)))
         .map(|h| h.trim_matches(|c| c == '[' || c == ']'))
         .unwrap_or("localhost")
-}
-
-/// Connects to `server` (e.g. `https://127.0.0.1:7443`) over mTLS. The server's certificate
-/// must name `localhost` or the host in the URL.
-pub async fn connect(server: &str, creds: &ClientCredentials) -> Result<Channel, Error> {
-    let host = host_of(server);
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&creds.ca_pem))
-        .identity(Identity::from_pem(&creds.cert_pem, &creds.key_pem))
-        .domain_name(host);
-    Channel::from_shared(server.to_owned())
-        .map_err(|e| Error::InvalidArgument(format!("server URL {server:?}: {e}")))?
-        .tls_config(tls)
-        .map_err(|e| Error::InvalidArgument(format!("TLS configuration: {e}")))?
-        .connect()
-        .await
-        .map_err(|e| Error::Unavailable(format!("connecting to {server}: {e:?}")))
 }
