@@ -1,0 +1,136 @@
+//! RFC 8785 JSON Canonicalization Scheme for the values audit events hold: objects with keys
+//! sorted by UTF-16 code units, no insignificant whitespace, strings with the minimal escapes,
+//! integers in their shortest form. Audit events carry no floating-point numbers; one here is
+//! refused rather than risk a second canonical form.
+
+use serde_json::Value;
+
+use crate::error::Error;
+
+/// The canonical UTF-8 bytes of `value`.
+pub fn canonical(value: &Value) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::with_capacity(256);
+    write(value, &mut out)?;
+    Ok(out)
+}
+
+fn write(value: &Value, out: &mut Vec<u8>) -> Result<(), Error> {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                out.extend_from_slice(i.to_string().as_bytes());
+            } else if let Some(u) = n.as_u64() {
+                out.extend_from_slice(u.to_string().as_bytes());
+            } else {
+                return Err(Error::Internal(
+                    "audit events hold integers only; refusing a floating-point number".into(),
+                ));
+            }
+        }
+        Value::String(s) => write_string(s, out),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write(item, out)?;
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => {
+            // RFC 8785 §3.2.3: sort by the keys' UTF-16 code units.
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
+            out.push(b'{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_string(key, out);
+                out.push(b':');
+                write(&map[key], out)?;
+            }
+            out.push(b'}');
+        }
+    }
+    Ok(())
+}
+
+/// RFC 8785 §3.2.2.2: escape `"` `\` and control characters; \b \t \n \f \r by name, other
+/// controls as \u00xx (lowercase hex); everything else literally, in UTF-8.
+fn write_string(s: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    for c in s.chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            '\u{08}' => out.extend_from_slice(b"\\b"),
+            '\t' => out.extend_from_slice(b"\\t"),
+            '\n' => out.extend_from_slice(b"\\n"),
+            '\u{0c}' => out.extend_from_slice(b"\\f"),
+            '\r' => out.extend_from_slice(b"\\r"),
+            c if (c as u32) < 0x20 => {
+                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes())
+            }
+            c => {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn canon(v: Value) -> String {
+        String::from_utf8(canonical(&v).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn keys_are_sorted_and_whitespace_removed() {
+        assert_eq!(
+            canon(json!({"b": 1, "a": [true, null, "x"], "c": {"z": 0, "y": -5}})),
+            r#"{"a":[true,null,"x"],"b":1,"c":{"y":-5,"z":0}}"#
+        );
+    }
+
+    #[test]
+    fn strings_use_the_minimal_escapes() {
+        assert_eq!(
+            canon(json!("a\"b\\c\n\u{1}\u{7f}é€😀")),
+            "\"a\\\"b\\\\c\\n\\u0001\u{7f}é€😀\""
+        );
+    }
+
+    #[test]
+    fn sorting_is_by_utf16_code_units_as_rfc_8785_shows() {
+        // RFC 8785 §3.2.3's example order: "\r", "1", "\u0080", "ö", "€", "😀", "ﬃ".
+        let v = json!({"\u{20ac}": 1, "\r": 2, "\u{fb03}": 3, "1": 4, "\u{1f600}": 5, "\u{80}": 6, "\u{f6}": 7});
+        let s = canon(v);
+        let order: Vec<usize> = [
+            "\\r",
+            "\"1\"",
+            "\u{80}",
+            "\u{f6}",
+            "\u{20ac}",
+            "\u{1f600}",
+            "\u{fb03}",
+        ]
+        .iter()
+        .map(|k| s.find(k).unwrap())
+        .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{s}");
+    }
+
+    #[test]
+    fn floats_are_refused() {
+        assert!(canonical(&json!({"x": 1.5})).is_err());
+    }
+}

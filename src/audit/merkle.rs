@@ -1,0 +1,350 @@
+//! RFC 9162 (Certificate Transparency v2) Merkle tree over audit events: leaf hashes,
+//! tree heads, inclusion and consistency proofs, and their verification.
+//!
+//! `leaf = SHA-256(0x00 ‖ entry)`, `node = SHA-256(0x01 ‖ left ‖ right)`, empty tree =
+//! SHA-256(""). Proof generation follows RFC 6962 §2.1.1–2.1.2 (PATH, SUBPROOF); verification
+//! RFC 9162 §2.1.3.2 and §2.1.4.2. Everything here is a pure function of leaf hashes.
+
+use ring::digest::{digest, Context, SHA256};
+
+pub type Hash = [u8; 32];
+
+fn sha256(parts: &[&[u8]]) -> Hash {
+    let mut ctx = Context::new(&SHA256);
+    for p in parts {
+        ctx.update(p);
+    }
+    ctx.finish()
+        .as_ref()
+        .try_into()
+        .expect("SHA-256 is 32 bytes")
+}
+
+pub fn leaf_hash(entry: &[u8]) -> Hash {
+    sha256(&[&[0x00], entry])
+}
+
+pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
+    sha256(&[&[0x01], left, right])
+}
+
+pub fn empty_root() -> Hash {
+    digest(&SHA256, b"")
+        .as_ref()
+        .try_into()
+        .expect("SHA-256 is 32 bytes")
+}
+
+/// The largest power of two strictly smaller than `n` (n ≥ 2).
+fn split(n: usize) -> usize {
+    debug_assert!(n >= 2);
+    1 << (usize::BITS - 1 - (n - 1).leading_zeros())
+}
+
+/// MTH(D[n]): the root of the tree over these leaf hashes.
+pub fn root(leaves: &[Hash]) -> Hash {
+    match leaves.len() {
+        0 => empty_root(),
+        1 => leaves[0],
+        n => {
+            let k = split(n);
+            node_hash(&root(&leaves[..k]), &root(&leaves[k..]))
+        }
+    }
+}
+
+/// PATH(m, D[n]): the inclusion proof of leaf `m` in the tree over `leaves`.
+pub fn inclusion_proof(m: usize, leaves: &[Hash]) -> Option<Vec<Hash>> {
+    if m >= leaves.len() {
+        return None;
+    }
+    let mut proof = Vec::new();
+    path(m, leaves, &mut proof);
+    Some(proof)
+}
+
+fn path(m: usize, leaves: &[Hash], out: &mut Vec<Hash>) {
+    let n = leaves.len();
+    if n <= 1 {
+        return;
+    }
+    let k = split(n);
+    if m < k {
+        path(m, &leaves[..k], out);
+        out.push(root(&leaves[k..]));
+    } else {
+        path(m - k, &leaves[k..], out);
+        out.push(root(&leaves[..k]));
+    }
+}
+
+/// PROOF(m, D[n]): the consistency proof from the tree of the first `m` leaves to all of them.
+pub fn consistency_proof(m: usize, leaves: &[Hash]) -> Option<Vec<Hash>> {
+    if m == 0 || m > leaves.len() {
+        return None;
+    }
+    let mut proof = Vec::new();
+    subproof(m, leaves, true, &mut proof);
+    Some(proof)
+}
+
+fn subproof(m: usize, leaves: &[Hash], whole: bool, out: &mut Vec<Hash>) {
+    let n = leaves.len();
+    if m == n {
+        if !whole {
+            out.push(root(leaves));
+        }
+        return;
+    }
+    let k = split(n);
+    if m <= k {
+        subproof(m, &leaves[..k], whole, out);
+        out.push(root(&leaves[k..]));
+    } else {
+        subproof(m - k, &leaves[k..], false, out);
+        out.push(root(&leaves[..k]));
+    }
+}
+
+/// RFC 9162 §2.1.3.2: does `proof` show `leaf` at `index` in the tree of `size` with `root`?
+pub fn verify_inclusion(index: u64, size: u64, leaf: &Hash, proof: &[Hash], root: &Hash) -> bool {
+    if index >= size {
+        return false;
+    }
+    let (mut fnode, mut snode) = (index, size - 1);
+    let mut r = *leaf;
+    for p in proof {
+        if snode == 0 {
+            return false;
+        }
+        if fnode & 1 == 1 || fnode == snode {
+            r = node_hash(p, &r);
+            if fnode & 1 == 0 {
+                while fnode & 1 == 0 && fnode != 0 {
+                    fnode >>= 1;
+                    snode >>= 1;
+                }
+            }
+        } else {
+            r = node_hash(&r, p);
+        }
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    snode == 0 && &r == root
+}
+
+/// RFC 9162 §2.1.4.2: does `proof` show the tree (`size1`, `root1`) is a prefix of
+/// (`size2`, `root2`)?
+pub fn verify_consistency(
+    size1: u64,
+    size2: u64,
+    root1: &Hash,
+    root2: &Hash,
+    proof: &[Hash],
+) -> bool {
+    if size1 > size2 {
+        return false;
+    }
+    if size1 == size2 {
+        return proof.is_empty() && root1 == root2;
+    }
+    if size1 == 0 {
+        // The empty tree is a prefix of every tree; nothing to prove.
+        return proof.is_empty();
+    }
+    let mut path: Vec<Hash> = Vec::with_capacity(proof.len() + 1);
+    if size1.is_power_of_two() {
+        path.push(*root1);
+    }
+    path.extend_from_slice(proof);
+    let Some((first, rest)) = path.split_first() else {
+        return false;
+    };
+    let (mut fnode, mut snode) = (size1 - 1, size2 - 1);
+    while fnode & 1 == 1 {
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    let (mut fr, mut sr) = (*first, *first);
+    for c in rest {
+        if snode == 0 {
+            return false;
+        }
+        if fnode & 1 == 1 || fnode == snode {
+            fr = node_hash(c, &fr);
+            sr = node_hash(c, &sr);
+            if fnode & 1 == 0 {
+                while fnode & 1 == 0 && fnode != 0 {
+                    fnode >>= 1;
+                    snode >>= 1;
+                }
+            }
+        } else {
+            sr = node_hash(&sr, c);
+        }
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    &fr == root1 && &sr == root2 && snode == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(s: &str) -> Hash {
+        crate::domain::unhex(s).unwrap().try_into().unwrap()
+    }
+
+    /// The leaves of the Certificate Transparency reference tests.
+    fn ct_leaves() -> Vec<Hash> {
+        [
+            "",
+            "00",
+            "10",
+            "2021",
+            "3031",
+            "40414243",
+            "5051525354555657",
+            "606162636465666768696a6b6c6d6e6f",
+        ]
+        .iter()
+        .map(|s| leaf_hash(&crate::domain::unhex(s).unwrap()))
+        .collect()
+    }
+
+    const ROOTS: [&str; 9] = [
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+        "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
+        "aeb6bcfe274b70a14fb067a5e5578264db0fa9b51af5e0ba159158f329e06e77",
+        "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+        "4e3bbb1f7b478dcfe71fb631631519a3bca12c9aefca1612bfce4c13a86264d4",
+        "76e67dadbcdf1e10e1b74ddc608abd2f98dfb16fbce75277b5232a127f2087ef",
+        "ddb89be403809e325750d3d263cd78929c2942b7942a34b77e122c9594a74c8c",
+        "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328",
+    ];
+
+    #[test]
+    fn roots_match_the_rfc_6962_reference_vectors() {
+        let leaves = ct_leaves();
+        for n in 0..=8 {
+            assert_eq!(root(&leaves[..n]), h(ROOTS[n]), "size {n}");
+        }
+    }
+
+    #[test]
+    fn inclusion_proofs_match_the_reference_vectors() {
+        let leaves = ct_leaves();
+        let cases: [(usize, &[&str]); 2] = [
+            (
+                0,
+                &[
+                    "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+                    "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+                    "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
+                ],
+            ),
+            (
+                5,
+                &[
+                    "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+                    "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+                    "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+                ],
+            ),
+        ];
+        for (m, expected) in cases {
+            let proof = inclusion_proof(m, &leaves).unwrap();
+            let expected: Vec<Hash> = expected.iter().map(|s| h(s)).collect();
+            assert_eq!(proof, expected, "leaf {m}");
+            assert!(verify_inclusion(
+                m as u64,
+                8,
+                &leaves[m],
+                &proof,
+                &h(ROOTS[8])
+            ));
+        }
+    }
+
+    #[test]
+    fn consistency_proofs_match_the_reference_vectors() {
+        let leaves = ct_leaves();
+        let cases: [(usize, usize, &[&str]); 4] = [
+            (1, 1, &[]),
+            (
+                1,
+                8,
+                &[
+                    "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+                    "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+                    "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
+                ],
+            ),
+            (
+                6,
+                8,
+                &[
+                    "0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
+                    "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+                    "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+                ],
+            ),
+            (
+                2,
+                5,
+                &[
+                    "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+                    "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+                ],
+            ),
+        ];
+        for (m, n, expected) in cases {
+            let proof = consistency_proof(m, &leaves[..n]).unwrap();
+            let expected: Vec<Hash> = expected.iter().map(|s| h(s)).collect();
+            assert_eq!(proof, expected, "{m} → {n}");
+            assert!(verify_consistency(
+                m as u64,
+                n as u64,
+                &h(ROOTS[m]),
+                &h(ROOTS[n]),
+                &proof
+            ));
+        }
+    }
+
+    #[test]
+    fn every_proof_round_trips_and_any_change_breaks_it() {
+        let leaves: Vec<Hash> = (0u32..37).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        for n in 1..=leaves.len() {
+            let r = root(&leaves[..n]);
+            for m in 0..n {
+                let proof = inclusion_proof(m, &leaves[..n]).unwrap();
+                assert!(verify_inclusion(m as u64, n as u64, &leaves[m], &proof, &r));
+                assert!(
+                    !verify_inclusion(m as u64, n as u64, &leaves[(m + 1) % n], &proof, &r)
+                        || n == 1
+                );
+                if let Some(first) = proof.first() {
+                    let mut bad = proof.clone();
+                    bad[0] = node_hash(first, first);
+                    assert!(!verify_inclusion(m as u64, n as u64, &leaves[m], &bad, &r));
+                }
+            }
+            for m in 1..=n {
+                let proof = consistency_proof(m, &leaves[..n]).unwrap();
+                let r1 = root(&leaves[..m]);
+                assert!(
+                    verify_consistency(m as u64, n as u64, &r1, &r, &proof),
+                    "{m} → {n}"
+                );
+                if m < n {
+                    let other = root(&leaves[1..=m]);
+                    assert!(!verify_consistency(m as u64, n as u64, &other, &r, &proof));
+                }
+            }
+        }
+    }
+}
