@@ -73,7 +73,9 @@ CREATE TABLE audit_events (
     outcome     TEXT NOT NULL CHECK (outcome IN ('success', 'refused', 'denied', 'failed')),
     reason      TEXT,
     -- JSON object with action-specific fields. Never keys, tokens or secrets.
-    detail      TEXT NOT NULL
+    detail      TEXT NOT NULL,
+    -- RFC 9162 leaf hash, hex: SHA-256(0x00 ‖ RFC 8785 canonical JSON of the event with its seq).
+    leaf_hash   TEXT NOT NULL
 );
 
 CREATE TRIGGER audit_events_no_update BEFORE UPDATE ON audit_events

@@ -4,7 +4,9 @@
 //! Events never carry private keys, tokens or secrets: only identifiers, hashes and reasons.
 //! The tamper-evident Merkle ledger, checkpoints and exports build on these rows.
 
+pub mod checkpoint;
 pub mod jcs;
+pub mod ledger;
 pub mod merkle;
 
 use serde_json::{Map, Value};

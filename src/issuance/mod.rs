@@ -5,6 +5,7 @@
 //! This is the one module that may read or hold a CA private key.
 
 pub mod bootstrap;
+pub mod checkpoint_key;
 pub mod ocsp;
 mod profile;
 

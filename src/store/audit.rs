@@ -15,10 +15,12 @@ pub(crate) async fn append(tx: &mut WriteTx, event: &AuditEvent) -> Result<i64, 
         .await?;
     let detail = serde_json::to_string(&event.detail)
         .map_err(|e| Error::internal("encoding audit detail", e))?;
+    let leaf = crate::audit::ledger::leaf(seq, event)?;
     sqlx::query(
         "INSERT INTO audit_events
-             (seq, recorded_at, actor_uri, actor_role, action, target, outcome, reason, detail)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             (seq, recorded_at, actor_uri, actor_role, action, target, outcome, reason, detail,
+              leaf_hash)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(seq)
     .bind(to_unix(event.recorded_at))
@@ -29,6 +31,7 @@ pub(crate) async fn append(tx: &mut WriteTx, event: &AuditEvent) -> Result<i64, 
     .bind(event.outcome.as_str())
     .bind(&event.reason)
     .bind(detail)
+    .bind(crate::domain::hex(&leaf))
     .execute(&mut **tx)
     .await?;
     Ok(seq)
