@@ -40,6 +40,13 @@ pub struct Config {
     /// CRL nextUpdate − thisUpdate, in hours. CRLs are re-signed at half of it and on every
     /// revocation.
     pub crl_validity_hours: u32,
+    /// Directory outside the database where every signed audit checkpoint is also appended.
+    /// Default: `checkpoints/` beside the database file.
+    pub audit_checkpoint_dir: Option<PathBuf>,
+    /// Sign an audit checkpoint after this many new events…
+    pub checkpoint_every_events: u64,
+    /// …or after this many seconds, if the log grew.
+    pub checkpoint_every_seconds: u64,
 }
 
 impl Default for Config {
@@ -58,6 +65,9 @@ impl Default for Config {
             rekey_required: true,
             revoke_superseded: false,
             crl_validity_hours: 24,
+            audit_checkpoint_dir: None,
+            checkpoint_every_events: 1000,
+            checkpoint_every_seconds: 10,
         }
     }
 }
@@ -103,6 +113,18 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Where checkpoints are appended outside the database.
+    pub fn checkpoint_dir(&self) -> Result<PathBuf, Error> {
+        if let Some(dir) = &self.audit_checkpoint_dir {
+            return Ok(dir.clone());
+        }
+        let db = self.sqlite_path()?;
+        Ok(db
+            .parent()
+            .map(|p| p.join("checkpoints"))
+            .unwrap_or_else(|| PathBuf::from("checkpoints")))
     }
 
     /// The SQLite file the database URL names.

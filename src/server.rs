@@ -21,7 +21,8 @@ use crate::issuance::{Authority, IssuerName};
 use crate::policy::lifecycle::LifecyclePolicy;
 use crate::policy::profile::ProfileSettings;
 use crate::proto::{
-    admin_service_server::AdminServiceServer, enrollment_service_server::EnrollmentServiceServer,
+    admin_service_server::AdminServiceServer, audit_service_server::AuditServiceServer,
+    enrollment_service_server::EnrollmentServiceServer,
     lifecycle_service_server::LifecycleServiceServer,
     registry_service_server::RegistryServiceServer,
 };
@@ -117,6 +118,16 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
         },
         crl_validity: time::Duration::hours(config.crl_validity_hours.into()),
         crl_generation: tokio::sync::watch::channel(0).0,
+        ledger: crate::service::ledger::Ledger {
+            signer: crate::issuance::checkpoint_key::CheckpointSigner::load(
+                &files.audit_key,
+                format!("{}/audit", metadata.trust_domain),
+            )?,
+            checkpoint_dir: config.checkpoint_dir()?,
+            every_events: config.checkpoint_every_events.max(1),
+            every: time::Duration::seconds(config.checkpoint_every_seconds.max(1) as i64),
+            signing: tokio::sync::Mutex::new(()),
+        },
     });
     adopt_bootstrap_admin(&ca, &files).await?;
     let abandoned = ca.recover_abandoned().await?;
@@ -205,6 +216,7 @@ pub async fn run(
     let background = [
         tokio::spawn(reload_tls_on_new_crls(ca.clone(), prepared.tls.clone())),
         tokio::spawn(maintenance(ca.clone())),
+        tokio::spawn(checkpoints(ca.clone())),
     ];
     let (stop_http, mut http_stopped) = tokio::sync::watch::channel(false);
     let http_addr = listeners.http.local_addr().ok();
@@ -220,6 +232,7 @@ pub async fn run(
     health.set_serving::<AdminServiceServer<Api>>().await;
     health.set_serving::<RegistryServiceServer<Api>>().await;
     health.set_serving::<LifecycleServiceServer<Api>>().await;
+    health.set_serving::<AuditServiceServer<Api>>().await;
     // Reflection v1 and, for older grpcurl builds, v1alpha.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -268,7 +281,12 @@ pub async fn run(
                 .max_encoding_message_size(limit),
         )
         .add_service(
-            LifecycleServiceServer::new(api)
+            LifecycleServiceServer::new(api.clone())
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+        )
+        .add_service(
+            AuditServiceServer::new(api)
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
         )
@@ -301,6 +319,17 @@ async fn reload_tls_on_new_crls(ca: Arc<Ca>, tls: Arc<tls::TlsReloader>) {
                 }
             }
             Err(e) => tracing::warn!(error = %e, "reading CRLs for the TLS verifier"),
+        }
+    }
+}
+
+/// Signs audit checkpoints every N events or T seconds (checked each second).
+async fn checkpoints(ca: Arc<Ca>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if let Err(e) = ca.maybe_checkpoint().await {
+            tracing::error!(error = %e, "signing an audit checkpoint failed");
         }
     }
 }

@@ -2,6 +2,7 @@
 //! against the store, parse the request into domain types, call the service, and map the
 //! result back. This is the only module that sees prost types or `tonic::Status`.
 
+mod audit;
 pub mod client;
 mod convert;
 pub mod http;

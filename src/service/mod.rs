@@ -7,6 +7,7 @@
 //! `publish.rs` CRLs, OCSP, certificate status and the trust bundle.
 
 mod enroll;
+pub mod ledger;
 mod lifecycle;
 pub mod publish;
 
@@ -44,6 +45,8 @@ pub struct Ca {
     pub crl_validity: Duration,
     /// Bumped after every CRL is signed, so the TLS layer rebuilds its verifier.
     pub crl_generation: tokio::sync::watch::Sender<u64>,
+    /// The audit ledger's checkpoint signer and schedule.
+    pub ledger: ledger::Ledger,
 }
 
 /// A new manufacturer, validated.

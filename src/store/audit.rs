@@ -60,7 +60,7 @@ impl Store {
     }
 }
 
-fn decode(row: &sqlx::sqlite::SqliteRow) -> Result<StoredEvent, Error> {
+pub(crate) fn decode(row: &sqlx::sqlite::SqliteRow) -> Result<StoredEvent, Error> {
     let outcome = match row.try_get::<String, _>("outcome")?.as_str() {
         "success" => Outcome::Success,
         "refused" => Outcome::Refused,

@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod certificates;
+pub mod ledger;
 pub mod lifecycle;
 pub mod registry;
 
@@ -35,6 +36,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "lifecycle",
         include_str!("../../migrations/sqlite/0002_lifecycle.sql"),
+    ),
+    (
+        3,
+        "ledger",
+        include_str!("../../migrations/sqlite/0003_ledger.sql"),
     ),
 ];
 

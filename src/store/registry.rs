@@ -139,6 +139,15 @@ impl Store {
         decode_device(&row)
     }
 
+    pub async fn device_by_uri(&self, uri: &str) -> Result<DeviceRecord, Error> {
+        let row = sqlx::query(&format!("{DEVICE_COLUMNS} WHERE uri = ?"))
+            .bind(uri)
+            .fetch_optional(&self.reader)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no device {}", quote(uri))))?;
+        decode_device(&row)
+    }
+
     /// One page of devices ordered by (manufacturer, serial), and the token of the next page.
     pub async fn devices(
         &self,

@@ -1,0 +1,471 @@
+//! The audit ledger's use cases: access events from gateways, checkpoints and proofs, exports
+//! and queries for compliance officers (docs/AUDIT.md).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use time::{Duration, OffsetDateTime};
+use tokio::sync::{mpsc, Mutex};
+
+use super::Ca;
+use crate::audit::checkpoint::Checkpoint;
+use crate::audit::merkle::{self, Hash};
+use crate::audit::{ledger, Actor, AuditEvent};
+use crate::domain::{quote, Principal, Role};
+use crate::error::Error;
+use crate::issuance::checkpoint_key::CheckpointSigner;
+use crate::store::ledger::AuditQuery;
+use crate::store::registry::DeviceState;
+
+/// Checkpointing settings and state.
+#[derive(Debug)]
+pub struct Ledger {
+    pub signer: CheckpointSigner,
+    /// Directory outside the database where every checkpoint is also appended.
+    pub checkpoint_dir: PathBuf,
+    /// Sign after this many new events…
+    pub every_events: u64,
+    /// …or after this long, if the log grew.
+    pub every: Duration,
+    /// Serialises checkpoint signing: one note per tree size.
+    pub signing: Mutex<()>,
+}
+
+/// What a gateway reports about one access to device data, validated.
+#[derive(Debug, Clone)]
+pub struct AccessInput {
+    pub device: DeviceLocator,
+    pub user_id: Option<String>,
+    pub user_role: Option<String>,
+    /// create, read, update, delete, export.
+    pub action: &'static str,
+    pub data_category: String,
+    /// Opaque; PHI: goes into the ledger only.
+    pub patient_ref: Option<String>,
+    pub purpose_of_use: String,
+    /// FHIR AuditEvent.outcome code: 0, 4, 8, 12.
+    pub outcome_code: u8,
+    pub occurred_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone)]
+pub enum DeviceLocator {
+    Uri(String),
+    Serial {
+        manufacturer: crate::domain::ManufacturerId,
+        serial: String,
+    },
+}
+
+/// Data categories a gateway may report (docs/AUDIT.md).
+pub const DATA_CATEGORIES: [&str; 8] = [
+    "vital-signs",
+    "waveform",
+    "alarms",
+    "settings",
+    "device-log",
+    "firmware",
+    "identity",
+    "location",
+];
+
+/// HL7 v3 ActReason (purpose of use) codes accepted.
+pub const PURPOSES: [&str; 14] = [
+    "TREAT",
+    "ETREAT",
+    "CAREMGT",
+    "HPAYMT",
+    "HOPERAT",
+    "HRESCH",
+    "PUBHLTH",
+    "HSYSADMIN",
+    "HQUALIMP",
+    "HLEGAL",
+    "PATRQT",
+    "HMARKT",
+    "HTEST",
+    "DISASTER",
+];
+
+impl Ca {
+    fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Records access events from a gateway in one transaction; acknowledged once durable.
+    pub async fn record_access(
+        &self,
+        who: &Principal,
+        inputs: Vec<AccessInput>,
+    ) -> Result<Vec<(i64, bool)>, Error> {
+        let action = "data.access";
+        if who.role != Role::Gateway {
+            let err = Error::PermissionDenied(format!(
+                "{} ({}) may not {action}: only gateways report device-data access",
+                who.uri, who.role
+            ));
+            return Err(self.refuse(who, action, "device-data", err).await);
+        }
+        let now = self.clock.now();
+        let mut events = Vec::with_capacity(inputs.len());
+        let mut flags = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let device = match &input.device {
+                DeviceLocator::Uri(uri) => self.store.device_by_uri(uri).await,
+                DeviceLocator::Serial {
+                    manufacturer,
+                    serial,
+                } => self.store.device(manufacturer, serial).await,
+            };
+            let device = self.audited(who, action, "device-data", device).await?;
+            let decommissioned = device.state == DeviceState::Decommissioned;
+            let mut e = AuditEvent::new(now, Actor::of(who), action, &device.uri)
+                .with("access_action", input.action)
+                .with("data_category", input.data_category)
+                .with("purpose_of_use", input.purpose_of_use)
+                .with("access_outcome", input.outcome_code)
+                .with("occurred_at", ledger::rfc3339(input.occurred_at)?)
+                .with("manufacturer", device.manufacturer_id.clone())
+                .with("device_uri", device.uri.clone())
+                .with("device_decommissioned", decommissioned);
+            if let Some(u) = input.user_id {
+                e = e.with("user_id", u);
+            }
+            if let Some(r) = input.user_role {
+                e = e.with("user_role", r);
+            }
+            if let Some(p) = input.patient_ref {
+                e = e.with("patient_ref", p);
+            }
+            if decommissioned {
+                e.reason = Some("access to a decommissioned device".into());
+            }
+            flags.push(decommissioned);
+            events.push(e);
+        }
+        let seqs = self.store.append_events(&events).await?;
+        Ok(seqs.into_iter().zip(flags).collect())
+    }
+
+    fn may_read_ledger(&self, who: &Principal) -> Result<(), Error> {
+        match who.role {
+            Role::Admin | Role::Auditor | Role::Gateway => Ok(()),
+            role => Err(Error::PermissionDenied(format!(
+                "{} ({role}) may not read audit checkpoints or proofs",
+                who.uri
+            ))),
+        }
+    }
+
+    /// The signed checkpoint covering the whole log now, signing one if the log grew.
+    pub async fn checkpoint_now(&self) -> Result<(Checkpoint, String), Error> {
+        let l = self.ledger();
+        let _one_at_a_time = l.signing.lock().await;
+        let size = self.store.tree_size().await?;
+        if let Some((last, note, _)) = self.store.latest_checkpoint().await? {
+            if last == size {
+                let cp = self.parse_own(&note)?;
+                return Ok((cp, note));
+            }
+            if last > size {
+                return Err(Error::Internal(format!(
+                    "audit log integrity: a checkpoint covers {last} events but only {size} remain"
+                )));
+            }
+        }
+        let leaves = self.store.leaf_hashes(size).await?;
+        let root = merkle::root(&leaves);
+        // The previous checkpoint must be a prefix of this tree (a rewrite is refused, loudly).
+        if let Some((last, note, _)) = self.store.latest_checkpoint().await? {
+            let prev = self.parse_own(&note)?;
+            if merkle::root(&leaves[..last as usize]) != prev.root {
+                return Err(Error::Internal(format!(
+                    "audit log integrity: the first {last} events no longer match their signed checkpoint"
+                )));
+            }
+        }
+        let cp = Checkpoint {
+            origin: l.signer.name().to_owned(),
+            size,
+            root,
+        };
+        let note = l.signer.sign(&cp);
+        self.store
+            .save_checkpoint(size, &root, &note, self.clock.now())
+            .await?;
+        append_outside(&l.checkpoint_dir, &note)?;
+        Ok((cp, note))
+    }
+
+    fn parse_own(&self, note: &str) -> Result<Checkpoint, Error> {
+        let l = self.ledger();
+        crate::audit::checkpoint::verify(note, l.signer.name(), &l.signer.public_key())
+            .map_err(|e| Error::Internal(format!("stored checkpoint: {e}")))
+    }
+
+    /// Signs a checkpoint every N events or T seconds (from the maintenance loop).
+    pub async fn maybe_checkpoint(&self) -> Result<(), Error> {
+        let size = self.store.tree_size().await?;
+        let (last_size, last_at) = match self.store.latest_checkpoint().await? {
+            Some((s, _, at)) => (s, Some(at)),
+            None => (0, None),
+        };
+        let l = self.ledger();
+        let grew = size > last_size;
+        let many = size - last_size.min(size) >= l.every_events;
+        let old = last_at.is_none_or(|at| self.clock.now() - at >= l.every);
+        if grew && (many || old) {
+            self.checkpoint_now().await?;
+        }
+        Ok(())
+    }
+
+    pub async fn signed_checkpoint(&self, who: &Principal) -> Result<(Checkpoint, String), Error> {
+        self.audited(
+            who,
+            "audit.checkpoint.read",
+            "audit-log",
+            self.may_read_ledger(who),
+        )
+        .await?;
+        self.checkpoint_now().await
+    }
+
+    pub async fn inclusion_proof(
+        &self,
+        who: &Principal,
+        seq: i64,
+        tree_size: u64,
+    ) -> Result<(Hash, Vec<Hash>), Error> {
+        let checks = self.may_read_ledger(who).and_then(|_| {
+            if seq < 1 || tree_size < seq as u64 {
+                Err(Error::InvalidArgument(format!(
+                    "seq must be 1..=tree_size (got seq {seq}, tree_size {tree_size})"
+                )))
+            } else {
+                Ok(())
+            }
+        });
+        self.audited(who, "audit.proof.read", "audit-log", checks)
+            .await?;
+        let size = self.store.tree_size().await?;
+        if tree_size > size {
+            return Err(Error::InvalidArgument(format!(
+                "the log has only {size} events"
+            )));
+        }
+        let leaves = self.store.leaf_hashes(tree_size).await?;
+        let index = (seq - 1) as usize;
+        let proof = merkle::inclusion_proof(index, &leaves)
+            .ok_or_else(|| Error::Internal("inclusion proof out of range".into()))?;
+        Ok((leaves[index], proof))
+    }
+
+    pub async fn consistency_proof(
+        &self,
+        who: &Principal,
+        old: u64,
+        new: u64,
+    ) -> Result<Vec<Hash>, Error> {
+        let checks = self.may_read_ledger(who).and_then(|_| {
+            if old == 0 || old > new {
+                Err(Error::InvalidArgument(format!(
+                    "need 1 <= old_size <= new_size (got {old}, {new})"
+                )))
+            } else {
+                Ok(())
+            }
+        });
+        self.audited(who, "audit.proof.read", "audit-log", checks)
+            .await?;
+        if new > self.store.tree_size().await? {
+            return Err(Error::InvalidArgument("new_size is beyond the log".into()));
+        }
+        let leaves = self.store.leaf_hashes(new).await?;
+        merkle::consistency_proof(old as usize, &leaves)
+            .ok_or_else(|| Error::Internal("consistency proof out of range".into()))
+    }
+
+    fn auditor_only(&self, who: &Principal, action: &str) -> Result<(), Error> {
+        if who.role == Role::Auditor {
+            Ok(())
+        } else {
+            Err(Error::PermissionDenied(format!(
+                "{} ({}) may not {action}: only auditors export or search the audit trail",
+                who.uri, who.role
+            )))
+        }
+    }
+
+    /// Streams a verifiable bundle (docs/AUDIT.md "Bundle"): header, events with leaf hashes
+    /// (and inclusion proofs when filtered), the signed checkpoint, the end line. The export is
+    /// audited before any data leaves (no audit, no export).
+    pub async fn export(
+        self: &Arc<Self>,
+        who: &Principal,
+        query: AuditQuery,
+        previous_size: u64,
+    ) -> Result<mpsc::Receiver<Result<String, Error>>, Error> {
+        let action = "audit.export";
+        self.audited(who, action, "audit-log", self.auditor_only(who, action))
+            .await?;
+        let filter = filter_json(&query);
+        let event = AuditEvent::new(self.clock.now(), Actor::of(who), action, "audit-log")
+            .with("filter", filter.clone())
+            .with("dicom_event", "110106");
+        self.store.record_event(&event).await?;
+        let (cp, note) = self.checkpoint_now().await?;
+        if previous_size > cp.size {
+            return Err(Error::InvalidArgument(format!(
+                "previous_tree_size {previous_size} is beyond the current checkpoint ({})",
+                cp.size
+            )));
+        }
+        let filtered = !query.is_empty();
+        let leaves = if filtered || previous_size > 0 {
+            self.store.leaf_hashes(cp.size).await?
+        } else {
+            Vec::new()
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let ca = self.clone();
+        let exporter = who.uri.clone();
+        tokio::spawn(async move {
+            let header = json!({
+                "type": "header", "format": "medid-audit-bundle", "version": 1,
+                "origin": cp.origin, "tree_size": cp.size, "filtered": filtered,
+                "filter": filter, "exported_by": exporter,
+                "exported_at": ledger::rfc3339(ca.clock.now()).unwrap_or_default(),
+            });
+            if tx.send(Ok(header.to_string())).await.is_err() {
+                return;
+            }
+            let mut after = 0i64;
+            let mut count = 0u64;
+            loop {
+                let page = match ca
+                    .store
+                    .ledger_entries(&query, after, cp.size as i64, 500)
+                    .await
+                {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                let Some(last) = page.last() else { break };
+                after = last.stored.seq;
+                for entry in page {
+                    let seq = entry.stored.seq;
+                    let event = match ledger::event_json(seq, &entry.stored.event) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                    };
+                    let mut line = json!({"type": "event", "seq": seq, "leaf_hash": entry.leaf_hash, "event": event});
+                    if filtered {
+                        let proof = merkle::inclusion_proof((seq - 1) as usize, &leaves)
+                            .unwrap_or_default();
+                        line["inclusion_proof"] = proof
+                            .iter()
+                            .map(|h| Value::from(crate::domain::hex(h)))
+                            .collect();
+                    }
+                    count += 1;
+                    if tx.send(Ok(line.to_string())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            if previous_size > 0 {
+                let proof =
+                    merkle::consistency_proof(previous_size as usize, &leaves).unwrap_or_default();
+                let line = json!({"type": "consistency", "from_size": previous_size, "to_size": cp.size,
+                                  "proof": proof.iter().map(|h| crate::domain::hex(h)).collect::<Vec<_>>()});
+                if tx.send(Ok(line.to_string())).await.is_err() {
+                    return;
+                }
+            }
+            let _ = tx
+                .send(Ok(json!({"type": "checkpoint", "note": note}).to_string()))
+                .await;
+            let _ = tx
+                .send(Ok(json!({"type": "end", "events": count}).to_string()))
+                .await;
+        });
+        Ok(rx)
+    }
+
+    /// A page of events matching `query` for an auditor, itself audited as Audit Log Used.
+    pub async fn query_audit(
+        &self,
+        who: &Principal,
+        query: AuditQuery,
+        after: i64,
+        page_size: u32,
+    ) -> Result<(Vec<Value>, Option<i64>), Error> {
+        let action = "audit.query";
+        self.audited(who, action, "audit-log", self.auditor_only(who, action))
+            .await?;
+        let event = AuditEvent::new(self.clock.now(), Actor::of(who), action, "audit-log")
+            .with("filter", filter_json(&query))
+            .with("dicom_event", "110101");
+        self.store.record_event(&event).await?;
+        let size = page_size.clamp(1, 500) as i64;
+        let entries = self
+            .store
+            .ledger_entries(&query, after, i64::MAX, size + 1)
+            .await?;
+        let more = entries.len() as i64 > size;
+        let page: Vec<_> = entries.into_iter().take(size as usize).collect();
+        let next = if more {
+            page.last().map(|e| e.stored.seq)
+        } else {
+            None
+        };
+        let events = page
+            .iter()
+            .map(|e| ledger::event_json(e.stored.seq, &e.stored.event))
+            .collect::<Result<_, _>>()?;
+        Ok((events, next))
+    }
+}
+
+fn filter_json(q: &AuditQuery) -> Value {
+    let t = |t: Option<OffsetDateTime>| t.and_then(|t| ledger::rfc3339(t).ok());
+    json!({"from": t(q.from), "to": t(q.to), "device_uri": q.device_uri,
+           "manufacturer": q.manufacturer, "actor_uri": q.actor_uri, "action": q.action,
+           "outcome": q.outcome,
+           // The patient reference is PHI: the export event records that one was used, not it.
+           "patient_ref": q.patient_ref.as_ref().map(|_| "(given)")})
+}
+
+/// Appends a checkpoint note to `dir/checkpoints.log` and replaces `dir/latest.note`, outside
+/// the database, so an auditor holding copies can detect a rollback or rewrite.
+fn append_outside(dir: &std::path::Path, note: &str) -> Result<(), Error> {
+    use std::io::Write;
+    let io =
+        |e: std::io::Error| Error::Internal(format!("checkpoint directory {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("checkpoints.log"))
+        .map_err(io)?;
+    log.write_all(note.as_bytes()).map_err(io)?;
+    log.write_all(b"\n").map_err(io)?;
+    log.sync_all().map_err(io)?;
+    let tmp = dir.join("latest.note.tmp");
+    std::fs::write(&tmp, note).map_err(io)?;
+    std::fs::rename(&tmp, dir.join("latest.note")).map_err(io)?;
+    Ok(())
+}
+
+/// Quoted for messages.
+pub fn label(s: &str) -> String {
+    quote(s)
+}

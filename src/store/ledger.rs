@@ -1,0 +1,191 @@
+//! The audit log as a Merkle log: leaf hashes in sequence, signed checkpoints, filtered reads.
+
+use sqlx::Row;
+use time::OffsetDateTime;
+
+use super::{audit, from_unix, to_unix, Store};
+use crate::audit::merkle::Hash;
+use crate::audit::{AuditEvent, StoredEvent};
+use crate::error::Error;
+
+/// Which events an export or query wants. Empty fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    pub from: Option<OffsetDateTime>,
+    pub to: Option<OffsetDateTime>,
+    pub device_uri: Option<String>,
+    pub manufacturer: Option<String>,
+    pub actor_uri: Option<String>,
+    pub action: Option<String>,
+    pub outcome: Option<String>,
+    pub patient_ref: Option<String>,
+}
+
+impl AuditQuery {
+    pub fn is_empty(&self) -> bool {
+        self == &AuditQuery::default()
+    }
+}
+
+/// A stored event with its leaf hash as recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LedgerEntry {
+    pub stored: StoredEvent,
+    pub leaf_hash: String,
+}
+
+impl Store {
+    /// The number of events in the log (its tree size).
+    pub async fn tree_size(&self) -> Result<u64, Error> {
+        let n: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM audit_events")
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(n as u64)
+    }
+
+    /// Leaf hashes of events 1..=size, in order. A gap or a malformed hash is an error: the
+    /// database was changed behind medid's back.
+    pub async fn leaf_hashes(&self, size: u64) -> Result<Vec<Hash>, Error> {
+        let rows =
+            sqlx::query("SELECT seq, leaf_hash FROM audit_events WHERE seq <= ? ORDER BY seq")
+                .bind(size as i64)
+                .fetch_all(&self.reader)
+                .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (i, row) in rows.iter().enumerate() {
+            let seq: i64 = row.try_get("seq")?;
+            if seq != i as i64 + 1 {
+                return Err(Error::Internal(format!(
+                    "audit log integrity: sequence {} is missing",
+                    i + 1
+                )));
+            }
+            let hex: String = row.try_get("leaf_hash")?;
+            let hash = crate::domain::unhex(&hex)
+                .and_then(|b| Hash::try_from(b).ok())
+                .ok_or_else(|| {
+                    Error::Internal(format!("audit log integrity: bad leaf hash at {seq}"))
+                })?;
+            out.push(hash);
+        }
+        if out.len() as u64 != size {
+            return Err(Error::Internal(format!(
+                "audit log integrity: {} events where {size} were expected",
+                out.len()
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Appends events in one transaction (a batch of access events). All or none.
+    pub async fn append_events(&self, events: &[AuditEvent]) -> Result<Vec<i64>, Error> {
+        let mut tx = self.begin_write().await?;
+        let mut seqs = Vec::with_capacity(events.len());
+        for e in events {
+            seqs.push(audit::append(&mut tx, e).await?);
+        }
+        tx.commit().await?;
+        Ok(seqs)
+    }
+
+    pub async fn save_checkpoint(
+        &self,
+        size: u64,
+        root: &Hash,
+        note: &str,
+        at: OffsetDateTime,
+    ) -> Result<(), Error> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (tree_size, root_hash, note, signed_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (tree_size) DO NOTHING",
+        )
+        .bind(size as i64)
+        .bind(crate::domain::hex(root))
+        .bind(note)
+        .bind(to_unix(at))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The newest checkpoint: (tree size, note, signed at).
+    pub async fn latest_checkpoint(&self) -> Result<Option<(u64, String, OffsetDateTime)>, Error> {
+        let row = sqlx::query(
+            "SELECT tree_size, note, signed_at FROM audit_checkpoints ORDER BY tree_size DESC LIMIT 1",
+        )
+        .fetch_optional(&self.reader)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some((
+            row.try_get::<i64, _>("tree_size")? as u64,
+            row.try_get("note")?,
+            from_unix(row.try_get("signed_at")?)?,
+        )))
+    }
+
+    /// Events with `after < seq <= up_to` matching `q`, oldest first, at most `limit`.
+    pub async fn ledger_entries(
+        &self,
+        q: &AuditQuery,
+        after: i64,
+        up_to: i64,
+        limit: i64,
+    ) -> Result<Vec<LedgerEntry>, Error> {
+        let manufacturer_prefix = q.manufacturer.as_ref().map(|m| format!("%/device/{m}/%"));
+        let station_prefix = q
+            .manufacturer
+            .as_ref()
+            .map(|m| format!("%/manufacturer/{m}/%"));
+        let rows = sqlx::query(
+            "SELECT seq, recorded_at, actor_uri, actor_role, action, target, outcome, reason, detail,
+                    leaf_hash
+             FROM audit_events
+             WHERE seq > ? AND seq <= ?
+               AND (? IS NULL OR recorded_at >= ?)
+               AND (? IS NULL OR recorded_at <= ?)
+               AND (? IS NULL OR target = ? OR json_extract(detail, '$.device_uri') = ?)
+               AND (? IS NULL OR target LIKE ? OR target LIKE ? OR actor_uri LIKE ?
+                    OR json_extract(detail, '$.manufacturer') = ?)
+               AND (? IS NULL OR actor_uri = ?)
+               AND (? IS NULL OR action = ?)
+               AND (? IS NULL OR outcome = ?)
+               AND (? IS NULL OR json_extract(detail, '$.patient_ref') = ?)
+             ORDER BY seq LIMIT ?",
+        )
+        .bind(after)
+        .bind(up_to)
+        .bind(q.from.map(to_unix))
+        .bind(q.from.map(to_unix))
+        .bind(q.to.map(to_unix))
+        .bind(q.to.map(to_unix))
+        .bind(&q.device_uri)
+        .bind(&q.device_uri)
+        .bind(&q.device_uri)
+        .bind(&q.manufacturer)
+        .bind(&manufacturer_prefix)
+        .bind(&station_prefix)
+        .bind(&station_prefix)
+        .bind(&q.manufacturer)
+        .bind(&q.actor_uri)
+        .bind(&q.actor_uri)
+        .bind(&q.action)
+        .bind(&q.action)
+        .bind(&q.outcome)
+        .bind(&q.outcome)
+        .bind(&q.patient_ref)
+        .bind(&q.patient_ref)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(LedgerEntry {
+                    stored: audit::decode(row)?,
+                    leaf_hash: row.try_get("leaf_hash")?,
+                })
+            })
+            .collect()
+    }
+}
