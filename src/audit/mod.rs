@@ -8,6 +8,8 @@ pub mod checkpoint;
 pub mod jcs;
 pub mod ledger;
 pub mod merkle;
+pub mod render;
+pub mod verify;
 
 use serde_json::{Map, Value};
 use time::OffsetDateTime;

@@ -2,6 +2,7 @@
 //! commands that talk to a running service over mTLS. `main.rs` only calls [`run`].
 
 mod agent;
+mod audit;
 mod client;
 mod lifecycle;
 
@@ -58,6 +59,9 @@ pub enum Command {
     Token(lifecycle::TokenCommand),
     /// Keep an operational certificate fresh: renew at 2/3 of its lifetime, with jitter.
     Agent(agent::AgentArgs),
+    /// The audit ledger: export, verify offline, checkpoints.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 #[derive(Debug, Args)]
@@ -175,6 +179,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Crl(cmd) => lifecycle::crl(cmd).await,
         Command::Token(cmd) => lifecycle::token(cmd).await,
         Command::Agent(args) => agent::run(args).await,
+        Command::Audit(cmd) => audit::run(cmd).await,
     }
 }
 

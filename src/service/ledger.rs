@@ -158,30 +158,57 @@ impl Ca {
         }
     }
 
-    /// The signed checkpoint covering the whole log now, signing one if the log grew.
+    /// The newest checkpoint medid signed, from the database or from the copy outside it
+    /// (whichever covers more: an attacker with only database access cannot roll it back).
+    pub async fn latest_known_checkpoint(&self) -> Result<Option<(Checkpoint, String)>, Error> {
+        let mut best: Option<(Checkpoint, String)> = None;
+        if let Some((_, note, _)) = self.store.latest_checkpoint().await? {
+            best = Some((self.parse_own(&note)?, note));
+        }
+        let outside = self.ledger().checkpoint_dir.join("latest.note");
+        if let Ok(note) = std::fs::read_to_string(&outside) {
+            match self.parse_own(&note) {
+                Ok(cp) if best.as_ref().is_none_or(|(b, _)| cp.size > b.size) => {
+                    best = Some((cp, note))
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, path = %outside.display(), "checkpoint copy does not verify")
+                }
+            }
+        }
+        Ok(best)
+    }
+
+    /// The signed checkpoint covering the whole log now, signing one if the log grew. Refuses
+    /// (an `audit log integrity` error) when the log no longer extends the last checkpoint.
     pub async fn checkpoint_now(&self) -> Result<(Checkpoint, String), Error> {
         let l = self.ledger();
         let _one_at_a_time = l.signing.lock().await;
         let size = self.store.tree_size().await?;
-        if let Some((last, note, _)) = self.store.latest_checkpoint().await? {
-            if last == size {
-                let cp = self.parse_own(&note)?;
-                return Ok((cp, note));
-            }
-            if last > size {
+        let known = self.latest_known_checkpoint().await?;
+        if let Some((cp, note)) = &known {
+            if cp.size > size {
                 return Err(Error::Internal(format!(
-                    "audit log integrity: a checkpoint covers {last} events but only {size} remain"
+                    "audit log integrity: a signed checkpoint covers {} events but the log has {size}",
+                    cp.size
                 )));
+            }
+            if cp.size == size {
+                let leaves = self.store.leaf_hashes(size).await?;
+                if merkle::root(&leaves) == cp.root {
+                    return Ok((cp.clone(), note.clone()));
+                }
             }
         }
         let leaves = self.store.leaf_hashes(size).await?;
         let root = merkle::root(&leaves);
         // The previous checkpoint must be a prefix of this tree (a rewrite is refused, loudly).
-        if let Some((last, note, _)) = self.store.latest_checkpoint().await? {
-            let prev = self.parse_own(&note)?;
-            if merkle::root(&leaves[..last as usize]) != prev.root {
+        if let Some((prev, _)) = &known {
+            if merkle::root(&leaves[..prev.size as usize]) != prev.root {
                 return Err(Error::Internal(format!(
-                    "audit log integrity: the first {last} events no longer match their signed checkpoint"
+                    "audit log integrity: the first {} events no longer match their signed checkpoint",
+                    prev.size
                 )));
             }
         }
@@ -315,7 +342,28 @@ impl Ca {
             .with("filter", filter.clone())
             .with("dicom_event", "110106");
         self.store.record_event(&event).await?;
-        let (cp, note) = self.checkpoint_now().await?;
+        let (cp, note) = match self.checkpoint_now().await {
+            Ok(c) => c,
+            Err(Error::Internal(msg)) if msg.starts_with("audit log integrity") => {
+                // Export what is there under the last trustworthy checkpoint, so the verifier
+                // names the damage; and raise the alarm in the log itself.
+                tracing::error!(detail = %msg, "audit log integrity check failed");
+                let alert = AuditEvent::new(
+                    self.clock.now(),
+                    Actor::system(),
+                    "audit.integrity",
+                    "audit-log",
+                )
+                .with("detail", msg.clone());
+                let mut alert = alert;
+                alert.outcome = crate::audit::Outcome::Failed;
+                self.store.record_event(&alert).await?;
+                self.latest_known_checkpoint()
+                    .await?
+                    .ok_or_else(|| Error::Internal(msg))?
+            }
+            Err(e) => return Err(e),
+        };
         if previous_size > cp.size {
             return Err(Error::InvalidArgument(format!(
                 "previous_tree_size {previous_size} is beyond the current checkpoint ({})",
@@ -324,7 +372,7 @@ impl Ca {
         }
         let filtered = !query.is_empty();
         let leaves = if filtered || previous_size > 0 {
-            self.store.leaf_hashes(cp.size).await?
+            self.store.leaf_hashes_as_stored(cp.size).await?
         } else {
             Vec::new()
         };

@@ -77,6 +77,24 @@ impl Store {
         Ok(out)
     }
 
+    /// Leaf hashes of events up to `size` as stored, gaps and all (for exporting a damaged log
+    /// so the verifier can name the damage).
+    pub async fn leaf_hashes_as_stored(&self, size: u64) -> Result<Vec<Hash>, Error> {
+        let rows: Vec<String> =
+            sqlx::query_scalar("SELECT leaf_hash FROM audit_events WHERE seq <= ? ORDER BY seq")
+                .bind(size as i64)
+                .fetch_all(&self.reader)
+                .await?;
+        Ok(rows
+            .iter()
+            .map(|h| {
+                crate::domain::unhex(h)
+                    .and_then(|b| Hash::try_from(b).ok())
+                    .unwrap_or([0; 32])
+            })
+            .collect())
+    }
+
     /// Appends events in one transaction (a batch of access events). All or none.
     pub async fn append_events(&self, events: &[AuditEvent]) -> Result<Vec<i64>, Error> {
         let mut tx = self.begin_write().await?;

@@ -1,0 +1,232 @@
+//! Human and interchange renderings of exported events: CSV (safe against spreadsheet formula
+//! injection) and FHIR R4 AuditEvent (NDJSON), coded after IHE BALP. Both are views of the
+//! verifiable JSON-lines bundle, which stays the record of truth.
+
+use serde_json::{json, Value};
+
+use super::{AuditEvent, Outcome};
+
+pub const CSV_HEADER: &str = "seq,recorded_at,actor_uri,actor_role,action,target,outcome,reason,\
+access_action,data_category,purpose_of_use,patient_ref,user_id,device_decommissioned,leaf_hash";
+
+/// A CSV cell: always quoted; a value a spreadsheet would run as a formula (leading `=`, `+`,
+/// `-`, `@`, tab or carriage return) is prefixed with `'` (OWASP CSV injection guidance).
+pub fn csv_cell(s: &str) -> String {
+    let guarded = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
+    } else {
+        s.to_owned()
+    };
+    format!("\"{}\"", guarded.replace('"', "\"\""))
+}
+
+fn detail(e: &AuditEvent, key: &str) -> String {
+    match e.detail.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+pub fn csv_row(seq: i64, e: &AuditEvent, leaf_hash: &str) -> String {
+    let recorded = super::ledger::rfc3339(e.recorded_at).unwrap_or_default();
+    [
+        seq.to_string(),
+        recorded,
+        e.actor.uri.clone(),
+        e.actor.role.clone(),
+        e.action.clone(),
+        e.target.clone(),
+        e.outcome.as_str().to_owned(),
+        e.reason.clone().unwrap_or_default(),
+        detail(e, "access_action"),
+        detail(e, "data_category"),
+        detail(e, "purpose_of_use"),
+        detail(e, "patient_ref"),
+        detail(e, "user_id"),
+        detail(e, "device_decommissioned"),
+        leaf_hash.to_owned(),
+    ]
+    .iter()
+    .map(|c| csv_cell(c))
+    .collect::<Vec<_>>()
+    .join(",")
+}
+
+const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
+
+fn coding(system: &str, code: &str, display: &str) -> Value {
+    json!({"system": system, "code": code, "display": display})
+}
+
+/// One FHIR R4 AuditEvent for event `seq`, with every required element (type, recorded,
+/// agent[].requestor, source.observer).
+pub fn fhir_audit_event(seq: i64, e: &AuditEvent, observer: &str) -> Value {
+    let recorded = super::ledger::rfc3339(e.recorded_at).unwrap_or_default();
+    let outcome = match e.outcome {
+        Outcome::Success => "0",
+        Outcome::Refused | Outcome::Denied => "4",
+        Outcome::Failed => "8",
+    };
+    let agent = |uri: &str, role: &str, requestor: bool, ty: Value| {
+        json!({"type": {"coding": [ty]}, "who": {"identifier": {"value": uri}},
+               "name": role, "requestor": requestor})
+    };
+    let mut event = json!({
+        "resourceType": "AuditEvent",
+        "id": format!("medid-{seq}"),
+        "recorded": recorded,
+        "outcome": outcome,
+        "source": {
+            "observer": {"display": "medid", "identifier": {"value": observer}},
+            "type": [coding("http://terminology.hl7.org/CodeSystem/security-source-type", "4", "Application Server")]
+        },
+    });
+    if let Some(reason) = &e.reason {
+        event["outcomeDesc"] = reason.clone().into();
+    }
+    match e.action.as_str() {
+        "data.access" => {
+            // IHE BALP: a client (the gateway) read device data on behalf of a user.
+            let access = detail(e, "access_action");
+            let (action, interaction) = match access.as_str() {
+                "create" => ("C", "create"),
+                "update" => ("U", "update"),
+                "delete" => ("D", "delete"),
+                "export" => ("R", "read"),
+                _ => ("R", "read"),
+            };
+            event["type"] = coding(
+                "http://terminology.hl7.org/CodeSystem/audit-event-type",
+                "rest",
+                "RESTful Operation",
+            );
+            event["subtype"] = json!([coding(
+                "http://hl7.org/fhir/restful-interaction",
+                interaction,
+                interaction
+            )]);
+            event["action"] = action.into();
+            let purpose = detail(e, "purpose_of_use");
+            event["purposeOfEvent"] = json!([{"coding": [coding("http://terminology.hl7.org/CodeSystem/v3-ActReason", &purpose, &purpose)]}]);
+            let mut agents = vec![
+                agent(
+                    &e.actor.uri,
+                    "gateway",
+                    false,
+                    coding(DCM, "110152", "Destination Role ID"),
+                ),
+                agent(
+                    &e.target,
+                    "device",
+                    false,
+                    coding(DCM, "110153", "Source Role ID"),
+                ),
+            ];
+            let user = detail(e, "user_id");
+            if !user.is_empty() {
+                agents.push(agent(
+                    &user,
+                    &detail(e, "user_role"),
+                    true,
+                    coding(
+                        "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                        "IRCP",
+                        "information recipient",
+                    ),
+                ));
+            } else {
+                agents[0]["requestor"] = true.into();
+            }
+            event["agent"] = Value::Array(agents);
+            let mut entities = vec![json!({
+                "what": {"identifier": {"value": e.target}},
+                "type": coding("http://terminology.hl7.org/CodeSystem/audit-entity-type", "2", "System Object"),
+                "role": coding("http://terminology.hl7.org/CodeSystem/object-role", "4", "Domain Resource"),
+                "description": detail(e, "data_category"),
+            })];
+            let patient = detail(e, "patient_ref");
+            if !patient.is_empty() {
+                entities.push(json!({
+                    "what": {"identifier": {"value": patient}},
+                    "type": coding("http://terminology.hl7.org/CodeSystem/audit-entity-type", "1", "Person"),
+                    "role": coding("http://terminology.hl7.org/CodeSystem/object-role", "1", "Patient"),
+                }));
+            }
+            event["entity"] = Value::Array(entities);
+        }
+        action => {
+            let (ty, act) = match action {
+                "audit.export" => (coding(DCM, "110106", "Export"), "R"),
+                "audit.query" | "audit.checkpoint.read" | "audit.proof.read" => {
+                    (coding(DCM, "110101", "Audit Log Used"), "R")
+                }
+                "auth.authenticate" => (coding(DCM, "110114", "User Authentication"), "E"),
+                _ if e.outcome != Outcome::Success => {
+                    (coding(DCM, "110113", "Security Alert"), "E")
+                }
+                other => (
+                    coding(
+                        "https://medid.dev/fhir/CodeSystem/audit-action",
+                        other,
+                        other,
+                    ),
+                    "E",
+                ),
+            };
+            event["type"] = ty;
+            event["action"] = act.into();
+            event["subtype"] = json!([coding(
+                "https://medid.dev/fhir/CodeSystem/audit-action",
+                action,
+                action
+            )]);
+            event["agent"] = json!([agent(
+                &e.actor.uri,
+                &e.actor.role,
+                true,
+                coding(DCM, "110150", "Application")
+            )]);
+            event["entity"] = json!([{"what": {"identifier": {"value": e.target}},
+                "type": coding("http://terminology.hl7.org/CodeSystem/audit-entity-type", "2", "System Object")}]);
+        }
+    }
+    event
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formula_like_cells_are_defused_and_quotes_doubled() {
+        assert_eq!(csv_cell("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+        assert_eq!(csv_cell("+1"), "\"'+1\"");
+        assert_eq!(csv_cell("@SUM(A1)"), "\"'@SUM(A1)\"");
+        assert_eq!(csv_cell("-2"), "\"'-2\"");
+        assert_eq!(csv_cell("plain, text"), "\"plain, text\"");
+    }
+
+    #[test]
+    fn fhir_events_carry_every_required_r4_element() {
+        let e = AuditEvent::new(
+            time::macros::datetime!(2026-11-23 12:00:00 UTC),
+            super::super::Actor::system(),
+            "data.access",
+            "spiffe://t/device/acme/1",
+        )
+        .with("access_action", "read")
+        .with("purpose_of_use", "TREAT")
+        .with("patient_ref", "p-1")
+        .with("data_category", "vital-signs");
+        let v = fhir_audit_event(3, &e, "medid.local/audit");
+        assert_eq!(v["resourceType"], "AuditEvent");
+        assert!(v["type"]["code"].is_string() && v["recorded"].is_string());
+        assert!(v["source"]["observer"].is_object());
+        for a in v["agent"].as_array().unwrap() {
+            assert!(a["requestor"].is_boolean());
+        }
+        assert_eq!(v["action"], "R");
+        assert_eq!(v["entity"][1]["role"]["code"], "1");
+    }
+}

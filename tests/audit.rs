@@ -1,0 +1,550 @@
+//! The audit ledger through the real API: access events, checkpoints and proofs, exports, and
+//! offline verification with `medid audit verify` — including tampering with the SQLite file.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{csr_p256, Identity, TestServer};
+use futures_util::StreamExt;
+use medid::audit::merkle;
+use medid::proto::{
+    self, audit_service_client::AuditServiceClient, EnrollDeviceRequest, PrincipalRole,
+};
+use tonic::transport::Channel;
+use tonic::Code;
+
+async fn audit(server: &TestServer, who: &Identity) -> AuditServiceClient<Channel> {
+    AuditServiceClient::new(server.channel(who).await)
+}
+
+fn access(serial: &str, patient: &str) -> proto::AccessEvent {
+    proto::AccessEvent {
+        device: Some(proto::DeviceRef {
+            manufacturer_id: "acme".into(),
+            serial: serial.into(),
+        }),
+        user_id: "nurse-17".into(),
+        user_role: "RN".into(),
+        action: proto::AccessAction::Read as i32,
+        data_category: "vital-signs".into(),
+        patient_ref: patient.into(),
+        purpose_of_use: "TREAT".into(),
+        outcome: proto::AccessOutcome::Success as i32,
+        occurred_at: Some(prost_types::Timestamp {
+            seconds: common::system_now().unix_timestamp(),
+            nanos: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+struct World {
+    server: TestServer,
+    gateway: Identity,
+    auditor: Identity,
+    device: Identity,
+}
+
+async fn world() -> World {
+    let server = TestServer::start().await;
+    server.add_manufacturer("acme", &[]).await;
+    let station = server.station("acme", "line-1").await;
+    let mut device = None;
+    for serial in ["PUMP-1", "PUMP-2"] {
+        let (csr, key_pem) = csr_p256();
+        let resp = server
+            .enrollment_client(&station)
+            .await
+            .enroll_device(EnrollDeviceRequest {
+                csr,
+                serial: serial.into(),
+                model: "X".into(),
+                udi_di: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        device.get_or_insert(Identity {
+            cert_pem: resp.certificate.unwrap().certificate_pem,
+            key_pem,
+        });
+    }
+    let gateway = server.issue(PrincipalRole::Gateway, "icu-gw", "").await;
+    let auditor = server.issue(PrincipalRole::Auditor, "compliance", "").await;
+    World {
+        device: device.unwrap(),
+        gateway,
+        auditor,
+        server,
+    }
+}
+
+async fn export(w: &World, req: proto::ExportAuditRequest, path: &Path) {
+    let mut lines = audit(&w.server, &w.auditor)
+        .await
+        .export_audit(req)
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = String::new();
+    while let Some(line) = lines.next().await {
+        out.push_str(&line.unwrap().json);
+        out.push('\n');
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+fn verify(w: &World, bundle: &Path, previous: Option<&Path>) -> (bool, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_medid"));
+    cmd.args(["audit", "verify"])
+        .arg(bundle)
+        .arg("--key")
+        .arg(w.server.pki("audit-signing.pub"));
+    if let Some(p) = previous {
+        cmd.arg("--previous-checkpoint").arg(p);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+async fn db(w: &World) -> sqlx::SqlitePool {
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        w.server.dir.path().join("medid.db").display()
+    ))
+    .await
+    .unwrap();
+    // The attacker has the database: the append-only triggers are no obstacle to them.
+    sqlx::raw_sql("DROP TRIGGER audit_events_no_update; DROP TRIGGER audit_events_no_delete;")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool
+}
+
+fn path(w: &World, name: &str) -> PathBuf {
+    w.server.dir.path().join(name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_record_access_and_others_may_not() {
+    let w = world().await;
+    let mut gw = audit(&w.server, &w.gateway).await;
+    let receipt = gw
+        .record_access(access("PUMP-1", "patient-0042"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(receipt.seq > 0 && !receipt.device_decommissioned);
+    let stored = w
+        .server
+        .audit_events()
+        .await
+        .into_iter()
+        .find(|e| e.seq == receipt.seq)
+        .unwrap();
+    assert_eq!(stored.event.action, "data.access");
+    assert_eq!(stored.event.detail["patient_ref"], "patient-0042");
+    assert_eq!(
+        stored.event.actor.uri,
+        "spiffe://medid.local/gateway/icu-gw"
+    );
+
+    for who in [&w.device, &w.auditor] {
+        let err = audit(&w.server, who)
+            .await
+            .record_access(access("PUMP-1", "p"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+    }
+    let err = gw.record_access(access("NOPE", "p")).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let mut bad = access("PUMP-1", "p");
+    bad.purpose_of_use = "SHOPPING".into();
+    assert_eq!(
+        gw.record_access(bad).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+
+    // A decommissioned device's access is still recorded, and flagged.
+    medid::proto::lifecycle_service_client::LifecycleServiceClient::new(
+        w.server.channel(&w.server.admin()).await,
+    )
+    .decommission_device(proto::DecommissionDeviceRequest {
+        device: Some(proto::DeviceRef {
+            manufacturer_id: "acme".into(),
+            serial: "PUMP-2".into(),
+        }),
+        reason: 0,
+    })
+    .await
+    .unwrap();
+    let flagged = gw
+        .record_access(access("PUMP-2", "p"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(flagged.device_decommissioned);
+
+    // Streams: each batch acknowledged with its sequence numbers once durable.
+    let batches = vec![
+        proto::AccessBatch {
+            events: (0..3).map(|_| access("PUMP-1", "p")).collect(),
+        },
+        proto::AccessBatch {
+            events: (0..2).map(|_| access("PUMP-1", "p")).collect(),
+        },
+    ];
+    let mut acks = gw
+        .record_access_stream(tokio_stream::iter(batches))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = acks.next().await.unwrap().unwrap();
+    let second = acks.next().await.unwrap().unwrap();
+    assert_eq!((first.seqs.len(), second.seqs.len()), (3, 2));
+    assert_eq!(second.seqs[0], first.seqs[2] + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_and_proofs_verify_against_the_audit_key() {
+    let w = world().await;
+    let mut gw = audit(&w.server, &w.gateway).await;
+    let receipt = gw
+        .record_access(access("PUMP-1", "p"))
+        .await
+        .unwrap()
+        .into_inner();
+    let cp1 = gw
+        .get_checkpoint(proto::GetCheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let key_pem = std::fs::read_to_string(w.server.pki("audit-signing.pub")).unwrap();
+    let key = medid::audit::checkpoint::public_key_from_pem(&key_pem).unwrap();
+    let parsed = medid::audit::checkpoint::verify(&cp1.note, "medid.local/audit", &key).unwrap();
+    assert_eq!(parsed.size, cp1.tree_size);
+    // The checkpoint was also written outside the database.
+    let outside =
+        std::fs::read_to_string(w.server.dir.path().join("checkpoints/latest.note")).unwrap();
+    assert_eq!(outside, cp1.note);
+
+    let proof = gw
+        .get_inclusion_proof(proto::GetInclusionProofRequest {
+            seq: receipt.seq,
+            tree_size: cp1.tree_size,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let hashes: Vec<merkle::Hash> = proof
+        .proof
+        .iter()
+        .map(|p| p.clone().try_into().unwrap())
+        .collect();
+    let leaf: merkle::Hash = proof.leaf_hash.try_into().unwrap();
+    assert!(merkle::verify_inclusion(
+        receipt.seq as u64 - 1,
+        cp1.tree_size,
+        &leaf,
+        &hashes,
+        &parsed.root
+    ));
+
+    gw.record_access(access("PUMP-1", "q")).await.unwrap();
+    let cp2 = gw
+        .get_checkpoint(proto::GetCheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let c = gw
+        .get_consistency_proof(proto::GetConsistencyProofRequest {
+            old_size: cp1.tree_size,
+            new_size: cp2.tree_size,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let hashes: Vec<merkle::Hash> = c
+        .proof
+        .iter()
+        .map(|p| p.clone().try_into().unwrap())
+        .collect();
+    let root2: merkle::Hash = cp2.root_hash.try_into().unwrap();
+    assert!(merkle::verify_consistency(
+        cp1.tree_size,
+        cp2.tree_size,
+        &parsed.root,
+        &root2,
+        &hashes
+    ));
+    // Devices may not read proofs.
+    let err = audit(&w.server, &w.device)
+        .await
+        .get_checkpoint(proto::GetCheckpointRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_and_filtered_exports_verify_offline_and_are_themselves_audited() {
+    let w = world().await;
+    let mut gw = audit(&w.server, &w.gateway).await;
+    for i in 0..5 {
+        gw.record_access(access(
+            if i % 2 == 0 { "PUMP-1" } else { "PUMP-2" },
+            &format!("p-{i}"),
+        ))
+        .await
+        .unwrap();
+    }
+    let full = path(&w, "full.jsonl");
+    export(&w, proto::ExportAuditRequest::default(), &full).await;
+    let (ok, out) = verify(&w, &full, None);
+    assert!(ok && out.contains("complete"), "{out}");
+
+    let filtered = path(&w, "filtered.jsonl");
+    let filter = proto::AuditFilter {
+        device_uri: "spiffe://medid.local/device/acme/PUMP-2".into(),
+        ..Default::default()
+    };
+    export(
+        &w,
+        proto::ExportAuditRequest {
+            filter: Some(filter),
+            previous_tree_size: 0,
+        },
+        &filtered,
+    )
+    .await;
+    let (ok, out) = verify(&w, &filtered, None);
+    assert!(ok && out.contains("inclusion"), "{out}");
+    let text = std::fs::read_to_string(&filtered).unwrap();
+    assert!(text
+        .lines()
+        .filter(|l| l.contains("\"type\":\"event\""))
+        .all(|l| l.contains("PUMP-2")));
+
+    // The export was recorded: who, and which filter.
+    let exports: Vec<_> = w
+        .server
+        .audit_events()
+        .await
+        .into_iter()
+        .filter(|e| e.event.action == "audit.export")
+        .collect();
+    assert_eq!(exports.len(), 2);
+    assert_eq!(
+        exports[1].event.actor.uri,
+        "spiffe://medid.local/auditor/compliance"
+    );
+    assert!(exports[1].event.detail["filter"]["device_uri"]
+        .as_str()
+        .unwrap()
+        .ends_with("PUMP-2"));
+
+    // Only auditors export.
+    let err = audit(&w.server, &w.gateway)
+        .await
+        .export_audit(proto::ExportAuditRequest::default())
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), Code::PermissionDenied);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_exports_csv_and_fhir_with_every_required_element() {
+    let w = world().await;
+    let mut gw = audit(&w.server, &w.gateway).await;
+    let mut hostile = access("PUMP-1", "=HYPERLINK(\"http://evil\")");
+    hostile.user_id = "+cmd|' /C calc'!A0".into();
+    gw.record_access(hostile).await.unwrap();
+    let dir = w.server.dir.path();
+    std::fs::write(dir.join("auditor.pem"), &w.auditor.cert_pem).unwrap();
+    std::fs::write(dir.join("auditor.key"), &w.auditor.key_pem).unwrap();
+    for format in ["csv", "fhir"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_medid"))
+            .args([
+                "audit",
+                "export",
+                "--format",
+                format,
+                "--out",
+                &format!("export.{format}"),
+                "--server",
+                &w.server.url,
+            ])
+            .arg("--ca")
+            .arg(w.server.pki("root-ca.pem"))
+            .arg("--cert")
+            .arg(dir.join("auditor.pem"))
+            .arg("--key")
+            .arg(dir.join("auditor.key"))
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (ok, text) = verify(&w, &dir.join(format!("export.bundle.jsonl")), None);
+        assert!(ok, "{text}");
+    }
+    let csv = std::fs::read_to_string(dir.join("export.csv")).unwrap();
+    assert!(
+        csv.contains("\"'=HYPERLINK(\"\"http://evil\"\")\""),
+        "{csv}"
+    );
+    assert!(csv.contains("\"'+cmd|"), "{csv}");
+    assert!(!csv
+        .lines()
+        .skip(1)
+        .any(|l| l.starts_with('=') || l.contains(",=")));
+    let fhir = std::fs::read_to_string(dir.join("export.fhir")).unwrap();
+    let mut saw_read = false;
+    for line in fhir.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["resourceType"], "AuditEvent");
+        assert!(
+            v["type"]["system"].is_string() && v["type"]["code"].is_string(),
+            "{v}"
+        );
+        assert!(v["recorded"].is_string());
+        assert!(v["source"]["observer"].is_object());
+        let agents = v["agent"].as_array().unwrap();
+        assert!(!agents.is_empty() && agents.iter().all(|a| a["requestor"].is_boolean()));
+        if v["subtype"][0]["code"] == "read" {
+            saw_read = true;
+            assert_eq!(v["action"], "R");
+            assert_eq!(v["purposeOfEvent"][0]["coding"][0]["code"], "TREAT");
+            assert!(agents
+                .iter()
+                .any(|a| a["type"]["coding"][0]["code"] == "IRCP" && a["requestor"] == true));
+        }
+    }
+    assert!(saw_read, "the BALP read pattern is present");
+}
+
+/// Five ways to tamper with the SQLite file, each named by `medid audit verify`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampering_with_the_database_is_detected_and_named() {
+    for case in ["edit", "delete", "swap", "truncate", "rewrite"] {
+        let w = world().await;
+        let mut gw = audit(&w.server, &w.gateway).await;
+        for i in 0..6 {
+            gw.record_access(access("PUMP-1", &format!("p-{i}")))
+                .await
+                .unwrap();
+        }
+        // A checkpoint the auditor keeps (a copy of checkpoints/latest.note).
+        let cp = gw
+            .get_checkpoint(proto::GetCheckpointRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let kept = path(&w, "kept.note");
+        std::fs::write(&kept, &cp.note).unwrap();
+        let n = cp.tree_size as i64;
+        let k = n - 3;
+        let pool = db(&w).await;
+        match case {
+            "edit" => {
+                sqlx::query("UPDATE audit_events SET target = 'spiffe://medid.local/device/acme/OTHER' WHERE seq = ?")
+                    .bind(k).execute(&pool).await.unwrap();
+            }
+            "delete" => {
+                sqlx::query("DELETE FROM audit_events WHERE seq = ?")
+                    .bind(k)
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            }
+            "swap" => {
+                sqlx::raw_sql(&format!(
+                    "UPDATE audit_events SET seq = -1 WHERE seq = {k};
+                     UPDATE audit_events SET seq = {k} WHERE seq = {k1};
+                     UPDATE audit_events SET seq = {k1} WHERE seq = -1;",
+                    k1 = k + 1
+                ))
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+            "truncate" => {
+                sqlx::query("DELETE FROM audit_events WHERE seq >= ?")
+                    .bind(k)
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            }
+            "rewrite" => {
+                // Change entry k and recompute every leaf hash from k on, and delete the
+                // checkpoints kept in the database.
+                sqlx::query("UPDATE audit_events SET target = 'spiffe://medid.local/device/acme/OTHER' WHERE seq = ?")
+                    .bind(k).execute(&pool).await.unwrap();
+                for seq in k..=n {
+                    let e = w
+                        .server
+                        .ca
+                        .store
+                        .audit_events(seq - 1, 1)
+                        .await
+                        .unwrap()
+                        .remove(0);
+                    let leaf = medid::audit::ledger::leaf(seq, &e.event).unwrap();
+                    sqlx::query("UPDATE audit_events SET leaf_hash = ? WHERE seq = ?")
+                        .bind(medid::domain::hex(&leaf))
+                        .bind(seq)
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                }
+                sqlx::query("DELETE FROM audit_checkpoints")
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            }
+            _ => unreachable!(),
+        }
+        pool.close().await;
+        let bundle = path(&w, "tampered.jsonl");
+        export(&w, proto::ExportAuditRequest::default(), &bundle).await;
+        let (ok, out) = verify(&w, &bundle, Some(&kept));
+        assert!(!ok, "{case}: tampering went unnoticed: {out}");
+        let expected = match case {
+            "edit" => format!("altered: event {k}"),
+            "delete" => format!("missing: event {k}"),
+            "swap" => format!("reordered: event {k}"),
+            "truncate" => "truncated below a signed checkpoint".to_string(),
+            _ => "rewritten".to_string(),
+        };
+        assert!(
+            out.contains(&expected),
+            "{case}: expected {expected:?} in {out}"
+        );
+        // The service raised the alarm in the log itself where it could tell.
+        if case != "edit" {
+            assert!(
+                w.server
+                    .audit_events()
+                    .await
+                    .iter()
+                    .any(|e| e.event.action == "audit.integrity"),
+                "{case}"
+            );
+        }
+    }
+}
