@@ -400,7 +400,7 @@ async fn the_cli_exports_csv_and_fhir_with_every_required_element() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let (ok, text) = verify(&w, &dir.join(format!("export.bundle.jsonl")), None);
+        let (ok, text) = verify(&w, &dir.join("export.bundle.jsonl"), None);
         assert!(ok, "{text}");
     }
     let csv = std::fs::read_to_string(dir.join("export.csv")).unwrap();
@@ -436,6 +436,27 @@ async fn the_cli_exports_csv_and_fhir_with_every_required_element() {
         }
     }
     assert!(saw_read, "the BALP read pattern is present");
+
+    // An independent FHIR R4 validator (Python fhir.resources), when `.ci/run` provides it.
+    if let Ok(python) = std::env::var("MEDID_FHIR_PYTHON") {
+        let script = "import sys, json\nfrom fhir.resources.auditevent import AuditEvent\n\
+                      n = 0\nfor line in open(sys.argv[1]):\n    AuditEvent.parse_obj(json.loads(line)); n += 1\n\
+                      print('valid', n)\n";
+        let out = Command::new(&python)
+            .args(["-c", script])
+            .arg(dir.join("export.fhir"))
+            .output()
+            .unwrap_or_else(|e| panic!("MEDID_FHIR_PYTHON={python}: {e}"));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && text.contains("valid"),
+            "FHIR R4 validation: {text}"
+        );
+    }
 }
 
 /// Five ways to tamper with the SQLite file, each named by `medid audit verify`.
@@ -555,9 +576,12 @@ async fn tampering_with_the_database_is_detected_and_named() {
 async fn when_the_audit_write_fails_the_operation_fails_and_changes_nothing() {
     let w = world().await;
     let station = w.server.station("acme", "line-2").await;
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", w.server.dir.path().join("medid.db").display()))
-        .await
-        .unwrap();
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        w.server.dir.path().join("medid.db").display()
+    ))
+    .await
+    .unwrap();
     sqlx::raw_sql("CREATE TRIGGER fail_audit BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'disk full'); END;")
         .execute(&pool)
         .await
@@ -568,26 +592,59 @@ async fn when_the_audit_write_fails_the_operation_fails_and_changes_nothing() {
         .server
         .enrollment_client(&station)
         .await
-        .enroll_device(EnrollDeviceRequest { csr: csr_p256().0, serial: "NEW-1".into(), model: "X".into(), udi_di: String::new() })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Internal);
-    let err = medid::proto::lifecycle_service_client::LifecycleServiceClient::new(w.server.channel(&w.server.admin()).await)
-        .revoke(proto::RevokeRequest {
-            target: Some(proto::revoke_request::Target::Device(proto::DeviceRef { manufacturer_id: "acme".into(), serial: "PUMP-1".into() })),
-            reason: proto::RevocationReason::KeyCompromise as i32,
+        .enroll_device(EnrollDeviceRequest {
+            csr: csr_p256().0,
+            serial: "NEW-1".into(),
+            model: "X".into(),
+            udi_di: String::new(),
         })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Internal);
-    let err = audit(&w.server, &w.gateway).await.record_access(access("PUMP-1", "p")).await.unwrap_err();
+    let err = medid::proto::lifecycle_service_client::LifecycleServiceClient::new(
+        w.server.channel(&w.server.admin()).await,
+    )
+    .revoke(proto::RevokeRequest {
+        target: Some(proto::revoke_request::Target::Device(proto::DeviceRef {
+            manufacturer_id: "acme".into(),
+            serial: "PUMP-1".into(),
+        })),
+        reason: proto::RevocationReason::KeyCompromise as i32,
+    })
+    .await
+    .unwrap_err();
     assert_eq!(err.code(), Code::Internal);
-    let err = audit(&w.server, &w.auditor).await.export_audit(proto::ExportAuditRequest::default()).await.err().unwrap();
+    let err = audit(&w.server, &w.gateway)
+        .await
+        .record_access(access("PUMP-1", "p"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Internal);
-    assert_eq!(w.server.count("SELECT COUNT(*) FROM devices").await, devices_before);
-    assert_eq!(w.server.count("SELECT COUNT(*) FROM certificates").await, certs_before);
-    assert_eq!(w.server.count("SELECT COUNT(*) FROM certificates WHERE status = 'revoked'").await, 0);
-    sqlx::raw_sql("DROP TRIGGER fail_audit;").execute(&pool).await.unwrap();
+    let err = audit(&w.server, &w.auditor)
+        .await
+        .export_audit(proto::ExportAuditRequest::default())
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), Code::Internal);
+    assert_eq!(
+        w.server.count("SELECT COUNT(*) FROM devices").await,
+        devices_before
+    );
+    assert_eq!(
+        w.server.count("SELECT COUNT(*) FROM certificates").await,
+        certs_before
+    );
+    assert_eq!(
+        w.server
+            .count("SELECT COUNT(*) FROM certificates WHERE status = 'revoked'")
+            .await,
+        0
+    );
+    sqlx::raw_sql("DROP TRIGGER fail_audit;")
+        .execute(&pool)
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -595,28 +652,49 @@ async fn officers_search_the_trail_page_by_page_and_the_search_is_audited() {
     let w = world().await;
     let mut gw = audit(&w.server, &w.gateway).await;
     for i in 0..5 {
-        gw.record_access(access("PUMP-1", &format!("p-{i}"))).await.unwrap();
+        gw.record_access(access("PUMP-1", &format!("p-{i}")))
+            .await
+            .unwrap();
     }
     let mut officer = audit(&w.server, &w.auditor).await;
-    let filter = proto::AuditFilter { action: "data.access".into(), ..Default::default() };
+    let filter = proto::AuditFilter {
+        action: "data.access".into(),
+        ..Default::default()
+    };
     let mut token = String::new();
     let mut seen = 0;
     loop {
         let page = officer
-            .query_audit(proto::QueryAuditRequest { filter: Some(filter.clone()), page_size: 2, page_token: token })
+            .query_audit(proto::QueryAuditRequest {
+                filter: Some(filter.clone()),
+                page_size: 2,
+                page_token: token,
+            })
             .await
             .unwrap()
             .into_inner();
         seen += page.events_json.len();
-        assert!(page.events_json.iter().all(|e| e.contains("\"action\":\"data.access\"")));
+        assert!(page
+            .events_json
+            .iter()
+            .all(|e| e.contains("\"action\":\"data.access\"")));
         if page.next_page_token.is_empty() {
             break;
         }
         token = page.next_page_token;
     }
     assert_eq!(seen, 5);
-    let used = w.server.audit_events().await.iter().filter(|e| e.event.action == "audit.query").count();
+    let used = w
+        .server
+        .audit_events()
+        .await
+        .iter()
+        .filter(|e| e.event.action == "audit.query")
+        .count();
     assert_eq!(used, 3, "each page is an Audit Log Used event");
-    let err = gw.query_audit(proto::QueryAuditRequest::default()).await.unwrap_err();
+    let err = gw
+        .query_audit(proto::QueryAuditRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
 }

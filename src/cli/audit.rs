@@ -21,6 +21,8 @@ pub enum Format {
     Fhir,
 }
 
+// Parsed once per process; the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Export events (role auditor) as a verifiable bundle, CSV or FHIR.

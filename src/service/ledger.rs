@@ -360,7 +360,7 @@ impl Ca {
                 self.store.record_event(&alert).await?;
                 self.latest_known_checkpoint()
                     .await?
-                    .ok_or_else(|| Error::Internal(msg))?
+                    .ok_or(Error::Internal(msg))?
             }
             Err(e) => return Err(e),
         };
