@@ -47,6 +47,12 @@ pub struct Config {
     pub checkpoint_every_events: u64,
     /// …or after this many seconds, if the log grew.
     pub checkpoint_every_seconds: u64,
+    /// Concurrent requests served per connection; more wait.
+    pub max_concurrent_requests_per_connection: usize,
+    /// HTTP/2 streams a client may open on one connection.
+    pub max_concurrent_streams: u32,
+    /// A request that takes longer is cancelled (DEADLINE_EXCEEDED).
+    pub request_timeout_seconds: u64,
 }
 
 impl Default for Config {
@@ -68,6 +74,9 @@ impl Default for Config {
             audit_checkpoint_dir: None,
             checkpoint_every_events: 1000,
             checkpoint_every_seconds: 10,
+            max_concurrent_requests_per_connection: 64,
+            max_concurrent_streams: 128,
+            request_timeout_seconds: 30,
         }
     }
 }

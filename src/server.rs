@@ -39,6 +39,15 @@ pub struct Prepared {
     pub ca: Arc<Ca>,
     pub tls: Arc<tls::TlsReloader>,
     pub max_message_bytes: usize,
+    pub limits: Limits,
+}
+
+/// Transport limits (docs/CONFIGURATION.md).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub per_connection: usize,
+    pub streams: u32,
+    pub timeout: Duration,
 }
 
 /// The sockets `run` serves on.
@@ -146,6 +155,11 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
         ca,
         tls,
         max_message_bytes: config.max_message_bytes,
+        limits: Limits {
+            per_connection: config.max_concurrent_requests_per_connection.max(1),
+            streams: config.max_concurrent_streams.max(1),
+            timeout: Duration::from_secs(config.request_timeout_seconds.max(1)),
+        },
     })
 }
 
@@ -249,8 +263,11 @@ pub async fn run(
     let local: Option<SocketAddr> = listeners.grpc.local_addr().ok();
     let incoming = tls::incoming(listeners.grpc, prepared.tls.clone());
     tracing::info!(addr = ?local, "serving gRPC over mTLS");
+    let limits = prepared.limits;
     let served = tonic::transport::Server::builder()
-        .timeout(Duration::from_secs(30))
+        .timeout(limits.timeout)
+        .concurrency_limit_per_connection(limits.per_connection)
+        .max_concurrent_streams(limits.streams)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(InterceptedService::new(

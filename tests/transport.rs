@@ -1,0 +1,105 @@
+//! Transport limits: TLS versions, message size, idle connections.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::{csr_p256, TestServer};
+use medid::proto::EnrollDeviceRequest;
+use tonic::Code;
+
+fn s_client(server: &TestServer, version_flag: &str) -> (bool, String) {
+    let port = server.url.rsplit(':').next().unwrap().to_owned();
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            version_flag,
+            "-servername",
+            "localhost",
+        ])
+        .arg("-CAfile")
+        .arg(server.pki("root-ca.pem"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let negotiated = text.contains("Protocol  :")
+        && !text.contains("Cipher is (NONE)")
+        && !text.contains("Cipher    : 0000");
+    (negotiated, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_1_0_and_1_1_are_refused_and_1_2_and_1_3_accepted() {
+    let server = TestServer::start().await;
+    for flag in ["-tls1", "-tls1_1"] {
+        let (ok, text) = s_client(&server, flag);
+        assert!(!ok, "{flag} was negotiated:\n{text}");
+    }
+    for (flag, name) in [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")] {
+        let (ok, text) = s_client(&server, flag);
+        assert!(ok && text.contains(name), "{flag} was refused:\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_is_refused_before_parsing() {
+    let server = TestServer::start().await;
+    server.add_manufacturer("acme", &[]).await;
+    let station = server.station("acme", "line-1").await;
+    let err = server
+        .enrollment_client(&station)
+        .await
+        .enroll_device(EnrollDeviceRequest {
+            csr: vec![0x30; 2 * 1024 * 1024],
+            serial: "BIG".into(),
+            model: "X".into(),
+            udi_di: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert!(
+        err.message().contains("message length too large")
+            || err.message().contains("larger than max"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(server.count("SELECT COUNT(*) FROM devices").await, 0);
+}
+
+/// 2,000 TCP connections that never start a TLS handshake do not keep a real client out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_client_enrolls_while_two_thousand_idle_connections_are_open() {
+    let server = TestServer::start().await;
+    server.add_manufacturer("acme", &[]).await;
+    let station = server.station("acme", "line-1").await;
+    let port: u16 = server.url.rsplit(':').next().unwrap().parse().unwrap();
+    let mut idle = Vec::with_capacity(2000);
+    for _ in 0..2000 {
+        idle.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect"),
+        );
+    }
+    let resp = server
+        .enrollment_client(&station)
+        .await
+        .enroll_device(EnrollDeviceRequest {
+            csr: csr_p256().0,
+            serial: "UNDER-LOAD".into(),
+            model: "X".into(),
+            udi_di: String::new(),
+        })
+        .await
+        .expect("enrollment succeeds with 2,000 idle connections open");
+    assert!(resp.into_inner().device.is_some());
+    drop(idle);
+}
