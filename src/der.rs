@@ -179,6 +179,40 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Checks that `data` is exactly one DER element whose every constructed descendant uses
+/// definite, minimal lengths (X.690 §10.1), nested at most `max_depth` deep. Primitive contents
+/// are left to the parser. Iterative, so hostile nesting cannot exhaust the stack.
+pub fn check_strict(data: &[u8], max_depth: usize) -> Result<(), &'static str> {
+    let mut top = Reader::new(data);
+    let first = top.any().ok_or("not DER: bad tag or length encoding")?;
+    if !top.is_empty() {
+        return Err("trailing bytes after the DER element");
+    }
+    let mut stack: Vec<(Reader<'_>, usize)> = Vec::new();
+    if first.tag & 0x20 != 0 {
+        stack.push((first.reader(), 1));
+    }
+    while let Some((mut r, depth)) = stack.pop() {
+        if depth > max_depth {
+            return Err("nested too deeply");
+        }
+        while !r.is_empty() {
+            let el = r
+                .any()
+                .ok_or("not DER: bad tag or length encoding inside")?;
+            // BIT STRING and OCTET STRING may wrap DER (extensions, keys); constructed forms of
+            // them are BER-only and refused by the tag check below.
+            if el.tag & 0x20 != 0 {
+                if el.tag == 0x23 || el.tag == 0x24 {
+                    return Err("not DER: constructed string");
+                }
+                stack.push((el.reader(), depth + 1));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl<'a> Element<'a> {
     pub fn reader(&self) -> Reader<'a> {
         Reader::new(self.content)
@@ -238,6 +272,21 @@ mod tests {
             "truncated"
         );
         assert!(Reader::new(&[]).any().is_none());
+    }
+
+    #[test]
+    fn strict_check_walks_every_level_iteratively() {
+        let ok = sequence(&[&sequence(&[&tlv(tag::INTEGER, &[1])]), &tlv(tag::NULL, &[])]);
+        assert!(check_strict(&ok, 8).is_ok());
+        // A non-minimal length two levels down.
+        let inner_ber = [0x30, 0x81, 0x03, 0x02, 0x01, 0x01];
+        let bad = sequence(&[&sequence(&[&inner_ber])]);
+        assert!(check_strict(&bad, 8).is_err());
+        let mut deep = tlv(tag::NULL, &[]);
+        for _ in 0..100 {
+            deep = sequence(&[&deep]);
+        }
+        assert_eq!(check_strict(&deep, 32), Err("nested too deeply"));
     }
 
     #[test]

@@ -290,6 +290,46 @@ async fn bad_csrs_are_refused_with_a_named_reason_and_leave_only_one_audit_event
         ("secp256k1", fixture("secp256k1.csr"), "secp256k1"),
         ("Ed448", fixture("ed448.csr"), "Ed448"),
         ("SHA-1", fixture("p256-sha1.csr"), "SHA-1"),
+        ("MD5", fixture("rsa2048-md5.csr"), "MD5"),
+        ("RSA e=3", fixture("rsa2048-e3.csr"), "65537"),
+        ("RSA-8192", fixture("rsa8192.csr"), "RSA-8192"),
+        ("explicit curve", fixture("p256-explicit.csr"), "explicit"),
+        (
+            "BER length",
+            {
+                let der = csr_p256().0;
+                let n = if der[1] & 0x80 == 0 {
+                    2
+                } else {
+                    2 + (der[1] & 0x7f) as usize
+                };
+                let mut ber = vec![0x30, 0x84];
+                ber.extend_from_slice(&((der.len() - n) as u32).to_be_bytes());
+                ber.extend_from_slice(&der[n..]);
+                ber
+            },
+            "not a DER",
+        ),
+        // 10,000 nested SEQUENCEs cannot fit under the 16 KiB limit: refused before parsing.
+        (
+            "10,000 nested SEQUENCEs",
+            (0..10_000).flat_map(|_| [0x30u8, 0x80]).collect(),
+            "limit",
+        ),
+        (
+            "7,000 nested SEQUENCEs",
+            (0..7_000).flat_map(|_| [0x30u8, 0x80]).collect(),
+            "not a DER",
+        ),
+        (
+            "trailing bytes",
+            {
+                let mut d = csr_p256().0;
+                d.extend_from_slice(b"extra");
+                d
+            },
+            "trailing",
+        ),
         (
             "garbage",
             b"this is not a CSR at all".to_vec(),

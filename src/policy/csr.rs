@@ -56,6 +56,9 @@ pub fn verify(der: &[u8]) -> Result<VerifiedCsr, Error> {
             der.len()
         )));
     }
+    // x509-parser tolerates some BER; a CSR must be DER (and not nested absurdly deep).
+    crate::der::check_strict(der, 16)
+        .map_err(|why| Error::BadCsr(format!("not a DER PKCS#10 request ({why})")))?;
     let (rest, csr) = X509CertificationRequest::from_der(der)
         .map_err(|e| Error::BadCsr(format!("not a DER PKCS#10 request ({e})")))?;
     if !rest.is_empty() {
@@ -112,9 +115,11 @@ fn key_kind(spki: &SubjectPublicKeyInfo<'_>) -> Result<KeyKind, Error> {
             let Some(params) = &spki.algorithm.parameters else {
                 return Err(Error::BadCsr("EC key without curve parameters".into()));
             };
+            // A named curve is an OID; explicit parameters are a SEQUENCE (RFC 5480 §2.1.1).
+            let named = params.header.tag() == x509_parser::der_parser::asn1_rs::Tag::Oid;
             let curve = match params.clone().oid() {
-                Ok(oid) => oid.to_id_string(),
-                Err(_) => return Err(Error::BadCsr(
+                Ok(oid) if named => oid.to_id_string(),
+                _ => return Err(Error::BadCsr(
                     "explicit EC curve parameters are refused; use a named curve (P-256 or P-384)"
                         .into(),
                 )),
@@ -265,6 +270,69 @@ mod tests {
         assert!(verify(&der).unwrap_err().to_string().contains("trailing"));
         let big = vec![0x30; MAX_CSR_BYTES + 1];
         assert!(verify(&big).unwrap_err().to_string().contains("limit"));
+    }
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/data")
+                .join(name),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn openssl_made_hostile_csrs_are_refused_by_name() {
+        for (file, needle) in [
+            ("rsa2048-e3.csr", "65537"),
+            ("rsa8192.csr", "RSA-8192"),
+            ("rsa2048-md5.csr", "MD5"),
+            ("p256-explicit.csr", "explicit"),
+            ("rsa1024.csr", "RSA-1024"),
+            ("p192.csr", "P-192"),
+            ("secp256k1.csr", "secp256k1"),
+            ("ed448.csr", "Ed448"),
+            ("p256-sha1.csr", "SHA-1"),
+        ] {
+            let err = verify(&fixture(file)).unwrap_err().to_string();
+            assert!(err.contains(needle), "{file}: {err}");
+        }
+        assert!(verify(&fixture("rsa2048.csr")).is_ok());
+    }
+
+    #[test]
+    fn ber_encodings_are_refused() {
+        let der = csr_for(&rcgen::PKCS_ECDSA_P256_SHA256);
+        // Re-encode the outer SEQUENCE length in a non-minimal long form (BER, not DER).
+        let (header, body) = if der[1] & 0x80 == 0 {
+            (2, &der[2..])
+        } else {
+            (
+                2 + (der[1] & 0x7f) as usize,
+                &der[2 + (der[1] & 0x7f) as usize..],
+            )
+        };
+        let _ = header;
+        let mut ber = vec![0x30, 0x84];
+        ber.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        ber.extend_from_slice(body);
+        assert!(verify(&ber).is_err(), "non-minimal length accepted");
+        // Indefinite length with end-of-contents.
+        let mut indefinite = vec![0x30, 0x80];
+        indefinite.extend_from_slice(body);
+        indefinite.extend_from_slice(&[0, 0]);
+        assert!(verify(&indefinite).is_err(), "indefinite length accepted");
+    }
+
+    #[test]
+    fn ten_thousand_nested_sequences_are_refused_without_exhausting_the_stack() {
+        let mut der = vec![0x05, 0x00];
+        for _ in 0..10_000 {
+            der = crate::der::tlv(0x30, &der);
+        }
+        assert!(verify(&der).is_err() || der.len() > MAX_CSR_BYTES);
+        let small: Vec<u8> = (0..7000).flat_map(|_| [0x30u8, 0x80]).collect();
+        assert!(verify(&small).is_err());
     }
 
     #[test]
