@@ -181,7 +181,11 @@ async fn a_device_lives_its_life_through_the_cli_and_the_agent() {
         &birth.with_extension("key"),
     );
     assert!(!ok, "{out}");
-    assert!(out.to_lowercase().contains("revoked"), "{out}");
+    // Refused per RPC ("revoked") or, once the TLS verifier carries the new CRL, in the
+    // handshake (the client may then see only a closed connection). Both layers are checked
+    // precisely in tests/lifecycle.rs.
+    let text = out.to_lowercase();
+    assert!(text.contains("revoked") || text.contains("transport error"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -116,6 +116,7 @@ impl Ca {
             spki_sha256: spki,
             claim: Claim::Renewal {
                 rekey_required: self.lifecycle.rekey_required,
+                caller_serial: who.certificate_serial.clone(),
             },
         };
         let issued = self
@@ -173,7 +174,18 @@ impl Ca {
         let event = self
             .event(who, action, &label)
             .with("reason", reason.map(RevocationReason::name));
-        let revoked = self.store.revoke(&open, reason, None, &event).await?;
+        // Revoking a device takes every certificate it has when the transaction runs.
+        let subject = match &target {
+            RevokeTarget::Device {
+                manufacturer,
+                serial,
+            } => Some(self.profiles.trust_domain.device_uri(manufacturer, serial)),
+            RevokeTarget::Certificate { .. } => None,
+        };
+        let revoked = self
+            .store
+            .revoke(&open, subject.as_deref(), reason, None, &event)
+            .await?;
         self.publish_crls_for(&revoked).await?;
         Ok(revoked)
     }
@@ -250,6 +262,12 @@ impl Ca {
             .store
             .revoke(
                 &open,
+                Some(
+                    &self
+                        .profiles
+                        .trust_domain
+                        .device_uri(&manufacturer, &serial),
+                ),
                 reason,
                 Some((&manufacturer, serial.as_str())),
                 &event,

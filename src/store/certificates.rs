@@ -20,8 +20,11 @@ pub enum Claim {
         /// For enrollment with a one-time token: its hash, spent in the same transaction.
         token_sha256: Option<String>,
     },
-    /// A renewal for an existing device or gateway.
-    Renewal { rekey_required: bool },
+    /// A renewal for an existing device or gateway, by the holder of `caller_serial`.
+    Renewal {
+        rekey_required: bool,
+        caller_serial: String,
+    },
     /// medid's own certificates (delegated OCSP responders).
     Service,
     /// A certificate for a non-device principal; the principal may already exist with the
@@ -150,8 +153,11 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if updated.rows_affected() != 1 {
-            return Err(Error::Internal(format!(
-                "certificate {} was not reserved when its signature was recorded",
+            // Revoked while being signed (its subject was revoked or decommissioned): the
+            // certificate is never delivered, and the revocation already lists its serial.
+            return Err(Error::FailedPrecondition(format!(
+                "certificate {} was revoked before it could be delivered: its subject was \
+                 revoked or decommissioned meanwhile",
                 signed.serial
             )));
         }
@@ -393,7 +399,39 @@ async fn check_claim(tx: &mut WriteTx, r: &Reservation, now: OffsetDateTime) -> 
     }
     match &r.claim {
         Claim::Service => {}
-        Claim::Renewal { rekey_required } => {
+        Claim::Renewal {
+            rekey_required,
+            caller_serial,
+        } => {
+            // Authentication happened before this transaction; re-check under the write lock
+            // that the caller's certificate and its subject are still good, so a revocation or
+            // decommissioning that committed meanwhile cannot be outrun.
+            let row = sqlx::query(
+                "SELECT c.status, COALESCE(d.state, p.state) AS subject_state
+                 FROM certificates c
+                 LEFT JOIN devices d ON d.uri = c.subject_uri
+                 LEFT JOIN principals p ON p.uri = c.subject_uri
+                 WHERE c.serial = ? AND c.subject_uri = ?",
+            )
+            .bind(caller_serial)
+            .bind(&r.subject_uri)
+            .fetch_optional(&mut **tx)
+            .await?;
+            let still_good = match &row {
+                Some(row) => {
+                    row.try_get::<String, _>("status")? == "active"
+                        && row
+                            .try_get::<Option<String>, _>("subject_state")?
+                            .as_deref()
+                            == Some("active")
+                }
+                None => false,
+            };
+            if !still_good {
+                return Err(Error::Unauthenticated(format!(
+                    "certificate {caller_serial} or its subject was revoked or decommissioned meanwhile"
+                )));
+            }
             if *rekey_required {
                 let seen: Option<String> = sqlx::query_scalar(
                     "SELECT serial FROM certificates WHERE spki_sha256 = ? LIMIT 1",

@@ -132,19 +132,42 @@ impl Store {
         rows.iter().map(decode_cert).collect()
     }
 
-    /// Revokes the given certificates (those not yet revoked), optionally decommissions a
-    /// device, and appends `event`, in one transaction. Returns the serials revoked now.
+    /// Revokes the given certificates (those not yet revoked) — and, with `subject`, every
+    /// certificate of that subject as it stands inside the transaction, reservations in flight
+    /// included — optionally decommissions a device, and appends `event`, in one transaction.
+    /// Returns the serials revoked now.
     pub async fn revoke(
         &self,
         targets: &[(IssuerName, String)],
+        subject: Option<&str>,
         reason: Option<RevocationReason>,
         decommission: Option<(&ManufacturerId, &str)>,
         event: &AuditEvent,
     ) -> Result<Vec<(IssuerName, String)>, Error> {
         let at = to_unix(event.recorded_at);
         let mut tx = self.begin_write().await?;
+        let mut targets = targets.to_vec();
+        if let Some(uri) = subject {
+            // Read under the write lock: a renewal that reserved a serial a moment ago is
+            // included, and none can reserve another until this commits.
+            let rows = sqlx::query(
+                "SELECT issuer, serial FROM certificates WHERE subject_uri = ? AND status <> 'revoked'",
+            )
+            .bind(uri)
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in rows {
+                let issuer: String = row.try_get("issuer")?;
+                let issuer = IssuerName::parse(&issuer)
+                    .ok_or_else(|| Error::Internal(format!("unknown issuer {issuer:?}")))?;
+                let serial: String = row.try_get("serial")?;
+                if !targets.iter().any(|(i, s)| *i == issuer && *s == serial) {
+                    targets.push((issuer, serial));
+                }
+            }
+        }
         let mut revoked = Vec::new();
-        for (issuer, serial) in targets {
+        for (issuer, serial) in &targets {
             let done = sqlx::query(
                 "UPDATE certificates SET status = 'revoked', revoked_at = ?, revocation_reason = ?
                  WHERE issuer = ? AND serial = ? AND status <> 'revoked'",
