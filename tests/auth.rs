@@ -128,9 +128,15 @@ async fn a_certificate_from_a_foreign_ca_fails_the_tls_handshake() {
                 .list_manufacturers(ListManufacturersRequest {})
                 .await
                 .unwrap_err();
-            // TLS 1.3: the server's verdict on the client certificate arrives as an alert
-            // after the client considers the handshake done.
-            assert!(format!("{err:?}").contains("UnknownCA"), "{err:?}");
+            // TLS 1.3: the server's verdict on the client certificate arrives as an alert after
+            // the client considers the handshake done; depending on timing the client reads the
+            // UnknownCA alert or only sees the connection closed. Never a gRPC answer.
+            let text = format!("{err:?}");
+            assert!(
+                text.contains("UnknownCA") || text.contains("transport error"),
+                "{text}"
+            );
+            assert!(matches!(err.code(), Code::Unknown | Code::Unavailable | Code::Cancelled), "{err:?}");
         }
     }
 }
