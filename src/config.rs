@@ -53,6 +53,12 @@ pub struct Config {
     pub max_concurrent_streams: u32,
     /// A request that takes longer is cancelled (DEADLINE_EXCEEDED).
     pub request_timeout_seconds: u64,
+    /// At start, reservations older than this are revoked as abandoned (docs/ISSUANCE-CYCLE.md).
+    /// A single node may use 0; replicas sharing a database need the grace.
+    pub reservation_grace_seconds: u64,
+    /// TESTS ONLY: abort the process at this step of the issuance cycle (`after-reserve`,
+    /// `after-sign`, `after-commit`) to prove crash safety. Never set it in production.
+    pub dangerous_crash_at: Option<String>,
 }
 
 impl Default for Config {
@@ -77,6 +83,8 @@ impl Default for Config {
             max_concurrent_requests_per_connection: 64,
             max_concurrent_streams: 128,
             request_timeout_seconds: 30,
+            reservation_grace_seconds: 300,
+            dangerous_crash_at: None,
         }
     }
 }
@@ -115,6 +123,14 @@ impl Config {
                 "public_base_url must be an http:// or https:// URL (got {:?})",
                 self.public_base_url
             )));
+        }
+        if let Some(step) = &self.dangerous_crash_at {
+            if !crate::service::CRASH_POINTS.contains(&step.as_str()) {
+                return Err(Error::InvalidArgument(format!(
+                    "dangerous_crash_at must be one of {}",
+                    crate::service::CRASH_POINTS.join(", ")
+                )));
+            }
         }
         if !(16 * 1024..=64 * 1024 * 1024).contains(&self.max_message_bytes) {
             return Err(Error::InvalidArgument(

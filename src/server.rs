@@ -137,7 +137,15 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
             every: time::Duration::seconds(config.checkpoint_every_seconds.max(1) as i64),
             signing: tokio::sync::Mutex::new(()),
         },
+        reservation_grace: time::Duration::seconds(config.reservation_grace_seconds as i64),
+        dangerous_crash_at: config.dangerous_crash_at.clone(),
     });
+    if let Some(step) = &config.dangerous_crash_at {
+        tracing::warn!(
+            step,
+            "dangerous_crash_at is set: this process will abort mid-issuance"
+        );
+    }
     adopt_bootstrap_admin(&ca, &files).await?;
     let abandoned = ca.recover_abandoned().await?;
     if abandoned > 0 {

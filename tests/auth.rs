@@ -136,7 +136,13 @@ async fn a_certificate_from_a_foreign_ca_fails_the_tls_handshake() {
                 text.contains("UnknownCA") || text.contains("transport error"),
                 "{text}"
             );
-            assert!(matches!(err.code(), Code::Unknown | Code::Unavailable | Code::Cancelled), "{err:?}");
+            assert!(
+                matches!(
+                    err.code(),
+                    Code::Unknown | Code::Unavailable | Code::Cancelled
+                ),
+                "{err:?}"
+            );
         }
     }
 }

@@ -185,7 +185,10 @@ async fn a_device_lives_its_life_through_the_cli_and_the_agent() {
     // handshake (the client may then see only a closed connection). Both layers are checked
     // precisely in tests/lifecycle.rs.
     let text = out.to_lowercase();
-    assert!(text.contains("revoked") || text.contains("transport error"), "{out}");
+    assert!(
+        text.contains("revoked") || text.contains("transport error"),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

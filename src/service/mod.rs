@@ -31,8 +31,8 @@ use crate::store::certificates::{fingerprint, Claim, Completion, PeerRecord, Res
 use crate::store::registry::{DeviceQuery, DeviceRecord, ManufacturerRecord};
 use crate::store::Store;
 
-/// A reservation older than this at start-up belongs to an issuance that died mid-cycle.
-pub const ABANDON_AFTER: Duration = Duration::minutes(5);
+/// The steps of the issuance cycle a crash test may stop the process at.
+pub const CRASH_POINTS: [&str; 3] = ["after-reserve", "after-sign", "after-commit"];
 
 /// The CA service: what the gRPC edge calls once it has parsed a request.
 pub struct Ca {
@@ -47,6 +47,10 @@ pub struct Ca {
     pub crl_generation: tokio::sync::watch::Sender<u64>,
     /// The audit ledger's checkpoint signer and schedule.
     pub ledger: ledger::Ledger,
+    /// At start, reservations older than this are revoked as abandoned.
+    pub reservation_grace: Duration,
+    /// TESTS ONLY (`dangerous_crash_at`): abort at this step of the issuance cycle.
+    pub dangerous_crash_at: Option<String>,
 }
 
 /// A new manufacturer, validated.
@@ -310,6 +314,15 @@ impl Ca {
             .await
     }
 
+    /// Crash-test hook: aborts the process, as a power cut would, at the configured step of an
+    /// issuance a client asked for (medid's own start-up issuance is left alone).
+    fn crash_point(&self, actor: &Actor, step: &str) {
+        if self.dangerous_crash_at.as_deref() == Some(step) && actor != &Actor::system() {
+            tracing::error!(step, "dangerous_crash_at: aborting the process");
+            std::process::abort();
+        }
+    }
+
     /// Steps 2–4 of the issuance cycle, shared by every profile.
     async fn run_cycle(
         &self,
@@ -334,6 +347,7 @@ impl Ca {
         let token = self
             .audited_as(actor, action, &subject_uri, reserved)
             .await?;
+        self.crash_point(actor, "after-reserve");
 
         // Step 3: sign. The token is consumed: one reservation, at most one signature.
         let signed: SignedCertificate = match self.authority.sign(token) {
@@ -355,6 +369,8 @@ impl Ca {
             }
         };
 
+        self.crash_point(actor, "after-sign");
+
         // Step 4: record the certificate and what it completes, with the success event.
         let done = self
             .actor_event(actor, action, &subject_uri)
@@ -364,6 +380,7 @@ impl Ca {
         self.store
             .record_issued(&signed, &completion, &subject_uri, &done)
             .await?;
+        self.crash_point(actor, "after-commit");
         Ok(self.issued(signed, subject_uri))
     }
 
@@ -413,15 +430,19 @@ impl Ca {
     pub async fn recover_abandoned(&self) -> Result<usize, Error> {
         let now = self.clock.now();
         self.store
-            .abandon_reservations(now - ABANDON_AFTER, now, |issuer, serial, subject| {
-                AuditEvent::new(now, Actor::system(), "certificate.abandon", subject)
-                    .with("issuer", issuer)
-                    .with("serial", serial)
-                    .with(
-                        "reason",
-                        "issuance did not complete; serial revoked (superseded)",
-                    )
-            })
+            .abandon_reservations(
+                now - self.reservation_grace,
+                now,
+                |issuer, serial, subject| {
+                    AuditEvent::new(now, Actor::system(), "certificate.abandon", subject)
+                        .with("issuer", issuer)
+                        .with("serial", serial)
+                        .with(
+                            "reason",
+                            "issuance did not complete; serial revoked (superseded)",
+                        )
+                },
+            )
             .await
     }
 }

@@ -186,7 +186,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let rows = sqlx::query(
             "SELECT issuer, serial, subject_uri FROM certificates
-             WHERE status = 'reserved' AND reserved_at < ?",
+             WHERE status = 'reserved' AND reserved_at <= ?",
         )
         .bind(to_unix(reserved_before))
         .fetch_all(&mut *tx)
