@@ -445,6 +445,36 @@ async fn invalid_fields_are_refused_and_audited() {
 }
 
 #[tokio::test]
+async fn injection_shaped_names_are_refused() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin_client().await;
+    for (id, name, models, needle) in [
+        ("m1", "Acme\0Corp", vec![], "control"),
+        ("m2", "Acme\nCorp", vec![], "control"),
+        ("m3", &"A".repeat(65 * 1024) as &str, vec![], "1–128"),
+        ("m4", "Acme", vec!["PUMP\nX".to_string()], "PrintableString"),
+    ] {
+        let err = admin
+            .create_manufacturer(medid::proto::CreateManufacturerRequest {
+                id: id.into(),
+                display_name: name.into(),
+                allowed_models: models,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains(needle), "{id}: {}", err.message());
+        assert!(
+            !err.message().contains('\n'),
+            "messages never carry raw newlines"
+        );
+    }
+    assert_eq!(server.count("SELECT COUNT(*) FROM manufacturers").await, 0);
+    // "=HYPERLINK(1)" is all PrintableString characters, so a legal model name: it is the CSV
+    // export that defuses formula-shaped values (tests/audit.rs).
+}
+
+#[tokio::test]
 async fn a_thousand_issuances_have_unique_positive_serials_of_at_least_64_bits() {
     let server = TestServer::start().await;
     server.add_manufacturer("acme", &[]).await;

@@ -5,13 +5,20 @@
 use std::path::Path;
 
 fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fuzz-regressions").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/fuzz-regressions")
+        .join(target);
     let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
         .map(|entries| {
             entries
                 .filter_map(Result::ok)
                 .filter(|e| e.path().is_file())
-                .map(|e| (e.path().display().to_string(), std::fs::read(e.path()).unwrap()))
+                .map(|e| {
+                    (
+                        e.path().display().to_string(),
+                        std::fs::read(e.path()).unwrap(),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -25,7 +32,10 @@ fn kept_fuzz_inputs_no_longer_crash() {
     let mut csrs = inputs("csr_intake");
     for entry in std::fs::read_dir(&data).unwrap().filter_map(Result::ok) {
         if entry.path().extension().is_some_and(|e| e == "csr") {
-            csrs.push((entry.path().display().to_string(), std::fs::read(entry.path()).unwrap()));
+            csrs.push((
+                entry.path().display().to_string(),
+                std::fs::read(entry.path()).unwrap(),
+            ));
         }
     }
     assert!(!csrs.is_empty());
