@@ -51,6 +51,8 @@ pub struct Config {
     pub max_concurrent_requests_per_connection: usize,
     /// HTTP/2 streams a client may open on one connection.
     pub max_concurrent_streams: u32,
+    /// Requests one principal may have in flight across all its connections.
+    pub max_concurrent_requests_per_principal: usize,
     /// A request that takes longer is cancelled (DEADLINE_EXCEEDED).
     pub request_timeout_seconds: u64,
     /// At start, reservations older than this are revoked as abandoned (docs/ISSUANCE-CYCLE.md).
@@ -82,6 +84,7 @@ impl Default for Config {
             checkpoint_every_seconds: 10,
             max_concurrent_requests_per_connection: 64,
             max_concurrent_streams: 128,
+            max_concurrent_requests_per_principal: 32,
             request_timeout_seconds: 30,
             reservation_grace_seconds: 300,
             dangerous_crash_at: None,

@@ -27,6 +27,9 @@ pub enum Error {
     /// A rule about the current state refuses the request (e.g. the device is decommissioned).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The caller is over a limit (concurrency); retrying later may succeed.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The store or another dependency cannot be reached; retrying later may succeed.
     #[error("{0}")]
     Unavailable(String),
@@ -46,6 +49,7 @@ impl Error {
         match self {
             Error::Unauthenticated(_) | Error::PermissionDenied(_) => Outcome::Denied,
             Error::Internal(_) | Error::Unavailable(_) => Outcome::Failed,
+            Error::ResourceExhausted(_) => Outcome::Denied,
             _ => Outcome::Refused,
         }
     }
@@ -62,6 +66,7 @@ impl From<&Error> for Status {
             Error::AlreadyExists(m) => Status::already_exists(m.clone()),
             Error::FailedPrecondition(m) => Status::failed_precondition(m.clone()),
             Error::Unavailable(m) => Status::unavailable(m.clone()),
+            Error::ResourceExhausted(m) => Status::resource_exhausted(m.clone()),
             Error::Internal(detail) => {
                 tracing::error!(detail = %detail, "internal error");
                 Status::new(

@@ -45,6 +45,7 @@ pub struct Prepared {
 /// Transport limits (docs/CONFIGURATION.md).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    pub per_principal: usize,
     pub per_connection: usize,
     pub streams: u32,
     pub timeout: Duration,
@@ -164,6 +165,7 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
         tls,
         max_message_bytes: config.max_message_bytes,
         limits: Limits {
+            per_principal: config.max_concurrent_requests_per_principal.max(1),
             per_connection: config.max_concurrent_requests_per_connection.max(1),
             streams: config.max_concurrent_streams.max(1),
             timeout: Duration::from_secs(config.request_timeout_seconds.max(1)),
@@ -234,7 +236,7 @@ pub async fn run(
 ) -> Result<(), Error> {
     let limit = prepared.max_message_bytes;
     let ca = prepared.ca.clone();
-    let api = Api::new(ca.clone());
+    let api = Api::new(ca.clone(), prepared.limits.per_principal);
     let background = [
         tokio::spawn(reload_tls_on_new_crls(ca.clone(), prepared.tls.clone())),
         tokio::spawn(maintenance(ca.clone())),

@@ -10,10 +10,11 @@ use tonic::Code;
 async fn a_hundred_concurrent_enrollments_of_one_serial_yield_exactly_one() {
     let server = TestServer::start().await;
     server.add_manufacturer("acme", &[]).await;
-    let station = server.station("acme", "line-1").await;
-    // Several connections, so the attempts really run in parallel.
+    // Four stations of the manufacturer (each within its per-principal limit of 32 requests in
+    // flight), 25 attempts each, on their own connections.
     let mut clients = Vec::new();
-    for _ in 0..4 {
+    for i in 0..4 {
+        let station = server.station("acme", &format!("line-{i}")).await;
         clients.push(server.enrollment_client(&station).await);
     }
     let csrs: Vec<Vec<u8>> = (0..100).map(|_| csr_p256().0).collect();
@@ -114,8 +115,12 @@ async fn revocation_racing_renewal_leaves_no_valid_certificate() {
             })
             .await
             .unwrap_err();
+        // Refused per RPC, or in the TLS handshake (seen as a closed or cancelled connection).
         assert!(
-            matches!(err.code(), Code::Unauthenticated | Code::Unknown),
+            matches!(
+                err.code(),
+                Code::Unauthenticated | Code::Unknown | Code::Cancelled | Code::Unavailable
+            ),
             "{err:?}"
         );
     }

@@ -482,7 +482,7 @@ async fn a_thousand_issuances_have_unique_positive_serials_of_at_least_64_bits()
     let client = server.enrollment_client(&station).await;
     let csrs: Vec<Vec<u8>> = (0..1000).map(|_| csr_p256().0).collect();
     let mut serials = HashSet::new();
-    for (chunk_no, chunk) in csrs.chunks(50).enumerate() {
+    for (chunk_no, chunk) in csrs.chunks(25).enumerate() {
         let calls = chunk.iter().enumerate().map(|(i, csr)| {
             let mut c = client.clone();
             let csr = csr.clone();

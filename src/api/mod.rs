@@ -7,6 +7,7 @@ pub mod client;
 mod convert;
 pub mod http;
 mod lifecycle;
+pub mod limits;
 pub mod tls;
 
 use std::sync::Arc;
@@ -25,18 +26,44 @@ use crate::store::registry::DeviceQuery;
 #[derive(Clone)]
 pub struct Api {
     ca: Arc<Ca>,
+    limiter: Arc<limits::PrincipalLimiter>,
+}
+
+/// An authenticated caller and the concurrency permit it holds while its request runs.
+pub(crate) struct Caller(
+    Principal,
+    #[allow(dead_code)] tokio::sync::OwnedSemaphorePermit,
+);
+
+impl std::ops::Deref for Caller {
+    type Target = Principal;
+    fn deref(&self) -> &Principal {
+        &self.0
+    }
 }
 
 impl Api {
-    pub fn new(ca: Arc<Ca>) -> Self {
-        Self { ca }
+    pub fn new(ca: Arc<Ca>, per_principal: usize) -> Self {
+        Self {
+            ca,
+            limiter: Arc::new(limits::PrincipalLimiter::new(per_principal)),
+        }
     }
 
-    /// The caller's principal, from the leaf certificate of its TLS session.
-    async fn caller<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+    /// The caller's principal, from the leaf certificate of its TLS session, holding one of its
+    /// concurrency permits for as long as the returned value lives.
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         let certs = request.peer_certs();
         let leaf = certs.as_ref().and_then(|c| c.first()).map(|c| c.as_ref());
-        Ok(self.ca.authenticate(leaf).await?)
+        let who = self.ca.authenticate(leaf).await?;
+        match self.limiter.try_acquire(&who.uri) {
+            Ok(permit) => Ok(Caller(who, permit)),
+            Err(e) => Err(self
+                .ca
+                .refuse(&who, "request.limit", "service", e)
+                .await
+                .into()),
+        }
     }
 
     /// Parses a request field; a parse failure is refused and audited like any other refusal.
