@@ -29,9 +29,9 @@ fn s_client(server: &TestServer, version_flag: &str) -> (bool, String) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let negotiated = text.contains("Protocol  :")
-        && !text.contains("Cipher is (NONE)")
-        && !text.contains("Cipher    : 0000");
+    // The handshake summary ("New, TLSv1.3, Cipher is …", or "New, (NONE), Cipher is (NONE)"
+    // when refused) is printed whatever the timing of session tickets.
+    let negotiated = text.contains("New, TLSv1") && !text.contains("Cipher is (NONE)");
     (negotiated, text)
 }
 
