@@ -64,7 +64,7 @@ impl Node {
             cert_pem: cert.as_bytes().to_vec(),
             key_pem: key.as_bytes().to_vec(),
         };
-        for _ in 0..200 {
+        for _ in 0..600 {
             if let Ok(ch) = connect(&format!("https://localhost:{}", self.grpc), &creds).await {
                 return ch;
             }
@@ -74,7 +74,7 @@ impl Node {
     }
 
     async fn admin(&self) -> Channel {
-        for _ in 0..200 {
+        for _ in 0..600 {
             if self.dir.join("pki/admin.key").exists() {
                 break;
             }
