@@ -295,6 +295,11 @@ async fn bad_csrs_are_refused_with_a_named_reason_and_leave_only_one_audit_event
         ("RSA-8192", fixture("rsa8192.csr"), "RSA-8192"),
         ("explicit curve", fixture("p256-explicit.csr"), "explicit"),
         (
+            "unknown critical extension",
+            fixture("p256-unknown-critical.csr"),
+            "critical",
+        ),
+        (
             "BER length",
             {
                 let der = csr_p256().0;

@@ -68,6 +68,7 @@ pub fn verify(der: &[u8]) -> Result<VerifiedCsr, Error> {
         )));
     }
     let info = &csr.certification_request_info;
+    check_requested_extensions(info.raw)?;
     let key_kind = key_kind(&info.subject_pki)?;
     let alg = signature_algorithm(&csr.signature_algorithm.algorithm.to_id_string(), key_kind)?;
     let key_bits = info.subject_pki.subject_public_key.data.to_vec();
@@ -101,6 +102,96 @@ pub fn verify(der: &[u8]) -> Result<VerifiedCsr, Error> {
         public_key,
         spki_sha256: crate::domain::hex(digest(&SHA256, spki).as_ref()),
     })
+}
+
+/// Extensions a CSR may ask for without being refused. medid copies none of them (the profile
+/// decides); a CSR that marks any other extension critical, or repeats one, is refused.
+const KNOWN_EXTENSIONS: [&[u64]; 6] = [
+    &[2, 5, 29, 15],              // keyUsage
+    &[2, 5, 29, 17],              // subjectAltName
+    &[2, 5, 29, 19],              // basicConstraints
+    &[2, 5, 29, 37],              // extKeyUsage
+    &[2, 5, 29, 14],              // subjectKeyIdentifier
+    &[1, 3, 6, 1, 5, 5, 7, 1, 1], // authorityInfoAccess
+];
+
+/// Walks the CertificationRequestInfo's attributes (RFC 2986 §4.1) and, in an extensionRequest
+/// (PKCS#9, 1.2.840.113549.1.9.14), refuses duplicate extensions and unknown critical ones.
+fn check_requested_extensions(cri: &[u8]) -> Result<(), Error> {
+    use crate::der::{tag, Reader};
+    let malformed = || Error::BadCsr("the request's attributes are malformed".into());
+    let mut outer = Reader::new(cri);
+    let mut info = outer.expect(tag::SEQUENCE).ok_or_else(malformed)?.reader();
+    info.expect(tag::INTEGER).ok_or_else(malformed)?;
+    info.expect(tag::SEQUENCE).ok_or_else(malformed)?; // subject
+    info.expect(tag::SEQUENCE).ok_or_else(malformed)?; // subjectPKInfo
+    let Some(attributes) = info.optional(tag::context(0)) else {
+        return Ok(());
+    };
+    let extension_request = crate::der::oid_content(&[1, 2, 840, 113549, 1, 9, 14]);
+    let known: Vec<Vec<u8>> = KNOWN_EXTENSIONS
+        .iter()
+        .map(|o| crate::der::oid_content(o))
+        .collect();
+    let mut attrs = attributes.reader();
+    while !attrs.is_empty() {
+        let mut attr = attrs.expect(tag::SEQUENCE).ok_or_else(malformed)?.reader();
+        let oid = attr.expect(tag::OID).ok_or_else(malformed)?;
+        if oid.content != extension_request.as_slice() {
+            continue;
+        }
+        let mut values = attr.expect(0x31).ok_or_else(malformed)?.reader();
+        let mut seen: Vec<&[u8]> = Vec::new();
+        while !values.is_empty() {
+            let mut exts = values.expect(tag::SEQUENCE).ok_or_else(malformed)?.reader();
+            while !exts.is_empty() {
+                let mut ext = exts.expect(tag::SEQUENCE).ok_or_else(malformed)?.reader();
+                let id = ext.expect(tag::OID).ok_or_else(malformed)?.content;
+                let critical = ext.optional(tag::BOOLEAN).is_some_and(|b| b.content != [0]);
+                if seen.contains(&id) {
+                    return Err(Error::BadCsr(format!(
+                        "the request repeats extension {}",
+                        oid_text(id)
+                    )));
+                }
+                seen.push(id);
+                if critical && !known.iter().any(|k| k.as_slice() == id) {
+                    return Err(Error::BadCsr(format!(
+                        "the request marks unknown extension {} critical",
+                        oid_text(id)
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Dotted form of OID content octets, for messages.
+fn oid_text(content: &[u8]) -> String {
+    let mut arcs: Vec<u64> = Vec::new();
+    let mut v = 0u64;
+    for b in content {
+        v = (v << 7) | u64::from(b & 0x7f);
+        if b & 0x80 == 0 {
+            arcs.push(v);
+            v = 0;
+        }
+    }
+    let Some(first) = arcs.first().copied() else {
+        return "(empty)".into();
+    };
+    let (a, b) = if first < 80 {
+        (first / 40, first % 40)
+    } else {
+        (2, first - 80)
+    };
+    std::iter::once(a)
+        .chain(std::iter::once(b))
+        .chain(arcs.into_iter().skip(1))
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 fn key_kind(spki: &SubjectPublicKeyInfo<'_>) -> Result<KeyKind, Error> {
@@ -298,6 +389,34 @@ mod tests {
             assert!(err.contains(needle), "{file}: {err}");
         }
         assert!(verify(&fixture("rsa2048.csr")).is_ok());
+    }
+
+    #[test]
+    fn duplicate_and_unknown_critical_extension_requests_are_refused() {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::new(vec![]).unwrap();
+        let ext = rcgen::CustomExtension::from_oid_content(&[1, 2, 3, 4], vec![0x05, 0x00]);
+        params.custom_extensions = vec![ext.clone(), ext];
+        let dup = params.serialize_request(&key).unwrap().der().to_vec();
+        let err = verify(&dup).unwrap_err().to_string();
+        assert!(err.contains("repeats extension 1.2.3.4"), "{err}");
+
+        let err = verify(&fixture("p256-unknown-critical.csr"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown extension 1.2.3.4.5 critical"),
+            "{err}"
+        );
+
+        // Known extensions, even critical, are fine (and never copied).
+        assert!(verify(&fixture("p256-requests-ca.csr")).is_ok());
+        let mut params = CertificateParams::new(vec![]).unwrap();
+        let mut noncritical =
+            rcgen::CustomExtension::from_oid_content(&[1, 2, 3, 4], vec![0x05, 0x00]);
+        noncritical.set_criticality(false);
+        params.custom_extensions = vec![noncritical];
+        assert!(verify(params.serialize_request(&key).unwrap().der()).is_ok());
     }
 
     #[test]
