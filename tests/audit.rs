@@ -51,30 +51,12 @@ async fn world() -> World {
     let server = TestServer::start().await;
     server.add_manufacturer("acme", &[]).await;
     let station = server.station("acme", "line-1").await;
-    let mut device = None;
-    for serial in ["PUMP-1", "PUMP-2"] {
-        let (csr, key_pem) = csr_p256();
-        let resp = server
-            .enrollment_client(&station)
-            .await
-            .enroll_device(EnrollDeviceRequest {
-                csr,
-                serial: serial.into(),
-                model: "X".into(),
-                udi_di: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        device.get_or_insert(Identity {
-            cert_pem: resp.certificate.unwrap().certificate_pem,
-            key_pem,
-        });
-    }
+    let (device, _) = server.enroll(&station, "PUMP-1").await;
+    server.enroll(&station, "PUMP-2").await;
     let gateway = server.issue(PrincipalRole::Gateway, "icu-gw", "").await;
     let auditor = server.issue(PrincipalRole::Auditor, "compliance", "").await;
     World {
-        device: device.unwrap(),
+        device,
         gateway,
         auditor,
         server,

@@ -297,27 +297,8 @@ async fn every_rpc_admits_exactly_its_roles() {
     let station = server.station("acme", "line-1").await;
     let mut births = Vec::new();
     for serial in ["D-1", "D-2", "D-3"] {
-        let (csr, key_pem) = csr_p256();
-        let resp = server
-            .enrollment_client(&station)
-            .await
-            .enroll_device(EnrollDeviceRequest {
-                csr,
-                serial: serial.into(),
-                model: "X".into(),
-                udi_di: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let cert = resp.certificate.unwrap();
-        births.push((
-            Identity {
-                cert_pem: cert.certificate_pem,
-                key_pem,
-            },
-            cert.serial,
-        ));
+        let (identity, cert) = server.enroll(&station, serial).await;
+        births.push((identity, cert.serial));
     }
     let device_birth = births[0].0.clone();
     let victim_serial = births[1].1.clone();

@@ -24,24 +24,8 @@ async fn enrolled_device(server: &TestServer, serial: &str) -> Device {
     let station = server
         .station("acme", &format!("st-{}", serial.to_lowercase()))
         .await;
-    let (csr, key_pem) = csr_p256();
-    let resp = server
-        .enrollment_client(&station)
-        .await
-        .enroll_device(EnrollDeviceRequest {
-            csr,
-            serial: serial.into(),
-            model: "PUMP-X".into(),
-            udi_di: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
     Device {
-        birth: Identity {
-            cert_pem: resp.certificate.unwrap().certificate_pem,
-            key_pem,
-        },
+        birth: server.enroll(&station, serial).await.0,
         serial: serial.into(),
     }
 }

@@ -173,6 +173,34 @@ impl TestServer {
         }
     }
 
+    /// Enrolls device `serial` (model "X") as `station`: its birth identity and certificate.
+    pub async fn enroll(
+        &self,
+        station: &Identity,
+        serial: &str,
+    ) -> (Identity, medid::proto::IssuedCertificate) {
+        let (csr, key_pem) = csr_p256();
+        let cert = self
+            .enrollment_client(station)
+            .await
+            .enroll_device(medid::proto::EnrollDeviceRequest {
+                csr,
+                serial: serial.into(),
+                model: "X".into(),
+                udi_di: String::new(),
+            })
+            .await
+            .expect("enrollment succeeds")
+            .into_inner()
+            .certificate
+            .expect("a certificate");
+        let identity = Identity {
+            cert_pem: cert.certificate_pem.clone(),
+            key_pem,
+        };
+        (identity, cert)
+    }
+
     pub async fn station(&self, manufacturer: &str, id: &str) -> Identity {
         self.issue(PrincipalRole::ManufacturerStation, id, manufacturer)
             .await
