@@ -3,6 +3,7 @@
 
 mod agent;
 mod audit;
+mod bench;
 mod client;
 mod lifecycle;
 
@@ -62,6 +63,8 @@ pub enum Command {
     /// The audit ledger: export, verify offline, checkpoints.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Measure: starts a medid server and drives enrollments, access events and exports.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -180,6 +183,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Token(cmd) => lifecycle::token(cmd).await,
         Command::Agent(args) => agent::run(args).await,
         Command::Audit(cmd) => audit::run(cmd).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }
 

@@ -1,0 +1,460 @@
+//! `medid bench`: drives a real `medid serve` (started here as a child process, so its CPU time
+//! can be read apart from the load generator's) and prints throughput, p50/p99 latency and the
+//! server's CPU time per scenario. Figures, never assertions: see docs/PERFORMANCE.md.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use futures_util::future::join_all;
+use serde_json::json;
+use tonic::transport::Channel;
+
+use crate::api::client::{connect, ClientCredentials};
+use crate::error::Error;
+use crate::proto::{self, *};
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Scenario {
+    /// Enrollments over persistent mTLS connections.
+    Enroll,
+    /// Enrollments with a new mTLS connection each.
+    EnrollReconnect,
+    /// Access events through RecordAccessStream, in batches.
+    AccessStream,
+    /// Access events through concurrent unary RecordAccess.
+    AccessUnary,
+    /// Export of the whole log plus offline verification.
+    Export,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Scenarios to run (repeat); default: all.
+    #[arg(long = "scenario", value_enum)]
+    pub scenarios: Vec<Scenario>,
+    /// Operations per scenario (events for the access scenarios).
+    #[arg(long, default_value_t = 2000)]
+    pub count: usize,
+    /// Concurrent workers (at most 32: the per-principal limit).
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Events per RecordAccessStream batch.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+struct Server {
+    child: Child,
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn cpu_seconds(&self) -> f64 {
+        // /proc/<pid>/stat fields 14 and 15: utime, stime in USER_HZ (100 on Linux).
+        std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                let after = s.rsplit_once(')')?.1;
+                let f: Vec<&str> = after.split_whitespace().collect();
+                Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+            })
+            .unwrap_or(f64::NAN)
+    }
+
+    fn creds(&self, cert: &str, key: &str) -> ClientCredentials {
+        ClientCredentials {
+            ca_pem: std::fs::read(self.dir.path().join("pki/root-ca.pem")).unwrap_or_default(),
+            cert_pem: cert.as_bytes().to_vec(),
+            key_pem: key.as_bytes().to_vec(),
+        }
+    }
+}
+
+fn free_port() -> Result<u16, Error> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| Error::Unavailable(format!("no free port: {e}")))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| Error::Unavailable(format!("no free port: {e}")))
+}
+
+async fn start() -> Result<Server, Error> {
+    let dir = tempfile::tempdir().map_err(|e| Error::internal("temp dir", e))?;
+    let (grpc, http) = (free_port()?, free_port()?);
+    let config = dir.path().join("medid.toml");
+    let text = format!(
+        "listen = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
+         database_url = \"sqlite://{}\"\npki_dir = \"{}\"\ncreate_dev_pki = true\n",
+        dir.path().join("medid.db").display(),
+        dir.path().join("pki").display()
+    );
+    std::fs::write(&config, text).map_err(|e| Error::internal("writing config", e))?;
+    let exe = std::env::current_exe().map_err(|e| Error::internal("finding medid", e))?;
+    let child = Command::new(exe)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("MEDID_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| Error::internal("starting medid serve", e))?;
+    let server = Server {
+        child,
+        dir,
+        url: format!("https://localhost:{grpc}"),
+    };
+    for _ in 0..600 {
+        if server.dir.path().join("pki/admin.key").exists()
+            && std::net::TcpStream::connect(("127.0.0.1", grpc)).is_ok()
+        {
+            return Ok(server);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(Error::Unavailable("medid serve did not start".into()))
+}
+
+fn read(path: &Path) -> Result<String, Error> {
+    std::fs::read_to_string(path).map_err(|e| Error::Internal(format!("{}: {e}", path.display())))
+}
+
+fn csr() -> Result<Vec<u8>, Error> {
+    let key = rcgen::KeyPair::generate().map_err(|e| Error::internal("key", e))?;
+    Ok(rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .map_err(|e| Error::internal("csr", e))?
+        .der()
+        .to_vec())
+}
+
+async fn issue(
+    admin: &Channel,
+    role: proto::PrincipalRole,
+    id: &str,
+    manufacturer: &str,
+) -> Result<(String, String), Error> {
+    let key = rcgen::KeyPair::generate().map_err(|e| Error::internal("key", e))?;
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .map_err(|e| Error::internal("csr", e))?;
+    let cert = admin_service_client::AdminServiceClient::new(admin.clone())
+        .issue_principal_certificate(IssuePrincipalCertificateRequest {
+            role: role as i32,
+            id: id.into(),
+            manufacturer_id: manufacturer.into(),
+            csr: csr.der().to_vec(),
+        })
+        .await
+        .map_err(super::client::status)?
+        .into_inner();
+    Ok((cert.certificate_pem, key.serialize_pem()))
+}
+
+/// One scenario's figures.
+struct Figures {
+    name: &'static str,
+    ops: usize,
+    seconds: f64,
+    latencies: Vec<Duration>,
+    server_cpu: f64,
+}
+
+impl Figures {
+    fn per_second(&self) -> f64 {
+        self.ops as f64 / self.seconds
+    }
+    fn percentile(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        let mut l = self.latencies.clone();
+        l.sort();
+        let i = ((l.len() as f64 - 1.0) * p).round() as usize;
+        l[i].as_secs_f64() * 1000.0
+    }
+}
+
+fn progress(name: &str, done: usize, total: usize) {
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprint!("\r{name}: {done}/{total}    ");
+    }
+}
+
+pub async fn run(args: BenchArgs) -> Result<(), Error> {
+    let scenarios = if args.scenarios.is_empty() {
+        vec![
+            Scenario::Enroll,
+            Scenario::EnrollReconnect,
+            Scenario::AccessStream,
+            Scenario::AccessUnary,
+            Scenario::Export,
+        ]
+    } else {
+        args.scenarios.clone()
+    };
+    let workers = args.concurrency.clamp(1, 32);
+    let server = start().await?;
+    let pki = server.dir.path().join("pki");
+    let admin = connect(
+        &server.url,
+        &server.creds(
+            &read(&pki.join("admin.pem"))?,
+            &read(&pki.join("admin.key"))?,
+        ),
+    )
+    .await?;
+    admin_service_client::AdminServiceClient::new(admin.clone())
+        .create_manufacturer(CreateManufacturerRequest {
+            id: "bench".into(),
+            display_name: "Bench".into(),
+            allowed_models: vec![],
+        })
+        .await
+        .map_err(super::client::status)?;
+    let station = issue(
+        &admin,
+        proto::PrincipalRole::ManufacturerStation,
+        "line-1",
+        "bench",
+    )
+    .await?;
+    let gateway = issue(&admin, proto::PrincipalRole::Gateway, "gw", "").await?;
+    let auditor = issue(&admin, proto::PrincipalRole::Auditor, "aud", "").await?;
+    let station_creds = Arc::new(server.creds(&station.0, &station.1));
+    let gateway_creds = server.creds(&gateway.0, &gateway.1);
+    let mut results = Vec::new();
+    let mut enrolled = 0usize;
+    for scenario in scenarios {
+        let cpu_before = server.cpu_seconds();
+        let started = Instant::now();
+        let (name, ops, latencies): (&'static str, usize, Vec<Duration>) = match scenario {
+            Scenario::Enroll | Scenario::EnrollReconnect => {
+                let reconnect = scenario == Scenario::EnrollReconnect;
+                // CSRs first: key generation is the device's cost, not the CA's.
+                let csrs: Vec<Vec<u8>> =
+                    (0..args.count).map(|_| csr()).collect::<Result<_, _>>()?;
+                let chunks: Vec<Vec<Vec<u8>>> = csrs
+                    .chunks(args.count.div_ceil(workers).max(1))
+                    .map(|c| c.to_vec())
+                    .collect();
+                let first = enrolled;
+                enrolled += args.count;
+                let tasks = chunks.into_iter().enumerate().map(|(w, chunk)| {
+                    let creds = station_creds.clone();
+                    let url = server.url.clone();
+                    async move {
+                        let mut lat = Vec::with_capacity(chunk.len());
+                        let mut channel = if reconnect {
+                            None
+                        } else {
+                            Some(connect(&url, &creds).await?)
+                        };
+                        for (i, csr) in chunk.into_iter().enumerate() {
+                            let t = Instant::now();
+                            let ch = match &channel {
+                                Some(c) => c.clone(),
+                                None => connect(&url, &creds).await?,
+                            };
+                            enrollment_service_client::EnrollmentServiceClient::new(ch)
+                                .enroll_device(EnrollDeviceRequest {
+                                    csr,
+                                    serial: format!("B{first}-{w}-{i}"),
+                                    model: "X".into(),
+                                    udi_di: String::new(),
+                                })
+                                .await
+                                .map_err(super::client::status)?;
+                            lat.push(t.elapsed());
+                            if reconnect {
+                                channel = None;
+                            }
+                        }
+                        Ok::<_, Error>(lat)
+                    }
+                });
+                let lat: Vec<Vec<Duration>> = join_all(tasks)
+                    .await
+                    .into_iter()
+                    .collect::<Result<_, _>>()?;
+                (
+                    if reconnect {
+                        "enroll, new connection each"
+                    } else {
+                        "enroll, persistent connections"
+                    },
+                    args.count,
+                    lat.concat(),
+                )
+            }
+            Scenario::AccessStream | Scenario::AccessUnary => {
+                let event = AccessEvent {
+                    device: Some(DeviceRef {
+                        manufacturer_id: "bench".into(),
+                        serial: "B0-0-0".into(),
+                    }),
+                    action: AccessAction::Read as i32,
+                    data_category: "vital-signs".into(),
+                    purpose_of_use: "TREAT".into(),
+                    outcome: AccessOutcome::Success as i32,
+                    occurred_at: Some(prost_types::Timestamp {
+                        seconds: time::OffsetDateTime::now_utc().unix_timestamp(),
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                };
+                if enrolled == 0 {
+                    enrollment_service_client::EnrollmentServiceClient::new(
+                        connect(&server.url, &station_creds).await?,
+                    )
+                    .enroll_device(EnrollDeviceRequest {
+                        csr: csr()?,
+                        serial: "B0-0-0".into(),
+                        model: "X".into(),
+                        udi_di: String::new(),
+                    })
+                    .await
+                    .map_err(super::client::status)?;
+                    enrolled = 1;
+                }
+                let channel = connect(&server.url, &gateway_creds).await?;
+                if scenario == Scenario::AccessStream {
+                    let batches: Vec<AccessBatch> = (0..args.count.div_ceil(args.batch))
+                        .map(|b| AccessBatch {
+                            events: vec![
+                                event.clone();
+                                args.batch.min(args.count - b * args.batch)
+                            ],
+                        })
+                        .collect();
+                    let n = batches.len();
+                    let mut sent = Vec::with_capacity(n);
+                    let (tx, rx) = tokio::sync::mpsc::channel(4);
+                    let mut acks = audit_service_client::AuditServiceClient::new(channel)
+                        .record_access_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+                        .await
+                        .map_err(super::client::status)?
+                        .into_inner();
+                    let mut lat = Vec::with_capacity(n);
+                    let sender = tokio::spawn(async move {
+                        let mut times = Vec::with_capacity(n);
+                        for b in batches {
+                            times.push(Instant::now());
+                            if tx.send(b).await.is_err() {
+                                break;
+                            }
+                        }
+                        times
+                    });
+                    let mut done = 0;
+                    while let Some(ack) = acks.message().await.map_err(super::client::status)? {
+                        sent.push(Instant::now());
+                        done += ack.seqs.len();
+                        progress("access stream", done, args.count);
+                        if sent.len() == n {
+                            break;
+                        }
+                    }
+                    let times = sender.await.map_err(|e| Error::internal("sender", e))?;
+                    for (t, a) in times.iter().zip(&sent) {
+                        lat.push(a.duration_since(*t));
+                    }
+                    ("access events, stream (per-batch ack latency)", done, lat)
+                } else {
+                    let per = args.count.div_ceil(workers);
+                    let tasks = (0..workers).map(|w| {
+                        let mut client =
+                            audit_service_client::AuditServiceClient::new(channel.clone());
+                        let event = event.clone();
+                        let n = per.min(args.count.saturating_sub(w * per));
+                        async move {
+                            let mut lat = Vec::with_capacity(n);
+                            for _ in 0..n {
+                                let t = Instant::now();
+                                client
+                                    .record_access(event.clone())
+                                    .await
+                                    .map_err(super::client::status)?;
+                                lat.push(t.elapsed());
+                            }
+                            Ok::<_, Error>(lat)
+                        }
+                    });
+                    let lat: Vec<Vec<Duration>> = join_all(tasks)
+                        .await
+                        .into_iter()
+                        .collect::<Result<_, _>>()?;
+                    ("access events, unary", args.count, lat.concat())
+                }
+            }
+            Scenario::Export => {
+                let channel = connect(&server.url, &server.creds(&auditor.0, &auditor.1)).await?;
+                let mut lines = audit_service_client::AuditServiceClient::new(channel)
+                    .export_audit(ExportAuditRequest::default())
+                    .await
+                    .map_err(super::client::status)?
+                    .into_inner();
+                let mut bundle = String::new();
+                while let Some(line) = lines.message().await.map_err(super::client::status)? {
+                    bundle.push_str(&line.json);
+                    bundle.push('\n');
+                }
+                let key = crate::audit::checkpoint::public_key_from_pem(&read(
+                    &pki.join("audit-signing.pub"),
+                )?)
+                .ok_or_else(|| Error::Internal("audit key".into()))?;
+                let report = crate::audit::verify::verify_bundle(&bundle, &key, None)
+                    .map_err(|f| Error::Internal(format!("bench export did not verify: {f}")))?;
+                (
+                    "export + offline verify (events)",
+                    report.events as usize,
+                    vec![],
+                )
+            }
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        let figures = Figures {
+            name,
+            ops,
+            seconds,
+            latencies,
+            server_cpu: server.cpu_seconds() - cpu_before,
+        };
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            eprint!("\r");
+        }
+        if !args.json {
+            println!(
+                "{:<48} {:>8} ops {:>9.1} /s  p50 {:>7.2} ms  p99 {:>7.2} ms  server CPU {:>6.2} s",
+                figures.name,
+                figures.ops,
+                figures.per_second(),
+                figures.percentile(0.5),
+                figures.percentile(0.99),
+                figures.server_cpu
+            );
+        }
+        results.push(figures);
+    }
+    if args.json {
+        let v: Vec<_> = results
+            .iter()
+            .map(|f| json!({"scenario": f.name, "ops": f.ops, "seconds": f.seconds, "per_second": f.per_second(),
+                            "p50_ms": f.percentile(0.5), "p99_ms": f.percentile(0.99), "server_cpu_seconds": f.server_cpu}))
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+    }
+    Ok(())
+}
