@@ -293,14 +293,15 @@ pub async fn admin(cmd: AdminCommand) -> Result<(), Error> {
 pub async fn enroll(args: EnrollArgs) -> Result<(), Error> {
     let files = OutputFiles::new(&args.out, &file_stem(&args.serial));
     let pending = PendingKey::prepare(&args.key, &files)?;
+    let request = proto::EnrollDeviceRequest {
+        csr: pending.csr.clone(),
+        serial: args.serial,
+        model: args.model,
+        udi_di: args.udi_di.unwrap_or_default(),
+    };
     let resp = match &args.token {
         None => EnrollmentServiceClient::new(args.conn.channel().await?)
-            .enroll_device(proto::EnrollDeviceRequest {
-                csr: pending.csr.clone(),
-                serial: args.serial,
-                model: args.model,
-                udi_di: args.udi_di.unwrap_or_default(),
-            })
+            .enroll_device(request)
             .await
             .map_err(status)?
             .into_inner(),
@@ -313,10 +314,10 @@ pub async fn enroll(args: EnrollArgs) -> Result<(), Error> {
             LifecycleServiceClient::new(channel)
                 .enroll_with_token(proto::EnrollWithTokenRequest {
                     token: token.clone(),
-                    csr: pending.csr.clone(),
-                    serial: args.serial,
-                    model: args.model,
-                    udi_di: args.udi_di.unwrap_or_default(),
+                    csr: request.csr,
+                    serial: request.serial,
+                    model: request.model,
+                    udi_di: request.udi_di,
                 })
                 .await
                 .map_err(status)?
