@@ -1,12 +1,14 @@
 //! Typed configuration: a TOML file (`--config`), then `MEDID_*` environment variables and
 //! flags on top. Unknown keys are errors. Every field has a default that is safe to run with.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::error::Error;
+use crate::policy::est::EstLabel;
 
 /// The service's configuration. See `docs/CONFIGURATION.md` for each key.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -31,6 +33,12 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Address of the plain-HTTP listener for CRLs, OCSP and CA certificates (public data).
     pub http_listen: SocketAddr,
+    /// Serve EST (RFC 7030) on `est_listen`.
+    pub est_enabled: bool,
+    /// Address of the EST listener (HTTPS, HTTP/1.1, client certificates).
+    pub est_listen: SocketAddr,
+    /// EST labels (`/.well-known/est/<label>/…`), each selecting a profile (docs/EST.md).
+    pub est_labels: BTreeMap<String, EstLabel>,
     /// Lifetime of device operational certificates, in hours.
     pub operational_validity_hours: u32,
     /// A renewal must present a key never certified before for that device or gateway.
@@ -75,6 +83,9 @@ impl Default for Config {
             server_validity_days: 90,
             max_message_bytes: 1024 * 1024,
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            est_enabled: true,
+            est_listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            est_labels: BTreeMap::new(),
             operational_validity_hours: 7 * 24,
             rekey_required: true,
             revoke_superseded: false,
@@ -135,6 +146,9 @@ impl Config {
                 )));
             }
         }
+        for (name, label) in &self.est_labels {
+            label.validate(name)?;
+        }
         if !(16 * 1024..=64 * 1024 * 1024).contains(&self.max_message_bytes) {
             return Err(Error::InvalidArgument(
                 "max_message_bytes must be between 16 KiB and 64 MiB".into(),
@@ -192,6 +206,30 @@ mod tests {
         let c = Config::from_file(&path).unwrap();
         assert!(!c.create_dev_pki);
         assert_eq!(c.listen, Config::default().listen);
+    }
+
+    #[test]
+    fn est_labels_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("medid.toml");
+        std::fs::write(
+            &path,
+            "[est_labels.px200]\nprofile = \"device-birth\"\nmodel = \"PX-200\"\n\
+             [est_labels.ops]\nprofile = \"device-operational\"\n",
+        )
+        .unwrap();
+        let c = Config::from_file(&path).unwrap();
+        assert_eq!(c.est_labels.len(), 2);
+        assert_eq!(c.est_labels["px200"].model.as_deref(), Some("PX-200"));
+        std::fs::write(
+            &path,
+            "[est_labels.ops]\nprofile = \"device-operational\"\nmodel = \"PX-200\"\n",
+        )
+        .unwrap();
+        let err = Config::from_file(&path).unwrap_err();
+        assert!(err.to_string().contains("device-birth"), "{err}");
+        std::fs::write(&path, "[est_labels.x]\nprofile = \"server\"\n").unwrap();
+        assert!(Config::from_file(&path).is_err());
     }
 
     #[test]

@@ -288,6 +288,8 @@ pub struct Principal {
     pub device_serial: Option<DeviceSerial>,
     /// Serial (hex) of the certificate the caller presented.
     pub certificate_serial: String,
+    /// The profile of that certificate ("device-birth", "device-operational", "principal").
+    pub certificate_profile: String,
 }
 
 /// RFC 5280 §5.3.1 reason codes medid accepts. `unspecified` (0) is never sent: a revocation

@@ -55,6 +55,34 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The HTTP status an HTTP edge (EST) answers with, the counterpart of the gRPC mapping
+    /// below. The body is the same human message, except for internal errors.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Error::InvalidArgument(_) | Error::BadCsr(_) => 400,
+            Error::Unauthenticated(_) => 401,
+            Error::PermissionDenied(_) => 403,
+            Error::NotFound(_) => 404,
+            Error::AlreadyExists(_) | Error::FailedPrecondition(_) => 409,
+            Error::ResourceExhausted(_) => 429,
+            Error::Unavailable(_) => 503,
+            Error::Internal(_) => 500,
+        }
+    }
+
+    /// The message a caller may see: everything but internal detail.
+    pub fn public_message(&self) -> String {
+        match self {
+            Error::Internal(detail) => {
+                tracing::error!(detail = %detail, "internal error");
+                "internal error; the operator's log has details".into()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 impl From<&Error> for Status {
     fn from(err: &Error) -> Status {
         match err {

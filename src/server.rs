@@ -40,6 +40,7 @@ pub struct Prepared {
     pub tls: Arc<tls::TlsReloader>,
     pub max_message_bytes: usize,
     pub limits: Limits,
+    pub est_labels: Arc<std::collections::BTreeMap<String, crate::policy::est::EstLabel>>,
 }
 
 /// Transport limits (docs/CONFIGURATION.md).
@@ -57,6 +58,8 @@ pub struct Listeners {
     pub grpc: TcpListener,
     /// Plain HTTP: CRLs, OCSP, CA certificates, health.
     pub http: TcpListener,
+    /// EST over HTTPS (HTTP/1.1), when enabled.
+    pub est: Option<TcpListener>,
 }
 
 /// How often CRL freshness and OCSP responder lifetimes are checked.
@@ -164,6 +167,7 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
         ca,
         tls,
         max_message_bytes: config.max_message_bytes,
+        est_labels: Arc::new(config.est_labels.clone()),
         limits: Limits {
             per_principal: config.max_concurrent_requests_per_principal.max(1),
             per_connection: config.max_concurrent_requests_per_connection.max(1),
@@ -228,7 +232,7 @@ async fn adopt_bootstrap_admin(ca: &Ca, files: &PkiFiles) -> Result<(), Error> {
     Ok(())
 }
 
-/// Serves gRPC (mTLS) and HTTP until `shutdown` completes, then drains in-flight calls.
+/// Serves gRPC (mTLS), EST (HTTPS) and HTTP until `shutdown` completes, then drains in-flight calls.
 pub async fn run(
     prepared: Prepared,
     listeners: Listeners,
@@ -236,7 +240,10 @@ pub async fn run(
 ) -> Result<(), Error> {
     let limit = prepared.max_message_bytes;
     let ca = prepared.ca.clone();
-    let api = Api::new(ca.clone(), prepared.limits.per_principal);
+    let limiter = Arc::new(crate::api::limits::PrincipalLimiter::new(
+        prepared.limits.per_principal,
+    ));
+    let api = Api::new(ca.clone(), limiter.clone());
     let background = [
         tokio::spawn(reload_tls_on_new_crls(ca.clone(), prepared.tls.clone())),
         tokio::spawn(maintenance(ca.clone())),
@@ -250,6 +257,23 @@ pub async fn run(
         });
     let http = tokio::spawn(async move { http.await });
     tracing::info!(addr = ?http_addr, "serving CRL, OCSP and CA certificates over HTTP");
+    let (stop_est, mut est_stopped) = tokio::sync::watch::channel(false);
+    let est = listeners.est.map(|listener| {
+        tracing::info!(addr = ?listener.local_addr().ok(), "serving EST over HTTPS");
+        let state = crate::api::est::EstState {
+            ca: ca.clone(),
+            labels: prepared.est_labels.clone(),
+            limiter,
+        };
+        tokio::spawn(crate::api::est::serve(
+            listener,
+            prepared.tls.clone(),
+            state,
+            async move {
+                let _ = est_stopped.wait_for(|stop| *stop).await;
+            },
+        ))
+    });
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<EnrollmentServiceServer<Api>>().await;
@@ -271,7 +295,7 @@ pub async fn run(
         .map_err(|e| Error::internal("building reflection service", e))?;
 
     let local: Option<SocketAddr> = listeners.grpc.local_addr().ok();
-    let incoming = tls::incoming(listeners.grpc, prepared.tls.clone());
+    let incoming = tls::incoming(listeners.grpc, prepared.tls.clone(), tls::Protocol::Grpc);
     tracing::info!(addr = ?local, "serving gRPC over mTLS");
     let limits = prepared.limits;
     let served = tonic::transport::Server::builder()
@@ -321,6 +345,12 @@ pub async fn run(
         .await
         .map_err(|e| Error::internal("gRPC server", e));
     let _ = stop_http.send(true);
+    let _ = stop_est.send(true);
+    if let Some(est) = est {
+        if let Err(e) = est.await {
+            tracing::error!(error = %e, "EST server task");
+        }
+    }
     let http_result = http.await;
     for task in background {
         task.abort();

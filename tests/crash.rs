@@ -38,7 +38,7 @@ impl Node {
         let config = self.dir.join("medid.toml");
         let mut text = format!(
             "listen = \"127.0.0.1:{}\"\nhttp_listen = \"127.0.0.1:{}\"\ndatabase_url = \"sqlite://{}\"\n\
-             pki_dir = \"{}\"\ncreate_dev_pki = true\nreservation_grace_seconds = 0\n",
+             pki_dir = \"{}\"\ncreate_dev_pki = true\nest_enabled = false\nreservation_grace_seconds = 0\n",
             self.grpc,
             self.http,
             self.dir.join("medid.db").display(),

@@ -5,6 +5,7 @@
 mod audit;
 pub mod client;
 mod convert;
+pub mod est;
 pub mod http;
 mod lifecycle;
 pub mod limits;
@@ -43,11 +44,9 @@ impl std::ops::Deref for Caller {
 }
 
 impl Api {
-    pub fn new(ca: Arc<Ca>, per_principal: usize) -> Self {
-        Self {
-            ca,
-            limiter: Arc::new(limits::PrincipalLimiter::new(per_principal)),
-        }
+    /// `limiter` is shared with the EST edge, so a principal's limit spans both.
+    pub fn new(ca: Arc<Ca>, limiter: Arc<limits::PrincipalLimiter>) -> Self {
+        Self { ca, limiter }
     }
 
     /// The caller's principal, from the leaf certificate of its TLS session, holding one of its

@@ -4,8 +4,10 @@
 //! `serve_with_incoming`. A new CRL means a new verifier: [`TlsReloader`] swaps the config,
 //! and connections accepted after that use it.
 //!
+//! The EST listener (HTTP/1.1) uses the same verifier with its own ALPN.
+//!
 //! A client certificate is optional at this layer so that a device holding a one-time token
-//! can call `EnrollWithToken`; every other RPC refuses a caller without one (api/mod.rs), and
+//! can call `EnrollWithToken` (and anyone can fetch EST `/cacerts`); every other RPC refuses a caller without one (api/mod.rs), and
 //! health and reflection are behind [`require_client_certificate`].
 
 use std::sync::{Arc, RwLock};
@@ -31,37 +33,69 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Holds the current server configuration and rebuilds it when CRLs change.
+/// The application protocol a listener speaks, negotiated by ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// gRPC: HTTP/2.
+    Grpc,
+    /// EST: HTTP/1.1.
+    Http1,
+}
+
+/// The configurations of both listeners; one verifier, rebuilt together.
+#[derive(Debug)]
+struct Configs {
+    grpc: Arc<ServerConfig>,
+    http1: Arc<ServerConfig>,
+}
+
+impl Configs {
+    fn build(files: &PkiFiles, crls: Vec<Vec<u8>>) -> Result<Self, Error> {
+        let grpc = server_config(files, crls)?;
+        let mut http1 = (*grpc).clone();
+        http1.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
+            grpc,
+            http1: Arc::new(http1),
+        })
+    }
+}
+
+/// Holds the current server configurations and rebuilds them when CRLs change.
 #[derive(Debug)]
 pub struct TlsReloader {
     files: PkiFiles,
-    current: RwLock<Arc<ServerConfig>>,
+    current: RwLock<Configs>,
 }
 
 impl TlsReloader {
     pub fn new(files: PkiFiles, crls: Vec<Vec<u8>>) -> Result<Self, Error> {
-        let config = server_config(&files, crls)?;
+        let configs = Configs::build(&files, crls)?;
         Ok(Self {
             files,
-            current: RwLock::new(config),
+            current: RwLock::new(configs),
         })
     }
 
     /// Rebuilds the verifier with these CRLs (DER) and makes it current.
     pub fn reload(&self, crls: Vec<Vec<u8>>) -> Result<(), Error> {
-        let config = server_config(&self.files, crls)?;
+        let configs = Configs::build(&self.files, crls)?;
         *self
             .current
             .write()
-            .expect("TLS config lock is never poisoned") = config;
+            .expect("TLS config lock is never poisoned") = configs;
         Ok(())
     }
 
-    pub fn current(&self) -> Arc<ServerConfig> {
-        self.current
+    pub fn current(&self, protocol: Protocol) -> Arc<ServerConfig> {
+        let configs = self
+            .current
             .read()
-            .expect("TLS config lock is never poisoned")
-            .clone()
+            .expect("TLS config lock is never poisoned");
+        match protocol {
+            Protocol::Grpc => configs.grpc.clone(),
+            Protocol::Http1 => configs.http1.clone(),
+        }
     }
 }
 
@@ -133,6 +167,7 @@ fn read_certs(
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<TlsReloader>,
+    protocol: Protocol,
 ) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn(async move {
@@ -150,7 +185,7 @@ pub fn incoming(
             if tx.is_closed() {
                 break;
             }
-            let acceptor = TlsAcceptor::from(tls.current());
+            let acceptor = TlsAcceptor::from(tls.current(protocol));
             let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

@@ -97,7 +97,7 @@ async fn start() -> Result<Server, Error> {
     let config = dir.path().join("medid.toml");
     let text = format!(
         "listen = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
-         database_url = \"sqlite://{}\"\npki_dir = \"{}\"\ncreate_dev_pki = true\n",
+         database_url = \"sqlite://{}\"\npki_dir = \"{}\"\ncreate_dev_pki = true\nest_enabled = false\n",
         dir.path().join("medid.db").display(),
         dir.path().join("pki").display()
     );

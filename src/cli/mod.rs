@@ -198,11 +198,19 @@ async fn serve(args: ServeArgs) -> Result<(), Error> {
     let listeners = crate::server::Listeners {
         grpc: bind(config.listen).await?,
         http: bind(config.http_listen).await?,
+        est: match config.est_enabled {
+            true => Some(bind(config.est_listen).await?),
+            false => None,
+        },
     };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let prepared = crate::server::prepare(&config, clock).await?;
+    let est = match config.est_enabled {
+        true => format!(", EST over HTTPS on {}", config.est_listen),
+        false => String::new(),
+    };
     println!(
-        "medid serving gRPC (mTLS) on {}, CRL/OCSP over HTTP on {} — PKI {}, database {}",
+        "medid serving gRPC (mTLS) on {}, CRL/OCSP over HTTP on {}{est} — PKI {}, database {}",
         config.listen,
         config.http_listen,
         config.pki_dir.display(),

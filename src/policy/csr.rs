@@ -43,6 +43,97 @@ pub struct VerifiedCsr {
     pub public_key: SubjectPublicKey,
     /// SHA-256 of the DER SubjectPublicKeyInfo, lowercase hex: the key's identity in the store.
     pub spki_sha256: String,
+    /// What the request names. Never copied into a certificate; EST re-enrollment compares
+    /// it with the current certificate, and EST factory enrollment reads the device serial.
+    pub names: Names,
+}
+
+/// The distinguished name and subjectAltNames of a certificate or request: (attribute type
+/// OID, value) pairs in order, and each general name's text form ("URI:…", "DNS:…").
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Names {
+    pub subject: Vec<(String, String)>,
+    pub subject_alt_names: Vec<String>,
+}
+
+impl Names {
+    /// The first X.520 serialNumber (2.5.4.5) of the subject.
+    pub fn serial_number(&self) -> Option<&str> {
+        self.subject
+            .iter()
+            .find(|(oid, _)| oid == "2.5.4.5")
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn dn_pairs(name: &x509_parser::x509::X509Name<'_>) -> Result<Vec<(String, String)>, String> {
+    name.iter_attributes()
+        .map(|a| {
+            let oid = a.attr_type().to_id_string();
+            a.as_str()
+                .map(|v| (oid.clone(), v.to_owned()))
+                .map_err(|_| format!("subject attribute {oid} is not a string"))
+        })
+        .collect()
+}
+
+fn general_name_text(name: &x509_parser::extensions::GeneralName<'_>) -> String {
+    use x509_parser::extensions::GeneralName;
+    match name {
+        GeneralName::URI(u) => format!("URI:{u}"),
+        GeneralName::DNSName(d) => format!("DNS:{d}"),
+        GeneralName::RFC822Name(e) => format!("email:{e}"),
+        GeneralName::IPAddress(ip) => format!("IP:{}", crate::domain::hex(ip)),
+        GeneralName::OtherName(oid, value) => {
+            format!(
+                "otherName:{}:{}",
+                oid.to_id_string(),
+                crate::domain::hex(value)
+            )
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// The names a certificate carries (for EST re-enrollment).
+pub fn certificate_names(der: &[u8]) -> Result<Names, Error> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| Error::Internal(format!("reading a stored certificate: {e}")))?;
+    let subject = dn_pairs(cert.subject()).map_err(Error::Internal)?;
+    let subject_alt_names = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .map(general_name_text)
+            .collect(),
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            return Err(Error::Internal(format!(
+                "reading a stored certificate's SAN: {e}"
+            )))
+        }
+    };
+    Ok(Names {
+        subject,
+        subject_alt_names,
+    })
+}
+
+fn request_names(csr: &X509CertificationRequest<'_>) -> Result<Names, Error> {
+    let subject = dn_pairs(&csr.certification_request_info.subject).map_err(Error::BadCsr)?;
+    let mut subject_alt_names = Vec::new();
+    if let Some(extensions) = csr.requested_extensions() {
+        for ext in extensions {
+            if let x509_parser::extensions::ParsedExtension::SubjectAlternativeName(san) = ext {
+                subject_alt_names.extend(san.general_names.iter().map(general_name_text));
+            }
+        }
+    }
+    Ok(Names {
+        subject,
+        subject_alt_names,
+    })
 }
 
 /// Parses and verifies a DER CSR.
@@ -101,6 +192,7 @@ pub fn verify(der: &[u8]) -> Result<VerifiedCsr, Error> {
         key_kind,
         public_key,
         spki_sha256: crate::domain::hex(digest(&SHA256, spki).as_ref()),
+        names: request_names(&csr)?,
     })
 }
 

@@ -110,6 +110,7 @@ mod tests {
             manufacturer: m.map(|m| ManufacturerId::parse(m).unwrap()),
             device_serial: (role == Role::Device).then(|| DeviceSerial::parse("D").unwrap()),
             certificate_serial: "01".into(),
+            certificate_profile: "principal".into(),
         }
     }
 

@@ -5,6 +5,7 @@
 //! arguments, so every rule is unit-testable with pinned inputs.
 
 pub mod csr;
+pub mod est;
 pub mod lifecycle;
 pub mod profile;
 
@@ -175,6 +176,7 @@ mod tests {
             manufacturer: manufacturer.map(|m| ManufacturerId::parse(m).unwrap()),
             device_serial: (role == Role::Device).then(|| DeviceSerial::parse("D1").unwrap()),
             certificate_serial: "01".into(),
+            certificate_profile: "principal".into(),
         }
     }
 

@@ -7,6 +7,7 @@
 //! `publish.rs` CRLs, OCSP, certificate status and the trust bundle.
 
 mod enroll;
+mod est;
 pub mod ledger;
 mod lifecycle;
 pub mod publish;
@@ -209,6 +210,7 @@ impl Ca {
                 .map(DeviceSerial::parse)
                 .transpose()?,
             certificate_serial: peer.serial,
+            certificate_profile: peer.profile,
         })
     }
 

@@ -88,6 +88,7 @@ pub struct PeerRecord {
     pub role: String,
     pub subject_uri: String,
     pub serial: String,
+    pub profile: String,
     pub status: String,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
@@ -264,7 +265,7 @@ impl Store {
     /// The certificate whose DER has this SHA-256, with its subject's state.
     pub async fn peer_by_fingerprint(&self, fp: &str) -> Result<Option<PeerRecord>, Error> {
         let row = sqlx::query(
-            "SELECT c.role, c.subject_uri, c.serial, c.status, c.not_before, c.not_after,
+            "SELECT c.role, c.subject_uri, c.serial, c.profile, c.status, c.not_before, c.not_after,
                     COALESCE(p.state, d.state) AS subject_state,
                     COALESCE(p.manufacturer_id, d.manufacturer_id) AS manufacturer,
                     d.serial AS device_serial
@@ -281,6 +282,7 @@ impl Store {
             role: row.try_get("role")?,
             subject_uri: row.try_get("subject_uri")?,
             serial: row.try_get("serial")?,
+            profile: row.try_get("profile")?,
             status: row.try_get("status")?,
             not_before: from_unix(row.try_get("not_before")?)?,
             not_after: from_unix(row.try_get("not_after")?)?,

@@ -23,6 +23,8 @@ pub struct TestServer {
     pub url: String,
     /// Base URL of the plain-HTTP listener (CRL, OCSP, CA certificates).
     pub http_url: String,
+    /// Base URL of the EST listener (HTTPS).
+    pub est_url: String,
     pub ca: Arc<Ca>,
     pub clock: Arc<FixedClock>,
     pub config: Config,
@@ -51,12 +53,22 @@ impl TestServer {
     /// Starts with medid's clock pinned at `now`. TLS still checks certificate validity against
     /// the real clock, so `now` should stay near it.
     pub async fn start_at(dir: tempfile::TempDir, now: time::OffsetDateTime) -> Self {
-        let config = Config {
+        Self::start_with(dir, now, |_| {}).await
+    }
+
+    /// Starts with a configuration the caller adjusts (EST labels, limits).
+    pub async fn start_with(
+        dir: tempfile::TempDir,
+        now: time::OffsetDateTime,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Self {
+        let mut config = Config {
             pki_dir: dir.path().join("pki"),
             database_url: format!("sqlite://{}", dir.path().join("medid.db").display()),
             create_dev_pki: true,
             ..Config::default()
         };
+        adjust(&mut config);
         // The clock starts at (near) the real time (TLS checks validity against the real
         // clock); tests move it forward to exercise expiry in medid's own checks.
         let clock = Arc::new(FixedClock::new(now));
@@ -68,9 +80,16 @@ impl TestServer {
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = grpc.local_addr().unwrap();
         let http_addr = http.local_addr().unwrap();
+        let est = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let est_addr = est.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            medid::server::run(prepared, medid::server::Listeners { grpc, http }, async {
+            let listeners = medid::server::Listeners {
+                grpc,
+                http,
+                est: Some(est),
+            };
+            medid::server::run(prepared, listeners, async {
                 let _ = stopped.await;
             })
             .await
@@ -79,6 +98,7 @@ impl TestServer {
         TestServer {
             url: format!("https://localhost:{}", addr.port()),
             http_url: format!("http://{http_addr}"),
+            est_url: format!("https://localhost:{}", est_addr.port()),
             dir,
             ca,
             clock,

@@ -1,0 +1,495 @@
+//! The EST edge (RFC 7030, with RFC 8951's clarifications): HTTP/1.1 over TLS 1.2+ on its own
+//! listener, client certificates verified by the same rustls verifier as gRPC.
+//!
+//! | path under `/.well-known/est[/<label>]` | client certificate | answer |
+//! |---|---|---|
+//! | `GET /cacerts` | none needed | the CA certificates, certs-only PKCS#7 |
+//! | `GET /csrattrs` | none needed | accepted key types and the serialNumber attribute |
+//! | `POST /simpleenroll` | station or device birth | birth or operational certificate |
+//! | `POST /simplereenroll` | device operational or gateway | renewal |
+//!
+//! Requests are `application/pkcs10` (415 otherwise), base64 of the DER CSR with line breaks
+//! allowed; Content-Transfer-Encoding is ignored. Certificates come back as base64 of a
+//! certs-only CMS SignedData holding just the issued certificate. Errors are `text/plain`.
+//! Routing and every rule live in `policy::est` and the shared use cases; this module only
+//! speaks HTTP.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use base64::Engine;
+use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
+use tower::ServiceExt;
+
+use super::limits::PrincipalLimiter;
+use super::tls::{self, Protocol, TlsReloader};
+use crate::der::{self, tag};
+use crate::error::Error;
+use crate::issuance::IssuerName;
+use crate::policy::est::{EstLabel, EstOperation, EstProfile};
+use crate::service::Ca;
+
+/// The largest request body read: a 16 KiB CSR is under 22 KiB in base64 with line breaks.
+const MAX_BODY: usize = 32 * 1024;
+/// A client that has not sent its request head by then is disconnected.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// In-flight requests get this long to finish at shutdown.
+const DRAIN: Duration = Duration::from_secs(30);
+
+/// What the EST handlers share.
+#[derive(Clone)]
+pub struct EstState {
+    pub ca: Arc<Ca>,
+    pub labels: Arc<BTreeMap<String, EstLabel>>,
+    pub limiter: Arc<PrincipalLimiter>,
+}
+
+/// The client certificate of the TLS connection a request came on, if any.
+#[derive(Clone)]
+struct Peer(Option<Arc<[u8]>>);
+
+pub fn router(state: EstState) -> Router {
+    Router::new()
+        .route("/.well-known/est/cacerts", get(cacerts))
+        .route("/.well-known/est/{label}/cacerts", get(cacerts_labelled))
+        .route("/.well-known/est/csrattrs", get(csrattrs))
+        .route("/.well-known/est/{label}/csrattrs", get(csrattrs_labelled))
+        .route("/.well-known/est/simpleenroll", post(enroll))
+        .route(
+            "/.well-known/est/{label}/simpleenroll",
+            post(enroll_labelled),
+        )
+        .route("/.well-known/est/simplereenroll", post(reenroll))
+        .route(
+            "/.well-known/est/{label}/simplereenroll",
+            post(reenroll_labelled),
+        )
+        .fallback(|| async {
+            text(
+                StatusCode::NOT_FOUND,
+                "not an EST endpoint; see /.well-known/est/cacerts",
+            )
+        })
+        .with_state(state)
+}
+
+/// Serves EST on `listener` until `shutdown` completes, then lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<TlsReloader>,
+    state: EstState,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let app = router(state);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut incoming = tls::incoming(listener, tls, Protocol::Http1);
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            next = incoming.next() => match next {
+                Some(Ok(stream)) => stream,
+                Some(Err(_)) => continue,
+                None => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let peer = Peer(
+            stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .map(|c| Arc::from(c.as_ref())),
+        );
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: Request<_>| {
+            request.extensions_mut().insert(peer.clone());
+            app.clone().oneshot(request.map(Body::new))
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "EST connection ended with an error");
+            }
+        });
+    }
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("EST requests still running after {DRAIN:?}; closing them");
+    }
+}
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        msg.into() + "\n",
+    )
+        .into_response()
+}
+
+fn error_response(err: &Error) -> Response {
+    let status =
+        StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = text(status, err.public_message());
+    if matches!(err, Error::Unavailable(_) | Error::ResourceExhausted(_)) {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+    }
+    response
+}
+
+/// A base64 body on one line, as RFC 8951 §3.2 suggests: some clients (strongSwan 5.9) do not
+/// skip line breaks. The Content-Transfer-Encoding header is for clients that predate
+/// RFC 8951; newer ones ignore it.
+fn base64_response(content_type: &'static str, der: &[u8]) -> Response {
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, content_type),
+            (
+                header::HeaderName::from_static("content-transfer-encoding"),
+                "base64",
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// base64 (standard alphabet) with any ASCII whitespace between characters, padding optional.
+pub fn decode_base64_body(body: &[u8]) -> Result<Vec<u8>, Error> {
+    let compact: Vec<u8> = body
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    if compact.is_empty() {
+        return Err(Error::BadCsr(
+            "the request body is empty; send the base64 of the DER CSR".into(),
+        ));
+    }
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    engine.decode(&compact).map_err(|e| {
+        Error::BadCsr(format!(
+            "the body is not base64 of a DER CSR (RFC 7030 §4.2.1): {e}"
+        ))
+    })
+}
+
+/// A certs-only CMS SignedData (RFC 5652 §5; RFC 7030 §4.1.3): no content, no signers, the
+/// given certificates, in DER order.
+pub fn certs_only(certificates: &[&[u8]]) -> Vec<u8> {
+    const SET: u8 = 0x31;
+    let signed_data_oid = der::oid(&[1, 2, 840, 113549, 1, 7, 2]);
+    let data_oid = der::oid(&[1, 2, 840, 113549, 1, 7, 1]);
+    // DER orders the members of a SET OF by their encodings.
+    let mut sorted = certificates.to_vec();
+    sorted.sort();
+    let certs: Vec<u8> = sorted.concat();
+    let signed_data = der::sequence(&[
+        &der::tlv(tag::INTEGER, &[1]),
+        &der::tlv(SET, &[]),
+        &der::sequence(&[&data_oid]),
+        &der::tlv(tag::context(0), &certs),
+        &der::tlv(SET, &[]),
+    ]);
+    der::sequence(&[&signed_data_oid, &der::tlv(tag::context(0), &signed_data)])
+}
+
+/// CsrAttrs (RFC 7030 §4.5.2): the key types medid accepts (EC on P-256 or P-384, Ed25519,
+/// RSA), SHA-256 signatures, and the subject serialNumber that factory enrollment reads.
+pub fn csr_attributes() -> Vec<u8> {
+    const SET: u8 = 0x31;
+    let mut curves = [
+        der::oid(&[1, 2, 840, 10045, 3, 1, 7]),
+        der::oid(&[1, 3, 132, 0, 34]),
+    ];
+    curves.sort();
+    let ec = der::sequence(&[
+        &der::oid(&[1, 2, 840, 10045, 2, 1]),
+        &der::tlv(SET, &curves.concat()),
+    ]);
+    der::sequence(&[
+        &ec,
+        &der::oid(&[1, 3, 101, 112]),              // id-Ed25519
+        &der::oid(&[1, 2, 840, 113549, 1, 1, 1]),  // rsaEncryption
+        &der::oid(&[1, 2, 840, 10045, 4, 3, 2]),   // ecdsa-with-SHA256
+        &der::oid(&[1, 2, 840, 113549, 1, 1, 11]), // sha256WithRSAEncryption
+        &der::oid(&[2, 5, 4, 5]),                  // serialNumber
+    ])
+}
+
+/// Why a label is unknown, naming the configured ones.
+fn unknown_label(state: &EstState, name: &str) -> String {
+    let known: Vec<&str> = state.labels.keys().map(String::as_str).collect();
+    if known.is_empty() {
+        format!("no EST label {name:?}; none are configured")
+    } else {
+        format!(
+            "no EST label {name:?}; configured labels: {}",
+            known.join(", ")
+        )
+    }
+}
+
+/// The 404 of a public endpoint under an unknown label.
+fn no_such_label(state: &EstState, name: &str) -> Response {
+    text(StatusCode::NOT_FOUND, unknown_label(state, name))
+}
+
+async fn cacerts(State(state): State<EstState>) -> Response {
+    cacerts_for(&state, None)
+}
+
+async fn cacerts_labelled(State(state): State<EstState>, Path(label): Path<String>) -> Response {
+    match state.labels.get(&label) {
+        Some(l) => cacerts_for(&state, Some(l.profile)),
+        None => no_such_label(&state, &label),
+    }
+}
+
+/// The root and the issuing CA of the label's profile; without a label, both issuing CAs.
+fn cacerts_for(state: &EstState, profile: Option<EstProfile>) -> Response {
+    let authority = &state.ca.authority;
+    let root = authority.root().der.as_ref();
+    let device = authority
+        .issuer_cert(IssuerName::DeviceIdentity)
+        .der
+        .as_ref();
+    let operational = authority.issuer_cert(IssuerName::Operational).der.as_ref();
+    let certs: Vec<&[u8]> = match profile {
+        None => vec![root, device, operational],
+        Some(EstProfile::DeviceBirth) => vec![root, device],
+        Some(EstProfile::DeviceOperational) => vec![root, operational],
+    };
+    base64_response("application/pkcs7-mime", &certs_only(&certs))
+}
+
+async fn csrattrs() -> Response {
+    base64_response("application/csrattrs", &csr_attributes())
+}
+
+async fn csrattrs_labelled(State(state): State<EstState>, Path(label): Path<String>) -> Response {
+    match state.labels.get(&label) {
+        Some(_) => base64_response("application/csrattrs", &csr_attributes()),
+        None => no_such_label(&state, &label),
+    }
+}
+
+async fn enroll(
+    State(state): State<EstState>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    issue(
+        &state,
+        EstOperation::SimpleEnroll,
+        None,
+        peer,
+        &headers,
+        body,
+    )
+    .await
+}
+
+async fn enroll_labelled(
+    State(state): State<EstState>,
+    Path(label): Path<String>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let op = EstOperation::SimpleEnroll;
+    issue(&state, op, Some(&label), peer, &headers, body).await
+}
+
+async fn reenroll(
+    State(state): State<EstState>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    issue(
+        &state,
+        EstOperation::SimpleReenroll,
+        None,
+        peer,
+        &headers,
+        body,
+    )
+    .await
+}
+
+async fn reenroll_labelled(
+    State(state): State<EstState>,
+    Path(label): Path<String>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let op = EstOperation::SimpleReenroll;
+    issue(&state, op, Some(&label), peer, &headers, body).await
+}
+
+/// The media type of a Content-Type value, without parameters, lowercased.
+fn media_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// simpleenroll / simplereenroll: authenticate, check the request's form, then hand the CSR to
+/// the shared use case. Every refusal after authentication is audited once, under the action
+/// the request would have been recorded as.
+async fn issue(
+    state: &EstState,
+    op: EstOperation,
+    label: Option<&str>,
+    peer: Peer,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
+    let ca = &state.ca;
+    let who = match ca.authenticate(peer.0.as_deref()).await {
+        Ok(who) => who,
+        Err(e) => return error_response(&e),
+    };
+    let peer_der = peer.0.as_deref().unwrap_or_default();
+    let action = op.audit_action(&who);
+    let _permit = match state.limiter.try_acquire(&who.uri) {
+        Ok(p) => p,
+        Err(e) => {
+            let e = ca.refuse(&who, "request.limit", "service", e).await;
+            return error_response(&e);
+        }
+    };
+    let label = match label.map(|name| (name, state.labels.get(name))) {
+        None => None,
+        Some((_, Some(l))) => Some(l),
+        Some((name, None)) => {
+            let err = Error::NotFound(unknown_label(state, name));
+            return error_response(&ca.refuse(&who, action, &who.uri, err).await);
+        }
+    };
+    let media = media_type(headers);
+    if media != "application/pkcs10" {
+        let why = format!(
+            "EST enrollment requests are application/pkcs10, not {}",
+            if media.is_empty() {
+                "a request without Content-Type".to_owned()
+            } else {
+                media
+            }
+        );
+        let err = ca
+            .refuse(&who, action, &who.uri, Error::InvalidArgument(why))
+            .await;
+        return text(StatusCode::UNSUPPORTED_MEDIA_TYPE, err.to_string());
+    }
+    let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            let err = Error::InvalidArgument(format!(
+                "the request body is over {MAX_BODY} bytes; a CSR is at most 16 KiB"
+            ));
+            let err = ca.refuse(&who, action, &who.uri, err).await;
+            return text(StatusCode::PAYLOAD_TOO_LARGE, err.to_string());
+        }
+    };
+    let csr = match decode_base64_body(&bytes) {
+        Ok(der) => der,
+        Err(e) => return error_response(&ca.refuse(&who, action, &who.uri, e).await),
+    };
+    match ca.est_enroll(&who, peer_der, op, label, csr).await {
+        Ok(issued) => base64_response(
+            "application/pkcs7-mime; smime-type=certs-only",
+            &certs_only(&[&issued.der]),
+        ),
+        Err(e) => error_response(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_bodies_may_be_wrapped_and_unpadded() {
+        let der = vec![0x30, 0x03, 0x02, 0x01, 0x05];
+        for body in ["MAMCAQU=", "MAMC\r\nAQU=\r\n", " MAMCAQU ", "MA\nMC\nAQU"] {
+            assert_eq!(
+                decode_base64_body(body.as_bytes()).unwrap(),
+                der,
+                "{body:?}"
+            );
+        }
+        assert!(decode_base64_body(b"").is_err());
+        assert!(decode_base64_body(b"\r\n").is_err());
+        assert!(decode_base64_body(b"MAMC*AQU=").is_err());
+        // Raw DER is not base64.
+        assert!(decode_base64_body(&[0x30, 0x03, 0x02, 0x01, 0x05]).is_err());
+    }
+
+    #[test]
+    fn certs_only_is_a_signed_data_with_certificates_and_nothing_else() {
+        let a = der::sequence(&[&der::tlv(tag::INTEGER, &[2])]);
+        let b = der::sequence(&[&der::tlv(tag::INTEGER, &[1])]);
+        let p7 = certs_only(&[&a, &b]);
+        der::check_strict(&p7, 16).unwrap();
+        let mut r = der::Reader::new(&p7);
+        let mut ci = r.expect(tag::SEQUENCE).unwrap().reader();
+        assert_eq!(
+            ci.expect(tag::OID).unwrap().content,
+            der::oid_content(&[1, 2, 840, 113549, 1, 7, 2])
+        );
+        let mut sd = ci
+            .expect(tag::context(0))
+            .unwrap()
+            .reader()
+            .expect(tag::SEQUENCE)
+            .unwrap()
+            .reader();
+        assert_eq!(sd.expect(tag::INTEGER).unwrap().content, [1]);
+        assert!(sd.expect(0x31).unwrap().content.is_empty());
+        sd.expect(tag::SEQUENCE).unwrap();
+        let certs = sd.expect(tag::context(0)).unwrap().content;
+        // Sorted by encoding: b (…01) before a (…02).
+        assert_eq!(certs, [b.as_slice(), a.as_slice()].concat());
+        assert!(sd.expect(0x31).unwrap().content.is_empty());
+        assert!(sd.is_empty());
+    }
+
+    #[test]
+    fn csr_attributes_are_der() {
+        der::check_strict(&csr_attributes(), 8).unwrap();
+    }
+}
