@@ -475,6 +475,8 @@ async fn a_station_enrolls_a_device_that_then_gets_and_renews_operational_certif
             ])
             .arg("--cacert")
             .arg(server.pki("root-ca.pem"))
+            .arg("--cacert")
+            .arg(server.pki("operational-ca.pem"))
             .arg("--cert")
             .arg(&current.0)
             .arg("--key")
@@ -489,6 +491,8 @@ async fn a_station_enrolls_a_device_that_then_gets_and_renews_operational_certif
             "pki --est failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(log.contains("Issued certificate is trusted"), "{log}");
         let cert = String::from_utf8(out.stdout).unwrap();
         assert!(cert.contains("BEGIN CERTIFICATE"), "{cert}");
         openssl_verifies(&server, &files, &cert, "operational-ca.pem");

@@ -48,6 +48,13 @@ fn kept_fuzz_inputs_no_longer_crash() {
     for (_, bytes) in inputs("ocsp_request") {
         let _ = medid::api::http::parse_ocsp_request(&bytes);
     }
+    for (_, bytes) in inputs("est_enroll_body") {
+        if let Ok(der) = medid::api::est::decode_base64_body(&bytes) {
+            if let Ok(csr) = medid::policy::csr::verify(&der) {
+                let _ = medid::policy::est::check_reenrollment(&csr.names, &Default::default());
+            }
+        }
+    }
     for (_, bytes) in inputs("der_strict") {
         let _ = medid::der::check_strict(&bytes, 16);
     }
