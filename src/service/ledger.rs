@@ -16,7 +16,7 @@ use crate::domain::{quote, Principal, Role};
 use crate::error::Error;
 use crate::issuance::checkpoint_key::CheckpointSigner;
 use crate::store::ledger::AuditQuery;
-use crate::store::registry::DeviceState;
+use crate::store::registry::{DeviceRecord, DeviceState};
 
 /// Checkpointing settings and state.
 #[derive(Debug)]
@@ -110,15 +110,29 @@ impl Ca {
         let now = self.clock.now();
         let mut events = Vec::with_capacity(inputs.len());
         let mut flags = Vec::with_capacity(inputs.len());
+        // A batch usually names few devices many times: look each up once.
+        let mut devices: std::collections::HashMap<String, DeviceRecord> =
+            std::collections::HashMap::new();
         for input in inputs {
-            let device = match &input.device {
-                DeviceLocator::Uri(uri) => self.store.device_by_uri(uri).await,
+            let key = match &input.device {
+                DeviceLocator::Uri(uri) => format!("uri {uri}"),
                 DeviceLocator::Serial {
                     manufacturer,
                     serial,
-                } => self.store.device(manufacturer, serial).await,
+                } => format!("serial {manufacturer} {serial}"),
+            };
+            let device = match devices.get(&key) {
+                Some(d) => Ok(d.clone()),
+                None => match &input.device {
+                    DeviceLocator::Uri(uri) => self.store.device_by_uri(uri).await,
+                    DeviceLocator::Serial {
+                        manufacturer,
+                        serial,
+                    } => self.store.device(manufacturer, serial).await,
+                },
             };
             let device = self.audited(who, action, "device-data", device).await?;
+            devices.insert(key, device.clone());
             let decommissioned = device.state == DeviceState::Decommissioned;
             let mut e = AuditEvent::new(now, Actor::of(who), action, &device.uri)
                 .with("access_action", input.action)
@@ -144,7 +158,7 @@ impl Ca {
             flags.push(decommissioned);
             events.push(e);
         }
-        let seqs = self.store.append_events(&events).await?;
+        let seqs = self.store.append_events(events).await?;
         Ok(seqs.into_iter().zip(flags).collect())
     }
 

@@ -3,15 +3,15 @@
 use serde_json::{Map, Value};
 use sqlx::Row;
 
-use super::{from_unix, to_unix, Store, WriteTx};
+use super::{from_unix, to_unix, Conn, Store};
 use crate::audit::{Actor, AuditEvent, Outcome, StoredEvent};
 use crate::error::Error;
 
 /// Appends `event` inside `tx` with the next gap-free sequence number. The caller holds the
 /// write lock (BEGIN IMMEDIATE), so MAX(seq) + 1 cannot race.
-pub(crate) async fn append(tx: &mut WriteTx, event: &AuditEvent) -> Result<i64, Error> {
+pub(crate) async fn append(tx: &mut Conn, event: &AuditEvent) -> Result<i64, Error> {
     let seq: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM audit_events")
-        .fetch_one(&mut **tx)
+        .fetch_one(&mut *tx)
         .await?;
     let detail = serde_json::to_string(&event.detail)
         .map_err(|e| Error::internal("encoding audit detail", e))?;
@@ -32,18 +32,58 @@ pub(crate) async fn append(tx: &mut WriteTx, event: &AuditEvent) -> Result<i64, 
     .bind(&event.reason)
     .bind(detail)
     .bind(crate::domain::hex(&leaf))
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(seq)
 }
 
+/// Rows per INSERT statement in [`append_many`]: 10 parameters each, well under SQLite's
+/// limit of 32,766.
+const ROWS_PER_INSERT: usize = 256;
+
+/// Appends `events` in order with contiguous sequence numbers, by multi-row INSERTs; returns
+/// the first sequence number.
+pub(crate) async fn append_many(tx: &mut Conn, events: &[AuditEvent]) -> Result<i64, Error> {
+    let first: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM audit_events")
+        .fetch_one(&mut *tx)
+        .await?;
+    let mut rows = Vec::with_capacity(events.len());
+    for (seq, event) in (first..).zip(events) {
+        let detail = serde_json::to_string(&event.detail)
+            .map_err(|e| Error::internal("encoding audit detail", e))?;
+        let leaf = crate::domain::hex(&crate::audit::ledger::leaf(seq, event)?);
+        rows.push((seq, event, detail, leaf));
+    }
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut insert = sqlx::QueryBuilder::new(
+            "INSERT INTO audit_events
+                 (seq, recorded_at, actor_uri, actor_role, action, target, outcome, reason,
+                  detail, leaf_hash) ",
+        );
+        insert.push_values(chunk, |mut b, (seq, event, detail, leaf)| {
+            b.push_bind(*seq)
+                .push_bind(to_unix(event.recorded_at))
+                .push_bind(&event.actor.uri)
+                .push_bind(&event.actor.role)
+                .push_bind(&event.action)
+                .push_bind(&event.target)
+                .push_bind(event.outcome.as_str())
+                .push_bind(&event.reason)
+                .push_bind(detail)
+                .push_bind(leaf);
+        });
+        insert.build().execute(&mut *tx).await?;
+    }
+    Ok(first)
+}
+
 impl Store {
-    /// Records one event in its own transaction (refusals, which change nothing else).
+    /// Records one event that changes nothing else (a refusal), group-committed with others;
+    /// returns once it is durable.
     pub async fn record_event(&self, event: &AuditEvent) -> Result<i64, Error> {
-        let mut tx = self.begin_write().await?;
-        let seq = append(&mut tx, event).await?;
-        tx.commit().await?;
-        Ok(seq)
+        let event = event.clone();
+        self.write(move |tx| Box::pin(async move { append(tx, &event).await }))
+            .await
     }
 
     /// Events with sequence numbers in `after+1..`, oldest first, at most `limit`.

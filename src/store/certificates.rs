@@ -4,7 +4,7 @@
 use sqlx::Row;
 use time::OffsetDateTime;
 
-use super::{audit, from_unix, to_unix, Store, WriteTx};
+use super::{audit, from_unix, to_unix, Conn, Store};
 use crate::audit::AuditEvent;
 use crate::domain::{quote, DeviceSerial, ManufacturerId, Role};
 use crate::error::Error;
@@ -108,29 +108,9 @@ impl Store {
         r: Reservation,
         intent: &AuditEvent,
     ) -> Result<IssuanceToken, Error> {
-        let mut tx = self.begin_write().await?;
-        check_claim(&mut tx, &r, intent.recorded_at).await?;
-        let t = &r.template;
-        sqlx::query(
-            "INSERT INTO certificates (issuer, serial, profile, role, subject_uri, spki_sha256,
-                                       not_before, not_after, status, reserved_at, issue_order)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?,
-                     (SELECT COALESCE(MAX(issue_order), 0) + 1 FROM certificates))",
-        )
-        .bind(t.issuer.as_str())
-        .bind(t.serial.to_hex())
-        .bind(r.profile)
-        .bind(r.role.as_str())
-        .bind(&r.subject_uri)
-        .bind(&r.spki_sha256)
-        .bind(to_unix(t.not_before))
-        .bind(to_unix(t.not_after))
-        .bind(to_unix(intent.recorded_at))
-        .execute(&mut *tx)
-        .await?;
-        audit::append(&mut tx, intent).await?;
-        tx.commit().await?;
-        Ok(IssuanceToken::reserved(r.template))
+        let intent = intent.clone();
+        self.write(move |tx| Box::pin(async move { reserve_in(tx, r, &intent).await }))
+            .await
     }
 
     /// Issuance step 4: store the signed certificate, create what it completes (the device or
@@ -142,39 +122,76 @@ impl Store {
         subject_uri: &str,
         event: &AuditEvent,
     ) -> Result<(), Error> {
-        let mut tx = self.begin_write().await?;
-        let updated = sqlx::query(
-            "UPDATE certificates SET status = 'active', der = ?, fingerprint = ?
-             WHERE issuer = ? AND serial = ? AND status = 'reserved'",
-        )
-        .bind(signed.der.as_ref())
-        .bind(fingerprint(&signed.der))
-        .bind(signed.issuer.as_str())
-        .bind(signed.serial.to_hex())
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() != 1 {
-            // Revoked while being signed (its subject was revoked or decommissioned): the
-            // certificate is never delivered, and the revocation already lists its serial.
-            return Err(Error::FailedPrecondition(format!(
-                "certificate {} was revoked before it could be delivered: its subject was \
-                 revoked or decommissioned meanwhile",
-                signed.serial
-            )));
-        }
-        complete(
-            &mut tx,
-            completion,
-            subject_uri,
-            &signed.serial.to_hex(),
-            event,
-        )
-        .await?;
-        audit::append(&mut tx, event).await?;
-        tx.commit().await?;
-        Ok(())
+        let (signed, completion) = (signed.clone(), completion.clone());
+        let (subject_uri, event) = (subject_uri.to_owned(), event.clone());
+        self.write(move |tx| {
+            Box::pin(async move { record_in(tx, &signed, &completion, &subject_uri, &event).await })
+        })
+        .await
     }
+}
 
+/// Step 2 inside a write transaction: the claim check, the reserved row, the intent event.
+async fn reserve_in(
+    tx: &mut Conn,
+    r: Reservation,
+    intent: &AuditEvent,
+) -> Result<IssuanceToken, Error> {
+    check_claim(tx, &r, intent.recorded_at).await?;
+    let t = &r.template;
+    sqlx::query(
+        "INSERT INTO certificates (issuer, serial, profile, role, subject_uri, spki_sha256,
+                                       not_before, not_after, status, reserved_at, issue_order)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?,
+                     (SELECT COALESCE(MAX(issue_order), 0) + 1 FROM certificates))",
+    )
+    .bind(t.issuer.as_str())
+    .bind(t.serial.to_hex())
+    .bind(r.profile)
+    .bind(r.role.as_str())
+    .bind(&r.subject_uri)
+    .bind(&r.spki_sha256)
+    .bind(to_unix(t.not_before))
+    .bind(to_unix(t.not_after))
+    .bind(to_unix(intent.recorded_at))
+    .execute(&mut *tx)
+    .await?;
+    audit::append(tx, intent).await?;
+    Ok(IssuanceToken::reserved(r.template))
+}
+
+async fn record_in(
+    tx: &mut Conn,
+    signed: &SignedCertificate,
+    completion: &Completion,
+    subject_uri: &str,
+    event: &AuditEvent,
+) -> Result<(), Error> {
+    let updated = sqlx::query(
+        "UPDATE certificates SET status = 'active', der = ?, fingerprint = ?
+             WHERE issuer = ? AND serial = ? AND status = 'reserved'",
+    )
+    .bind(signed.der.as_ref())
+    .bind(fingerprint(&signed.der))
+    .bind(signed.issuer.as_str())
+    .bind(signed.serial.to_hex())
+    .execute(&mut *tx)
+    .await?;
+    if updated.rows_affected() != 1 {
+        // Revoked while being signed (its subject was revoked or decommissioned): the
+        // certificate is never delivered, and the revocation already lists its serial.
+        return Err(Error::FailedPrecondition(format!(
+            "certificate {} was revoked before it could be delivered: its subject was \
+                 revoked or decommissioned meanwhile",
+            signed.serial
+        )));
+    }
+    complete(tx, completion, subject_uri, &signed.serial.to_hex(), event).await?;
+    audit::append(tx, event).await?;
+    Ok(())
+}
+
+impl Store {
     /// Marks reservations that never completed as revoked (reason superseded, RFC 5280 §5.3.1
     /// code 4): a certificate that might have been signed stays known and is never "good".
     /// `event_for` builds the audit event for each.
@@ -210,11 +227,15 @@ impl Store {
         serial: &str,
         event: &AuditEvent,
     ) -> Result<(), Error> {
-        let mut tx = self.begin_write().await?;
-        revoke_reserved(&mut tx, issuer, serial, event.recorded_at).await?;
-        audit::append(&mut tx, event).await?;
-        tx.commit().await?;
-        Ok(())
+        let (issuer, serial, event) = (issuer.to_owned(), serial.to_owned(), event.clone());
+        self.write(move |tx| {
+            Box::pin(async move {
+                revoke_reserved(tx, &issuer, &serial, event.recorded_at).await?;
+                audit::append(tx, &event).await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// Records a certificate signed outside the cycle (by `medid ca init`, before any store
@@ -305,7 +326,7 @@ impl Store {
 
 /// Creates what an issued certificate completes: the device row or the principal row.
 async fn complete(
-    tx: &mut WriteTx,
+    tx: &mut Conn,
     completion: &Completion,
     subject_uri: &str,
     cert_serial: &str,
@@ -331,7 +352,7 @@ async fn complete(
             .bind(subject_uri)
             .bind(now)
             .bind(cert_serial)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
         }
         Completion::Renewal { revoke_superseded } => {
@@ -344,7 +365,7 @@ async fn complete(
                 .bind(now)
                 .bind(subject_uri)
                 .bind(cert_serial)
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
             }
         }
@@ -364,21 +385,21 @@ async fn complete(
                 .bind(principal_id)
                 .bind(manufacturer.as_ref().map(|m| m.as_str()))
                 .bind(now)
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
         }
     }
     Ok(())
 }
 
-async fn check_claim(tx: &mut WriteTx, r: &Reservation, now: OffsetDateTime) -> Result<(), Error> {
+async fn check_claim(tx: &mut Conn, r: &Reservation, now: OffsetDateTime) -> Result<(), Error> {
     // A public key identifies one subject only (a key seen on another device is refused).
     let other: Option<String> = sqlx::query_scalar(
         "SELECT subject_uri FROM certificates WHERE spki_sha256 = ? AND subject_uri <> ? LIMIT 1",
     )
     .bind(&r.spki_sha256)
     .bind(&r.subject_uri)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *tx)
     .await?;
     if other.is_some() {
         return Err(Error::AlreadyExists(
@@ -391,7 +412,7 @@ async fn check_claim(tx: &mut WriteTx, r: &Reservation, now: OffsetDateTime) -> 
         "SELECT serial FROM certificates WHERE spki_sha256 = ? AND revocation_reason = 1 LIMIT 1",
     )
     .bind(&r.spki_sha256)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *tx)
     .await?;
     if compromised.is_some() {
         return Err(Error::PermissionDenied(
@@ -417,7 +438,7 @@ async fn check_claim(tx: &mut WriteTx, r: &Reservation, now: OffsetDateTime) -> 
             )
             .bind(caller_serial)
             .bind(&r.subject_uri)
-            .fetch_optional(&mut **tx)
+            .fetch_optional(&mut *tx)
             .await?;
             let still_good = match &row {
                 Some(row) => {
@@ -439,7 +460,7 @@ async fn check_claim(tx: &mut WriteTx, r: &Reservation, now: OffsetDateTime) -> 
                     "SELECT serial FROM certificates WHERE spki_sha256 = ? LIMIT 1",
                 )
                 .bind(&r.spki_sha256)
-                .fetch_optional(&mut **tx)
+                .fetch_optional(&mut *tx)
                 .await?;
                 if seen.is_some() {
                     return Err(Error::FailedPrecondition(
@@ -459,7 +480,7 @@ async fn check_claim(tx: &mut WriteTx, r: &Reservation, now: OffsetDateTime) -> 
             )
             .bind(manufacturer.as_str())
             .bind(serial.as_str())
-            .fetch_optional(&mut **tx)
+            .fetch_optional(&mut *tx)
             .await?;
             // A reservation in flight for the same device counts as taken: of two concurrent
             // enrollments of one serial, exactly one proceeds.
@@ -467,7 +488,7 @@ async fn check_claim(tx: &mut WriteTx, r: &Reservation, now: OffsetDateTime) -> 
                 "SELECT serial FROM certificates WHERE subject_uri = ? AND status = 'reserved'",
             )
             .bind(&r.subject_uri)
-            .fetch_optional(&mut **tx)
+            .fetch_optional(&mut *tx)
             .await?;
             if enrolled.is_some() || in_flight.is_some() {
                 return Err(Error::AlreadyExists(format!(
@@ -487,7 +508,7 @@ async fn check_claim(tx: &mut WriteTx, r: &Reservation, now: OffsetDateTime) -> 
             let row =
                 sqlx::query("SELECT role, manufacturer_id, state FROM principals WHERE uri = ?")
                     .bind(&r.subject_uri)
-                    .fetch_optional(&mut **tx)
+                    .fetch_optional(&mut *tx)
                     .await?;
             if let Some(row) = row {
                 let same_role = row.try_get::<String, _>("role")? == role.as_str();
@@ -510,7 +531,7 @@ async fn check_claim(tx: &mut WriteTx, r: &Reservation, now: OffsetDateTime) -> 
 }
 
 async fn revoke_reserved(
-    tx: &mut WriteTx,
+    tx: &mut Conn,
     issuer: &str,
     serial: &str,
     now: OffsetDateTime,
@@ -523,7 +544,7 @@ async fn revoke_reserved(
     .bind(to_unix(now))
     .bind(issuer)
     .bind(serial)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }

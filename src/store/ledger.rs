@@ -95,15 +95,14 @@ impl Store {
             .collect())
     }
 
-    /// Appends events in one transaction (a batch of access events). All or none.
-    pub async fn append_events(&self, events: &[AuditEvent]) -> Result<Vec<i64>, Error> {
-        let mut tx = self.begin_write().await?;
-        let mut seqs = Vec::with_capacity(events.len());
-        for e in events {
-            seqs.push(audit::append(&mut tx, e).await?);
-        }
-        tx.commit().await?;
-        Ok(seqs)
+    /// Appends events (a batch of access events), group-committed with other callers' events in
+    /// one transaction: all of them or none. Returns once durable.
+    pub async fn append_events(&self, events: Vec<AuditEvent>) -> Result<Vec<i64>, Error> {
+        let n = events.len() as i64;
+        let first = self
+            .write(move |tx| Box::pin(async move { audit::append_many(tx, &events).await }))
+            .await?;
+        Ok((first..first + n).collect())
     }
 
     pub async fn save_checkpoint(

@@ -3,7 +3,7 @@
 use sqlx::Row;
 use time::OffsetDateTime;
 
-use super::{audit, from_unix, to_unix, Store, WriteTx};
+use super::{audit, from_unix, to_unix, Conn, Store};
 use crate::audit::AuditEvent;
 use crate::domain::{ManufacturerId, RevocationReason};
 use crate::error::Error;
@@ -316,7 +316,7 @@ impl Store {
 
 /// Spends a token inside a reservation's transaction. Exactly one caller wins.
 pub(crate) async fn consume_token(
-    tx: &mut WriteTx,
+    tx: &mut Conn,
     token_sha256: &str,
     now: OffsetDateTime,
 ) -> Result<(), Error> {
@@ -327,7 +327,7 @@ pub(crate) async fn consume_token(
     .bind(to_unix(now))
     .bind(token_sha256)
     .bind(to_unix(now))
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     if done.rows_affected() == 1 {
         Ok(())
@@ -339,7 +339,7 @@ pub(crate) async fn consume_token(
 }
 
 async fn revoked_entries(
-    tx: &mut WriteTx,
+    tx: &mut Conn,
     issuer: IssuerName,
     this_update: OffsetDateTime,
 ) -> Result<Vec<RevokedEntry>, Error> {
@@ -353,7 +353,7 @@ async fn revoked_entries(
     )
     .bind(issuer.as_str())
     .bind(to_unix(keep_after))
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *tx)
     .await?;
     rows.iter()
         .map(|row| {

@@ -12,6 +12,7 @@ pub mod certificates;
 pub mod ledger;
 pub mod lifecycle;
 pub mod registry;
+mod writer;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -49,9 +50,13 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 pub struct Store {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Group commit for the hot writes (`store/writer.rs`).
+    writer_task: writer::Writer,
 }
 
 pub(crate) type WriteTx = Transaction<'static, Sqlite>;
+/// The connection a write job runs on, inside the batch's transaction.
+pub(crate) type Conn = sqlx::SqliteConnection;
 
 impl Store {
     /// Opens (creating if missing) the SQLite database at `path` and applies migrations.
@@ -92,6 +97,7 @@ impl Store {
                 .connect_with(options.read_only(false))
                 .await
                 .map_err(|e| Error::Unavailable(format!("opening database: {e}")))?,
+            writer_task: writer::Writer::spawn(writer.clone()),
             writer,
         };
         store.migrate().await?;
