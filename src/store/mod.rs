@@ -43,6 +43,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "ledger",
         include_str!("../../migrations/sqlite/0003_ledger.sql"),
     ),
+    (
+        4,
+        "issue_order_index",
+        include_str!("../../migrations/sqlite/0004_issue_order_index.sql"),
+    ),
 ];
 
 /// Handle to the database: one writer connection, a few readers.
