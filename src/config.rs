@@ -16,7 +16,7 @@ use crate::policy::est::EstLabel;
 pub struct Config {
     /// Address of the gRPC (mTLS) listener.
     pub listen: SocketAddr,
-    /// `sqlite://PATH` (created if missing) or a plain file path.
+    /// `sqlite://PATH` (created if missing), a plain file path, or `postgres://…` (replicas).
     pub database_url: String,
     /// Directory holding the CA material written by `medid ca init`.
     pub pki_dir: PathBuf,
@@ -157,16 +157,29 @@ impl Config {
         Ok(())
     }
 
-    /// Where checkpoints are appended outside the database.
+    /// Where checkpoints are appended outside the database. Default: `checkpoints/` beside a
+    /// SQLite file; `data/checkpoints` with PostgreSQL.
     pub fn checkpoint_dir(&self) -> Result<PathBuf, Error> {
         if let Some(dir) = &self.audit_checkpoint_dir {
             return Ok(dir.clone());
+        }
+        if let Database::Postgres(_) = self.database()? {
+            return Ok(PathBuf::from("data/checkpoints"));
         }
         let db = self.sqlite_path()?;
         Ok(db
             .parent()
             .map(|p| p.join("checkpoints"))
             .unwrap_or_else(|| PathBuf::from("checkpoints")))
+    }
+
+    /// The database the URL names.
+    pub fn database(&self) -> Result<Database, Error> {
+        let url = &self.database_url;
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Database::Postgres(url.clone()));
+        }
+        self.sqlite_path().map(Database::Sqlite)
     }
 
     /// The SQLite file the database URL names.
@@ -183,6 +196,15 @@ impl Config {
         }
         Ok(PathBuf::from(path))
     }
+}
+
+/// Where the data lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// A SQLite file (created if missing).
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL (the database must exist; medid creates its tables).
+    Postgres(String),
 }
 
 #[cfg(test)]
@@ -243,5 +265,11 @@ mod tests {
         );
         c.database_url = "postgres://x".into();
         assert!(c.sqlite_path().is_err());
+        assert_eq!(
+            c.database().unwrap(),
+            Database::Postgres("postgres://x".into())
+        );
+        c.database_url = "mysql://x".into();
+        assert!(c.database().is_err());
     }
 }

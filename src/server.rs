@@ -109,16 +109,26 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
     let metadata = PkiMetadata::load(&files)?;
     let trust_domain = TrustDomain::parse(&metadata.trust_domain)?;
 
-    let db_path = config.sqlite_path()?;
-    if let Some(parent) = db_path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| Error::Internal(format!("creating {}: {e}", parent.display())))?;
-    }
-    let created = !db_path.exists();
-    let store = Store::open_sqlite(&db_path).await?;
-    if created {
-        tracing::info!(path = %db_path.display(), "created SQLite database");
-    }
+    let store = match config.database()? {
+        crate::config::Database::Sqlite(db_path) => {
+            if let Some(parent) = db_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    Error::Internal(format!("creating {}: {e}", parent.display()))
+                })?;
+            }
+            let created = !db_path.exists();
+            let store = Store::open_sqlite(&db_path).await?;
+            if created {
+                tracing::info!(path = %db_path.display(), "created SQLite database");
+            }
+            store
+        }
+        crate::config::Database::Postgres(url) => {
+            let store = Store::open_url(&url).await?;
+            tracing::info!(url = %crate::store::redact_url(&url), "using PostgreSQL");
+            store
+        }
+    };
 
     let ca = Arc::new(Ca {
         store,

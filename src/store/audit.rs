@@ -20,7 +20,7 @@ pub(crate) async fn append(tx: &mut Conn, event: &AuditEvent) -> Result<i64, Err
         "INSERT INTO audit_events
              (seq, recorded_at, actor_uri, actor_role, action, target, outcome, reason, detail,
               leaf_hash)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(seq)
     .bind(to_unix(event.recorded_at))
@@ -55,24 +55,42 @@ pub(crate) async fn append_many(tx: &mut Conn, events: &[AuditEvent]) -> Result<
         rows.push((seq, event, detail, leaf));
     }
     for chunk in rows.chunks(ROWS_PER_INSERT) {
-        let mut insert = sqlx::QueryBuilder::new(
+        // Numbered placeholders, which both backends accept (sqlx's QueryBuilder writes `?`
+        // for the Any driver, which PostgreSQL does not).
+        let mut sql = String::from(
             "INSERT INTO audit_events
                  (seq, recorded_at, actor_uri, actor_role, action, target, outcome, reason,
-                  detail, leaf_hash) ",
+                  detail, leaf_hash) VALUES ",
         );
-        insert.push_values(chunk, |mut b, (seq, event, detail, leaf)| {
-            b.push_bind(*seq)
-                .push_bind(to_unix(event.recorded_at))
-                .push_bind(&event.actor.uri)
-                .push_bind(&event.actor.role)
-                .push_bind(&event.action)
-                .push_bind(&event.target)
-                .push_bind(event.outcome.as_str())
-                .push_bind(&event.reason)
-                .push_bind(detail)
-                .push_bind(leaf);
-        });
-        insert.build().execute(&mut *tx).await?;
+        for i in 0..chunk.len() {
+            let b = i * 10;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('(');
+            for c in 1..=10 {
+                if c > 1 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("${}", b + c));
+            }
+            sql.push(')');
+        }
+        let mut insert = sqlx::query(&sql);
+        for (seq, event, detail, leaf) in chunk {
+            insert = insert
+                .bind(*seq)
+                .bind(to_unix(event.recorded_at))
+                .bind(&event.actor.uri)
+                .bind(&event.actor.role)
+                .bind(&event.action)
+                .bind(&event.target)
+                .bind(event.outcome.as_str())
+                .bind(&event.reason)
+                .bind(detail)
+                .bind(leaf);
+        }
+        insert.execute(&mut *tx).await?;
     }
     Ok(first)
 }
@@ -90,7 +108,7 @@ impl Store {
     pub async fn audit_events(&self, after: i64, limit: i64) -> Result<Vec<StoredEvent>, Error> {
         let rows = sqlx::query(
             "SELECT seq, recorded_at, actor_uri, actor_role, action, target, outcome, reason, detail
-             FROM audit_events WHERE seq > ? ORDER BY seq LIMIT ?",
+             FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
         )
         .bind(after)
         .bind(limit)
@@ -100,7 +118,7 @@ impl Store {
     }
 }
 
-pub(crate) fn decode(row: &sqlx::sqlite::SqliteRow) -> Result<StoredEvent, Error> {
+pub(crate) fn decode(row: &super::DbRow) -> Result<StoredEvent, Error> {
     let outcome = match row.try_get::<String, _>("outcome")?.as_str() {
         "success" => Outcome::Success,
         "refused" => Outcome::Refused,

@@ -142,7 +142,7 @@ async fn reserve_in(
     sqlx::query(
         "INSERT INTO certificates (issuer, serial, profile, role, subject_uri, spki_sha256,
                                        not_before, not_after, status, reserved_at, issue_order)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?,
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'reserved', $9,
                      (SELECT COALESCE(MAX(issue_order), 0) + 1 FROM certificates))",
     )
     .bind(t.issuer.as_str())
@@ -168,8 +168,8 @@ async fn record_in(
     event: &AuditEvent,
 ) -> Result<(), Error> {
     let updated = sqlx::query(
-        "UPDATE certificates SET status = 'active', der = ?, fingerprint = ?
-             WHERE issuer = ? AND serial = ? AND status = 'reserved'",
+        "UPDATE certificates SET status = 'active', der = $1, fingerprint = $2
+             WHERE issuer = $3 AND serial = $4 AND status = 'reserved'",
     )
     .bind(signed.der.as_ref())
     .bind(fingerprint(&signed.der))
@@ -204,7 +204,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let rows = sqlx::query(
             "SELECT issuer, serial, subject_uri FROM certificates
-             WHERE status = 'reserved' AND reserved_at <= ?",
+             WHERE status = 'reserved' AND reserved_at <= $1",
         )
         .bind(to_unix(reserved_before))
         .fetch_all(&mut *tx)
@@ -250,7 +250,7 @@ impl Store {
         let fp = fingerprint(&c.der);
         let mut tx = self.begin_write().await?;
         let known: Option<String> =
-            sqlx::query_scalar("SELECT serial FROM certificates WHERE fingerprint = ?")
+            sqlx::query_scalar("SELECT serial FROM certificates WHERE fingerprint = $1")
                 .bind(&fp)
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -261,7 +261,7 @@ impl Store {
             "INSERT INTO certificates (issuer, serial, profile, role, subject_uri, spki_sha256,
                                        not_before, not_after, status, reserved_at, der, fingerprint,
                                        issue_order)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?,
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'active', $9, $10, $11,
                      (SELECT COALESCE(MAX(issue_order), 0) + 1 FROM certificates))",
         )
         .bind(c.issuer.as_str())
@@ -293,7 +293,7 @@ impl Store {
              FROM certificates c
              LEFT JOIN principals p ON p.uri = c.subject_uri
              LEFT JOIN devices d ON d.uri = c.subject_uri
-             WHERE c.fingerprint = ?",
+             WHERE c.fingerprint = $1",
         )
         .bind(fp)
         .fetch_optional(&self.reader)
@@ -316,7 +316,7 @@ impl Store {
     /// How many certificates are in `status` ('reserved', 'active', 'revoked').
     pub async fn certificate_count(&self, status: &str) -> Result<i64, Error> {
         Ok(
-            sqlx::query_scalar("SELECT COUNT(*) FROM certificates WHERE status = ?")
+            sqlx::query_scalar("SELECT COUNT(*) FROM certificates WHERE status = $1")
                 .bind(status)
                 .fetch_one(&self.reader)
                 .await?,
@@ -343,7 +343,7 @@ async fn complete(
             sqlx::query(
                 "INSERT INTO devices (manufacturer_id, serial, model, udi_di, uri, state,
                                           enrolled_at, birth_serial)
-                     VALUES (?, ?, ?, ?, ?, 'active', ?, ?)",
+                     VALUES ($1, $2, $3, $4, $5, 'active', $6, $7)",
             )
             .bind(manufacturer.as_str())
             .bind(serial.as_str())
@@ -358,9 +358,9 @@ async fn complete(
         Completion::Renewal { revoke_superseded } => {
             if *revoke_superseded {
                 sqlx::query(
-                    "UPDATE certificates SET status = 'revoked', revoked_at = ?, revocation_reason = 4
-                     WHERE subject_uri = ? AND profile = 'device-operational'
-                       AND status = 'active' AND serial <> ?",
+                    "UPDATE certificates SET status = 'revoked', revoked_at = $1, revocation_reason = 4
+                     WHERE subject_uri = $2 AND profile = 'device-operational'
+                       AND status = 'active' AND serial <> $3",
                 )
                 .bind(now)
                 .bind(subject_uri)
@@ -377,7 +377,7 @@ async fn complete(
         } => {
             sqlx::query(
                     "INSERT INTO principals (uri, role, principal_id, manufacturer_id, state, created_at)
-                     VALUES (?, ?, ?, ?, 'active', ?)
+                     VALUES ($1, $2, $3, $4, 'active', $5)
                      ON CONFLICT (uri) DO NOTHING",
                 )
                 .bind(subject_uri)
@@ -395,7 +395,7 @@ async fn complete(
 async fn check_claim(tx: &mut Conn, r: &Reservation, now: OffsetDateTime) -> Result<(), Error> {
     // A public key identifies one subject only (a key seen on another device is refused).
     let other: Option<String> = sqlx::query_scalar(
-        "SELECT subject_uri FROM certificates WHERE spki_sha256 = ? AND subject_uri <> ? LIMIT 1",
+        "SELECT subject_uri FROM certificates WHERE spki_sha256 = $1 AND subject_uri <> $2 LIMIT 1",
     )
     .bind(&r.spki_sha256)
     .bind(&r.subject_uri)
@@ -409,7 +409,7 @@ async fn check_claim(tx: &mut Conn, r: &Reservation, now: OffsetDateTime) -> Res
     }
     // A key revoked for keyCompromise is never certified again, for anyone.
     let compromised: Option<String> = sqlx::query_scalar(
-        "SELECT serial FROM certificates WHERE spki_sha256 = ? AND revocation_reason = 1 LIMIT 1",
+        "SELECT serial FROM certificates WHERE spki_sha256 = $1 AND revocation_reason = 1 LIMIT 1",
     )
     .bind(&r.spki_sha256)
     .fetch_optional(&mut *tx)
@@ -434,7 +434,7 @@ async fn check_claim(tx: &mut Conn, r: &Reservation, now: OffsetDateTime) -> Res
                  FROM certificates c
                  LEFT JOIN devices d ON d.uri = c.subject_uri
                  LEFT JOIN principals p ON p.uri = c.subject_uri
-                 WHERE c.serial = ? AND c.subject_uri = ?",
+                 WHERE c.serial = $1 AND c.subject_uri = $2",
             )
             .bind(caller_serial)
             .bind(&r.subject_uri)
@@ -457,7 +457,7 @@ async fn check_claim(tx: &mut Conn, r: &Reservation, now: OffsetDateTime) -> Res
             }
             if *rekey_required {
                 let seen: Option<String> = sqlx::query_scalar(
-                    "SELECT serial FROM certificates WHERE spki_sha256 = ? LIMIT 1",
+                    "SELECT serial FROM certificates WHERE spki_sha256 = $1 LIMIT 1",
                 )
                 .bind(&r.spki_sha256)
                 .fetch_optional(&mut *tx)
@@ -476,7 +476,7 @@ async fn check_claim(tx: &mut Conn, r: &Reservation, now: OffsetDateTime) -> Res
             token_sha256,
         } => {
             let enrolled: Option<String> = sqlx::query_scalar(
-                "SELECT serial FROM devices WHERE manufacturer_id = ? AND serial = ?",
+                "SELECT serial FROM devices WHERE manufacturer_id = $1 AND serial = $2",
             )
             .bind(manufacturer.as_str())
             .bind(serial.as_str())
@@ -485,7 +485,7 @@ async fn check_claim(tx: &mut Conn, r: &Reservation, now: OffsetDateTime) -> Res
             // A reservation in flight for the same device counts as taken: of two concurrent
             // enrollments of one serial, exactly one proceeds.
             let in_flight: Option<String> = sqlx::query_scalar(
-                "SELECT serial FROM certificates WHERE subject_uri = ? AND status = 'reserved'",
+                "SELECT serial FROM certificates WHERE subject_uri = $1 AND status = 'reserved'",
             )
             .bind(&r.subject_uri)
             .fetch_optional(&mut *tx)
@@ -506,7 +506,7 @@ async fn check_claim(tx: &mut Conn, r: &Reservation, now: OffsetDateTime) -> Res
             manufacturer,
         } => {
             let row =
-                sqlx::query("SELECT role, manufacturer_id, state FROM principals WHERE uri = ?")
+                sqlx::query("SELECT role, manufacturer_id, state FROM principals WHERE uri = $1")
                     .bind(&r.subject_uri)
                     .fetch_optional(&mut *tx)
                     .await?;
@@ -538,8 +538,8 @@ async fn revoke_reserved(
 ) -> Result<(), Error> {
     // The serial may have been signed but was never delivered: it stays on record, revoked.
     sqlx::query(
-        "UPDATE certificates SET status = 'revoked', revoked_at = ?, revocation_reason = 4
-         WHERE issuer = ? AND serial = ? AND status = 'reserved'",
+        "UPDATE certificates SET status = 'revoked', revoked_at = $1, revocation_reason = 4
+         WHERE issuer = $2 AND serial = $3 AND status = 'reserved'",
     )
     .bind(to_unix(now))
     .bind(issuer)

@@ -47,7 +47,7 @@ impl Store {
     /// database was changed behind medid's back.
     pub async fn leaf_hashes(&self, size: u64) -> Result<Vec<Hash>, Error> {
         let rows =
-            sqlx::query("SELECT seq, leaf_hash FROM audit_events WHERE seq <= ? ORDER BY seq")
+            sqlx::query("SELECT seq, leaf_hash FROM audit_events WHERE seq <= $1 ORDER BY seq")
                 .bind(size as i64)
                 .fetch_all(&self.reader)
                 .await?;
@@ -81,7 +81,7 @@ impl Store {
     /// so the verifier can name the damage).
     pub async fn leaf_hashes_as_stored(&self, size: u64) -> Result<Vec<Hash>, Error> {
         let rows: Vec<String> =
-            sqlx::query_scalar("SELECT leaf_hash FROM audit_events WHERE seq <= ? ORDER BY seq")
+            sqlx::query_scalar("SELECT leaf_hash FROM audit_events WHERE seq <= $1 ORDER BY seq")
                 .bind(size as i64)
                 .fetch_all(&self.reader)
                 .await?;
@@ -114,7 +114,7 @@ impl Store {
     ) -> Result<(), Error> {
         let mut tx = self.begin_write().await?;
         sqlx::query(
-            "INSERT INTO audit_checkpoints (tree_size, root_hash, note, signed_at) VALUES (?, ?, ?, ?)
+            "INSERT INTO audit_checkpoints (tree_size, root_hash, note, signed_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (tree_size) DO NOTHING",
         )
         .bind(size as i64)
@@ -155,22 +155,26 @@ impl Store {
             .manufacturer
             .as_ref()
             .map(|m| format!("%/manufacturer/{m}/%"));
-        let rows = sqlx::query(
+        let sql = format!(
             "SELECT seq, recorded_at, actor_uri, actor_role, action, target, outcome, reason, detail,
                     leaf_hash
              FROM audit_events
-             WHERE seq > ? AND seq <= ?
-               AND (? IS NULL OR recorded_at >= ?)
-               AND (? IS NULL OR recorded_at <= ?)
-               AND (? IS NULL OR target = ? OR json_extract(detail, '$.device_uri') = ?)
-               AND (? IS NULL OR target LIKE ? OR target LIKE ? OR actor_uri LIKE ?
-                    OR json_extract(detail, '$.manufacturer') = ?)
-               AND (? IS NULL OR actor_uri = ?)
-               AND (? IS NULL OR action = ?)
-               AND (? IS NULL OR outcome = ?)
-               AND (? IS NULL OR json_extract(detail, '$.patient_ref') = ?)
-             ORDER BY seq LIMIT ?",
-        )
+             WHERE seq > $1 AND seq <= $2
+               AND ($3 IS NULL OR recorded_at >= $4)
+               AND ($5 IS NULL OR recorded_at <= $6)
+               AND ($7 IS NULL OR target = $8 OR {device} = $9)
+               AND ($10 IS NULL OR target LIKE $11 OR target LIKE $12 OR actor_uri LIKE $13
+                    OR {manufacturer} = $14)
+               AND ($15 IS NULL OR actor_uri = $16)
+               AND ($17 IS NULL OR action = $18)
+               AND ($19 IS NULL OR outcome = $20)
+               AND ($21 IS NULL OR {patient} = $22)
+             ORDER BY seq LIMIT $23",
+            device = self.detail_field("device_uri"),
+            manufacturer = self.detail_field("manufacturer"),
+            patient = self.detail_field("patient_ref"),
+        );
+        let rows = sqlx::query(&sql)
         .bind(after)
         .bind(up_to)
         .bind(q.from.map(to_unix))

@@ -36,7 +36,7 @@ const CERT_COLUMNS: &str = "SELECT c.issuer, c.serial, c.profile, c.role, c.subj
     LEFT JOIN devices d ON d.uri = c.subject_uri
     LEFT JOIN principals p ON p.uri = c.subject_uri";
 
-fn decode_cert(row: &sqlx::sqlite::SqliteRow) -> Result<CertRecord, Error> {
+fn decode_cert(row: &super::DbRow) -> Result<CertRecord, Error> {
     let issuer: String = row.try_get("issuer")?;
     let reason: Option<i64> = row.try_get("revocation_reason")?;
     Ok(CertRecord {
@@ -90,7 +90,7 @@ impl Store {
         serial: &str,
     ) -> Result<Option<CertRecord>, Error> {
         let row = sqlx::query(&format!(
-            "{CERT_COLUMNS} WHERE c.issuer = ? AND c.serial = ?"
+            "{CERT_COLUMNS} WHERE c.issuer = $1 AND c.serial = $2"
         ))
         .bind(issuer.as_str())
         .bind(serial)
@@ -102,7 +102,7 @@ impl Store {
     /// Every certificate of a subject, oldest first.
     pub async fn certificates_of(&self, subject_uri: &str) -> Result<Vec<CertRecord>, Error> {
         let rows = sqlx::query(&format!(
-            "{CERT_COLUMNS} WHERE c.subject_uri = ? ORDER BY c.issue_order"
+            "{CERT_COLUMNS} WHERE c.subject_uri = $1 ORDER BY c.issue_order"
         ))
         .bind(subject_uri)
         .fetch_all(&self.reader)
@@ -119,9 +119,9 @@ impl Store {
     ) -> Result<Vec<CertRecord>, Error> {
         let rows = sqlx::query(&format!(
             "{CERT_COLUMNS}
-             WHERE c.status = 'active' AND c.not_after <= ?
-               AND (? IS NULL OR COALESCE(d.manufacturer_id, p.manufacturer_id) = ?)
-             ORDER BY c.not_after, c.serial LIMIT ?"
+             WHERE c.status = 'active' AND c.not_after <= $1
+               AND ($2 IS NULL OR COALESCE(d.manufacturer_id, p.manufacturer_id) = $3)
+             ORDER BY c.not_after, c.serial LIMIT $4"
         ))
         .bind(to_unix(before))
         .bind(manufacturer.map(|m| m.as_str()))
@@ -151,7 +151,7 @@ impl Store {
             // Read under the write lock: a renewal that reserved a serial a moment ago is
             // included, and none can reserve another until this commits.
             let rows = sqlx::query(
-                "SELECT issuer, serial FROM certificates WHERE subject_uri = ? AND status <> 'revoked'",
+                "SELECT issuer, serial FROM certificates WHERE subject_uri = $1 AND status <> 'revoked'",
             )
             .bind(uri)
             .fetch_all(&mut *tx)
@@ -169,8 +169,8 @@ impl Store {
         let mut revoked = Vec::new();
         for (issuer, serial) in &targets {
             let done = sqlx::query(
-                "UPDATE certificates SET status = 'revoked', revoked_at = ?, revocation_reason = ?
-                 WHERE issuer = ? AND serial = ? AND status <> 'revoked'",
+                "UPDATE certificates SET status = 'revoked', revoked_at = $1, revocation_reason = $2
+                 WHERE issuer = $3 AND serial = $4 AND status <> 'revoked'",
             )
             .bind(at)
             .bind(reason.map(RevocationReason::code))
@@ -184,7 +184,7 @@ impl Store {
         }
         if let Some((manufacturer, serial)) = decommission {
             sqlx::query(
-                "UPDATE devices SET state = 'decommissioned' WHERE manufacturer_id = ? AND serial = ?",
+                "UPDATE devices SET state = 'decommissioned' WHERE manufacturer_id = $1 AND serial = $2",
             )
             .bind(manufacturer.as_str())
             .bind(serial)
@@ -218,7 +218,7 @@ impl Store {
     ) -> Result<CrlRecord, Error> {
         let mut tx = self.begin_write().await?;
         let last: Option<i64> =
-            sqlx::query_scalar("SELECT last_number FROM crl_numbers WHERE issuer = ?")
+            sqlx::query_scalar("SELECT last_number FROM crl_numbers WHERE issuer = $1")
                 .bind(issuer.as_str())
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -226,7 +226,7 @@ impl Store {
         let entries = revoked_entries(&mut tx, issuer, this_update).await?;
         let der = sign(number as u64, &entries)?;
         sqlx::query(
-            "INSERT INTO crl_numbers (issuer, last_number) VALUES (?, ?)
+            "INSERT INTO crl_numbers (issuer, last_number) VALUES ($1, $2)
              ON CONFLICT (issuer) DO UPDATE SET last_number = excluded.last_number",
         )
         .bind(issuer.as_str())
@@ -234,7 +234,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO crls (issuer, number, this_update, next_update, der) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO crls (issuer, number, this_update, next_update, der) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(issuer.as_str())
         .bind(number)
@@ -255,7 +255,7 @@ impl Store {
     pub async fn latest_crl(&self, issuer: IssuerName) -> Result<Option<CrlRecord>, Error> {
         let row = sqlx::query(
             "SELECT number, this_update, next_update, der FROM crls
-             WHERE issuer = ? ORDER BY number DESC LIMIT 1",
+             WHERE issuer = $1 ORDER BY number DESC LIMIT 1",
         )
         .bind(issuer.as_str())
         .fetch_optional(&self.reader)
@@ -275,7 +275,7 @@ impl Store {
         sqlx::query(
             "INSERT INTO enrollment_tokens
                  (token_sha256, manufacturer_id, serial, model, expires_at, created_by, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&t.token_sha256)
         .bind(&t.manufacturer_id)
@@ -294,7 +294,7 @@ impl Store {
     pub async fn token(&self, token_sha256: &str) -> Result<Option<TokenRecord>, Error> {
         let row = sqlx::query(
             "SELECT token_sha256, manufacturer_id, serial, model, expires_at, used_at
-             FROM enrollment_tokens WHERE token_sha256 = ?",
+             FROM enrollment_tokens WHERE token_sha256 = $1",
         )
         .bind(token_sha256)
         .fetch_optional(&self.reader)
@@ -321,8 +321,8 @@ pub(crate) async fn consume_token(
     now: OffsetDateTime,
 ) -> Result<(), Error> {
     let done = sqlx::query(
-        "UPDATE enrollment_tokens SET used_at = ?
-         WHERE token_sha256 = ? AND used_at IS NULL AND expires_at >= ?",
+        "UPDATE enrollment_tokens SET used_at = $1
+         WHERE token_sha256 = $2 AND used_at IS NULL AND expires_at >= $3",
     )
     .bind(to_unix(now))
     .bind(token_sha256)
@@ -348,7 +348,7 @@ async fn revoked_entries(
     let keep_after = this_update - time::Duration::days(1);
     let rows = sqlx::query(
         "SELECT serial, revoked_at, revocation_reason FROM certificates
-         WHERE issuer = ? AND status = 'revoked' AND not_after >= ?
+         WHERE issuer = $1 AND status = 'revoked' AND not_after >= $2
          ORDER BY serial",
     )
     .bind(issuer.as_str())

@@ -1,11 +1,18 @@
-//! The only module that speaks SQL. SQLite through sqlx: WAL journal, `synchronous = FULL` so a
-//! committed transaction survives power loss, and every write transaction opened with
-//! `BEGIN IMMEDIATE` on a single writer connection, so writers queue instead of failing with
-//! "database is locked".
+//! The only module that speaks SQL, through sqlx's `Any` driver so that one set of queries
+//! (numbered `$N` parameters, which both engines accept) serves both backends:
+//!
+//! - **SQLite** (the embedded default): WAL journal, `synchronous = FULL` so a committed
+//!   transaction survives power loss, every write transaction opened with `BEGIN IMMEDIATE` on a
+//!   single writer connection, so writers queue instead of failing with "database is locked".
+//! - **PostgreSQL** (replicas): every write transaction first takes one advisory lock, so
+//!   writers on all replicas queue the same way; commits are durable by PostgreSQL's default
+//!   `synchronous_commit = on`.
+//!
+//! The few dialect differences (JSON access, the write lock, the schema) are in this file.
 //!
 //! Split by consumer: [`certificates`] (the issuance cycle and peer lookup), [`registry`]
 //! (manufacturers, devices, principals) and [`audit`] (the event log). Schema changes live in
-//! `migrations/sqlite/` and are applied at start.
+//! `migrations/sqlite/` and `migrations/postgres/` and are applied at start.
 
 pub mod audit;
 pub mod certificates;
@@ -15,19 +22,18 @@ pub mod registry;
 mod writer;
 
 use std::path::Path;
-use std::str::FromStr;
+use std::sync::Once;
 use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::{Sqlite, Transaction};
+use sqlx::any::AnyPoolOptions;
+use sqlx::AnyPool;
+use sqlx::{Any, Transaction};
 use time::OffsetDateTime;
 
 use crate::error::Error;
 
-/// Migrations, embedded in the binary, applied in order; each runs once.
-const MIGRATIONS: &[(i64, &str, &str)] = &[
+/// SQLite migrations, embedded in the binary, applied in order; each runs once.
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
         1,
         "core",
@@ -50,76 +56,135 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
 ];
 
+/// PostgreSQL migrations: the same schema, written for PostgreSQL from the start.
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "schema",
+    include_str!("../../migrations/postgres/0001_schema.sql"),
+)];
+
+/// Every write transaction on PostgreSQL first takes this transaction-scoped advisory lock, so
+/// writers on all replicas run one at a time, as SQLite's single writer does: sequence numbers,
+/// CRL numbers, uniqueness checks and token spending cannot race across replicas.
+const POSTGRES_WRITE_LOCK: i64 = 0x6d65_6469_645f_7772; // "medid_wr"
+
+/// The database engine behind a [`Store`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded default: one file, one node.
+    Sqlite,
+    /// Scale-out: several replicas on one database (docs/DEPLOYMENT.md).
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a database URL names: `postgres://` / `postgresql://`, or `sqlite:` (or a
+    /// plain path, which [`crate::config::Config`] turns into a `sqlite://` URL).
+    pub fn of_url(url: &str) -> Result<Self, Error> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "database_url must start with sqlite:// or postgres:// (got {:?})",
+                redact_url(url)
+            )))
+        }
+    }
+}
+
+/// A database URL with any password replaced, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// Handle to the database: one writer connection, a few readers.
 #[derive(Debug, Clone)]
 pub struct Store {
-    writer: SqlitePool,
-    reader: SqlitePool,
+    backend: Backend,
+    writer: AnyPool,
+    reader: AnyPool,
     /// Group commit for the hot writes (`store/writer.rs`).
     writer_task: writer::Writer,
 }
 
-pub(crate) type WriteTx = Transaction<'static, Sqlite>;
+pub(crate) type WriteTx = Transaction<'static, Any>;
 /// The connection a write job runs on, inside the batch's transaction.
-pub(crate) type Conn = sqlx::SqliteConnection;
+pub(crate) type Conn = sqlx::AnyConnection;
+/// A row read from either backend.
+pub(crate) type DbRow = sqlx::any::AnyRow;
 
 impl Store {
     /// Opens (creating if missing) the SQLite database at `path` and applies migrations.
     pub async fn open_sqlite(path: &Path) -> Result<Self, Error> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        Self::open_with(options).await
+        Self::open_url(&format!("sqlite://{}?mode=rwc", path.display())).await
     }
 
-    /// Opens a database given as a `sqlite:` URL.
+    /// Opens the database a URL names (`sqlite://PATH` or `postgres://…`) and applies
+    /// migrations. An unreachable database is UNAVAILABLE, with the reason.
     pub async fn open_url(url: &str) -> Result<Self, Error> {
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(|e| Error::InvalidArgument(format!("database URL {url:?}: {e}")))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        Self::open_with(options).await
-    }
-
-    async fn open_with(options: SqliteConnectOptions) -> Result<Self, Error> {
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options.clone())
-            .await
-            .map_err(|e| Error::Unavailable(format!("opening database: {e}")))?;
+        static DRIVERS: Once = Once::new();
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let backend = Backend::of_url(url)?;
+        let (writers, readers) = match backend {
+            Backend::Sqlite => (1, 4),
+            Backend::Postgres => (1, 8),
+        };
+        let pool = |size: u32| {
+            AnyPoolOptions::new()
+                .max_connections(size)
+                .acquire_timeout(Duration::from_secs(10))
+                .after_connect(move |conn, _meta| Box::pin(prepare_connection(conn, backend)))
+        };
+        let unavailable = |e: sqlx::Error| {
+            Error::Unavailable(format!("opening database {}: {e}", redact_url(url)))
+        };
+        let writer = pool(writers).connect(url).await.map_err(unavailable)?;
+        let reader = pool(readers).connect(url).await.map_err(unavailable)?;
         let store = Self {
-            reader: SqlitePoolOptions::new()
-                .max_connections(4)
-                .acquire_timeout(Duration::from_secs(30))
-                .connect_with(options.read_only(false))
-                .await
-                .map_err(|e| Error::Unavailable(format!("opening database: {e}")))?,
-            writer_task: writer::Writer::spawn(writer.clone()),
+            backend,
+            writer_task: writer::Writer::spawn(writer.clone(), backend),
             writer,
+            reader,
         };
         store.migrate().await?;
         Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     async fn migrate(&self) -> Result<(), Error> {
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
-                 version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+                 version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
         )
         .execute(&mut *tx)
         .await?;
-        for (version, name, sql) in MIGRATIONS {
+        let migrations = match self.backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS,
+            Backend::Postgres => POSTGRES_MIGRATIONS,
+        };
+        for (version, name, sql) in migrations {
             let applied: Option<i64> =
-                sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = ?")
+                sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
                     .bind(version)
                     .fetch_optional(&mut *tx)
                     .await?;
@@ -128,10 +193,10 @@ impl Store {
             }
             sqlx::raw_sql(sql).execute(&mut *tx).await?;
             sqlx::query(
-                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
             )
             .bind(version)
-            .bind(name)
+            .bind(*name)
             .bind(OffsetDateTime::now_utc().unix_timestamp())
             .execute(&mut *tx)
             .await?;
@@ -141,9 +206,10 @@ impl Store {
         Ok(())
     }
 
-    /// A write transaction holding SQLite's write lock from its first statement.
+    /// A write transaction holding the write lock from its first statement: SQLite's
+    /// `BEGIN IMMEDIATE`, or PostgreSQL's advisory lock shared by all replicas.
     pub(crate) async fn begin_write(&self) -> Result<WriteTx, Error> {
-        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+        begin_write_on(&self.writer, self.backend).await
     }
 
     /// Readiness: the database answers a query.
@@ -155,6 +221,46 @@ impl Store {
     pub async fn close(&self) {
         self.writer.close().await;
         self.reader.close().await;
+    }
+
+    /// The text of JSON field `key` of the `detail` column, in this backend's dialect.
+    pub(crate) fn detail_field(&self, key: &str) -> String {
+        debug_assert!(key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+        match self.backend {
+            Backend::Sqlite => format!("json_extract(detail, '$.{key}')"),
+            Backend::Postgres => format!("(detail::jsonb ->> '{key}')"),
+        }
+    }
+}
+
+/// Settings every new connection gets. SQLite: WAL so readers never block the writer; FULL so a
+/// commit is on disk before it is acknowledged; foreign keys on.
+async fn prepare_connection(conn: &mut Conn, backend: Backend) -> Result<(), sqlx::Error> {
+    if backend == Backend::Sqlite {
+        for pragma in [
+            "PRAGMA journal_mode = WAL",
+            "PRAGMA synchronous = FULL",
+            "PRAGMA foreign_keys = ON",
+            "PRAGMA busy_timeout = 10000",
+        ] {
+            sqlx::query(pragma).execute(&mut *conn).await?;
+        }
+    }
+    Ok(())
+}
+
+/// See [`Store::begin_write`]; also used by the group-commit writer.
+pub(crate) async fn begin_write_on(pool: &AnyPool, backend: Backend) -> Result<WriteTx, Error> {
+    match backend {
+        Backend::Sqlite => Ok(pool.begin_with("BEGIN IMMEDIATE").await?),
+        Backend::Postgres => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("SELECT 1 AS locked FROM (SELECT pg_advisory_xact_lock($1)) AS l")
+                .bind(POSTGRES_WRITE_LOCK)
+                .execute(&mut *tx)
+                .await?;
+            Ok(tx)
+        }
     }
 }
 

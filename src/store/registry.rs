@@ -71,7 +71,7 @@ impl Store {
     ) -> Result<(), Error> {
         let mut tx = self.begin_write().await?;
         let exists: Option<String> =
-            sqlx::query_scalar("SELECT id FROM manufacturers WHERE id = ?")
+            sqlx::query_scalar("SELECT id FROM manufacturers WHERE id = $1")
                 .bind(m.id.as_str())
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -85,7 +85,7 @@ impl Store {
             .map_err(|e| Error::internal("encoding models", e))?;
         sqlx::query(
             "INSERT INTO manufacturers (id, display_name, allowed_models, created_at)
-             VALUES (?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4)",
         )
         .bind(m.id.as_str())
         .bind(&m.display_name)
@@ -100,7 +100,7 @@ impl Store {
 
     pub async fn manufacturer(&self, id: &ManufacturerId) -> Result<ManufacturerRecord, Error> {
         let row = sqlx::query(
-            "SELECT id, display_name, allowed_models, created_at FROM manufacturers WHERE id = ?",
+            "SELECT id, display_name, allowed_models, created_at FROM manufacturers WHERE id = $1",
         )
         .bind(id.as_str())
         .fetch_optional(&self.reader)
@@ -124,7 +124,7 @@ impl Store {
         serial: &str,
     ) -> Result<DeviceRecord, Error> {
         let row = sqlx::query(&format!(
-            "{DEVICE_COLUMNS} WHERE manufacturer_id = ? AND serial = ?"
+            "{DEVICE_COLUMNS} WHERE manufacturer_id = $1 AND serial = $2"
         ))
         .bind(manufacturer.as_str())
         .bind(serial)
@@ -140,7 +140,7 @@ impl Store {
     }
 
     pub async fn device_by_uri(&self, uri: &str) -> Result<DeviceRecord, Error> {
-        let row = sqlx::query(&format!("{DEVICE_COLUMNS} WHERE uri = ?"))
+        let row = sqlx::query(&format!("{DEVICE_COLUMNS} WHERE uri = $1"))
             .bind(uri)
             .fetch_optional(&self.reader)
             .await?
@@ -164,12 +164,12 @@ impl Store {
         let (after_m, after_s) = cursor.unwrap_or_default();
         let rows = sqlx::query(&format!(
             "{DEVICE_COLUMNS}
-             WHERE (? IS NULL OR manufacturer_id = ?)
-               AND (? IS NULL OR model = ?)
-               AND (? IS NULL OR state = ?)
-               AND (manufacturer_id, serial) > (?, ?)
+             WHERE ($1 IS NULL OR manufacturer_id = $2)
+               AND ($3 IS NULL OR model = $4)
+               AND ($5 IS NULL OR state = $6)
+               AND (manufacturer_id, serial) > ($7, $8)
              ORDER BY manufacturer_id, serial
-             LIMIT ?"
+             LIMIT $9"
         ))
         .bind(q.manufacturer.as_ref().map(|m| m.as_str()))
         .bind(q.manufacturer.as_ref().map(|m| m.as_str()))
@@ -201,7 +201,7 @@ impl Store {
 const DEVICE_COLUMNS: &str = "SELECT manufacturer_id, serial, model, udi_di, uri, state, \
                               enrolled_at, birth_serial FROM devices";
 
-fn decode_manufacturer(row: &sqlx::sqlite::SqliteRow) -> Result<ManufacturerRecord, Error> {
+fn decode_manufacturer(row: &super::DbRow) -> Result<ManufacturerRecord, Error> {
     let models: String = row.try_get("allowed_models")?;
     Ok(ManufacturerRecord {
         id: ManufacturerId::parse(&row.try_get::<String, _>("id")?)?,
@@ -212,7 +212,7 @@ fn decode_manufacturer(row: &sqlx::sqlite::SqliteRow) -> Result<ManufacturerReco
     })
 }
 
-fn decode_device(row: &sqlx::sqlite::SqliteRow) -> Result<DeviceRecord, Error> {
+fn decode_device(row: &super::DbRow) -> Result<DeviceRecord, Error> {
     Ok(DeviceRecord {
         manufacturer_id: row.try_get("manufacturer_id")?,
         serial: row.try_get("serial")?,

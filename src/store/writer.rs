@@ -13,10 +13,10 @@
 //! connection and simply wait their turn.
 
 use futures_util::future::BoxFuture;
-use sqlx::sqlite::SqlitePool;
+use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Conn, Store};
+use super::{begin_write_on, Backend, Conn, Store};
 use crate::error::Error;
 
 /// Jobs committed together at most. Larger batches amortize the fsync further but hold
@@ -36,7 +36,7 @@ pub(crate) struct Writer {
 
 impl Writer {
     /// Starts the task on `pool` (the store's single write connection).
-    pub(crate) fn spawn(pool: SqlitePool) -> Self {
+    pub(crate) fn spawn(pool: AnyPool, backend: Backend) -> Self {
         let (jobs, mut queue) = mpsc::channel::<Job>(4 * MAX_JOBS);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(MAX_JOBS);
@@ -48,7 +48,7 @@ impl Writer {
                         Err(_) => break,
                     }
                 }
-                run_batch(&pool, &mut batch).await;
+                run_batch(&pool, backend, &mut batch).await;
             }
         });
         Self { jobs }
@@ -57,10 +57,10 @@ impl Writer {
 
 /// Runs and commits one batch, then answers every job in it. Jobs that never ran (the
 /// transaction failed first) are dropped, and their callers see the database as unavailable.
-async fn run_batch(pool: &SqlitePool, batch: &mut Vec<Job>) {
+async fn run_batch(pool: &AnyPool, backend: Backend, batch: &mut Vec<Job>) {
     let mut finishers: Vec<Finish> = Vec::with_capacity(batch.len());
     let committed: Result<(), Error> = async {
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = begin_write_on(pool, backend).await?;
         for job in batch.drain(..) {
             sqlx::query("SAVEPOINT job").execute(&mut *tx).await?;
             let (ok, finish) = job(&mut tx).await;
