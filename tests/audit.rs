@@ -98,18 +98,17 @@ fn verify(w: &World, bundle: &Path, previous: Option<&Path>) -> (bool, String) {
     )
 }
 
-async fn db(w: &World) -> sqlx::SqlitePool {
-    let pool = sqlx::SqlitePool::connect(&format!(
-        "sqlite://{}",
-        w.server.dir.path().join("medid.db").display()
+async fn db(w: &World) -> sqlx::AnyPool {
+    let pool = w.server.db().await;
+    // The attacker has the database: the append-only triggers are no obstacle to them.
+    sqlx::raw_sql(common::by_backend(
+        "DROP TRIGGER audit_events_no_update; DROP TRIGGER audit_events_no_delete;",
+        "DROP TRIGGER audit_events_no_update ON audit_events;
+         DROP TRIGGER audit_events_no_delete ON audit_events;",
     ))
+    .execute(&pool)
     .await
     .unwrap();
-    // The attacker has the database: the append-only triggers are no obstacle to them.
-    sqlx::raw_sql("DROP TRIGGER audit_events_no_update; DROP TRIGGER audit_events_no_delete;")
-        .execute(&pool)
-        .await
-        .unwrap();
     pool
 }
 
@@ -465,11 +464,11 @@ async fn tampering_with_the_database_is_detected_and_named() {
         let pool = db(&w).await;
         match case {
             "edit" => {
-                sqlx::query("UPDATE audit_events SET target = 'spiffe://medid.local/device/acme/OTHER' WHERE seq = ?")
+                sqlx::query("UPDATE audit_events SET target = 'spiffe://medid.local/device/acme/OTHER' WHERE seq = $1")
                     .bind(k).execute(&pool).await.unwrap();
             }
             "delete" => {
-                sqlx::query("DELETE FROM audit_events WHERE seq = ?")
+                sqlx::query("DELETE FROM audit_events WHERE seq = $1")
                     .bind(k)
                     .execute(&pool)
                     .await
@@ -487,7 +486,7 @@ async fn tampering_with_the_database_is_detected_and_named() {
                 .unwrap();
             }
             "truncate" => {
-                sqlx::query("DELETE FROM audit_events WHERE seq >= ?")
+                sqlx::query("DELETE FROM audit_events WHERE seq >= $1")
                     .bind(k)
                     .execute(&pool)
                     .await
@@ -496,7 +495,7 @@ async fn tampering_with_the_database_is_detected_and_named() {
             "rewrite" => {
                 // Change entry k and recompute every leaf hash from k on, and delete the
                 // checkpoints kept in the database.
-                sqlx::query("UPDATE audit_events SET target = 'spiffe://medid.local/device/acme/OTHER' WHERE seq = ?")
+                sqlx::query("UPDATE audit_events SET target = 'spiffe://medid.local/device/acme/OTHER' WHERE seq = $1")
                     .bind(k).execute(&pool).await.unwrap();
                 for seq in k..=n {
                     let e = w
@@ -508,7 +507,7 @@ async fn tampering_with_the_database_is_detected_and_named() {
                         .unwrap()
                         .remove(0);
                     let leaf = medid::audit::ledger::leaf(seq, &e.event).unwrap();
-                    sqlx::query("UPDATE audit_events SET leaf_hash = ? WHERE seq = ?")
+                    sqlx::query("UPDATE audit_events SET leaf_hash = $1 WHERE seq = $2")
                         .bind(medid::domain::hex(&leaf))
                         .bind(seq)
                         .execute(&pool)
@@ -558,16 +557,17 @@ async fn tampering_with_the_database_is_detected_and_named() {
 async fn when_the_audit_write_fails_the_operation_fails_and_changes_nothing() {
     let w = world().await;
     let station = w.server.station("acme", "line-2").await;
-    let pool = sqlx::SqlitePool::connect(&format!(
-        "sqlite://{}",
-        w.server.dir.path().join("medid.db").display()
+    let pool = w.server.db().await;
+    sqlx::raw_sql(common::by_backend(
+        "CREATE TRIGGER fail_audit BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+        "CREATE FUNCTION fail_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'disk full'; END; $$;
+         CREATE TRIGGER fail_audit BEFORE INSERT ON audit_events
+             FOR EACH ROW EXECUTE FUNCTION fail_audit();",
     ))
+    .execute(&pool)
     .await
     .unwrap();
-    sqlx::raw_sql("CREATE TRIGGER fail_audit BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'disk full'); END;")
-        .execute(&pool)
-        .await
-        .unwrap();
     let devices_before = w.server.count("SELECT COUNT(*) FROM devices").await;
     let certs_before = w.server.count("SELECT COUNT(*) FROM certificates").await;
     let err = w
@@ -623,8 +623,11 @@ async fn when_the_audit_write_fails_the_operation_fails_and_changes_nothing() {
             .await,
         0
     );
-    sqlx::raw_sql("DROP TRIGGER fail_audit;")
-        .execute(&pool)
+    sqlx::raw_sql(common::by_backend(
+        "DROP TRIGGER fail_audit;",
+        "DROP TRIGGER fail_audit ON audit_events;",
+    ))
+    .execute(&pool)
         .await
         .unwrap();
 }

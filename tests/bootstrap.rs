@@ -155,10 +155,7 @@ async fn audit_sequence_numbers_are_gap_free() {
 #[tokio::test]
 async fn audit_rows_cannot_be_updated_or_deleted_through_sql() {
     let server = TestServer::start().await;
-    let path = server.dir.path().join("medid.db");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
-        .await
-        .unwrap();
+    let pool = server.db().await;
     let upd = sqlx::query("UPDATE audit_events SET outcome = 'success'")
         .execute(&pool)
         .await;

@@ -123,12 +123,7 @@ async fn everything_medid_issues_passes_pkilint() {
         std::fs::write(out.join(format!("{}.crl", issuer.as_str())), crl.der).unwrap();
     }
     // The delegated OCSP responder certificates, from the store.
-    let db = sqlx::SqlitePool::connect(&format!(
-        "sqlite://{}",
-        server.dir.path().join("medid.db").display()
-    ))
-    .await
-    .unwrap();
+    let db = server.db().await;
     let responders: Vec<Vec<u8>> = sqlx::query_scalar(
         "SELECT der FROM certificates WHERE profile = 'ocsp-responder' AND status = 'active'",
     )

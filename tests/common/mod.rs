@@ -1,8 +1,13 @@
-//! Test harness: starts the real medid server on 127.0.0.1:0 with a temporary PKI and SQLite
-//! database, and makes real tonic clients that talk to it over mTLS.
+//! Test harness: starts the real medid server on 127.0.0.1:0 with a temporary PKI and database,
+//! and makes real tonic clients that talk to it over mTLS.
+//!
+//! The database is SQLite in the test's directory, or, with `MEDID_TEST_BACKEND=postgres`, a
+//! fresh schema of its own on the PostgreSQL server `MEDID_TEST_POSTGRES_URL` names (`.ci/run`
+//! runs the integration tests both ways). A test told to use PostgreSQL fails when it cannot
+//! reach it; it never falls back to SQLite.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use medid::api::client::{connect, ClientCredentials};
@@ -64,7 +69,8 @@ impl TestServer {
     ) -> Self {
         let mut config = Config {
             pki_dir: dir.path().join("pki"),
-            database_url: format!("sqlite://{}", dir.path().join("medid.db").display()),
+            database_url: database_url_for(dir.path()).await,
+            audit_checkpoint_dir: Some(dir.path().join("checkpoints")),
             create_dev_pki: true,
             ..Config::default()
         };
@@ -232,13 +238,107 @@ impl TestServer {
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
-        let path = self.dir.path().join("medid.db");
-        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
-            .await
-            .unwrap();
+        let pool = self.db().await;
         let n: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
         pool.close().await;
         n
+    }
+
+    /// A separate connection pool to the server's database, for checks and tampering.
+    pub async fn db(&self) -> sqlx::AnyPool {
+        install_drivers();
+        sqlx::AnyPool::connect(&self.config.database_url)
+            .await
+            .expect("test database reachable")
+    }
+}
+
+/// Which backend the integration tests run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestBackend {
+    Sqlite,
+    Postgres,
+}
+
+pub fn test_backend() -> TestBackend {
+    match std::env::var("MEDID_TEST_BACKEND").as_deref() {
+        Ok("postgres") => TestBackend::Postgres,
+        Ok("sqlite") | Err(_) => TestBackend::Sqlite,
+        Ok(other) => panic!("MEDID_TEST_BACKEND must be sqlite or postgres, not {other:?}"),
+    }
+}
+
+/// The SQL for the backend under test.
+pub fn by_backend(sqlite: &'static str, postgres: &'static str) -> &'static str {
+    match test_backend() {
+        TestBackend::Sqlite => sqlite,
+        TestBackend::Postgres => postgres,
+    }
+}
+
+pub fn install_drivers() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(sqlx::any::install_default_drivers);
+}
+
+/// `MEDID_TEST_POSTGRES_URL`; a test that needs it and lacks it fails.
+pub fn postgres_base_url() -> String {
+    std::env::var("MEDID_TEST_POSTGRES_URL").expect(
+        "MEDID_TEST_POSTGRES_URL must name the PostgreSQL server for this test \
+         (e.g. postgres://postgres@127.0.0.1:5432/test)",
+    )
+}
+
+/// Creates a schema no other test or run uses, and returns a URL that works inside it.
+pub async fn new_postgres_schema() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    install_drivers();
+    let base = postgres_base_url();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let schema = format!(
+        "medid_t_{}_{}_{}",
+        std::process::id(),
+        nanos,
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    let pool = sqlx::AnyPool::connect(&base)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {base} is unreachable: {e}"));
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&pool)
+        .await
+        .expect("creating a test schema");
+    pool.close().await;
+    schema_url(&base, &schema)
+}
+
+/// `base` with its search_path set to `schema`.
+pub fn schema_url(base: &str, schema: &str) -> String {
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-c%20search_path%3D{schema}")
+}
+
+/// The database of a test server whose files live in `dir`: SQLite there, or a PostgreSQL
+/// schema recorded in `dir/postgres-url`, so that a restart in the same directory finds the
+/// same data.
+pub async fn database_url_for(dir: &Path) -> String {
+    match test_backend() {
+        TestBackend::Sqlite => format!("sqlite://{}", dir.join("medid.db").display()),
+        TestBackend::Postgres => {
+            let marker = dir.join("postgres-url");
+            match std::fs::read_to_string(&marker) {
+                Ok(url) => url,
+                Err(_) => {
+                    let url = new_postgres_schema().await;
+                    std::fs::write(&marker, &url).unwrap();
+                    url
+                }
+            }
+        }
     }
 }
 
