@@ -112,9 +112,8 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
     let store = match config.database()? {
         crate::config::Database::Sqlite(db_path) => {
             if let Some(parent) = db_path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|e| {
-                    Error::Internal(format!("creating {}: {e}", parent.display()))
-                })?;
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| Error::Internal(format!("creating {}: {e}", parent.display())))?;
             }
             let created = !db_path.exists();
             let store = Store::open_sqlite(&db_path).await?;

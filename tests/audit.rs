@@ -628,8 +628,8 @@ async fn when_the_audit_write_fails_the_operation_fails_and_changes_nothing() {
         "DROP TRIGGER fail_audit ON audit_events;",
     ))
     .execute(&pool)
-        .await
-        .unwrap();
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

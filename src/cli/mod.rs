@@ -214,7 +214,7 @@ async fn serve(args: ServeArgs) -> Result<(), Error> {
         config.listen,
         config.http_listen,
         config.pki_dir.display(),
-        config.database_url
+        crate::store::redact_url(&config.database_url)
     );
     crate::server::run(prepared, listeners, crate::server::shutdown_signal()).await
 }

@@ -232,10 +232,15 @@ impl Ca {
             root,
         };
         let note = l.signer.sign(&cp);
-        self.store
+        let inserted = self
+            .store
             .save_checkpoint(size, &root, &note, self.clock.now())
             .await?;
-        append_outside(&l.checkpoint_dir, &note)?;
+        // One checkpoint per tree size: a replica that lost the race keeps its copy out of
+        // the outside directory (the winner's note is byte-identical).
+        if inserted {
+            append_outside(&l.checkpoint_dir, &note)?;
+        }
         Ok((cp, note))
     }
 

@@ -66,14 +66,17 @@ pub struct TrustBundle {
 impl Ca {
     /// Signs and stores the next CRL of `issuer`, and tells the TLS layer.
     pub async fn publish_crl(&self, issuer: IssuerName) -> Result<CrlRecord, Error> {
-        let this_update = self.clock.now();
-        let next_update = this_update + self.crl_validity;
         let authority = self.authority.clone();
         let crl = self
             .store
-            .issue_crl(issuer, this_update, next_update, |number, entries| {
-                authority.sign_crl(issuer, number, this_update, next_update, entries)
-            })
+            .issue_crl(
+                issuer,
+                self.clock.now(),
+                self.crl_validity,
+                |number, this_update, next_update, entries| {
+                    authority.sign_crl(issuer, number, this_update, next_update, entries)
+                },
+            )
             .await?;
         self.crl_generation.send_modify(|g| *g += 1);
         tracing::info!(issuer = issuer.as_str(), number = crl.number, "signed CRL");

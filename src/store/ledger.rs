@@ -105,16 +105,19 @@ impl Store {
         Ok((first..first + n).collect())
     }
 
+    /// Stores a signed checkpoint; false if one for this tree size was already stored (by
+    /// another replica: Ed25519 is deterministic, so it is the same note).
     pub async fn save_checkpoint(
         &self,
         size: u64,
         root: &Hash,
         note: &str,
         at: OffsetDateTime,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO audit_checkpoints (tree_size, root_hash, note, signed_at) VALUES ($1, $2, $3, $4)
+        let inserted = sqlx::query(
+            "INSERT INTO audit_checkpoints (tree_size, root_hash, note, signed_at)
+             VALUES ($1, $2, $3, $4)
              ON CONFLICT (tree_size) DO NOTHING",
         )
         .bind(size as i64)
@@ -122,9 +125,11 @@ impl Store {
         .bind(note)
         .bind(to_unix(at))
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected()
+            == 1;
         tx.commit().await?;
-        Ok(())
+        Ok(inserted)
     }
 
     /// The newest checkpoint: (tree size, note, signed at).
@@ -175,31 +180,31 @@ impl Store {
             patient = self.detail_field("patient_ref"),
         );
         let rows = sqlx::query(&sql)
-        .bind(after)
-        .bind(up_to)
-        .bind(q.from.map(to_unix))
-        .bind(q.from.map(to_unix))
-        .bind(q.to.map(to_unix))
-        .bind(q.to.map(to_unix))
-        .bind(&q.device_uri)
-        .bind(&q.device_uri)
-        .bind(&q.device_uri)
-        .bind(&q.manufacturer)
-        .bind(&manufacturer_prefix)
-        .bind(&station_prefix)
-        .bind(&station_prefix)
-        .bind(&q.manufacturer)
-        .bind(&q.actor_uri)
-        .bind(&q.actor_uri)
-        .bind(&q.action)
-        .bind(&q.action)
-        .bind(&q.outcome)
-        .bind(&q.outcome)
-        .bind(&q.patient_ref)
-        .bind(&q.patient_ref)
-        .bind(limit)
-        .fetch_all(&self.reader)
-        .await?;
+            .bind(after)
+            .bind(up_to)
+            .bind(q.from.map(to_unix))
+            .bind(q.from.map(to_unix))
+            .bind(q.to.map(to_unix))
+            .bind(q.to.map(to_unix))
+            .bind(&q.device_uri)
+            .bind(&q.device_uri)
+            .bind(&q.device_uri)
+            .bind(&q.manufacturer)
+            .bind(&manufacturer_prefix)
+            .bind(&station_prefix)
+            .bind(&station_prefix)
+            .bind(&q.manufacturer)
+            .bind(&q.actor_uri)
+            .bind(&q.actor_uri)
+            .bind(&q.action)
+            .bind(&q.action)
+            .bind(&q.outcome)
+            .bind(&q.outcome)
+            .bind(&q.patient_ref)
+            .bind(&q.patient_ref)
+            .bind(limit)
+            .fetch_all(&self.reader)
+            .await?;
         rows.iter()
             .map(|row| {
                 Ok(LedgerEntry {

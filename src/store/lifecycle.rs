@@ -206,15 +206,22 @@ impl Store {
     }
 
     /// Issues the next CRL of `issuer`: takes the next number, reads the revoked entries that
-    /// must appear (revoked certificates not expired more than a day before `this_update`),
-    /// lets `sign` produce the DER, and stores it — all in one transaction, so numbers are
-    /// strictly increasing with exactly one CRL per number.
+    /// must appear (revoked certificates not expired more than a day before thisUpdate),
+    /// lets `sign` produce the DER from (number, thisUpdate, nextUpdate, entries), and stores
+    /// it — all in one transaction, so numbers are strictly increasing with exactly one CRL per
+    /// number. thisUpdate is `now`, or the previous CRL's if that is later (a replica whose clock
+    /// runs behind never publishes a higher number with an earlier thisUpdate).
     pub async fn issue_crl(
         &self,
         issuer: IssuerName,
-        this_update: OffsetDateTime,
-        next_update: OffsetDateTime,
-        sign: impl FnOnce(u64, &[RevokedEntry]) -> Result<Vec<u8>, Error>,
+        now: OffsetDateTime,
+        validity: time::Duration,
+        sign: impl FnOnce(
+            u64,
+            OffsetDateTime,
+            OffsetDateTime,
+            &[RevokedEntry],
+        ) -> Result<Vec<u8>, Error>,
     ) -> Result<CrlRecord, Error> {
         let mut tx = self.begin_write().await?;
         let last: Option<i64> =
@@ -223,8 +230,19 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
         let number = last.unwrap_or(0) + 1;
+        let previous: Option<i64> = sqlx::query_scalar(
+            "SELECT this_update FROM crls WHERE issuer = $1 ORDER BY number DESC LIMIT 1",
+        )
+        .bind(issuer.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let this_update = match previous {
+            Some(p) if p > to_unix(now) => from_unix(p)?,
+            _ => now,
+        };
+        let next_update = this_update + validity;
         let entries = revoked_entries(&mut tx, issuer, this_update).await?;
-        let der = sign(number as u64, &entries)?;
+        let der = sign(number as u64, this_update, next_update, &entries)?;
         sqlx::query(
             "INSERT INTO crl_numbers (issuer, last_number) VALUES ($1, $2)
              ON CONFLICT (issuer) DO UPDATE SET last_number = excluded.last_number",
