@@ -1,0 +1,360 @@
+//! The storage conformance suite (STYLE.md #15, after SPIRE's `sqltest`): every case runs on
+//! SQLite, and on PostgreSQL when `MEDID_TEST_POSTGRES_URL` is set (`.ci/run` sets it). A case
+//! told to use PostgreSQL fails, never skips, when the server is unreachable. Each PostgreSQL
+//! case gets a fresh schema.
+//!
+//! The issuance cycle, tokens and revocation are exercised on both backends by the
+//! integration tests (`MEDID_TEST_BACKEND=postgres`) and by `tests/replicas.rs`; this suite
+//! pins what every backend must do at the store's own interface.
+
+mod common;
+
+use medid::audit::{Actor, AuditEvent};
+use medid::domain::ManufacturerId;
+use medid::issuance::IssuerName;
+use medid::store::ledger::AuditQuery;
+use medid::store::registry::ManufacturerRecord;
+use medid::store::{Backend, Store};
+use medid::Error;
+
+/// The same time for every event, so cases do not depend on the clock.
+fn at() -> time::OffsetDateTime {
+    time::macros::datetime!(2026-01-01 00:00 UTC)
+}
+
+fn event(action: &str, target: &str) -> AuditEvent {
+    AuditEvent::new(
+        at(),
+        Actor {
+            uri: "spiffe://t/gateway/gw".into(),
+            role: "gateway".into(),
+        },
+        action,
+        target,
+    )
+}
+
+struct Db {
+    store: Store,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Db {
+    /// A second, independent connection pool (another process's view).
+    async fn raw(&self) -> sqlx::AnyPool {
+        common::install_drivers();
+        sqlx::AnyPool::connect(&self.url).await.unwrap()
+    }
+}
+
+async fn sqlite() -> Db {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("medid.db").display()
+    );
+    let store = Store::open_url(&url).await.unwrap();
+    assert_eq!(store.backend(), Backend::Sqlite);
+    Db {
+        store,
+        url,
+        _dir: dir,
+    }
+}
+
+async fn postgres() -> Option<Db> {
+    if std::env::var_os("MEDID_TEST_POSTGRES_URL").is_none() {
+        eprintln!("MEDID_TEST_POSTGRES_URL not set: PostgreSQL cases skipped (.ci/run sets it)");
+        return None;
+    }
+    let url = common::new_postgres_schema().await;
+    let store = Store::open_url(&url)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL unreachable: {e}"));
+    assert_eq!(store.backend(), Backend::Postgres);
+    Some(Db {
+        store,
+        url,
+        _dir: tempfile::tempdir().unwrap(),
+    })
+}
+
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::sqlite().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    if let Some(db) = super::postgres().await {
+                        super::$case(db).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    migrations_apply_once_and_reopening_changes_nothing,
+    audit_sequence_numbers_are_gap_free_under_concurrent_writers,
+    a_batch_of_events_gets_contiguous_sequence_numbers,
+    audit_rows_are_append_only,
+    crl_numbers_rise_by_one_under_concurrent_issuers,
+    a_checkpoint_is_stored_once_per_tree_size,
+    ledger_filters_read_json_fields,
+    manufacturers_are_unique_and_their_creation_is_audited,
+);
+
+async fn migrations_apply_once_and_reopening_changes_nothing(db: Db) {
+    db.store.record_event(&event("x.test", "t")).await.unwrap();
+    let raw = db.raw().await;
+    let applied = |pool: sqlx::AnyPool| async move {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM schema_migrations")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let before = applied(raw.clone()).await;
+    assert!(before >= 1);
+    // A second store on the same database (a restart, or another replica) applies nothing
+    // again and sees the same data.
+    let again = Store::open_url(&db.url).await.unwrap();
+    assert_eq!(applied(raw).await, before);
+    assert_eq!(again.tree_size().await.unwrap(), 1);
+    again.record_event(&event("x.test", "u")).await.unwrap();
+    assert_eq!(db.store.tree_size().await.unwrap(), 2);
+}
+
+async fn audit_sequence_numbers_are_gap_free_under_concurrent_writers(db: Db) {
+    let writers = (0..8).map(|w| {
+        let store = db.store.clone();
+        tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..25 {
+                let e = event("x.refused", &format!("w{w}/{i}"));
+                seqs.push(store.record_event(&e).await.unwrap());
+            }
+            seqs
+        })
+    });
+    let mut all: Vec<i64> = Vec::new();
+    for w in futures_util::future::join_all(writers).await {
+        let seqs = w.unwrap();
+        assert!(
+            seqs.windows(2).all(|p| p[0] < p[1]),
+            "each writer's events in order"
+        );
+        all.extend(seqs);
+    }
+    all.sort();
+    assert_eq!(all, (1..=200).collect::<Vec<i64>>());
+    let stored: Vec<i64> = db
+        .store
+        .audit_events(0, 1000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(stored, (1..=200).collect::<Vec<i64>>());
+    assert_eq!(db.store.leaf_hashes(200).await.unwrap().len(), 200);
+}
+
+async fn a_batch_of_events_gets_contiguous_sequence_numbers(db: Db) {
+    db.store.record_event(&event("x.first", "t")).await.unwrap();
+    let batches = (0..4).map(|b| {
+        let store = db.store.clone();
+        tokio::spawn(async move {
+            let events = (0..300) // over one multi-row INSERT
+                .map(|i| event("data.access", &format!("b{b}/{i}")))
+                .collect();
+            store.append_events(events).await.unwrap()
+        })
+    });
+    for batch in futures_util::future::join_all(batches).await {
+        let seqs = batch.unwrap();
+        assert_eq!(seqs.len(), 300);
+        assert!(seqs.windows(2).all(|p| p[1] == p[0] + 1), "contiguous");
+        // The stored events are the batch's, in its order.
+        let stored = db.store.audit_events(seqs[0] - 1, 300).await.unwrap();
+        let b = stored[0].event.target.split('/').next().unwrap().to_owned();
+        for (i, e) in stored.iter().enumerate() {
+            assert_eq!(e.event.target, format!("{b}/{i}"));
+        }
+    }
+    assert_eq!(db.store.tree_size().await.unwrap(), 1201);
+    // An empty batch stores nothing.
+    assert!(db.store.append_events(Vec::new()).await.unwrap().is_empty());
+    assert_eq!(db.store.tree_size().await.unwrap(), 1201);
+}
+
+async fn audit_rows_are_append_only(db: Db) {
+    db.store.record_event(&event("x.test", "t")).await.unwrap();
+    // The store offers no way to change or remove an event; its schema refuses one too.
+    let raw = db.raw().await;
+    let update = sqlx::query("UPDATE audit_events SET outcome = 'failed'")
+        .execute(&raw)
+        .await;
+    assert!(update.unwrap_err().to_string().contains("append-only"));
+    let delete = sqlx::query("DELETE FROM audit_events").execute(&raw).await;
+    assert!(delete.unwrap_err().to_string().contains("append-only"));
+    let leaves = db.store.leaf_hashes(1).await.unwrap();
+    let again = db.store.leaf_hashes_as_stored(1).await.unwrap();
+    assert_eq!(leaves, again);
+    assert!(
+        db.store.leaf_hashes(2).await.is_err(),
+        "asking past the end is an error"
+    );
+}
+
+async fn crl_numbers_rise_by_one_under_concurrent_issuers(db: Db) {
+    let issuers = (0..10).map(|i| {
+        let store = db.store.clone();
+        tokio::spawn(async move {
+            store
+                .issue_crl(
+                    IssuerName::Operational,
+                    at() + time::Duration::seconds(i),
+                    time::Duration::hours(24),
+                    |number, this_update, next_update, entries| {
+                        assert!(entries.is_empty());
+                        assert_eq!(next_update - this_update, time::Duration::hours(24));
+                        Ok(format!("crl {number}").into_bytes())
+                    },
+                )
+                .await
+                .unwrap()
+        })
+    });
+    let mut crls: Vec<_> = futures_util::future::join_all(issuers)
+        .await
+        .into_iter()
+        .map(|c| c.unwrap())
+        .collect();
+    crls.sort_by_key(|c| c.number);
+    let numbers: Vec<i64> = crls.iter().map(|c| c.number).collect();
+    assert_eq!(numbers, (1..=10).collect::<Vec<i64>>());
+    for c in &crls {
+        assert_eq!(c.der, format!("crl {}", c.number).into_bytes());
+    }
+    assert!(
+        crls.windows(2)
+            .all(|w| w[0].this_update <= w[1].this_update),
+        "thisUpdate never goes back as numbers rise"
+    );
+    let latest = db
+        .store
+        .latest_crl(IssuerName::Operational)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(latest.number, 10);
+    assert!(db
+        .store
+        .latest_crl(IssuerName::DeviceIdentity)
+        .await
+        .unwrap()
+        .is_none());
+}
+
+async fn a_checkpoint_is_stored_once_per_tree_size(db: Db) {
+    let root = [7u8; 32];
+    assert!(db
+        .store
+        .save_checkpoint(5, &root, "note-a", at())
+        .await
+        .unwrap());
+    assert!(!db
+        .store
+        .save_checkpoint(5, &root, "note-b", at())
+        .await
+        .unwrap());
+    assert!(db
+        .store
+        .save_checkpoint(9, &root, "note-c", at())
+        .await
+        .unwrap());
+    let (size, note, _) = db.store.latest_checkpoint().await.unwrap().unwrap();
+    assert_eq!((size, note.as_str()), (9, "note-c"));
+}
+
+async fn ledger_filters_read_json_fields(db: Db) {
+    let events = vec![
+        event("data.access", "spiffe://t/device/acme/A")
+            .with("device_uri", "spiffe://t/device/acme/A")
+            .with("manufacturer", "acme")
+            .with("patient_ref", "Patient/1"),
+        event("data.access", "spiffe://t/device/beta/B")
+            .with("device_uri", "spiffe://t/device/beta/B")
+            .with("manufacturer", "beta")
+            .with("patient_ref", "Patient/2"),
+        event("certificate.renew", "spiffe://t/device/acme/A"),
+    ];
+    db.store.append_events(events).await.unwrap();
+    let seqs = |q: AuditQuery| {
+        let store = db.store.clone();
+        async move {
+            store
+                .ledger_entries(&q, 0, 100, 100)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| e.stored.seq)
+                .collect::<Vec<i64>>()
+        }
+    };
+    let patient = AuditQuery {
+        patient_ref: Some("Patient/2".into()),
+        ..AuditQuery::default()
+    };
+    assert_eq!(seqs(patient).await, vec![2]);
+    let device = AuditQuery {
+        device_uri: Some("spiffe://t/device/acme/A".into()),
+        ..AuditQuery::default()
+    };
+    assert_eq!(seqs(device).await, vec![1, 3]);
+    let manufacturer = AuditQuery {
+        manufacturer: Some("acme".into()),
+        ..AuditQuery::default()
+    };
+    assert_eq!(seqs(manufacturer).await, vec![1, 3]);
+    let action = AuditQuery {
+        action: Some("data.access".into()),
+        from: Some(at()),
+        to: Some(at()),
+        ..AuditQuery::default()
+    };
+    assert_eq!(seqs(action).await, vec![1, 2]);
+    assert_eq!(seqs(AuditQuery::default()).await, vec![1, 2, 3]);
+}
+
+async fn manufacturers_are_unique_and_their_creation_is_audited(db: Db) {
+    let m = ManufacturerRecord {
+        id: ManufacturerId::parse("acme").unwrap(),
+        display_name: "Acme Medical".into(),
+        allowed_models: vec!["X".into(), "Y".into()],
+        created_at: at(),
+    };
+    db.store
+        .create_manufacturer(&m, &event("manufacturer.create", "manufacturer/acme"))
+        .await
+        .unwrap();
+    let again = db
+        .store
+        .create_manufacturer(&m, &event("manufacturer.create", "manufacturer/acme"))
+        .await;
+    assert!(matches!(again, Err(Error::AlreadyExists(_))), "{again:?}");
+    assert_eq!(db.store.manufacturer(&m.id).await.unwrap(), m);
+    assert_eq!(db.store.manufacturers().await.unwrap(), vec![m]);
+    // Exactly one event: the failed second creation rolled back with its event.
+    assert_eq!(db.store.tree_size().await.unwrap(), 1);
+}
