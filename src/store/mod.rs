@@ -68,6 +68,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
 /// CRL numbers, uniqueness checks and token spending cannot race across replicas.
 const POSTGRES_WRITE_LOCK: i64 = 0x6d65_6469_645f_7772; // "medid_wr"
 
+/// How long a request waits for a database connection before it is refused as UNAVAILABLE
+/// (the database is down or every connection is busy).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The database engine behind a [`Store`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -148,7 +152,7 @@ impl Store {
         let pool = |size: u32| {
             AnyPoolOptions::new()
                 .max_connections(size)
-                .acquire_timeout(Duration::from_secs(10))
+                .acquire_timeout(ACQUIRE_TIMEOUT)
                 .after_connect(move |conn, _meta| Box::pin(prepare_connection(conn, backend)))
         };
         let unavailable = |e: sqlx::Error| {

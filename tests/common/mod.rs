@@ -299,8 +299,13 @@ pub async fn new_postgres_schema() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos();
+    // MEDID_TEST_RUN_ID (set by .ci/run) lets a run drop exactly its own schemas afterwards.
+    let run = std::env::var("MEDID_TEST_RUN_ID")
+        .ok()
+        .filter(|r| r.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .unwrap_or_else(|| "local".into());
     let schema = format!(
-        "medid_t_{}_{}_{}",
+        "medid_t_{run}_{}_{}_{}",
         std::process::id(),
         nanos,
         N.fetch_add(1, Ordering::Relaxed)
