@@ -2,13 +2,15 @@
 //!
 //! A map of the crate, split by authority rather than by layer (see `docs/ARCHITECTURE.md`):
 //!
-//! - [`api`]: the edges. gRPC (tonic over rustls mTLS) services, peer certificate → [`Principal`],
-//!   proto ↔ domain conversion, [`Error`] → `tonic::Status`. The only module that sees prost types.
+//! - [`api`]: the edges. gRPC (tonic over rustls mTLS) services, EST over HTTPS, the public
+//!   CRL/OCSP/CA HTTP endpoints; peer certificate → [`Principal`], proto ↔ domain conversion,
+//!   [`Error`] → `tonic::Status` or an HTTP status. The only module that sees prost types.
 //! - [`policy`]: the registration authority. Pure decisions: who may do what, CSR and key
 //!   acceptance, which certificate profile a request gets. No I/O, no keys.
 //! - [`issuance`]: the signing authority. Holds the CA private keys and signs what it is told;
 //!   knows no policy. The only module that may see a private key.
-//! - [`store`]: the only module that speaks SQL (sqlx, SQLite).
+//! - [`store`]: the only module that speaks SQL (sqlx; SQLite, or PostgreSQL for replicas), with
+//!   group commit for the hot writes.
 //! - [`audit`]: typed audit events: what is recorded for every change and every refusal.
 //! - [`service`]: the issuance cycle and the other use cases, written as numbered steps that
 //!   call policy, store, issuance and audit in order.
