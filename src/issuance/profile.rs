@@ -94,7 +94,10 @@ const OID_SERIAL_NUMBER: &[u64] = &[2, 5, 4, 5];
 const OID_OCSP_NOCHECK: &[u64] = &[1, 3, 6, 1, 5, 5, 7, 48, 1, 5];
 
 impl CertificateTemplate {
-    pub(super) fn to_params(&self) -> Result<CertificateParams, Error> {
+    /// The rcgen parameters of this template, every default overridden. Signing them with a
+    /// medid CA key is `Authority::sign`'s job alone (behind an `IssuanceToken`); this is public
+    /// so the micro-benchmarks can sign the same certificate with a key of their own.
+    pub fn to_params(&self) -> Result<CertificateParams, Error> {
         let mut p = CertificateParams::default();
         p.serial_number = Some(SerialNumber::from_slice(self.serial.as_bytes()));
         p.not_before = self.not_before;

@@ -1,0 +1,139 @@
+//! Micro-benchmarks (criterion): the CPU work under each enrollment and each audit event.
+//!
+//! ```sh
+//! cargo bench --bench micro
+//! ```
+//!
+//! - `issuance`: CSR parse and verify (`policy::csr::verify`), the operational profile, and
+//!   signing the certificate (the same rcgen parameters `Authority::sign` signs, here with a
+//!   P-256 CA key of the benchmark's own: medid's CA keys sign only behind an issuance token).
+//! - `merkle`: the RFC 9162 root, an inclusion proof and a consistency proof over 10,000 leaves.
+//! - `audit`: an access event's RFC 8785 canonical form, and its leaf hash.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use medid::audit::{Actor, AuditEvent};
+use medid::domain::{DeviceSerial, ManufacturerId, TrustDomain};
+use medid::policy::profile::{BirthSubject, ProfileSettings};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use time::macros::datetime;
+
+fn issuance(c: &mut Criterion) {
+    let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut ca = CertificateParams::new(vec![]).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let issuer = Issuer::new(ca, ca_key);
+    let device_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = CertificateParams::new(vec![])
+        .unwrap()
+        .serialize_request(&device_key)
+        .unwrap()
+        .der()
+        .to_vec();
+    let profiles = ProfileSettings {
+        trust_domain: TrustDomain::parse("hospital.example").unwrap(),
+        public_base_url: "http://pki.hospital.example".into(),
+        principal_lifetime: time::Duration::days(90),
+        server_lifetime: time::Duration::days(90),
+        operational_lifetime: time::Duration::days(7),
+    };
+    let manufacturer = ManufacturerId::parse("acme").unwrap();
+    let serial = DeviceSerial::parse("PUMP-0001").unwrap();
+    let now = datetime!(2026-11-24 00:00 UTC);
+    let ca_end = datetime!(2031-11-24 00:00 UTC);
+
+    let mut g = c.benchmark_group("issuance");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("csr_parse_and_verify_p256", |b| {
+        b.iter(|| medid::policy::csr::verify(black_box(&csr)).unwrap())
+    });
+    g.bench_function("parse_verify_and_sign_operational_p256", |b| {
+        b.iter(|| {
+            let verified = medid::policy::csr::verify(black_box(&csr)).unwrap();
+            let template = profiles.device_operational(
+                medid::issuance::random_serial(),
+                now,
+                ca_end,
+                &BirthSubject {
+                    manufacturer: &manufacturer,
+                    manufacturer_name: "Acme Medical",
+                    serial: &serial,
+                    udi_di: None,
+                },
+                verified.public_key,
+            );
+            let params = template.to_params().unwrap();
+            params.signed_by(&template.public_key, &issuer).unwrap()
+        })
+    });
+    g.finish();
+}
+
+fn leaves(n: usize) -> Vec<medid::audit::merkle::Hash> {
+    (0..n)
+        .map(|i| medid::audit::merkle::leaf_hash(&(i as u64).to_be_bytes()))
+        .collect()
+}
+
+fn merkle(c: &mut Criterion) {
+    use medid::audit::merkle;
+    let n = 10_000;
+    let all = leaves(n);
+    let mut g = c.benchmark_group("merkle");
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function("root_10k_leaves", |b| {
+        b.iter(|| merkle::root(black_box(&all)))
+    });
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("inclusion_proof_in_10k", |b| {
+        b.iter(|| merkle::inclusion_proof(black_box(4_321), &all).unwrap())
+    });
+    g.bench_function("consistency_proof_7k_to_10k", |b| {
+        b.iter(|| merkle::consistency_proof(black_box(7_000), &all).unwrap())
+    });
+    g.finish();
+}
+
+fn access_event() -> AuditEvent {
+    AuditEvent::new(
+        datetime!(2026-11-24 08:30 UTC),
+        Actor {
+            uri: "spiffe://hospital.example/gateway/icu-gw".into(),
+            role: "gateway".into(),
+        },
+        "data.access",
+        "spiffe://hospital.example/device/acme/PUMP-0001",
+    )
+    .with("access_action", "R")
+    .with("data_category", "vital-signs")
+    .with("purpose_of_use", "TREAT")
+    .with("access_outcome", 0)
+    .with("occurred_at", "2026-11-24T08:29:59Z")
+    .with("manufacturer", "acme")
+    .with(
+        "device_uri",
+        "spiffe://hospital.example/device/acme/PUMP-0001",
+    )
+    .with("device_decommissioned", false)
+    .with("user_id", "nurse-17")
+    .with("user_role", "RN")
+    .with("patient_ref", "Patient/123")
+}
+
+fn audit(c: &mut Criterion) {
+    let event = access_event();
+    let json = medid::audit::ledger::event_json(42, &event).unwrap();
+    let mut g = c.benchmark_group("audit");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("jcs_canonical_access_event", |b| {
+        b.iter(|| medid::audit::jcs::canonical(black_box(&json)).unwrap())
+    });
+    g.bench_function("leaf_hash_access_event", |b| {
+        b.iter(|| medid::audit::ledger::leaf(black_box(42), &event).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, issuance, merkle, audit);
+criterion_main!(benches);
