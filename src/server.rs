@@ -152,6 +152,7 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
         },
         reservation_grace: time::Duration::seconds(config.reservation_grace_seconds as i64),
         dangerous_crash_at: config.dangerous_crash_at.clone(),
+        manufacturer_cache: Default::default(),
     });
     if let Some(step) = &config.dangerous_crash_at {
         tracing::warn!(

@@ -137,7 +137,7 @@ impl Ca {
         let step1 = async {
             // Step 1: policy — the caller's scope, the model, the CSR, the profile.
             authorized?;
-            let m = self.store.manufacturer(&manufacturer).await?;
+            let m = self.manufacturer(&manufacturer).await?;
             policy::check_model_allowed(&manufacturer, &m.allowed_models, &input.model)?;
             let csr = policy::csr::verify(&crate::pem::csr_der(&input.csr)?)?;
             let template = self.profiles.device_birth(
@@ -202,7 +202,7 @@ impl Ca {
                     "token lifetime must be between 1 second and 24 hours".into(),
                 ));
             }
-            self.store.manufacturer(&t.manufacturer).await?;
+            self.manufacturer(&t.manufacturer).await?;
             match self.store.device(&t.manufacturer, t.serial.as_str()).await {
                 Ok(_) => Err(Error::AlreadyExists(format!(
                     "device {} of manufacturer {} is already enrolled",

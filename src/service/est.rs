@@ -40,7 +40,7 @@ impl Ca {
                         Some(m) => m,
                         None => {
                             let manufacturer = policy::enrollment_scope(who)?;
-                            let registered = self.store.manufacturer(&manufacturer).await?;
+                            let registered = self.manufacturer(&manufacturer).await?;
                             policy::est::default_model(&registered.allowed_models)?
                         }
                     };

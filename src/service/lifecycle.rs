@@ -66,7 +66,7 @@ impl Ca {
             let (template, profile, completion) = match kind {
                 Renewal::DeviceOperational => {
                     let (m, s) = device_of(who)?;
-                    let registered = self.store.manufacturer(&m).await?;
+                    let registered = self.manufacturer(&m).await?;
                     let template = self.profiles.device_operational(
                         serial,
                         now,

@@ -52,6 +52,10 @@ pub struct Ca {
     pub reservation_grace: Duration,
     /// TESTS ONLY (`dangerous_crash_at`): abort at this step of the issuance cycle.
     pub dangerous_crash_at: Option<String>,
+    /// Manufacturers already read. Manufacturer rows are never changed or deleted (there is
+    /// no API for it), so a cached one is never stale; an update API must invalidate this.
+    pub manufacturer_cache:
+        std::sync::RwLock<std::collections::HashMap<ManufacturerId, ManufacturerRecord>>,
 }
 
 /// A new manufacturer, validated.
@@ -75,6 +79,24 @@ pub struct Issued {
 }
 
 impl Ca {
+    /// A registered manufacturer, from the cache or the store.
+    pub async fn manufacturer(&self, id: &ManufacturerId) -> Result<ManufacturerRecord, Error> {
+        if let Some(m) = self
+            .manufacturer_cache
+            .read()
+            .expect("manufacturer cache lock is never poisoned")
+            .get(id)
+        {
+            return Ok(m.clone());
+        }
+        let m = self.store.manufacturer(id).await?;
+        self.manufacturer_cache
+            .write()
+            .expect("manufacturer cache lock is never poisoned")
+            .insert(id.clone(), m.clone());
+        Ok(m)
+    }
+
     fn event(&self, who: &Principal, action: &str, target: impl Into<String>) -> AuditEvent {
         self.actor_event(&Actor::of(who), action, target)
     }
@@ -272,7 +294,7 @@ impl Ca {
             // and what exactly will the certificate say.
             policy::authorize(who, action)?;
             if let PrincipalRole::Station(m) = &role {
-                self.store.manufacturer(m).await?;
+                self.manufacturer(m).await?;
             }
             let csr = policy::csr::verify(&crate::pem::csr_der(csr)?)?;
             let now = self.clock.now();

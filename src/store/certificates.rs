@@ -393,28 +393,27 @@ async fn complete(
 }
 
 async fn check_claim(tx: &mut Conn, r: &Reservation, now: OffsetDateTime) -> Result<(), Error> {
-    // A public key identifies one subject only (a key seen on another device is refused).
-    let other: Option<String> = sqlx::query_scalar(
-        "SELECT subject_uri FROM certificates WHERE spki_sha256 = $1 AND subject_uri <> $2 LIMIT 1",
+    // A public key identifies one subject only (a key seen on another device is refused), and
+    // a key revoked for keyCompromise is never certified again, for anyone. One statement
+    // answers both.
+    let key = sqlx::query(
+        "SELECT CAST(COALESCE(MAX(CASE WHEN subject_uri <> $2 THEN 1 ELSE 0 END), 0) AS BIGINT)
+                    AS other,
+                CAST(COALESCE(MAX(CASE WHEN revocation_reason = 1 THEN 1 ELSE 0 END), 0) AS BIGINT)
+                    AS compromised
+         FROM certificates WHERE spki_sha256 = $1",
     )
     .bind(&r.spki_sha256)
     .bind(&r.subject_uri)
-    .fetch_optional(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
-    if other.is_some() {
+    if key.try_get::<i64, _>("other")? != 0 {
         return Err(Error::AlreadyExists(
             "this public key is already bound to another device or principal; generate a new key"
                 .into(),
         ));
     }
-    // A key revoked for keyCompromise is never certified again, for anyone.
-    let compromised: Option<String> = sqlx::query_scalar(
-        "SELECT serial FROM certificates WHERE spki_sha256 = $1 AND revocation_reason = 1 LIMIT 1",
-    )
-    .bind(&r.spki_sha256)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if compromised.is_some() {
+    if key.try_get::<i64, _>("compromised")? != 0 {
         return Err(Error::PermissionDenied(
             "this public key was revoked for keyCompromise and is refused for good; generate a new key"
                 .into(),
@@ -475,22 +474,19 @@ async fn check_claim(tx: &mut Conn, r: &Reservation, now: OffsetDateTime) -> Res
             serial,
             token_sha256,
         } => {
-            let enrolled: Option<String> = sqlx::query_scalar(
-                "SELECT serial FROM devices WHERE manufacturer_id = $1 AND serial = $2",
+            // Enrolled already, or a reservation in flight for the same device (of two
+            // concurrent enrollments of one serial, exactly one proceeds).
+            let taken: i64 = sqlx::query_scalar(
+                "SELECT (SELECT COUNT(*) FROM devices WHERE manufacturer_id = $1 AND serial = $2)
+                      + (SELECT COUNT(*) FROM certificates
+                         WHERE subject_uri = $3 AND status = 'reserved')",
             )
             .bind(manufacturer.as_str())
             .bind(serial.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-            // A reservation in flight for the same device counts as taken: of two concurrent
-            // enrollments of one serial, exactly one proceeds.
-            let in_flight: Option<String> = sqlx::query_scalar(
-                "SELECT serial FROM certificates WHERE subject_uri = $1 AND status = 'reserved'",
-            )
             .bind(&r.subject_uri)
-            .fetch_optional(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
-            if enrolled.is_some() || in_flight.is_some() {
+            if taken > 0 {
                 return Err(Error::AlreadyExists(format!(
                     "device {} of manufacturer {manufacturer} is already enrolled",
                     quote(serial.as_str())
