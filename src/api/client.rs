@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 
 use crate::error::Error;
 
@@ -41,30 +41,109 @@ impl ClientCredentials {
 
 /// Connects with server authentication only (no client certificate): for `EnrollWithToken`.
 pub async fn connect_without_identity(server: &str, ca_pem: &[u8]) -> Result<Channel, Error> {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca_pem))
-        .domain_name(host_of(server));
-    open(server, tls).await
+    Connector::new(server, ca_pem, None)?.connect().await
 }
 
 /// Connects to `server` (e.g. `https://127.0.0.1:7443`) over mTLS. The server's certificate
 /// must name `localhost` or the host in the URL.
 pub async fn connect(server: &str, creds: &ClientCredentials) -> Result<Channel, Error> {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&creds.ca_pem))
-        .identity(Identity::from_pem(&creds.cert_pem, &creds.key_pem))
-        .domain_name(host_of(server));
-    open(server, tls).await
+    Connector::new(
+        server,
+        &creds.ca_pem,
+        Some((&creds.cert_pem, &creds.key_pem)),
+    )?
+    .connect()
+    .await
 }
 
-async fn open(server: &str, tls: ClientTlsConfig) -> Result<Channel, Error> {
-    Channel::from_shared(server.to_owned())
-        .map_err(|e| Error::InvalidArgument(format!("server URL {server:?}: {e}")))?
-        .tls_config(tls)
-        .map_err(|e| Error::InvalidArgument(format!("TLS configuration: {e}")))?
-        .connect()
-        .await
-        .map_err(|e| Error::Unavailable(format!("connecting to {server}: {e:?}")))
+/// Opens connections to one server with one rustls client configuration (TLS 1.3 or 1.2, ring,
+/// ALPN h2). Reusing a `Connector` resumes the TLS session on reconnection (the server's
+/// session tickets) instead of a full handshake with certificate verification on both sides.
+#[derive(Clone)]
+pub struct Connector {
+    server: String,
+    /// The URI tonic sees; TLS is this connector's job, so the scheme is plain.
+    endpoint: String,
+    addr: String,
+    name: rustls_pki_types::ServerName<'static>,
+    config: std::sync::Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connector {
+    /// `identity` is the client's (certificate chain PEM, private key PEM), or none.
+    pub fn new(
+        server: &str,
+        ca_pem: &[u8],
+        identity: Option<(&[u8], &[u8])>,
+    ) -> Result<Self, Error> {
+        use rustls_pki_types::pem::PemObject;
+        let bad =
+            |what: &str, e: &dyn std::fmt::Display| Error::InvalidArgument(format!("{what}: {e}"));
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in crate::pem::parse_certificates(ca_pem)? {
+            roots.add(cert).map_err(|e| bad("CA certificate", &e))?;
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(super::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| bad("TLS versions", &e))?
+            .with_root_certificates(roots);
+        let mut config = match identity {
+            Some((cert_pem, key_pem)) => {
+                let chain = crate::pem::parse_certificates(cert_pem)?;
+                let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem)
+                    .map_err(|e| bad("client private key", &e))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| bad("client certificate", &e))?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let addr = server
+            .split_once("://")
+            .map(|(_, rest)| rest)
+            .unwrap_or(server)
+            .trim_end_matches('/')
+            .to_owned();
+        let name = rustls_pki_types::ServerName::try_from(host_of(server).to_owned())
+            .map_err(|e| bad(&format!("server name in {server:?}"), &e))?;
+        Ok(Self {
+            server: server.to_owned(),
+            endpoint: format!("http://{addr}"),
+            addr,
+            name,
+            config: std::sync::Arc::new(config),
+        })
+    }
+
+    /// A new connection (resuming the TLS session when the server offered a ticket before).
+    pub async fn connect(&self) -> Result<Channel, Error> {
+        let (addr, name, config) = (self.addr.clone(), self.name.clone(), self.config.clone());
+        let dial = tower::service_fn(move |_: tonic::transport::Uri| {
+            let (addr, name, config) = (addr.clone(), name.clone(), config.clone());
+            async move {
+                let tcp = tokio::net::TcpStream::connect(&addr).await?;
+                tcp.set_nodelay(true)?;
+                let tls = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        });
+        tonic::transport::Endpoint::from_shared(self.endpoint.clone())
+            .map_err(|e| Error::InvalidArgument(format!("server URL {:?}: {e}", self.server)))?
+            .connect_with_connector(dial)
+            .await
+            .map_err(|e| Error::Unavailable(format!("connecting to {}: {e:?}", self.server)))
+    }
 }
 
 fn host_of(server: &str) -> &str {

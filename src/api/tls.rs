@@ -50,8 +50,19 @@ struct Configs {
 }
 
 impl Configs {
-    fn build(files: &PkiFiles, crls: Vec<Vec<u8>>) -> Result<Self, Error> {
-        let grpc = server_config(files, crls)?;
+    /// `ticketer` is kept across rebuilds, so tickets issued before a CRL change still resume.
+    fn build(
+        files: &PkiFiles,
+        crls: Vec<Vec<u8>>,
+        ticketer: &Arc<dyn rustls::server::ProducesTickets>,
+    ) -> Result<Self, Error> {
+        let mut grpc = (*server_config(files, crls)?).clone();
+        // Stateless TLS 1.3 session tickets: a device that reconnects resumes without a full
+        // handshake, and the server keeps no per-session state (memory stays flat). A resumed
+        // session keeps the client certificate it was verified with; revocation is still
+        // refused on every call by the per-RPC store lookup.
+        grpc.ticketer = ticketer.clone();
+        let grpc = Arc::new(grpc);
         let mut http1 = (*grpc).clone();
         http1.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
@@ -65,21 +76,25 @@ impl Configs {
 #[derive(Debug)]
 pub struct TlsReloader {
     files: PkiFiles,
+    ticketer: Arc<dyn rustls::server::ProducesTickets>,
     current: RwLock<Configs>,
 }
 
 impl TlsReloader {
     pub fn new(files: PkiFiles, crls: Vec<Vec<u8>>) -> Result<Self, Error> {
-        let configs = Configs::build(&files, crls)?;
+        let ticketer = rustls::crypto::ring::Ticketer::new()
+            .map_err(|e| Error::internal("TLS session ticketer", e))?;
+        let configs = Configs::build(&files, crls, &ticketer)?;
         Ok(Self {
             files,
+            ticketer,
             current: RwLock::new(configs),
         })
     }
 
     /// Rebuilds the verifier with these CRLs (DER) and makes it current.
     pub fn reload(&self, crls: Vec<Vec<u8>>) -> Result<(), Error> {
-        let configs = Configs::build(&self.files, crls)?;
+        let configs = Configs::build(&self.files, crls, &self.ticketer)?;
         *self
             .current
             .write()

@@ -12,7 +12,7 @@ use futures_util::future::join_all;
 use serde_json::json;
 use tonic::transport::Channel;
 
-use crate::api::client::{connect, ClientCredentials};
+use crate::api::client::{connect, ClientCredentials, Connector};
 use crate::error::Error;
 use crate::proto::{self, *};
 
@@ -257,16 +257,23 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
                     let url = server.url.clone();
                     async move {
                         let mut lat = Vec::with_capacity(chunk.len());
+                        // One client TLS configuration per worker, as one device keeps one:
+                        // reconnections resume the TLS session (server tickets).
+                        let dialer = Connector::new(
+                            &url,
+                            &creds.ca_pem,
+                            Some((&creds.cert_pem, &creds.key_pem)),
+                        )?;
                         let mut channel = if reconnect {
                             None
                         } else {
-                            Some(connect(&url, &creds).await?)
+                            Some(dialer.connect().await?)
                         };
                         for (i, csr) in chunk.into_iter().enumerate() {
                             let t = Instant::now();
                             let ch = match &channel {
                                 Some(c) => c.clone(),
-                                None => connect(&url, &creds).await?,
+                                None => dialer.connect().await?,
                             };
                             enrollment_service_client::EnrollmentServiceClient::new(ch)
                                 .enroll_device(EnrollDeviceRequest {
