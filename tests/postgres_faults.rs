@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::TestServer;
-use medid::proto::{self, audit_service_client::AuditServiceClient, PrincipalRole};
+use medid::proto::{audit_service_client::AuditServiceClient, PrincipalRole};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::Code;
@@ -81,27 +81,6 @@ async fn readiness(server: &TestServer) -> u16 {
     reply.split(' ').nth(1).unwrap().parse().unwrap()
 }
 
-fn access(n: i64) -> proto::AccessEvent {
-    proto::AccessEvent {
-        device: Some(proto::DeviceRef {
-            manufacturer_id: "acme".into(),
-            serial: "PUMP-1".into(),
-        }),
-        user_id: format!("nurse-{n}"),
-        user_role: "RN".into(),
-        action: proto::AccessAction::Read as i32,
-        data_category: "vital-signs".into(),
-        patient_ref: format!("Patient/{n}"),
-        purpose_of_use: "TREAT".into(),
-        outcome: proto::AccessOutcome::Success as i32,
-        occurred_at: Some(prost_types::Timestamp {
-            seconds: common::system_now().unix_timestamp(),
-            nanos: 0,
-        }),
-        ..Default::default()
-    }
-}
-
 fn told_to_run() -> bool {
     if std::env::var_os("MEDID_TEST_POSTGRES_URL").is_none() {
         eprintln!(
@@ -132,7 +111,7 @@ async fn losing_the_database_is_unavailable_and_it_recovers_without_a_restart() 
     let mut gw = AuditServiceClient::new(server.channel(&gateway).await);
     let mut acked = Vec::new();
     acked.push(
-        gw.record_access(access(1))
+        gw.record_access(common::access_event("PUMP-1", 1))
             .await
             .expect("recorded")
             .into_inner()
@@ -144,7 +123,7 @@ async fn losing_the_database_is_unavailable_and_it_recovers_without_a_restart() 
     proxy.cut();
     for n in 2..4 {
         let err = gw
-            .record_access(access(n))
+            .record_access(common::access_event("PUMP-1", n))
             .await
             .expect_err("no database, no ack");
         assert_eq!(err.code(), Code::Unavailable, "{err:?}");
@@ -165,7 +144,7 @@ async fn losing_the_database_is_unavailable_and_it_recovers_without_a_restart() 
     assert!(recovered, "readiness came back");
     for n in 4..6 {
         acked.push(
-            gw.record_access(access(n))
+            gw.record_access(common::access_event("PUMP-1", n))
                 .await
                 .expect("recorded again")
                 .into_inner()

@@ -30,27 +30,6 @@ async fn replica(pki: &std::path::Path, url: &str) -> TestServer {
     .await
 }
 
-fn access(serial: &str, n: usize) -> proto::AccessEvent {
-    proto::AccessEvent {
-        device: Some(proto::DeviceRef {
-            manufacturer_id: "acme".into(),
-            serial: serial.into(),
-        }),
-        user_id: format!("nurse-{n}"),
-        user_role: "RN".into(),
-        action: proto::AccessAction::Read as i32,
-        data_category: "vital-signs".into(),
-        patient_ref: format!("Patient/{n}"),
-        purpose_of_use: "TREAT".into(),
-        outcome: proto::AccessOutcome::Success as i32,
-        occurred_at: Some(prost_types::Timestamp {
-            seconds: common::system_now().unix_timestamp(),
-            nanos: 0,
-        }),
-        ..Default::default()
-    }
-}
-
 async fn enroll_at(
     server: &TestServer,
     station: &Identity,
@@ -149,7 +128,7 @@ async fn two_replicas_on_one_database_keep_every_invariant() {
         let mut acked = 0;
         for batch in 0..5 {
             let events: Vec<_> = (0..20)
-                .map(|n| access(&format!("SN-{n}"), batch * 20 + n))
+                .map(|n| common::access_event(&format!("SN-{n}"), (batch * 20 + n) as i64))
                 .collect();
             let req = proto::AccessBatch { events };
             let mut acks = client

@@ -60,19 +60,13 @@ struct Peer(Option<Arc<[u8]>>);
 pub fn router(state: EstState) -> Router {
     Router::new()
         .route("/.well-known/est/cacerts", get(cacerts))
-        .route("/.well-known/est/{label}/cacerts", get(cacerts_labelled))
+        .route("/.well-known/est/{label}/cacerts", get(cacerts))
         .route("/.well-known/est/csrattrs", get(csrattrs))
-        .route("/.well-known/est/{label}/csrattrs", get(csrattrs_labelled))
+        .route("/.well-known/est/{label}/csrattrs", get(csrattrs))
         .route("/.well-known/est/simpleenroll", post(enroll))
-        .route(
-            "/.well-known/est/{label}/simpleenroll",
-            post(enroll_labelled),
-        )
+        .route("/.well-known/est/{label}/simpleenroll", post(enroll))
         .route("/.well-known/est/simplereenroll", post(reenroll))
-        .route(
-            "/.well-known/est/{label}/simplereenroll",
-            post(reenroll_labelled),
-        )
+        .route("/.well-known/est/{label}/simplereenroll", post(reenroll))
         .fallback(|| async {
             text(
                 StatusCode::NOT_FOUND,
@@ -259,14 +253,13 @@ fn no_such_label(state: &EstState, name: &str) -> Response {
     text(StatusCode::NOT_FOUND, unknown_label(state, name))
 }
 
-async fn cacerts(State(state): State<EstState>) -> Response {
-    cacerts_for(&state, None)
-}
-
-async fn cacerts_labelled(State(state): State<EstState>, Path(label): Path<String>) -> Response {
-    match state.labels.get(&label) {
-        Some(l) => cacerts_for(&state, Some(l.profile)),
-        None => no_such_label(&state, &label),
+async fn cacerts(State(state): State<EstState>, label: Option<Path<String>>) -> Response {
+    match label {
+        None => cacerts_for(&state, None),
+        Some(Path(label)) => match state.labels.get(&label) {
+            Some(l) => cacerts_for(&state, Some(l.profile)),
+            None => no_such_label(&state, &label),
+        },
     }
 }
 
@@ -287,71 +280,35 @@ fn cacerts_for(state: &EstState, profile: Option<EstProfile>) -> Response {
     base64_response("application/pkcs7-mime", &certs_only(&certs))
 }
 
-async fn csrattrs() -> Response {
-    base64_response("application/csrattrs", &csr_attributes())
-}
-
-async fn csrattrs_labelled(State(state): State<EstState>, Path(label): Path<String>) -> Response {
-    match state.labels.get(&label) {
-        Some(_) => base64_response("application/csrattrs", &csr_attributes()),
-        None => no_such_label(&state, &label),
+async fn csrattrs(State(state): State<EstState>, label: Option<Path<String>>) -> Response {
+    match label {
+        Some(Path(label)) if !state.labels.contains_key(&label) => no_such_label(&state, &label),
+        _ => base64_response("application/csrattrs", &csr_attributes()),
     }
 }
 
 async fn enroll(
     State(state): State<EstState>,
+    label: Option<Path<String>>,
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    issue(
-        &state,
-        EstOperation::SimpleEnroll,
-        None,
-        peer,
-        &headers,
-        body,
-    )
-    .await
-}
-
-async fn enroll_labelled(
-    State(state): State<EstState>,
-    Path(label): Path<String>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+    let label = label.map(|Path(l)| l);
     let op = EstOperation::SimpleEnroll;
-    issue(&state, op, Some(&label), peer, &headers, body).await
+    issue(&state, op, label.as_deref(), peer, &headers, body).await
 }
 
 async fn reenroll(
     State(state): State<EstState>,
+    label: Option<Path<String>>,
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    issue(
-        &state,
-        EstOperation::SimpleReenroll,
-        None,
-        peer,
-        &headers,
-        body,
-    )
-    .await
-}
-
-async fn reenroll_labelled(
-    State(state): State<EstState>,
-    Path(label): Path<String>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+    let label = label.map(|Path(l)| l);
     let op = EstOperation::SimpleReenroll;
-    issue(&state, op, Some(&label), peer, &headers, body).await
+    issue(&state, op, label.as_deref(), peer, &headers, body).await
 }
 
 /// The media type of a Content-Type value, without parameters, lowercased.

@@ -10,31 +10,7 @@ use crate::error::Error;
 /// Appends `event` inside `tx` with the next gap-free sequence number. The caller holds the
 /// write lock (BEGIN IMMEDIATE), so MAX(seq) + 1 cannot race.
 pub(crate) async fn append(tx: &mut Conn, event: &AuditEvent) -> Result<i64, Error> {
-    let seq: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM audit_events")
-        .fetch_one(&mut *tx)
-        .await?;
-    let detail = serde_json::to_string(&event.detail)
-        .map_err(|e| Error::internal("encoding audit detail", e))?;
-    let leaf = crate::audit::ledger::leaf(seq, event)?;
-    sqlx::query(
-        "INSERT INTO audit_events
-             (seq, recorded_at, actor_uri, actor_role, action, target, outcome, reason, detail,
-              leaf_hash)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(seq)
-    .bind(to_unix(event.recorded_at))
-    .bind(&event.actor.uri)
-    .bind(&event.actor.role)
-    .bind(&event.action)
-    .bind(&event.target)
-    .bind(event.outcome.as_str())
-    .bind(&event.reason)
-    .bind(detail)
-    .bind(crate::domain::hex(&leaf))
-    .execute(&mut *tx)
-    .await?;
-    Ok(seq)
+    append_many(tx, std::slice::from_ref(event)).await
 }
 
 /// Rows per INSERT statement in [`append_many`]: 10 parameters each, well under SQLite's

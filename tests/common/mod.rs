@@ -347,6 +347,30 @@ pub async fn database_url_for(dir: &Path) -> String {
     }
 }
 
+/// A gateway's report of a read of device `serial` (manufacturer acme) by nurse `n` for
+/// patient `n`.
+pub fn access_event(serial: &str, n: i64) -> medid::proto::AccessEvent {
+    use medid::proto;
+    proto::AccessEvent {
+        device: Some(proto::DeviceRef {
+            manufacturer_id: "acme".into(),
+            serial: serial.into(),
+        }),
+        user_id: format!("nurse-{n}"),
+        user_role: "RN".into(),
+        action: proto::AccessAction::Read as i32,
+        data_category: "vital-signs".into(),
+        patient_ref: format!("Patient/{n}"),
+        purpose_of_use: "TREAT".into(),
+        outcome: proto::AccessOutcome::Success as i32,
+        occurred_at: Some(prost_types::Timestamp {
+            seconds: system_now().unix_timestamp(),
+            nanos: 0,
+        }),
+        ..Default::default()
+    }
+}
+
 /// A CSR (DER) for a new key of `alg`, and the key's PEM.
 pub fn csr_for(alg: &'static rcgen::SignatureAlgorithm) -> (Vec<u8>, String) {
     let key = KeyPair::generate_for(alg).unwrap();
