@@ -30,9 +30,10 @@ pub(crate) async fn append_many(tx: &mut Conn, events: &[AuditEvent]) -> Result<
         let leaf = crate::domain::hex(&crate::audit::ledger::leaf(seq, event)?);
         rows.push((seq, event, detail, leaf));
     }
+    // SQLite's `$N` lookup is linear per parameter (sqlite3_bind_parameter_name), which is
+    // quadratic over a 2,560-parameter statement: plain `?` there, `$N` for PostgreSQL.
+    let numbered = tx.backend_name() != "SQLite";
     for chunk in rows.chunks(ROWS_PER_INSERT) {
-        // Numbered placeholders, which both backends accept (sqlx's QueryBuilder writes `?`
-        // for the Any driver, which PostgreSQL does not).
         let mut sql = String::from(
             "INSERT INTO audit_events
                  (seq, recorded_at, actor_uri, actor_role, action, target, outcome, reason,
@@ -48,7 +49,11 @@ pub(crate) async fn append_many(tx: &mut Conn, events: &[AuditEvent]) -> Result<
                 if c > 1 {
                     sql.push_str(", ");
                 }
-                sql.push_str(&format!("${}", b + c));
+                if numbered {
+                    sql.push_str(&format!("${}", b + c));
+                } else {
+                    sql.push('?');
+                }
             }
             sql.push(')');
         }
