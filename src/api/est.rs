@@ -374,12 +374,24 @@ async fn issue(
     }
     let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
-        Err(_) => {
-            let err = Error::InvalidArgument(format!(
-                "the request body is over {MAX_BODY} bytes; a CSR is at most 16 KiB"
-            ));
-            let err = ca.refuse(&who, action, &who.uri, err).await;
-            return text(StatusCode::PAYLOAD_TOO_LARGE, err.to_string());
+        Err(e) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            let (status, why) = if too_large {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the request body is over {MAX_BODY} bytes; a CSR is at most 16 KiB"),
+                )
+            } else {
+                (
+                    StatusCode::BAD_REQUEST,
+                    format!("the request body could not be read: {e}"),
+                )
+            };
+            let err = ca
+                .refuse(&who, action, &who.uri, Error::InvalidArgument(why))
+                .await;
+            return text(status, err.to_string());
         }
     };
     let csr = match decode_base64_body(&bytes) {
