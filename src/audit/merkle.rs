@@ -53,6 +53,46 @@ pub fn root(leaves: &[Hash]) -> Hash {
     }
 }
 
+/// The right edge of a growing tree: the roots of its perfect subtrees, largest first (at most
+/// log2(n) + 1 of them). Leaves are pushed in order and [`CompactRange::root`] is MTH of all of
+/// them, so a tree head is computed while streaming the leaves, in O(log n) memory.
+#[derive(Debug, Clone, Default)]
+pub struct CompactRange {
+    size: u64,
+    /// (subtree root, height): heights strictly decrease from the first to the last.
+    peaks: Vec<(Hash, u32)>,
+}
+
+impl CompactRange {
+    pub fn push(&mut self, leaf: Hash) {
+        let mut node = (leaf, 0u32);
+        while let Some(&(left, height)) = self.peaks.last() {
+            if height != node.1 {
+                break;
+            }
+            self.peaks.pop();
+            node = (node_hash(&left, &node.0), height + 1);
+        }
+        self.peaks.push(node);
+        self.size += 1;
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// MTH of the leaves pushed so far (RFC 9162 §2.1.1: the right part nests to the right).
+    pub fn root(&self) -> Hash {
+        match self.peaks.split_last() {
+            None => empty_root(),
+            Some((last, rest)) => rest
+                .iter()
+                .rev()
+                .fold(last.0, |acc, (left, _)| node_hash(left, &acc)),
+        }
+    }
+}
+
 /// PATH(m, D[n]): the inclusion proof of leaf `m` in the tree over `leaves`.
 pub fn inclusion_proof(m: usize, leaves: &[Hash]) -> Option<Vec<Hash>> {
     if m >= leaves.len() {
@@ -192,6 +232,19 @@ pub fn verify_consistency(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_compact_range_has_the_root_of_every_prefix() {
+        let leaves: Vec<Hash> = (0u32..300).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        let mut range = CompactRange::default();
+        assert_eq!(range.root(), empty_root());
+        for (i, leaf) in leaves.iter().enumerate() {
+            range.push(*leaf);
+            assert_eq!(range.size(), i as u64 + 1);
+            assert_eq!(range.root(), root(&leaves[..=i]), "size {}", i + 1);
+            assert!(range.peaks.len() <= 64 - (i as u64 + 1).leading_zeros() as usize);
+        }
+    }
 
     fn h(s: &str) -> Hash {
         crate::domain::unhex(s).unwrap().try_into().unwrap()

@@ -201,25 +201,36 @@ impl Ca {
         let _one_at_a_time = l.signing.lock().await;
         let size = self.store.tree_size().await?;
         let known = self.latest_known_checkpoint().await?;
-        if let Some((cp, note)) = &known {
+        if let Some((cp, _)) = &known {
             if cp.size > size {
                 return Err(Error::Internal(format!(
                     "audit log integrity: a signed checkpoint covers {} events but the log has {size}",
                     cp.size
                 )));
             }
-            if cp.size == size {
-                let leaves = self.store.leaf_hashes(size).await?;
-                if merkle::root(&leaves) == cp.root {
-                    return Ok((cp.clone(), note.clone()));
+        }
+        // One streaming pass over the leaves (O(log n) memory): this tree's root, and the root
+        // of its prefix at the previous checkpoint's size.
+        let prefix = known.as_ref().map(|(cp, _)| cp.size);
+        let mut range = merkle::CompactRange::default();
+        let mut prefix_root = (prefix == Some(0)).then(merkle::empty_root);
+        self.store
+            .fold_leaf_hashes(size, |count, leaf| {
+                range.push(leaf);
+                if Some(count) == prefix {
+                    prefix_root = Some(range.root());
                 }
+            })
+            .await?;
+        let root = range.root();
+        if let Some((cp, note)) = &known {
+            if cp.size == size && root == cp.root {
+                return Ok((cp.clone(), note.clone()));
             }
         }
-        let leaves = self.store.leaf_hashes(size).await?;
-        let root = merkle::root(&leaves);
         // The previous checkpoint must be a prefix of this tree (a rewrite is refused, loudly).
         if let Some((prev, _)) = &known {
-            if merkle::root(&leaves[..prev.size as usize]) != prev.root {
+            if prefix_root != Some(prev.root) {
                 return Err(Error::Internal(format!(
                     "audit log integrity: the first {} events no longer match their signed checkpoint",
                     prev.size

@@ -77,6 +77,45 @@ impl Store {
         Ok(out)
     }
 
+    /// Streams the leaf hashes of events 1..=size, in order, into `each(count so far, hash)`,
+    /// holding one row at a time (memory stays flat however long the log is). A gap or a
+    /// malformed hash is an integrity error, as in [`Store::leaf_hashes`].
+    pub async fn fold_leaf_hashes(
+        &self,
+        size: u64,
+        mut each: impl FnMut(u64, Hash),
+    ) -> Result<(), Error> {
+        use futures_util::TryStreamExt;
+        let mut rows =
+            sqlx::query("SELECT seq, leaf_hash FROM audit_events WHERE seq <= $1 ORDER BY seq")
+                .bind(size as i64)
+                .fetch(&self.reader);
+        let mut count = 0u64;
+        while let Some(row) = rows.try_next().await? {
+            let seq: i64 = row.try_get("seq")?;
+            if seq != count as i64 + 1 {
+                return Err(Error::Internal(format!(
+                    "audit log integrity: sequence {} is missing",
+                    count + 1
+                )));
+            }
+            let hex: String = row.try_get("leaf_hash")?;
+            let hash = crate::domain::unhex(&hex)
+                .and_then(|b| Hash::try_from(b).ok())
+                .ok_or_else(|| {
+                    Error::Internal(format!("audit log integrity: bad leaf hash at {seq}"))
+                })?;
+            count += 1;
+            each(count, hash);
+        }
+        if count != size {
+            return Err(Error::Internal(format!(
+                "audit log integrity: {count} events where {size} were expected"
+            )));
+        }
+        Ok(())
+    }
+
     /// Leaf hashes of events up to `size` as stored, gaps and all (for exporting a damaged log
     /// so the verifier can name the damage).
     pub async fn leaf_hashes_as_stored(&self, size: u64) -> Result<Vec<Hash>, Error> {
