@@ -80,9 +80,7 @@ impl Store {
     /// Records one event that changes nothing else (a refusal), group-committed with others;
     /// returns once it is durable.
     pub async fn record_event(&self, event: &AuditEvent) -> Result<i64, Error> {
-        let event = event.clone();
-        self.write(move |tx| Box::pin(async move { append(tx, &event).await }))
-            .await
+        self.append_only(vec![event.clone()]).await
     }
 
     /// Events with sequence numbers in `after+1..`, oldest first, at most `limit`.

@@ -17,6 +17,7 @@ use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{begin_write_on, Backend, Conn, Store};
+use crate::audit::AuditEvent;
 use crate::error::Error;
 
 /// Jobs committed together at most. Larger batches amortize the fsync further but hold
@@ -28,40 +29,67 @@ pub const MAX_JOBS: usize = 512;
 type Finish = Box<dyn FnOnce(Result<(), Error>) + Send>;
 type Job = Box<dyn for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, (bool, Finish)> + Send>;
 
+/// Audit events that change nothing else (access reports, refusals), and where to send their
+/// first sequence number.
+struct Append {
+    events: Vec<AuditEvent>,
+    count: usize,
+    done: oneshot::Sender<Result<i64, Error>>,
+}
+
+/// One unit of queued work.
+enum Work {
+    Job(Job),
+    Append(Append),
+}
+
 /// Handle to the writer task; cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct Writer {
-    jobs: mpsc::Sender<Job>,
+    queue: mpsc::Sender<Work>,
 }
 
 impl Writer {
     /// Starts the task on `pool` (the store's single write connection).
     pub(crate) fn spawn(pool: AnyPool, backend: Backend) -> Self {
-        let (jobs, mut queue) = mpsc::channel::<Job>(4 * MAX_JOBS);
+        let (queue, mut incoming) = mpsc::channel::<Work>(4 * MAX_JOBS);
         tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(MAX_JOBS);
-            while let Some(first) = queue.recv().await {
-                batch.push(first);
-                while batch.len() < MAX_JOBS {
-                    match queue.try_recv() {
-                        Ok(job) => batch.push(job),
-                        Err(_) => break,
+            let (mut jobs, mut appends) = (Vec::new(), Vec::new());
+            while let Some(first) = incoming.recv().await {
+                let mut next = Some(first);
+                let mut taken = 0;
+                while let Some(work) = next.take() {
+                    match work {
+                        Work::Job(job) => jobs.push(job),
+                        Work::Append(append) => appends.push(append),
+                    }
+                    taken += 1;
+                    if taken < MAX_JOBS {
+                        next = incoming.try_recv().ok();
                     }
                 }
-                run_batch(&pool, backend, &mut batch).await;
+                run_batch(&pool, backend, &mut jobs, &mut appends).await;
             }
         });
-        Self { jobs }
+        Self { queue }
     }
 }
 
-/// Runs and commits one batch, then answers every job in it. Jobs that never ran (the
-/// transaction failed first) are dropped, and their callers see the database as unavailable.
-async fn run_batch(pool: &AnyPool, backend: Backend, batch: &mut Vec<Job>) {
-    let mut finishers: Vec<Finish> = Vec::with_capacity(batch.len());
+/// Runs and commits one batch, then answers every caller in it: the jobs, each in its own
+/// savepoint, then all the pure audit appends as one multi-row INSERT (so a hundred gateways
+/// reporting at once cost two statements, not four hundred). Work that never ran (the
+/// transaction failed first) is dropped, and its callers see the database as unavailable.
+async fn run_batch(
+    pool: &AnyPool,
+    backend: Backend,
+    jobs: &mut Vec<Job>,
+    appends: &mut Vec<Append>,
+) {
+    let mut finishers: Vec<Finish> = Vec::with_capacity(jobs.len());
+    let mut first_seq = 0;
     let committed: Result<(), Error> = async {
         let mut tx = begin_write_on(pool, backend).await?;
-        for job in batch.drain(..) {
+        for job in jobs.drain(..) {
             sqlx::query("SAVEPOINT job").execute(&mut *tx).await?;
             let (ok, finish) = job(&mut tx).await;
             finishers.push(finish);
@@ -74,16 +102,33 @@ async fn run_batch(pool: &AnyPool, backend: Backend, batch: &mut Vec<Job>) {
                 .execute(&mut *tx)
                 .await?;
         }
+        if !appends.is_empty() {
+            let events: Vec<AuditEvent> = appends
+                .iter_mut()
+                .flat_map(|a| std::mem::take(&mut a.events))
+                .collect();
+            first_seq = super::audit::append_many(&mut tx, &events).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
     .await;
-    batch.clear();
     if let Err(e) = &committed {
-        tracing::warn!(error = %e, jobs = finishers.len(), "write batch not committed");
+        tracing::warn!(
+            error = %e,
+            jobs = finishers.len(),
+            appends = appends.len(),
+            "write batch not committed"
+        );
     }
     for finish in finishers {
         finish(committed.clone());
+    }
+    let mut seq = first_seq;
+    for append in appends.drain(..) {
+        let answer = committed.clone().map(|()| seq);
+        seq += append.count as i64;
+        let _ = append.done.send(answer);
     }
 }
 
@@ -109,8 +154,27 @@ impl Store {
         });
         let unavailable = || Error::Unavailable("database unavailable; retry later".into());
         self.writer_task
-            .jobs
-            .send(job)
+            .queue
+            .send(Work::Job(job))
+            .await
+            .map_err(|_| unavailable())?;
+        answer.await.map_err(|_| unavailable())?
+    }
+
+    /// Appends audit events that change nothing else, in order and with contiguous sequence
+    /// numbers, in the next group-committed transaction; returns the first sequence number
+    /// once it is durable. All of a batch's appends share one multi-row INSERT.
+    pub(crate) async fn append_only(&self, events: Vec<AuditEvent>) -> Result<i64, Error> {
+        let (done, answer) = oneshot::channel();
+        let count = events.len();
+        let unavailable = || Error::Unavailable("database unavailable; retry later".into());
+        self.writer_task
+            .queue
+            .send(Work::Append(Append {
+                events,
+                count,
+                done,
+            }))
             .await
             .map_err(|_| unavailable())?;
         answer.await.map_err(|_| unavailable())?
