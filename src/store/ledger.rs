@@ -46,40 +46,15 @@ impl Store {
     /// Leaf hashes of events 1..=size, in order. A gap or a malformed hash is an error: the
     /// database was changed behind medid's back.
     pub async fn leaf_hashes(&self, size: u64) -> Result<Vec<Hash>, Error> {
-        let rows =
-            sqlx::query("SELECT seq, leaf_hash FROM audit_events WHERE seq <= $1 ORDER BY seq")
-                .bind(size as i64)
-                .fetch_all(&self.reader)
-                .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (i, row) in rows.iter().enumerate() {
-            let seq: i64 = row.try_get("seq")?;
-            if seq != i as i64 + 1 {
-                return Err(Error::Internal(format!(
-                    "audit log integrity: sequence {} is missing",
-                    i + 1
-                )));
-            }
-            let hex: String = row.try_get("leaf_hash")?;
-            let hash = crate::domain::unhex(&hex)
-                .and_then(|b| Hash::try_from(b).ok())
-                .ok_or_else(|| {
-                    Error::Internal(format!("audit log integrity: bad leaf hash at {seq}"))
-                })?;
-            out.push(hash);
-        }
-        if out.len() as u64 != size {
-            return Err(Error::Internal(format!(
-                "audit log integrity: {} events where {size} were expected",
-                out.len()
-            )));
-        }
+        let mut out = Vec::with_capacity(size as usize);
+        self.fold_leaf_hashes(size, |_, hash| out.push(hash))
+            .await?;
         Ok(out)
     }
 
     /// Streams the leaf hashes of events 1..=size, in order, into `each(count so far, hash)`,
     /// holding one row at a time (memory stays flat however long the log is). A gap or a
-    /// malformed hash is an integrity error, as in [`Store::leaf_hashes`].
+    /// malformed hash is an integrity error: the database was changed behind medid's back.
     pub async fn fold_leaf_hashes(
         &self,
         size: u64,
