@@ -124,4 +124,22 @@ impl From<sqlx::Error> for Error {
     }
 }
 
+impl From<rusqlite::Error> for Error {
+    fn from(err: rusqlite::Error) -> Self {
+        match err.sqlite_error_code() {
+            Some(
+                rusqlite::ErrorCode::DatabaseBusy
+                | rusqlite::ErrorCode::DatabaseLocked
+                | rusqlite::ErrorCode::SystemIoFailure
+                | rusqlite::ErrorCode::CannotOpen
+                | rusqlite::ErrorCode::DiskFull,
+            ) => {
+                tracing::warn!(error = %err, "database unavailable");
+                Error::Unavailable("database unavailable; retry later".into())
+            }
+            _ => Error::internal("database", err),
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

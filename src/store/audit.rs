@@ -3,75 +3,79 @@
 use serde_json::{Map, Value};
 use sqlx::Row;
 
-use super::{from_unix, to_unix, Conn, Store};
+use super::sql::{self, Arg, Tx};
+use super::{from_unix, to_unix, Store};
 use crate::audit::{Actor, AuditEvent, Outcome, StoredEvent};
 use crate::error::Error;
 
 /// Appends `event` inside `tx` with the next gap-free sequence number. The caller holds the
 /// write lock (BEGIN IMMEDIATE), so MAX(seq) + 1 cannot race.
-pub(crate) async fn append(tx: &mut Conn, event: &AuditEvent) -> Result<i64, Error> {
+pub(crate) async fn append(tx: &mut dyn Tx, event: &AuditEvent) -> Result<i64, Error> {
     append_many(tx, std::slice::from_ref(event)).await
 }
 
-/// Rows per INSERT statement in [`append_many`]: 10 parameters each, well under SQLite's
-/// limit of 32,766.
-const ROWS_PER_INSERT: usize = 256;
+/// The columns of an audit row, in INSERT order.
+const COLUMNS: usize = 10;
 
-/// Appends `events` in order with contiguous sequence numbers, by multi-row INSERTs; returns
-/// the first sequence number.
-pub(crate) async fn append_many(tx: &mut Conn, events: &[AuditEvent]) -> Result<i64, Error> {
-    let first: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM audit_events")
-        .fetch_one(&mut *tx)
-        .await?;
+/// Appends `events` in order with contiguous sequence numbers, by multi-row INSERTs (or one
+/// cached single-row statement each, where statements are direct calls); returns the first
+/// sequence number.
+pub(crate) async fn append_many(tx: &mut dyn Tx, events: &[AuditEvent]) -> Result<i64, Error> {
+    let first = sql::fetch_one(
+        tx,
+        "SELECT COALESCE(MAX(seq), 0) + 1 FROM audit_events",
+        &[],
+    )
+    .await?
+    .int(0)?;
     let mut rows = Vec::with_capacity(events.len());
     for (seq, event) in (first..).zip(events) {
         let detail = serde_json::to_string(&event.detail)
             .map_err(|e| Error::internal("encoding audit detail", e))?;
         let leaf = crate::domain::hex(&crate::audit::ledger::leaf(seq, event)?);
-        rows.push((seq, event, detail, leaf));
+        rows.push((seq, to_unix(event.recorded_at), event, detail, leaf));
     }
-    // SQLite's `$N` lookup is linear per parameter (sqlite3_bind_parameter_name), which is
-    // quadratic over a 2,560-parameter statement: plain `?` there, `$N` for PostgreSQL.
-    let numbered = tx.backend_name() != "SQLite";
-    for chunk in rows.chunks(ROWS_PER_INSERT) {
+    let numbered = tx.numbered_params();
+    let per_insert = tx.rows_per_insert().max(1);
+    for chunk in rows.chunks(per_insert) {
         let mut sql = String::from(
             "INSERT INTO audit_events
                  (seq, recorded_at, actor_uri, actor_role, action, target, outcome, reason,
                   detail, leaf_hash) VALUES ",
         );
         for i in 0..chunk.len() {
-            let b = i * 10;
             if i > 0 {
                 sql.push_str(", ");
             }
             sql.push('(');
-            for c in 1..=10 {
+            for c in 1..=COLUMNS {
                 if c > 1 {
                     sql.push_str(", ");
                 }
                 if numbered {
-                    sql.push_str(&format!("${}", b + c));
+                    sql.push_str(&format!("${}", i * COLUMNS + c));
                 } else {
                     sql.push('?');
                 }
             }
             sql.push(')');
         }
-        let mut insert = sqlx::query(&sql);
-        for (seq, event, detail, leaf) in chunk {
-            insert = insert
-                .bind(*seq)
-                .bind(to_unix(event.recorded_at))
-                .bind(&event.actor.uri)
-                .bind(&event.actor.role)
-                .bind(&event.action)
-                .bind(&event.target)
-                .bind(event.outcome.as_str())
-                .bind(&event.reason)
-                .bind(detail)
-                .bind(leaf);
+        let mut args: Vec<Arg<'_>> = Vec::with_capacity(chunk.len() * COLUMNS);
+        for (seq, recorded_at, event, detail, leaf) in chunk {
+            args.extend([
+                Arg::Int(*seq),
+                Arg::Int(*recorded_at),
+                Arg::from(&event.actor.uri),
+                Arg::from(&event.actor.role),
+                Arg::from(&event.action),
+                Arg::from(&event.target),
+                Arg::Text(event.outcome.as_str()),
+                Arg::from(&event.reason),
+                Arg::from(detail),
+                Arg::from(leaf),
+            ]);
         }
-        insert.execute(&mut *tx).await?;
+        tx.execute(&sql, &args).await?;
     }
     Ok(first)
 }

@@ -4,7 +4,8 @@
 use sqlx::Row;
 use time::OffsetDateTime;
 
-use super::{audit, from_unix, to_unix, Conn, Store};
+use super::sql::{self, Arg, SqlxTx, Tx};
+use super::{audit, from_unix, to_unix, Store};
 use crate::audit::AuditEvent;
 use crate::domain::{quote, DeviceSerial, ManufacturerId, Role};
 use crate::error::Error;
@@ -133,51 +134,56 @@ impl Store {
 
 /// Step 2 inside a write transaction: the claim check, the reserved row, the intent event.
 async fn reserve_in(
-    tx: &mut Conn,
+    tx: &mut dyn Tx,
     r: Reservation,
     intent: &AuditEvent,
 ) -> Result<IssuanceToken, Error> {
     check_claim(tx, &r, intent.recorded_at).await?;
     let t = &r.template;
-    sqlx::query(
+    let serial = t.serial.to_hex();
+    tx.execute(
         "INSERT INTO certificates (issuer, serial, profile, role, subject_uri, spki_sha256,
-                                       not_before, not_after, status, reserved_at, issue_order)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'reserved', $9,
-                     (SELECT COALESCE(MAX(issue_order), 0) + 1 FROM certificates))",
+                                   not_before, not_after, status, reserved_at, issue_order)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'reserved', $9,
+                 (SELECT COALESCE(MAX(issue_order), 0) + 1 FROM certificates))",
+        &[
+            Arg::Text(t.issuer.as_str()),
+            Arg::from(&serial),
+            Arg::Text(r.profile),
+            Arg::Text(r.role.as_str()),
+            Arg::from(&r.subject_uri),
+            Arg::from(&r.spki_sha256),
+            Arg::Int(to_unix(t.not_before)),
+            Arg::Int(to_unix(t.not_after)),
+            Arg::Int(to_unix(intent.recorded_at)),
+        ],
     )
-    .bind(t.issuer.as_str())
-    .bind(t.serial.to_hex())
-    .bind(r.profile)
-    .bind(r.role.as_str())
-    .bind(&r.subject_uri)
-    .bind(&r.spki_sha256)
-    .bind(to_unix(t.not_before))
-    .bind(to_unix(t.not_after))
-    .bind(to_unix(intent.recorded_at))
-    .execute(&mut *tx)
     .await?;
     audit::append(tx, intent).await?;
     Ok(IssuanceToken::reserved(r.template))
 }
 
 async fn record_in(
-    tx: &mut Conn,
+    tx: &mut dyn Tx,
     signed: &SignedCertificate,
     completion: &Completion,
     subject_uri: &str,
     event: &AuditEvent,
 ) -> Result<(), Error> {
-    let updated = sqlx::query(
-        "UPDATE certificates SET status = 'active', der = $1, fingerprint = $2
+    let (fp, serial) = (fingerprint(&signed.der), signed.serial.to_hex());
+    let updated = tx
+        .execute(
+            "UPDATE certificates SET status = 'active', der = $1, fingerprint = $2
              WHERE issuer = $3 AND serial = $4 AND status = 'reserved'",
-    )
-    .bind(signed.der.as_ref())
-    .bind(fingerprint(&signed.der))
-    .bind(signed.issuer.as_str())
-    .bind(signed.serial.to_hex())
-    .execute(&mut *tx)
-    .await?;
-    if updated.rows_affected() != 1 {
+            &[
+                Arg::Blob(signed.der.as_ref()),
+                Arg::from(&fp),
+                Arg::Text(signed.issuer.as_str()),
+                Arg::from(&serial),
+            ],
+        )
+        .await?;
+    if updated != 1 {
         // Revoked while being signed (its subject was revoked or decommissioned): the
         // certificate is never delivered, and the revocation already lists its serial.
         return Err(Error::FailedPrecondition(format!(
@@ -186,7 +192,7 @@ async fn record_in(
             signed.serial
         )));
     }
-    complete(tx, completion, subject_uri, &signed.serial.to_hex(), event).await?;
+    complete(tx, completion, subject_uri, &serial, event).await?;
     audit::append(tx, event).await?;
     Ok(())
 }
@@ -213,8 +219,9 @@ impl Store {
             let issuer: String = row.try_get("issuer")?;
             let serial: String = row.try_get("serial")?;
             let subject: String = row.try_get("subject_uri")?;
-            revoke_reserved(&mut tx, &issuer, &serial, now).await?;
-            audit::append(&mut tx, &event_for(&issuer, &serial, &subject)).await?;
+            let mut on = SqlxTx(&mut *tx);
+            revoke_reserved(&mut on, &issuer, &serial, now).await?;
+            audit::append(&mut on, &event_for(&issuer, &serial, &subject)).await?;
         }
         tx.commit().await?;
         Ok(rows.len())
@@ -277,39 +284,43 @@ impl Store {
         .bind(&fp)
         .execute(&mut *tx)
         .await?;
-        complete(&mut tx, completion, &c.subject_uri, &c.serial, event).await?;
-        audit::append(&mut tx, event).await?;
+        let mut on = SqlxTx(&mut *tx);
+        complete(&mut on, completion, &c.subject_uri, &c.serial, event).await?;
+        audit::append(&mut on, event).await?;
         tx.commit().await?;
         Ok(true)
     }
 
     /// The certificate whose DER has this SHA-256, with its subject's state.
     pub async fn peer_by_fingerprint(&self, fp: &str) -> Result<Option<PeerRecord>, Error> {
-        let row = sqlx::query(
-            "SELECT c.role, c.subject_uri, c.serial, c.profile, c.status, c.not_before, c.not_after,
-                    COALESCE(p.state, d.state) AS subject_state,
-                    COALESCE(p.manufacturer_id, d.manufacturer_id) AS manufacturer,
-                    d.serial AS device_serial
-             FROM certificates c
-             LEFT JOIN principals p ON p.uri = c.subject_uri
-             LEFT JOIN devices d ON d.uri = c.subject_uri
-             WHERE c.fingerprint = $1",
-        )
-        .bind(fp)
-        .fetch_optional(&self.reader)
-        .await?;
+        let mut reader = self.reader().await?;
+        let row = reader
+            .tx()
+            .fetch_optional(
+                "SELECT c.role, c.subject_uri, c.serial, c.profile, c.status, c.not_before,
+                        c.not_after, COALESCE(p.state, d.state) AS subject_state,
+                        COALESCE(p.manufacturer_id, d.manufacturer_id) AS manufacturer,
+                        d.serial AS device_serial
+                 FROM certificates c
+                 LEFT JOIN principals p ON p.uri = c.subject_uri
+                 LEFT JOIN devices d ON d.uri = c.subject_uri
+                 WHERE c.fingerprint = $1",
+                &[Arg::Text(fp)],
+            )
+            .await?;
         let Some(row) = row else { return Ok(None) };
+        let owned = |i| row.opt_text(i).map(|t| t.map(str::to_owned));
         Ok(Some(PeerRecord {
-            role: row.try_get("role")?,
-            subject_uri: row.try_get("subject_uri")?,
-            serial: row.try_get("serial")?,
-            profile: row.try_get("profile")?,
-            status: row.try_get("status")?,
-            not_before: from_unix(row.try_get("not_before")?)?,
-            not_after: from_unix(row.try_get("not_after")?)?,
-            subject_state: row.try_get("subject_state")?,
-            manufacturer: row.try_get("manufacturer")?,
-            device_serial: row.try_get("device_serial")?,
+            role: row.text(0)?.to_owned(),
+            subject_uri: row.text(1)?.to_owned(),
+            serial: row.text(2)?.to_owned(),
+            profile: row.text(3)?.to_owned(),
+            status: row.text(4)?.to_owned(),
+            not_before: from_unix(row.int(5)?)?,
+            not_after: from_unix(row.int(6)?)?,
+            subject_state: owned(7)?,
+            manufacturer: owned(8)?,
+            device_serial: owned(9)?,
         }))
     }
 
@@ -326,7 +337,7 @@ impl Store {
 
 /// Creates what an issued certificate completes: the device row or the principal row.
 async fn complete(
-    tx: &mut Conn,
+    tx: &mut dyn Tx,
     completion: &Completion,
     subject_uri: &str,
     cert_serial: &str,
@@ -340,32 +351,30 @@ async fn complete(
             model,
             udi_di,
         } => {
-            sqlx::query(
+            tx.execute(
                 "INSERT INTO devices (manufacturer_id, serial, model, udi_di, uri, state,
-                                          enrolled_at, birth_serial)
-                     VALUES ($1, $2, $3, $4, $5, 'active', $6, $7)",
+                                      enrolled_at, birth_serial)
+                 VALUES ($1, $2, $3, $4, $5, 'active', $6, $7)",
+                &[
+                    Arg::Text(manufacturer.as_str()),
+                    Arg::Text(serial.as_str()),
+                    Arg::from(model),
+                    Arg::from(udi_di),
+                    Arg::Text(subject_uri),
+                    Arg::Int(now),
+                    Arg::Text(cert_serial),
+                ],
             )
-            .bind(manufacturer.as_str())
-            .bind(serial.as_str())
-            .bind(model)
-            .bind(udi_di)
-            .bind(subject_uri)
-            .bind(now)
-            .bind(cert_serial)
-            .execute(&mut *tx)
             .await?;
         }
         Completion::Renewal { revoke_superseded } => {
             if *revoke_superseded {
-                sqlx::query(
+                tx.execute(
                     "UPDATE certificates SET status = 'revoked', revoked_at = $1, revocation_reason = 4
                      WHERE subject_uri = $2 AND profile = 'device-operational'
                        AND status = 'active' AND serial <> $3",
+                    &[Arg::Int(now), Arg::Text(subject_uri), Arg::Text(cert_serial)],
                 )
-                .bind(now)
-                .bind(subject_uri)
-                .bind(cert_serial)
-                .execute(&mut *tx)
                 .await?;
             }
         }
@@ -375,45 +384,45 @@ async fn complete(
             principal_id,
             manufacturer,
         } => {
-            sqlx::query(
-                    "INSERT INTO principals (uri, role, principal_id, manufacturer_id, state, created_at)
-                     VALUES ($1, $2, $3, $4, 'active', $5)
-                     ON CONFLICT (uri) DO NOTHING",
-                )
-                .bind(subject_uri)
-                .bind(role.as_str())
-                .bind(principal_id)
-                .bind(manufacturer.as_ref().map(|m| m.as_str()))
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            tx.execute(
+                "INSERT INTO principals (uri, role, principal_id, manufacturer_id, state, created_at)
+                 VALUES ($1, $2, $3, $4, 'active', $5)
+                 ON CONFLICT (uri) DO NOTHING",
+                &[
+                    Arg::Text(subject_uri),
+                    Arg::Text(role.as_str()),
+                    Arg::from(principal_id),
+                    Arg::OptText(manufacturer.as_ref().map(|m| m.as_str())),
+                    Arg::Int(now),
+                ],
+            )
+            .await?;
         }
     }
     Ok(())
 }
 
-async fn check_claim(tx: &mut Conn, r: &Reservation, now: OffsetDateTime) -> Result<(), Error> {
+async fn check_claim(tx: &mut dyn Tx, r: &Reservation, now: OffsetDateTime) -> Result<(), Error> {
     // A public key identifies one subject only (a key seen on another device is refused), and
     // a key revoked for keyCompromise is never certified again, for anyone. One statement
     // answers both.
-    let key = sqlx::query(
+    let key = sql::fetch_one(
+        tx,
         "SELECT CAST(COALESCE(MAX(CASE WHEN subject_uri <> $2 THEN 1 ELSE 0 END), 0) AS BIGINT)
                     AS other,
                 CAST(COALESCE(MAX(CASE WHEN revocation_reason = 1 THEN 1 ELSE 0 END), 0) AS BIGINT)
                     AS compromised
          FROM certificates WHERE spki_sha256 = $1",
+        &[Arg::from(&r.spki_sha256), Arg::from(&r.subject_uri)],
     )
-    .bind(&r.spki_sha256)
-    .bind(&r.subject_uri)
-    .fetch_one(&mut *tx)
     .await?;
-    if key.try_get::<i64, _>("other")? != 0 {
+    if key.int(0)? != 0 {
         return Err(Error::AlreadyExists(
             "this public key is already bound to another device or principal; generate a new key"
                 .into(),
         ));
     }
-    if key.try_get::<i64, _>("compromised")? != 0 {
+    if key.int(1)? != 0 {
         return Err(Error::PermissionDenied(
             "this public key was revoked for keyCompromise and is refused for good; generate a new key"
                 .into(),
@@ -428,25 +437,18 @@ async fn check_claim(tx: &mut Conn, r: &Reservation, now: OffsetDateTime) -> Res
             // Authentication happened before this transaction; re-check under the write lock
             // that the caller's certificate and its subject are still good, so a revocation or
             // decommissioning that committed meanwhile cannot be outrun.
-            let row = sqlx::query(
-                "SELECT c.status, COALESCE(d.state, p.state) AS subject_state
-                 FROM certificates c
-                 LEFT JOIN devices d ON d.uri = c.subject_uri
-                 LEFT JOIN principals p ON p.uri = c.subject_uri
-                 WHERE c.serial = $1 AND c.subject_uri = $2",
-            )
-            .bind(caller_serial)
-            .bind(&r.subject_uri)
-            .fetch_optional(&mut *tx)
-            .await?;
+            let row = tx
+                .fetch_optional(
+                    "SELECT c.status, COALESCE(d.state, p.state) AS subject_state
+                     FROM certificates c
+                     LEFT JOIN devices d ON d.uri = c.subject_uri
+                     LEFT JOIN principals p ON p.uri = c.subject_uri
+                     WHERE c.serial = $1 AND c.subject_uri = $2",
+                    &[Arg::from(caller_serial), Arg::from(&r.subject_uri)],
+                )
+                .await?;
             let still_good = match &row {
-                Some(row) => {
-                    row.try_get::<String, _>("status")? == "active"
-                        && row
-                            .try_get::<Option<String>, _>("subject_state")?
-                            .as_deref()
-                            == Some("active")
-                }
+                Some(row) => row.text(0)? == "active" && row.opt_text(1)? == Some("active"),
                 None => false,
             };
             if !still_good {
@@ -455,12 +457,12 @@ async fn check_claim(tx: &mut Conn, r: &Reservation, now: OffsetDateTime) -> Res
                 )));
             }
             if *rekey_required {
-                let seen: Option<String> = sqlx::query_scalar(
-                    "SELECT serial FROM certificates WHERE spki_sha256 = $1 LIMIT 1",
-                )
-                .bind(&r.spki_sha256)
-                .fetch_optional(&mut *tx)
-                .await?;
+                let seen = tx
+                    .fetch_optional(
+                        "SELECT serial FROM certificates WHERE spki_sha256 = $1 LIMIT 1",
+                        &[Arg::from(&r.spki_sha256)],
+                    )
+                    .await?;
                 if seen.is_some() {
                     return Err(Error::FailedPrecondition(
                         "renewal requires a new key (rekey_required); this key was certified before"
@@ -476,16 +478,19 @@ async fn check_claim(tx: &mut Conn, r: &Reservation, now: OffsetDateTime) -> Res
         } => {
             // Enrolled already, or a reservation in flight for the same device (of two
             // concurrent enrollments of one serial, exactly one proceeds).
-            let taken: i64 = sqlx::query_scalar(
+            let taken = sql::fetch_one(
+                tx,
                 "SELECT (SELECT COUNT(*) FROM devices WHERE manufacturer_id = $1 AND serial = $2)
                       + (SELECT COUNT(*) FROM certificates
                          WHERE subject_uri = $3 AND status = 'reserved')",
+                &[
+                    Arg::Text(manufacturer.as_str()),
+                    Arg::Text(serial.as_str()),
+                    Arg::from(&r.subject_uri),
+                ],
             )
-            .bind(manufacturer.as_str())
-            .bind(serial.as_str())
-            .bind(&r.subject_uri)
-            .fetch_one(&mut *tx)
-            .await?;
+            .await?
+            .int(0)?;
             if taken > 0 {
                 return Err(Error::AlreadyExists(format!(
                     "device {} of manufacturer {manufacturer} is already enrolled",
@@ -501,21 +506,21 @@ async fn check_claim(tx: &mut Conn, r: &Reservation, now: OffsetDateTime) -> Res
             principal_id,
             manufacturer,
         } => {
-            let row =
-                sqlx::query("SELECT role, manufacturer_id, state FROM principals WHERE uri = $1")
-                    .bind(&r.subject_uri)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+            let row = tx
+                .fetch_optional(
+                    "SELECT role, manufacturer_id, state FROM principals WHERE uri = $1",
+                    &[Arg::from(&r.subject_uri)],
+                )
+                .await?;
             if let Some(row) = row {
-                let same_role = row.try_get::<String, _>("role")? == role.as_str();
-                let same_scope = row.try_get::<Option<String>, _>("manufacturer_id")?
-                    == manufacturer.as_ref().map(|m| m.to_string());
+                let same_role = row.text(0)? == role.as_str();
+                let same_scope = row.opt_text(1)? == manufacturer.as_ref().map(|m| m.as_str());
                 if !same_role || !same_scope {
                     return Err(Error::AlreadyExists(format!(
                         "principal {principal_id} exists with another role or manufacturer"
                     )));
                 }
-                if row.try_get::<String, _>("state")? != "active" {
+                if row.text(2)? != "active" {
                     return Err(Error::FailedPrecondition(format!(
                         "principal {principal_id} is disabled"
                     )));
@@ -527,20 +532,17 @@ async fn check_claim(tx: &mut Conn, r: &Reservation, now: OffsetDateTime) -> Res
 }
 
 async fn revoke_reserved(
-    tx: &mut Conn,
+    tx: &mut dyn Tx,
     issuer: &str,
     serial: &str,
     now: OffsetDateTime,
 ) -> Result<(), Error> {
     // The serial may have been signed but was never delivered: it stays on record, revoked.
-    sqlx::query(
+    tx.execute(
         "UPDATE certificates SET status = 'revoked', revoked_at = $1, revocation_reason = 4
          WHERE issuer = $2 AND serial = $3 AND status = 'reserved'",
+        &[Arg::Int(to_unix(now)), Arg::Text(issuer), Arg::Text(serial)],
     )
-    .bind(to_unix(now))
-    .bind(issuer)
-    .bind(serial)
-    .execute(&mut *tx)
     .await?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 use sqlx::Row;
 use time::OffsetDateTime;
 
+use super::sql::{Arg, SqlxTx, Tx};
 use super::{audit, from_unix, to_unix, Conn, Store};
 use crate::audit::AuditEvent;
 use crate::domain::{ManufacturerId, RevocationReason};
@@ -200,7 +201,7 @@ impl Store {
                 .collect::<Vec<_>>()
                 .into(),
         );
-        audit::append(&mut tx, &event).await?;
+        audit::append(&mut SqlxTx(&mut *tx), &event).await?;
         tx.commit().await?;
         Ok(revoked)
     }
@@ -304,7 +305,7 @@ impl Store {
         .bind(to_unix(event.recorded_at))
         .execute(&mut *tx)
         .await?;
-        audit::append(&mut tx, event).await?;
+        audit::append(&mut SqlxTx(&mut *tx), event).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -334,20 +335,18 @@ impl Store {
 
 /// Spends a token inside a reservation's transaction. Exactly one caller wins.
 pub(crate) async fn consume_token(
-    tx: &mut Conn,
+    tx: &mut dyn Tx,
     token_sha256: &str,
     now: OffsetDateTime,
 ) -> Result<(), Error> {
-    let done = sqlx::query(
-        "UPDATE enrollment_tokens SET used_at = $1
-         WHERE token_sha256 = $2 AND used_at IS NULL AND expires_at >= $3",
-    )
-    .bind(to_unix(now))
-    .bind(token_sha256)
-    .bind(to_unix(now))
-    .execute(&mut *tx)
-    .await?;
-    if done.rows_affected() == 1 {
+    let spent = tx
+        .execute(
+            "UPDATE enrollment_tokens SET used_at = $1
+             WHERE token_sha256 = $2 AND used_at IS NULL AND expires_at >= $1",
+            &[Arg::Int(to_unix(now)), Arg::Text(token_sha256)],
+        )
+        .await?;
+    if spent == 1 {
         Ok(())
     } else {
         Err(Error::PermissionDenied(

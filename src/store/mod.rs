@@ -19,16 +19,19 @@ pub mod certificates;
 pub mod ledger;
 pub mod lifecycle;
 pub mod registry;
+pub(crate) mod sql;
 mod writer;
 
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
-use std::sync::Once;
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
 use sqlx::{Any, Transaction};
 use time::OffsetDateTime;
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::error::Error;
 
@@ -125,9 +128,38 @@ pub struct Store {
     reader: AnyPool,
     /// Group commit for the hot writes (`store/writer.rs`).
     writer_task: writer::Writer,
+    /// SQLite: taken by every write transaction on `writer` and by each group-commit batch
+    /// (which has its own connection), so the two take turns in order instead of spinning on
+    /// SQLite's lock. Unused on PostgreSQL, where the advisory lock orders writers.
+    write_gate: Arc<Mutex<()>>,
+    /// SQLite: direct read connections for the hot point lookups (`store/sql.rs`).
+    direct_readers: Option<Arc<sql::LiteReaders>>,
 }
 
-pub(crate) type WriteTx = Transaction<'static, Any>;
+/// A write transaction on the store's write connection; derefs to the connection.
+pub(crate) struct WriteTx {
+    tx: Transaction<'static, Any>,
+    _turn: Option<OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    pub(crate) async fn commit(self) -> Result<(), Error> {
+        Ok(self.tx.commit().await?)
+    }
+}
+
+impl Deref for WriteTx {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        &self.tx
+    }
+}
+
+impl DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut Conn {
+        &mut self.tx
+    }
+}
 /// The connection a write job runs on, inside the batch's transaction.
 pub(crate) type Conn = sqlx::AnyConnection;
 /// A row read from either backend.
@@ -160,11 +192,26 @@ impl Store {
         };
         let writer = pool(writers).connect(url).await.map_err(unavailable)?;
         let reader = pool(readers).connect(url).await.map_err(unavailable)?;
+        let write_gate = Arc::new(Mutex::new(()));
+        let (writer_task, direct_readers) = match backend {
+            Backend::Sqlite => {
+                let path = Path::new(sqlite_path(url));
+                let conn = sql::LiteTx::open(path)
+                    .map_err(|e| Error::Unavailable(format!("opening database {url}: {e}")))?;
+                (
+                    writer::Writer::spawn_sqlite(conn, write_gate.clone())?,
+                    Some(Arc::new(sql::LiteReaders::new(path.to_owned()))),
+                )
+            }
+            Backend::Postgres => (writer::Writer::spawn_sqlx(writer.clone(), backend), None),
+        };
         let store = Self {
             backend,
-            writer_task: writer::Writer::spawn(writer.clone(), backend),
+            writer_task,
             writer,
             reader,
+            write_gate,
+            direct_readers,
         };
         store.migrate().await?;
         Ok(store)
@@ -213,7 +260,21 @@ impl Store {
     /// A write transaction holding the write lock from its first statement: SQLite's
     /// `BEGIN IMMEDIATE`, or PostgreSQL's advisory lock shared by all replicas.
     pub(crate) async fn begin_write(&self) -> Result<WriteTx, Error> {
-        begin_write_on(&self.writer, self.backend).await
+        let turn = match self.backend {
+            Backend::Sqlite => Some(self.write_gate.clone().lock_owned().await),
+            Backend::Postgres => None,
+        };
+        let mut tx = begin_write_on(&self.writer, self.backend).await?;
+        tx._turn = turn;
+        Ok(tx)
+    }
+
+    /// A connection for a hot read: a direct SQLite reader, or one from the read pool.
+    pub(crate) async fn reader(&self) -> Result<sql::Reader<'_>, Error> {
+        match &self.direct_readers {
+            Some(readers) => sql::Reader::lite(readers),
+            None => Ok(sql::Reader::Pool(sql::SqlxTx(self.reader.acquire().await?))),
+        }
     }
 
     /// Readiness: the database answers a query.
@@ -255,17 +316,27 @@ async fn prepare_connection(conn: &mut Conn, backend: Backend) -> Result<(), sql
 
 /// See [`Store::begin_write`]; also used by the group-commit writer.
 pub(crate) async fn begin_write_on(pool: &AnyPool, backend: Backend) -> Result<WriteTx, Error> {
-    match backend {
-        Backend::Sqlite => Ok(pool.begin_with("BEGIN IMMEDIATE").await?),
+    let tx = match backend {
+        Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await?,
         Backend::Postgres => {
             let mut tx = pool.begin().await?;
             sqlx::query("SELECT 1 AS locked FROM (SELECT pg_advisory_xact_lock($1)) AS l")
                 .bind(POSTGRES_WRITE_LOCK)
                 .execute(&mut *tx)
                 .await?;
-            Ok(tx)
+            tx
         }
-    }
+    };
+    Ok(WriteTx { tx, _turn: None })
+}
+
+/// The file a `sqlite://PATH?options` (or `sqlite:PATH`) URL names.
+fn sqlite_path(url: &str) -> &str {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    rest.split('?').next().unwrap_or(rest)
 }
 
 pub(crate) fn to_unix(t: OffsetDateTime) -> i64 {

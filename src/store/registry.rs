@@ -1,9 +1,10 @@
 //! Manufacturers, devices and principals.
 
 use base64::Engine;
-use sqlx::Row;
+use sqlx::Row as _;
 use time::OffsetDateTime;
 
+use super::sql::{Arg, Row, SqlxTx};
 use super::{audit, from_unix, to_unix, Store};
 use crate::audit::AuditEvent;
 use crate::domain::{quote, ManufacturerId};
@@ -93,7 +94,7 @@ impl Store {
         .bind(to_unix(m.created_at))
         .execute(&mut *tx)
         .await?;
-        audit::append(&mut tx, event).await?;
+        audit::append(&mut SqlxTx(&mut *tx), event).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -123,29 +124,31 @@ impl Store {
         manufacturer: &ManufacturerId,
         serial: &str,
     ) -> Result<DeviceRecord, Error> {
-        let row = sqlx::query(&format!(
-            "{DEVICE_COLUMNS} WHERE manufacturer_id = $1 AND serial = $2"
-        ))
-        .bind(manufacturer.as_str())
-        .bind(serial)
-        .fetch_optional(&self.reader)
-        .await?
-        .ok_or_else(|| {
-            Error::NotFound(format!(
-                "device {} of manufacturer {manufacturer} is not enrolled",
-                quote(serial)
-            ))
-        })?;
-        decode_device(&row)
+        let mut reader = self.reader().await?;
+        reader
+            .tx()
+            .fetch_optional(
+                DEVICE_BY_SERIAL,
+                &[Arg::Text(manufacturer.as_str()), Arg::Text(serial)],
+            )
+            .await?
+            .map(|row| decode_device(&row))
+            .unwrap_or_else(|| {
+                Err(Error::NotFound(format!(
+                    "device {} of manufacturer {manufacturer} is not enrolled",
+                    quote(serial)
+                )))
+            })
     }
 
     pub async fn device_by_uri(&self, uri: &str) -> Result<DeviceRecord, Error> {
-        let row = sqlx::query(&format!("{DEVICE_COLUMNS} WHERE uri = $1"))
-            .bind(uri)
-            .fetch_optional(&self.reader)
+        let mut reader = self.reader().await?;
+        reader
+            .tx()
+            .fetch_optional(DEVICE_BY_URI, &[Arg::Text(uri)])
             .await?
-            .ok_or_else(|| Error::NotFound(format!("no device {}", quote(uri))))?;
-        decode_device(&row)
+            .map(|row| decode_device(&row))
+            .unwrap_or_else(|| Err(Error::NotFound(format!("no device {}", quote(uri)))))
     }
 
     /// One page of devices ordered by (manufacturer, serial), and the token of the next page.
@@ -162,26 +165,30 @@ impl Store {
             None => None,
         };
         let (after_m, after_s) = cursor.unwrap_or_default();
-        let rows = sqlx::query(&format!(
+        let sql = format!(
             "{DEVICE_COLUMNS}
-             WHERE ($1 IS NULL OR manufacturer_id = $2)
-               AND ($3 IS NULL OR model = $4)
-               AND ($5 IS NULL OR state = $6)
-               AND (manufacturer_id, serial) > ($7, $8)
+             WHERE ($1 IS NULL OR manufacturer_id = $1)
+               AND ($2 IS NULL OR model = $2)
+               AND ($3 IS NULL OR state = $3)
+               AND (manufacturer_id, serial) > ($4, $5)
              ORDER BY manufacturer_id, serial
-             LIMIT $9"
-        ))
-        .bind(q.manufacturer.as_ref().map(|m| m.as_str()))
-        .bind(q.manufacturer.as_ref().map(|m| m.as_str()))
-        .bind(q.model.as_deref())
-        .bind(q.model.as_deref())
-        .bind(q.state.map(DeviceState::as_str))
-        .bind(q.state.map(DeviceState::as_str))
-        .bind(after_m)
-        .bind(after_s)
-        .bind(i64::from(size) + 1)
-        .fetch_all(&self.reader)
-        .await?;
+             LIMIT $6"
+        );
+        let mut reader = self.reader().await?;
+        let rows = reader
+            .tx()
+            .fetch_all(
+                &sql,
+                &[
+                    Arg::OptText(q.manufacturer.as_ref().map(|m| m.as_str())),
+                    Arg::OptText(q.model.as_deref()),
+                    Arg::OptText(q.state.map(DeviceState::as_str)),
+                    Arg::from(&after_m),
+                    Arg::from(&after_s),
+                    Arg::Int(i64::from(size) + 1),
+                ],
+            )
+            .await?;
         let mut devices = rows
             .iter()
             .map(decode_device)
@@ -200,6 +207,11 @@ impl Store {
 
 const DEVICE_COLUMNS: &str = "SELECT manufacturer_id, serial, model, udi_di, uri, state, \
                               enrolled_at, birth_serial FROM devices";
+const DEVICE_BY_SERIAL: &str = "SELECT manufacturer_id, serial, model, udi_di, uri, state, \
+                                enrolled_at, birth_serial FROM devices \
+                                WHERE manufacturer_id = $1 AND serial = $2";
+const DEVICE_BY_URI: &str = "SELECT manufacturer_id, serial, model, udi_di, uri, state, \
+                             enrolled_at, birth_serial FROM devices WHERE uri = $1";
 
 fn decode_manufacturer(row: &super::DbRow) -> Result<ManufacturerRecord, Error> {
     let models: String = row.try_get("allowed_models")?;
@@ -212,16 +224,17 @@ fn decode_manufacturer(row: &super::DbRow) -> Result<ManufacturerRecord, Error> 
     })
 }
 
-fn decode_device(row: &super::DbRow) -> Result<DeviceRecord, Error> {
+/// A row of [`DEVICE_COLUMNS`], by position.
+fn decode_device(row: &Row) -> Result<DeviceRecord, Error> {
     Ok(DeviceRecord {
-        manufacturer_id: row.try_get("manufacturer_id")?,
-        serial: row.try_get("serial")?,
-        model: row.try_get("model")?,
-        udi_di: row.try_get("udi_di")?,
-        uri: row.try_get("uri")?,
-        state: DeviceState::parse(&row.try_get::<String, _>("state")?)?,
-        enrolled_at: from_unix(row.try_get("enrolled_at")?)?,
-        birth_serial: row.try_get("birth_serial")?,
+        manufacturer_id: row.text(0)?.to_owned(),
+        serial: row.text(1)?.to_owned(),
+        model: row.text(2)?.to_owned(),
+        udi_di: row.opt_text(3)?.map(str::to_owned),
+        uri: row.text(4)?.to_owned(),
+        state: DeviceState::parse(row.text(5)?)?,
+        enrolled_at: from_unix(row.int(6)?)?,
+        birth_serial: row.text(7)?.to_owned(),
     })
 }
 

@@ -9,14 +9,21 @@
 //!
 //! Jobs run one after another on the one write connection, so rules that read then write
 //! (uniqueness checks, the next audit sequence number) see every earlier job of the batch.
-//! Rare writes (start-up recovery, migrations) still open their own transaction on the same
-//! connection and simply wait their turn.
+//!
+//! On SQLite the writer is a thread with its own connection ([`LiteTx`]): a batch's statements
+//! are direct calls into SQLite, prepared once, with no hand-off to another thread per
+//! statement. Rare writes (start-up recovery, revocations, CRLs, migrations) run on the
+//! store's sqlx write connection and take turns with batches through the store's write gate.
+//! On PostgreSQL the writer is a task on the runtime, and the advisory lock orders everything.
+
+use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use sqlx::AnyPool;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Mutex};
 
-use super::{begin_write_on, Backend, Conn, Store};
+use super::sql::{block_on, LiteTx, SqlxTx, Tx};
+use super::{begin_write_on, Backend, Store};
 use crate::audit::AuditEvent;
 use crate::error::Error;
 
@@ -27,7 +34,7 @@ pub const MAX_JOBS: usize = 512;
 /// What a job hands back after running: whether it succeeded (else its savepoint is rolled
 /// back), and how to answer its caller once the batch's fate is known.
 type Finish = Box<dyn FnOnce(Result<(), Error>) + Send>;
-type Job = Box<dyn for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, (bool, Finish)> + Send>;
+type Job = Box<dyn for<'c> FnOnce(&'c mut dyn Tx) -> BoxFuture<'c, (bool, Finish)> + Send>;
 
 /// Audit events that change nothing else (access reports, refusals), and where to send their
 /// first sequence number.
@@ -43,92 +50,136 @@ enum Work {
     Append(Append),
 }
 
-/// Handle to the writer task; cheap to clone.
+/// One batch: the jobs and appends taken from the queue, and the answers owed.
+#[derive(Default)]
+struct Batch {
+    jobs: Vec<Job>,
+    appends: Vec<Append>,
+    finishers: Vec<Finish>,
+}
+
+impl Batch {
+    /// Adds `first` and whatever else is queued, up to [`MAX_JOBS`].
+    fn take(&mut self, first: Work, incoming: &mut mpsc::Receiver<Work>) {
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(work) = next.take() {
+            match work {
+                Work::Job(job) => self.jobs.push(job),
+                Work::Append(append) => self.appends.push(append),
+            }
+            taken += 1;
+            if taken < MAX_JOBS {
+                next = incoming.try_recv().ok();
+            }
+        }
+    }
+
+    /// Runs the batch inside an open transaction: the jobs, each in its own savepoint, then
+    /// all the pure audit appends as one multi-row INSERT (so a hundred gateways reporting at
+    /// once cost two statements, not four hundred). Returns the appends' first sequence number.
+    async fn run(&mut self, tx: &mut dyn Tx) -> Result<i64, Error> {
+        for job in self.jobs.drain(..) {
+            tx.execute("SAVEPOINT job", &[]).await?;
+            let (ok, finish) = job(&mut *tx).await;
+            self.finishers.push(finish);
+            if !ok {
+                tx.execute("ROLLBACK TO SAVEPOINT job", &[]).await?;
+            }
+            tx.execute("RELEASE SAVEPOINT job", &[]).await?;
+        }
+        if self.appends.is_empty() {
+            return Ok(0);
+        }
+        let events: Vec<AuditEvent> = self
+            .appends
+            .iter_mut()
+            .flat_map(|a| std::mem::take(&mut a.events))
+            .collect();
+        super::audit::append_many(tx, &events).await
+    }
+
+    /// Answers every caller once the batch's fate is known. Work that never ran (the
+    /// transaction failed first) is dropped, and its callers see the database as unavailable.
+    fn answer(&mut self, committed: Result<i64, Error>) {
+        if let Err(e) = &committed {
+            tracing::warn!(
+                error = %e,
+                jobs = self.finishers.len(),
+                appends = self.appends.len(),
+                "write batch not committed"
+            );
+        }
+        self.jobs.clear();
+        let status = committed.as_ref().map(|_| ()).map_err(Clone::clone);
+        for finish in self.finishers.drain(..) {
+            finish(status.clone());
+        }
+        let mut seq = committed.as_ref().copied().unwrap_or(0);
+        for append in self.appends.drain(..) {
+            let answer = status.clone().map(|()| seq);
+            seq += append.count as i64;
+            let _ = append.done.send(answer);
+        }
+    }
+}
+
+/// Handle to the writer; cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct Writer {
     queue: mpsc::Sender<Work>,
 }
 
 impl Writer {
-    /// Starts the task on `pool` (the store's single write connection).
-    pub(crate) fn spawn(pool: AnyPool, backend: Backend) -> Self {
+    /// PostgreSQL: a task on the runtime, batches on `pool` (the store's write connection).
+    pub(crate) fn spawn_sqlx(pool: AnyPool, backend: Backend) -> Self {
         let (queue, mut incoming) = mpsc::channel::<Work>(4 * MAX_JOBS);
         tokio::spawn(async move {
-            let (mut jobs, mut appends) = (Vec::new(), Vec::new());
+            let mut batch = Batch::default();
             while let Some(first) = incoming.recv().await {
-                let mut next = Some(first);
-                let mut taken = 0;
-                while let Some(work) = next.take() {
-                    match work {
-                        Work::Job(job) => jobs.push(job),
-                        Work::Append(append) => appends.push(append),
-                    }
-                    taken += 1;
-                    if taken < MAX_JOBS {
-                        next = incoming.try_recv().ok();
-                    }
+                batch.take(first, &mut incoming);
+                let committed = async {
+                    let mut tx = begin_write_on(&pool, backend).await?;
+                    let first_seq = batch.run(&mut SqlxTx(&mut *tx)).await?;
+                    tx.commit().await?;
+                    Ok(first_seq)
                 }
-                run_batch(&pool, backend, &mut jobs, &mut appends).await;
+                .await;
+                batch.answer(committed);
             }
         });
         Self { queue }
     }
-}
 
-/// Runs and commits one batch, then answers every caller in it: the jobs, each in its own
-/// savepoint, then all the pure audit appends as one multi-row INSERT (so a hundred gateways
-/// reporting at once cost two statements, not four hundred). Work that never ran (the
-/// transaction failed first) is dropped, and its callers see the database as unavailable.
-async fn run_batch(
-    pool: &AnyPool,
-    backend: Backend,
-    jobs: &mut Vec<Job>,
-    appends: &mut Vec<Append>,
-) {
-    let mut finishers: Vec<Finish> = Vec::with_capacity(jobs.len());
-    let mut first_seq = 0;
-    let committed: Result<(), Error> = async {
-        let mut tx = begin_write_on(pool, backend).await?;
-        for job in jobs.drain(..) {
-            sqlx::query("SAVEPOINT job").execute(&mut *tx).await?;
-            let (ok, finish) = job(&mut tx).await;
-            finishers.push(finish);
-            if !ok {
-                sqlx::query("ROLLBACK TO SAVEPOINT job")
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            sqlx::query("RELEASE SAVEPOINT job")
-                .execute(&mut *tx)
-                .await?;
-        }
-        if !appends.is_empty() {
-            let events: Vec<AuditEvent> = appends
-                .iter_mut()
-                .flat_map(|a| std::mem::take(&mut a.events))
-                .collect();
-            first_seq = super::audit::append_many(&mut tx, &events).await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-    .await;
-    if let Err(e) = &committed {
-        tracing::warn!(
-            error = %e,
-            jobs = finishers.len(),
-            appends = appends.len(),
-            "write batch not committed"
-        );
-    }
-    for finish in finishers {
-        finish(committed.clone());
-    }
-    let mut seq = first_seq;
-    for append in appends.drain(..) {
-        let answer = committed.clone().map(|()| seq);
-        seq += append.count as i64;
-        let _ = append.done.send(answer);
+    /// SQLite: a thread of its own with its own connection, so a batch's statements are
+    /// direct calls. `gate` is the store's write gate: held for each batch, so the store's
+    /// rare writes on its other connection take turns with batches instead of contending
+    /// for SQLite's lock.
+    pub(crate) fn spawn_sqlite(mut conn: LiteTx, gate: Arc<Mutex<()>>) -> Result<Self, Error> {
+        let (queue, mut incoming) = mpsc::channel::<Work>(4 * MAX_JOBS);
+        std::thread::Builder::new()
+            .name("medid-writer".into())
+            .spawn(move || {
+                let mut batch = Batch::default();
+                while let Some(first) = incoming.blocking_recv() {
+                    batch.take(first, &mut incoming);
+                    let held = gate.blocking_lock();
+                    let committed = conn.batch("BEGIN IMMEDIATE").and_then(|()| {
+                        let first_seq = block_on(batch.run(&mut conn))?;
+                        conn.batch("COMMIT")?;
+                        Ok(first_seq)
+                    });
+                    if committed.is_err() {
+                        // Whatever failed, leave no transaction open (an error here only
+                        // means none was).
+                        let _ = conn.batch("ROLLBACK");
+                    }
+                    drop(held);
+                    batch.answer(committed);
+                }
+            })
+            .map_err(|e| Error::internal("starting the writer thread", e))?;
+        Ok(Self { queue })
     }
 }
 
@@ -139,7 +190,7 @@ impl Store {
     pub(crate) async fn write<T, F>(&self, work: F) -> Result<T, Error>
     where
         T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Result<T, Error>> + Send + 'static,
+        F: for<'c> FnOnce(&'c mut dyn Tx) -> BoxFuture<'c, Result<T, Error>> + Send + 'static,
     {
         let (done, answer) = oneshot::channel::<Result<T, Error>>();
         let job: Job = Box::new(move |conn| {

@@ -1,0 +1,475 @@
+//! The statements of the group-committed write path, written once for two kinds of connection:
+//!
+//! - [`SqlxTx`]: a sqlx `Any` connection (PostgreSQL, and SQLite's rare writes), where every
+//!   statement is a round trip to the driver;
+//! - [`LiteTx`]: the SQLite writer thread's own connection (`store/writer.rs`), where a
+//!   statement is a direct call into SQLite, prepared once and cached. A batch of a hundred
+//!   enrollments then costs no thread hand-off per statement, which is what bounded throughput
+//!   before (docs/PERFORMANCE.md).
+//!
+//! Queries use numbered `$N` parameters on both.
+
+use std::future::{ready, Future};
+use std::ops::DerefMut;
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use sqlx::Row as _;
+
+use super::Conn;
+use crate::error::Error;
+
+/// A statement parameter. NULLs carry their type, which PostgreSQL needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Arg<'a> {
+    Int(i64),
+    Text(&'a str),
+    OptText(Option<&'a str>),
+    Blob(&'a [u8]),
+}
+
+impl From<i64> for Arg<'_> {
+    fn from(v: i64) -> Self {
+        Arg::Int(v)
+    }
+}
+
+impl<'a> From<&'a str> for Arg<'a> {
+    fn from(v: &'a str) -> Self {
+        Arg::Text(v)
+    }
+}
+
+impl<'a> From<&'a String> for Arg<'a> {
+    fn from(v: &'a String) -> Self {
+        Arg::Text(v)
+    }
+}
+
+impl<'a> From<Option<&'a str>> for Arg<'a> {
+    fn from(v: Option<&'a str>) -> Self {
+        Arg::OptText(v)
+    }
+}
+
+impl<'a> From<&'a Option<String>> for Arg<'a> {
+    fn from(v: &'a Option<String>) -> Self {
+        Arg::OptText(v.as_deref())
+    }
+}
+
+impl<'a> From<&'a [u8]> for Arg<'a> {
+    fn from(v: &'a [u8]) -> Self {
+        Arg::Blob(v)
+    }
+}
+
+/// One column value of a fetched row.
+#[derive(Debug, Clone, PartialEq)]
+enum Cell {
+    Null,
+    Int(i64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+/// A fetched row, read by column position.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Row(Vec<Cell>);
+
+impl Row {
+    fn cell(&self, i: usize) -> Result<&Cell, Error> {
+        self.0
+            .get(i)
+            .ok_or_else(|| Error::Internal(format!("database row has no column {i}")))
+    }
+
+    pub(crate) fn int(&self, i: usize) -> Result<i64, Error> {
+        match self.cell(i)? {
+            Cell::Int(v) => Ok(*v),
+            other => Err(Error::Internal(format!(
+                "database column {i}: expected an integer, found {other:?}"
+            ))),
+        }
+    }
+
+    pub(crate) fn opt_text(&self, i: usize) -> Result<Option<&str>, Error> {
+        match self.cell(i)? {
+            Cell::Text(v) => Ok(Some(v)),
+            Cell::Null => Ok(None),
+            other => Err(Error::Internal(format!(
+                "database column {i}: expected text, found {other:?}"
+            ))),
+        }
+    }
+
+    pub(crate) fn text(&self, i: usize) -> Result<&str, Error> {
+        self.opt_text(i)?
+            .ok_or_else(|| Error::Internal(format!("database column {i} is NULL")))
+    }
+}
+
+/// A connection inside a write transaction.
+pub(crate) trait Tx: Send {
+    /// Runs a statement; returns the number of rows it changed.
+    fn execute<'a>(
+        &'a mut self,
+        sql: &'a str,
+        args: &'a [Arg<'a>],
+    ) -> BoxFuture<'a, Result<u64, Error>>;
+
+    /// Runs a query; returns its first row, if any.
+    fn fetch_optional<'a>(
+        &'a mut self,
+        sql: &'a str,
+        args: &'a [Arg<'a>],
+    ) -> BoxFuture<'a, Result<Option<Row>, Error>>;
+
+    /// Runs a query; returns all its rows.
+    fn fetch_all<'a>(
+        &'a mut self,
+        sql: &'a str,
+        args: &'a [Arg<'a>],
+    ) -> BoxFuture<'a, Result<Vec<Row>, Error>>;
+
+    /// Rows per multi-row INSERT: many where each statement is a round trip, one where
+    /// statements are direct calls (a cached single-row statement is then the cheapest).
+    fn rows_per_insert(&self) -> usize;
+
+    /// Whether a generated multi-row statement should number its parameters (`$N`) or use
+    /// plain `?`: SQLite looks `$N` names up linearly, which is quadratic over a large INSERT.
+    fn numbered_params(&self) -> bool;
+}
+
+/// Runs a query that returns exactly one row (an aggregate).
+pub(crate) async fn fetch_one(tx: &mut dyn Tx, sql: &str, args: &[Arg<'_>]) -> Result<Row, Error> {
+    tx.fetch_optional(sql, args)
+        .await?
+        .ok_or_else(|| Error::Internal("database returned no row for an aggregate".into()))
+}
+
+/// A sqlx connection (borrowed, or pooled) as a [`Tx`].
+pub(crate) struct SqlxTx<C>(pub(crate) C);
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+fn bind_all<'q>(sql: &'q str, args: &'q [Arg<'q>]) -> AnyQuery<'q> {
+    args.iter().fold(sqlx::query(sql), |q, arg| match *arg {
+        Arg::Int(v) => q.bind(v),
+        Arg::Text(v) => q.bind(v),
+        Arg::OptText(v) => q.bind(v),
+        Arg::Blob(v) => q.bind(v),
+    })
+}
+
+fn sqlx_row(row: &sqlx::any::AnyRow) -> Result<Row, Error> {
+    let cells = (0..row.columns().len())
+        .map(|i| {
+            if let Ok(v) = row.try_get::<Option<i64>, _>(i) {
+                return Ok(v.map_or(Cell::Null, Cell::Int));
+            }
+            if let Ok(v) = row.try_get::<Option<String>, _>(i) {
+                return Ok(v.map_or(Cell::Null, Cell::Text));
+            }
+            Ok(row
+                .try_get::<Option<Vec<u8>>, _>(i)?
+                .map_or(Cell::Null, Cell::Blob))
+        })
+        .collect::<Result<_, Error>>()?;
+    Ok(Row(cells))
+}
+
+impl<C: DerefMut<Target = Conn> + Send> Tx for SqlxTx<C> {
+    fn execute<'a>(
+        &'a mut self,
+        sql: &'a str,
+        args: &'a [Arg<'a>],
+    ) -> BoxFuture<'a, Result<u64, Error>> {
+        Box::pin(async move {
+            Ok(bind_all(sql, args)
+                .execute(&mut *self.0)
+                .await?
+                .rows_affected())
+        })
+    }
+
+    fn fetch_optional<'a>(
+        &'a mut self,
+        sql: &'a str,
+        args: &'a [Arg<'a>],
+    ) -> BoxFuture<'a, Result<Option<Row>, Error>> {
+        Box::pin(async move {
+            match bind_all(sql, args).fetch_optional(&mut *self.0).await? {
+                Some(row) => Ok(Some(sqlx_row(&row)?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn fetch_all<'a>(
+        &'a mut self,
+        sql: &'a str,
+        args: &'a [Arg<'a>],
+    ) -> BoxFuture<'a, Result<Vec<Row>, Error>> {
+        Box::pin(async move {
+            bind_all(sql, args)
+                .fetch_all(&mut *self.0)
+                .await?
+                .iter()
+                .map(sqlx_row)
+                .collect()
+        })
+    }
+
+    fn rows_per_insert(&self) -> usize {
+        // 10 parameters per audit row: well under SQLite's limit of 32,766.
+        256
+    }
+
+    fn numbered_params(&self) -> bool {
+        (*self.0).backend_name() != "SQLite"
+    }
+}
+
+/// The SQLite writer thread's connection, in WAL mode with `synchronous = FULL` like every
+/// other: a commit is on disk before it is acknowledged.
+pub(crate) struct LiteTx {
+    conn: rusqlite::Connection,
+}
+
+/// Prepared statements kept per connection: the write path has a few dozen.
+const STATEMENT_CACHE: usize = 64;
+
+impl LiteTx {
+    pub(crate) fn open(path: &Path) -> Result<Self, Error> {
+        let conn = rusqlite::Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+        )?;
+        Ok(Self { conn })
+    }
+
+    /// A read-only connection for point lookups on the runtime's threads (WAL: readers never
+    /// wait for the writer).
+    pub(crate) fn open_read(path: &Path) -> Result<Self, Error> {
+        let conn = rusqlite::Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        Ok(Self { conn })
+    }
+
+    /// Runs statements without parameters (BEGIN, COMMIT, savepoints).
+    pub(crate) fn batch(&mut self, sql: &str) -> Result<(), Error> {
+        Ok(self.conn.execute_batch(sql)?)
+    }
+
+    fn bound(&self, sql: &str, args: &[Arg<'_>]) -> Result<rusqlite::CachedStatement<'_>, Error> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        for i in 1..=stmt.parameter_count() {
+            // `$N` binds argument N wherever it appears; a plain `?` takes the next position.
+            let n = match stmt.parameter_name(i) {
+                Some(name) => name
+                    .strip_prefix('$')
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .ok_or_else(|| {
+                        Error::Internal(format!("unsupported SQL parameter {name:?}"))
+                    })?,
+                None => i,
+            };
+            let arg = args
+                .get(n - 1)
+                .ok_or_else(|| Error::Internal(format!("SQL parameter {n} has no argument")))?;
+            match *arg {
+                Arg::Int(v) => stmt.raw_bind_parameter(i, v)?,
+                Arg::Text(v) => stmt.raw_bind_parameter(i, v)?,
+                Arg::OptText(v) => stmt.raw_bind_parameter(i, v)?,
+                Arg::Blob(v) => stmt.raw_bind_parameter(i, v)?,
+            }
+        }
+        Ok(stmt)
+    }
+
+    fn run(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, Error> {
+        Ok(self.bound(sql, args)?.raw_execute()? as u64)
+    }
+
+    fn first_row(&self, sql: &str, args: &[Arg<'_>]) -> Result<Option<Row>, Error> {
+        Ok(self.rows(sql, args, 1)?.pop())
+    }
+
+    /// At most `limit` rows of a query.
+    fn rows(&self, sql: &str, args: &[Arg<'_>], limit: usize) -> Result<Vec<Row>, Error> {
+        use rusqlite::types::ValueRef;
+        let mut stmt = self.bound(sql, args)?;
+        let columns = stmt.column_count();
+        let mut rows = stmt.raw_query();
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let Some(row) = rows.next()? else { break };
+            let cells = (0..columns)
+                .map(|i| {
+                    Ok(match row.get_ref(i)? {
+                        ValueRef::Null => Cell::Null,
+                        ValueRef::Integer(v) => Cell::Int(v),
+                        ValueRef::Text(v) => Cell::Text(
+                            String::from_utf8(v.to_vec())
+                                .map_err(|e| Error::internal("database text", e))?,
+                        ),
+                        ValueRef::Blob(v) => Cell::Blob(v.to_vec()),
+                        ValueRef::Real(v) => {
+                            return Err(Error::Internal(format!(
+                                "unexpected floating-point value {v} in column {i}"
+                            )))
+                        }
+                    })
+                })
+                .collect::<Result<_, Error>>()?;
+            out.push(Row(cells));
+        }
+        Ok(out)
+    }
+}
+
+impl Tx for LiteTx {
+    fn execute<'a>(
+        &'a mut self,
+        sql: &'a str,
+        args: &'a [Arg<'a>],
+    ) -> BoxFuture<'a, Result<u64, Error>> {
+        Box::pin(ready(self.run(sql, args)))
+    }
+
+    fn fetch_optional<'a>(
+        &'a mut self,
+        sql: &'a str,
+        args: &'a [Arg<'a>],
+    ) -> BoxFuture<'a, Result<Option<Row>, Error>> {
+        Box::pin(ready(self.first_row(sql, args)))
+    }
+
+    fn fetch_all<'a>(
+        &'a mut self,
+        sql: &'a str,
+        args: &'a [Arg<'a>],
+    ) -> BoxFuture<'a, Result<Vec<Row>, Error>> {
+        Box::pin(ready(self.rows(sql, args, usize::MAX)))
+    }
+
+    fn rows_per_insert(&self) -> usize {
+        1
+    }
+
+    fn numbered_params(&self) -> bool {
+        false
+    }
+}
+
+/// Wakes the writer thread that is waiting in [`block_on`].
+struct ThreadWaker(std::thread::Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Drives a future to completion on the current (non-runtime) thread. The writer's jobs only
+/// await [`LiteTx`] statements, which are ready at once, so this normally polls once.
+pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(out) => return out,
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}
+
+/// Idle direct read connections kept at most.
+const IDLE_READERS: usize = 8;
+
+/// SQLite read connections for the hot lookups (the caller of every RPC, a device), used
+/// directly on the runtime's threads: an indexed lookup takes microseconds, less than handing
+/// it to another thread and back.
+#[derive(Debug)]
+pub(crate) struct LiteReaders {
+    path: PathBuf,
+    idle: Mutex<Vec<LiteTx>>,
+}
+
+impl std::fmt::Debug for LiteTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiteTx")
+    }
+}
+
+impl LiteReaders {
+    pub(crate) fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<LiteTx>> {
+        // A poisoned list of idle connections is still a list of idle connections.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take(&self) -> Result<LiteTx, Error> {
+        let idle = self.idle().pop();
+        match idle {
+            Some(conn) => Ok(conn),
+            None => LiteTx::open_read(&self.path),
+        }
+    }
+
+    fn give(&self, conn: LiteTx) {
+        let mut idle = self.idle();
+        if idle.len() < IDLE_READERS {
+            idle.push(conn);
+        }
+    }
+}
+
+/// A connection to read with: a direct SQLite reader, or a pooled sqlx connection.
+pub(crate) enum Reader<'s> {
+    Lite(&'s LiteReaders, Option<LiteTx>),
+    Pool(SqlxTx<sqlx::pool::PoolConnection<sqlx::Any>>),
+}
+
+impl<'s> Reader<'s> {
+    pub(crate) fn lite(readers: &'s LiteReaders) -> Result<Self, Error> {
+        Ok(Reader::Lite(readers, Some(readers.take()?)))
+    }
+
+    pub(crate) fn tx(&mut self) -> &mut dyn Tx {
+        match self {
+            Reader::Lite(_, conn) => conn
+                .as_mut()
+                .expect("a reader holds its connection until it is dropped"),
+            Reader::Pool(conn) => conn,
+        }
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if let Reader::Lite(readers, conn) = self {
+            if let Some(conn) = conn.take() {
+                readers.give(conn);
+            }
+        }
+    }
+}
