@@ -24,6 +24,19 @@ pub fn leaf_hash(entry: &[u8]) -> Hash {
     sha256(&[&[0x00], entry])
 }
 
+/// The leaf hash of an entry given in consecutive parts.
+pub fn leaf_hash_of_parts(parts: &[&[u8]]) -> Hash {
+    let mut ctx = Context::new(&SHA256);
+    ctx.update(&[0x00]);
+    for p in parts {
+        ctx.update(p);
+    }
+    ctx.finish()
+        .as_ref()
+        .try_into()
+        .expect("SHA-256 is 32 bytes")
+}
+
 pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
     sha256(&[&[0x01], left, right])
 }

@@ -5,13 +5,38 @@ use sqlx::Row;
 
 use super::sql::{self, Arg, Tx};
 use super::{from_unix, to_unix, Store};
+use crate::audit::ledger::Sealed;
 use crate::audit::{Actor, AuditEvent, Outcome, StoredEvent};
 use crate::error::Error;
+
+/// An event ready to append: sealed ([`crate::audit::ledger::seal`]) on the caller's thread,
+/// so the writer only numbers, hashes and inserts it.
+#[derive(Debug, Clone)]
+pub(crate) struct Ready {
+    pub(crate) event: AuditEvent,
+    sealed: Sealed,
+}
+
+impl Ready {
+    pub(crate) fn new(event: AuditEvent) -> Result<Self, Error> {
+        let sealed = crate::audit::ledger::seal(&event)?;
+        Ok(Self { event, sealed })
+    }
+
+    pub(crate) fn all(events: Vec<AuditEvent>) -> Result<Vec<Self>, Error> {
+        events.into_iter().map(Self::new).collect()
+    }
+}
+
+/// Appends one sealed event inside `tx` (see [`append`]).
+pub(crate) async fn append_ready(tx: &mut dyn Tx, event: &Ready) -> Result<i64, Error> {
+    append_many(tx, std::slice::from_ref(event)).await
+}
 
 /// Appends `event` inside `tx` with the next gap-free sequence number. The caller holds the
 /// write lock (BEGIN IMMEDIATE), so MAX(seq) + 1 cannot race.
 pub(crate) async fn append(tx: &mut dyn Tx, event: &AuditEvent) -> Result<i64, Error> {
-    append_many(tx, std::slice::from_ref(event)).await
+    append_many(tx, &[Ready::new(event.clone())?]).await
 }
 
 /// The columns of an audit row, in INSERT order.
@@ -20,7 +45,7 @@ const COLUMNS: usize = 10;
 /// Appends `events` in order with contiguous sequence numbers, by multi-row INSERTs (or one
 /// cached single-row statement each, where statements are direct calls); returns the first
 /// sequence number.
-pub(crate) async fn append_many(tx: &mut dyn Tx, events: &[AuditEvent]) -> Result<i64, Error> {
+pub(crate) async fn append_many(tx: &mut dyn Tx, events: &[Ready]) -> Result<i64, Error> {
     let first = sql::fetch_one(
         tx,
         "SELECT COALESCE(MAX(seq), 0) + 1 FROM audit_events",
@@ -29,15 +54,27 @@ pub(crate) async fn append_many(tx: &mut dyn Tx, events: &[AuditEvent]) -> Resul
     .await?
     .int(0)?;
     let mut rows = Vec::with_capacity(events.len());
-    for (seq, event) in (first..).zip(events) {
-        let detail = serde_json::to_string(&event.detail)
-            .map_err(|e| Error::internal("encoding audit detail", e))?;
-        let leaf = crate::domain::hex(&crate::audit::ledger::leaf(seq, event)?);
-        rows.push((seq, to_unix(event.recorded_at), event, detail, leaf));
+    for (seq, ready) in (first..).zip(events) {
+        let leaf = crate::domain::hex(&ready.sealed.leaf(seq));
+        let event = &ready.event;
+        rows.push((
+            seq,
+            to_unix(event.recorded_at),
+            event,
+            &ready.sealed.detail,
+            leaf,
+        ));
     }
     let numbered = tx.numbered_params();
     let per_insert = tx.rows_per_insert().max(1);
-    for chunk in rows.chunks(per_insert) {
+    let mut rest = &rows[..];
+    while !rest.is_empty() {
+        // With plain `?` (SQLite), a power of two rows per statement: a handful of distinct
+        // statements, each prepared once and cached. PostgreSQL takes as many as allowed.
+        let most = rest.len().min(per_insert);
+        let take = if numbered { most } else { 1 << most.ilog2() };
+        let (chunk, tail) = rest.split_at(take);
+        rest = tail;
         let mut sql = String::from(
             "INSERT INTO audit_events
                  (seq, recorded_at, actor_uri, actor_role, action, target, outcome, reason,
@@ -71,7 +108,7 @@ pub(crate) async fn append_many(tx: &mut dyn Tx, events: &[AuditEvent]) -> Resul
                 Arg::from(&event.target),
                 Arg::Text(event.outcome.as_str()),
                 Arg::from(&event.reason),
-                Arg::from(detail),
+                Arg::from(*detail),
                 Arg::from(leaf),
             ]);
         }
@@ -84,7 +121,7 @@ impl Store {
     /// Records one event that changes nothing else (a refusal), group-committed with others;
     /// returns once it is durable.
     pub async fn record_event(&self, event: &AuditEvent) -> Result<i64, Error> {
-        self.append_only(vec![event.clone()]).await
+        self.append_only(Ready::all(vec![event.clone()])?).await
     }
 
     /// Events with sequence numbers in `after+1..`, oldest first, at most `limit`.

@@ -4,6 +4,7 @@
 use sqlx::Row;
 use time::OffsetDateTime;
 
+use super::audit::Ready;
 use super::sql::{self, Arg, SqlxTx, Tx};
 use super::{audit, from_unix, to_unix, Store};
 use crate::audit::AuditEvent;
@@ -109,7 +110,7 @@ impl Store {
         r: Reservation,
         intent: &AuditEvent,
     ) -> Result<IssuanceToken, Error> {
-        let intent = intent.clone();
+        let intent = Ready::new(intent.clone())?;
         self.write(move |tx| Box::pin(async move { reserve_in(tx, r, &intent).await }))
             .await
     }
@@ -124,7 +125,7 @@ impl Store {
         event: &AuditEvent,
     ) -> Result<(), Error> {
         let (signed, completion) = (signed.clone(), completion.clone());
-        let (subject_uri, event) = (subject_uri.to_owned(), event.clone());
+        let (subject_uri, event) = (subject_uri.to_owned(), Ready::new(event.clone())?);
         self.write(move |tx| {
             Box::pin(async move { record_in(tx, &signed, &completion, &subject_uri, &event).await })
         })
@@ -136,9 +137,9 @@ impl Store {
 async fn reserve_in(
     tx: &mut dyn Tx,
     r: Reservation,
-    intent: &AuditEvent,
+    intent: &Ready,
 ) -> Result<IssuanceToken, Error> {
-    check_claim(tx, &r, intent.recorded_at).await?;
+    check_claim(tx, &r, intent.event.recorded_at).await?;
     let t = &r.template;
     let serial = t.serial.to_hex();
     tx.execute(
@@ -155,11 +156,11 @@ async fn reserve_in(
             Arg::from(&r.spki_sha256),
             Arg::Int(to_unix(t.not_before)),
             Arg::Int(to_unix(t.not_after)),
-            Arg::Int(to_unix(intent.recorded_at)),
+            Arg::Int(to_unix(intent.event.recorded_at)),
         ],
     )
     .await?;
-    audit::append(tx, intent).await?;
+    audit::append_ready(tx, intent).await?;
     Ok(IssuanceToken::reserved(r.template))
 }
 
@@ -168,7 +169,7 @@ async fn record_in(
     signed: &SignedCertificate,
     completion: &Completion,
     subject_uri: &str,
-    event: &AuditEvent,
+    event: &Ready,
 ) -> Result<(), Error> {
     let (fp, serial) = (fingerprint(&signed.der), signed.serial.to_hex());
     let updated = tx
@@ -192,8 +193,8 @@ async fn record_in(
             signed.serial
         )));
     }
-    complete(tx, completion, subject_uri, &serial, event).await?;
-    audit::append(tx, event).await?;
+    complete(tx, completion, subject_uri, &serial, &event.event).await?;
+    audit::append_ready(tx, event).await?;
     Ok(())
 }
 

@@ -116,7 +116,7 @@ impl Store {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let first = self.append_only(events).await?;
+        let first = self.append_only(super::audit::Ready::all(events)?).await?;
         Ok((first..first + n).collect())
     }
 

@@ -196,10 +196,9 @@ impl Store {
         let (writer_task, direct_readers) = match backend {
             Backend::Sqlite => {
                 let path = Path::new(sqlite_path(url));
-                let conn = sql::LiteTx::open(path)
-                    .map_err(|e| Error::Unavailable(format!("opening database {url}: {e}")))?;
                 (
-                    writer::Writer::spawn_sqlite(conn, write_gate.clone())?,
+                    writer::Writer::spawn_sqlite(path, write_gate.clone())
+                        .map_err(|e| Error::Unavailable(format!("opening database {url}: {e}")))?,
                     Some(Arc::new(sql::LiteReaders::new(path.to_owned()))),
                 )
             }

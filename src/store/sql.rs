@@ -136,9 +136,13 @@ pub(crate) trait Tx: Send {
         args: &'a [Arg<'a>],
     ) -> BoxFuture<'a, Result<Vec<Row>, Error>>;
 
-    /// Rows per multi-row INSERT: many where each statement is a round trip, one where
-    /// statements are direct calls (a cached single-row statement is then the cheapest).
+    /// Rows per multi-row INSERT at most: many where each statement is a round trip, fewer
+    /// where statements are direct calls and prepared once per size.
     fn rows_per_insert(&self) -> usize;
+
+    /// Rows changed on this connection so far, where that is cheap to know (SQLite's
+    /// `total_changes`): a job that fails without changing anything then needs no savepoint.
+    fn changes(&self) -> Option<u64>;
 
     /// Whether a generated multi-row statement should number its parameters (`$N`) or use
     /// plain `?`: SQLite looks `$N` names up linearly, which is quadratic over a large INSERT.
@@ -233,6 +237,10 @@ impl<C: DerefMut<Target = Conn> + Send> Tx for SqlxTx<C> {
     fn numbered_params(&self) -> bool {
         (*self.0).backend_name() != "SQLite"
     }
+
+    fn changes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The SQLite writer thread's connection, in WAL mode with `synchronous = FULL` like every
@@ -255,6 +263,13 @@ impl LiteTx {
         Ok(Self { conn })
     }
 
+    /// Stops this connection from checkpointing the WAL when it commits: the writer leaves
+    /// that to [`Checkpointer`], off its own thread.
+    pub(crate) fn without_autocheckpoint(self) -> Result<Self, Error> {
+        self.conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
+        Ok(self)
+    }
+
     /// A read-only connection for point lookups on the runtime's threads (WAL: readers never
     /// wait for the writer).
     pub(crate) fn open_read(path: &Path) -> Result<Self, Error> {
@@ -267,8 +282,12 @@ impl LiteTx {
         Ok(Self { conn })
     }
 
-    /// Runs statements without parameters (BEGIN, COMMIT, savepoints).
+    /// Runs statements without parameters (BEGIN, COMMIT, pragmas).
     pub(crate) fn batch(&mut self, sql: &str) -> Result<(), Error> {
+        self.batch_ref(sql)
+    }
+
+    fn batch_ref(&self, sql: &str) -> Result<(), Error> {
         Ok(self.conn.execute_batch(sql)?)
     }
 
@@ -365,11 +384,15 @@ impl Tx for LiteTx {
     }
 
     fn rows_per_insert(&self) -> usize {
-        1
+        64
     }
 
     fn numbered_params(&self) -> bool {
         false
+    }
+
+    fn changes(&self) -> Option<u64> {
+        Some(self.conn.total_changes())
     }
 }
 
@@ -472,4 +495,31 @@ impl Drop for Reader<'_> {
             }
         }
     }
+}
+
+/// How often the checkpointer copies the WAL back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+
+/// Copies committed WAL frames into the database file (`PRAGMA wal_checkpoint(PASSIVE)`,
+/// which never blocks the writer) on a thread of its own, so the group-commit writer does not
+/// pay for it between batches. Stops when `stop`'s sender is dropped (the writer exits).
+pub(crate) fn spawn_checkpointer(
+    path: PathBuf,
+    stop: std::sync::mpsc::Receiver<()>,
+) -> Result<(), Error> {
+    let conn = LiteTx::open(&path)?;
+    std::thread::Builder::new()
+        .name("medid-checkpoint".into())
+        .spawn(move || loop {
+            match stop.recv_timeout(CHECKPOINT_EVERY) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if let Err(e) = conn.batch_ref("PRAGMA wal_checkpoint(PASSIVE);") {
+                        tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+                    }
+                }
+                _ => return,
+            }
+        })
+        .map_err(|e| Error::internal("starting the checkpoint thread", e))?;
+    Ok(())
 }
