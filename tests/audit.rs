@@ -683,3 +683,62 @@ async fn officers_search_the_trail_page_by_page_and_the_search_is_audited() {
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
 }
+
+/// Periodic checkpoints extend the last one's Merkle frontier instead of re-reading the whole
+/// log; what they sign must equal a full re-read, and a change behind medid's back is still
+/// found once the full-check period has passed (docs/AUDIT.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_extend_the_frontier_and_still_reread_the_whole_log_periodically() {
+    let w = world().await;
+    let mut gw = audit(&w.server, &w.gateway).await;
+    let mut officer = audit(&w.server, &w.auditor).await;
+    let mut sizes = Vec::new();
+    for round in 0..4 {
+        for n in 0..7 {
+            gw.record_access(access("PUMP-1", &format!("r{round}-{n}")))
+                .await
+                .unwrap();
+        }
+        let cp = officer
+            .get_checkpoint(proto::GetCheckpointRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        sizes.push(cp.tree_size);
+    }
+    assert!(sizes.windows(2).all(|s| s[0] < s[1]), "{sizes:?}");
+    // A full re-read accepts every checkpoint signed from the frontier as its prefix.
+    let (full, _) = w.server.ca.checkpoint_now().await.unwrap();
+    assert_eq!(
+        full.size,
+        *sizes.last().unwrap(),
+        "nothing was logged since"
+    );
+    let bundle = path(&w, "frontier.jsonl");
+    export(&w, proto::ExportAuditRequest::default(), &bundle).await;
+    let (ok, out) = verify(&w, &bundle, None);
+    assert!(ok, "{out}");
+
+    // An old event deleted behind medid's back: checkpoints from the frontier do not re-read
+    // it, but once FULL_CHECK_EVERY has passed the next one does, and refuses.
+    let pool = db(&w).await;
+    sqlx::query("DELETE FROM audit_events WHERE seq = 3")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    gw.record_access(access("PUMP-1", "after")).await.unwrap();
+    officer
+        .get_checkpoint(proto::GetCheckpointRequest {})
+        .await
+        .expect("within the period, the frontier is trusted");
+    w.server
+        .clock
+        .advance(medid::service::ledger::FULL_CHECK_EVERY + time::Duration::seconds(1));
+    gw.record_access(access("PUMP-1", "later")).await.unwrap();
+    let err = officer
+        .get_checkpoint(proto::GetCheckpointRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Internal, "{err:?}");
+}

@@ -28,8 +28,35 @@ pub struct Ledger {
     pub every_events: u64,
     /// …or after this long, if the log grew.
     pub every: Duration,
-    /// Serialises checkpoint signing: one note per tree size.
-    pub signing: Mutex<()>,
+    /// Serialises checkpoint signing (one note per tree size), and holds the Merkle frontier
+    /// of the last checkpoint this process signed or verified.
+    pub signing: Mutex<Option<Frontier>>,
+}
+
+/// The compact range (O(log n) subtree roots) of the log at a signed checkpoint, so the next
+/// checkpoint hashes only the events since, not the whole log again.
+#[derive(Debug, Clone)]
+pub struct Frontier {
+    size: u64,
+    root: Hash,
+    range: merkle::CompactRange,
+    /// When the whole log was last re-read and found to extend the signed checkpoints.
+    verified_at: OffsetDateTime,
+}
+
+/// Periodic checkpoints extend the frontier; at least this often (and for every export, and
+/// after every restart) they re-read the whole log instead, so a row changed behind medid's
+/// back is found and raised as `audit.integrity` within this time.
+pub const FULL_CHECK_EVERY: Duration = Duration::minutes(5);
+
+/// How much of the log a checkpoint re-reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reread {
+    /// Every event: the log must extend the previous signed checkpoint.
+    All,
+    /// Only events after the frontier, when the frontier is the latest signed checkpoint and
+    /// was verified within [`FULL_CHECK_EVERY`].
+    SinceFrontier,
 }
 
 /// What a gateway reports about one access to device data, validated.
@@ -197,8 +224,12 @@ impl Ca {
     /// The signed checkpoint covering the whole log now, signing one if the log grew. Refuses
     /// (an `audit log integrity` error) when the log no longer extends the last checkpoint.
     pub async fn checkpoint_now(&self) -> Result<(Checkpoint, String), Error> {
+        self.checkpoint(Reread::All).await
+    }
+
+    async fn checkpoint(&self, reread: Reread) -> Result<(Checkpoint, String), Error> {
         let l = self.ledger();
-        let _one_at_a_time = l.signing.lock().await;
+        let mut frontier = l.signing.lock().await;
         let size = self.store.tree_size().await?;
         let known = self.latest_known_checkpoint().await?;
         if let Some((cp, _)) = &known {
@@ -209,32 +240,41 @@ impl Ca {
                 )));
             }
         }
-        // One streaming pass over the leaves (O(log n) memory): this tree's root, and the root
-        // of its prefix at the previous checkpoint's size.
-        let prefix = known.as_ref().map(|(cp, _)| cp.size);
-        let mut range = merkle::CompactRange::default();
-        let mut prefix_root = (prefix == Some(0)).then(merkle::empty_root);
-        self.store
-            .fold_leaf_hashes(size, |count, leaf| {
-                range.push(leaf);
-                if Some(count) == prefix {
-                    prefix_root = Some(range.root());
-                }
-            })
-            .await?;
+        let now = self.clock.now();
+        let extend = match (&*frontier, &known) {
+            (Some(f), Some((cp, _)))
+                if reread == Reread::SinceFrontier
+                    && f.size == cp.size
+                    && f.root == cp.root
+                    && now - f.verified_at < FULL_CHECK_EVERY =>
+            {
+                Some(f.clone())
+            }
+            _ => None,
+        };
+        let (range, verified_at) = match extend {
+            Some(f) => {
+                let mut range = f.range;
+                self.store
+                    .fold_leaf_hashes_after(f.size, size, |_, leaf| range.push(leaf))
+                    .await?;
+                (range, f.verified_at)
+            }
+            None => (self.reread_all(size, known.as_ref()).await?, now),
+        };
         let root = range.root();
+        let mut keep = |cp: &Checkpoint| {
+            *frontier = Some(Frontier {
+                size: cp.size,
+                root: cp.root,
+                range: range.clone(),
+                verified_at,
+            });
+        };
         if let Some((cp, note)) = &known {
             if cp.size == size && root == cp.root {
+                keep(cp);
                 return Ok((cp.clone(), note.clone()));
-            }
-        }
-        // The previous checkpoint must be a prefix of this tree (a rewrite is refused, loudly).
-        if let Some((prev, _)) = &known {
-            if prefix_root != Some(prev.root) {
-                return Err(Error::Internal(format!(
-                    "audit log integrity: the first {} events no longer match their signed checkpoint",
-                    prev.size
-                )));
             }
         }
         let cp = Checkpoint {
@@ -252,7 +292,38 @@ impl Ca {
         if inserted {
             append_outside(&l.checkpoint_dir, &note)?;
         }
+        keep(&cp);
         Ok((cp, note))
+    }
+
+    /// One streaming pass over the whole log (O(log n) memory): its compact range, after
+    /// checking that the previous signed checkpoint is a prefix of it (a rewrite is refused,
+    /// loudly).
+    async fn reread_all(
+        &self,
+        size: u64,
+        known: Option<&(Checkpoint, String)>,
+    ) -> Result<merkle::CompactRange, Error> {
+        let prefix = known.map(|(cp, _)| cp.size);
+        let mut range = merkle::CompactRange::default();
+        let mut prefix_root = (prefix == Some(0)).then(merkle::empty_root);
+        self.store
+            .fold_leaf_hashes(size, |count, leaf| {
+                range.push(leaf);
+                if Some(count) == prefix {
+                    prefix_root = Some(range.root());
+                }
+            })
+            .await?;
+        if let Some((prev, _)) = known {
+            if prefix_root != Some(prev.root) {
+                return Err(Error::Internal(format!(
+                    "audit log integrity: the first {} events no longer match their signed checkpoint",
+                    prev.size
+                )));
+            }
+        }
+        Ok(range)
     }
 
     fn parse_own(&self, note: &str) -> Result<Checkpoint, Error> {
@@ -273,7 +344,7 @@ impl Ca {
         let many = size - last_size.min(size) >= l.every_events;
         let old = last_at.is_none_or(|at| self.clock.now() - at >= l.every);
         if grew && (many || old) {
-            self.checkpoint_now().await?;
+            self.checkpoint(Reread::SinceFrontier).await?;
         }
         Ok(())
     }
@@ -286,7 +357,7 @@ impl Ca {
             self.may_read_ledger(who),
         )
         .await?;
-        self.checkpoint_now().await
+        self.checkpoint(Reread::SinceFrontier).await
     }
 
     pub async fn inclusion_proof(

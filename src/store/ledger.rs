@@ -58,14 +58,26 @@ impl Store {
     pub async fn fold_leaf_hashes(
         &self,
         size: u64,
+        each: impl FnMut(u64, Hash),
+    ) -> Result<(), Error> {
+        self.fold_leaf_hashes_after(0, size, each).await
+    }
+
+    /// [`Store::fold_leaf_hashes`] for events `after+1..=size` only.
+    pub async fn fold_leaf_hashes_after(
+        &self,
+        after: u64,
+        size: u64,
         mut each: impl FnMut(u64, Hash),
     ) -> Result<(), Error> {
         use futures_util::TryStreamExt;
-        let mut rows =
-            sqlx::query("SELECT seq, leaf_hash FROM audit_events WHERE seq <= $1 ORDER BY seq")
-                .bind(size as i64)
-                .fetch(&self.reader);
-        let mut count = 0u64;
+        let mut rows = sqlx::query(
+            "SELECT seq, leaf_hash FROM audit_events WHERE seq > $1 AND seq <= $2 ORDER BY seq",
+        )
+        .bind(after as i64)
+        .bind(size as i64)
+        .fetch(&self.reader);
+        let mut count = after;
         while let Some(row) = rows.try_next().await? {
             let seq: i64 = row.try_get("seq")?;
             if seq != count as i64 + 1 {
