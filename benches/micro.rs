@@ -7,7 +7,8 @@
 //! - `issuance`: CSR parse and verify (`policy::csr::verify`), the operational profile, and
 //!   signing the certificate (the same rcgen parameters `Authority::sign` signs, here with a
 //!   P-256 CA key of the benchmark's own: medid's CA keys sign only behind an issuance token).
-//! - `merkle`: the RFC 9162 root, an inclusion proof and a consistency proof over 10,000 leaves.
+//! - `merkle`: the RFC 9162 root, an inclusion proof and a consistency proof over 10,000 leaves,
+//!   and the level tree that filtered exports build once to prove each event in O(log n).
 //! - `audit`: an access event's RFC 8785 canonical form, and its leaf hash.
 
 use std::hint::black_box;
@@ -91,6 +92,15 @@ fn merkle(c: &mut Criterion) {
     });
     g.bench_function("consistency_proof_7k_to_10k", |b| {
         b.iter(|| merkle::consistency_proof(black_box(7_000), &all).unwrap())
+    });
+    // What a filtered export does: the level tree once, then O(log n) per proof.
+    let tree = merkle::Tree::new(all.clone());
+    g.bench_function("inclusion_proof_in_10k_level_tree", |b| {
+        b.iter(|| tree.inclusion_proof(black_box(4_321)).unwrap())
+    });
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function("level_tree_10k_leaves", |b| {
+        b.iter(|| merkle::Tree::new(black_box(all.clone())))
     });
     g.finish();
 }

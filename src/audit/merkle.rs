@@ -131,6 +131,60 @@ fn path(m: usize, leaves: &[Hash], out: &mut Vec<Hash>) {
     }
 }
 
+/// Every level of the tree over some leaves, built once (O(n) hashes, about 2n kept) so that
+/// each inclusion proof then takes O(log n): for exports that prove many events.
+///
+/// Level k+1 pairs up level k from the left and promotes a last, unpaired node unchanged.
+/// Since RFC 9162 splits every tree at the largest power of two below its size, its left
+/// subtrees are perfect and this builds the same tree.
+#[derive(Debug, Clone)]
+pub struct Tree {
+    levels: Vec<Vec<Hash>>,
+}
+
+impl Tree {
+    pub fn new(leaves: Vec<Hash>) -> Self {
+        let mut levels = vec![leaves];
+        while let Some(below) = levels.last().filter(|l| l.len() > 1) {
+            let above = below
+                .chunks(2)
+                .map(|pair| match pair.get(1) {
+                    Some(right) => node_hash(&pair[0], right),
+                    None => pair[0],
+                })
+                .collect();
+            levels.push(above);
+        }
+        Self { levels }
+    }
+
+    /// MTH of the leaves.
+    pub fn root(&self) -> Hash {
+        match self.levels.last().and_then(|top| top.first()) {
+            Some(root) if !self.levels[0].is_empty() => *root,
+            _ => empty_root(),
+        }
+    }
+
+    /// PATH(m, D[n]), as [`inclusion_proof`] computes it.
+    pub fn inclusion_proof(&self, m: usize) -> Option<Vec<Hash>> {
+        if m >= self.levels[0].len() {
+            return None;
+        }
+        let mut proof = Vec::new();
+        let mut index = m;
+        for level in &self.levels[..self.levels.len() - 1] {
+            let sibling = index ^ 1;
+            // No sibling: the node is promoted unchanged, and the proof has no step here.
+            if let Some(hash) = level.get(sibling) {
+                proof.push(*hash);
+            }
+            index /= 2;
+        }
+        Some(proof)
+    }
+}
+
 /// PROOF(m, D[n]): the consistency proof from the tree of the first `m` leaves to all of them.
 pub fn consistency_proof(m: usize, leaves: &[Hash]) -> Option<Vec<Hash>> {
     if m == 0 || m > leaves.len() {
@@ -245,6 +299,22 @@ pub fn verify_consistency(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_level_tree_has_the_recursive_root_and_proofs() {
+        for n in 0..=70usize {
+            let leaves: Vec<Hash> = (0..n as u32).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+            let tree = Tree::new(leaves.clone());
+            assert_eq!(tree.root(), root(&leaves), "n = {n}");
+            for m in 0..=n {
+                assert_eq!(
+                    tree.inclusion_proof(m),
+                    inclusion_proof(m, &leaves),
+                    "n = {n}, m = {m}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn a_compact_range_has_the_root_of_every_prefix() {

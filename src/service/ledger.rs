@@ -477,6 +477,8 @@ impl Ca {
         } else {
             Vec::new()
         };
+        // Built once: each event's inclusion proof is then O(log n), not O(n).
+        let tree = filtered.then(|| merkle::Tree::new(leaves.clone()));
         let (tx, rx) = mpsc::channel(64);
         let ca = self.clone();
         let exporter = who.uri.clone();
@@ -516,9 +518,8 @@ impl Ca {
                         }
                     };
                     let mut line = json!({"type": "event", "seq": seq, "leaf_hash": entry.leaf_hash, "event": event});
-                    if filtered {
-                        let proof = merkle::inclusion_proof((seq - 1) as usize, &leaves)
-                            .unwrap_or_default();
+                    if let Some(tree) = &tree {
+                        let proof = tree.inclusion_proof((seq - 1) as usize).unwrap_or_default();
                         line["inclusion_proof"] = proof
                             .iter()
                             .map(|h| Value::from(crate::domain::hex(h)))
