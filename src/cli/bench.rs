@@ -74,6 +74,18 @@ impl Server {
             .unwrap_or(f64::NAN)
     }
 
+    /// The server's resident memory now (`VmRSS` in /proc/<pid>/status), in MiB.
+    fn rss_mib(&self) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+                let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+                Some(kib / 1024.0)
+            })
+            .unwrap_or(f64::NAN)
+    }
+
     fn creds(&self, cert: &str, key: &str) -> ClientCredentials {
         ClientCredentials {
             ca_pem: std::fs::read(self.dir.path().join("pki/root-ca.pem")).unwrap_or_default(),
@@ -170,6 +182,8 @@ struct Figures {
     seconds: f64,
     latencies: Vec<Duration>,
     server_cpu: f64,
+    /// The server's resident memory after the scenario, in MiB.
+    server_rss_mib: f64,
 }
 
 impl Figures {
@@ -438,19 +452,21 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
             seconds,
             latencies,
             server_cpu: server.cpu_seconds() - cpu_before,
+            server_rss_mib: server.rss_mib(),
         };
         if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             eprint!("\r");
         }
         if !args.json {
             println!(
-                "{:<48} {:>8} ops {:>9.1} /s  p50 {:>7.2} ms  p99 {:>7.2} ms  server CPU {:>6.2} s",
+                "{:<48} {:>8} ops {:>9.1} /s  p50 {:>7.2} ms  p99 {:>7.2} ms  server CPU {:>6.2} s  RSS {:>6.1} MiB",
                 figures.name,
                 figures.ops,
                 figures.per_second(),
                 figures.percentile(0.5),
                 figures.percentile(0.99),
-                figures.server_cpu
+                figures.server_cpu,
+                figures.server_rss_mib
             );
         }
         results.push(figures);
@@ -459,7 +475,8 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
         let v: Vec<_> = results
             .iter()
             .map(|f| json!({"scenario": f.name, "ops": f.ops, "seconds": f.seconds, "per_second": f.per_second(),
-                            "p50_ms": f.percentile(0.5), "p99_ms": f.percentile(0.99), "server_cpu_seconds": f.server_cpu}))
+                            "p50_ms": f.percentile(0.5), "p99_ms": f.percentile(0.99), "server_cpu_seconds": f.server_cpu,
+                            "server_rss_mib": f.server_rss_mib}))
             .collect();
         println!("{}", serde_json::Value::Array(v));
     }
