@@ -9,16 +9,15 @@ use medid::proto::EnrollDeviceRequest;
 use tonic::Code;
 
 fn s_client(server: &TestServer, version_flag: &str) -> (bool, String) {
+    s_client_with(server, &[version_flag])
+}
+
+fn s_client_with(server: &TestServer, flags: &[&str]) -> (bool, String) {
     let port = server.url.rsplit(':').next().unwrap().to_owned();
     let out = Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            &format!("127.0.0.1:{port}"),
-            version_flag,
-            "-servername",
-            "localhost",
-        ])
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args(flags)
+        .args(["-servername", "localhost"])
         .arg("-CAfile")
         .arg(server.pki("root-ca.pem"))
         .stdin(Stdio::null())
@@ -46,6 +45,33 @@ async fn tls_1_0_and_1_1_are_refused_and_1_2_and_1_3_accepted() {
         let (ok, text) = s_client(&server, flag);
         assert!(ok && text.contains(name), "{flag} was refused:\n{text}");
     }
+}
+
+/// The server picks AES-128-GCM/SHA-256 first whatever the client prefers (cheaper handshakes
+/// where SHA-384 has no instructions of its own), and still accepts AES-256-GCM/SHA-384 alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_1_3_prefers_aes_128_gcm_and_accepts_aes_256_gcm() {
+    let server = TestServer::start().await;
+    let (ok, text) = s_client_with(
+        &server,
+        &[
+            "-tls1_3",
+            "-ciphersuites",
+            "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256",
+        ],
+    );
+    assert!(
+        ok && text.contains("Cipher is TLS_AES_128_GCM_SHA256"),
+        "{text}"
+    );
+    let (ok, text) = s_client_with(
+        &server,
+        &["-tls1_3", "-ciphersuites", "TLS_AES_256_GCM_SHA384"],
+    );
+    assert!(
+        ok && text.contains("Cipher is TLS_AES_256_GCM_SHA384"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

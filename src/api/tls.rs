@@ -29,8 +29,18 @@ use crate::issuance::bootstrap::PkiFiles;
 /// A handshake that has not finished by then is dropped, so slow clients cannot pin sockets.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// ring's provider, with AES-128-GCM/SHA-256 first among the TLS 1.3 suites (ring's default
+/// puts AES-256-GCM/SHA-384 first). Both are strong. But SHA-384 has no instructions of its own
+/// on x86 (SHA-256 does), and the handshake's key schedule and transcript hash a lot: in a
+/// profile of reconnecting devices, SHA-512 blocks were 6% of the server's CPU. The server
+/// applies this order whatever the client prefers.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    let first = rustls::CipherSuite::TLS13_AES_128_GCM_SHA256;
+    provider
+        .cipher_suites
+        .sort_by_key(|suite| suite.suite() != first);
+    Arc::new(provider)
 }
 
 /// The application protocol a listener speaks, negotiated by ALPN.
@@ -165,6 +175,7 @@ pub fn server_config(files: &PkiFiles, crls: Vec<Vec<u8>>) -> Result<Arc<ServerC
         .with_single_cert(chain, key)
         .map_err(|e| Error::internal("server certificate", e))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 
