@@ -26,15 +26,10 @@ pub fn leaf_hash(entry: &[u8]) -> Hash {
 
 /// The leaf hash of an entry given in consecutive parts.
 pub fn leaf_hash_of_parts(parts: &[&[u8]]) -> Hash {
-    let mut ctx = Context::new(&SHA256);
-    ctx.update(&[0x00]);
-    for p in parts {
-        ctx.update(p);
-    }
-    ctx.finish()
-        .as_ref()
-        .try_into()
-        .expect("SHA-256 is 32 bytes")
+    let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+    all.push(&[0x00]);
+    all.extend_from_slice(parts);
+    sha256(&all)
 }
 
 pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
