@@ -347,12 +347,18 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_refusal_before_any_change_leaves_the_rest_of_the_batch() {
+    /// A fresh database with one table `t (x UNIQUE)`; keep the directory alive.
+    fn table() -> (tempfile::TempDir, LiteTx) {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut conn = LiteTx::open(&dir.path().join("w.db")).expect("open");
         conn.batch("CREATE TABLE t (x INTEGER NOT NULL UNIQUE)")
             .expect("schema");
+        (dir, conn)
+    }
+
+    #[test]
+    fn a_refusal_before_any_change_leaves_the_rest_of_the_batch() {
+        let (_dir, mut conn) = table();
         let out = run(
             &mut conn,
             vec![Box::new(insert(1)), Box::new(refuse()), Box::new(insert(2))],
@@ -364,10 +370,7 @@ mod tests {
 
     #[test]
     fn a_failure_after_a_change_rolls_back_the_batch_and_keeps_its_own_error() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut conn = LiteTx::open(&dir.path().join("w.db")).expect("open");
-        conn.batch("CREATE TABLE t (x INTEGER NOT NULL UNIQUE)")
-            .expect("schema");
+        let (_dir, mut conn) = table();
         let out = run(
             &mut conn,
             vec![Box::new(insert(1)), Box::new(half(5)), Box::new(insert(2))],
