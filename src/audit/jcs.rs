@@ -3,7 +3,7 @@
 //! integers in their shortest form. Audit events carry no floating-point numbers; one here is
 //! refused rather than risk a second canonical form.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::error::Error;
 
@@ -14,7 +14,7 @@ pub fn canonical(value: &Value) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
-fn write(value: &Value, out: &mut Vec<u8>) -> Result<(), Error> {
+pub(crate) fn write(value: &Value, out: &mut Vec<u8>) -> Result<(), Error> {
     match value {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
@@ -40,28 +40,37 @@ fn write(value: &Value, out: &mut Vec<u8>) -> Result<(), Error> {
             }
             out.push(b']');
         }
-        Value::Object(map) => {
-            // RFC 8785 §3.2.3: sort by the keys' UTF-16 code units.
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
-            out.push(b'{');
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_string(key, out);
-                out.push(b':');
-                write(&map[key], out)?;
-            }
-            out.push(b'}');
-        }
+        Value::Object(map) => write_object(map, out)?,
     }
+    Ok(())
+}
+
+/// The canonical form of a JSON object (RFC 8785 §3.2.3: keys sorted by UTF-16 code units).
+pub(crate) fn write_object(map: &Map<String, Value>, out: &mut Vec<u8>) -> Result<(), Error> {
+    let mut keys: Vec<&String> = map.keys().collect();
+    // Keys of ASCII or other BMP characters below the surrogates sort the same by bytes; the
+    // UTF-16 comparison is needed only when one is at or above U+E000.
+    if keys.iter().all(|k| k.bytes().all(|b| b < 0xee)) {
+        keys.sort_unstable();
+    } else {
+        keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
+    }
+    out.push(b'{');
+    for (i, key) in keys.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_string(key, out);
+        out.push(b':');
+        write(&map[key], out)?;
+    }
+    out.push(b'}');
     Ok(())
 }
 
 /// RFC 8785 §3.2.2.2: escape `"` `\` and control characters; \b \t \n \f \r by name, other
 /// controls as \u00xx (lowercase hex); everything else literally, in UTF-8.
-fn write_string(s: &str, out: &mut Vec<u8>) {
+pub(crate) fn write_string(s: &str, out: &mut Vec<u8>) {
     // Runs of bytes that need no escape (everything but '"', '\\' and controls, including
     // every byte of a multi-byte UTF-8 sequence) are copied whole.
     out.push(b'"');

@@ -36,7 +36,9 @@ pub fn rfc3339(t: OffsetDateTime) -> Result<String, Error> {
 
 /// The RFC 9162 leaf hash of event `seq`.
 pub fn leaf(seq: i64, e: &AuditEvent) -> Result<Hash, Error> {
-    Ok(merkle::leaf_hash(&jcs::canonical(&event_json(seq, e)?)?))
+    let mut canonical = Vec::with_capacity(320);
+    write_canonical(seq, e, &mut canonical)?;
+    Ok(merkle::leaf_hash(&canonical))
 }
 
 /// An event prepared for the log before its sequence number is known: its canonical form with
@@ -50,26 +52,89 @@ pub struct Sealed {
     pub detail: String,
 }
 
-/// The stand-in sequence number [`seal`] canonicalizes with. In the canonical form the keys
-/// are sorted, so `"seq"` comes just before `"target"`, the last key.
-const OPEN_SEQ: i64 = i64::MIN;
+/// Writes the canonical form (RFC 8785) of `event_json(seq, e)` without building it: the
+/// members in their sorted order, `"seq"` just before `"target"`, the last. Returns the offset
+/// in `out` where the sequence number's digits start, so [`seal`] can cut there.
+fn write_canonical_parts(
+    seq: i64,
+    e: &AuditEvent,
+    out: &mut Vec<u8>,
+) -> Result<(usize, usize), Error> {
+    out.extend_from_slice(b"{\"action\":");
+    jcs::write_string(&e.action, out);
+    out.extend_from_slice(b",\"actor\":{\"role\":");
+    jcs::write_string(&e.actor.role, out);
+    out.extend_from_slice(b",\"uri\":");
+    jcs::write_string(&e.actor.uri, out);
+    out.extend_from_slice(b"},\"detail\":");
+    jcs::write_object(&e.detail, out)?;
+    out.extend_from_slice(b",\"outcome\":");
+    jcs::write_string(e.outcome.as_str(), out);
+    out.extend_from_slice(b",\"reason\":");
+    match &e.reason {
+        Some(r) => jcs::write_string(r, out),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"recorded_at\":");
+    jcs::write_string(&rfc3339(e.recorded_at)?, out);
+    out.extend_from_slice(b",\"seq\":");
+    let seq_at = out.len();
+    out.extend_from_slice(seq.to_string().as_bytes());
+    let seq_end = out.len();
+    out.extend_from_slice(b",\"target\":");
+    jcs::write_string(&e.target, out);
+    out.push(b'}');
+    Ok((seq_at, seq_end))
+}
+
+/// Appends the canonical bytes of event `seq` (what its leaf hash covers) to `out`.
+pub fn write_canonical(seq: i64, e: &AuditEvent, out: &mut Vec<u8>) -> Result<(), Error> {
+    write_canonical_parts(seq, e, out).map(|_| ())
+}
+
+/// A bundle's event line (docs/AUDIT.md "The bundle"), written directly: the `event` member is
+/// exactly the canonical bytes the leaf hash covers, so a verifier can hash it as it stands.
+pub fn export_line(
+    seq: i64,
+    e: &AuditEvent,
+    leaf_hash: &str,
+    inclusion_proof: Option<&[Hash]>,
+) -> Result<String, Error> {
+    let mut line = Vec::with_capacity(512);
+    line.extend_from_slice(b"{\"event\":");
+    write_canonical(seq, e, &mut line)?;
+    if let Some(proof) = inclusion_proof {
+        line.extend_from_slice(b",\"inclusion_proof\":[");
+        for (i, h) in proof.iter().enumerate() {
+            if i > 0 {
+                line.push(b',');
+            }
+            line.push(b'"');
+            line.extend_from_slice(crate::domain::hex(h).as_bytes());
+            line.push(b'"');
+        }
+        line.push(b']');
+    }
+    line.extend_from_slice(b",\"leaf_hash\":");
+    jcs::write_string(leaf_hash, &mut line);
+    line.extend_from_slice(b",\"seq\":");
+    line.extend_from_slice(seq.to_string().as_bytes());
+    line.extend_from_slice(b",\"type\":\"event\"}");
+    String::from_utf8(line).map_err(|e| Error::internal("an export line is not UTF-8", e))
+}
 
 /// Prepares `e` for the log; `seal(e)?.leaf(seq) == leaf(seq, e)` for every `seq`.
 pub fn seal(e: &AuditEvent) -> Result<Sealed, Error> {
-    let canonical = jcs::canonical(&event_json(OPEN_SEQ, e)?)?;
-    let marker = format!(",\"seq\":{OPEN_SEQ},\"target\":");
-    // The last occurrence is the top-level one: only the target string follows it, and a JSON
-    // string cannot hold the marker's unescaped quotes.
-    let at = canonical
-        .windows(marker.len())
-        .rposition(|w| w == marker.as_bytes())
-        .ok_or_else(|| Error::Internal("canonical event lacks its seq member".into()))?;
-    let value_at = at + ",\"seq\":".len();
+    let mut canonical = Vec::with_capacity(320);
+    let (seq_at, seq_end) = write_canonical_parts(0, e, &mut canonical)?;
     let detail = serde_json::to_string(&e.detail)
         .map_err(|err| Error::internal("encoding audit detail", err))?;
     Ok(Sealed {
-        head: canonical[..value_at].to_vec(),
-        tail: canonical[value_at + OPEN_SEQ.to_string().len()..].to_vec(),
+        tail: canonical[seq_end..].to_vec(),
+        head: {
+            canonical.truncate(seq_at);
+            canonical
+        },
         detail,
     })
 }
@@ -121,9 +186,9 @@ mod tests {
 
     #[test]
     fn a_sealed_event_hashes_as_the_event_does_at_every_sequence_number() {
-        let marker = format!(",\"seq\":{OPEN_SEQ},\"target\":\"x\"}}");
+        let marker = format!(",\"seq\":{},\"target\":\"x\"}}", i64::MIN);
         let mut nested = Map::new();
-        nested.insert("seq".into(), json!(OPEN_SEQ));
+        nested.insert("seq".into(), json!(i64::MIN));
         nested.insert("target".into(), json!("x"));
         let events = [
             AuditEvent::new(
@@ -148,6 +213,13 @@ mod tests {
             assert_eq!(sealed.detail, serde_json::to_string(&e.detail).unwrap());
             for seq in [0, 1, 9, 10, 42, 1_000_000_007, i64::MAX] {
                 assert_eq!(sealed.leaf(seq), leaf(seq, e).unwrap(), "seq {seq}");
+                // The direct writer is the canonical form of the event object, byte for byte.
+                let mut direct = Vec::new();
+                write_canonical(seq, e, &mut direct).unwrap();
+                assert_eq!(
+                    direct,
+                    jcs::canonical(&event_json(seq, e).unwrap()).unwrap()
+                );
             }
         }
     }

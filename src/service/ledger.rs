@@ -510,23 +510,23 @@ impl Ca {
                 after = last.stored.seq;
                 for entry in page {
                     let seq = entry.stored.seq;
-                    let event = match ledger::event_json(seq, &entry.stored.event) {
-                        Ok(v) => v,
+                    let proof = tree
+                        .as_ref()
+                        .map(|t| t.inclusion_proof((seq - 1) as usize).unwrap_or_default());
+                    let line = match ledger::export_line(
+                        seq,
+                        &entry.stored.event,
+                        &entry.leaf_hash,
+                        proof.as_deref(),
+                    ) {
+                        Ok(line) => line,
                         Err(e) => {
                             let _ = tx.send(Err(e)).await;
                             return;
                         }
                     };
-                    let mut line = json!({"type": "event", "seq": seq, "leaf_hash": entry.leaf_hash, "event": event});
-                    if let Some(tree) = &tree {
-                        let proof = tree.inclusion_proof((seq - 1) as usize).unwrap_or_default();
-                        line["inclusion_proof"] = proof
-                            .iter()
-                            .map(|h| Value::from(crate::domain::hex(h)))
-                            .collect();
-                    }
                     count += 1;
-                    if tx.send(Ok(line.to_string())).await.is_err() {
+                    if tx.send(Ok(line)).await.is_err() {
                         return;
                     }
                 }

@@ -1,7 +1,6 @@
 //! The audit event log: append inside a caller's transaction, or on its own for refusals.
 
 use serde_json::{Map, Value};
-use sqlx::Row;
 
 use super::sql::{self, Arg, Tx};
 use super::{from_unix, to_unix, Store};
@@ -126,39 +125,43 @@ impl Store {
 
     /// Events with sequence numbers in `after+1..`, oldest first, at most `limit`.
     pub async fn audit_events(&self, after: i64, limit: i64) -> Result<Vec<StoredEvent>, Error> {
-        let rows = sqlx::query(
-            "SELECT seq, recorded_at, actor_uri, actor_role, action, target, outcome, reason, detail
-             FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
-        )
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(decode).collect()
+        let mut reader = self.reader().await?;
+        let rows = reader
+            .tx()
+            .fetch_all(
+                "SELECT seq, recorded_at, actor_uri, actor_role, action, target, outcome, reason,
+                        detail
+                 FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+                &[Arg::Int(after), Arg::Int(limit)],
+            )
+            .await?;
+        rows.iter().map(decode_row).collect()
     }
 }
 
-pub(crate) fn decode(row: &super::DbRow) -> Result<StoredEvent, Error> {
-    let outcome = match row.try_get::<String, _>("outcome")?.as_str() {
+/// A stored event from a row whose first columns are seq, recorded_at, actor_uri, actor_role,
+/// action, target, outcome, reason, detail.
+pub(crate) fn decode_row(row: &super::sql::Row) -> Result<StoredEvent, Error> {
+    let outcome = match row.text(6)? {
         "success" => Outcome::Success,
         "refused" => Outcome::Refused,
         "denied" => Outcome::Denied,
         _ => Outcome::Failed,
     };
-    let detail: Map<String, Value> = serde_json::from_str(&row.try_get::<String, _>("detail")?)
+    let detail: Map<String, Value> = serde_json::from_str(row.text(8)?)
         .map_err(|e| Error::internal("decoding audit detail", e))?;
     Ok(StoredEvent {
-        seq: row.try_get("seq")?,
+        seq: row.int(0)?,
         event: AuditEvent {
-            recorded_at: from_unix(row.try_get("recorded_at")?)?,
+            recorded_at: from_unix(row.int(1)?)?,
             actor: Actor {
-                uri: row.try_get("actor_uri")?,
-                role: row.try_get("actor_role")?,
+                uri: row.text(2)?.to_owned(),
+                role: row.text(3)?.to_owned(),
             },
-            action: row.try_get("action")?,
-            target: row.try_get("target")?,
+            action: row.text(4)?.to_owned(),
+            target: row.text(5)?.to_owned(),
             outcome,
-            reason: row.try_get("reason")?,
+            reason: row.opt_text(7)?.map(str::to_owned),
             detail,
         },
     })

@@ -3,6 +3,7 @@
 use sqlx::Row;
 use time::OffsetDateTime;
 
+use super::sql::Arg;
 use super::{audit, from_unix, to_unix, Store};
 use crate::audit::merkle::Hash;
 use crate::audit::{AuditEvent, StoredEvent};
@@ -70,30 +71,46 @@ impl Store {
         size: u64,
         mut each: impl FnMut(u64, Hash),
     ) -> Result<(), Error> {
-        use futures_util::TryStreamExt;
-        let mut rows = sqlx::query(
-            "SELECT seq, leaf_hash FROM audit_events WHERE seq > $1 AND seq <= $2 ORDER BY seq",
-        )
-        .bind(after as i64)
-        .bind(size as i64)
-        .fetch(&self.reader);
+        // Pages keep memory flat and keep each read short (a direct SQLite reader runs on the
+        // runtime's thread).
+        const PAGE: i64 = 2048;
         let mut count = after;
-        while let Some(row) = rows.try_next().await? {
-            let seq: i64 = row.try_get("seq")?;
-            if seq != count as i64 + 1 {
-                return Err(Error::Internal(format!(
-                    "audit log integrity: sequence {} is missing",
-                    count + 1
-                )));
+        loop {
+            let rows = {
+                let mut reader = self.reader().await?;
+                reader
+                    .tx()
+                    .fetch_all(
+                        "SELECT seq, leaf_hash FROM audit_events
+                         WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3",
+                        &[
+                            Arg::Int(count as i64),
+                            Arg::Int(size as i64),
+                            Arg::Int(PAGE),
+                        ],
+                    )
+                    .await?
+            };
+            for row in &rows {
+                let seq = row.int(0)?;
+                if seq != count as i64 + 1 {
+                    return Err(Error::Internal(format!(
+                        "audit log integrity: sequence {} is missing",
+                        count + 1
+                    )));
+                }
+                let hash = crate::domain::unhex(row.text(1)?)
+                    .and_then(|b| Hash::try_from(b).ok())
+                    .ok_or_else(|| {
+                        Error::Internal(format!("audit log integrity: bad leaf hash at {seq}"))
+                    })?;
+                count += 1;
+                each(count, hash);
             }
-            let hex: String = row.try_get("leaf_hash")?;
-            let hash = crate::domain::unhex(&hex)
-                .and_then(|b| Hash::try_from(b).ok())
-                .ok_or_else(|| {
-                    Error::Internal(format!("audit log integrity: bad leaf hash at {seq}"))
-                })?;
-            count += 1;
-            each(count, hash);
+            if (rows.len() as i64) < PAGE {
+                break;
+            }
+            tokio::task::yield_now().await;
         }
         if count != size {
             return Err(Error::Internal(format!(
@@ -206,37 +223,44 @@ impl Store {
             manufacturer = self.detail_field("manufacturer"),
             patient = self.detail_field("patient_ref"),
         );
-        let rows = sqlx::query(&sql)
-            .bind(after)
-            .bind(up_to)
-            .bind(q.from.map(to_unix))
-            .bind(q.from.map(to_unix))
-            .bind(q.to.map(to_unix))
-            .bind(q.to.map(to_unix))
-            .bind(&q.device_uri)
-            .bind(&q.device_uri)
-            .bind(&q.device_uri)
-            .bind(&q.manufacturer)
-            .bind(&manufacturer_prefix)
-            .bind(&station_prefix)
-            .bind(&station_prefix)
-            .bind(&q.manufacturer)
-            .bind(&q.actor_uri)
-            .bind(&q.actor_uri)
-            .bind(&q.action)
-            .bind(&q.action)
-            .bind(&q.outcome)
-            .bind(&q.outcome)
-            .bind(&q.patient_ref)
-            .bind(&q.patient_ref)
-            .bind(limit)
-            .fetch_all(&self.reader)
+        let (from, to) = (q.from.map(to_unix), q.to.map(to_unix));
+        let mut reader = self.reader().await?;
+        let rows = reader
+            .tx()
+            .fetch_all(
+                &sql,
+                &[
+                    Arg::Int(after),
+                    Arg::Int(up_to),
+                    Arg::from(from),
+                    Arg::from(from),
+                    Arg::from(to),
+                    Arg::from(to),
+                    Arg::from(&q.device_uri),
+                    Arg::from(&q.device_uri),
+                    Arg::from(&q.device_uri),
+                    Arg::from(&q.manufacturer),
+                    Arg::from(&manufacturer_prefix),
+                    Arg::from(&station_prefix),
+                    Arg::from(&station_prefix),
+                    Arg::from(&q.manufacturer),
+                    Arg::from(&q.actor_uri),
+                    Arg::from(&q.actor_uri),
+                    Arg::from(&q.action),
+                    Arg::from(&q.action),
+                    Arg::from(&q.outcome),
+                    Arg::from(&q.outcome),
+                    Arg::from(&q.patient_ref),
+                    Arg::from(&q.patient_ref),
+                    Arg::Int(limit),
+                ],
+            )
             .await?;
         rows.iter()
             .map(|row| {
                 Ok(LedgerEntry {
-                    stored: audit::decode(row)?,
-                    leaf_hash: row.try_get("leaf_hash")?,
+                    stored: audit::decode_row(row)?,
+                    leaf_hash: row.text(9)?.to_owned(),
                 })
             })
             .collect()

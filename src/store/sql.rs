@@ -27,6 +27,7 @@ use crate::error::Error;
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Arg<'a> {
     Int(i64),
+    OptInt(Option<i64>),
     Text(&'a str),
     OptText(Option<&'a str>),
     Blob(&'a [u8]),
@@ -35,6 +36,12 @@ pub(crate) enum Arg<'a> {
 impl From<i64> for Arg<'_> {
     fn from(v: i64) -> Self {
         Arg::Int(v)
+    }
+}
+
+impl From<Option<i64>> for Arg<'_> {
+    fn from(v: Option<i64>) -> Self {
+        Arg::OptInt(v)
     }
 }
 
@@ -164,6 +171,7 @@ type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q
 fn bind_all<'q>(sql: &'q str, args: &'q [Arg<'q>]) -> AnyQuery<'q> {
     args.iter().fold(sqlx::query(sql), |q, arg| match *arg {
         Arg::Int(v) => q.bind(v),
+        Arg::OptInt(v) => q.bind(v),
         Arg::Text(v) => q.bind(v),
         Arg::OptText(v) => q.bind(v),
         Arg::Blob(v) => q.bind(v),
@@ -309,6 +317,7 @@ impl LiteTx {
                 .ok_or_else(|| Error::Internal(format!("SQL parameter {n} has no argument")))?;
             match *arg {
                 Arg::Int(v) => stmt.raw_bind_parameter(i, v)?,
+                Arg::OptInt(v) => stmt.raw_bind_parameter(i, v)?,
                 Arg::Text(v) => stmt.raw_bind_parameter(i, v)?,
                 Arg::OptText(v) => stmt.raw_bind_parameter(i, v)?,
                 Arg::Blob(v) => stmt.raw_bind_parameter(i, v)?,
