@@ -174,13 +174,12 @@ impl Ca {
             model: input.model.as_str().to_owned(),
             udi_di: input.udi_di.as_ref().map(|g| g.as_str().to_owned()),
         };
-        let issued = self
+        let (issued, device) = self
             .run_cycle(actor, action, reservation, completion)
             .await?;
-        let device = self
-            .store
-            .device(&manufacturer, input.serial.as_str())
-            .await?;
+        let device = device.ok_or_else(|| {
+            Error::Internal("recording a birth certificate did not create its device".into())
+        })?;
         Ok((device, issued))
     }
 

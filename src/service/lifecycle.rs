@@ -119,7 +119,7 @@ impl Ca {
                 caller_serial: who.certificate_serial.clone(),
             },
         };
-        let issued = self
+        let (issued, _) = self
             .run_cycle(&Actor::of(who), action, reservation, completion)
             .await?;
         if self.lifecycle.revoke_superseded && profile == "device-operational" {

@@ -334,8 +334,10 @@ impl Ca {
             principal_id: id.to_string(),
             manufacturer,
         };
-        self.run_cycle(&Actor::of(who), action.name(), reservation, completion)
-            .await
+        let (issued, _) = self
+            .run_cycle(&Actor::of(who), action.name(), reservation, completion)
+            .await?;
+        Ok(issued)
     }
 
     /// Crash-test hook: aborts the process, as a power cut would, at the configured step of an
@@ -347,14 +349,15 @@ impl Ca {
         }
     }
 
-    /// Steps 2–4 of the issuance cycle, shared by every profile.
+    /// Steps 2–4 of the issuance cycle, shared by every profile. Also returns the device row
+    /// when the certificate completes a device.
     async fn run_cycle(
         &self,
         actor: &Actor,
         action: &str,
         reservation: Reservation,
         completion: Completion,
-    ) -> Result<Issued, Error> {
+    ) -> Result<(Issued, Option<DeviceRecord>), Error> {
         let subject_uri = reservation.subject_uri.clone();
         let t: &CertificateTemplate = &reservation.template;
         let (issuer, serial) = (t.issuer, t.serial.to_hex());
@@ -401,11 +404,12 @@ impl Ca {
             .with("issuer", issuer.as_str())
             .with("serial", serial.clone())
             .with("certificate_sha256", fingerprint(&signed.der));
-        self.store
+        let device = self
+            .store
             .record_issued(&signed, &completion, &subject_uri, &done)
             .await?;
         self.crash_point(actor, "after-commit");
-        Ok(self.issued(signed, subject_uri))
+        Ok((self.issued(signed, subject_uri), device))
     }
 
     fn issued(&self, signed: SignedCertificate, subject_uri: String) -> Issued {

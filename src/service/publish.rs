@@ -292,7 +292,7 @@ impl Ca {
                 spki_sha256: spki,
                 claim: Claim::Service,
             };
-            let issued = self
+            let (issued, _) = self
                 .run_cycle(
                     &Actor::system(),
                     "ocsp.responder.issue",

@@ -5,6 +5,7 @@ use sqlx::Row;
 use time::OffsetDateTime;
 
 use super::audit::Ready;
+use super::registry::{DeviceRecord, DeviceState};
 use super::sql::{self, Arg, SqlxTx, Tx};
 use super::{audit, from_unix, to_unix, Store};
 use crate::audit::AuditEvent;
@@ -116,14 +117,15 @@ impl Store {
     }
 
     /// Issuance step 4: store the signed certificate, create what it completes (the device or
-    /// principal row), and append the completion event, in one transaction.
+    /// principal row), and append the completion event, in one transaction. Returns the device
+    /// row as written when the certificate completes a device.
     pub async fn record_issued(
         &self,
         signed: &SignedCertificate,
         completion: &Completion,
         subject_uri: &str,
         event: &AuditEvent,
-    ) -> Result<(), Error> {
+    ) -> Result<Option<DeviceRecord>, Error> {
         let (signed, completion) = (signed.clone(), completion.clone());
         let (subject_uri, event) = (subject_uri.to_owned(), Ready::new(event.clone())?);
         self.write(move |tx| {
@@ -170,7 +172,7 @@ async fn record_in(
     completion: &Completion,
     subject_uri: &str,
     event: &Ready,
-) -> Result<(), Error> {
+) -> Result<Option<DeviceRecord>, Error> {
     let (fp, serial) = (fingerprint(&signed.der), signed.serial.to_hex());
     let updated = tx
         .execute(
@@ -193,9 +195,9 @@ async fn record_in(
             signed.serial
         )));
     }
-    complete(tx, completion, subject_uri, &serial, &event.event).await?;
+    let device = complete(tx, completion, subject_uri, &serial, &event.event).await?;
     audit::append_ready(tx, event).await?;
-    Ok(())
+    Ok(device)
 }
 
 impl Store {
@@ -287,6 +289,7 @@ impl Store {
         .await?;
         let mut on = SqlxTx(&mut *tx);
         complete(&mut on, completion, &c.subject_uri, &c.serial, event).await?;
+
         audit::append(&mut on, event).await?;
         tx.commit().await?;
         Ok(true)
@@ -336,14 +339,15 @@ impl Store {
     }
 }
 
-/// Creates what an issued certificate completes: the device row or the principal row.
+/// Creates what an issued certificate completes: the device row or the principal row. Returns
+/// the device row as written, for a device.
 async fn complete(
     tx: &mut dyn Tx,
     completion: &Completion,
     subject_uri: &str,
     cert_serial: &str,
     event: &AuditEvent,
-) -> Result<(), Error> {
+) -> Result<Option<DeviceRecord>, Error> {
     let now = to_unix(event.recorded_at);
     match completion {
         Completion::Device {
@@ -367,6 +371,16 @@ async fn complete(
                 ],
             )
             .await?;
+            return Ok(Some(DeviceRecord {
+                manufacturer_id: manufacturer.to_string(),
+                serial: serial.as_str().to_owned(),
+                model: model.clone(),
+                udi_di: udi_di.clone(),
+                uri: subject_uri.to_owned(),
+                state: DeviceState::Active,
+                enrolled_at: from_unix(now)?,
+                birth_serial: cert_serial.to_owned(),
+            }));
         }
         Completion::Renewal { revoke_superseded } => {
             if *revoke_superseded {
@@ -400,7 +414,7 @@ async fn complete(
             .await?;
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 async fn check_claim(tx: &mut dyn Tx, r: &Reservation, now: OffsetDateTime) -> Result<(), Error> {
