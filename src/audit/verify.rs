@@ -361,7 +361,7 @@ mod tests {
                 time::macros::datetime!(2026-11-24 12:00:00 UTC),
                 Actor::system(),
                 "data.access",
-                &format!("spiffe://t/device/acme/{seq}"),
+                format!("spiffe://t/device/acme/{seq}"),
             )
             .with("note", "tab\there, quote \" and ünïcödé");
             let leaf = ledger::leaf(seq, &e).unwrap();
