@@ -198,7 +198,7 @@ mod tests {
                 "spiffe://t/device/acme/1",
             )
             .with("serial", "ab"),
-            // Details that spell the marker, in a value and as a nested object.
+            // Details and a target that spell a top-level seq member, as text and nested.
             AuditEvent::new(
                 time::macros::datetime!(2026-11-23 12:00:01 UTC),
                 Actor::system(),
