@@ -142,6 +142,28 @@ fn audit(c: &mut Criterion) {
     g.bench_function("leaf_hash_access_event", |b| {
         b.iter(|| medid::audit::ledger::leaf(black_box(42), &event).unwrap())
     });
+    // The group-commit writer's share of a leaf hash: the caller sealed the event (hashed
+    // the bytes before its sequence number); the writer adds the number and the rest.
+    let sealed = medid::audit::ledger::seal(&event).unwrap();
+    g.bench_function("leaf_hash_finish_sealed_access_event", |b| {
+        b.iter(|| sealed.leaf(black_box(42)))
+    });
+    // An export line from a stored row: the detail column copied as it stands (it is already
+    // canonical), against parsed and written again.
+    use medid::audit::ledger::{export_line, Detail, EventFields};
+    let stored = serde_json::to_string(&event.detail).unwrap();
+    let mut fields = EventFields::of(&event);
+    fields.detail = Detail::Stored(&stored);
+    let leaf = "0".repeat(64);
+    g.bench_function("export_line_stored_detail_copied", |b| {
+        b.iter(|| export_line(black_box(42), &fields, &leaf, None).unwrap())
+    });
+    let spaced = stored.replace(',', ", ");
+    let mut reparsed = fields;
+    reparsed.detail = Detail::Stored(&spaced);
+    g.bench_function("export_line_stored_detail_parsed", |b| {
+        b.iter(|| export_line(black_box(42), &reparsed, &leaf, None).unwrap())
+    });
     g.finish();
 }
 

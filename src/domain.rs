@@ -385,16 +385,17 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
+fn nibble(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
 /// Bytes of lowercase or uppercase hex; None if not hex.
 pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    fn nibble(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            b'A'..=b'F' => Some(c - b'A' + 10),
-            _ => None,
-        }
-    }
     if s.len() % 2 != 0 {
         return None;
     }
@@ -402,6 +403,19 @@ pub fn unhex(s: &str) -> Option<Vec<u8>> {
         .chunks_exact(2)
         .map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?))
         .collect()
+}
+
+/// Exactly `N` bytes of hex (a hash), without allocating; None if not hex or not `2N` digits.
+pub fn unhex_array<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let digits = s.as_bytes();
+    if digits.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (b, p) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        *b = nibble(p[0])? << 4 | nibble(p[1])?;
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -413,6 +427,11 @@ mod tests {
         let bytes: Vec<u8> = (0..=255).collect();
         assert_eq!(unhex(&hex(&bytes)), Some(bytes));
         assert_eq!(unhex("ABcd"), Some(vec![0xab, 0xcd]));
+        assert_eq!(unhex_array::<2>("ABcd"), Some([0xab, 0xcd]));
+        assert_eq!(unhex_array::<32>(&hex(&[7; 32])), Some([7; 32]));
+        for bad in ["abc", "abcdef", "+f00", "zz00", ""] {
+            assert_eq!(unhex_array::<2>(bad), None, "{bad:?}");
+        }
         assert_eq!(unhex(""), Some(vec![]));
         for bad in ["a", "0g", "+f", "-1", " 1", "é1"] {
             assert_eq!(unhex(bad), None, "{bad:?}");

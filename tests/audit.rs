@@ -220,27 +220,30 @@ async fn checkpoints_and_proofs_verify_against_the_audit_key() {
         std::fs::read_to_string(w.server.dir.path().join("checkpoints/latest.note")).unwrap();
     assert_eq!(outside, cp1.note);
 
-    let proof = gw
-        .get_inclusion_proof(proto::GetInclusionProofRequest {
-            seq: receipt.seq,
-            tree_size: cp1.tree_size,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let hashes: Vec<merkle::Hash> = proof
-        .proof
-        .iter()
-        .map(|p| p.clone().try_into().unwrap())
-        .collect();
-    let leaf: merkle::Hash = proof.leaf_hash.try_into().unwrap();
-    assert!(merkle::verify_inclusion(
-        receipt.seq as u64 - 1,
-        cp1.tree_size,
-        &leaf,
-        &hashes,
-        &parsed.root
-    ));
+    assert!((1..=cp1.tree_size as i64).contains(&receipt.seq));
+    // Every event under the checkpoint proves, the receipt's among them (the server folds
+    // proofs from streamed leaves).
+    for seq in 1..=cp1.tree_size as i64 {
+        let p = gw
+            .get_inclusion_proof(proto::GetInclusionProofRequest {
+                seq,
+                tree_size: cp1.tree_size,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let hashes: Vec<merkle::Hash> = p
+            .proof
+            .iter()
+            .map(|h| h.clone().try_into().unwrap())
+            .collect();
+        let leaf: merkle::Hash = p.leaf_hash.try_into().unwrap();
+        assert!(
+            merkle::verify_inclusion(seq as u64 - 1, cp1.tree_size, &leaf, &hashes, &parsed.root),
+            "seq {seq} of {}",
+            cp1.tree_size
+        );
+    }
 
     gw.record_access(access("PUMP-1", "q")).await.unwrap();
     let cp2 = gw

@@ -308,7 +308,7 @@ async fn ledger_filters_read_json_fields(db: Db) {
                 .await
                 .unwrap()
                 .iter()
-                .map(|e| e.stored.seq)
+                .map(|e| e.seq)
                 .collect::<Vec<i64>>()
         }
     };

@@ -42,36 +42,115 @@ pub fn leaf(seq: i64, e: &AuditEvent) -> Result<Hash, Error> {
 }
 
 /// An event prepared for the log before its sequence number is known: its canonical form with
-/// the number left open, and its detail as stored. The group-commit writer then only hashes
-/// `head ‖ seq ‖ tail`, leaving the canonicalization to the callers' threads.
+/// the number left open (the bytes before it already hashed), and its detail as stored. The
+/// group-commit writer then only finishes the hash with `seq ‖ tail`, leaving the
+/// canonicalization and most of the hashing to the callers' threads.
 #[derive(Debug, Clone)]
 pub struct Sealed {
-    head: Vec<u8>,
+    head: merkle::LeafPrefix,
     tail: Vec<u8>,
     /// The `detail` column: the event's detail as JSON text.
     pub detail: String,
 }
 
+/// An event's members, borrowed: from a typed event, or from a stored row whose detail is
+/// still the JSON text it was stored as.
+#[derive(Debug, Clone, Copy)]
+pub struct EventFields<'a> {
+    pub recorded_at: OffsetDateTime,
+    pub actor_uri: &'a str,
+    pub actor_role: &'a str,
+    pub action: &'a str,
+    pub target: &'a str,
+    pub outcome: Outcome,
+    pub reason: Option<&'a str>,
+    pub detail: Detail<'a>,
+}
+
+/// An event's detail: a map, or the JSON text of the `detail` column.
+#[derive(Debug, Clone, Copy)]
+pub enum Detail<'a> {
+    Map(&'a Map<String, Value>),
+    Stored(&'a str),
+}
+
+impl<'a> EventFields<'a> {
+    pub fn of(e: &'a AuditEvent) -> Self {
+        Self {
+            recorded_at: e.recorded_at,
+            actor_uri: &e.actor.uri,
+            actor_role: &e.actor.role,
+            action: &e.action,
+            target: &e.target,
+            outcome: e.outcome,
+            reason: e.reason.as_deref(),
+            detail: Detail::Map(&e.detail),
+        }
+    }
+}
+
+/// Whether a stored detail text is already its own canonical form (RFC 8785), so an export
+/// can copy it instead of parsing and re-writing it. The detail column holds
+/// `serde_json::to_string` of a map, whose keys serde_json keeps sorted by UTF-8 bytes; that
+/// is the canonical form unless the text has something where the two could differ. So this
+/// says yes only for a compact object (no whitespace outside strings) with no escapes, no
+/// character at or above U+E000 (where UTF-8 and UTF-16 orders part), and no fraction or
+/// exponent. Anything else is parsed and canonicalized, as before.
+pub fn stored_detail_is_canonical(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    if bytes.first() != Some(&b'{') {
+        return false;
+    }
+    let mut in_string = false;
+    let mut previous = 0u8;
+    for &b in bytes {
+        if b == b'\\' || b >= 0xee {
+            return false;
+        }
+        if b == b'"' {
+            in_string = !in_string;
+        } else if !in_string {
+            let fraction_or_exponent =
+                b == b'.' || b == b'E' || (b == b'e' && previous.is_ascii_digit());
+            if fraction_or_exponent || b.is_ascii_whitespace() {
+                return false;
+            }
+        }
+        previous = b;
+    }
+    !in_string
+}
+
 /// Writes the canonical form (RFC 8785) of `event_json(seq, e)` without building it: the
-/// members in their sorted order, `"seq"` just before `"target"`, the last. Returns the offset
-/// in `out` where the sequence number's digits start, so [`seal`] can cut there.
+/// members in their sorted order, `"seq"` just before `"target"`, the last. Returns the offsets
+/// in `out` where the sequence number's digits start and end, so [`seal`] can cut there.
 fn write_canonical_parts(
     seq: i64,
-    e: &AuditEvent,
+    e: &EventFields<'_>,
     out: &mut Vec<u8>,
 ) -> Result<(usize, usize), Error> {
     out.extend_from_slice(b"{\"action\":");
-    jcs::write_string(&e.action, out);
+    jcs::write_string(e.action, out);
     out.extend_from_slice(b",\"actor\":{\"role\":");
-    jcs::write_string(&e.actor.role, out);
+    jcs::write_string(e.actor_role, out);
     out.extend_from_slice(b",\"uri\":");
-    jcs::write_string(&e.actor.uri, out);
+    jcs::write_string(e.actor_uri, out);
     out.extend_from_slice(b"},\"detail\":");
-    jcs::write_object(&e.detail, out)?;
+    match e.detail {
+        Detail::Map(map) => jcs::write_object(map, out)?,
+        Detail::Stored(text) if stored_detail_is_canonical(text) => {
+            out.extend_from_slice(text.as_bytes())
+        }
+        Detail::Stored(text) => {
+            let map: Map<String, Value> = serde_json::from_str(text)
+                .map_err(|err| Error::internal("decoding audit detail", err))?;
+            jcs::write_object(&map, out)?
+        }
+    }
     out.extend_from_slice(b",\"outcome\":");
     jcs::write_string(e.outcome.as_str(), out);
     out.extend_from_slice(b",\"reason\":");
-    match &e.reason {
+    match e.reason {
         Some(r) => jcs::write_string(r, out),
         None => out.extend_from_slice(b"null"),
     }
@@ -82,27 +161,27 @@ fn write_canonical_parts(
     out.extend_from_slice(seq.to_string().as_bytes());
     let seq_end = out.len();
     out.extend_from_slice(b",\"target\":");
-    jcs::write_string(&e.target, out);
+    jcs::write_string(e.target, out);
     out.push(b'}');
     Ok((seq_at, seq_end))
 }
 
 /// Appends the canonical bytes of event `seq` (what its leaf hash covers) to `out`.
 pub fn write_canonical(seq: i64, e: &AuditEvent, out: &mut Vec<u8>) -> Result<(), Error> {
-    write_canonical_parts(seq, e, out).map(|_| ())
+    write_canonical_parts(seq, &EventFields::of(e), out).map(|_| ())
 }
 
 /// A bundle's event line (docs/AUDIT.md "The bundle"), written directly: the `event` member is
 /// exactly the canonical bytes the leaf hash covers, so a verifier can hash it as it stands.
 pub fn export_line(
     seq: i64,
-    e: &AuditEvent,
+    e: &EventFields<'_>,
     leaf_hash: &str,
     inclusion_proof: Option<&[Hash]>,
 ) -> Result<String, Error> {
     let mut line = Vec::with_capacity(512);
     line.extend_from_slice(b"{\"event\":");
-    write_canonical(seq, e, &mut line)?;
+    write_canonical_parts(seq, e, &mut line)?;
     if let Some(proof) = inclusion_proof {
         line.extend_from_slice(b",\"inclusion_proof\":[");
         for (i, h) in proof.iter().enumerate() {
@@ -126,15 +205,12 @@ pub fn export_line(
 /// Prepares `e` for the log; `seal(e)?.leaf(seq) == leaf(seq, e)` for every `seq`.
 pub fn seal(e: &AuditEvent) -> Result<Sealed, Error> {
     let mut canonical = Vec::with_capacity(320);
-    let (seq_at, seq_end) = write_canonical_parts(0, e, &mut canonical)?;
+    let (seq_at, seq_end) = write_canonical_parts(0, &EventFields::of(e), &mut canonical)?;
     let detail = serde_json::to_string(&e.detail)
         .map_err(|err| Error::internal("encoding audit detail", err))?;
     Ok(Sealed {
+        head: merkle::LeafPrefix::new(&canonical[..seq_at]),
         tail: canonical[seq_end..].to_vec(),
-        head: {
-            canonical.truncate(seq_at);
-            canonical
-        },
         detail,
     })
 }
@@ -142,7 +218,13 @@ pub fn seal(e: &AuditEvent) -> Result<Sealed, Error> {
 impl Sealed {
     /// The leaf hash of this event as event `seq`.
     pub fn leaf(&self, seq: i64) -> Hash {
-        merkle::leaf_hash_of_parts(&[&self.head, seq.to_string().as_bytes(), &self.tail])
+        self.head.finish(&[seq.to_string().as_bytes(), &self.tail])
+    }
+
+    /// The hash begun on the bytes before the sequence number, the canonical bytes after it,
+    /// and the detail as stored.
+    pub fn into_parts(self) -> (merkle::LeafPrefix, Vec<u8>, String) {
+        (self.head, self.tail, self.detail)
     }
 }
 
@@ -242,5 +324,57 @@ mod tests {
         assert_eq!(leaf_of_json(&json).unwrap(), base);
         let (seq, back) = from_json(&json).unwrap();
         assert_eq!((seq, back), (7, e));
+    }
+
+    #[test]
+    fn stored_details_are_copied_only_when_they_are_already_canonical() {
+        let details: Vec<Value> = vec![
+            json!({}),
+            json!({"serial": "ab", "n": 42, "neg": -7, "ok": true, "no": false, "none": null}),
+            json!({"b": {"z": 1, "a": [1, "two", {"y": null, "x": "é"}]}, "a": "ü 中 x"}),
+            json!({"note": "1e5 and 2.5 and E inside a string", "count": 10}),
+            // Escapes: copied or not, the line must come out canonical.
+            json!({"quote": "say \"hi\"", "tab": "a\tb", "ctl": "\u{1}"}),
+            // Keys whose UTF-8 and UTF-16 orders differ: U+E000 against an emoji.
+            json!({"\u{e000}": 1, "\u{1F600}": 2, "a": 3}),
+            json!({"private use": "\u{f8ff}"}),
+        ];
+        let mut copied = 0;
+        for detail in details {
+            let map = detail.as_object().unwrap().clone();
+            let stored = serde_json::to_string(&map).unwrap();
+            let mut event = AuditEvent::new(
+                time::macros::datetime!(2026-11-24 09:00:00 UTC),
+                Actor::system(),
+                "data.access",
+                "spiffe://t/device/acme/1",
+            );
+            event.detail = map;
+            let from_map = export_line(5, &EventFields::of(&event), "00", None).unwrap();
+            let mut fields = EventFields::of(&event);
+            fields.detail = Detail::Stored(&stored);
+            let from_text = export_line(5, &fields, "00", None).unwrap();
+            assert_eq!(from_text, from_map, "{stored}");
+            if stored_detail_is_canonical(&stored) {
+                copied += 1;
+                let mut canonical = Vec::new();
+                jcs::write_object(&event.detail, &mut canonical).unwrap();
+                assert_eq!(stored.as_bytes(), canonical, "copied but not canonical");
+            }
+        }
+        assert_eq!(copied, 4, "the plain details take the fast path");
+        // Text that is not serde_json's compact form is never copied.
+        for text in [
+            "{\"a\": 1}",
+            "{\"a\":1.5}",
+            "{\"a\":1e3}",
+            "{\"a\":1E3}",
+            "[1]",
+            "{\"a\":\"unterminated}",
+            "{\"a\":\"\\u00e9\"}",
+            "{\"\u{e000}\":1}",
+        ] {
+            assert!(!stored_detail_is_canonical(text), "{text}");
+        }
     }
 }

@@ -24,12 +24,37 @@ pub fn leaf_hash(entry: &[u8]) -> Hash {
     sha256(&[&[0x00], entry])
 }
 
-/// The leaf hash of an entry given in consecutive parts.
-pub fn leaf_hash_of_parts(parts: &[&[u8]]) -> Hash {
-    let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
-    all.push(&[0x00]);
-    all.extend_from_slice(parts);
-    sha256(&all)
+/// A leaf hash begun on the first bytes of its entry: `LeafPrefix::new(p).finish(&[r])` is
+/// `leaf_hash(p ‖ r)`. It keeps the SHA-256 state after the prefix, so finishing costs only the
+/// blocks the rest touches: the group-commit writer finishes events whose sequence number only
+/// it knows, and their callers have hashed everything before it.
+#[derive(Clone)]
+pub struct LeafPrefix(Context);
+
+impl LeafPrefix {
+    pub fn new(prefix: &[u8]) -> Self {
+        let mut ctx = Context::new(&SHA256);
+        ctx.update(&[0x00]);
+        ctx.update(prefix);
+        Self(ctx)
+    }
+
+    pub fn finish(&self, rest: &[&[u8]]) -> Hash {
+        let mut ctx = self.0.clone();
+        for r in rest {
+            ctx.update(r);
+        }
+        ctx.finish()
+            .as_ref()
+            .try_into()
+            .expect("SHA-256 is 32 bytes")
+    }
+}
+
+impl std::fmt::Debug for LeafPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LeafPrefix(SHA-256 state)")
+    }
 }
 
 pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
@@ -103,26 +128,98 @@ impl CompactRange {
 
 /// PATH(m, D[n]): the inclusion proof of leaf `m` in the tree over `leaves`.
 pub fn inclusion_proof(m: usize, leaves: &[Hash]) -> Option<Vec<Hash>> {
-    if m >= leaves.len() {
-        return None;
-    }
-    let mut proof = Vec::new();
-    path(m, leaves, &mut proof);
-    Some(proof)
+    Some(roots_of(&inclusion_ranges(m, leaves.len())?, leaves))
 }
 
-fn path(m: usize, leaves: &[Hash], out: &mut Vec<Hash>) {
+/// The leaf ranges whose roots make up PATH(m, D[n]), in proof order: every hash of a proof is
+/// the root (MTH) of a contiguous run of leaves, so a proof can also be computed while the
+/// leaves stream past ([`ProofFolder`]), in O(log² n) memory.
+pub fn inclusion_ranges(m: usize, n: usize) -> Option<Vec<std::ops::Range<usize>>> {
+    if m >= n {
+        return None;
+    }
+    let mut out = Vec::new();
+    path(m, 0..n, &mut out);
+    Some(out)
+}
+
+fn path(m: usize, leaves: std::ops::Range<usize>, out: &mut Vec<std::ops::Range<usize>>) {
     let n = leaves.len();
     if n <= 1 {
         return;
     }
     let k = split(n);
+    let mid = leaves.start + k;
     if m < k {
-        path(m, &leaves[..k], out);
-        out.push(root(&leaves[k..]));
+        path(m, leaves.start..mid, out);
+        out.push(mid..leaves.end);
     } else {
-        path(m - k, &leaves[k..], out);
-        out.push(root(&leaves[..k]));
+        path(m - k, mid..leaves.end, out);
+        out.push(leaves.start..mid);
+    }
+}
+
+fn roots_of(ranges: &[std::ops::Range<usize>], leaves: &[Hash]) -> Vec<Hash> {
+    ranges.iter().map(|r| root(&leaves[r.clone()])).collect()
+}
+
+/// Computes the roots of given leaf ranges (a proof's, from [`inclusion_ranges`] or
+/// [`consistency_ranges`]) from leaves pushed in order, keeping one [`CompactRange`] per range
+/// that is still open: a proof over a log of any size in O(log² n) memory.
+#[derive(Debug)]
+pub struct ProofFolder {
+    /// (range, position in the proof), by range start.
+    ranges: Vec<(std::ops::Range<usize>, usize)>,
+    open: Vec<Option<CompactRange>>,
+    roots: Vec<Option<Hash>>,
+    pushed: usize,
+    next: usize,
+}
+
+impl ProofFolder {
+    pub fn new(ranges: Vec<std::ops::Range<usize>>) -> Self {
+        let n = ranges.len();
+        let mut by_start: Vec<_> = ranges
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| (r, i))
+            .collect();
+        by_start.sort_by_key(|(r, _)| r.start);
+        Self {
+            ranges: by_start,
+            open: vec![None; n],
+            roots: vec![None; n],
+            pushed: 0,
+            next: 0,
+        }
+    }
+
+    /// Leaf number `pushed` (0-based, in order).
+    pub fn push(&mut self, leaf: Hash) {
+        let i = self.pushed;
+        self.pushed += 1;
+        // Ranges are disjoint: at most one holds leaf i, the first not yet passed.
+        while self.next < self.ranges.len() && self.ranges[self.next].0.end <= i {
+            self.next += 1;
+        }
+        let Some((range, at)) = self.ranges.get(self.next) else {
+            return;
+        };
+        if !range.contains(&i) {
+            return;
+        }
+        let at = *at;
+        let compact = self.open[at].get_or_insert_with(CompactRange::default);
+        compact.push(leaf);
+        if i + 1 == range.end {
+            self.roots[at] = Some(compact.root());
+            self.open[at] = None;
+        }
+    }
+
+    /// The roots in proof order; None if some range was not pushed to its end.
+    pub fn finish(self) -> Option<Vec<Hash>> {
+        self.roots.into_iter().collect()
     }
 }
 
@@ -182,29 +279,41 @@ impl Tree {
 
 /// PROOF(m, D[n]): the consistency proof from the tree of the first `m` leaves to all of them.
 pub fn consistency_proof(m: usize, leaves: &[Hash]) -> Option<Vec<Hash>> {
-    if m == 0 || m > leaves.len() {
-        return None;
-    }
-    let mut proof = Vec::new();
-    subproof(m, leaves, true, &mut proof);
-    Some(proof)
+    Some(roots_of(&consistency_ranges(m, leaves.len())?, leaves))
 }
 
-fn subproof(m: usize, leaves: &[Hash], whole: bool, out: &mut Vec<Hash>) {
+/// The leaf ranges whose roots make up PROOF(m, D[n]), in proof order (see
+/// [`inclusion_ranges`]).
+pub fn consistency_ranges(m: usize, n: usize) -> Option<Vec<std::ops::Range<usize>>> {
+    if m == 0 || m > n {
+        return None;
+    }
+    let mut out = Vec::new();
+    subproof(m, 0..n, true, &mut out);
+    Some(out)
+}
+
+fn subproof(
+    m: usize,
+    leaves: std::ops::Range<usize>,
+    whole: bool,
+    out: &mut Vec<std::ops::Range<usize>>,
+) {
     let n = leaves.len();
     if m == n {
         if !whole {
-            out.push(root(leaves));
+            out.push(leaves);
         }
         return;
     }
     let k = split(n);
+    let mid = leaves.start + k;
     if m <= k {
-        subproof(m, &leaves[..k], whole, out);
-        out.push(root(&leaves[k..]));
+        subproof(m, leaves.start..mid, whole, out);
+        out.push(mid..leaves.end);
     } else {
-        subproof(m - k, &leaves[k..], false, out);
-        out.push(root(&leaves[..k]));
+        subproof(m - k, mid..leaves.end, false, out);
+        out.push(leaves.start..mid);
     }
 }
 
@@ -294,6 +403,47 @@ pub fn verify_consistency(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fold(ranges: Vec<std::ops::Range<usize>>, leaves: &[Hash]) -> Option<Vec<Hash>> {
+        let mut folder = ProofFolder::new(ranges);
+        for leaf in leaves {
+            folder.push(*leaf);
+        }
+        folder.finish()
+    }
+
+    #[test]
+    fn proofs_folded_from_streamed_leaves_match_and_verify() {
+        let leaves: Vec<Hash> = (0..70u8).map(|i| leaf_hash(&[i])).collect();
+        for n in 1..=leaves.len() {
+            let all = &leaves[..n];
+            let tree = Tree::new(all.to_vec());
+            let head = root(all);
+            for m in 0..n {
+                let folded = fold(inclusion_ranges(m, n).unwrap(), all).unwrap();
+                // The level tree is an independent construction of the same proofs.
+                assert_eq!(Some(folded.clone()), tree.inclusion_proof(m), "{m} in {n}");
+                assert!(verify_inclusion(
+                    m as u64, n as u64, &all[m], &folded, &head
+                ));
+            }
+            for m in 1..=n {
+                let folded = fold(consistency_ranges(m, n).unwrap(), all).unwrap();
+                assert_eq!(
+                    Some(folded.clone()),
+                    consistency_proof(m, all),
+                    "{m} to {n}"
+                );
+                assert!(
+                    verify_consistency(m as u64, n as u64, &root(&all[..m]), &head, &folded),
+                    "{m} to {n}"
+                );
+            }
+        }
+        // Too few leaves pushed: no proof, not a wrong one.
+        assert_eq!(fold(inclusion_ranges(0, 8).unwrap(), &leaves[..7]), None);
+        assert!(inclusion_ranges(8, 8).is_none() && consistency_ranges(0, 8).is_none());
+    }
 
     #[test]
     fn the_level_tree_has_the_recursive_root_and_proofs() {

@@ -63,7 +63,7 @@ fn malformed(s: impl Into<String>) -> Failure {
 }
 
 fn hash_of(hex: &str) -> Option<Hash> {
-    crate::domain::unhex(hex)?.try_into().ok()
+    crate::domain::unhex_array(hex)
 }
 
 fn hashes_of(hexes: &[Cow<'_, str>]) -> Option<Vec<Hash>> {
@@ -367,7 +367,7 @@ mod tests {
             let leaf = ledger::leaf(seq, &e).unwrap();
             leaves.push(leaf);
             let hex = crate::domain::hex(&leaf);
-            lines.push(ledger::export_line(seq, &e, &hex, None).unwrap());
+            lines.push(ledger::export_line(seq, &ledger::EventFields::of(&e), &hex, None).unwrap());
         }
         let body = Checkpoint {
             origin: "t/audit".into(),

@@ -28,6 +28,9 @@ pub enum Scenario {
     AccessUnary,
     /// Export of the whole log plus offline verification.
     Export,
+    /// Single inclusion proofs (GetInclusionProof) spread over the whole log, each verified
+    /// against the signed checkpoint.
+    Proof,
 }
 
 #[derive(Debug, Args)]
@@ -38,12 +41,17 @@ pub struct BenchArgs {
     /// Operations per scenario (events for the access scenarios).
     #[arg(long, default_value_t = 2000)]
     pub count: usize,
-    /// Concurrent workers (at most 32: the per-principal limit).
+    /// Concurrent workers (at most 32: the per-principal limit): persistent connections for
+    /// enrollment, callers sharing one connection for unary access, streams (one connection
+    /// each) for access-stream.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
     /// Events per RecordAccessStream batch.
     #[arg(long, default_value_t = 500)]
     pub batch: usize,
+    /// Inclusion proofs the proof scenario asks for (each reads the whole log once).
+    #[arg(long, default_value_t = 20)]
+    pub proofs: usize,
     #[arg(long)]
     pub json: bool,
 }
@@ -215,6 +223,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
             Scenario::AccessStream,
             Scenario::AccessUnary,
             Scenario::Export,
+            Scenario::Proof,
         ]
     } else {
         args.scenarios.clone()
@@ -248,7 +257,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
     let gateway = issue(&admin, proto::PrincipalRole::Gateway, "gw", "").await?;
     let auditor = issue(&admin, proto::PrincipalRole::Auditor, "aud", "").await?;
     let station_creds = Arc::new(server.creds(&station.0, &station.1));
-    let gateway_creds = server.creds(&gateway.0, &gateway.1);
+    let gateway_creds = Arc::new(server.creds(&gateway.0, &gateway.1));
     let mut results = Vec::new();
     let mut enrolled = 0usize;
     for scenario in scenarios {
@@ -352,50 +361,74 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
                     .map_err(super::client::status)?;
                     enrolled = 1;
                 }
-                let channel = connect(&server.url, &gateway_creds).await?;
                 if scenario == Scenario::AccessStream {
-                    let batches: Vec<AccessBatch> = (0..args.count.div_ceil(args.batch))
-                        .map(|b| AccessBatch {
-                            events: vec![
-                                event.clone();
-                                args.batch.min(args.count - b * args.batch)
-                            ],
-                        })
-                        .collect();
-                    let n = batches.len();
-                    let mut sent = Vec::with_capacity(n);
-                    let (tx, rx) = tokio::sync::mpsc::channel(4);
-                    let mut acks = audit_service_client::AuditServiceClient::new(channel)
-                        .record_access_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-                        .await
-                        .map_err(super::client::status)?
-                        .into_inner();
-                    let mut lat = Vec::with_capacity(n);
-                    let sender = tokio::spawn(async move {
-                        let mut times = Vec::with_capacity(n);
-                        for b in batches {
-                            times.push(Instant::now());
-                            if tx.send(b).await.is_err() {
-                                break;
+                    // One stream per worker, each on its own connection, as gateways report:
+                    // a batch goes out, and the next follows its acknowledgement.
+                    let per = args.count.div_ceil(workers);
+                    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+                    let tasks = (0..workers).map(|w| {
+                        let n = per.min(args.count.saturating_sub(w * per));
+                        let batches: Vec<AccessBatch> = (0..n.div_ceil(args.batch))
+                            .map(|b| AccessBatch {
+                                events: vec![event.clone(); args.batch.min(n - b * args.batch)],
+                            })
+                            .collect();
+                        let (url, creds, done) =
+                            (server.url.clone(), gateway_creds.clone(), done.clone());
+                        async move {
+                            let mut lat = Vec::with_capacity(batches.len());
+                            if batches.is_empty() {
+                                return Ok::<_, Error>(lat);
                             }
+                            let (tx, rx) = tokio::sync::mpsc::channel(1);
+                            let mut acks = audit_service_client::AuditServiceClient::new(
+                                connect(&url, &creds).await?,
+                            )
+                            .record_access_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+                            .await
+                            .map_err(super::client::status)?
+                            .into_inner();
+                            for batch in batches {
+                                let (t, size) = (Instant::now(), batch.events.len());
+                                tx.send(batch)
+                                    .await
+                                    .map_err(|_| Error::Unavailable("stream closed".into()))?;
+                                let ack = acks
+                                    .message()
+                                    .await
+                                    .map_err(super::client::status)?
+                                    .ok_or_else(|| {
+                                        Error::Unavailable("stream ended before its ack".into())
+                                    })?;
+                                lat.push(t.elapsed());
+                                if ack.seqs.len() != size {
+                                    return Err(Error::Internal(format!(
+                                        "{size} events sent, {} acknowledged",
+                                        ack.seqs.len()
+                                    )));
+                                }
+                                let total = done
+                                    .fetch_add(size, std::sync::atomic::Ordering::Relaxed)
+                                    + size;
+                                progress("access stream", total, args.count);
+                            }
+                            Ok(lat)
                         }
-                        times
                     });
-                    let mut done = 0;
-                    while let Some(ack) = acks.message().await.map_err(super::client::status)? {
-                        sent.push(Instant::now());
-                        done += ack.seqs.len();
-                        progress("access stream", done, args.count);
-                        if sent.len() == n {
-                            break;
-                        }
-                    }
-                    let times = sender.await.map_err(|e| Error::internal("sender", e))?;
-                    for (t, a) in times.iter().zip(&sent) {
-                        lat.push(a.duration_since(*t));
-                    }
-                    ("access events, stream (per-batch ack latency)", done, lat)
+                    let lat: Vec<Vec<Duration>> = join_all(tasks)
+                        .await
+                        .into_iter()
+                        .collect::<Result<_, _>>()?;
+                    let done = done.load(std::sync::atomic::Ordering::Relaxed);
+                    (
+                        "access events, streams (per-batch ack latency)",
+                        done,
+                        lat.concat(),
+                    )
                 } else {
+                    // The callers share one connection (HTTP/2 streams), as a gateway's
+                    // threads do; a connection per caller measured slower (PERFORMANCE.md).
+                    let channel = connect(&server.url, &gateway_creds).await?;
                     let per = args.count.div_ceil(workers);
                     let tasks = (0..workers).map(|w| {
                         let mut client =
@@ -421,6 +454,54 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
                         .collect::<Result<_, _>>()?;
                     ("access events, unary", args.count, lat.concat())
                 }
+            }
+            Scenario::Proof => {
+                let channel = connect(&server.url, &server.creds(&auditor.0, &auditor.1)).await?;
+                let mut client = audit_service_client::AuditServiceClient::new(channel);
+                let cp = client
+                    .get_checkpoint(GetCheckpointRequest {})
+                    .await
+                    .map_err(super::client::status)?
+                    .into_inner();
+                let root: crate::audit::merkle::Hash = cp
+                    .root_hash
+                    .try_into()
+                    .map_err(|_| Error::Internal("checkpoint root is not 32 bytes".into()))?;
+                let n = args.proofs.max(1) as u64;
+                let mut lat = Vec::with_capacity(n as usize);
+                for i in 0..n {
+                    let seq = 1 + i * cp.tree_size / n;
+                    let t = Instant::now();
+                    let p = client
+                        .get_inclusion_proof(GetInclusionProofRequest {
+                            seq: seq as i64,
+                            tree_size: cp.tree_size,
+                        })
+                        .await
+                        .map_err(super::client::status)?
+                        .into_inner();
+                    lat.push(t.elapsed());
+                    let hashes: Option<Vec<crate::audit::merkle::Hash>> =
+                        p.proof.into_iter().map(|h| h.try_into().ok()).collect();
+                    let leaf: Option<crate::audit::merkle::Hash> = p.leaf_hash.try_into().ok();
+                    let verified = match (leaf, hashes) {
+                        (Some(leaf), Some(hashes)) => crate::audit::merkle::verify_inclusion(
+                            seq - 1,
+                            cp.tree_size,
+                            &leaf,
+                            &hashes,
+                            &root,
+                        ),
+                        _ => false,
+                    };
+                    if !verified {
+                        return Err(Error::Internal(format!(
+                            "bench: the proof of event {seq} did not verify"
+                        )));
+                    }
+                    progress("proofs", i as usize + 1, n as usize);
+                }
+                ("inclusion proofs (whole log each)", n as usize, lat)
             }
             Scenario::Export => {
                 let channel = connect(&server.url, &server.creds(&auditor.0, &auditor.1)).await?;
@@ -471,13 +552,21 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
         });
         for figures in std::iter::once(figures).chain(alone) {
             if !args.json {
+                let ms = |p: f64| {
+                    let v = figures.percentile(p);
+                    if v.is_nan() {
+                        "-".to_string()
+                    } else {
+                        format!("{v:.2}")
+                    }
+                };
                 println!(
-                    "{:<48} {:>8} ops {:>9.1} /s  p50 {:>7.2} ms  p99 {:>7.2} ms  server CPU {:>6.2} s  RSS {:>6.1} MiB",
+                    "{:<48} {:>8} ops {:>9.1} /s  p50 {:>7} ms  p99 {:>7} ms  server CPU {:>6.2} s  RSS {:>6.1} MiB",
                     figures.name,
                     figures.ops,
                     figures.per_second(),
-                    figures.percentile(0.5),
-                    figures.percentile(0.99),
+                    ms(0.5),
+                    ms(0.99),
                     figures.server_cpu,
                     figures.server_rss_mib
                 );

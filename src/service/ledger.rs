@@ -18,6 +18,9 @@ use crate::issuance::checkpoint_key::CheckpointSigner;
 use crate::store::ledger::AuditQuery;
 use crate::store::registry::{DeviceRecord, DeviceState};
 
+/// Events per page an export reads.
+const EXPORT_PAGE: i64 = 500;
+
 /// Checkpointing settings and state.
 #[derive(Debug)]
 pub struct Ledger {
@@ -383,11 +386,26 @@ impl Ca {
                 "the log has only {size} events"
             )));
         }
-        let leaves = self.store.leaf_hashes(tree_size).await?;
+        // Streamed: the proof's subtree roots are folded as the leaves go past, so memory
+        // stays flat however long the log is (the time is still one pass over it).
         let index = (seq - 1) as usize;
-        let proof = merkle::inclusion_proof(index, &leaves)
+        let ranges = merkle::inclusion_ranges(index, tree_size as usize)
             .ok_or_else(|| Error::Internal("inclusion proof out of range".into()))?;
-        Ok((leaves[index], proof))
+        let (mut folder, mut leaf) = (merkle::ProofFolder::new(ranges), None);
+        self.store
+            .fold_leaf_hashes(tree_size, |count, hash| {
+                if count == seq as u64 {
+                    leaf = Some(hash);
+                }
+                folder.push(hash);
+            })
+            .await?;
+        match (leaf, folder.finish()) {
+            (Some(leaf), Some(proof)) => Ok((leaf, proof)),
+            _ => Err(Error::Internal(
+                "inclusion proof: the log ended early".into(),
+            )),
+        }
     }
 
     pub async fn consistency_proof(
@@ -410,9 +428,15 @@ impl Ca {
         if new > self.store.tree_size().await? {
             return Err(Error::InvalidArgument("new_size is beyond the log".into()));
         }
-        let leaves = self.store.leaf_hashes(new).await?;
-        merkle::consistency_proof(old as usize, &leaves)
-            .ok_or_else(|| Error::Internal("consistency proof out of range".into()))
+        let ranges = merkle::consistency_ranges(old as usize, new as usize)
+            .ok_or_else(|| Error::Internal("consistency proof out of range".into()))?;
+        let mut folder = merkle::ProofFolder::new(ranges);
+        self.store
+            .fold_leaf_hashes(new, |_, hash| folder.push(hash))
+            .await?;
+        folder
+            .finish()
+            .ok_or_else(|| Error::Internal("consistency proof: the log ended early".into()))
     }
 
     fn auditor_only(&self, who: &Principal, action: &str) -> Result<(), Error> {
@@ -492,30 +516,55 @@ impl Ca {
             if tx.send(Ok(header.to_string())).await.is_err() {
                 return;
             }
-            let mut after = 0i64;
+            // Pages are read one ahead, on another task, while this one writes lines: on
+            // SQLite the read runs on the calling thread, so the two overlap on two cores.
+            let (pages_tx, mut pages) = mpsc::channel(2);
+            let store = ca.store.clone();
+            tokio::spawn(async move {
+                let mut after = 0i64;
+                loop {
+                    let page = store
+                        .ledger_entries(&query, after, cp.size as i64, EXPORT_PAGE)
+                        .await;
+                    let last = page.as_ref().ok().and_then(|p| p.last().map(|e| e.seq));
+                    if pages_tx.send(page).await.is_err() {
+                        return;
+                    }
+                    match last {
+                        Some(seq) => after = seq,
+                        // An empty page ends the export; an error was sent as such.
+                        None => return,
+                    }
+                }
+            });
             let mut count = 0u64;
             loop {
-                let page = match ca
-                    .store
-                    .ledger_entries(&query, after, cp.size as i64, 500)
-                    .await
-                {
-                    Ok(p) => p,
-                    Err(e) => {
+                let page = match pages.recv().await {
+                    Some(Ok(p)) => p,
+                    Some(Err(e)) => {
                         let _ = tx.send(Err(e)).await;
                         return;
                     }
+                    None => {
+                        let _ = tx
+                            .send(Err(Error::Internal(
+                                "the export's page reader stopped early".into(),
+                            )))
+                            .await;
+                        return;
+                    }
                 };
-                let Some(last) = page.last() else { break };
-                after = last.stored.seq;
+                if page.is_empty() {
+                    break;
+                }
                 for entry in page {
-                    let seq = entry.stored.seq;
+                    let seq = entry.seq;
                     let proof = tree
                         .as_ref()
                         .map(|t| t.inclusion_proof((seq - 1) as usize).unwrap_or_default());
                     let line = match ledger::export_line(
                         seq,
-                        &entry.stored.event,
+                        &entry.fields(),
                         &entry.leaf_hash,
                         proof.as_deref(),
                     ) {
@@ -573,13 +622,13 @@ impl Ca {
         let more = entries.len() as i64 > size;
         let page: Vec<_> = entries.into_iter().take(size as usize).collect();
         let next = if more {
-            page.last().map(|e| e.stored.seq)
+            page.last().map(|e| e.seq)
         } else {
             None
         };
         let events = page
             .iter()
-            .map(|e| ledger::event_json(e.stored.seq, &e.stored.event))
+            .map(|e| ledger::event_json(e.seq, &e.event()?))
             .collect::<Result<_, _>>()?;
         Ok((events, next))
     }

@@ -361,6 +361,7 @@ impl Ca {
         let subject_uri = reservation.subject_uri.clone();
         let t: &CertificateTemplate = &reservation.template;
         let (issuer, serial) = (t.issuer, t.serial.to_hex());
+        let validity = (t.not_before, t.not_after);
         let intent = self
             .actor_event(actor, "certificate.reserve", &subject_uri)
             .with("issuer", issuer.as_str())
@@ -409,15 +410,30 @@ impl Ca {
             .record_issued(&signed, &completion, &subject_uri, &done)
             .await?;
         self.crash_point(actor, "after-commit");
-        Ok((self.issued(signed, subject_uri), device))
+        Ok((self.issued(signed, subject_uri, validity), device))
     }
 
-    fn issued(&self, signed: SignedCertificate, subject_uri: String) -> Issued {
-        let (_, cert) = x509_parser::parse_x509_certificate(&signed.der)
-            .expect("a certificate we just signed parses");
+    /// What the caller receives. The validity is the template's, to the second, as the
+    /// certificate encodes it (no need to parse what was just signed).
+    fn issued(
+        &self,
+        signed: SignedCertificate,
+        subject_uri: String,
+        (not_before, not_after): (OffsetDateTime, OffsetDateTime),
+    ) -> Issued {
+        let (not_before, not_after) = (
+            not_before.replace_nanosecond(0).unwrap_or(not_before),
+            not_after.replace_nanosecond(0).unwrap_or(not_after),
+        );
+        debug_assert!(
+            x509_parser::parse_x509_certificate(&signed.der).is_ok_and(|(_, c)| {
+                c.validity().not_before.to_datetime() == not_before
+                    && c.validity().not_after.to_datetime() == not_after
+            })
+        );
         Issued {
-            not_before: cert.validity().not_before.to_datetime(),
-            not_after: cert.validity().not_after.to_datetime(),
+            not_before,
+            not_after,
             der: signed.der.to_vec(),
             chain: vec![self.authority.issuer_cert(signed.issuer).der.to_vec()],
             root: self.authority.root().der.to_vec(),

@@ -4,26 +4,78 @@ use serde_json::{Map, Value};
 
 use super::sql::{self, Arg, Tx};
 use super::{from_unix, to_unix, Store};
-use crate::audit::ledger::Sealed;
 use crate::audit::{Actor, AuditEvent, Outcome, StoredEvent};
 use crate::error::Error;
 
 /// An event ready to append: sealed ([`crate::audit::ledger::seal`]) on the caller's thread,
-/// so the writer only numbers, hashes and inserts it.
+/// so the writer only numbers it, finishes its leaf hash and inserts it. It keeps only what the
+/// row needs, its text in one buffer, so the one writer thread frees one allocation per event
+/// instead of the event's detail tree.
 #[derive(Debug, Clone)]
 pub(crate) struct Ready {
-    pub(crate) event: AuditEvent,
-    sealed: Sealed,
+    recorded_at: time::OffsetDateTime,
+    outcome: Outcome,
+    head: crate::audit::merkle::LeafPrefix,
+    /// Actor URI, actor role, action, target, reason, detail (JSON), and the canonical bytes
+    /// after the sequence number, back to back; `ends` holds where each ends.
+    text: String,
+    ends: [usize; 7],
+    has_reason: bool,
 }
 
 impl Ready {
-    pub(crate) fn new(event: AuditEvent) -> Result<Self, Error> {
-        let sealed = crate::audit::ledger::seal(&event)?;
-        Ok(Self { event, sealed })
+    pub(crate) fn new(event: &AuditEvent) -> Result<Self, Error> {
+        let (head, tail, detail) = crate::audit::ledger::seal(event)?.into_parts();
+        let tail = std::str::from_utf8(&tail)
+            .map_err(|e| Error::internal("canonical JSON is not UTF-8", e))?;
+        let reason = event.reason.as_deref().unwrap_or("");
+        let parts = [
+            event.actor.uri.as_str(),
+            &event.actor.role,
+            &event.action,
+            &event.target,
+            reason,
+            &detail,
+            tail,
+        ];
+        let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        let mut ends = [0; 7];
+        for (end, part) in ends.iter_mut().zip(parts) {
+            text.push_str(part);
+            *end = text.len();
+        }
+        Ok(Self {
+            recorded_at: event.recorded_at,
+            outcome: event.outcome,
+            head,
+            text,
+            ends,
+            has_reason: event.reason.is_some(),
+        })
     }
 
-    pub(crate) fn all(events: Vec<AuditEvent>) -> Result<Vec<Self>, Error> {
-        events.into_iter().map(Self::new).collect()
+    pub(crate) fn all(events: &[AuditEvent]) -> Result<Vec<Self>, Error> {
+        events.iter().map(Self::new).collect()
+    }
+
+    pub(crate) fn recorded_at(&self) -> time::OffsetDateTime {
+        self.recorded_at
+    }
+
+    /// Text part `i` (see `text`).
+    fn part(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.text[start..self.ends[i]]
+    }
+
+    fn reason(&self) -> Option<&str> {
+        self.has_reason.then(|| self.part(4))
+    }
+
+    /// The leaf hash of this event as event `seq`.
+    fn leaf(&self, seq: i64) -> crate::audit::merkle::Hash {
+        self.head
+            .finish(&[seq.to_string().as_bytes(), self.part(6).as_bytes()])
     }
 }
 
@@ -35,7 +87,7 @@ pub(crate) async fn append_ready(tx: &mut dyn Tx, event: &Ready) -> Result<i64, 
 /// Appends `event` inside `tx` with the next gap-free sequence number. The caller holds the
 /// write lock (BEGIN IMMEDIATE), so MAX(seq) + 1 cannot race.
 pub(crate) async fn append(tx: &mut dyn Tx, event: &AuditEvent) -> Result<i64, Error> {
-    append_many(tx, &[Ready::new(event.clone())?]).await
+    append_many(tx, &[Ready::new(event)?]).await
 }
 
 /// The columns of an audit row, in INSERT order.
@@ -54,15 +106,7 @@ pub(crate) async fn append_many(tx: &mut dyn Tx, events: &[Ready]) -> Result<i64
     .int(0)?;
     let mut rows = Vec::with_capacity(events.len());
     for (seq, ready) in (first..).zip(events) {
-        let leaf = crate::domain::hex(&ready.sealed.leaf(seq));
-        let event = &ready.event;
-        rows.push((
-            seq,
-            to_unix(event.recorded_at),
-            event,
-            &ready.sealed.detail,
-            leaf,
-        ));
+        rows.push((seq, ready, crate::domain::hex(&ready.leaf(seq))));
     }
     let numbered = tx.numbered_params();
     let per_insert = tx.rows_per_insert().max(1);
@@ -97,17 +141,17 @@ pub(crate) async fn append_many(tx: &mut dyn Tx, events: &[Ready]) -> Result<i64
             sql.push(')');
         }
         let mut args: Vec<Arg<'_>> = Vec::with_capacity(chunk.len() * COLUMNS);
-        for (seq, recorded_at, event, detail, leaf) in chunk {
+        for (seq, ready, leaf) in chunk {
             args.extend([
                 Arg::Int(*seq),
-                Arg::Int(*recorded_at),
-                Arg::from(&event.actor.uri),
-                Arg::from(&event.actor.role),
-                Arg::from(&event.action),
-                Arg::from(&event.target),
-                Arg::Text(event.outcome.as_str()),
-                Arg::from(&event.reason),
-                Arg::from(*detail),
+                Arg::Int(to_unix(ready.recorded_at)),
+                Arg::Text(ready.part(0)),
+                Arg::Text(ready.part(1)),
+                Arg::Text(ready.part(2)),
+                Arg::Text(ready.part(3)),
+                Arg::Text(ready.outcome.as_str()),
+                Arg::OptText(ready.reason()),
+                Arg::Text(ready.part(5)),
                 Arg::from(leaf),
             ]);
         }
@@ -120,7 +164,7 @@ impl Store {
     /// Records one event that changes nothing else (a refusal), group-committed with others;
     /// returns once it is durable.
     pub async fn record_event(&self, event: &AuditEvent) -> Result<i64, Error> {
-        self.append_only(Ready::all(vec![event.clone()])?).await
+        self.append_only(vec![Ready::new(event)?]).await
     }
 
     /// Events with sequence numbers in `after+1..`, oldest first, at most `limit`.
@@ -139,15 +183,20 @@ impl Store {
     }
 }
 
-/// A stored event from a row whose first columns are seq, recorded_at, actor_uri, actor_role,
-/// action, target, outcome, reason, detail.
-pub(crate) fn decode_row(row: &super::sql::Row) -> Result<StoredEvent, Error> {
-    let outcome = match row.text(6)? {
+/// The outcome column's value (the schema's CHECK allows only these four).
+pub(crate) fn outcome(column: &str) -> Outcome {
+    match column {
         "success" => Outcome::Success,
         "refused" => Outcome::Refused,
         "denied" => Outcome::Denied,
         _ => Outcome::Failed,
-    };
+    }
+}
+
+/// A stored event from a row whose first columns are seq, recorded_at, actor_uri, actor_role,
+/// action, target, outcome, reason, detail.
+pub(crate) fn decode_row(row: &super::sql::Row) -> Result<StoredEvent, Error> {
+    let outcome = outcome(row.text(6)?);
     let detail: Map<String, Value> = serde_json::from_str(row.text(8)?)
         .map_err(|e| Error::internal("decoding audit detail", e))?;
     Ok(StoredEvent {
@@ -165,4 +214,42 @@ pub(crate) fn decode_row(row: &super::sql::Row) -> Result<StoredEvent, Error> {
             detail,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::ledger;
+
+    #[test]
+    fn a_ready_event_keeps_every_column_and_the_leaf_of_its_event() {
+        let base = AuditEvent::new(
+            time::macros::datetime!(2026-11-24 08:00:00 UTC),
+            Actor::system(),
+            "data.access",
+            "spiffe://t/device/acme/ü-1",
+        )
+        .with("note", "quote \" and \u{1F600}");
+        let mut empty_reason = base.clone().refused(&Error::NotFound("x".into()));
+        empty_reason.reason = Some(String::new());
+        for e in [
+            base.clone(),
+            base.refused(&Error::NotFound("gone".into())),
+            empty_reason,
+        ] {
+            let r = Ready::new(&e).unwrap();
+            assert_eq!(r.part(0), e.actor.uri);
+            assert_eq!(r.part(1), e.actor.role);
+            assert_eq!(r.part(2), e.action);
+            assert_eq!(r.part(3), e.target);
+            // No reason and an empty reason stay apart.
+            assert_eq!(r.reason(), e.reason.as_deref());
+            assert_eq!(r.part(5), serde_json::to_string(&e.detail).unwrap());
+            assert_eq!(r.recorded_at(), e.recorded_at);
+            assert_eq!(r.outcome, e.outcome);
+            for seq in [1, 63, 64, 65, 1_000_000] {
+                assert_eq!(r.leaf(seq), ledger::leaf(seq, &e).unwrap(), "seq {seq}");
+            }
+        }
+    }
 }

@@ -111,7 +111,7 @@ impl Store {
         r: Reservation,
         intent: &AuditEvent,
     ) -> Result<IssuanceToken, Error> {
-        let intent = Ready::new(intent.clone())?;
+        let intent = Ready::new(intent)?;
         self.write(move |tx| Box::pin(async move { reserve_in(tx, r, &intent).await }))
             .await
     }
@@ -127,7 +127,7 @@ impl Store {
         event: &AuditEvent,
     ) -> Result<Option<DeviceRecord>, Error> {
         let (signed, completion) = (signed.clone(), completion.clone());
-        let (subject_uri, event) = (subject_uri.to_owned(), Ready::new(event.clone())?);
+        let (subject_uri, event) = (subject_uri.to_owned(), Ready::new(event)?);
         self.write(move |tx| {
             Box::pin(async move { record_in(tx, &signed, &completion, &subject_uri, &event).await })
         })
@@ -141,7 +141,7 @@ async fn reserve_in(
     r: Reservation,
     intent: &Ready,
 ) -> Result<IssuanceToken, Error> {
-    check_claim(tx, &r, intent.event.recorded_at).await?;
+    check_claim(tx, &r, intent.recorded_at()).await?;
     let t = &r.template;
     let serial = t.serial.to_hex();
     tx.execute(
@@ -158,7 +158,7 @@ async fn reserve_in(
             Arg::from(&r.spki_sha256),
             Arg::Int(to_unix(t.not_before)),
             Arg::Int(to_unix(t.not_after)),
-            Arg::Int(to_unix(intent.event.recorded_at)),
+            Arg::Int(to_unix(intent.recorded_at())),
         ],
     )
     .await?;
@@ -195,7 +195,7 @@ async fn record_in(
             signed.serial
         )));
     }
-    let device = complete(tx, completion, subject_uri, &serial, &event.event).await?;
+    let device = complete(tx, completion, subject_uri, &serial, event.recorded_at()).await?;
     audit::append_ready(tx, event).await?;
     Ok(device)
 }
@@ -288,7 +288,14 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let mut on = SqlxTx(&mut *tx);
-        complete(&mut on, completion, &c.subject_uri, &c.serial, event).await?;
+        complete(
+            &mut on,
+            completion,
+            &c.subject_uri,
+            &c.serial,
+            event.recorded_at,
+        )
+        .await?;
 
         audit::append(&mut on, event).await?;
         tx.commit().await?;
@@ -346,9 +353,9 @@ async fn complete(
     completion: &Completion,
     subject_uri: &str,
     cert_serial: &str,
-    event: &AuditEvent,
+    recorded_at: OffsetDateTime,
 ) -> Result<Option<DeviceRecord>, Error> {
-    let now = to_unix(event.recorded_at);
+    let now = to_unix(recorded_at);
     match completion {
         Completion::Device {
             manufacturer,

@@ -5,8 +5,9 @@ use time::OffsetDateTime;
 
 use super::sql::Arg;
 use super::{audit, from_unix, to_unix, Store};
+use crate::audit::ledger::{Detail, EventFields};
 use crate::audit::merkle::Hash;
-use crate::audit::{AuditEvent, StoredEvent};
+use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::error::Error;
 
 /// Which events an export or query wants. Empty fields match everything.
@@ -28,11 +29,49 @@ impl AuditQuery {
     }
 }
 
-/// A stored event with its leaf hash as recorded.
+/// A stored event with its leaf hash as recorded. The detail stays the JSON text it was stored
+/// as: an export copies it when it is already canonical ([`EventFields`]), and [`Self::event`]
+/// parses it for whoever needs the typed event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LedgerEntry {
-    pub stored: StoredEvent,
+    pub seq: i64,
+    pub recorded_at: OffsetDateTime,
+    pub actor: Actor,
+    pub action: String,
+    pub target: String,
+    pub outcome: Outcome,
+    pub reason: Option<String>,
+    pub detail: String,
     pub leaf_hash: String,
+}
+
+impl LedgerEntry {
+    pub fn fields(&self) -> EventFields<'_> {
+        EventFields {
+            recorded_at: self.recorded_at,
+            actor_uri: &self.actor.uri,
+            actor_role: &self.actor.role,
+            action: &self.action,
+            target: &self.target,
+            outcome: self.outcome,
+            reason: self.reason.as_deref(),
+            detail: Detail::Stored(&self.detail),
+        }
+    }
+
+    /// The typed event (its detail parsed).
+    pub fn event(&self) -> Result<AuditEvent, Error> {
+        Ok(AuditEvent {
+            recorded_at: self.recorded_at,
+            actor: self.actor.clone(),
+            action: self.action.clone(),
+            target: self.target.clone(),
+            outcome: self.outcome,
+            reason: self.reason.clone(),
+            detail: serde_json::from_str(&self.detail)
+                .map_err(|e| Error::internal("decoding audit detail", e))?,
+        })
+    }
 }
 
 impl Store {
@@ -99,11 +138,9 @@ impl Store {
                         count + 1
                     )));
                 }
-                let hash = crate::domain::unhex(row.text(1)?)
-                    .and_then(|b| Hash::try_from(b).ok())
-                    .ok_or_else(|| {
-                        Error::Internal(format!("audit log integrity: bad leaf hash at {seq}"))
-                    })?;
+                let hash = crate::domain::unhex_array::<32>(row.text(1)?).ok_or_else(|| {
+                    Error::Internal(format!("audit log integrity: bad leaf hash at {seq}"))
+                })?;
                 count += 1;
                 each(count, hash);
             }
@@ -130,11 +167,7 @@ impl Store {
                 .await?;
         Ok(rows
             .iter()
-            .map(|h| {
-                crate::domain::unhex(h)
-                    .and_then(|b| Hash::try_from(b).ok())
-                    .unwrap_or([0; 32])
-            })
+            .map(|h| crate::domain::unhex_array(h).unwrap_or([0; 32]))
             .collect())
     }
 
@@ -145,7 +178,10 @@ impl Store {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let first = self.append_only(super::audit::Ready::all(events)?).await?;
+        // Sealed here, on the caller's thread; the events' detail trees are freed here too.
+        let ready = super::audit::Ready::all(&events)?;
+        drop(events);
+        let first = self.append_only(ready).await?;
         Ok((first..first + n).collect())
     }
 
@@ -256,11 +292,21 @@ impl Store {
                 ],
             )
             .await?;
-        rows.iter()
-            .map(|row| {
+        rows.into_iter()
+            .map(|mut row| {
                 Ok(LedgerEntry {
-                    stored: audit::decode_row(row)?,
-                    leaf_hash: row.text(9)?.to_owned(),
+                    seq: row.int(0)?,
+                    recorded_at: from_unix(row.int(1)?)?,
+                    actor: Actor {
+                        uri: row.take_text(2)?,
+                        role: row.take_text(3)?,
+                    },
+                    action: row.take_text(4)?,
+                    target: row.take_text(5)?,
+                    outcome: audit::outcome(row.text(6)?),
+                    reason: row.take_opt_text(7)?,
+                    detail: row.take_text(8)?,
+                    leaf_hash: row.take_text(9)?,
                 })
             })
             .collect()

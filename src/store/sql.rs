@@ -118,6 +118,22 @@ impl Row {
         self.opt_text(i)?
             .ok_or_else(|| Error::Internal(format!("database column {i} is NULL")))
     }
+
+    /// Moves text column `i` out of the row (leaving NULL): no copy for a caller that keeps it.
+    pub(crate) fn take_opt_text(&mut self, i: usize) -> Result<Option<String>, Error> {
+        self.opt_text(i)?;
+        Ok(
+            match self.0.get_mut(i).map(|c| std::mem::replace(c, Cell::Null)) {
+                Some(Cell::Text(v)) => Some(v),
+                _ => None,
+            },
+        )
+    }
+
+    pub(crate) fn take_text(&mut self, i: usize) -> Result<String, Error> {
+        self.take_opt_text(i)?
+            .ok_or_else(|| Error::Internal(format!("database column {i} is NULL")))
+    }
 }
 
 /// A connection inside a write transaction.
