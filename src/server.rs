@@ -139,7 +139,7 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
             revoke_superseded: config.revoke_superseded,
         },
         crl_validity: time::Duration::hours(config.crl_validity_hours.into()),
-        crl_generation: tokio::sync::watch::channel(0).0,
+        crls: Default::default(),
         ledger: crate::service::ledger::Ledger {
             signer: crate::issuance::checkpoint_key::CheckpointSigner::load(
                 &files.audit_key,
@@ -375,10 +375,13 @@ pub async fn run(
 }
 
 /// Rebuilds the TLS verifier whenever a CRL is signed, so the handshake refuses revoked
-/// certificates too (the per-RPC store check already does, at once).
+/// certificates too (the per-RPC store check already does, at once). The CRLs are read after
+/// the generation is taken, so the verifier carries at least that generation's CRL; signers
+/// wait for it (`CrlSignal`). Several CRLs signed meanwhile are loaded in one rebuild.
 async fn reload_tls_on_new_crls(ca: Arc<Ca>, tls: Arc<tls::TlsReloader>) {
-    let mut generation = ca.crl_generation.subscribe();
+    let mut generation = ca.crls.subscribe();
     while generation.changed().await.is_ok() {
+        let target = *generation.borrow_and_update();
         match current_crls(&ca).await {
             Ok(crls) => {
                 if let Err(e) = tls.reload(crls) {
@@ -387,6 +390,9 @@ async fn reload_tls_on_new_crls(ca: Arc<Ca>, tls: Arc<tls::TlsReloader>) {
             }
             Err(e) => tracing::warn!(error = %e, "reading CRLs for the TLS verifier"),
         }
+        // Also after a failure: the signer should not wait out its timeout for a rebuild
+        // that is not coming. The error is logged; RPCs still refuse revoked callers.
+        ca.crls.applied(target);
     }
 }
 

@@ -44,8 +44,8 @@ pub struct Ca {
     pub lifecycle: LifecyclePolicy,
     /// CRL nextUpdate − thisUpdate.
     pub crl_validity: Duration,
-    /// Bumped after every CRL is signed, so the TLS layer rebuilds its verifier.
-    pub crl_generation: tokio::sync::watch::Sender<u64>,
+    /// Tells the TLS layer about every CRL signed, and hears when its verifier has it.
+    pub crls: publish::CrlSignal,
     /// The audit ledger's checkpoint signer and schedule.
     pub ledger: ledger::Ledger,
     /// At start, reservations older than this are revoked as abandoned.

@@ -17,6 +17,65 @@ use crate::store::lifecycle::{CertRecord, CrlRecord};
 /// How long an OCSP answer may be cached (its nextUpdate − thisUpdate).
 pub const OCSP_VALIDITY: Duration = Duration::hours(1);
 
+/// How long a revocation waits for the TLS layer to load its CRL before answering anyway.
+/// The per-RPC store check refuses the certificate whatever happens here.
+const TLS_RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Between the CRL signer and the TLS layer: every signed CRL bumps `signed`, and the TLS
+/// layer sets `applied` to the generation its verifier carries. A revocation answers only once
+/// the verifier has its CRL, so "revoked" means the next handshake is refused too.
+#[derive(Debug)]
+pub struct CrlSignal {
+    signed: tokio::sync::watch::Sender<u64>,
+    applied: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for CrlSignal {
+    fn default() -> Self {
+        Self {
+            signed: tokio::sync::watch::channel(0).0,
+            applied: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
+impl CrlSignal {
+    /// For the TLS layer: wakes on every newly signed CRL.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.signed.subscribe()
+    }
+
+    /// For the TLS layer: its verifier now carries the CRLs of `generation` (read after it).
+    pub fn applied(&self, generation: u64) {
+        self.applied.send_modify(|a| *a = (*a).max(generation));
+    }
+
+    /// Records a signed CRL and returns its generation.
+    fn signed(&self) -> u64 {
+        let mut generation = 0;
+        self.signed.send_modify(|g| {
+            *g += 1;
+            generation = *g;
+        });
+        generation
+    }
+
+    /// Waits until the TLS layer carries `generation`, if a TLS layer is listening.
+    async fn wait_applied(&self, generation: u64) {
+        if self.signed.receiver_count() == 0 {
+            return;
+        }
+        let mut applied = self.applied.subscribe();
+        let wait = applied.wait_for(|a| *a >= generation);
+        if tokio::time::timeout(TLS_RELOAD_WAIT, wait).await.is_err() {
+            tracing::warn!(
+                generation,
+                "the TLS verifier has not loaded the new CRL yet; RPCs refuse revoked callers regardless"
+            );
+        }
+    }
+}
+
 /// One CertID from an OCSP request, parsed by the edge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertId {
@@ -64,7 +123,7 @@ pub struct TrustBundle {
 }
 
 impl Ca {
-    /// Signs and stores the next CRL of `issuer`, and tells the TLS layer.
+    /// Signs and stores the next CRL of `issuer`, and returns once the TLS layer carries it.
     pub async fn publish_crl(&self, issuer: IssuerName) -> Result<CrlRecord, Error> {
         let authority = self.authority.clone();
         let crl = self
@@ -78,8 +137,9 @@ impl Ca {
                 },
             )
             .await?;
-        self.crl_generation.send_modify(|g| *g += 1);
         tracing::info!(issuer = issuer.as_str(), number = crl.number, "signed CRL");
+        let generation = self.crls.signed();
+        self.crls.wait_applied(generation).await;
         Ok(crl)
     }
 
