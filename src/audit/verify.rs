@@ -166,10 +166,14 @@ fn hash_event(line: &Line<'_>) -> Result<Hashed, Failure> {
 }
 
 /// Parses every line and hashes every event, on all cores; results stay in line order.
-fn parse_and_hash<'a>(lines: &[&'a str]) -> Vec<Result<(Line<'a>, Option<Hashed>), Failure>> {
+/// `first` is the number of lines before these, for line numbers in messages.
+fn parse_and_hash<'a>(
+    lines: &[&'a str],
+    first: usize,
+) -> Vec<Result<(Line<'a>, Option<Hashed>), Failure>> {
     let one = |(i, text): (usize, &'a str)| -> Result<(Line<'a>, Option<Hashed>), Failure> {
-        let line: Line<'a> =
-            serde_json::from_str(text).map_err(|e| malformed(format!("line {}: {e}", i + 1)))?;
+        let line: Line<'a> = serde_json::from_str(text)
+            .map_err(|e| malformed(format!("line {}: {e}", first + i + 1)))?;
         let hashed = if line.is("event") {
             Some(hash_event(&line)?)
         } else {
@@ -210,56 +214,197 @@ pub fn verify_bundle(
     public_key: &[u8; 32],
     previous: Option<&str>,
 ) -> Result<Report, Failure> {
-    let texts: Vec<&str> = bundle.lines().filter(|l| !l.trim().is_empty()).collect();
-    let parsed = parse_and_hash(&texts);
-    drop(texts);
-    let mut lines: Vec<Line<'_>> = Vec::with_capacity(parsed.len());
-    let mut hashed: Vec<Hashed> = Vec::new();
-    for p in parsed {
-        let (line, h) = p?;
-        lines.push(line);
-        hashed.extend(h);
+    let mut verifier = Verifier::new(public_key, previous);
+    let lines: Vec<&str> = bundle.lines().collect();
+    for chunk in lines.chunks(CHUNK_LINES) {
+        verifier.push(chunk);
     }
-    let header = lines
-        .first()
-        .filter(|h| h.is("header"))
-        .ok_or_else(|| malformed("no header line"))?;
-    let origin = header
-        .origin
-        .as_deref()
-        .ok_or_else(|| malformed("header has no origin"))?;
-    let filtered = header.filtered.unwrap_or(true);
-    let note = lines
-        .iter()
-        .find(|l| l.is("checkpoint"))
-        .and_then(|l| l.note.as_deref())
-        .ok_or_else(|| malformed("no checkpoint line"))?;
-    let cp: Checkpoint = checkpoint::verify(note, origin, public_key)
-        .map_err(|e| Failure::BadSignature(e.to_string()))?;
-    if !lines.last().is_some_and(|l| l.is("end")) {
-        return Err(Failure::Truncated {
-            have: hashed.len() as u64,
-            signed: cp.size,
-        });
+    verifier.finish()
+}
+
+/// Verifies a bundle read line by line from `reader`, in chunks, so memory stays flat
+/// however large the bundle is (only a filtered bundle's inclusion proofs are kept).
+pub fn verify_reader(
+    reader: impl std::io::BufRead,
+    public_key: &[u8; 32],
+    previous: Option<&str>,
+) -> Result<Report, Failure> {
+    let mut verifier = Verifier::new(public_key, previous);
+    let mut chunk: Vec<String> = Vec::with_capacity(CHUNK_LINES);
+    let push = |verifier: &mut Verifier<'_>, chunk: &mut Vec<String>| {
+        let lines: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        verifier.push(&lines);
+        chunk.clear();
+    };
+    for line in reader.lines() {
+        chunk.push(line.map_err(|e| malformed(format!("reading the bundle: {e}")))?);
+        if chunk.len() == CHUNK_LINES {
+            push(&mut verifier, &mut chunk);
+        }
+    }
+    push(&mut verifier, &mut chunk);
+    verifier.finish()
+}
+
+/// Lines hashed per step: enough to keep every core busy, few enough to keep memory small.
+pub const CHUNK_LINES: usize = 16_384;
+
+/// A bundle verified as its lines arrive: [`Verifier::push`] them in order, in chunks of any
+/// size, then [`Verifier::finish`]. Each chunk's events are parsed and hashed on all cores and
+/// folded into the tree at once, so memory is O(log n) for a complete bundle.
+///
+/// The checkpoint line comes after the events, so failures are remembered, not returned, and
+/// `finish` reports them in a fixed order, whatever the chunking: a malformed line first (the
+/// first in the bundle), then a missing header, a missing or badly signed checkpoint, a
+/// missing end line, the first event that is out of order or does not match, the end line's
+/// count, the root, and last the earlier checkpoint.
+pub struct Verifier<'k> {
+    public_key: &'k [u8; 32],
+    previous: Option<String>,
+    /// Non-empty lines seen so far, for line numbers in messages.
+    lines: usize,
+    /// The first line's origin and filtered flag, once it was a header.
+    header: Option<Header>,
+    /// The first line was something else.
+    headless: bool,
+    /// The first line that did not parse, or an event line without its members.
+    malformed: Option<Failure>,
+    /// The first event that fails the in-order checks; nothing after it is checked.
+    failed: Option<Failure>,
+    /// Event lines hashed (all of them, as in the truncation message).
+    hashed: u64,
+    /// Events that passed the in-order checks.
+    seen: u64,
+    last_seq: i64,
+    tree: merkle::CompactRange,
+    /// Filtered bundles: (seq, leaf, inclusion proof), checked once the checkpoint is known.
+    proven: Vec<(i64, Hash, Vec<Hash>)>,
+    /// The earlier checkpoint's size, once read (its signature is checked against the header's
+    /// origin), and the root of the first that many events.
+    previous_size: Option<u64>,
+    previous_root: Option<Hash>,
+    /// The first checkpoint line's note (that line may lack one).
+    note: Option<Option<String>>,
+    /// The first consistency line from each size: its proof, if its hashes parsed.
+    consistency: Vec<(u64, Option<Vec<Hash>>)>,
+    /// The last line was an end line: its event count.
+    end: Option<Option<u64>>,
+}
+
+struct Header {
+    origin: Option<String>,
+    filtered: bool,
+}
+
+impl<'k> Verifier<'k> {
+    pub fn new(public_key: &'k [u8; 32], previous: Option<&str>) -> Self {
+        Self {
+            public_key,
+            previous: previous.map(str::to_owned),
+            lines: 0,
+            header: None,
+            headless: false,
+            malformed: None,
+            failed: None,
+            hashed: 0,
+            seen: 0,
+            last_seq: 0,
+            tree: merkle::CompactRange::default(),
+            proven: Vec::new(),
+            previous_size: None,
+            previous_root: None,
+            note: None,
+            consistency: Vec::new(),
+            end: None,
+        }
     }
 
-    // Events: in order, each matching its leaf hash (and, filtered, its inclusion proof).
-    let mut leaves: Vec<Hash> = Vec::with_capacity(hashed.len());
-    let mut last_seq = 0i64;
-    let event_lines = lines.iter().filter(|l| l.is("event"));
-    for (line, h) in event_lines.zip(&hashed) {
+    /// The next lines of the bundle, in order; blank lines are skipped.
+    pub fn push(&mut self, lines: &[&str]) {
+        let texts: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        let first = self.lines;
+        self.lines += texts.len();
+        for parsed in parse_and_hash(&texts, first) {
+            match parsed {
+                Ok((line, hashed)) => self.take(line, hashed),
+                Err(f) => {
+                    self.malformed.get_or_insert(f);
+                }
+            }
+        }
+    }
+
+    fn take(&mut self, line: Line<'_>, hashed: Option<Hashed>) {
+        let kind = line.kind.as_deref().unwrap_or_default();
+        if self.header.is_none() && !self.headless {
+            if kind == "header" {
+                self.header = Some(Header {
+                    origin: line.origin.as_deref().map(str::to_owned),
+                    filtered: line.filtered.unwrap_or(true),
+                });
+                self.read_previous();
+            } else {
+                self.headless = true;
+            }
+        }
+        self.end = (kind == "end").then_some(line.events);
+        match kind {
+            "checkpoint" if self.note.is_none() => {
+                self.note = Some(line.note.as_deref().map(str::to_owned));
+            }
+            "consistency" => {
+                if let Some(from) = line.from_size {
+                    if !self.consistency.iter().any(|(f, _)| *f == from) {
+                        let proof = line.proof.as_deref().and_then(hashes_of);
+                        self.consistency.push((from, proof));
+                    }
+                }
+            }
+            _ => {}
+        }
+        if let Some(h) = hashed {
+            self.hashed += 1;
+            if self.failed.is_none() && !self.headless {
+                if let Err(f) = self.check_event(&line, h) {
+                    self.failed = Some(f);
+                }
+            }
+        }
+    }
+
+    /// The earlier checkpoint's size, if its signature holds under the header's origin (a
+    /// bad one is reported by `finish`, in its place).
+    fn read_previous(&mut self) {
+        let origin = self.header.as_ref().and_then(|h| h.origin.as_deref());
+        if let (Some(note), Some(origin)) = (&self.previous, origin) {
+            if let Ok(prev) = checkpoint::verify(note, origin, self.public_key) {
+                self.previous_size = Some(prev.size);
+                if prev.size == 0 {
+                    self.previous_root = Some(merkle::empty_root());
+                }
+            }
+        }
+    }
+
+    /// The in-order checks of one event (the header came first).
+    fn check_event(&mut self, line: &Line<'_>, h: Hashed) -> Result<(), Failure> {
+        let filtered = self.header.as_ref().is_none_or(|h| h.filtered);
         let seq = h.seq;
-        if seq <= last_seq {
+        if seq <= self.last_seq {
             return Err(Failure::Reordered { seq });
         }
-        if !filtered && seq != last_seq + 1 {
+        if !filtered && seq != self.last_seq + 1 {
             return Err(Failure::Missing {
-                seq: last_seq + 1,
-                after: last_seq,
+                seq: self.last_seq + 1,
+                after: self.last_seq,
                 next: seq,
             });
         }
-        let recomputed = h.recomputed.clone().map_err(malformed)?;
+        let recomputed = h.recomputed.map_err(malformed)?;
         if h.own_seq != Some(seq) {
             return Err(Failure::Reordered { seq });
         }
@@ -278,68 +423,106 @@ pub fn verify_bundle(
                 .and_then(|p| {
                     hashes_of(p).ok_or_else(|| malformed(format!("event {seq}: bad proof hash")))
                 })?;
-            if seq as u64 > cp.size
-                || !merkle::verify_inclusion(seq as u64 - 1, cp.size, &recomputed, &proof, &cp.root)
-            {
-                return Err(Failure::Altered { seq });
+            self.proven.push((seq, recomputed, proof));
+        } else {
+            self.tree.push(recomputed);
+            if Some(self.tree.size()) == self.previous_size {
+                self.previous_root = Some(self.tree.root());
             }
         }
-        leaves.push(recomputed);
-        last_seq = seq;
-    }
-    let seen = leaves.len() as u64;
-    if lines.last().and_then(|l| l.events) != Some(seen) {
-        return Err(malformed(
-            "the end line's event count does not match the events",
-        ));
-    }
-    if !filtered {
-        if seen < cp.size {
-            return Err(Failure::Truncated {
-                have: seen,
-                signed: cp.size,
-            });
-        }
-        if seen > cp.size || merkle::root(&leaves) != cp.root {
-            return Err(Failure::RootMismatch { size: cp.size });
-        }
+        self.seen += 1;
+        self.last_seq = seq;
+        Ok(())
     }
 
-    // An earlier checkpoint the auditor kept: the log must extend it.
-    let mut consistent_with = None;
-    if let Some(prev_note) = previous {
-        let prev = checkpoint::verify(prev_note, origin, public_key)
-            .map_err(|e| Failure::BadSignature(format!("previous checkpoint: {e}")))?;
-        if prev.size > cp.size {
+    /// The verdict on everything pushed.
+    pub fn finish(self) -> Result<Report, Failure> {
+        if let Some(f) = self.malformed {
+            return Err(f);
+        }
+        let header = self.header.ok_or_else(|| malformed("no header line"))?;
+        let origin = header
+            .origin
+            .ok_or_else(|| malformed("header has no origin"))?;
+        let filtered = header.filtered;
+        let note = self
+            .note
+            .flatten()
+            .ok_or_else(|| malformed("no checkpoint line"))?;
+        let cp: Checkpoint = checkpoint::verify(&note, &origin, self.public_key)
+            .map_err(|e| Failure::BadSignature(e.to_string()))?;
+        let Some(end_count) = self.end else {
             return Err(Failure::Truncated {
-                have: cp.size,
-                signed: prev.size,
+                have: self.hashed,
+                signed: cp.size,
             });
-        }
-        let ok = if !filtered {
-            merkle::root(&leaves[..prev.size as usize]) == prev.root
-        } else {
-            let proof: Option<Vec<Hash>> = lines
-                .iter()
-                .find(|l| l.is("consistency") && l.from_size == Some(prev.size))
-                .and_then(|l| hashes_of(l.proof.as_deref()?));
-            match proof {
-                Some(p) => merkle::verify_consistency(prev.size, cp.size, &prev.root, &cp.root, &p),
-                None => return Err(malformed(format!("no consistency proof from size {} in this filtered bundle (export with --previous-checkpoint)", prev.size))),
-            }
         };
-        if !ok {
-            return Err(Failure::Inconsistent { size: prev.size });
+        // Filtered: the events before the first failure, each proven against the checkpoint.
+        for (seq, leaf, proof) in &self.proven {
+            if *seq as u64 > cp.size
+                || !merkle::verify_inclusion(*seq as u64 - 1, cp.size, leaf, proof, &cp.root)
+            {
+                return Err(Failure::Altered { seq: *seq });
+            }
         }
-        consistent_with = Some(prev.size);
+        if let Some(f) = self.failed {
+            return Err(f);
+        }
+        let seen = self.seen;
+        if end_count != Some(seen) {
+            return Err(malformed(
+                "the end line's event count does not match the events",
+            ));
+        }
+        if !filtered {
+            if seen < cp.size {
+                return Err(Failure::Truncated {
+                    have: seen,
+                    signed: cp.size,
+                });
+            }
+            if seen > cp.size || self.tree.root() != cp.root {
+                return Err(Failure::RootMismatch { size: cp.size });
+            }
+        }
+
+        // An earlier checkpoint the auditor kept: the log must extend it.
+        let mut consistent_with = None;
+        if let Some(prev_note) = &self.previous {
+            let prev = checkpoint::verify(prev_note, &origin, self.public_key)
+                .map_err(|e| Failure::BadSignature(format!("previous checkpoint: {e}")))?;
+            if prev.size > cp.size {
+                return Err(Failure::Truncated {
+                    have: cp.size,
+                    signed: prev.size,
+                });
+            }
+            let ok = if !filtered {
+                self.previous_root == Some(prev.root)
+            } else {
+                let proof = self
+                    .consistency
+                    .iter()
+                    .find(|(from, _)| *from == prev.size)
+                    .and_then(|(_, p)| p.as_deref());
+                match proof {
+                    Some(p) => merkle::verify_consistency(prev.size, cp.size, &prev.root, &cp.root, p),
+                    None => return Err(malformed(format!("no consistency proof from size {} in this filtered bundle (export with --previous-checkpoint)", prev.size))),
+                }
+            };
+            if !ok {
+                return Err(Failure::Inconsistent { size: prev.size });
+            }
+            consistent_with = Some(prev.size);
+        }
+        Ok(Report {
+            events: seen,
+            tree_size: cp.size,
+            filtered,
+            origin,
+            consistent_with,
+        })
     }
-    Ok(Report {
-        events: seen,
-        tree_size: cp.size,
-        filtered,
-        origin: origin.to_owned(),
-        consistent_with,
-    })
 }
 
 #[cfg(test)]
@@ -349,42 +532,211 @@ mod tests {
     use super::*;
     use crate::audit::{Actor, AuditEvent};
 
-    /// A complete bundle of `n` events as medid writes it, and the public key that signed it.
-    fn bundle(n: i64) -> (Vec<String>, [u8; 32]) {
+    fn key() -> (Ed25519KeyPair, [u8; 32]) {
         let key = Ed25519KeyPair::from_seed_unchecked(&[7u8; 32]).unwrap();
         let public: [u8; 32] = key.public_key().as_ref().try_into().unwrap();
-        let mut lines =
-            vec![r#"{"type":"header","origin":"t/audit","filtered":false}"#.to_string()];
-        let mut leaves = Vec::new();
-        for seq in 1..=n {
-            let e = AuditEvent::new(
-                time::macros::datetime!(2026-11-24 12:00:00 UTC),
-                Actor::system(),
-                "data.access",
-                format!("spiffe://t/device/acme/{seq}"),
-            )
-            .with("note", "tab\there, quote \" and ünïcödé");
-            let leaf = ledger::leaf(seq, &e).unwrap();
-            leaves.push(leaf);
-            let hex = crate::domain::hex(&leaf);
-            lines.push(ledger::export_line(seq, &ledger::EventFields::of(&e), &hex, None).unwrap());
-        }
+        (key, public)
+    }
+
+    /// The signed checkpoint note of the tree over `leaves`.
+    fn note(leaves: &[Hash]) -> String {
+        let (key, public) = key();
         let body = Checkpoint {
             origin: "t/audit".into(),
-            size: n as u64,
-            root: merkle::root(&leaves),
+            size: leaves.len() as u64,
+            root: merkle::root(leaves),
         }
         .body();
         let sig = key.sign(body.as_bytes());
-        let note = checkpoint::signed_note(
+        checkpoint::signed_note(
             &body,
             "t/audit",
             checkpoint::key_id("t/audit", &public),
             sig.as_ref(),
+        )
+    }
+
+    /// `n` events and their leaf hashes; `proven` events carry their inclusion proof.
+    fn events(n: i64, proven: impl Fn(i64) -> bool) -> (Vec<(i64, String)>, Vec<Hash>) {
+        let made: Vec<_> = (1..=n)
+            .map(|seq| {
+                let e = AuditEvent::new(
+                    time::macros::datetime!(2026-11-24 12:00:00 UTC),
+                    Actor::system(),
+                    "data.access",
+                    format!("spiffe://t/device/acme/{seq}"),
+                )
+                .with("note", "tab\there, quote \" and ünïcödé");
+                (seq, ledger::leaf(seq, &e).unwrap(), e)
+            })
+            .collect();
+        let leaves: Vec<Hash> = made.iter().map(|(_, leaf, _)| *leaf).collect();
+        let lines = made
+            .iter()
+            .map(|(seq, leaf, e)| {
+                let proof = proven(*seq)
+                    .then(|| merkle::inclusion_proof(*seq as usize - 1, &leaves).unwrap());
+                let line = ledger::export_line(
+                    *seq,
+                    &ledger::EventFields::of(e),
+                    &crate::domain::hex(leaf),
+                    proof.as_deref(),
+                );
+                (*seq, line.unwrap())
+            })
+            .collect();
+        (lines, leaves)
+    }
+
+    /// A bundle as medid writes it: complete, or only the events `keep` selects.
+    fn bundle_of(n: i64, keep: impl Fn(i64) -> bool + Copy, filtered: bool) -> Vec<String> {
+        let (events, leaves) = events(n, |seq| filtered && keep(seq));
+        let mut lines = vec![format!(
+            r#"{{"type":"header","origin":"t/audit","filtered":{filtered}}}"#
+        )];
+        lines.extend(
+            events
+                .into_iter()
+                .filter(|(seq, _)| keep(*seq))
+                .map(|(_, l)| l),
         );
-        lines.push(serde_json::json!({"type": "checkpoint", "note": note}).to_string());
-        lines.push(format!(r#"{{"type":"end","events":{n}}}"#));
-        (lines, public)
+        let kept = lines.len() - 1;
+        lines.push(serde_json::json!({"type": "checkpoint", "note": note(&leaves)}).to_string());
+        lines.push(format!(r#"{{"type":"end","events":{kept}}}"#));
+        lines
+    }
+
+    /// A complete bundle of `n` events as medid writes it, and the public key that signed it.
+    fn bundle(n: i64) -> (Vec<String>, [u8; 32]) {
+        (bundle_of(n, |_| true, false), key().1)
+    }
+
+    /// Pushes `lines` in chunks of `size`.
+    fn chunked(lines: &[String], size: usize, previous: Option<&str>) -> Result<Report, Failure> {
+        let public = key().1;
+        let mut v = Verifier::new(&public, previous);
+        let texts: Vec<&str> = lines.iter().map(String::as_str).collect();
+        for chunk in texts.chunks(size) {
+            v.push(chunk);
+        }
+        v.finish()
+    }
+
+    #[test]
+    fn the_verdict_does_not_depend_on_how_the_lines_arrive() {
+        let n = 3000;
+        let (_, leaves) = events(n, |_| false);
+        let previous = note(&leaves[..1234]);
+        let complete = bundle_of(n, |_| true, false);
+        let filtered = bundle_of(n, |seq| seq % 7 == 0, true);
+        let edit = |lines: &[String], i: usize, f: &dyn Fn(&str) -> String| {
+            let mut l = lines.to_vec();
+            l[i] = f(&l[i]);
+            l
+        };
+        let without = |lines: &[String], i: usize| {
+            let mut l = lines.to_vec();
+            l.remove(i);
+            l
+        };
+        type Case<'p> = (
+            &'static str,
+            Vec<String>,
+            Option<&'p str>,
+            Result<u64, Failure>,
+        );
+        let cases: Vec<Case<'_>> = vec![
+            ("complete", complete.clone(), None, Ok(3000)),
+            (
+                "complete, consistent",
+                complete.clone(),
+                Some(&previous),
+                Ok(3000),
+            ),
+            ("filtered", filtered.clone(), None, Ok(428)),
+            (
+                "altered",
+                edit(&complete, 2001, &|l| l.replace("acme/2001", "acme/2002")),
+                None,
+                Err(Failure::Altered { seq: 2001 }),
+            ),
+            (
+                "missing",
+                without(&complete, 77),
+                None,
+                Err(Failure::Missing {
+                    seq: 77,
+                    after: 76,
+                    next: 78,
+                }),
+            ),
+            (
+                "no end line",
+                without(&complete, 3002),
+                None,
+                Err(Failure::Truncated {
+                    have: 3000,
+                    signed: 3000,
+                }),
+            ),
+            (
+                "bad signature beats an altered event",
+                edit(
+                    &edit(&complete, 10, &|l| l.replace("acme/10", "acme/11")),
+                    3001,
+                    &|l| l.replace("— t/audit", "— t/other"),
+                ),
+                None,
+                Err(Failure::BadSignature("bad signature".into())),
+            ),
+            (
+                "a malformed line beats everything",
+                edit(
+                    &edit(&complete, 10, &|l| l.replace("acme/10", "acme/11")),
+                    2500,
+                    &|_| "{".into(),
+                ),
+                None,
+                Err(malformed("line 2501: …")),
+            ),
+            (
+                "filtered proof",
+                edit(&filtered, 100, &|l| {
+                    let at = l.find("\"inclusion_proof\":[\"").unwrap() + 20;
+                    let flipped = if &l[at..at + 1] == "0" { "1" } else { "0" };
+                    format!("{}{flipped}{}", &l[..at], &l[at + 1..])
+                }),
+                None,
+                Err(Failure::Altered { seq: 700 }),
+            ),
+            (
+                "truncated below the previous checkpoint",
+                bundle_of(1000, |_| true, false),
+                Some(&previous),
+                Err(Failure::Truncated {
+                    have: 1000,
+                    signed: 1234,
+                }),
+            ),
+        ];
+        // Messages come from serde or the signature check: compare their kind and line.
+        let same = |got: &Result<u64, Failure>, want: &Result<u64, Failure>| match (got, want) {
+            (Err(Failure::Malformed(g)), Err(Failure::Malformed(w))) => {
+                g.split(':').next() == w.split(':').next()
+            }
+            (Err(Failure::BadSignature(_)), Err(Failure::BadSignature(_))) => true,
+            _ => got == want,
+        };
+        for (name, lines, previous, expected) in cases {
+            let whole = verify_bundle(&lines.join("\n"), &key().1, previous).map(|r| r.events);
+            assert!(same(&whole, &expected), "{name}: {whole:?}");
+            for size in [1, 2, 7, 1000, 5000] {
+                let got = chunked(&lines, size, previous).map(|r| r.events);
+                assert!(same(&got, &expected), "{name}, chunks of {size}: {got:?}");
+            }
+            let read = verify_reader(lines.join("\n").as_bytes(), &key().1, previous);
+            assert!(same(&read.map(|r| r.events), &expected), "{name}, read");
+        }
     }
 
     #[test]

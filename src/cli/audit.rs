@@ -112,7 +112,12 @@ pub async fn run(cmd: AuditCommand) -> Result<(), Error> {
                     ))
                 })?;
             let previous = previous_checkpoint.as_ref().map(read).transpose()?;
-            match verify::verify_bundle(&read(&bundle)?, &public, previous.as_deref()) {
+            // Read as a stream: memory stays flat however many events the bundle holds.
+            let file = std::fs::File::open(&bundle).map_err(|e| {
+                Error::InvalidArgument(format!("reading {}: {e}", bundle.display()))
+            })?;
+            let reader = std::io::BufReader::with_capacity(1 << 20, file);
+            match verify::verify_reader(reader, &public, previous.as_deref()) {
                 Ok(r) => {
                     println!(
                         "OK: {} events verified against the signed checkpoint of {} (tree size {}{}){}",
