@@ -114,12 +114,19 @@ impl Store {
         // runtime's thread).
         const PAGE: i64 = 2048;
         let mut count = after;
+        // A hash that does not decode is reported in its place in the order, after any gap.
+        let mut page: Vec<(i64, Option<Hash>)> = Vec::with_capacity(PAGE as usize);
         loop {
-            let rows = {
+            page.clear();
+            {
                 let mut reader = self.reader().await?;
+                let mut keep = |seq: i64, hex: &str| {
+                    page.push((seq, crate::domain::unhex_array::<32>(hex)));
+                    Ok(())
+                };
                 reader
                     .tx()
-                    .fetch_all(
+                    .scan_int_text(
                         "SELECT seq, leaf_hash FROM audit_events
                          WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3",
                         &[
@@ -127,24 +134,24 @@ impl Store {
                             Arg::Int(size as i64),
                             Arg::Int(PAGE),
                         ],
+                        &mut keep,
                     )
-                    .await?
-            };
-            for row in &rows {
-                let seq = row.int(0)?;
+                    .await?;
+            }
+            for &(seq, hash) in &page {
                 if seq != count as i64 + 1 {
                     return Err(Error::Internal(format!(
                         "audit log integrity: sequence {} is missing",
                         count + 1
                     )));
                 }
-                let hash = crate::domain::unhex_array::<32>(row.text(1)?).ok_or_else(|| {
+                let hash = hash.ok_or_else(|| {
                     Error::Internal(format!("audit log integrity: bad leaf hash at {seq}"))
                 })?;
                 count += 1;
                 each(count, hash);
             }
-            if (rows.len() as i64) < PAGE {
+            if (page.len() as i64) < PAGE {
                 break;
             }
             tokio::task::yield_now().await;
