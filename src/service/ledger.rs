@@ -516,23 +516,35 @@ impl Ca {
             if tx.send(Ok(header.to_string())).await.is_err() {
                 return;
             }
-            // Pages are read one ahead, on another task, while this one writes lines: on
-            // SQLite the read runs on the calling thread, so the two overlap on two cores.
-            let (pages_tx, mut pages) = mpsc::channel(2);
+            // Pages are read, and their lines written, one page ahead on another task while
+            // this one hands lines to the gRPC stream. Each line is written straight from the
+            // row SQLite lends (`Store::scan_ledger`), so nothing is copied out of it first.
+            let (pages_tx, mut pages) = mpsc::channel::<Result<Vec<String>, Error>>(2);
             let store = ca.store.clone();
             tokio::spawn(async move {
                 let mut after = 0i64;
                 loop {
+                    let mut lines = Vec::with_capacity(EXPORT_PAGE as usize);
+                    let mut last = None;
+                    let mut write = |seq: i64, fields: ledger::EventFields<'_>, leaf: &str| {
+                        let proof = tree
+                            .as_ref()
+                            .map(|t| t.inclusion_proof((seq - 1) as usize).unwrap_or_default());
+                        lines.push(ledger::export_line(seq, &fields, leaf, proof.as_deref())?);
+                        last = Some(seq);
+                        Ok(())
+                    };
                     let page = store
-                        .ledger_entries(&query, after, cp.size as i64, EXPORT_PAGE)
-                        .await;
-                    let last = page.as_ref().ok().and_then(|p| p.last().map(|e| e.seq));
-                    if pages_tx.send(page).await.is_err() {
+                        .scan_ledger(&query, after, cp.size as i64, EXPORT_PAGE, &mut write)
+                        .await
+                        .map(|()| lines);
+                    let failed = page.is_err();
+                    if pages_tx.send(page).await.is_err() || failed {
                         return;
                     }
                     match last {
                         Some(seq) => after = seq,
-                        // An empty page ends the export; an error was sent as such.
+                        // An empty page ends the export.
                         None => return,
                     }
                 }
@@ -557,23 +569,7 @@ impl Ca {
                 if page.is_empty() {
                     break;
                 }
-                for entry in page {
-                    let seq = entry.seq;
-                    let proof = tree
-                        .as_ref()
-                        .map(|t| t.inclusion_proof((seq - 1) as usize).unwrap_or_default());
-                    let line = match ledger::export_line(
-                        seq,
-                        &entry.fields(),
-                        &entry.leaf_hash,
-                        proof.as_deref(),
-                    ) {
-                        Ok(line) => line,
-                        Err(e) => {
-                            let _ = tx.send(Err(e)).await;
-                            return;
-                        }
-                    };
+                for line in page {
                     count += 1;
                     if tx.send(Ok(line)).await.is_err() {
                         return;

@@ -3,7 +3,7 @@
 use sqlx::Row;
 use time::OffsetDateTime;
 
-use super::sql::Arg;
+use super::sql::{Arg, RowRef};
 use super::{audit, from_unix, to_unix, Store};
 use crate::audit::ledger::{Detail, EventFields};
 use crate::audit::merkle::Hash;
@@ -120,13 +120,13 @@ impl Store {
             page.clear();
             {
                 let mut reader = self.reader().await?;
-                let mut keep = |seq: i64, hex: &str| {
-                    page.push((seq, crate::domain::unhex_array::<32>(hex)));
+                let mut keep = |row: RowRef<'_>| {
+                    page.push((row.int(0)?, crate::domain::unhex_array::<32>(row.text(1)?)));
                     Ok(())
                 };
                 reader
                     .tx()
-                    .scan_int_text(
+                    .scan(
                         "SELECT seq, leaf_hash FROM audit_events
                          WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3",
                         &[
@@ -242,6 +242,41 @@ impl Store {
         up_to: i64,
         limit: i64,
     ) -> Result<Vec<LedgerEntry>, Error> {
+        let mut entries = Vec::new();
+        self.scan_ledger(q, after, up_to, limit, &mut |seq, fields, leaf_hash| {
+            entries.push(LedgerEntry {
+                seq,
+                recorded_at: fields.recorded_at,
+                actor: Actor {
+                    uri: fields.actor_uri.to_owned(),
+                    role: fields.actor_role.to_owned(),
+                },
+                action: fields.action.to_owned(),
+                target: fields.target.to_owned(),
+                outcome: fields.outcome,
+                reason: fields.reason.map(str::to_owned),
+                detail: match fields.detail {
+                    Detail::Stored(text) => text.to_owned(),
+                    Detail::Map(map) => serde_json::Value::Object(map.clone()).to_string(),
+                },
+                leaf_hash: leaf_hash.to_owned(),
+            });
+            Ok(())
+        })
+        .await?;
+        Ok(entries)
+    }
+
+    /// [`Store::ledger_entries`] lent to `each(seq, fields, leaf hash)` one at a time, with
+    /// nothing copied out of the row: the export writes its lines straight from them.
+    pub async fn scan_ledger(
+        &self,
+        q: &AuditQuery,
+        after: i64,
+        up_to: i64,
+        limit: i64,
+        each: &mut (dyn FnMut(i64, EventFields<'_>, &str) -> Result<(), Error> + Send),
+    ) -> Result<(), Error> {
         let manufacturer_prefix = q.manufacturer.as_ref().map(|m| format!("%/device/{m}/%"));
         let station_prefix = q
             .manufacturer
@@ -268,9 +303,22 @@ impl Store {
         );
         let (from, to) = (q.from.map(to_unix), q.to.map(to_unix));
         let mut reader = self.reader().await?;
-        let rows = reader
+        let mut lend = |row: RowRef<'_>| {
+            let fields = EventFields {
+                recorded_at: from_unix(row.int(1)?)?,
+                actor_uri: row.text(2)?,
+                actor_role: row.text(3)?,
+                action: row.text(4)?,
+                target: row.text(5)?,
+                outcome: audit::outcome(row.text(6)?),
+                reason: row.opt_text(7)?,
+                detail: Detail::Stored(row.text(8)?),
+            };
+            each(row.int(0)?, fields, row.text(9)?)
+        };
+        reader
             .tx()
-            .fetch_all(
+            .scan(
                 &sql,
                 &[
                     Arg::Int(after),
@@ -297,25 +345,8 @@ impl Store {
                     Arg::from(&q.patient_ref),
                     Arg::Int(limit),
                 ],
+                &mut lend,
             )
-            .await?;
-        rows.into_iter()
-            .map(|mut row| {
-                Ok(LedgerEntry {
-                    seq: row.int(0)?,
-                    recorded_at: from_unix(row.int(1)?)?,
-                    actor: Actor {
-                        uri: row.take_text(2)?,
-                        role: row.take_text(3)?,
-                    },
-                    action: row.take_text(4)?,
-                    target: row.take_text(5)?,
-                    outcome: audit::outcome(row.text(6)?),
-                    reason: row.take_opt_text(7)?,
-                    detail: row.take_text(8)?,
-                    leaf_hash: row.take_text(9)?,
-                })
-            })
-            .collect()
+            .await
     }
 }

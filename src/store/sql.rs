@@ -118,20 +118,46 @@ impl Row {
         self.opt_text(i)?
             .ok_or_else(|| Error::Internal(format!("database column {i} is NULL")))
     }
+}
 
-    /// Moves text column `i` out of the row (leaving NULL): no copy for a caller that keeps it.
-    pub(crate) fn take_opt_text(&mut self, i: usize) -> Result<Option<String>, Error> {
-        self.opt_text(i)?;
-        Ok(
-            match self.0.get_mut(i).map(|c| std::mem::replace(c, Cell::Null)) {
-                Some(Cell::Text(v)) => Some(v),
-                _ => None,
+/// A row lent to a [`Tx::scan`] callback: a collected one, or SQLite's current row.
+pub(crate) enum RowRef<'r> {
+    Owned(&'r Row),
+    Lite(&'r rusqlite::Row<'r>),
+}
+
+impl<'r> RowRef<'r> {
+    pub(crate) fn int(&self, i: usize) -> Result<i64, Error> {
+        match self {
+            RowRef::Owned(row) => row.int(i),
+            RowRef::Lite(row) => match row.get_ref(i)? {
+                rusqlite::types::ValueRef::Integer(v) => Ok(v),
+                other => Err(Error::Internal(format!(
+                    "database column {i}: expected an integer, found {:?}",
+                    other.data_type()
+                ))),
             },
-        )
+        }
     }
 
-    pub(crate) fn take_text(&mut self, i: usize) -> Result<String, Error> {
-        self.take_opt_text(i)?
+    pub(crate) fn opt_text(&self, i: usize) -> Result<Option<&'r str>, Error> {
+        match self {
+            RowRef::Owned(row) => row.opt_text(i),
+            RowRef::Lite(row) => match row.get_ref(i)? {
+                rusqlite::types::ValueRef::Text(v) => std::str::from_utf8(v)
+                    .map(Some)
+                    .map_err(|e| Error::internal("database text", e)),
+                rusqlite::types::ValueRef::Null => Ok(None),
+                other => Err(Error::Internal(format!(
+                    "database column {i}: expected text, found {:?}",
+                    other.data_type()
+                ))),
+            },
+        }
+    }
+
+    pub(crate) fn text(&self, i: usize) -> Result<&'r str, Error> {
+        self.opt_text(i)?
             .ok_or_else(|| Error::Internal(format!("database column {i} is NULL")))
     }
 }
@@ -159,18 +185,18 @@ pub(crate) trait Tx: Send {
         args: &'a [Arg<'a>],
     ) -> BoxFuture<'a, Result<Vec<Row>, Error>>;
 
-    /// Runs a query whose rows are an integer and a text, handing each to `each` without
-    /// collecting the rows: for long scans (the audit log's leaf hashes). SQLite's direct
-    /// connections lend the text straight from the statement, with no allocation per row.
-    fn scan_int_text<'a>(
+    /// Runs a query and lends each row to `each` instead of collecting the rows: for long
+    /// scans (the audit log's leaf hashes, exports). SQLite's direct connections lend the row
+    /// straight from the statement, with no allocation per row or column.
+    fn scan<'a>(
         &'a mut self,
         sql: &'a str,
         args: &'a [Arg<'a>],
-        each: &'a mut (dyn FnMut(i64, &str) -> Result<(), Error> + Send),
+        each: &'a mut (dyn FnMut(RowRef<'_>) -> Result<(), Error> + Send),
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
             for row in self.fetch_all(sql, args).await? {
-                each(row.int(0)?, row.text(1)?)?;
+                each(RowRef::Owned(&row))?;
             }
             Ok(())
         })
@@ -367,20 +393,16 @@ impl LiteTx {
         Ok(self.rows(sql, args, 1)?.pop())
     }
 
-    fn scan(
+    fn scan_rows(
         &self,
         sql: &str,
         args: &[Arg<'_>],
-        each: &mut (dyn FnMut(i64, &str) -> Result<(), Error> + Send),
+        each: &mut (dyn FnMut(RowRef<'_>) -> Result<(), Error> + Send),
     ) -> Result<(), Error> {
         let mut stmt = self.bound(sql, args)?;
         let mut rows = stmt.raw_query();
         while let Some(row) = rows.next()? {
-            let text = row
-                .get_ref(1)?
-                .as_str()
-                .map_err(|e| Error::internal("database column 1 is not text", e))?;
-            each(row.get(0)?, text)?;
+            each(RowRef::Lite(row))?;
         }
         Ok(())
     }
@@ -443,13 +465,13 @@ impl Tx for LiteTx {
         Box::pin(ready(self.rows(sql, args, usize::MAX)))
     }
 
-    fn scan_int_text<'a>(
+    fn scan<'a>(
         &'a mut self,
         sql: &'a str,
         args: &'a [Arg<'a>],
-        each: &'a mut (dyn FnMut(i64, &str) -> Result<(), Error> + Send),
+        each: &'a mut (dyn FnMut(RowRef<'_>) -> Result<(), Error> + Send),
     ) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(ready(self.scan(sql, args, each)))
+        Box::pin(ready(self.scan_rows(sql, args, each)))
     }
 
     fn rows_per_insert(&self) -> usize {
