@@ -385,7 +385,7 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-fn nibble(c: u8) -> Option<u8> {
+const fn nibble(c: u8) -> Option<u8> {
     match c {
         b'0'..=b'9' => Some(c - b'0'),
         b'a'..=b'f' => Some(c - b'a' + 10),
@@ -411,11 +411,27 @@ pub fn unhex_array<const N: usize>(s: &str) -> Option<[u8; N]> {
     if digits.len() != 2 * N {
         return None;
     }
+    // Branch-free: every digit is looked up, and one test at the end refuses any non-digit
+    // (the verifier decodes a leaf hash per event, so this is on its hot path).
+    const VALUES: [u8; 256] = {
+        let mut t = [0xffu8; 256];
+        let mut c = 0;
+        while c < 256 {
+            if let Some(v) = nibble(c as u8) {
+                t[c] = v;
+            }
+            c += 1;
+        }
+        t
+    };
     let mut out = [0u8; N];
+    let mut invalid = 0u8;
     for (b, p) in out.iter_mut().zip(digits.chunks_exact(2)) {
-        *b = nibble(p[0])? << 4 | nibble(p[1])?;
+        let (hi, lo) = (VALUES[usize::from(p[0])], VALUES[usize::from(p[1])]);
+        invalid |= hi | lo;
+        *b = hi << 4 | lo;
     }
-    Some(out)
+    (invalid & 0xf0 == 0).then_some(out)
 }
 
 #[cfg(test)]
