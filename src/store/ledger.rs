@@ -46,19 +46,6 @@ pub struct LedgerEntry {
 }
 
 impl LedgerEntry {
-    pub fn fields(&self) -> EventFields<'_> {
-        EventFields {
-            recorded_at: self.recorded_at,
-            actor_uri: &self.actor.uri,
-            actor_role: &self.actor.role,
-            action: &self.action,
-            target: &self.target,
-            outcome: self.outcome,
-            reason: self.reason.as_deref(),
-            detail: Detail::Stored(&self.detail),
-        }
-    }
-
     /// The typed event (its detail parsed).
     pub fn event(&self) -> Result<AuditEvent, Error> {
         Ok(AuditEvent {
