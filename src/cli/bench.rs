@@ -128,7 +128,11 @@ async fn start() -> Result<Server, Error> {
     let child = Command::new(exe)
         .args(["serve", "--config"])
         .arg(&config)
-        .env("MEDID_LOG", "error")
+        // The server's log level: errors only, unless asked (`MEDID_BENCH_SERVER_LOG`).
+        .env(
+            "MEDID_LOG",
+            std::env::var("MEDID_BENCH_SERVER_LOG").unwrap_or_else(|_| "error".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

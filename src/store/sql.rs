@@ -331,9 +331,12 @@ impl LiteTx {
     }
 
     /// Stops this connection from checkpointing the WAL when it commits: the writer leaves
-    /// that to [`Checkpointer`], off its own thread.
+    /// that to [`spawn_checkpointer`], off its own thread. When this connection starts the log
+    /// again, it cuts the file back to [`WAL_KEEP_BYTES`].
     pub(crate) fn without_autocheckpoint(self) -> Result<Self, Error> {
-        self.conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
+        self.conn.execute_batch(&format!(
+            "PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {WAL_KEEP_BYTES};"
+        ))?;
         Ok(self)
     }
 
@@ -356,6 +359,16 @@ impl LiteTx {
 
     fn batch_ref(&self, sql: &str) -> Result<(), Error> {
         Ok(self.conn.execute_batch(sql)?)
+    }
+
+    /// One `PRAGMA wal_checkpoint(PASSIVE)`; returns the frames in the log when it ran and
+    /// how many of them are now in the database file.
+    fn checkpoint(&self) -> Result<(i64, i64), Error> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                Ok((row.get(1)?, row.get(2)?))
+            })?)
     }
 
     fn bound(&self, sql: &str, args: &[Arg<'_>]) -> Result<rusqlite::CachedStatement<'_>, Error> {
@@ -591,11 +604,29 @@ impl Drop for Reader<'_> {
 /// How often the checkpointer copies the WAL back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
+/// WAL frames (pages) past which the checkpointer holds the writer back for one short pass, so
+/// that the log can start again from its beginning: 16,384 frames, 64 MiB with 4 KiB pages.
+pub(crate) const WAL_RESTART_FRAMES: i64 = 16_384;
+
+/// The size the writer cuts the WAL file back to when the log starts again
+/// (`journal_size_limit`), so a file that grew during a long export does not stay large.
+pub(crate) const WAL_KEEP_BYTES: i64 = 64 << 20;
+
 /// Copies committed WAL frames into the database file (`PRAGMA wal_checkpoint(PASSIVE)`,
-/// which never blocks the writer) on a thread of its own, so the group-commit writer does not
-/// pay for it between batches. Stops when `stop`'s sender is dropped (the writer exits).
+/// which never waits for readers or the writer) on a thread of its own, so the group-commit
+/// writer does not pay for it between batches. Stops when `stop`'s sender is dropped (the
+/// writer exits).
+///
+/// Under sustained writes a PASSIVE checkpoint never finds the log fully copied: the writer
+/// has appended more by the time it ends. SQLite starts the log again from its beginning only
+/// when a write finds every frame copied, so the WAL would grow for as long as the load
+/// lasts. Once it holds [`WAL_RESTART_FRAMES`], the checkpointer takes the store's write
+/// `gate` (between two batches) and checkpoints again: only the frames appended since its
+/// previous pass are left to copy, and the writer's next batch restarts the log. A reader
+/// still using old frames (a long export) keeps them, and the log, until it ends.
 pub(crate) fn spawn_checkpointer(
     path: PathBuf,
+    gate: Arc<tokio::sync::Mutex<()>>,
     stop: std::sync::mpsc::Receiver<()>,
 ) -> Result<(), Error> {
     let conn = LiteTx::open(&path)?;
@@ -604,7 +635,8 @@ pub(crate) fn spawn_checkpointer(
         .spawn(move || loop {
             match stop.recv_timeout(CHECKPOINT_EVERY) {
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    if let Err(e) = conn.batch_ref("PRAGMA wal_checkpoint(PASSIVE);") {
+                    let passed = checkpoint_pass(&conn, &gate, WAL_RESTART_FRAMES);
+                    if let Err(e) = passed {
                         tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
                     }
                 }
@@ -613,4 +645,99 @@ pub(crate) fn spawn_checkpointer(
         })
         .map_err(|e| Error::internal("starting the checkpoint thread", e))?;
     Ok(())
+}
+
+/// Frames appended during one checkpoint pass that are few enough to copy with the writer held.
+const CATCH_UP_FRAMES: i64 = 1_024;
+
+/// One round of the checkpointer: a PASSIVE pass and, once the log holds `restart_frames`,
+/// passes that catch up with what the writer appended meanwhile (each shorter than the one
+/// before), then one with the writer held, after which the writer's next batch starts the
+/// log again.
+fn checkpoint_pass(
+    conn: &LiteTx,
+    gate: &tokio::sync::Mutex<()>,
+    restart_frames: i64,
+) -> Result<(), Error> {
+    let (mut frames, mut copied) = conn.checkpoint()?;
+    if frames < restart_frames {
+        return Ok(());
+    }
+    for _ in 0..4 {
+        let (now, now_copied) = conn.checkpoint()?;
+        let appended = now - copied;
+        (frames, copied) = (now, now_copied);
+        if appended <= CATCH_UP_FRAMES {
+            break;
+        }
+    }
+    let asked = std::time::Instant::now();
+    let _held = gate.blocking_lock();
+    let waited = asked.elapsed();
+    let (left, _) = conn.checkpoint()?;
+    tracing::debug!(
+        frames,
+        appended = left - frames,
+        waited_us = waited.as_micros() as u64,
+        held_us = (asked.elapsed() - waited).as_micros() as u64,
+        "WAL checkpointed with the writer held, so that the log starts again"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Under writes that never pause, PASSIVE passes alone never let SQLite start the log
+    /// again. One pass with the writer held (between two of its commits, as the group-commit
+    /// writer holds the gate for each batch) does: the writer's next commit starts it over.
+    #[test]
+    fn a_held_pass_lets_the_log_start_again_under_steady_writes() {
+        const RESTART: i64 = 256;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("wal.sqlite");
+        let mut writer = LiteTx::open(&path)
+            .and_then(LiteTx::without_autocheckpoint)
+            .expect("writer connection");
+        writer
+            .batch("CREATE TABLE t (x BLOB)")
+            .expect("create table");
+        let checkpointer = LiteTx::open(&path).expect("checkpoint connection");
+        let gate = Arc::new(tokio::sync::Mutex::new(()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writing = std::thread::spawn({
+            let (gate, stop) = (gate.clone(), stop.clone());
+            move || {
+                let mut commits = 0;
+                while !stop.load(Ordering::Acquire) {
+                    let _held = gate.blocking_lock();
+                    writer
+                        .batch("BEGIN IMMEDIATE; INSERT INTO t VALUES (randomblob(3000)); COMMIT;")
+                        .expect("commit");
+                    commits += 1;
+                }
+                commits
+            }
+        });
+        // Plain passes while the log grows, as the checkpointer makes every 200 ms.
+        let mut frames = 0;
+        while frames < 2 * RESTART {
+            frames = checkpointer.checkpoint().expect("passive pass").0;
+        }
+        checkpoint_pass(&checkpointer, &gate, RESTART).expect("held pass");
+        stop.store(true, Ordering::Release);
+        let commits = writing.join().expect("the writer does not panic");
+        let (after, _) = checkpointer.checkpoint().expect("passive pass");
+        assert!(
+            after < RESTART,
+            "the log had {frames} frames and still has {after}: it did not start again"
+        );
+        let rows = checkpointer
+            .first_row("SELECT COUNT(*) FROM t", &[])
+            .expect("count")
+            .expect("one row");
+        assert_eq!(rows.int(0).expect("a count"), commits, "every commit kept");
+    }
 }

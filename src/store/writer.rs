@@ -204,7 +204,7 @@ impl Writer {
     pub(crate) fn spawn_sqlite(path: &Path, gate: Arc<Mutex<()>>) -> Result<Self, Error> {
         let mut conn = LiteTx::open(path)?.without_autocheckpoint()?;
         let (checkpoint_stop, stopped) = std::sync::mpsc::channel::<()>();
-        spawn_checkpointer(path.to_owned(), stopped)?;
+        spawn_checkpointer(path.to_owned(), gate.clone(), stopped)?;
         let (queue, mut incoming) = mpsc::channel::<Work>(4 * MAX_JOBS);
         std::thread::Builder::new()
             .name("medid-writer".into())
