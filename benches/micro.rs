@@ -9,7 +9,8 @@
 //!   P-256 CA key of the benchmark's own: medid's CA keys sign only behind an issuance token).
 //! - `merkle`: the RFC 9162 root, an inclusion proof and a consistency proof over 10,000 leaves,
 //!   and the level tree that filtered exports build once to prove each event in O(log n).
-//! - `audit`: an access event's RFC 8785 canonical form, and its leaf hash.
+//! - `audit`: an access event's RFC 8785 canonical form, and its leaf hash; an export line;
+//!   and the offline verification of a complete 10,000-event bundle, per event.
 
 use std::hint::black_box;
 
@@ -164,7 +165,52 @@ fn audit(c: &mut Criterion) {
     g.bench_function("export_line_stored_detail_parsed", |b| {
         b.iter(|| export_line(black_box(42), &reparsed, &leaf, None).unwrap())
     });
+    let (bundle, public) = bundle(10_000);
+    g.throughput(Throughput::Elements(10_000));
+    g.bench_function("verify_bundle_10k_events", |b| {
+        b.iter(|| {
+            let report = medid::audit::verify::verify_bundle(&bundle, &public, None).unwrap();
+            assert_eq!(report.events, 10_000);
+        })
+    });
     g.finish();
+}
+
+/// A complete bundle of `n` access events as medid exports it (header, event lines with the
+/// canonical bytes, signed checkpoint, end), and the checkpoint key's public half.
+fn bundle(n: i64) -> (String, [u8; 32]) {
+    use medid::audit::checkpoint::{key_id, signed_note, Checkpoint};
+    use medid::audit::ledger::{export_line, leaf, EventFields};
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+    let key = Ed25519KeyPair::from_seed_unchecked(&[7u8; 32]).unwrap();
+    let public: [u8; 32] = key.public_key().as_ref().try_into().unwrap();
+    let event = access_event();
+    let fields = EventFields::of(&event);
+    let mut leaves = Vec::new();
+    let mut text = String::from(r#"{"type":"header","origin":"bench/audit","filtered":false}"#);
+    for seq in 1..=n {
+        let hash = leaf(seq, &event).unwrap();
+        leaves.push(hash);
+        text.push('\n');
+        text.push_str(&export_line(seq, &fields, &medid::domain::hex(&hash), None).unwrap());
+    }
+    let body = Checkpoint {
+        origin: "bench/audit".into(),
+        size: n as u64,
+        root: medid::audit::merkle::root(&leaves),
+    }
+    .body();
+    let signature = key.sign(body.as_bytes());
+    let note = signed_note(
+        &body,
+        "bench/audit",
+        key_id("bench/audit", &public),
+        signature.as_ref(),
+    );
+    text.push('\n');
+    text.push_str(&serde_json::json!({"type": "checkpoint", "note": note}).to_string());
+    text.push_str(&format!("\n{{\"type\":\"end\",\"events\":{n}}}"));
+    (text, public)
 }
 
 criterion_group!(benches, issuance, merkle, audit);

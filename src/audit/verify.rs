@@ -106,6 +106,94 @@ struct EventSeq {
     seq: Option<Value>,
 }
 
+/// The event's own `seq` as [`EventSeq`] reads it (`None` if absent, repeated, not an
+/// integer or not in an object), found by one walk over the text in the usual case rather
+/// than a second parse: anything the walk is not sure of is left to serde.
+fn own_seq(event: &str) -> Option<i64> {
+    match walk_for_seq(event.as_bytes()) {
+        Some(answer) => answer,
+        None => serde_json::from_str::<EventSeq>(event)
+            .ok()
+            .and_then(|e| e.seq?.as_i64()),
+    }
+}
+
+/// Walks JSON text the line's parse has already validated, looking for its top-level `seq`
+/// member. `Some(answer)` when sure; `None` (ask serde) for a key with escapes, a repeated
+/// `seq`, a `seq` that is not a plain integer in `i64`, or a text that is not an object.
+fn walk_for_seq(b: &[u8]) -> Option<Option<i64>> {
+    let at = |i: usize| b.get(i).copied();
+    let skip_ws = |mut i: usize| {
+        while matches!(at(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            i += 1;
+        }
+        i
+    };
+    let mut i = skip_ws(0);
+    if at(i) != Some(b'{') {
+        return None;
+    }
+    let (mut depth, mut key_next) = (0usize, false);
+    let mut found: Option<Option<i64>> = None;
+    while let Some(c) = at(i) {
+        match c {
+            b'"' => {
+                let start = i + 1;
+                let mut j = start;
+                let mut escaped = false;
+                loop {
+                    match at(j)? {
+                        b'\\' => {
+                            escaped = true;
+                            j += 2;
+                        }
+                        b'"' => break,
+                        _ => j += 1,
+                    }
+                }
+                i = j + 1;
+                if depth == 1 && key_next {
+                    key_next = false;
+                    if escaped {
+                        return None;
+                    }
+                    if &b[start..j] == b"seq" {
+                        if found.is_some() {
+                            return None;
+                        }
+                        i = skip_ws(i);
+                        if at(i) != Some(b':') {
+                            return None;
+                        }
+                        i = skip_ws(i + 1);
+                        let value = i;
+                        if at(i) == Some(b'-') {
+                            i += 1;
+                        }
+                        while at(i).is_some_and(|d| d.is_ascii_digit()) {
+                            i += 1;
+                        }
+                        let text = std::str::from_utf8(&b[value..i]).ok()?;
+                        let plain =
+                            !text.starts_with("-0") && matches!(at(skip_ws(i)), Some(b',' | b'}'));
+                        found = Some(Some(text.parse().ok().filter(|_| plain)?));
+                    }
+                }
+                continue;
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                key_next = depth == 1;
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b',' => key_next = depth == 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    Some(found.unwrap_or(None))
+}
+
 /// What hashing one event line found, before the in-order checks.
 struct Hashed {
     seq: i64,
@@ -133,9 +221,7 @@ fn hash_event(line: &Line<'_>) -> Result<Hashed, Failure> {
         .ok_or_else(|| malformed(format!("event {seq}: no leaf hash")))?;
     let as_sent = merkle::leaf_hash(event.get().as_bytes());
     if as_sent == declared {
-        let own_seq = serde_json::from_str::<EventSeq>(event.get())
-            .ok()
-            .and_then(|e| e.seq?.as_i64());
+        let own_seq = own_seq(event.get());
         return Ok(Hashed {
             seq,
             declared,
@@ -737,6 +823,48 @@ mod tests {
             let read = verify_reader(lines.join("\n").as_bytes(), &key().1, previous);
             assert!(same(&read.map(|r| r.events), &expected), "{name}, read");
         }
+    }
+
+    #[test]
+    fn the_walk_for_seq_reads_what_serde_reads() {
+        let serde = |text: &str| {
+            serde_json::from_str::<EventSeq>(text)
+                .ok()
+                .and_then(|e| e.seq?.as_i64())
+        };
+        let cases = [
+            r#"{"action":"a","seq":7,"z":1}"#,
+            r#"{"seq":7}"#,
+            r#"{"a":{"seq":8},"seq":7}"#,
+            r#"{"a":[{"seq":8}],"b":"\"seq\":9","seq":7}"#,
+            r#"{"a":{"seq":8}}"#,
+            r#"{"detail":{"x":"}"},"seq":7}"#,
+            r#"{ "seq" : 7 , "b" : [ 1 , { "c" : "seq" } ] }"#,
+            r#"{"s\u0065q":7}"#,
+            r#"{"seq":7,"seq":8}"#,
+            r#"{"seq":7.0}"#,
+            r#"{"seq":7e0}"#,
+            r#"{"seq":-7}"#,
+            r#"{"seq":-0}"#,
+            r#"{"seq":0}"#,
+            r#"{"seq":9223372036854775807}"#,
+            r#"{"seq":9223372036854775808}"#,
+            r#"{"seq":-9223372036854775808}"#,
+            r#"{"seq":null}"#,
+            r#"{"seq":"7"}"#,
+            r#"{"seq":[7]}"#,
+            r#"{"x\\":1,"seq":7}"#,
+            r#"{}"#,
+            r#"[{"seq":7}]"#,
+            r#"7"#,
+        ];
+        for case in cases {
+            assert_eq!(own_seq(case), serde(case), "{case}");
+        }
+        // The walk itself answers the usual shapes, so serde is not asked.
+        assert_eq!(walk_for_seq(cases[0].as_bytes()), Some(Some(7)));
+        assert_eq!(walk_for_seq(cases[3].as_bytes()), Some(Some(7)));
+        assert_eq!(walk_for_seq(cases[4].as_bytes()), Some(None));
     }
 
     #[test]
