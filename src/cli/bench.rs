@@ -298,11 +298,11 @@ async fn drive(args: BenchArgs) -> Result<(), Error> {
                 // CSRs first: key generation is the device's cost, not the CA's.
                 let csrs: Vec<Vec<u8>> =
                     (0..args.count).map(|_| csr()).collect::<Result<_, _>>()?;
-                (cpu_before, started) = (server.cpu_seconds(), Instant::now());
                 let chunks: Vec<Vec<Vec<u8>>> = csrs
                     .chunks(args.count.div_ceil(workers).max(1))
                     .map(|c| c.to_vec())
                     .collect();
+                (cpu_before, started) = (server.cpu_seconds(), Instant::now());
                 let first = enrolled;
                 enrolled += args.count;
                 let tasks = chunks.into_iter().enumerate().map(|(w, chunk)| {
