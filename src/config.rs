@@ -63,6 +63,26 @@ pub struct Config {
     pub max_concurrent_requests_per_principal: usize,
     /// A request that takes longer is cancelled (DEADLINE_EXCEEDED).
     pub request_timeout_seconds: u64,
+    /// A connection that has not sent its HTTP/2 preface or first HTTP/1.1 request head by
+    /// then is closed.
+    pub connection_header_timeout_seconds: u64,
+    /// A connection with nothing in flight for this long is closed.
+    pub connection_idle_timeout_seconds: u64,
+    /// Open connections over all listeners (reduced at start to fit the open-file limit).
+    pub max_connections: usize,
+    /// Open connections from one source address over all listeners.
+    pub max_connections_per_source: usize,
+    /// At shutdown, in-flight calls get this long before their connections are closed.
+    pub shutdown_drain_seconds: u64,
+    /// Unauthenticated refusals a source address may have in a burst before it is refused
+    /// without any lookup.
+    pub anonymous_refusal_burst: u32,
+    /// Unauthenticated refusals a second a source address regains.
+    pub anonymous_refusal_per_second: u32,
+    /// Aggregated refusal events are written once per this many seconds.
+    pub anonymous_refusal_interval_seconds: u64,
+    /// Source addresses tallied separately in one interval; the rest count as one.
+    pub anonymous_refusal_max_sources: usize,
     /// At start, reservations older than this are revoked as abandoned (docs/ISSUANCE-CYCLE.md).
     /// A single node may use 0; replicas sharing a database need the grace.
     pub reservation_grace_seconds: u64,
@@ -97,6 +117,15 @@ impl Default for Config {
             max_concurrent_streams: 128,
             max_concurrent_requests_per_principal: 32,
             request_timeout_seconds: 30,
+            connection_header_timeout_seconds: 10,
+            connection_idle_timeout_seconds: 120,
+            max_connections: 4096,
+            max_connections_per_source: 256,
+            shutdown_drain_seconds: 30,
+            anonymous_refusal_burst: 20,
+            anonymous_refusal_per_second: 5,
+            anonymous_refusal_interval_seconds: 60,
+            anonymous_refusal_max_sources: 64,
             reservation_grace_seconds: 300,
             dangerous_crash_at: None,
         }

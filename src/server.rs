@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::api::conn::{ConnectionLimits, Gate, TrackRequests};
+use crate::api::listen::{self, Security};
 use crate::api::{tls, Api};
 use crate::audit::{Actor, AuditEvent};
 use crate::clock::Clock;
@@ -41,6 +43,12 @@ pub struct Prepared {
     pub max_message_bytes: usize,
     pub limits: Limits,
     pub est_labels: Arc<std::collections::BTreeMap<String, crate::policy::est::EstLabel>>,
+    /// Caps and deadlines of every listener's connections.
+    pub connections: ConnectionLimits,
+    /// How long in-flight calls get at shutdown.
+    pub drain: Duration,
+    /// How often aggregated refusals of unauthenticated callers are written.
+    pub anonymous_interval: Duration,
 }
 
 /// Transport limits (docs/CONFIGURATION.md).
@@ -61,6 +69,14 @@ pub struct Listeners {
     /// EST over HTTPS (HTTP/1.1), when enabled.
     pub est: Option<TcpListener>,
 }
+
+/// HTTP/2 streams a client may reset before the server has accepted them (h2's default,
+/// stated here so the bound is ours).
+const H2_MAX_PENDING_RESETS: usize = 20;
+/// Streams the server may have to reset because of a client's errors before GOAWAY.
+const H2_MAX_LOCAL_RESETS: usize = 1024;
+/// The largest header block a client may send, CONTINUATION frames included.
+const H2_MAX_HEADER_LIST: u32 = 16 * 1024;
 
 /// How often CRL freshness and OCSP responder lifetimes are checked.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
@@ -153,6 +169,13 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
         reservation_grace: time::Duration::seconds(config.reservation_grace_seconds as i64),
         dangerous_crash_at: config.dangerous_crash_at.clone(),
         manufacturer_cache: Default::default(),
+        anonymous: crate::service::anonymous::AnonymousRefusals::new(
+            crate::service::anonymous::AnonymousLimits {
+                burst: config.anonymous_refusal_burst,
+                per_second: config.anonymous_refusal_per_second,
+                max_sources: config.anonymous_refusal_max_sources,
+            },
+        ),
     });
     if let Some(step) = &config.dangerous_crash_at {
         tracing::warn!(
@@ -178,6 +201,9 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
         tls,
         max_message_bytes: config.max_message_bytes,
         est_labels: Arc::new(config.est_labels.clone()),
+        connections: connection_limits(config),
+        drain: Duration::from_secs(config.shutdown_drain_seconds),
+        anonymous_interval: Duration::from_secs(config.anonymous_refusal_interval_seconds.max(1)),
         limits: Limits {
             per_principal: config.max_concurrent_requests_per_principal.max(1),
             per_connection: config.max_concurrent_requests_per_connection.max(1),
@@ -185,6 +211,27 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
             timeout: Duration::from_secs(config.request_timeout_seconds.max(1)),
         },
     })
+}
+
+/// The connection limits of `config`, the overall cap reduced to what the open-file limit
+/// (raised to its hard limit first) leaves after the reserve.
+fn connection_limits(config: &Config) -> ConnectionLimits {
+    let descriptors = crate::api::conn::raise_descriptor_limit();
+    let budget = crate::api::conn::connection_budget(config.max_connections, descriptors);
+    if budget < config.max_connections {
+        tracing::warn!(
+            configured = config.max_connections,
+            budget,
+            open_file_limit = descriptors.unwrap_or(0),
+            "max_connections reduced to fit the open-file limit"
+        );
+    }
+    ConnectionLimits {
+        header_timeout: Duration::from_secs(config.connection_header_timeout_seconds.max(1)),
+        idle_timeout: Duration::from_secs(config.connection_idle_timeout_seconds.max(1)),
+        max_connections: budget,
+        max_per_source: config.max_connections_per_source.max(1),
+    }
 }
 
 /// Records the admin certificate `ca init` wrote, so its holder can call the service.
@@ -242,7 +289,9 @@ async fn adopt_bootstrap_admin(ca: &Ca, files: &PkiFiles) -> Result<(), Error> {
     Ok(())
 }
 
-/// Serves gRPC (mTLS), EST (HTTPS) and HTTP until `shutdown` completes, then drains in-flight calls.
+/// Serves gRPC (mTLS), EST (HTTPS) and HTTP until `shutdown` completes, then drains: the
+/// listeners close at once, connections are asked to finish (HTTP/2 GOAWAY, HTTP/1.1
+/// `Connection: close`), and whatever is still open after the drain deadline is closed.
 pub async fn run(
     prepared: Prepared,
     listeners: Listeners,
@@ -258,16 +307,33 @@ pub async fn run(
         tokio::spawn(reload_tls_on_new_crls(ca.clone(), prepared.tls.clone())),
         tokio::spawn(maintenance(ca.clone())),
         tokio::spawn(checkpoints(ca.clone())),
+        tokio::spawn(anonymous_refusals(ca.clone(), prepared.anonymous_interval)),
     ];
-    let (stop_http, mut http_stopped) = tokio::sync::watch::channel(false);
+    let gate = Gate::new(prepared.connections);
+    let header_timeout = prepared.connections.header_timeout;
+    tracing::info!(
+        max_connections = prepared.connections.max_connections,
+        max_per_source = prepared.connections.max_per_source,
+        header_timeout_s = header_timeout.as_secs(),
+        idle_timeout_s = prepared.connections.idle_timeout.as_secs(),
+        "connection limits"
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+
     let http_addr = listeners.http.local_addr().ok();
-    let http = axum::serve(listeners.http, crate::api::http::router(ca.clone()))
-        .with_graceful_shutdown(async move {
-            let _ = http_stopped.wait_for(|stop| *stop).await;
-        });
-    let http = tokio::spawn(async move { http.await });
+    let http_conns = listen::accept(
+        listeners.http,
+        gate.clone(),
+        Security::Plain,
+        stopped.clone(),
+    );
+    let http = tokio::spawn(listen::serve_http1(
+        http_conns,
+        crate::api::http::router(ca.clone()),
+        header_timeout,
+        stopped.clone(),
+    ));
     tracing::info!(addr = ?http_addr, "serving CRL, OCSP and CA certificates over HTTP");
-    let (stop_est, mut est_stopped) = tokio::sync::watch::channel(false);
     let est = listeners.est.map(|listener| {
         tracing::info!(addr = ?listener.local_addr().ok(), "serving EST over HTTPS");
         let state = crate::api::est::EstState {
@@ -275,13 +341,13 @@ pub async fn run(
             labels: prepared.est_labels.clone(),
             limiter,
         };
-        tokio::spawn(crate::api::est::serve(
-            listener,
-            prepared.tls.clone(),
-            state,
-            async move {
-                let _ = est_stopped.wait_for(|stop| *stop).await;
-            },
+        let security = Security::Tls(prepared.tls.clone(), tls::Protocol::Http1);
+        let conns = listen::accept(listener, gate.clone(), security, stopped.clone());
+        tokio::spawn(listen::serve_http1(
+            conns,
+            crate::api::est::router(state),
+            header_timeout,
+            stopped.clone(),
         ))
     });
 
@@ -305,15 +371,29 @@ pub async fn run(
         .map_err(|e| Error::internal("building reflection service", e))?;
 
     let local: Option<SocketAddr> = listeners.grpc.local_addr().ok();
-    let incoming = tls::incoming(listeners.grpc, prepared.tls.clone(), tls::Protocol::Grpc);
+    let security = Security::Tls(prepared.tls.clone(), tls::Protocol::Grpc);
+    let incoming = listen::accept(listeners.grpc, gate.clone(), security, stopped.clone());
     tracing::info!(addr = ?local, "serving gRPC over mTLS");
     let limits = prepared.limits;
+    let grpc_stop = {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
     let served = tonic::transport::Server::builder()
+        .layer(TrackRequests)
         .timeout(limits.timeout)
         .concurrency_limit_per_connection(limits.per_connection)
         .max_concurrent_streams(limits.streams)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // HTTP/2 abuse (docs/SECURITY.md): a client resetting streams faster than they are
+        // accepted (Rapid Reset), or provoking resets, is sent GOAWAY; header blocks,
+        // CONTINUATION frames included, are bounded.
+        .http2_max_pending_accept_reset_streams(Some(H2_MAX_PENDING_RESETS))
+        .http2_max_local_error_reset_streams(Some(H2_MAX_LOCAL_RESETS))
+        .http2_max_header_list_size(H2_MAX_HEADER_LIST)
         .add_service(InterceptedService::new(
             health_service,
             tls::require_client_certificate,
@@ -351,26 +431,61 @@ pub async fn run(
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
         )
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .map_err(|e| Error::internal("gRPC server", e));
-    let _ = stop_http.send(true);
-    let _ = stop_est.send(true);
-    if let Some(est) = est {
-        if let Err(e) = est.await {
-            tracing::error!(error = %e, "EST server task");
+        .serve_with_incoming_shutdown(incoming, grpc_stop);
+
+    let servers = async {
+        let served = served.await.map_err(|e| Error::internal("gRPC server", e));
+        if let Some(est) = est {
+            if let Err(e) = est.await {
+                tracing::error!(error = %e, "EST server task");
+            }
         }
-    }
-    let http_result = http.await;
+        (served, http.await)
+    };
+    let drain = prepared.drain;
+    let deadline = async {
+        shutdown.await;
+        tracing::info!(
+            open = gate.open(),
+            "shutting down: listeners closed, draining connections"
+        );
+        let _ = stop.send(true);
+        tokio::time::sleep(drain).await;
+        tracing::warn!(
+            open = gate.open(),
+            "drain deadline of {drain:?} reached; closing the connections still open"
+        );
+        gate.close_all();
+        std::future::pending::<()>().await
+    };
+    let (served, http_result) = tokio::select! {
+        done = servers => done,
+        () = deadline => unreachable!("the drain deadline never completes"),
+    };
     for task in background {
         task.abort();
     }
+    if let Err(e) = ca.flush_anonymous_refusals().await {
+        tracing::error!(error = %e, "writing the last aggregated refusals failed");
+    }
     ca.store.close().await;
+    tracing::info!("drained; stopped");
     served?;
     match http_result {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(Error::internal("HTTP server", e)),
+        Ok(()) => Ok(()),
         Err(e) => Err(Error::internal("HTTP server task", e)),
+    }
+}
+
+/// Writes the aggregated events of unauthenticated refusals once an interval.
+async fn anonymous_refusals(ca: Arc<Ca>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(e) = ca.flush_anonymous_refusals().await {
+            tracing::error!(error = %e, "writing aggregated refusal events failed; kept for the next interval");
+        }
     }
 }
 
@@ -433,5 +548,13 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
     }
-    tracing::info!("shutting down: draining in-flight calls");
+    tracing::info!("shutting down: draining in-flight calls (a second signal exits at once)");
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        tracing::warn!("second signal: exiting without waiting for the drain");
+        std::process::exit(130);
+    });
 }

@@ -60,10 +60,17 @@ async fn an_expired_certificate_is_unauthenticated() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     assert!(err.message().contains("expired"), "{}", err.message());
-    let last = server.audit_events().await.pop().unwrap().event;
-    assert_eq!(last.action, "auth.authenticate");
+    // Not authenticated: counted in the interval's aggregate, not an event of its own.
+    let before = server.audit_events().await.len();
+    assert_eq!(server.ca.flush_anonymous_refusals().await.unwrap(), 1);
+    let events = server.audit_events().await;
+    assert_eq!(events.len(), before + 1);
+    let last = &events.last().unwrap().event;
+    assert_eq!(last.action, "auth.refused.aggregate");
     assert_eq!(last.outcome, Outcome::Denied);
-    assert!(last.actor.uri.starts_with("cert:sha256:"));
+    assert_eq!(last.target, "source/127.0.0.1");
+    assert_eq!(last.detail["reason_code"], "inactive-certificate");
+    assert_eq!(last.detail["count"], 1);
 }
 
 #[tokio::test]

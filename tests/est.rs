@@ -541,6 +541,8 @@ async fn assert_refused(
         reply.text()
     );
     assert_eq!(certificates(server).await, before.1, "no certificate rows");
+    // An unauthenticated caller's refusal is written in the interval's aggregate: write it now.
+    server.ca.flush_anonymous_refusals().await.unwrap();
     assert_eq!(
         events(server).await,
         before.0 + 1,
@@ -806,7 +808,11 @@ async fn refusals_are_precise_audited_and_change_nothing() {
 async fn admin_principal(server: &TestServer) -> medid::domain::Principal {
     let pem = std::fs::read(server.pki("admin.pem")).unwrap();
     let der = medid::pem::parse_certificates(&pem).unwrap().remove(0);
-    server.ca.authenticate(Some(&der)).await.unwrap()
+    server
+        .ca
+        .authenticate(Some(&der), std::net::Ipv4Addr::LOCALHOST.into())
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -107,10 +107,14 @@ async fn a_real_client_enrolls_while_two_thousand_idle_connections_are_open() {
     server.add_manufacturer("acme", &[]).await;
     let station = server.station("acme", "line-1").await;
     let port: u16 = server.url.rsplit(':').next().unwrap().parse().unwrap();
+    // From another address than the client's: one source may hold only its share.
     let mut idle = Vec::with_capacity(2000);
     for _ in 0..2000 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
         idle.push(
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
+            socket
+                .connect(([127, 0, 0, 1], port).into())
                 .await
                 .expect("connect"),
         );

@@ -15,23 +15,20 @@
 //! speaks HTTP.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, Request, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use base64::Engine;
-use tokio::net::TcpListener;
-use tokio_stream::StreamExt;
-use tower::ServiceExt;
+use http_body_util::BodyExt;
 
+use super::conn::ConnInfo;
 use super::limits::PrincipalLimiter;
-use super::tls::{self, Protocol, TlsReloader};
 use crate::der::{self, tag};
 use crate::error::Error;
 use crate::issuance::IssuerName;
@@ -40,10 +37,13 @@ use crate::service::Ca;
 
 /// The largest request body read: a 16 KiB CSR is under 22 KiB in base64 with line breaks.
 const MAX_BODY: usize = 32 * 1024;
-/// A client that has not sent its request head by then is disconnected.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// In-flight requests get this long to finish at shutdown.
-const DRAIN: Duration = Duration::from_secs(30);
+/// How long the rest of an oversized body is read (and dropped) before the 413 is sent, so
+/// a client still sending sees the answer instead of a reset connection.
+const LINGER: Duration = Duration::from_secs(2);
+/// At most this much of an oversized body is read while lingering.
+const LINGER_BYTES: usize = 8 * 1024 * 1024;
+/// An unknown label is quoted in answers and audit reasons up to this many characters.
+const LABEL_QUOTE_MAX: usize = 64;
 
 /// What the EST handlers share.
 #[derive(Clone)]
@@ -52,10 +52,6 @@ pub struct EstState {
     pub labels: Arc<BTreeMap<String, EstLabel>>,
     pub limiter: Arc<PrincipalLimiter>,
 }
-
-/// The client certificate of the TLS connection a request came on, if any.
-#[derive(Clone)]
-struct Peer(Option<Arc<[u8]>>);
 
 pub fn router(state: EstState) -> Router {
     Router::new()
@@ -74,58 +70,6 @@ pub fn router(state: EstState) -> Router {
             )
         })
         .with_state(state)
-}
-
-/// Serves EST on `listener` until `shutdown` completes, then lets in-flight requests finish.
-pub async fn serve(
-    listener: TcpListener,
-    tls: Arc<TlsReloader>,
-    state: EstState,
-    shutdown: impl Future<Output = ()> + Send,
-) {
-    let app = router(state);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut incoming = tls::incoming(listener, tls, Protocol::Http1);
-    tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            next = incoming.next() => match next {
-                Some(Ok(stream)) => stream,
-                Some(Err(_)) => continue,
-                None => break,
-            },
-            () = &mut shutdown => break,
-        };
-        let peer = Peer(
-            stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|certs| certs.first())
-                .map(|c| Arc::from(c.as_ref())),
-        );
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |mut request: Request<_>| {
-            request.extensions_mut().insert(peer.clone());
-            app.clone().oneshot(request.map(Body::new))
-        });
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(HEADER_TIMEOUT)
-            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "EST connection ended with an error");
-            }
-        });
-    }
-    if tokio::time::timeout(DRAIN, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("EST requests still running after {DRAIN:?}; closing them");
-    }
 }
 
 fn text(status: StatusCode, msg: impl Into<String>) -> Response {
@@ -238,6 +182,7 @@ pub fn csr_attributes() -> Vec<u8> {
 /// Why a label is unknown, naming the configured ones.
 fn unknown_label(state: &EstState, name: &str) -> String {
     let known: Vec<&str> = state.labels.keys().map(String::as_str).collect();
+    let name = bounded(name, LABEL_QUOTE_MAX);
     if known.is_empty() {
         format!("no EST label {name:?}; none are configured")
     } else {
@@ -245,6 +190,14 @@ fn unknown_label(state: &EstState, name: &str) -> String {
             "no EST label {name:?}; configured labels: {}",
             known.join(", ")
         )
+    }
+}
+
+/// `text` cut to at most `max` characters, with "…" marking a cut.
+fn bounded(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
     }
 }
 
@@ -290,7 +243,7 @@ async fn csrattrs(State(state): State<EstState>, label: Option<Path<String>>) ->
 async fn enroll(
     State(state): State<EstState>,
     label: Option<Path<String>>,
-    Extension(peer): Extension<Peer>,
+    Extension(peer): Extension<ConnInfo>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -302,7 +255,7 @@ async fn enroll(
 async fn reenroll(
     State(state): State<EstState>,
     label: Option<Path<String>>,
-    Extension(peer): Extension<Peer>,
+    Extension(peer): Extension<ConnInfo>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -331,16 +284,16 @@ async fn issue(
     state: &EstState,
     op: EstOperation,
     label: Option<&str>,
-    peer: Peer,
+    peer: ConnInfo,
     headers: &HeaderMap,
     body: Body,
 ) -> Response {
     let ca = &state.ca;
-    let who = match ca.authenticate(peer.0.as_deref()).await {
+    let who = match ca.authenticate(peer.leaf(), peer.remote.ip()).await {
         Ok(who) => who,
         Err(e) => return error_response(&e),
     };
-    let peer_der = peer.0.as_deref().unwrap_or_default();
+    let peer_der = peer.leaf().unwrap_or_default();
     let action = op.audit_action(&who);
     let _permit = match state.limiter.try_acquire(&who.uri) {
         Ok(p) => p,
@@ -372,22 +325,9 @@ async fn issue(
             .await;
         return text(StatusCode::UNSUPPORTED_MEDIA_TYPE, err.to_string());
     }
-    let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
+    let bytes = match read_body(headers, body).await {
         Ok(b) => b,
-        Err(e) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            let (status, why) = if too_large {
-                (
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("the request body is over {MAX_BODY} bytes; a CSR is at most 16 KiB"),
-                )
-            } else {
-                (
-                    StatusCode::BAD_REQUEST,
-                    format!("the request body could not be read: {e}"),
-                )
-            };
+        Err((status, why)) => {
             let err = ca
                 .refuse(&who, action, &who.uri, Error::InvalidArgument(why))
                 .await;
@@ -405,6 +345,61 @@ async fn issue(
         ),
         Err(e) => error_response(&e),
     }
+}
+
+/// The request body, at most [`MAX_BODY`] bytes. A declared length over the limit is
+/// refused before anything is read, so hyper never answers `100 Continue` to it; a body that
+/// turns out too long is read on (and dropped) for a moment, so the client is still listening
+/// when the 413 arrives rather than seeing its upload reset.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<axum::body::Bytes, (StatusCode, String)> {
+    let too_large = || {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is over {MAX_BODY} bytes; a CSR is at most 16 KiB"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    let mut body = body;
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            (
+                StatusCode::BAD_REQUEST,
+                format!("the request body could not be read: {e}"),
+            )
+        })?;
+        if let Ok(data) = frame.into_data() {
+            bytes.extend_from_slice(&data);
+            if bytes.len() > MAX_BODY {
+                linger(body).await;
+                return Err(too_large());
+            }
+        }
+    }
+    Ok(bytes.into())
+}
+
+/// Reads and drops what remains of `body`, for at most [`LINGER`] and [`LINGER_BYTES`].
+async fn linger(mut body: Body) {
+    let drain = async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > LINGER_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 #[cfg(test)]

@@ -273,6 +273,7 @@ impl LifecycleService for Api {
         request: Request<proto::EnrollWithTokenRequest>,
     ) -> Result<Response<proto::EnrollDeviceResponse>, Status> {
         // No client certificate needed: the token is the credential.
+        let source = super::conn_of(&request)?.remote.ip();
         let req = request.into_inner();
         let token = req.token.clone();
         let input = convert::enroll_input(proto::EnrollDeviceRequest {
@@ -281,18 +282,7 @@ impl LifecycleService for Api {
             model: req.model,
             udi_di: req.udi_di,
         });
-        let input = match input {
-            Ok(i) => i,
-            Err(e) => {
-                let actor = crate::audit::Actor::unidentified(None);
-                return Err(self
-                    .ca
-                    .refuse_as(&actor, "device.enroll", "token", e)
-                    .await
-                    .into());
-            }
-        };
-        let (device, issued) = self.ca.enroll_with_token(&token, input).await?;
+        let (device, issued) = self.ca.enroll_with_token(&token, source, input).await?;
         Ok(Response::new(proto::EnrollDeviceResponse {
             device: Some(convert::device(&device)),
             certificate: Some(convert::issued(&issued)),

@@ -4,11 +4,13 @@
 
 mod audit;
 pub mod client;
+pub mod conn;
 mod convert;
 pub mod est;
 pub mod http;
 mod lifecycle;
 pub mod limits;
+pub mod listen;
 pub mod tls;
 
 use std::sync::Arc;
@@ -22,6 +24,16 @@ use crate::proto::{
 };
 use crate::service::Ca;
 use crate::store::registry::DeviceQuery;
+
+/// The connection a request came on. Every connection medid serves is accepted by
+/// `listen::accept`, which attaches this; its absence is a fault in the server's wiring.
+pub(crate) fn conn_of<T>(request: &Request<T>) -> Result<&conn::ConnInfo, crate::Error> {
+    request.extensions().get::<conn::ConnInfo>().ok_or_else(|| {
+        crate::Error::Internal(
+            "a request without connection info (not accepted by listen::accept)".into(),
+        )
+    })
+}
 
 /// The gRPC services, all backed by one [`Ca`].
 #[derive(Clone)]
@@ -52,9 +64,8 @@ impl Api {
     /// The caller's principal, from the leaf certificate of its TLS session, holding one of its
     /// concurrency permits for as long as the returned value lives.
     async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        let certs = request.peer_certs();
-        let leaf = certs.as_ref().and_then(|c| c.first()).map(|c| c.as_ref());
-        let who = self.ca.authenticate(leaf).await?;
+        let conn = conn_of(request)?;
+        let who = self.ca.authenticate(conn.leaf(), conn.remote.ip()).await?;
         match self.limiter.try_acquire(&who.uri) {
             Ok(permit) => Ok(Caller(who, permit)),
             Err(e) => Err(self

@@ -11,23 +11,14 @@
 //! health and reflection are behind [`require_client_certificate`].
 
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateRevocationListDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::Error;
 use crate::issuance::bootstrap::PkiFiles;
-
-/// A handshake that has not finished by then is dropped, so slow clients cannot pin sockets.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// ring's provider, with AES-128-GCM/SHA-256 first among the TLS 1.3 suites (ring's default
 /// puts AES-256-GCM/SHA-384 first). Both are strong. But SHA-384 has no instructions of its own
@@ -130,9 +121,10 @@ impl TlsReloader {
 pub fn require_client_certificate(
     request: tonic::Request<()>,
 ) -> Result<tonic::Request<()>, tonic::Status> {
-    match request.peer_certs() {
-        Some(certs) if !certs.is_empty() => Ok(request),
-        _ => Err(tonic::Status::unauthenticated(
+    let info = request.extensions().get::<super::conn::ConnInfo>();
+    match info.and_then(super::conn::ConnInfo::leaf) {
+        Some(_) => Ok(request),
+        None => Err(tonic::Status::unauthenticated(
             "a client certificate is required",
         )),
     }
@@ -186,43 +178,4 @@ fn read_certs(
         .map_err(|e| Error::Internal(format!("reading {}: {e}", path.display())))?;
     crate::pem::parse_certificates(&text)
         .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))
-}
-
-/// Accepts TCP connections and completes TLS handshakes concurrently, yielding finished TLS
-/// streams. A failed handshake is logged and dropped; it never stops the listener.
-pub fn incoming(
-    listener: TcpListener,
-    tls: Arc<TlsReloader>,
-    protocol: Protocol,
-) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
-    let (tx, rx) = mpsc::channel(256);
-    tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            if tx.is_closed() {
-                break;
-            }
-            let acceptor = TlsAcceptor::from(tls.current(protocol));
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
-                    }
-                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    ReceiverStream::new(rx)
 }

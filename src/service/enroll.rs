@@ -81,11 +81,14 @@ impl Ca {
     pub async fn enroll_with_token(
         &self,
         token: &str,
-        input: EnrollInput,
+        source: std::net::IpAddr,
+        input: Result<EnrollInput, Error>,
     ) -> Result<(DeviceRecord, Issued), Error> {
+        // Step 0: a token holder is not authenticated until its token is found, so a source
+        // over its refusal rate is refused before any lookup.
+        self.admit_anonymous(source)?;
         let hash = token_hash(token);
         let actor = token_actor(&hash);
-        let target = quote(input.serial.as_str());
         let record = self.store.token(&hash).await?;
         let now = self.clock.now();
         let spent = || {
@@ -93,26 +96,34 @@ impl Ca {
                 "the enrollment token is unknown, expired or already used".into(),
             )
         };
-        let checked = match &record {
-            Some(t) if t.used_at.is_none() && t.expires_at >= now => {
-                if t.serial != input.serial.as_str() {
-                    Err(Error::PermissionDenied(format!(
-                        "the enrollment token is for another serial, not {target}"
-                    )))
-                } else if t
-                    .model
-                    .as_deref()
-                    .is_some_and(|m| m != input.model.as_str())
-                {
-                    Err(Error::PermissionDenied(format!(
-                        "the enrollment token is for another model, not {}",
-                        quote(input.model.as_str())
-                    )))
-                } else {
-                    ManufacturerId::parse(&t.manufacturer_id)
-                }
+        let record = match record {
+            Some(t) if t.used_at.is_none() && t.expires_at >= now => t,
+            // Anyone can guess tokens: counted in aggregate, not one event each.
+            _ => {
+                let reason = super::anonymous::AnonymousReason::BadToken;
+                return Err(self.refuse_anonymous(source, reason, spent()));
             }
-            _ => Err(spent()),
+        };
+        let input = self
+            .audited_as(&actor, "device.enroll", "token", input)
+            .await?;
+        let target = quote(input.serial.as_str());
+        let t = &record;
+        let checked = if t.serial != input.serial.as_str() {
+            Err(Error::PermissionDenied(format!(
+                "the enrollment token is for another serial, not {target}"
+            )))
+        } else if t
+            .model
+            .as_deref()
+            .is_some_and(|m| m != input.model.as_str())
+        {
+            Err(Error::PermissionDenied(format!(
+                "the enrollment token is for another model, not {}",
+                quote(input.model.as_str())
+            )))
+        } else {
+            ManufacturerId::parse(&t.manufacturer_id)
         };
         let manufacturer = self
             .audited_as(&actor, "device.enroll", &target, checked)

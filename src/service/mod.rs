@@ -6,6 +6,7 @@
 //! enrollment; `lifecycle.rs` renewal, revocation, decommissioning and rotation;
 //! `publish.rs` CRLs, OCSP, certificate status and the trust bundle.
 
+pub mod anonymous;
 mod enroll;
 mod est;
 pub mod ledger;
@@ -16,9 +17,12 @@ pub use enroll::{EnrollInput, NewToken};
 pub use lifecycle::{RevokeTarget, RotationStatus};
 pub use publish::{CertificateStatusQuery, StatusAnswer, TrustBundle};
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use time::{Duration, OffsetDateTime};
+
+use anonymous::AnonymousReason;
 
 use crate::audit::{Actor, AuditEvent};
 use crate::clock::Clock;
@@ -56,6 +60,8 @@ pub struct Ca {
     /// no API for it), so a cached one is never stale; an update API must invalidate this.
     pub manufacturer_cache:
         std::sync::RwLock<std::collections::HashMap<ManufacturerId, ManufacturerRecord>>,
+    /// Rate limits and aggregated audit of unauthenticated refusals.
+    pub anonymous: anonymous::AnonymousRefusals,
 }
 
 /// A new manufacturer, validated.
@@ -145,38 +151,59 @@ impl Ca {
     }
 
     /// Maps a TLS peer certificate to a principal by looking it up in the store: unknown,
-    /// revoked, expired or inactive → UNAUTHENTICATED. Every refusal is audited.
-    pub async fn authenticate(&self, peer_der: Option<&[u8]>) -> Result<Principal, Error> {
-        let fp = peer_der.map(fingerprint);
-        let result = match (peer_der, &fp) {
-            (Some(_), Some(fp)) => match self.store.peer_by_fingerprint(fp).await {
-                Ok(Some(peer)) => self.principal_of(peer),
-                Ok(None) => Err(Error::Unauthenticated(
-                    "the client certificate is not one medid issued and recorded".into(),
-                )),
-                Err(e) => Err(e),
-            },
-            _ => Err(Error::Unauthenticated(
-                "a client certificate is required".into(),
-            )),
+    /// revoked, expired or inactive → UNAUTHENTICATED. These refusals come from callers that
+    /// are not authenticated, so they are rate-limited per `source` and audited in aggregate
+    /// (`service::anonymous`), not one event each.
+    pub async fn authenticate(
+        &self,
+        peer_der: Option<&[u8]>,
+        source: IpAddr,
+    ) -> Result<Principal, Error> {
+        let Some(der) = peer_der else {
+            self.admit_anonymous(source)?;
+            return Err(self.refuse_anonymous(
+                source,
+                AnonymousReason::NoCertificate,
+                Error::Unauthenticated("a client certificate is required".into()),
+            ));
         };
-        match result {
-            Ok(p) => Ok(p),
-            Err(err @ (Error::Unavailable(_) | Error::Internal(_))) => Err(err),
-            Err(err) => {
-                let event = AuditEvent::new(
-                    self.clock.now(),
-                    Actor::unidentified(fp.as_deref()),
-                    "auth.authenticate",
-                    fp.clone().unwrap_or_default(),
-                )
-                .refused(&err);
-                if let Err(audit_err) = self.store.record_event(&event).await {
-                    tracing::error!(error = %audit_err, "could not record authentication refusal");
-                }
-                Err(err)
-            }
+        match self.store.peer_by_fingerprint(&fingerprint(der)).await? {
+            Some(peer) => self.principal_of(peer).map_err(|e| {
+                self.refuse_anonymous(source, AnonymousReason::InactiveCertificate, e)
+            }),
+            None => Err(self.refuse_anonymous(
+                source,
+                AnonymousReason::UnknownCertificate,
+                Error::Unauthenticated(
+                    "the client certificate is not one medid issued and recorded".into(),
+                ),
+            )),
         }
+    }
+
+    /// Refuses at once (RESOURCE_EXHAUSTED) an unauthenticated request from a source that is
+    /// over its refusal rate; the refusal is counted.
+    pub fn admit_anonymous(&self, source: IpAddr) -> Result<(), Error> {
+        if self.anonymous.admit(source, self.clock.now()) {
+            Ok(())
+        } else {
+            Err(Error::ResourceExhausted(format!(
+                "too many unauthenticated requests from {source}; slow down and retry"
+            )))
+        }
+    }
+
+    /// Counts an unauthenticated refusal for the aggregated audit and hands the error back.
+    fn refuse_anonymous(&self, source: IpAddr, reason: AnonymousReason, err: Error) -> Error {
+        self.anonymous.refused(source, reason, self.clock.now());
+        err
+    }
+
+    /// Writes the aggregated events of unauthenticated refusals counted since the last call.
+    pub async fn flush_anonymous_refusals(&self) -> Result<usize, Error> {
+        let events = self.anonymous.take_events(self.clock.now());
+        self.store.record_events(&events).await?;
+        Ok(events.len())
     }
 
     fn principal_of(&self, peer: PeerRecord) -> Result<Principal, Error> {

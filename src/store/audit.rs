@@ -167,6 +167,18 @@ impl Store {
         self.append_only(vec![Ready::new(event)?]).await
     }
 
+    /// Records events that change nothing else, in order, in one durable transaction.
+    pub async fn record_events(&self, events: &[AuditEvent]) -> Result<(), Error> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let ready = events
+            .iter()
+            .map(Ready::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.append_only(ready).await.map(|_| ())
+    }
+
     /// Events with sequence numbers in `after+1..`, oldest first, at most `limit`.
     pub async fn audit_events(&self, after: i64, limit: i64) -> Result<Vec<StoredEvent>, Error> {
         let mut reader = self.reader().await?;

@@ -72,6 +72,9 @@ impl TestServer {
             database_url: database_url_for(dir.path()).await,
             audit_checkpoint_dir: Some(dir.path().join("checkpoints")),
             create_dev_pki: true,
+            // Most tests make many unauthenticated calls from 127.0.0.1 on purpose; the ones
+            // about flooding set their own limit.
+            anonymous_refusal_burst: 100_000,
             ..Config::default()
         };
         adjust(&mut config);
