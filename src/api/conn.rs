@@ -37,6 +37,10 @@ const H2_PREFACE_LEN: u64 = 24;
 
 /// Descriptors kept back from the connection budget for the database, files and logs.
 pub const RESERVED_DESCRIPTORS: u64 = 128;
+/// Connections asked to close that may still hold their socket: at the cap, a newcomer is
+/// admitted by evicting another only while fewer than this many are on their way out, so
+/// the descriptors in use stay under `max_connections + EVICTION_SLACK`.
+pub const EVICTION_SLACK: usize = 64;
 
 /// The limits every listener applies (docs/CONFIGURATION.md, "Connections").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,7 +218,10 @@ impl Gate {
             self.refused.fetch_add(1, Ordering::Relaxed);
             return Err(Refusal::SourceFull);
         }
-        if state.open.len() >= self.limits.max_connections && !self.evict_one(&state) {
+        let open = state.open.len();
+        let full = open >= self.limits.max_connections;
+        if full && (open >= self.limits.max_connections + EVICTION_SLACK || !self.evict_one(&state))
+        {
             self.refused.fetch_add(1, Ordering::Relaxed);
             return Err(Refusal::Full);
         }
@@ -280,6 +287,18 @@ pub struct Admission {
     id: u64,
     source: IpAddr,
     activity: Arc<Activity>,
+}
+
+impl Admission {
+    /// Resolves when the gate asks this connection to close (eviction, end of a drain).
+    pub async fn closed(&self) {
+        loop {
+            if self.activity.closing.load(Ordering::Acquire) {
+                return;
+            }
+            self.activity.close.notified().await;
+        }
+    }
 }
 
 impl Drop for Admission {
@@ -611,7 +630,9 @@ pub fn raise_descriptor_limit() -> Option<u64> {
 pub fn connection_budget(configured: usize, descriptors: Option<u64>) -> usize {
     match descriptors {
         Some(n) => {
-            let room = n.saturating_sub(RESERVED_DESCRIPTORS).max(16);
+            let room = n
+                .saturating_sub(RESERVED_DESCRIPTORS + EVICTION_SLACK as u64)
+                .max(16);
             configured.min(usize::try_from(room).unwrap_or(usize::MAX))
         }
         None => configured,
@@ -682,7 +703,7 @@ mod tests {
 
     #[test]
     fn the_budget_leaves_room_for_the_database_and_files() {
-        assert_eq!(connection_budget(4096, Some(1024)), 896);
+        assert_eq!(connection_budget(4096, Some(1024)), 832);
         assert_eq!(connection_budget(100, Some(1024)), 100);
         assert_eq!(connection_budget(100, None), 100);
         assert_eq!(connection_budget(4096, Some(10)), 16);

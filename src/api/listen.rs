@@ -18,9 +18,6 @@ use tower::ServiceExt;
 use super::conn::{Conn, Gate, Io, TrackedBody, Wire};
 use super::tls::{Protocol, TlsReloader};
 
-/// A handshake that has not finished by then is dropped, so slow clients cannot pin sockets.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// How a listener's connections are secured.
 #[derive(Clone)]
 pub enum Security {
@@ -31,8 +28,8 @@ pub enum Security {
 }
 
 /// Accepts connections until `stop` turns true, admitting each through `gate` and completing
-/// its TLS handshake (if any) concurrently. A connection over a cap is closed at once; a
-/// failed or slow handshake is logged and dropped. The listening socket is closed as soon as
+/// its TLS handshake (if any) concurrently, within the gate's greeting deadline. A connection
+/// over a cap is closed at once; a failed or slow handshake is logged and dropped. The listening socket is closed as soon as
 /// `stop` turns, so a leaving node refuses new connections at once.
 pub fn accept(
     listener: TcpListener,
@@ -44,6 +41,8 @@ pub fn accept(
         Security::Tls(_, Protocol::Grpc) => Wire::Http2,
         _ => Wire::Http1,
     };
+    // A handshake is the first thing a TLS client sends: it has the greeting's deadline.
+    let handshake_timeout = gate.limits().header_timeout;
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn(async move {
         let mut logged_full = false;
@@ -89,7 +88,14 @@ pub fn accept(
                 Security::Tls(tls, protocol) => {
                     let acceptor = TlsAcceptor::from(tls.current(*protocol));
                     tokio::spawn(async move {
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        let handshake =
+                            tokio::time::timeout(handshake_timeout, acceptor.accept(tcp));
+                        // Evicted while still shaking hands: give the place up at once.
+                        let outcome = tokio::select! {
+                            outcome = handshake => outcome,
+                            () = admission.closed() => return,
+                        };
+                        match outcome {
                             Ok(Ok(stream)) => {
                                 let io = Io::Tls(Box::new(stream));
                                 let _ = tx.send(Ok(Conn::new(io, peer, admission))).await;

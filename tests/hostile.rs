@@ -1,0 +1,377 @@
+//! Hostile clients without credentials, against the real binary (`medid serve`) started under a
+//! 1,024-descriptor limit (`prlimit`): idle sockets of every kind on every listener must not
+//! starve real clients, and the server closes them by its documented deadlines.
+//! Every connection here goes to 127.0.0.1; attackers come from 127.0.0.2–127.0.0.9.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use medid::api::client::{connect, ClientCredentials};
+use medid::proto::{
+    admin_service_client::AdminServiceClient, enrollment_service_client::EnrollmentServiceClient,
+    CreateManufacturerRequest, EnrollDeviceRequest, IssuePrincipalCertificateRequest,
+    PrincipalRole,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpSocket;
+use tonic::transport::Channel;
+
+/// The greeting (TLS handshake, HTTP/2 preface, first request head) deadline configured here.
+const HEADER_TIMEOUT: u64 = 2;
+/// The idle deadline configured here.
+const IDLE_TIMEOUT: u64 = 3;
+/// Idle sockets opened per kind and listener.
+const SOCKETS: usize = 2000;
+/// A real client's call must complete within this (the liveness bound the test is about).
+const LIVE: Duration = Duration::from_secs(2);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Node {
+    dir: PathBuf,
+    grpc: u16,
+    http: u16,
+    est: u16,
+    child: Child,
+}
+
+impl Node {
+    fn start(dir: &Path) -> Self {
+        let (grpc, http, est) = (free_port(), free_port(), free_port());
+        let config = dir.join("medid.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
+                 est_listen = \"127.0.0.1:{est}\"\ndatabase_url = \"sqlite://{}\"\n\
+                 pki_dir = \"{}\"\ncreate_dev_pki = true\n\
+                 connection_header_timeout_seconds = {HEADER_TIMEOUT}\n\
+                 connection_idle_timeout_seconds = {IDLE_TIMEOUT}\n",
+                dir.join("medid.db").display(),
+                dir.join("pki").display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("medid.log")).unwrap();
+        let child = Command::new("prlimit")
+            .arg("--nofile=1024:1024")
+            .arg(env!("CARGO_BIN_EXE_medid"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("MEDID_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("prlimit and medid serve start");
+        Self {
+            dir: dir.to_path_buf(),
+            grpc,
+            http,
+            est,
+            child,
+        }
+    }
+
+    fn pki(&self, name: &str) -> PathBuf {
+        self.dir.join("pki").join(name)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("medid.log")).unwrap_or_default()
+    }
+
+    async fn channel(&self, cert: &str, key: &str) -> Channel {
+        let creds = ClientCredentials {
+            ca_pem: std::fs::read(self.pki("root-ca.pem")).unwrap(),
+            cert_pem: cert.as_bytes().to_vec(),
+            key_pem: key.as_bytes().to_vec(),
+        };
+        connect(&format!("https://localhost:{}", self.grpc), &creds)
+            .await
+            .expect("mTLS connection")
+    }
+
+    async fn admin(&self) -> Channel {
+        for _ in 0..600 {
+            if self.pki("admin.key").exists()
+                && std::net::TcpStream::connect(("127.0.0.1", self.grpc)).is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let cert = std::fs::read_to_string(self.pki("admin.pem")).unwrap();
+        let key = std::fs::read_to_string(self.pki("admin.key")).unwrap();
+        self.channel(&cert, &key).await
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What an idle attacker does after connecting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A TCP connection, then nothing.
+    Tcp,
+    /// A TLS handshake without a client certificate, then nothing.
+    Tls,
+    /// TLS, the HTTP/2 preface, then nothing.
+    TlsH2Preface,
+    /// (TLS where the listener has it,) then part of an HTTP/1.1 request head.
+    PartialHeader,
+}
+
+trait Socket: AsyncRead + Unpin + Send {}
+impl<T: AsyncRead + Unpin + Send> Socket for T {}
+
+fn tls_config(root_pem: &[u8], alpn: &[u8]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in medid::pem::parse_certificates(root_pem).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(medid::api::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Arc::new(config)
+}
+
+/// Opens one idle attacker socket from `from`; None if the server refused it at once.
+async fn attack(
+    kind: Kind,
+    from: IpAddr,
+    to: SocketAddr,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Option<Box<dyn Socket>> {
+    let socket = TcpSocket::new_v4().ok()?;
+    socket.bind(SocketAddr::new(from, 0)).ok()?;
+    let mut tcp = socket.connect(to).await.ok()?;
+    let head = b"GET /healthz HTTP/1.1\r\nHost: medid\r\nX-Slow: ";
+    match (kind, tls) {
+        (Kind::Tcp, _) => Some(Box::new(tcp)),
+        (Kind::PartialHeader, None) => {
+            tcp.write_all(head).await.ok()?;
+            Some(Box::new(tcp))
+        }
+        (_, None) => None,
+        (kind, Some(config)) => {
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            let connect = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
+            let mut stream = tokio::time::timeout(Duration::from_secs(5), connect)
+                .await
+                .ok()?
+                .ok()?;
+            match kind {
+                Kind::TlsH2Preface => stream
+                    .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                    .await
+                    .ok()?,
+                Kind::PartialHeader => stream.write_all(head).await.ok()?,
+                _ => {}
+            }
+            Some(Box::new(stream))
+        }
+    }
+}
+
+/// Opens `SOCKETS` attacker sockets of `kind` against `to`, 100 at a time, from eight
+/// addresses; returns the ones the server did not refuse at once.
+async fn flood(
+    kind: Kind,
+    to: SocketAddr,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Vec<Box<dyn Socket>> {
+    let mut open = Vec::new();
+    for batch in 0..SOCKETS / 100 {
+        let attempts = (0..100).map(|i| {
+            let from = IpAddr::from([127, 0, 0, 2 + ((batch * 100 + i) % 8) as u8]);
+            attack(kind, from, to, tls.clone())
+        });
+        open.extend(join_all(attempts).await.into_iter().flatten());
+    }
+    open
+}
+
+/// How many of `sockets` the server has not closed: a read that would block means open.
+async fn still_open(sockets: Vec<Box<dyn Socket>>) -> usize {
+    let checks = sockets.into_iter().map(|mut s| async move {
+        let mut buf = [0u8; 512];
+        loop {
+            match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+                Err(_) => return true, // nothing to read, not closed
+                Ok(Ok(0)) | Ok(Err(_)) => return false,
+                Ok(Ok(_)) => continue, // a GOAWAY, an alert or an error page: read on
+            }
+        }
+    });
+    join_all(checks)
+        .await
+        .into_iter()
+        .filter(|open| *open)
+        .count()
+}
+
+/// A real enrollment, EST `cacerts`, an OCSP request and `/healthz`, each within [`LIVE`].
+async fn real_clients_are_served(
+    node: &Node,
+    enroll: &mut EnrollmentServiceClient<Channel>,
+    n: usize,
+) {
+    let station = tokio::time::timeout(
+        LIVE,
+        enroll.enroll_device(EnrollDeviceRequest {
+            csr: common::csr_p256().0,
+            serial: format!("HOSTILE-{n}"),
+            model: "X".into(),
+            udi_di: String::new(),
+        }),
+    );
+    let reply = station.await.expect("enrollment within 2 s");
+    reply.expect("enrollment succeeds");
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "2",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let root = node.pki("root-ca.pem");
+    let est = format!("https://localhost:{}/.well-known/est/cacerts", node.est);
+    assert_eq!(
+        curl(&["--cacert", root.to_str().unwrap(), &est]),
+        "200",
+        "EST cacerts"
+    );
+    let health = format!("http://127.0.0.1:{}/healthz", node.http);
+    assert_eq!(curl(&[&health]), "200", "/healthz");
+    let ocsp = Command::new("openssl")
+        .args(["ocsp", "-no_nonce", "-timeout", "2", "-issuer"])
+        .arg(node.pki("operational-ca.pem"))
+        .args(["-serial", "0x1234"])
+        .args([
+            "-url",
+            &format!("http://127.0.0.1:{}/ocsp/operational", node.http),
+        ])
+        .arg("-CAfile")
+        .arg(&root)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&ocsp.stdout);
+    assert!(
+        text.contains("0x1234: unknown"),
+        "OCSP answered: {text}{}",
+        String::from_utf8_lossy(&ocsp.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_of_every_kind_on_every_listener_do_not_starve_real_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let admin = node.admin().await;
+    let mut admin = AdminServiceClient::new(admin);
+    admin
+        .create_manufacturer(CreateManufacturerRequest {
+            id: "acme".into(),
+            display_name: "Acme Medical".into(),
+            allowed_models: vec![],
+        })
+        .await
+        .unwrap();
+    let (csr, key) = common::csr_p256();
+    let station = admin
+        .issue_principal_certificate(IssuePrincipalCertificateRequest {
+            role: PrincipalRole::ManufacturerStation as i32,
+            id: "line-1".into(),
+            manufacturer_id: "acme".into(),
+            csr,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut enroll =
+        EnrollmentServiceClient::new(node.channel(&station.certificate_pem, &key).await);
+
+    let root = std::fs::read(node.pki("root-ca.pem")).unwrap();
+    let h2 = tls_config(&root, b"h2");
+    let h1 = tls_config(&root, b"http/1.1");
+    let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let plans: [(Kind, Vec<(SocketAddr, Option<Arc<rustls::ClientConfig>>)>); 4] = [
+        (
+            Kind::Tcp,
+            vec![
+                (addr(node.grpc), None),
+                (addr(node.est), None),
+                (addr(node.http), None),
+            ],
+        ),
+        (
+            Kind::Tls,
+            vec![
+                (addr(node.grpc), Some(h2.clone())),
+                (addr(node.est), Some(h1.clone())),
+            ],
+        ),
+        (
+            Kind::TlsH2Preface,
+            vec![(addr(node.grpc), Some(h2.clone()))],
+        ),
+        (
+            Kind::PartialHeader,
+            vec![(addr(node.est), Some(h1.clone())), (addr(node.http), None)],
+        ),
+    ];
+    for (n, (kind, targets)) in plans.into_iter().enumerate() {
+        let mut sockets = Vec::new();
+        for (to, tls) in targets {
+            sockets.extend(flood(kind, to, tls).await);
+        }
+        let held = sockets.len();
+        real_clients_are_served(&node, &mut enroll, n).await;
+        // Every idle socket is closed by the greeting or the idle deadline, whichever applies,
+        // counted from the last one opened; one more second covers the deadline checks.
+        tokio::time::sleep(Duration::from_secs(HEADER_TIMEOUT.max(IDLE_TIMEOUT) + 1)).await;
+        let open = still_open(sockets).await;
+        assert_eq!(
+            open, 0,
+            "{kind:?}: {open} of {held} idle sockets still open"
+        );
+    }
+    let log = node.log();
+    assert!(
+        !log.contains("Too many open files"),
+        "the server ran out of descriptors:\n{log}"
+    );
+    assert!(
+        log.contains("connection refused: over the connection cap"),
+        "{log}"
+    );
+}
