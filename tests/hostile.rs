@@ -375,3 +375,132 @@ async fn idle_sockets_of_every_kind_on_every_listener_do_not_starve_real_clients
         "{log}"
     );
 }
+
+/// One unauthenticated call from `client`: half list devices without a certificate, half try
+/// an enrollment token nobody created.
+async fn anonymous_call(channel: Channel, n: usize) -> tonic::Code {
+    use medid::proto::{
+        lifecycle_service_client::LifecycleServiceClient,
+        registry_service_client::RegistryServiceClient, EnrollWithTokenRequest, ListDevicesRequest,
+    };
+    let result = if n % 2 == 0 {
+        RegistryServiceClient::new(channel)
+            .list_devices(ListDevicesRequest::default())
+            .await
+            .map(|_| ())
+    } else {
+        LifecycleServiceClient::new(channel)
+            .enroll_with_token(EnrollWithTokenRequest {
+                token: format!("guess-{n}"),
+                csr: vec![],
+                serial: "X".into(),
+                model: "X".into(),
+                udi_di: String::new(),
+            })
+            .await
+            .map(|_| ())
+    };
+    result
+        .expect_err("an unauthenticated call is refused")
+        .code()
+}
+
+/// Makes `calls` unauthenticated calls spread over `sources` addresses (127.0.0.2 on), 64 in
+/// flight; returns how many came back with each status.
+async fn flood_calls(server: &common::TestServer, sources: u8, calls: usize) -> Vec<tonic::Code> {
+    let root = server.root_pem().into_bytes();
+    let mut channels = Vec::new();
+    for s in 0..sources {
+        let connector = medid::api::client::Connector::new(&server.url, &root, None)
+            .unwrap()
+            .with_local_address(IpAddr::from([127, 0, 0, 2 + s]));
+        // Several connections per source: 64 calls in flight in all.
+        for _ in 0..(8 / sources as usize).max(1) {
+            channels.push(
+                connector
+                    .connect()
+                    .await
+                    .expect("TLS without a certificate"),
+            );
+        }
+    }
+    let mut codes = Vec::with_capacity(calls);
+    for chunk in (0..calls).collect::<Vec<_>>().chunks(64) {
+        let batch = chunk
+            .iter()
+            .map(|&n| anonymous_call(channels[n % channels.len()].clone(), n));
+        codes.extend(join_all(batch).await);
+    }
+    codes
+}
+
+/// The events `auth.refused.aggregate` added after sequence number `after`: (count, source).
+async fn aggregates_after(server: &common::TestServer, after: i64) -> Vec<(u64, String, String)> {
+    server
+        .audit_events()
+        .await
+        .into_iter()
+        .filter(|e| e.seq > after)
+        .map(|e| {
+            assert_eq!(e.event.action, "auth.refused.aggregate", "{:?}", e.event);
+            (
+                e.event.detail["count"].as_u64().unwrap(),
+                e.event.target.clone(),
+                e.event.detail["reason_code"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_thousand_anonymous_calls_add_a_bounded_number_of_events_that_count_them_all() {
+    const INTERVAL: u64 = 1;
+    const CALLS: usize = 50_000;
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::TestServer::start_with(dir, common::system_now(), |c| {
+        c.anonymous_refusal_burst = 20;
+        c.anonymous_refusal_per_second = 5;
+        c.anonymous_refusal_interval_seconds = INTERVAL;
+    })
+    .await;
+    for sources in [1u8, 8] {
+        server.ca.flush_anonymous_refusals().await.unwrap();
+        let after = server.audit_events().await.last().map_or(0, |e| e.seq);
+        let started = std::time::Instant::now();
+        let codes = flood_calls(&server, sources, CALLS).await;
+        server.ca.flush_anonymous_refusals().await.unwrap();
+        let elapsed = started.elapsed().as_secs();
+        let limited = codes
+            .iter()
+            .filter(|c| **c == tonic::Code::ResourceExhausted)
+            .count();
+        assert!(
+            limited > CALLS / 2,
+            "most calls were rate-limited: {limited}"
+        );
+        let events = aggregates_after(&server, after).await;
+        // docs/SECURITY.md: per interval at most one event per (source, reason), here three
+        // reasons (no certificate, bad token, rate-limited) from `sources` addresses; one
+        // more interval for the last partial one and the final write.
+        let intervals = elapsed / INTERVAL + 2;
+        let bound = intervals as usize * sources as usize * 3;
+        assert!(
+            events.len() <= bound,
+            "{} events from {sources} sources in {elapsed} s (bound {bound})",
+            events.len()
+        );
+        let counted: u64 = events.iter().map(|e| e.0).sum();
+        assert_eq!(counted, CALLS as u64, "every refusal is counted once");
+        let mut seen: Vec<&str> = events.iter().map(|e| e.1.as_str()).collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), sources as usize, "{seen:?}");
+        let reasons: u64 = events
+            .iter()
+            .filter(|e| e.2 == "rate-limited")
+            .map(|e| e.0)
+            .sum();
+        assert_eq!(reasons, limited as u64);
+    }
+    server.stop().await;
+}

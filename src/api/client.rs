@@ -67,6 +67,8 @@ pub struct Connector {
     addr: String,
     name: rustls_pki_types::ServerName<'static>,
     config: std::sync::Arc<rustls::ClientConfig>,
+    /// The local address connections leave from (a multi-homed host); any by default.
+    local: Option<std::net::IpAddr>,
 }
 
 impl std::fmt::Debug for Connector {
@@ -121,16 +123,27 @@ impl Connector {
             addr,
             name,
             config: std::sync::Arc::new(config),
+            local: None,
         })
+    }
+
+    /// Connections leave from `ip` (for a host with several addresses).
+    pub fn with_local_address(mut self, ip: std::net::IpAddr) -> Self {
+        self.local = Some(ip);
+        self
     }
 
     /// A new connection (resuming the TLS session when the server offered a ticket before).
     pub async fn connect(&self) -> Result<Channel, Error> {
         let (addr, name, config) = (self.addr.clone(), self.name.clone(), self.config.clone());
+        let local = self.local;
         let dial = tower::service_fn(move |_: tonic::transport::Uri| {
             let (addr, name, config) = (addr.clone(), name.clone(), config.clone());
             async move {
-                let tcp = tokio::net::TcpStream::connect(&addr).await?;
+                let tcp = match local {
+                    None => tokio::net::TcpStream::connect(&addr).await?,
+                    Some(ip) => dial_from(ip, &addr).await?,
+                };
                 tcp.set_nodelay(true)?;
                 let tls = tokio_rustls::TlsConnector::from(config)
                     .connect(name, tcp)
@@ -144,6 +157,31 @@ impl Connector {
             .await
             .map_err(|e| Error::Unavailable(format!("connecting to {}: {e:?}", self.server)))
     }
+}
+
+/// A TCP connection to `addr` (host:port) leaving from `ip`.
+async fn dial_from(ip: std::net::IpAddr, addr: &str) -> std::io::Result<tokio::net::TcpStream> {
+    let mut last = None;
+    for target in tokio::net::lookup_host(addr).await? {
+        if target.is_ipv4() != ip.is_ipv4() {
+            continue;
+        }
+        let socket = match ip {
+            std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.bind(std::net::SocketAddr::new(ip, 0))?;
+        match socket.connect(target).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            format!("no address of {addr} matches the local address {ip}"),
+        )
+    }))
 }
 
 fn host_of(server: &str) -> &str {
