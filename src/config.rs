@@ -83,6 +83,8 @@ pub struct Config {
     pub anonymous_refusal_interval_seconds: u64,
     /// Source addresses tallied separately in one interval; the rest count as one.
     pub anonymous_refusal_max_sources: usize,
+    /// Fresh OCSP signatures a second (and their burst) for answers the cache cannot give.
+    pub ocsp_signatures_per_second: u32,
     /// At start, reservations older than this are revoked as abandoned (docs/ISSUANCE-CYCLE.md).
     /// A single node may use 0; replicas sharing a database need the grace.
     pub reservation_grace_seconds: u64,
@@ -126,6 +128,7 @@ impl Default for Config {
             anonymous_refusal_per_second: 5,
             anonymous_refusal_interval_seconds: 60,
             anonymous_refusal_max_sources: 64,
+            ocsp_signatures_per_second: 500,
             reservation_grace_seconds: 300,
             dangerous_crash_at: None,
         }

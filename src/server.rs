@@ -176,6 +176,10 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
                 max_sources: config.anonymous_refusal_max_sources,
             },
         ),
+        ocsp_cache: crate::service::ocsp_cache::OcspCache::new(
+            crate::service::publish::OCSP_VALIDITY,
+            config.ocsp_signatures_per_second,
+        ),
     });
     if let Some(step) = &config.dangerous_crash_at {
         tracing::warn!(

@@ -840,3 +840,152 @@ async fn public_http_endpoints_serve_ca_certificates_and_readiness() {
     ]));
     assert_eq!(code, "415");
 }
+
+/// An OCSPRequest (RFC 6960 §4.1.1) for one serial of the operational CA, with SHA-256
+/// CertID hashes, and a nonce extension (RFC 8954) when given.
+fn ocsp_request(server: &TestServer, serial: &[u8], nonce: Option<&[u8]>) -> Vec<u8> {
+    use medid::der::{oid, sequence, tag, tlv, unsigned_integer};
+    let ca_der = der_of(&std::fs::read_to_string(server.pki("operational-ca.pem")).unwrap());
+    let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).unwrap();
+    let sha256 = |b: &[u8]| {
+        ring::digest::digest(&ring::digest::SHA256, b)
+            .as_ref()
+            .to_vec()
+    };
+    let cert_id = sequence(&[
+        &sequence(&[&oid(&[2, 16, 840, 1, 101, 3, 4, 2, 1]), &[5, 0]]),
+        &tlv(tag::OCTET_STRING, &sha256(ca.subject().as_raw())),
+        &tlv(
+            tag::OCTET_STRING,
+            &sha256(&ca.public_key().subject_public_key.data),
+        ),
+        &unsigned_integer(serial),
+    ]);
+    let list = sequence(&[&sequence(&[&cert_id])]);
+    let tbs = match nonce {
+        None => sequence(&[&list]),
+        Some(n) => {
+            let ext = sequence(&[
+                &oid(&[1, 3, 6, 1, 5, 5, 7, 48, 1, 2]),
+                &tlv(tag::OCTET_STRING, &tlv(tag::OCTET_STRING, n)),
+            ]);
+            sequence(&[&list, &tlv(tag::context(2), &sequence(&[&ext]))])
+        }
+    };
+    sequence(&[&tbs])
+}
+
+/// POSTs an OCSP request to the operational responder; the DER answer.
+async fn ocsp_post(server: &TestServer, request: &[u8]) -> Vec<u8> {
+    let dir = server.dir.path();
+    let (req, resp) = (dir.join("ocsp.req"), dir.join("ocsp.resp"));
+    std::fs::write(&req, request).unwrap();
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-H",
+            "Content-Type: application/ocsp-request",
+            "--data-binary",
+        ])
+        .arg(format!("@{}", req.display()))
+        .arg("-o")
+        .arg(&resp)
+        .arg(format!("{}/ocsp/operational", server.http_url))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    std::fs::read(&resp).unwrap()
+}
+
+/// The responseStatus of an OCSPResponse (0 successful, 1 malformedRequest, 3 tryLater).
+fn ocsp_status(response: &[u8]) -> u8 {
+    assert_eq!(&response[..1], &[0x30]);
+    let at = if response[1] & 0x80 != 0 {
+        2 + (response[1] & 0x7f) as usize
+    } else {
+        2
+    };
+    assert_eq!(
+        &response[at..at + 2],
+        &[0x0a, 0x01],
+        "ENUMERATED responseStatus"
+    );
+    response[at + 2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ocsp_answers_are_reused_until_the_status_changes_and_long_nonces_are_refused() {
+    let server = TestServer::start().await;
+    server.add_manufacturer("acme", &[]).await;
+    let device = enrolled_device(&server, "OCSP-CACHE").await;
+    let (_, cert) = renew(&server, &device.birth).await.unwrap();
+    let serial = hex_bytes(&cert.serial);
+    let plain = ocsp_request(&server, &serial, None);
+    let first = ocsp_post(&server, &plain).await;
+    assert_eq!(ocsp_status(&first), 0);
+    // ECDSA signatures are randomized: the same bytes mean the same signed answer, reused.
+    assert_eq!(
+        ocsp_post(&server, &plain).await,
+        first,
+        "reused, not signed again"
+    );
+    lifecycle(&server, &server.admin())
+        .await
+        .revoke(revoke_serial(
+            &cert.serial,
+            proto::RevocationReason::KeyCompromise,
+        ))
+        .await
+        .unwrap();
+    let after = ocsp_post(&server, &plain).await;
+    assert_ne!(after, first, "a status change is answered at once");
+    let path = server.dir.path().join("after.ocsp");
+    std::fs::write(&path, &after).unwrap();
+    let (ok, text) = run(Command::new("openssl")
+        .args(["ocsp", "-no_nonce", "-respin"])
+        .arg(&path)
+        .arg("-issuer")
+        .arg(server.pki("operational-ca.pem"))
+        .arg("-CAfile")
+        .arg(server.pki("root-ca.pem"))
+        .arg("-resp_text"));
+    assert!(ok && text.contains("Response verify OK"), "{text}");
+    assert!(text.contains("Cert Status: revoked"), "{text}");
+
+    // RFC 8954: up to 32 octets echoed (each answer signed afresh), 33 refused.
+    let with_32 = ocsp_post(&server, &ocsp_request(&server, &serial, Some(&[7; 32]))).await;
+    assert_eq!(ocsp_status(&with_32), 0);
+    assert!(with_32
+        .windows(34)
+        .any(|w| w[..2] == [0x04, 32] && w[2..] == [7; 32]));
+    let with_33 = ocsp_post(&server, &ocsp_request(&server, &serial, Some(&[7; 33]))).await;
+    assert_eq!(ocsp_status(&with_33), 1, "malformedRequest");
+    assert_eq!(with_33.len(), 5, "an unsigned error answer, nothing echoed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ocsp_requests_past_the_signature_budget_get_try_later_or_a_cached_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(dir, common::system_now(), |c| {
+        c.ocsp_signatures_per_second = 1;
+    })
+    .await;
+    let known = ocsp_request(&server, &[0x11; 16], None);
+    let first = ocsp_post(&server, &known).await;
+    assert_eq!(ocsp_status(&first), 0);
+    // The budget (one a second) is spent: a request never seen gets tryLater…
+    let other = ocsp_post(&server, &ocsp_request(&server, &[0x22; 16], None)).await;
+    assert_eq!(ocsp_status(&other), 3, "tryLater");
+    // …a nonce is left out of the cached answer rather than signed…
+    let nonced = ocsp_post(&server, &ocsp_request(&server, &[0x11; 16], Some(&[1; 16]))).await;
+    assert_eq!(nonced, first);
+    // …and the known request is still answered from the cache.
+    assert_eq!(ocsp_post(&server, &known).await, first);
+}
+
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}

@@ -11,6 +11,7 @@ mod enroll;
 mod est;
 pub mod ledger;
 mod lifecycle;
+pub mod ocsp_cache;
 pub mod publish;
 
 pub use enroll::{EnrollInput, NewToken};
@@ -62,6 +63,8 @@ pub struct Ca {
         std::sync::RwLock<std::collections::HashMap<ManufacturerId, ManufacturerRecord>>,
     /// Rate limits and aggregated audit of unauthenticated refusals.
     pub anonymous: anonymous::AnonymousRefusals,
+    /// Signed OCSP answers for reuse, and the budget of fresh signatures.
+    pub ocsp_cache: ocsp_cache::OcspCache,
 }
 
 /// A new manufacturer, validated.

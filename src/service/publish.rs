@@ -17,6 +17,9 @@ use crate::store::lifecycle::{CertRecord, CrlRecord};
 /// How long an OCSP answer may be cached (its nextUpdate − thisUpdate).
 pub const OCSP_VALIDITY: Duration = Duration::hours(1);
 
+/// The longest OCSP nonce accepted (RFC 8954 §2.1).
+pub const MAX_NONCE: usize = 32;
+
 /// How long a revocation waits for the TLS layer to load its CRL before answering anyway.
 /// The per-RPC store check refuses the certificate whatever happens here.
 const TLS_RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -256,11 +259,21 @@ impl Ca {
     }
 
     /// Answers an OCSP request (RFC 6960). Always returns a DER OCSPResponse: errors are
-    /// encoded as OCSP error statuses, never as HTTP errors.
+    /// encoded as OCSP error statuses, never as HTTP errors. Signed answers are reused
+    /// (`service::ocsp_cache`), so a repeated request costs a lookup, not a signature.
     pub async fn ocsp(&self, query: Option<OcspQuery>) -> Vec<u8> {
         let Some(query) = query.filter(|q| !q.cert_ids.is_empty()) else {
             return ocsp::error_response(ocsp::ErrorStatus::MalformedRequest);
         };
+        // RFC 8954 §2.1: a nonce is 1 to 32 octets; a longer one is refused, not echoed.
+        if query
+            .nonce
+            .as_deref()
+            .map(nonce_len)
+            .is_some_and(|n| n == 0 || n > MAX_NONCE)
+        {
+            return ocsp::error_response(ocsp::ErrorStatus::MalformedRequest);
+        }
         let issuer = query.cert_ids.iter().find_map(|id| {
             self.authority
                 .issuer_for_cert_id(id.hash, &id.issuer_name_hash, &id.issuer_key_hash)
@@ -270,7 +283,7 @@ impl Ca {
             return ocsp::error_response(ocsp::ErrorStatus::Unauthorized);
         };
         let now = self.clock.now();
-        let mut responses = Vec::with_capacity(query.cert_ids.len());
+        let mut statuses = Vec::with_capacity(query.cert_ids.len());
         for id in &query.cert_ids {
             let same_issuer = self.authority.issuer_for_cert_id(
                 id.hash,
@@ -293,18 +306,45 @@ impl Ca {
                     }
                 }
             };
-            responses.push(SingleResponse {
+            statuses.push(status);
+        }
+        let key: Vec<u8> = query
+            .cert_ids
+            .iter()
+            .flat_map(|id| id.der.iter().copied())
+            .collect();
+        let cached = || self.ocsp_cache.get(&key, &statuses, now);
+        // Without a nonce the cached answer is the answer; with one, it is the fallback once
+        // the budget of fresh signatures is spent.
+        if query.nonce.is_none() {
+            if let Some(der) = cached() {
+                return der;
+            }
+        }
+        if !self.ocsp_cache.may_sign() {
+            return cached().unwrap_or_else(|| ocsp::error_response(ocsp::ErrorStatus::TryLater));
+        }
+        let responses: Vec<SingleResponse> = query
+            .cert_ids
+            .iter()
+            .zip(&statuses)
+            .map(|(id, status)| SingleResponse {
                 cert_id_der: id.der.clone(),
-                status,
+                status: status.clone(),
                 this_update: now,
                 next_update: now + OCSP_VALIDITY,
-            });
-        }
+            })
+            .collect();
         match self
             .authority
             .sign_ocsp(issuer, &responses, query.nonce.as_deref(), now)
         {
-            Ok(der) => der,
+            Ok(der) => {
+                if query.nonce.is_none() {
+                    self.ocsp_cache.put(key, statuses, der.clone(), now);
+                }
+                der
+            }
             Err(e) => {
                 tracing::error!(error = %e, "OCSP signing failed");
                 ocsp::error_response(ocsp::ErrorStatus::InternalError)
@@ -388,6 +428,17 @@ impl Ca {
             }
         }
         self.ensure_ocsp_responders().await
+    }
+}
+
+/// The length of a nonce as RFC 8954 counts it: the extension's value is the DER of an OCTET
+/// STRING (`Nonce ::= OCTET STRING (SIZE(1..32))`); a bare value, as some older clients send,
+/// counts whole.
+fn nonce_len(value: &[u8]) -> usize {
+    let mut r = crate::der::Reader::new(value);
+    match r.expect(crate::der::tag::OCTET_STRING) {
+        Some(inner) if r.is_empty() => inner.content.len(),
+        _ => value.len(),
     }
 }
 
