@@ -83,6 +83,9 @@ pub struct Config {
     pub anonymous_refusal_interval_seconds: u64,
     /// Source addresses tallied separately in one interval; the rest count as one.
     pub anonymous_refusal_max_sources: usize,
+    /// A reported device-data access (`occurred_at`) older than this many days is refused;
+    /// one more than 5 minutes ahead of medid's clock always is.
+    pub access_event_max_age_days: u32,
     /// Fresh OCSP signatures a second (and their burst) for answers the cache cannot give.
     pub ocsp_signatures_per_second: u32,
     /// At start, reservations older than this are revoked as abandoned (docs/ISSUANCE-CYCLE.md).
@@ -129,6 +132,7 @@ impl Default for Config {
             anonymous_refusal_interval_seconds: 60,
             anonymous_refusal_max_sources: 64,
             ocsp_signatures_per_second: 500,
+            access_event_max_age_days: 30,
             reservation_grace_seconds: 300,
             dangerous_crash_at: None,
         }
@@ -180,6 +184,11 @@ impl Config {
         }
         for (name, label) in &self.est_labels {
             label.validate(name)?;
+        }
+        if self.access_event_max_age_days == 0 || self.access_event_max_age_days > 3650 {
+            return Err(Error::InvalidArgument(
+                "access_event_max_age_days must be 1 to 3650".into(),
+            ));
         }
         if !(16 * 1024..=64 * 1024 * 1024).contains(&self.max_message_bytes) {
             return Err(Error::InvalidArgument(

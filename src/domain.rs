@@ -434,9 +434,47 @@ pub fn unhex_array<const N: usize>(s: &str) -> Option<[u8; N]> {
     (invalid & 0xf0 == 0).then_some(out)
 }
 
+/// X.520 `ub-organization-name`: a manufacturer's name is written into certificates' O.
+pub const MAX_ORGANIZATION_NAME: usize = 64;
+
+/// A manufacturer's display name as certificates carry it (subject O): trimmed, 1 to 64
+/// characters, no control characters and no bidirectional-text controls (which make one name
+/// read as another: U+202E turns "Acme" into what looks like another string).
+pub fn organization_name(raw: &str) -> Result<String, Error> {
+    let name = raw.trim();
+    let count = name.chars().count();
+    let bidi = |c: char| matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+    if count == 0 || count > MAX_ORGANIZATION_NAME {
+        return Err(Error::InvalidArgument(format!(
+            "display_name must be 1–{MAX_ORGANIZATION_NAME} characters (X.520 organizationName), not {count}"
+        )));
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control() || bidi(*c)) {
+        return Err(Error::InvalidArgument(format!(
+            "display_name may not contain control or bidirectional-text characters (found U+{:04X})",
+            c as u32
+        )));
+    }
+    Ok(name.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn organization_names_fit_x520_and_carry_no_bidi_controls() {
+        assert_eq!(
+            organization_name("  Acme Medical ").unwrap(),
+            "Acme Medical"
+        );
+        assert!(organization_name(&"é".repeat(64)).is_ok());
+        assert!(organization_name(&"é".repeat(65)).is_err());
+        assert!(organization_name("").is_err());
+        assert!(organization_name("Acme\u{202E}lacideM").is_err());
+        assert!(organization_name("Acme\u{2067}x").is_err());
+        assert!(organization_name("Acme\nMedical").is_err());
+    }
 
     #[test]
     fn unhex_reads_what_hex_writes_and_nothing_else() {

@@ -176,6 +176,7 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
                 max_sources: config.anonymous_refusal_max_sources,
             },
         ),
+        access_max_age: time::Duration::days(config.access_event_max_age_days.into()),
         ocsp_cache: crate::service::ocsp_cache::OcspCache::new(
             crate::service::publish::OCSP_VALIDITY,
             config.ocsp_signatures_per_second,

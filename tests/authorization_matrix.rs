@@ -102,7 +102,7 @@ async fn call(rpc: &str, ch: Channel, n: usize, victim_serial: &str) -> Code {
         purpose_of_use: "TREAT".into(),
         outcome: AccessOutcome::Success as i32,
         occurred_at: Some(prost_types::Timestamp {
-            seconds: 1_800_000_000,
+            seconds: time::OffsetDateTime::now_utc().unix_timestamp(),
             nanos: 0,
         }),
         ..Default::default()

@@ -302,7 +302,7 @@ async fn acknowledged_revocations_and_access_events_survive_sigkill() {
         purpose_of_use: "TREAT".into(),
         outcome: AccessOutcome::Success as i32,
         occurred_at: Some(prost_types::Timestamp {
-            seconds: 1_800_000_000,
+            seconds: time::OffsetDateTime::now_utc().unix_timestamp(),
             nanos: 0,
         }),
         ..Default::default()

@@ -456,7 +456,9 @@ async fn injection_shaped_names_are_refused() {
     for (id, name, models, needle) in [
         ("m1", "Acme\0Corp", vec![], "control"),
         ("m2", "Acme\nCorp", vec![], "control"),
-        ("m3", &"A".repeat(65 * 1024) as &str, vec![], "1–128"),
+        ("m3", &"A".repeat(65 * 1024) as &str, vec![], "1–64"),
+        ("m5", &"A".repeat(65) as &str, vec![], "X.520"),
+        ("m6", "Acme\u{202E}lacideM", vec![], "U+202E"),
         ("m4", "Acme", vec!["PUMP\nX".to_string()], "PrintableString"),
     ] {
         let err = admin

@@ -17,15 +17,9 @@ pub fn timestamp(t: OffsetDateTime) -> Option<Timestamp> {
 }
 
 pub fn new_manufacturer(req: proto::CreateManufacturerRequest) -> Result<NewManufacturer, Error> {
-    let name = req.display_name.trim();
-    if name.is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
-        return Err(Error::InvalidArgument(
-            "display_name must be 1–128 characters without control characters".into(),
-        ));
-    }
     Ok(NewManufacturer {
         id: ManufacturerId::parse(&req.id)?,
-        display_name: name.to_owned(),
+        display_name: crate::domain::organization_name(&req.display_name)?,
         allowed_models: req
             .allowed_models
             .iter()

@@ -44,6 +44,9 @@ pub fn renewal_for(who: &Principal) -> Result<Renewal, Error> {
 /// The certificate a revocation names, as far as the decision needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RevocationTarget<'a> {
+    /// How the request named it (`certificate/"…"`, `device/…`): what a denial quotes, so it
+    /// never names a subject the caller may not see.
+    pub named: &'a str,
     /// The certificate's role ("device", "gateway", …).
     pub role: &'a str,
     pub subject_uri: &'a str,
@@ -58,6 +61,40 @@ const STATION_REASONS: [RevocationReason; 3] = [
     RevocationReason::AffiliationChanged,
 ];
 
+/// The refusal of a revocation, naming the request as the caller wrote it.
+pub fn revocation_denied(who: &Principal, named: &str, why: &str) -> Error {
+    Error::PermissionDenied(format!(
+        "{} ({}) may not certificate.revoke {named}: {why}",
+        who.uri, who.role
+    ))
+}
+
+/// Whether `who`'s role revokes at all; decided before anything is looked up.
+pub fn may_revoke(who: &Principal, named: &str) -> Result<(), Error> {
+    match who.role {
+        Role::Admin | Role::Station | Role::Device => Ok(()),
+        _ => Err(revocation_denied(
+            who,
+            named,
+            "only admins, manufacturer stations and devices revoke",
+        )),
+    }
+}
+
+/// What a station or device is told when its target does not exist: the same as when it is
+/// not its own, so existence cannot be probed. Admins are told it is not there.
+pub fn missing_revocation_target(who: &Principal, named: &str) -> Error {
+    match who.role {
+        Role::Station => revocation_denied(
+            who,
+            named,
+            "stations revoke only their own manufacturer's devices",
+        ),
+        Role::Device => revocation_denied(who, named, "a device revokes only its own certificates"),
+        _ => Error::FailedPrecondition(format!("{named} has no certificate to revoke")),
+    }
+}
+
 /// Admins revoke anything; a station its own manufacturer's devices (keyCompromise,
 /// cessationOfOperation, affiliationChanged); a device its own certificates (keyCompromise).
 pub fn authorize_revocation(
@@ -65,12 +102,7 @@ pub fn authorize_revocation(
     target: RevocationTarget<'_>,
     reason: Option<RevocationReason>,
 ) -> Result<(), Error> {
-    let deny = |why: &str| {
-        Err(Error::PermissionDenied(format!(
-            "{} ({}) may not certificate.revoke {}: {why}",
-            who.uri, who.role, target.subject_uri
-        )))
-    };
+    let deny = |why: &str| Err(revocation_denied(who, target.named, why));
     match who.role {
         Role::Admin => Ok(()),
         Role::Station => {
@@ -118,10 +150,25 @@ mod tests {
 
     fn device_target(m: &str) -> RevocationTarget<'_> {
         RevocationTarget {
+            named: "certificate/\"01\"",
             role: "device",
             subject_uri: DEV,
             manufacturer: Some(m),
         }
+    }
+
+    #[test]
+    fn a_denied_revocation_quotes_the_request_never_the_foreign_subject() {
+        let d = who(Role::Device, "spiffe://t/device/acme/E", Some("acme"));
+        let err = authorize_revocation(
+            &d,
+            device_target("acme"),
+            Some(RevocationReason::KeyCompromise),
+        )
+        .unwrap_err();
+        assert!(!err.to_string().contains(DEV), "{err}");
+        assert!(err.to_string().contains("certificate/\"01\""), "{err}");
+        assert_eq!(missing_revocation_target(&d, "certificate/\"01\""), err);
     }
 
     #[test]
@@ -148,6 +195,7 @@ mod tests {
         )
         .is_err());
         let gateway = RevocationTarget {
+            named: "certificate/\"01\"",
             role: "gateway",
             subject_uri: "spiffe://t/gateway/g",
             manufacturer: None,

@@ -67,6 +67,29 @@ impl Action<'_> {
     }
 }
 
+/// How far ahead of medid's clock a reported access may be (clock skew).
+pub const ACCESS_FUTURE_SKEW: time::Duration = time::Duration::minutes(5);
+
+/// A reported device-data access is accepted only if it happened at most `max_age` before
+/// `now` and at most [`ACCESS_FUTURE_SKEW`] after it, inclusive at both ends.
+pub fn check_access_time(
+    occurred_at: time::OffsetDateTime,
+    now: time::OffsetDateTime,
+    max_age: time::Duration,
+) -> Result<(), Error> {
+    let (earliest, latest) = (now - max_age, now + ACCESS_FUTURE_SKEW);
+    if occurred_at >= earliest && occurred_at <= latest {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument(format!(
+        "occurred_at ({} s since 1970) is outside the accepted window: not before {} ({} days back) and not after {} (5 minutes ahead)",
+        occurred_at.unix_timestamp(),
+        earliest.unix_timestamp(),
+        max_age.whole_days(),
+        latest.unix_timestamp(),
+    )))
+}
+
 /// Decides whether `who` may perform `action`. Roles are checked on every call.
 pub fn authorize(who: &Principal, action: Action<'_>) -> Result<(), Error> {
     let allowed = match (who.role, action) {
@@ -161,6 +184,28 @@ pub fn check_model_allowed(
             crate::domain::quote(model.as_str()),
             allowed_models.join(", ")
         )))
+    }
+}
+
+#[cfg(test)]
+mod access_time_tests {
+    use super::*;
+    use time::{Duration, OffsetDateTime};
+
+    #[test]
+    fn access_times_are_accepted_to_the_second_inside_the_window_only() {
+        let now = OffsetDateTime::UNIX_EPOCH + Duration::days(20_000);
+        let age = Duration::days(30);
+        assert!(check_access_time(now, now, age).is_ok());
+        assert!(check_access_time(now + ACCESS_FUTURE_SKEW, now, age).is_ok());
+        assert!(check_access_time(now + ACCESS_FUTURE_SKEW + Duration::SECOND, now, age).is_err());
+        assert!(check_access_time(now - age, now, age).is_ok());
+        assert!(check_access_time(now - age - Duration::SECOND, now, age).is_err());
+        let year_one = OffsetDateTime::from_unix_timestamp(-62_135_596_800).unwrap();
+        assert!(matches!(
+            check_access_time(year_one, now, age),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 }
 

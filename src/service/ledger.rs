@@ -138,6 +138,11 @@ impl Ca {
             return Err(self.refuse(who, action, "device-data", err).await);
         }
         let now = self.clock.now();
+        for input in &inputs {
+            let checked =
+                crate::policy::check_access_time(input.occurred_at, now, self.access_max_age);
+            self.audited(who, action, "device-data", checked).await?;
+        }
         let mut events = Vec::with_capacity(inputs.len());
         let mut flags = Vec::with_capacity(inputs.len());
         // A batch usually names few devices many times: look each up once.

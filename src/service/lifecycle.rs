@@ -10,7 +10,10 @@ use crate::domain::{
 };
 use crate::error::Error;
 use crate::issuance::IssuerName;
-use crate::policy::lifecycle::{authorize_revocation, renewal_for, Renewal, RevocationTarget};
+use crate::policy::lifecycle::{
+    authorize_revocation, may_revoke, missing_revocation_target, renewal_for, Renewal,
+    RevocationTarget,
+};
 use crate::policy::profile::{renew_after, rotation_state, BirthSubject, RotationState};
 use crate::policy::{self, Action};
 use crate::store::certificates::{Claim, Completion, Reservation};
@@ -145,13 +148,16 @@ impl Ca {
             } => format!("device/{manufacturer}/{}", quote(serial.as_str())),
         };
         let decide = async {
+            // Step 1: the caller's role, before anything is looked up.
+            may_revoke(who, &label)?;
             let certs = self.revocation_targets(&target).await?;
-            let first = certs.first().ok_or_else(|| {
-                Error::FailedPrecondition(format!("{label} has no certificate to revoke"))
-            })?;
+            let first = certs
+                .first()
+                .ok_or_else(|| missing_revocation_target(who, &label))?;
             authorize_revocation(
                 who,
                 RevocationTarget {
+                    named: &label,
                     role: &first.role,
                     subject_uri: &first.subject_uri,
                     manufacturer: first.manufacturer.as_deref(),
@@ -295,16 +301,20 @@ impl Ca {
         serial: &str,
     ) -> Result<RotationStatus, Error> {
         let target = format!("device/{manufacturer}/{}", quote(serial));
+        // Authorize on the URI the device would have, before any lookup: a caller who may
+        // not read it learns nothing, not even whether it exists.
         let read = async {
-            let device = self.store.device(&manufacturer, serial).await?;
+            let uri = crate::domain::DeviceSerial::parse(serial)
+                .map(|s| self.profiles.trust_domain.device_uri(&manufacturer, &s))
+                .unwrap_or_default();
             policy::authorize(
                 who,
                 Action::ReadRotation {
                     manufacturer: &manufacturer,
-                    device_uri: &device.uri,
+                    device_uri: &uri,
                 },
             )?;
-            Ok(device)
+            self.store.device(&manufacturer, serial).await
         };
         let device = self
             .audited(who, "device.rotation.read", &target, read.await)

@@ -65,6 +65,8 @@ pub struct Ca {
     pub anonymous: anonymous::AnonymousRefusals,
     /// Signed OCSP answers for reuse, and the budget of fresh signatures.
     pub ocsp_cache: ocsp_cache::OcspCache,
+    /// A reported device-data access older than this is refused.
+    pub access_max_age: Duration,
 }
 
 /// A new manufacturer, validated.

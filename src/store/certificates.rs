@@ -8,7 +8,7 @@ use super::audit::Ready;
 use super::registry::{DeviceRecord, DeviceState};
 use super::sql::{self, Arg, SqlxTx, Tx};
 use super::{audit, from_unix, to_unix, Store};
-use crate::audit::AuditEvent;
+use crate::audit::{Actor, AuditEvent};
 use crate::domain::{quote, DeviceSerial, ManufacturerId, Role};
 use crate::error::Error;
 use crate::issuance::{CertificateTemplate, IssuanceToken, IssuerName, SignedCertificate};
@@ -391,6 +391,14 @@ async fn complete(
         }
         Completion::Renewal { revoke_superseded } => {
             if *revoke_superseded {
+                let older = tx
+                    .fetch_all(
+                        "SELECT issuer, serial FROM certificates
+                         WHERE subject_uri = $1 AND profile = 'device-operational'
+                           AND status = 'active' AND serial <> $2",
+                        &[Arg::Text(subject_uri), Arg::Text(cert_serial)],
+                    )
+                    .await?;
                 tx.execute(
                     "UPDATE certificates SET status = 'revoked', revoked_at = $1, revocation_reason = 4
                      WHERE subject_uri = $2 AND profile = 'device-operational'
@@ -398,6 +406,20 @@ async fn complete(
                     &[Arg::Int(now), Arg::Text(subject_uri), Arg::Text(cert_serial)],
                 )
                 .await?;
+                // Each revocation is a state change: one event each, in this transaction.
+                for row in &older {
+                    let event = AuditEvent::new(
+                        recorded_at,
+                        Actor::system(),
+                        "certificate.revoke",
+                        subject_uri,
+                    )
+                    .with("issuer", row.text(0)?)
+                    .with("serial", row.text(1)?)
+                    .with("reason", "superseded")
+                    .with("superseded_by", cert_serial);
+                    audit::append(tx, &event).await?;
+                }
             }
         }
         Completion::Nothing => {}
