@@ -504,3 +504,61 @@ async fn fifty_thousand_anonymous_calls_add_a_bounded_number_of_events_that_coun
     }
     server.stop().await;
 }
+
+/// HTTP/2 abuse on one connection (Rapid Reset, a CONTINUATION flood, a SETTINGS flood) from
+/// Python's h2 while a real client keeps enrolling: every enrollment succeeds and the abusive
+/// connection is ended (GOAWAY or closed). Needs `MEDID_H2_PYTHON` (a Python with h2, which
+/// `.ci/run` provides); without it the test says so and checks nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_abuse_ends_the_abusive_connection_while_others_are_served() {
+    let Ok(python) = std::env::var("MEDID_H2_PYTHON") else {
+        eprintln!("MEDID_H2_PYTHON not set: HTTP/2 abuse not checked (.ci/run sets it)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::TestServer::start_with(dir, common::system_now(), |c| {
+        c.connection_header_timeout_seconds = HEADER_TIMEOUT;
+        c.connection_idle_timeout_seconds = IDLE_TIMEOUT;
+    })
+    .await;
+    server.add_manufacturer("acme", &[]).await;
+    let station = server.station("acme", "line-1").await;
+    let mut enroll = server.enrollment_client(&station).await;
+    let port = server.url.rsplit(':').next().unwrap().to_owned();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/h2_abuse.py");
+    for mode in ["rapid-reset", "continuation", "settings"] {
+        let abuse = tokio::process::Command::new(&python)
+            .arg(script)
+            .arg(&port)
+            .arg(server.pki("root-ca.pem"))
+            .arg(mode)
+            .output();
+        let abuse = tokio::spawn(abuse);
+        for n in 0..20 {
+            enroll
+                .enroll_device(EnrollDeviceRequest {
+                    csr: common::csr_p256().0,
+                    serial: format!("H2-{mode}-{n}"),
+                    model: "X".into(),
+                    udi_di: String::new(),
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{mode}: enrollment {n} while under abuse: {e}"));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let out = abuse.await.unwrap().expect("the h2 client runs");
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{mode}: {report}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_str(report.trim()).unwrap();
+        assert_ne!(
+            report["result"], "open",
+            "{mode}: the abusive connection was left open: {report}"
+        );
+        eprintln!("{mode}: {report}");
+    }
+    server.stop().await;
+}
