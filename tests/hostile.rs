@@ -138,6 +138,9 @@ enum Kind {
     PartialHeader,
 }
 
+/// Where an attacker connects, and the TLS client it speaks there (none: plain TCP).
+type Target = (SocketAddr, Option<Arc<rustls::ClientConfig>>);
+
 trait Socket: AsyncRead + Unpin + Send {}
 impl<T: AsyncRead + Unpin + Send> Socket for T {}
 
@@ -324,7 +327,7 @@ async fn idle_sockets_of_every_kind_on_every_listener_do_not_starve_real_clients
     let h2 = tls_config(&root, b"h2");
     let h1 = tls_config(&root, b"http/1.1");
     let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-    let plans: [(Kind, Vec<(SocketAddr, Option<Arc<rustls::ClientConfig>>)>); 4] = [
+    let plans: [(Kind, Vec<Target>); 4] = [
         (
             Kind::Tcp,
             vec![

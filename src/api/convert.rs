@@ -40,13 +40,22 @@ pub fn manufacturer(m: &ManufacturerRecord) -> proto::Manufacturer {
 pub fn principal_role(
     req: &proto::IssuePrincipalCertificateRequest,
 ) -> Result<(PrincipalRole, PrincipalId), Error> {
+    principal_of(req.role, &req.id, &req.manufacturer_id)
+}
+
+/// A principal named by its role, id and (stations only) manufacturer.
+pub fn principal_of(
+    role: i32,
+    id: &str,
+    manufacturer_id: &str,
+) -> Result<(PrincipalRole, PrincipalId), Error> {
     use proto::PrincipalRole as R;
-    let role = match R::try_from(req.role) {
+    let role = match R::try_from(role) {
         Ok(R::Admin) => PrincipalRole::Admin,
         Ok(R::Gateway) => PrincipalRole::Gateway,
         Ok(R::Auditor) => PrincipalRole::Auditor,
         Ok(R::ManufacturerStation) => {
-            PrincipalRole::Station(ManufacturerId::parse(&req.manufacturer_id)?)
+            PrincipalRole::Station(ManufacturerId::parse(manufacturer_id)?)
         }
         Ok(R::Unspecified) | Err(_) => {
             return Err(Error::InvalidArgument(
@@ -54,12 +63,12 @@ pub fn principal_role(
             ))
         }
     };
-    if !matches!(role, PrincipalRole::Station(_)) && !req.manufacturer_id.is_empty() {
+    if !matches!(role, PrincipalRole::Station(_)) && !manufacturer_id.is_empty() {
         return Err(Error::InvalidArgument(
             "manufacturer_id applies only to manufacturer-station certificates".into(),
         ));
     }
-    Ok((role, PrincipalId::parse(&req.id)?))
+    Ok((role, PrincipalId::parse(id)?))
 }
 
 pub fn issued(i: &Issued) -> proto::IssuedCertificate {

@@ -92,9 +92,13 @@ impl LifecycleService for Api {
                         serial,
                     }
                 }
+                Some(proto::revoke_request::Target::Principal(p)) => {
+                    let (role, id) = convert::principal_of(p.role, &p.id, &p.manufacturer_id)?;
+                    RevokeTarget::Principal { role, id }
+                }
                 None => {
                     return Err(Error::InvalidArgument(
-                        "name a certificate or a device to revoke".into(),
+                        "name a certificate, a device or a principal to revoke".into(),
                     ))
                 }
             };

@@ -74,8 +74,14 @@ pub struct RevokeArgs {
     #[arg(long, value_enum, requires = "serial")]
     pub issuer: Option<IssuerArg>,
     /// Revoke every certificate of this device (with --manufacturer).
-    #[arg(long, requires = "manufacturer")]
+    #[arg(long, requires = "manufacturer", conflicts_with = "principal")]
     pub device: Option<String>,
+    /// Evict a principal: revoke all its certificates and disable it, so it can call, renew
+    /// and create tokens no more (admins only). ROLE/ID with ROLE admin, gateway, auditor or
+    /// station (a station also needs --manufacturer).
+    #[arg(long, value_name = "ROLE/ID", conflicts_with = "serial")]
+    pub principal: Option<String>,
+    /// The manufacturer of --device, or of a --principal station.
     #[arg(long)]
     pub manufacturer: Option<String>,
     /// RFC 5280 reason; omitted: no reason code on the CRL.
@@ -166,8 +172,42 @@ pub async fn renew(args: RenewArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// `ROLE/ID` of `--principal`, as the RPC names a principal.
+fn principal_ref(spec: &str, manufacturer: Option<&str>) -> Result<proto::PrincipalRef, Error> {
+    let (role, id) = spec.split_once('/').ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "--principal {spec:?}: give ROLE/ID, for example gateway/icu-gw"
+        ))
+    })?;
+    let role = match role {
+        "admin" => proto::PrincipalRole::Admin,
+        "gateway" => proto::PrincipalRole::Gateway,
+        "auditor" => proto::PrincipalRole::Auditor,
+        "station" => proto::PrincipalRole::ManufacturerStation,
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "--principal role {other:?}: one of admin, gateway, auditor, station"
+            )))
+        }
+    };
+    if (role == proto::PrincipalRole::ManufacturerStation) != manufacturer.is_some() {
+        return Err(Error::InvalidArgument(
+            "--manufacturer goes with --principal station/ID, and only with it".into(),
+        ));
+    }
+    Ok(proto::PrincipalRef {
+        role: role as i32,
+        id: id.to_owned(),
+        manufacturer_id: manufacturer.unwrap_or_default().to_owned(),
+    })
+}
+
 pub async fn revoke(args: RevokeArgs) -> Result<(), Error> {
     let target = match (&args.serial, &args.device, &args.manufacturer) {
+        (None, None, m) if args.principal.is_some() => {
+            let spec = args.principal.as_deref().expect("matched as Some");
+            proto::revoke_request::Target::Principal(principal_ref(spec, m.as_deref())?)
+        }
         (Some(serial), None, _) => {
             proto::revoke_request::Target::Certificate(proto::CertificateRef {
                 issuer: args.issuer.map_or(0, |i| i.proto() as i32),
@@ -180,7 +220,7 @@ pub async fn revoke(args: RevokeArgs) -> Result<(), Error> {
         }),
         _ => {
             return Err(Error::InvalidArgument(
-                "give --serial, or --device with --manufacturer".into(),
+                "give --serial, --device with --manufacturer, or --principal ROLE/ID".into(),
             ))
         }
     };

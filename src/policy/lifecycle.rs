@@ -81,6 +81,17 @@ pub fn may_revoke(who: &Principal, named: &str) -> Result<(), Error> {
     }
 }
 
+/// Evicting a principal (revoking all it holds and disabling it) is for admins only.
+pub fn authorize_eviction(who: &Principal, uri: &str) -> Result<(), Error> {
+    match who.role {
+        Role::Admin => Ok(()),
+        _ => Err(Error::PermissionDenied(format!(
+            "{} ({}) may not principal.evict {uri}: only admins evict principals",
+            who.uri, who.role
+        ))),
+    }
+}
+
 /// What a station or device is told when its target does not exist: the same as when it is
 /// not its own, so existence cannot be probed. Admins are told it is not there.
 pub fn missing_revocation_target(who: &Principal, named: &str) -> Error {
@@ -91,7 +102,7 @@ pub fn missing_revocation_target(who: &Principal, named: &str) -> Error {
             "stations revoke only their own manufacturer's devices",
         ),
         Role::Device => revocation_denied(who, named, "a device revokes only its own certificates"),
-        _ => Error::FailedPrecondition(format!("{named} has no certificate to revoke")),
+        _ => Error::NotFound(format!("{named}: no such certificate or device")),
     }
 }
 

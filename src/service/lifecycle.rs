@@ -11,13 +11,14 @@ use crate::domain::{
 use crate::error::Error;
 use crate::issuance::IssuerName;
 use crate::policy::lifecycle::{
-    authorize_revocation, may_revoke, missing_revocation_target, renewal_for, Renewal,
-    RevocationTarget,
+    authorize_eviction, authorize_revocation, may_revoke, missing_revocation_target, renewal_for,
+    Renewal, RevocationTarget,
 };
 use crate::policy::profile::{renew_after, rotation_state, BirthSubject, RotationState};
 use crate::policy::{self, Action};
 use crate::store::certificates::{Claim, Completion, Reservation};
 use crate::store::lifecycle::CertRecord;
+use crate::store::lifecycle::SubjectChange;
 use crate::store::registry::{DeviceRecord, DeviceState};
 
 /// What a revocation names.
@@ -32,6 +33,11 @@ pub enum RevokeTarget {
     Device {
         manufacturer: ManufacturerId,
         serial: DeviceSerial,
+    },
+    /// Every certificate of a station, gateway, auditor or admin, which is then disabled.
+    Principal {
+        role: PrincipalRole,
+        id: PrincipalId,
     },
 }
 
@@ -83,7 +89,11 @@ impl Ca {
                         csr.public_key.clone(),
                     );
                     let completion = Completion::Renewal {
-                        revoke_superseded: self.lifecycle.revoke_superseded,
+                        caller_serial: who.certificate_serial.clone(),
+                        supersede: self
+                            .lifecycle
+                            .revoke_superseded
+                            .then_some("device-operational"),
                     };
                     (template, "device-operational", completion)
                 }
@@ -101,8 +111,11 @@ impl Ca {
                     (
                         template,
                         "principal",
+                        // A gateway holds one certificate at a time: its older ones are
+                        // revoked as superseded, so a stolen earlier one stops working.
                         Completion::Renewal {
-                            revoke_superseded: false,
+                            caller_serial: who.certificate_serial.clone(),
+                            supersede: Some("principal"),
                         },
                     )
                 }
@@ -125,7 +138,11 @@ impl Ca {
         let (issued, _) = self
             .run_cycle(&Actor::of(who), action, reservation, completion)
             .await?;
-        if self.lifecycle.revoke_superseded && profile == "device-operational" {
+        let superseded = match who.role {
+            Role::Gateway => true,
+            _ => self.lifecycle.revoke_superseded && profile == "device-operational",
+        };
+        if superseded {
             self.publish_crl(IssuerName::Operational).await?;
         }
         Ok(issued)
@@ -146,11 +163,19 @@ impl Ca {
                 manufacturer,
                 serial,
             } => format!("device/{manufacturer}/{}", quote(serial.as_str())),
+            RevokeTarget::Principal { role, id } => {
+                return self.evict(who, role, id, reason).await;
+            }
         };
         let decide = async {
             // Step 1: the caller's role, before anything is looked up.
             may_revoke(who, &label)?;
-            let certs = self.revocation_targets(&target).await?;
+            // A target that does not exist reads, to a station or a device, like one that is
+            // not theirs (existence is not probed); an admin is told it is not there.
+            let certs = match self.revocation_targets(&target).await {
+                Err(Error::NotFound(_)) => Vec::new(),
+                found => found?,
+            };
             let first = certs
                 .first()
                 .ok_or_else(|| missing_revocation_target(who, &label))?;
@@ -186,11 +211,58 @@ impl Ca {
                 manufacturer,
                 serial,
             } => Some(self.profiles.trust_domain.device_uri(manufacturer, serial)),
-            RevokeTarget::Certificate { .. } => None,
+            RevokeTarget::Certificate { .. } | RevokeTarget::Principal { .. } => None,
         };
         let revoked = self
             .store
-            .revoke(&open, subject.as_deref(), reason, None, &event)
+            .revoke(
+                &open,
+                subject.as_deref(),
+                reason,
+                SubjectChange::None,
+                &event,
+            )
+            .await?;
+        self.publish_crls_for(&revoked).await?;
+        Ok(revoked)
+    }
+
+    /// Principal eviction (admins only): every certificate of the principal is revoked —
+    /// reservations in flight included, so a renewal between its steps never delivers — and
+    /// the principal is disabled, in one transaction. Authentication refuses a disabled
+    /// principal's every certificate, so it can call, renew and create tokens no more.
+    async fn evict(
+        &self,
+        who: &Principal,
+        role: &PrincipalRole,
+        id: &PrincipalId,
+        reason: Option<RevocationReason>,
+    ) -> Result<Vec<(IssuerName, String)>, Error> {
+        let action = "principal.evict";
+        let uri = self.profiles.trust_domain.principal_uri(role, id);
+        let decide = async {
+            authorize_eviction(who, &uri)?;
+            match self.store.principal_state(&uri).await?.as_deref() {
+                None => Err(Error::NotFound(format!("no principal {uri}"))),
+                Some("disabled") => Err(Error::FailedPrecondition(format!(
+                    "{uri} is already disabled"
+                ))),
+                Some(_) => Ok(()),
+            }
+        };
+        self.audited(who, action, &uri, decide.await).await?;
+        let event = self
+            .event(who, action, &uri)
+            .with("reason", reason.map(RevocationReason::name));
+        let revoked = self
+            .store
+            .revoke(
+                &[],
+                Some(&uri),
+                reason,
+                SubjectChange::Disable(&uri),
+                &event,
+            )
             .await?;
         self.publish_crls_for(&revoked).await?;
         Ok(revoked)
@@ -226,6 +298,10 @@ impl Ca {
             } => {
                 let device = self.store.device(manufacturer, serial.as_str()).await?;
                 self.store.certificates_of(&device.uri).await
+            }
+            RevokeTarget::Principal { role, id } => {
+                let uri = self.profiles.trust_domain.principal_uri(role, id);
+                self.store.certificates_of(&uri).await
             }
         }
     }
@@ -275,7 +351,7 @@ impl Ca {
                         .device_uri(&manufacturer, &serial),
                 ),
                 reason,
-                Some((&manufacturer, serial.as_str())),
+                SubjectChange::Decommission(&manufacturer, serial.as_str()),
                 &event,
             )
             .await?;

@@ -413,18 +413,8 @@ impl Ca {
         let signed: SignedCertificate = match self.authority.sign(token) {
             Ok(s) => s,
             Err(err) => {
-                let event = self
-                    .actor_event(actor, "certificate.abandon", &subject_uri)
-                    .with("issuer", issuer.as_str())
-                    .with("serial", serial.clone())
-                    .refused(&err);
-                if let Err(e) = self
-                    .store
-                    .abandon_reservation(issuer.as_str(), &serial, &event)
-                    .await
-                {
-                    tracing::error!(error = %e, serial, "could not abandon reservation; start-up recovery will");
-                }
+                self.abandon(actor, issuer, &serial, &subject_uri, &err)
+                    .await;
                 return Err(err);
             }
         };
@@ -437,12 +427,45 @@ impl Ca {
             .with("issuer", issuer.as_str())
             .with("serial", serial.clone())
             .with("certificate_sha256", fingerprint(&signed.der));
-        let device = self
+        let device = match self
             .store
             .record_issued(&signed, &completion, &subject_uri, &done)
-            .await?;
+            .await
+        {
+            Ok(device) => device,
+            Err(err) => {
+                // Signed but not recorded: the serial is revoked, never delivered.
+                self.abandon(actor, issuer, &serial, &subject_uri, &err)
+                    .await;
+                return Err(err);
+            }
+        };
         self.crash_point(actor, "after-commit");
         Ok((self.issued(signed, subject_uri, validity), device))
+    }
+
+    /// Revokes a reservation whose certificate will never be delivered (signing or recording
+    /// failed), with the event that says why. If even that fails, start-up recovery will.
+    async fn abandon(
+        &self,
+        actor: &Actor,
+        issuer: IssuerName,
+        serial: &str,
+        subject_uri: &str,
+        err: &Error,
+    ) {
+        let event = self
+            .actor_event(actor, "certificate.abandon", subject_uri)
+            .with("issuer", issuer.as_str())
+            .with("serial", serial.to_owned())
+            .refused(err);
+        if let Err(e) = self
+            .store
+            .abandon_reservation(issuer.as_str(), serial, &event)
+            .await
+        {
+            tracing::error!(error = %e, serial, "could not abandon reservation; start-up recovery will");
+        }
     }
 
     /// What the caller receives. The validity is the template's, to the second, as the

@@ -64,9 +64,13 @@ pub enum Completion {
         principal_id: String,
         manufacturer: Option<ManufacturerId>,
     },
-    /// A renewal: nothing to create; older operational certificates of the subject may be
-    /// revoked as superseded.
-    Renewal { revoke_superseded: bool },
+    /// A renewal: nothing to create. `caller_serial` is the certificate that authorized it,
+    /// re-checked when the new one is recorded; with `supersede`, the subject's other active
+    /// certificates of that profile are revoked as superseded (one event each).
+    Renewal {
+        caller_serial: String,
+        supersede: Option<&'static str>,
+    },
     /// Nothing to create (OCSP responder certificates).
     Nothing,
 }
@@ -389,21 +393,48 @@ async fn complete(
                 birth_serial: cert_serial.to_owned(),
             }));
         }
-        Completion::Renewal { revoke_superseded } => {
-            if *revoke_superseded {
+        Completion::Renewal {
+            caller_serial,
+            supersede,
+        } => {
+            // Re-checked under the write lock at the last step: a revocation of the
+            // authorizing certificate that committed while this one was being signed wins,
+            // and the new certificate is never delivered (the cycle abandons it).
+            let caller = tx
+                .fetch_optional(
+                    "SELECT status FROM certificates WHERE serial = $1 AND subject_uri = $2",
+                    &[Arg::from(caller_serial), Arg::Text(subject_uri)],
+                )
+                .await?;
+            if caller.as_ref().map(|r| r.text(0)).transpose()? != Some("active") {
+                return Err(Error::Unauthenticated(format!(
+                    "certificate {caller_serial}, which authorized this renewal, was revoked while \
+                     the new certificate was being signed; it is not delivered"
+                )));
+            }
+            if let Some(profile) = supersede {
                 let older = tx
                     .fetch_all(
                         "SELECT issuer, serial FROM certificates
-                         WHERE subject_uri = $1 AND profile = 'device-operational'
-                           AND status = 'active' AND serial <> $2",
-                        &[Arg::Text(subject_uri), Arg::Text(cert_serial)],
+                         WHERE subject_uri = $1 AND profile = $2
+                           AND status = 'active' AND serial <> $3",
+                        &[
+                            Arg::Text(subject_uri),
+                            Arg::Text(profile),
+                            Arg::Text(cert_serial),
+                        ],
                     )
                     .await?;
                 tx.execute(
                     "UPDATE certificates SET status = 'revoked', revoked_at = $1, revocation_reason = 4
-                     WHERE subject_uri = $2 AND profile = 'device-operational'
-                       AND status = 'active' AND serial <> $3",
-                    &[Arg::Int(now), Arg::Text(subject_uri), Arg::Text(cert_serial)],
+                     WHERE subject_uri = $2 AND profile = $3
+                       AND status = 'active' AND serial <> $4",
+                    &[
+                        Arg::Int(now),
+                        Arg::Text(subject_uri),
+                        Arg::Text(profile),
+                        Arg::Text(cert_serial),
+                    ],
                 )
                 .await?;
                 // Each revocation is a state change: one event each, in this transaction.

@@ -84,6 +84,16 @@ pub struct CrlRecord {
     pub der: Vec<u8>,
 }
 
+/// What a revocation does to its subject besides revoking certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubjectChange<'a> {
+    None,
+    /// The device (manufacturer, serial) is decommissioned: no further issuance.
+    Decommission(&'a ManufacturerId, &'a str),
+    /// The principal (its URI) is disabled: no further call, renewal or token succeeds.
+    Disable(&'a str),
+}
+
 impl Store {
     pub async fn certificate(
         &self,
@@ -135,14 +145,14 @@ impl Store {
 
     /// Revokes the given certificates (those not yet revoked) — and, with `subject`, every
     /// certificate of that subject as it stands inside the transaction, reservations in flight
-    /// included — optionally decommissions a device, and appends `event`, in one transaction.
-    /// Returns the serials revoked now.
+    /// included — optionally decommissions a device or disables a principal, and appends
+    /// `event`, in one transaction. Returns the serials revoked now.
     pub async fn revoke(
         &self,
         targets: &[(IssuerName, String)],
         subject: Option<&str>,
         reason: Option<RevocationReason>,
-        decommission: Option<(&ManufacturerId, &str)>,
+        change: SubjectChange<'_>,
         event: &AuditEvent,
     ) -> Result<Vec<(IssuerName, String)>, Error> {
         let at = to_unix(event.recorded_at);
@@ -183,14 +193,23 @@ impl Store {
                 revoked.push((*issuer, serial.clone()));
             }
         }
-        if let Some((manufacturer, serial)) = decommission {
-            sqlx::query(
-                "UPDATE devices SET state = 'decommissioned' WHERE manufacturer_id = $1 AND serial = $2",
-            )
-            .bind(manufacturer.as_str())
-            .bind(serial)
-            .execute(&mut *tx)
-            .await?;
+        match change {
+            SubjectChange::None => {}
+            SubjectChange::Decommission(manufacturer, serial) => {
+                sqlx::query(
+                    "UPDATE devices SET state = 'decommissioned' WHERE manufacturer_id = $1 AND serial = $2",
+                )
+                .bind(manufacturer.as_str())
+                .bind(serial)
+                .execute(&mut *tx)
+                .await?;
+            }
+            SubjectChange::Disable(uri) => {
+                sqlx::query("UPDATE principals SET state = 'disabled' WHERE uri = $1")
+                    .bind(uri)
+                    .execute(&mut *tx)
+                    .await?;
+            }
         }
         let mut event = event.clone();
         event.detail.insert(

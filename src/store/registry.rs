@@ -110,6 +110,16 @@ impl Store {
         decode_manufacturer(&row)
     }
 
+    /// A station's, gateway's, auditor's or admin's state ('active', 'disabled'), if it exists.
+    pub async fn principal_state(&self, uri: &str) -> Result<Option<String>, Error> {
+        Ok(
+            sqlx::query_scalar("SELECT state FROM principals WHERE uri = $1")
+                .bind(uri)
+                .fetch_optional(&self.reader)
+                .await?,
+        )
+    }
+
     pub async fn manufacturers(&self) -> Result<Vec<ManufacturerRecord>, Error> {
         let rows = sqlx::query(
             "SELECT id, display_name, allowed_models, created_at FROM manufacturers ORDER BY id",
