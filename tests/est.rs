@@ -656,6 +656,46 @@ async fn refusals_are_precise_audited_and_change_nothing() {
     )
     .unwrap();
     assert_refused(&server, r, 413, "over", before).await;
+    // 4 MB declared up front: answered before anything is read (no `100 Continue`), every
+    // time, with a readable 413.
+    let four_mb = vec![b'A'; 4 * 1024 * 1024];
+    for _ in 0..5 {
+        let before = snapshot().await;
+        let r = curl(
+            &server,
+            &files,
+            enroll,
+            station,
+            Some("application/pkcs10"),
+            Some(&four_mb),
+        )
+        .expect("curl reads the answer instead of a broken pipe");
+        assert_refused(&server, r, 413, "over", before).await;
+    }
+    // The same without a declared length (chunked): read on and dropped, then a 413.
+    let body = files.write("chunked.b64", &four_mb);
+    let station_files = station.unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--resolve"])
+        .arg(format!("localhost:{}:127.0.0.1", port_of(&server.est_url)))
+        .arg("--cacert")
+        .arg(server.pki("root-ca.pem"))
+        .arg("--cert")
+        .arg(station_files.0)
+        .arg("--key")
+        .arg(station_files.1)
+        .args([
+            "-H",
+            "Content-Type: application/pkcs10",
+            "-H",
+            "Transfer-Encoding: chunked",
+        ])
+        .arg("--data-binary")
+        .arg(format!("@{}", body.display()))
+        .arg(format!("{}{enroll}", server.est_url))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "413", "{out:?}");
 
     // No client certificate → 401; wrong roles and endpoints → 403; unknown label → 404.
     let before = snapshot().await;
@@ -713,6 +753,29 @@ async fn refusals_are_precise_audited_and_change_nothing() {
     )
     .unwrap();
     assert_refused(&server, r, 404, "no EST label \"other\"", before).await;
+    // A 60,000-character label is quoted cut to 64 characters, in the answer and the audit.
+    let long = "x".repeat(60_000);
+    let before = snapshot().await;
+    let r = curl(
+        &server,
+        &files,
+        &format!("/.well-known/est/{long}/simpleenroll"),
+        station,
+        Some("application/pkcs10"),
+        Some(&good_csr),
+    )
+    .unwrap();
+    assert!(r.text().len() < 300, "{} bytes", r.text().len());
+    assert_refused(&server, r, 404, &format!("\"{}…\"", "x".repeat(64)), before).await;
+    let reason = server
+        .audit_events()
+        .await
+        .pop()
+        .unwrap()
+        .event
+        .reason
+        .unwrap();
+    assert!(reason.len() < 300, "{} bytes of audit reason", reason.len());
 
     // A device's second serial from the same station is a duplicate → 409, nothing issued.
     let (_, dup) = openssl_csr(&files, "dup", "/serialNumber=SN-R");

@@ -989,3 +989,113 @@ fn hex_bytes(hex: &str) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
         .collect()
 }
+
+fn serial_of(who: &Identity) -> String {
+    let der = der_of(&who.cert_pem);
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    medid::domain::hex(cert.raw_serial())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_devices_are_refused_alike_whether_or_not_they_exist() {
+    let server = TestServer::start().await;
+    server.add_manufacturer("acme", &[]).await;
+    server.add_manufacturer("other", &[]).await;
+    let mine = enrolled_device(&server, "MINE-1").await;
+    let theirs = enrolled_device(&server, "THEIRS-1").await;
+    let foreign = server.station("other", "line-9").await;
+    let rotation = |serial: &str| proto::GetRotationStatusRequest {
+        device: Some(proto::DeviceRef {
+            manufacturer_id: "acme".into(),
+            serial: serial.into(),
+        }),
+    };
+    let mut life = lifecycle(&server, &foreign).await;
+    let exists = life
+        .get_rotation_status(rotation("MINE-1"))
+        .await
+        .unwrap_err();
+    let missing = life
+        .get_rotation_status(rotation("NO-SUCH"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        exists.code(),
+        Code::PermissionDenied,
+        "{}",
+        exists.message()
+    );
+    assert_eq!(
+        missing.code(),
+        Code::PermissionDenied,
+        "{}",
+        missing.message()
+    );
+
+    // A device revoking another's certificate is told no without the other's name, and a
+    // serial that does not exist reads the same.
+    let mut own = lifecycle(&server, &mine.birth).await;
+    let kc = proto::RevocationReason::KeyCompromise;
+    let foreign_serial = serial_of(&theirs.birth);
+    let err = own
+        .revoke(revoke_serial(&foreign_serial, kc))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+    assert!(!err.message().contains("THEIRS-1"), "{}", err.message());
+    let nothing = own
+        .revoke(revoke_serial("0badc0ffee", kc))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        nothing.code(),
+        Code::PermissionDenied,
+        "{}",
+        nothing.message()
+    );
+    assert_eq!(
+        err.message().replace(&foreign_serial, "S"),
+        nothing.message().replace("0badc0ffee", "S"),
+        "the same words for a foreign and a missing certificate"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reported_access_times_outside_the_window_are_refused_with_one_event() {
+    let server = TestServer::start().await;
+    server.add_manufacturer("acme", &[]).await;
+    let device = enrolled_device(&server, "WIN-1").await;
+    let gateway = server.issue(PrincipalRole::Gateway, "icu-gw", "").await;
+    let mut audit =
+        medid::proto::audit_service_client::AuditServiceClient::new(server.channel(&gateway).await);
+    // Relative to medid's (pinned) clock.
+    let now = server.clock.now().unix_timestamp();
+    let year_1 = -62_135_596_800;
+    let year_2100 = 4_102_444_800;
+    let year_9999 = 253_402_300_799;
+    for seconds in [year_1, year_2100, year_9999, now + 301, now - 31 * 86_400] {
+        let before = server.audit_events().await.len();
+        let mut event = common::access_event(&device.serial, 1);
+        event.occurred_at = Some(prost_types::Timestamp { seconds, nanos: 0 });
+        let err = audit.record_access(event).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::InvalidArgument,
+            "{seconds}: {}",
+            err.message()
+        );
+        assert!(err.message().contains("window"), "{}", err.message());
+        let events = server.audit_events().await;
+        assert_eq!(events.len(), before + 1, "one refusal event");
+        assert_eq!(events.last().unwrap().event.action, "data.access");
+        assert_ne!(
+            events.last().unwrap().event.outcome,
+            medid::audit::Outcome::Success
+        );
+    }
+    for seconds in [now + 299, now - 29 * 86_400] {
+        let mut event = common::access_event(&device.serial, 2);
+        event.occurred_at = Some(prost_types::Timestamp { seconds, nanos: 0 });
+        audit.record_access(event).await.expect("inside the window");
+    }
+}
