@@ -558,8 +558,8 @@ async fn refusals_are_precise_audited_and_change_nothing() {
     server.add_manufacturer("acme", &["X"]).await;
     let files = Files::new();
     let station = server.station("acme", "line-1").await;
-    let station = files.identity("station", &station);
-    let station = Some((station.0.as_path(), station.1.as_path()));
+    let station_files = files.identity("station", &station);
+    let station = Some((station_files.0.as_path(), station_files.1.as_path()));
     let auditor = server.issue(PrincipalRole::Auditor, "audit-1", "").await;
     let auditor = files.identity("auditor", &auditor);
     let (birth, _) = server
@@ -674,16 +674,15 @@ async fn refusals_are_precise_audited_and_change_nothing() {
     }
     // The same without a declared length (chunked): read on and dropped, then a 413.
     let body = files.write("chunked.b64", &four_mb);
-    let station_files = station.unwrap();
     let out = Command::new("curl")
         .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--resolve"])
         .arg(format!("localhost:{}:127.0.0.1", port_of(&server.est_url)))
         .arg("--cacert")
         .arg(server.pki("root-ca.pem"))
         .arg("--cert")
-        .arg(station_files.0)
+        .arg(&station_files.0)
         .arg("--key")
-        .arg(station_files.1)
+        .arg(&station_files.1)
         .args([
             "-H",
             "Content-Type: application/pkcs10",
