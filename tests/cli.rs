@@ -239,3 +239,65 @@ async fn a_field_device_enrolls_with_a_one_time_token_from_the_cli() {
     );
     assert!(!ok && out.contains("already used"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_evicts_a_station_and_it_can_do_nothing_more() {
+    let server = TestServer::start().await;
+    let cli = Cli { server: &server };
+    let dir = server.dir.path();
+    let (ok, out) = cli.admin(&[
+        "admin",
+        "add-manufacturer",
+        "--id",
+        "acme",
+        "--name",
+        "Acme Medical",
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli.admin(&[
+        "admin",
+        "issue",
+        "--role",
+        "station",
+        "--id",
+        "line-1",
+        "--manufacturer",
+        "acme",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    let (cert, key) = (dir.join("line-1.pem"), dir.join("line-1.key"));
+    let token = [
+        "token",
+        "create",
+        "--manufacturer",
+        "acme",
+        "--serial",
+        "F-1",
+        "--ttl",
+        "600",
+    ];
+    let (ok, out) = cli.run(&token, &cert, &key);
+    assert!(ok, "the station works before: {out}");
+
+    // A station without --manufacturer is a usage error, named.
+    let (ok, out) = cli.admin(&["revoke", "--principal", "station/line-1"]);
+    assert!(!ok && out.contains("--manufacturer"), "{out}");
+    let (ok, out) = cli.admin(&[
+        "revoke",
+        "--principal",
+        "station/line-1",
+        "--manufacturer",
+        "acme",
+        "--reason",
+        "keyCompromise",
+        "--json",
+    ]);
+    assert!(ok, "{out}");
+    let revoked: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(revoked["revoked"].as_array().unwrap().len(), 1, "{out}");
+    let (ok, out) = cli.run(&token, &cert, &key);
+    assert!(!ok, "an evicted station creates no token: {out}");
+    server.stop().await;
+}
