@@ -178,6 +178,11 @@ async fn record_in(
     event: &Ready,
 ) -> Result<Option<DeviceRecord>, Error> {
     let (fp, serial) = (fingerprint(&signed.der), signed.serial.to_hex());
+    // Checks first, before this job changes anything: a group-committed batch can only roll
+    // back a job that refuses after a change by rolling back every job with it.
+    if let Completion::Renewal { caller_serial, .. } = completion {
+        caller_still_active(tx, caller_serial, subject_uri).await?;
+    }
     let updated = tx
         .execute(
             "UPDATE certificates SET status = 'active', der = $1, fingerprint = $2
@@ -393,25 +398,7 @@ async fn complete(
                 birth_serial: cert_serial.to_owned(),
             }));
         }
-        Completion::Renewal {
-            caller_serial,
-            supersede,
-        } => {
-            // Re-checked under the write lock at the last step: a revocation of the
-            // authorizing certificate that committed while this one was being signed wins,
-            // and the new certificate is never delivered (the cycle abandons it).
-            let caller = tx
-                .fetch_optional(
-                    "SELECT status FROM certificates WHERE serial = $1 AND subject_uri = $2",
-                    &[Arg::from(caller_serial), Arg::Text(subject_uri)],
-                )
-                .await?;
-            if caller.as_ref().map(|r| r.text(0)).transpose()? != Some("active") {
-                return Err(Error::Unauthenticated(format!(
-                    "certificate {caller_serial}, which authorized this renewal, was revoked while \
-                     the new certificate was being signed; it is not delivered"
-                )));
-            }
+        Completion::Renewal { supersede, .. } => {
             if let Some(profile) = supersede {
                 let older = tx
                     .fetch_all(
@@ -475,6 +462,29 @@ async fn complete(
         }
     }
     Ok(None)
+}
+
+/// Re-checked under the write lock at the last step: a revocation of the certificate that
+/// authorized a renewal, committed while the new one was being signed, wins, and the new
+/// certificate is never delivered (the cycle abandons it).
+async fn caller_still_active(
+    tx: &mut dyn Tx,
+    caller_serial: &str,
+    subject_uri: &str,
+) -> Result<(), Error> {
+    let caller = tx
+        .fetch_optional(
+            "SELECT status FROM certificates WHERE serial = $1 AND subject_uri = $2",
+            &[Arg::Text(caller_serial), Arg::Text(subject_uri)],
+        )
+        .await?;
+    if caller.as_ref().map(|r| r.text(0)).transpose()? == Some("active") {
+        return Ok(());
+    }
+    Err(Error::Unauthenticated(format!(
+        "certificate {caller_serial}, which authorized this renewal, was revoked while the new \
+         certificate was being signed; it is not delivered"
+    )))
 }
 
 async fn check_claim(tx: &mut dyn Tx, r: &Reservation, now: OffsetDateTime) -> Result<(), Error> {
