@@ -133,3 +133,35 @@ async fn a_real_client_enrolls_while_two_thousand_idle_connections_are_open() {
     assert!(resp.into_inner().device.is_some());
     drop(idle);
 }
+
+/// At shutdown the listeners close and in-flight calls get `shutdown_drain_seconds`; a stream
+/// that never finishes (a gateway's RecordAccessStream sending nothing) is closed then, and
+/// shutdown completes. The 20 s bound is this test's liveness limit, not a performance figure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_stream_does_not_hold_shutdown_past_the_drain_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(dir, common::system_now(), |c| {
+        c.shutdown_drain_seconds = 1;
+    })
+    .await;
+    let gateway = server
+        .issue(medid::proto::PrincipalRole::Gateway, "gw-idle", "")
+        .await;
+    let mut audit =
+        medid::proto::audit_service_client::AuditServiceClient::new(server.channel(&gateway).await);
+    let (keep_open, batches) = tokio::sync::mpsc::channel::<medid::proto::AccessBatch>(1);
+    let stream = tokio::spawn(async move {
+        let mut acks = audit
+            .record_access_stream(tokio_stream::wrappers::ReceiverStream::new(batches))
+            .await?
+            .into_inner();
+        acks.message().await.map(|_| ())
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!stream.is_finished(), "the stream is open and idle");
+    tokio::time::timeout(std::time::Duration::from_secs(20), server.stop())
+        .await
+        .expect("shutdown completes once the drain deadline has passed");
+    drop(keep_open);
+    let _ = stream.await;
+}
