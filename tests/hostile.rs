@@ -492,6 +492,10 @@ async fn fifty_thousand_anonymous_calls_add_a_bounded_number_of_events_that_coun
             "{} events from {sources} sources in {elapsed} s (bound {bound})",
             events.len()
         );
+        eprintln!(
+            "{sources} source(s): {CALLS} calls in {elapsed} s, {limited} rate-limited, {} events (bound {bound})",
+            events.len()
+        );
         let counted: u64 = events.iter().map(|e| e.0).sum();
         assert_eq!(counted, CALLS as u64, "every refusal is counted once");
         let mut seen: Vec<&str> = events.iter().map(|e| e.1.as_str()).collect();
