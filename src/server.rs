@@ -448,6 +448,7 @@ pub async fn run(
         (served, http.await)
     };
     let drain = prepared.drain;
+    let cut_short = std::sync::atomic::AtomicBool::new(false);
     let deadline = async {
         shutdown.await;
         tracing::info!(
@@ -460,6 +461,7 @@ pub async fn run(
             open = gate.open(),
             "drain deadline of {drain:?} reached; closing the connections still open"
         );
+        cut_short.store(true, std::sync::atomic::Ordering::Relaxed);
         gate.close_all();
         std::future::pending::<()>().await
     };
@@ -474,7 +476,11 @@ pub async fn run(
         tracing::error!(error = %e, "writing the last aggregated refusals failed");
     }
     ca.store.close().await;
-    tracing::info!("drained; stopped");
+    if cut_short.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!("stopped: the drain deadline closed the connections still open");
+    } else {
+        tracing::info!("stopped: every connection drained");
+    }
     served?;
     match http_result {
         Ok(()) => Ok(()),
