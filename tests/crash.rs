@@ -3,6 +3,8 @@
 //! Invariants: no signed certificate without a row; every possibly-signed serial is revoked and
 //! never "good"; acknowledged writes survive; the audit log verifies after restart.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -17,20 +19,12 @@ struct Node {
     http: u16,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Node {
     fn new(dir: &Path) -> Self {
         Self {
             dir: dir.to_path_buf(),
-            grpc: free_port(),
-            http: free_port(),
+            grpc: common::free_port(),
+            http: common::free_port(),
         }
     }
 

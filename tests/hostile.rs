@@ -31,14 +31,6 @@ const SOCKETS: usize = 2000;
 /// A real client's call must complete within this (the liveness bound the test is about).
 const LIVE: Duration = Duration::from_secs(2);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Node {
     dir: PathBuf,
     grpc: u16,
@@ -49,7 +41,8 @@ struct Node {
 
 impl Node {
     fn start(dir: &Path) -> Self {
-        let (grpc, http, est) = (free_port(), free_port(), free_port());
+        let port = common::free_port;
+        let (grpc, http, est) = (port(), port(), port());
         let config = dir.join("medid.toml");
         std::fs::write(
             &config,

@@ -203,21 +203,23 @@ fn principal_ref(spec: &str, manufacturer: Option<&str>) -> Result<proto::Princi
 }
 
 pub async fn revoke(args: RevokeArgs) -> Result<(), Error> {
-    let target = match (&args.serial, &args.device, &args.manufacturer) {
-        (None, None, m) if args.principal.is_some() => {
-            let spec = args.principal.as_deref().expect("matched as Some");
-            proto::revoke_request::Target::Principal(principal_ref(spec, m.as_deref())?)
+    let m = args.manufacturer.as_deref();
+    let target = match (&args.serial, &args.device, &args.principal, m) {
+        (None, None, Some(spec), m) => {
+            proto::revoke_request::Target::Principal(principal_ref(spec, m)?)
         }
-        (Some(serial), None, _) => {
+        (Some(serial), None, None, _) => {
             proto::revoke_request::Target::Certificate(proto::CertificateRef {
                 issuer: args.issuer.map_or(0, |i| i.proto() as i32),
                 serial: serial.clone(),
             })
         }
-        (None, Some(device), Some(m)) => proto::revoke_request::Target::Device(proto::DeviceRef {
-            manufacturer_id: m.clone(),
-            serial: device.clone(),
-        }),
+        (None, Some(device), None, Some(m)) => {
+            proto::revoke_request::Target::Device(proto::DeviceRef {
+                manufacturer_id: m.to_owned(),
+                serial: device.clone(),
+            })
+        }
         _ => {
             return Err(Error::InvalidArgument(
                 "give --serial, --device with --manufacturer, or --principal ROLE/ID".into(),

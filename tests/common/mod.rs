@@ -374,6 +374,15 @@ pub fn access_event(serial: &str, n: i64) -> medid::proto::AccessEvent {
     }
 }
 
+/// A port on 127.0.0.1 that was free a moment ago, for a server started as a child process.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A CSR (DER) for a new key of `alg`, and the key's PEM.
 pub fn csr_for(alg: &'static rcgen::SignatureAlgorithm) -> (Vec<u8>, String) {
     let key = KeyPair::generate_for(alg).unwrap();
