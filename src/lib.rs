@@ -17,7 +17,8 @@
 //! - [`server`]: `server::run(config, listener, shutdown)`, what `medid serve` and the tests start.
 //! - [`cli`]: the `medid` command line (service, PKI bootstrap and client commands).
 //!
-//! Supporting modules: [`config`], [`clock`], [`domain`] (validated newtypes), [`error`].
+//! Supporting modules: [`config`], [`clock`], [`domain`] (validated newtypes), [`error`],
+//! [`files`] (modes and atomic replacement of what medid writes).
 
 #![forbid(unsafe_code)]
 
@@ -29,6 +30,7 @@ pub mod config;
 pub mod der;
 pub mod domain;
 pub mod error;
+pub mod files;
 pub mod issuance;
 pub mod pem;
 pub mod policy;

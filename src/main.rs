@@ -13,7 +13,7 @@ async fn main() -> std::process::ExitCode {
         .init();
     let cli = medid::cli::Cli::parse();
     match medid::cli::run(cli).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             std::process::ExitCode::FAILURE

@@ -123,15 +123,17 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
         tracing::warn!(dir = %files.dir.display(), "created a DEVELOPMENT PKI (see its README.md); not for production");
     }
     let metadata = PkiMetadata::load(&files)?;
+    warn_exposed_files(config, &files);
     let trust_domain = TrustDomain::parse(&metadata.trust_domain)?;
 
     let store = match config.database()? {
         crate::config::Database::Sqlite(db_path) => {
-            if let Some(parent) = db_path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| Error::Internal(format!("creating {}: {e}", parent.display())))?;
+            if let Some(parent) = db_path.parent() {
+                crate::files::create_private_dir(parent)?;
             }
             let created = !db_path.exists();
+            // SQLite gives the WAL and shared-memory files the database file's mode.
+            crate::files::precreate_private(&db_path)?;
             let store = Store::open_sqlite(&db_path).await?;
             if created {
                 tracing::info!(path = %db_path.display(), "created SQLite database");
@@ -218,6 +220,30 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
     })
 }
 
+/// Warns about each key file, database file and checkpoint file that others may read.
+fn warn_exposed_files(config: &Config, files: &PkiFiles) {
+    let entries = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default()
+    };
+    let mut paths: Vec<std::path::PathBuf> = entries(&files.dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "key"))
+        .collect();
+    if let Ok(crate::config::Database::Sqlite(db)) = config.database() {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = db.clone().into_os_string();
+            name.push(suffix);
+            paths.push(name.into());
+        }
+    }
+    if let Ok(dir) = config.checkpoint_dir() {
+        paths.extend(entries(&dir));
+    }
+    crate::files::warn_if_exposed(paths.iter().map(|p| p.as_path()));
+}
+
 /// The connection limits of `config`, the overall cap reduced to what the open-file limit
 /// (raised to its hard limit first) leaves after the reserve.
 fn connection_limits(config: &Config) -> ConnectionLimits {
@@ -294,14 +320,26 @@ async fn adopt_bootstrap_admin(ca: &Ca, files: &PkiFiles) -> Result<(), Error> {
     Ok(())
 }
 
-/// Serves gRPC (mTLS), EST (HTTPS) and HTTP until `shutdown` completes, then drains: the
-/// listeners close at once, connections are asked to finish (HTTP/2 GOAWAY, HTTP/1.1
-/// `Connection: close`), and whatever is still open after the drain deadline is closed.
+/// How a drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every call finished within the drain deadline.
+    Drained,
+    /// The deadline passed and the connections still open were closed.
+    CutShort,
+}
+
+/// Serves gRPC (mTLS), EST (HTTPS) and HTTP until `shutdown` completes, then drains:
+/// `/readyz` and the gRPC health service say not serving at once, the gRPC and EST listeners
+/// close, connections are asked to finish (HTTP/2 GOAWAY, HTTP/1.1 `Connection: close`), and
+/// whatever is still open after the drain deadline is closed. The plain-HTTP listener (CRLs,
+/// OCSP, health) answers until the gRPC and EST connections are gone, so a load balancer
+/// sees `/readyz` 503 rather than a refused connection while the node drains.
 pub async fn run(
     prepared: Prepared,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), Error> {
+) -> Result<Stopped, Error> {
     let limit = prepared.max_message_bytes;
     let ca = prepared.ca.clone();
     let limiter = Arc::new(crate::api::limits::PrincipalLimiter::new(
@@ -324,19 +362,21 @@ pub async fn run(
         "connection limits"
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    // The plain-HTTP listener stops after the others (see above).
+    let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
 
     let http_addr = listeners.http.local_addr().ok();
     let http_conns = listen::accept(
         listeners.http,
         gate.clone(),
         Security::Plain,
-        stopped.clone(),
+        http_stopped.clone(),
     );
     let http = tokio::spawn(listen::serve_http1(
         http_conns,
-        crate::api::http::router(ca.clone()),
+        crate::api::http::router(ca.clone(), stopped.clone()),
         header_timeout,
-        stopped.clone(),
+        http_stopped,
     ));
     tracing::info!(addr = ?http_addr, "serving CRL, OCSP and CA certificates over HTTP");
     let est = listeners.est.map(|listener| {
@@ -357,11 +397,7 @@ pub async fn run(
     });
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<EnrollmentServiceServer<Api>>().await;
-    health.set_serving::<AdminServiceServer<Api>>().await;
-    health.set_serving::<RegistryServiceServer<Api>>().await;
-    health.set_serving::<LifecycleServiceServer<Api>>().await;
-    health.set_serving::<AuditServiceServer<Api>>().await;
+    set_health(&health, tonic_health::ServingStatus::Serving).await;
     // Reflection v1 and, for older grpcurl builds, v1alpha.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -445,17 +481,19 @@ pub async fn run(
                 tracing::error!(error = %e, "EST server task");
             }
         }
+        let _ = stop_http.send(true);
         (served, http.await)
     };
     let drain = prepared.drain;
     let cut_short = std::sync::atomic::AtomicBool::new(false);
     let deadline = async {
         shutdown.await;
+        let _ = stop.send(true);
+        set_health(&health, tonic_health::ServingStatus::NotServing).await;
         tracing::info!(
             open = gate.open(),
-            "shutting down: listeners closed, draining connections"
+            "shutting down: /readyz answers 503, listeners closed, draining connections"
         );
-        let _ = stop.send(true);
         tokio::time::sleep(drain).await;
         tracing::warn!(
             open = gate.open(),
@@ -476,15 +514,32 @@ pub async fn run(
         tracing::error!(error = %e, "writing the last aggregated refusals failed");
     }
     ca.store.close().await;
+    served?;
+    http_result.map_err(|e| Error::internal("HTTP server task", e))?;
     if cut_short.load(std::sync::atomic::Ordering::Relaxed) {
         tracing::warn!("stopped: the drain deadline closed the connections still open");
+        Ok(Stopped::CutShort)
     } else {
         tracing::info!("stopped: every connection drained");
+        Ok(Stopped::Drained)
     }
-    served?;
-    match http_result {
-        Ok(()) => Ok(()),
-        Err(e) => Err(Error::internal("HTTP server task", e)),
+}
+
+/// Sets the gRPC health status of the whole server ("") and of each medid service.
+async fn set_health(
+    health: &tonic_health::server::HealthReporter,
+    status: tonic_health::ServingStatus,
+) {
+    use tonic::server::NamedService;
+    for service in [
+        "",
+        <EnrollmentServiceServer<Api> as NamedService>::NAME,
+        <AdminServiceServer<Api> as NamedService>::NAME,
+        <RegistryServiceServer<Api> as NamedService>::NAME,
+        <LifecycleServiceServer<Api> as NamedService>::NAME,
+        <AuditServiceServer<Api> as NamedService>::NAME,
+    ] {
+        health.set_service_status(service, status).await;
     }
 }
 

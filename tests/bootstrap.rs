@@ -257,3 +257,145 @@ async fn an_interrupted_issuance_is_revoked_at_the_next_start() {
     let station = server.station("acme", "line-2").await;
     server.enroll(&station, "CRASH-1").await;
 }
+
+/// Runs `medid ARGS` under `umask 000`, the most permissive an operator could leave.
+fn under_open_umask(dir: &std::path::Path, args: &str) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("umask 000 && exec \"$MEDID\" {args}"))
+        .env("MEDID", env!("CARGO_BIN_EXE_medid"))
+        .env("MEDID_LOG", "info")
+        .current_dir(dir);
+    cmd
+}
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// Waits up to 30 s for `path` to exist (liveness bound, not a performance figure).
+fn wait_for(path: &std::path::Path) {
+    for _ in 0..600 {
+        if path.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("{} never appeared", path.display());
+}
+
+fn sigterm_and_wait(child: std::process::Child) -> (std::process::ExitStatus, String) {
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn data_files_are_private_whatever_the_umask_and_exposed_ones_are_named_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (grpc, http) = (common::free_port(), common::free_port());
+    std::fs::write(
+        dir.path().join("medid.toml"),
+        format!(
+            "listen = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
+             database_url = \"sqlite://data/medid.db\"\npki_dir = \"pki\"\n\
+             create_dev_pki = true\nest_enabled = false\ncheckpoint_every_seconds = 1\n"
+        ),
+    )
+    .unwrap();
+    let serve = || {
+        under_open_umask(dir.path(), "serve --config medid.toml")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("medid serve starts")
+    };
+    let child = serve();
+    let data = dir.path().join("data");
+    wait_for(&data.join("checkpoints/latest.note"));
+    let conn = format!(
+        "--server https://localhost:{grpc} --ca pki/root-ca.pem --cert pki/admin.pem --key pki/admin.key"
+    );
+    let issued = under_open_umask(
+        dir.path(),
+        &format!("admin issue --role auditor --id aud --out creds {conn}"),
+    )
+    .output()
+    .unwrap();
+    assert!(issued.status.success(), "{issued:?}");
+    let export = under_open_umask(
+        dir.path(),
+        &format!(
+            "audit export --out exports/trail.csv --format csv --server https://localhost:{grpc} \
+             --ca pki/root-ca.pem --cert creds/aud.pem --key creds/aud.key"
+        ),
+    );
+    std::fs::create_dir(dir.path().join("exports")).unwrap();
+    let exported = { export }.output().unwrap();
+    assert!(exported.status.success(), "{exported:?}");
+    let (status, stderr) = sigterm_and_wait(child);
+    assert!(status.success(), "a complete drain exits 0: {stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("stopped: every connection drained"), "{last}");
+
+    for dir in [
+        data.clone(),
+        data.join("checkpoints"),
+        dir.path().join("pki"),
+    ] {
+        assert_eq!(mode_of(&dir), 0o700, "{}", dir.display());
+    }
+    let mut private = vec![
+        data.join("medid.db"),
+        data.join("checkpoints/latest.note"),
+        data.join("checkpoints/checkpoints.log"),
+        dir.path().join("exports/trail.csv"),
+        dir.path().join("exports/trail.bundle.jsonl"),
+        dir.path().join("creds/aud.key"),
+    ];
+    for entry in std::fs::read_dir(dir.path().join("pki")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "key") {
+            private.push(path);
+        }
+    }
+    for file in &private {
+        assert_eq!(mode_of(file), 0o600, "{}", file.display());
+    }
+
+    // Restarted, the service keeps its WAL and shared-memory files private too, and names a
+    // file someone made readable.
+    std::fs::set_permissions(
+        dir.path().join("pki/operational-ca.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let child = serve();
+    wait_for(&data.join("medid.db-shm"));
+    let channel_up = (0..600).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::net::TcpStream::connect(("127.0.0.1", http)).is_ok()
+    });
+    assert!(channel_up, "medid came back");
+    for file in [data.join("medid.db-wal"), data.join("medid.db-shm")] {
+        assert_eq!(mode_of(&file), 0o600, "{}", file.display());
+    }
+    let (_, stderr) = sigterm_and_wait(child);
+    let warning = stderr
+        .lines()
+        .find(|l| l.contains("readable by others"))
+        .unwrap_or_else(|| panic!("no warning in {stderr}"));
+    assert!(warning.contains("operational-ca.key"), "{warning}");
+    assert!(warning.contains("0644"), "{warning}");
+}

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use common::TestServer;
 use medid::proto::{audit_service_client::AuditServiceClient, PrincipalRole};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::Code;
 
@@ -69,18 +68,6 @@ fn authority(url: &str) -> String {
     rest.split(['/', '?']).next().unwrap().to_owned()
 }
 
-/// GET /readyz on the plain-HTTP listener: the status code.
-async fn readiness(server: &TestServer) -> u16 {
-    let addr = server.http_url.trim_start_matches("http://").to_owned();
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: medid\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).await.unwrap();
-    reply.split(' ').nth(1).unwrap().parse().unwrap()
-}
-
 fn told_to_run() -> bool {
     if std::env::var_os("MEDID_TEST_POSTGRES_URL").is_none() {
         eprintln!(
@@ -117,7 +104,7 @@ async fn losing_the_database_is_unavailable_and_it_recovers_without_a_restart() 
             .into_inner()
             .seq,
     );
-    assert_eq!(readiness(&server).await, 200);
+    assert_eq!(server.readiness().await, 200);
 
     // The database goes away: calls are refused as UNAVAILABLE, readiness is false.
     proxy.cut();
@@ -129,13 +116,13 @@ async fn losing_the_database_is_unavailable_and_it_recovers_without_a_restart() 
         assert_eq!(err.code(), Code::Unavailable, "{err:?}");
         assert!(err.message().contains("unavailable"), "{err:?}");
     }
-    assert_eq!(readiness(&server).await, 503);
+    assert_eq!(server.readiness().await, 503);
 
     // It comes back: the same server serves again, without a restart.
     proxy.restore();
     let mut recovered = false;
     for _ in 0..50 {
-        if readiness(&server).await == 200 {
+        if server.readiness().await == 200 {
             recovered = true;
             break;
         }

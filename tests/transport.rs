@@ -134,14 +134,15 @@ async fn a_real_client_enrolls_while_two_thousand_idle_connections_are_open() {
     drop(idle);
 }
 
-/// At shutdown the listeners close and in-flight calls get `shutdown_drain_seconds`; a stream
-/// that never finishes (a gateway's RecordAccessStream sending nothing) is closed then, and
-/// shutdown completes. The 20 s bound is this test's liveness limit, not a performance figure.
+/// At shutdown `/readyz` answers 503, the gRPC listener closes and in-flight calls get
+/// `shutdown_drain_seconds`; a stream that never finishes (a gateway's RecordAccessStream
+/// sending nothing) is closed then, and shutdown completes, reporting that the deadline cut it
+/// short. The 20 s bound is this test's liveness limit, not a performance figure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_stream_does_not_hold_shutdown_past_the_drain_deadline() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start_with(dir, common::system_now(), |c| {
-        c.shutdown_drain_seconds = 1;
+    let mut server = TestServer::start_with(dir, common::system_now(), |c| {
+        c.shutdown_drain_seconds = 3;
     })
     .await;
     let gateway = server
@@ -159,9 +160,35 @@ async fn an_idle_stream_does_not_hold_shutdown_past_the_drain_deadline() {
     });
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(!stream.is_finished(), "the stream is open and idle");
-    tokio::time::timeout(std::time::Duration::from_secs(20), server.stop())
-        .await
-        .expect("shutdown completes once the drain deadline has passed");
+    assert_eq!(server.readiness().await, 200);
+    server.begin_stop();
+    let mut readiness = 200;
+    for _ in 0..100 {
+        readiness = server.readiness().await;
+        if readiness == 503 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(readiness, 503, "a draining node says it is not ready");
+    let grpc_port: u16 = server.url.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", grpc_port)).is_err(),
+        "the gRPC listener no longer accepts"
+    );
+    let (stopped, _) =
+        tokio::time::timeout(std::time::Duration::from_secs(20), server.stop_reporting())
+            .await
+            .expect("shutdown completes once the drain deadline has passed");
+    assert_eq!(stopped, medid::server::Stopped::CutShort);
     drop(keep_open);
     let _ = stream.await;
+}
+
+#[tokio::test]
+async fn a_shutdown_with_nothing_in_flight_reports_a_complete_drain() {
+    let server = TestServer::start().await;
+    server.add_manufacturer("acme", &[]).await;
+    let (stopped, _) = server.stop_reporting().await;
+    assert_eq!(stopped, medid::server::Stopped::Drained);
 }

@@ -7,7 +7,7 @@
 //! | `GET /ca/{root,device-identity,operational}.der` | CA certificate, DER, `application/pkix-cert` |
 //! | `POST /ocsp/{issuer}` (`application/ocsp-request`) | OCSP response, `application/ocsp-response` |
 //! | `GET /ocsp/{issuer}/{base64 request}` | the same (RFC 6960 Appendix A.1) |
-//! | `GET /healthz`, `GET /readyz` | liveness; readiness (the database answers) |
+//! | `GET /healthz`, `GET /readyz` | liveness; readiness (the database answers and the service is not draining) |
 
 use std::sync::Arc;
 
@@ -30,7 +30,8 @@ const MAX_BODY: usize = 16 * 1024;
 /// CertIDs answered in one OCSP request.
 const MAX_CERT_IDS: usize = 32;
 
-pub fn router(ca: Arc<Ca>) -> Router {
+/// `stopping` turns true when the service begins to drain; `/readyz` then answers 503.
+pub fn router(ca: Arc<Ca>, stopping: tokio::sync::watch::Receiver<bool>) -> Router {
     Router::new()
         .route("/crl/{file}", get(crl))
         .route("/ca/{file}", get(ca_cert))
@@ -38,7 +39,7 @@ pub fn router(ca: Arc<Ca>) -> Router {
         .route("/ocsp/{issuer}", post(ocsp_post_issuer))
         .route("/ocsp/{issuer}/{*request}", get(ocsp_get))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready))
+        .route("/readyz", get(move |state| ready(state, stopping.clone())))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(ca)
 }
@@ -101,7 +102,13 @@ async fn ca_cert(State(ca): State<Arc<Ca>>, Path(file): Path<String>) -> Respons
     der("application/pkix-cert", body, 86_400)
 }
 
-async fn ready(State(ca): State<Arc<Ca>>) -> Response {
+async fn ready(
+    State(ca): State<Arc<Ca>>,
+    stopping: tokio::sync::watch::Receiver<bool>,
+) -> Response {
+    if *stopping.borrow() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "draining: shutting down");
+    }
     match ca.store.ping().await {
         Ok(()) => text(StatusCode::OK, "ready"),
         Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "database unavailable"),

@@ -16,6 +16,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::api::client::{connect, ClientCredentials};
 use crate::error::Error;
+use crate::files::{write_atomic, Access};
 use crate::policy::profile::renew_after;
 use crate::proto::{
     lifecycle_service_client::LifecycleServiceClient, RequestOperationalCertificateRequest,
@@ -118,30 +119,6 @@ fn random_unit() -> f64 {
     f64::from(u32::from_be_bytes(b)) / f64::from(u32::MAX)
 }
 
-/// Writes `contents` to `path` atomically: temporary file in the same directory, fsync, rename.
-fn write_atomically(path: &Path, contents: &str, private: bool) -> Result<(), Error> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |e: std::io::Error| Error::Internal(format!("writing {}: {e}", path.display()));
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(if private { 0o600 } else { 0o644 })
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(contents.as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
-}
-
 async fn renew_once(args: &AgentArgs, files: &Files, have_current: bool) -> Result<(), Error> {
     let (cert, key) = if have_current {
         (&files.cert, &files.key)
@@ -166,9 +143,17 @@ async fn renew_once(args: &AgentArgs, files: &Files, have_current: bool) -> Resu
         .chain(issued.chain_pem.iter().map(String::as_str))
         .collect();
     // Key first: if we stop between the renames, the mismatch is detected and healed.
-    write_atomically(&files.key, &new_key.serialize_pem(), true)?;
-    write_atomically(&files.cert, &issued.certificate_pem, false)?;
-    write_atomically(&files.chain, &chain, false)?;
+    write_atomic(
+        &files.key,
+        new_key.serialize_pem().as_bytes(),
+        Access::Private,
+    )?;
+    write_atomic(
+        &files.cert,
+        issued.certificate_pem.as_bytes(),
+        Access::Public,
+    )?;
+    write_atomic(&files.chain, chain.as_bytes(), Access::Public)?;
     println!(
         "renewed {}: serial {}, valid until {}",
         issued.subject_uri,
@@ -192,8 +177,7 @@ async fn renew_once(args: &AgentArgs, files: &Files, have_current: bool) -> Resu
 }
 
 pub async fn run(args: AgentArgs) -> Result<(), Error> {
-    std::fs::create_dir_all(&args.dir)
-        .map_err(|e| Error::InvalidArgument(format!("creating {}: {e}", args.dir.display())))?;
+    crate::files::create_private_dir(&args.dir)?;
     let files = Files::new(&args.dir);
     let mut failures = 0u32;
     let mut force = args.force;

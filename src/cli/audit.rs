@@ -145,9 +145,11 @@ pub async fn run(cmd: AuditCommand) -> Result<(), Error> {
                 .into_inner();
             print!("{}", cp.note);
             if let Some(out) = out {
-                std::fs::write(&out, &cp.note).map_err(|e| {
-                    Error::InvalidArgument(format!("writing {}: {e}", out.display()))
-                })?;
+                crate::files::write_atomic(
+                    &out,
+                    cp.note.as_bytes(),
+                    crate::files::Access::Private,
+                )?;
             }
             Ok(())
         }
@@ -198,11 +200,7 @@ pub async fn run(cmd: AuditCommand) -> Result<(), Error> {
             } else {
                 out.with_extension("bundle.jsonl")
             };
-            let create = |p: &PathBuf| {
-                std::fs::File::create(p)
-                    .map(std::io::BufWriter::new)
-                    .map_err(|e| Error::InvalidArgument(format!("writing {}: {e}", p.display())))
-            };
+            let create = |p: &PathBuf| crate::files::create_private(p).map(std::io::BufWriter::new);
             let io = |e: std::io::Error| Error::Internal(format!("writing export: {e}"));
             let mut bundle = create(&bundle_path)?;
             let mut rendering = if format == Format::Jsonl {

@@ -445,8 +445,7 @@ impl PendingKey {
             }
         }
         if let Some(dir) = files.cert.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| Error::InvalidArgument(format!("creating {}: {e}", dir.display())))?;
+            crate::files::create_private_dir(dir)?;
         }
         if let Some(path) = &src.csr {
             let csr = std::fs::read(path)

@@ -133,10 +133,18 @@ pub enum CaCommand {
     },
 }
 
+/// The exit status of `medid serve` when the drain deadline closed connections still open.
+pub const EXIT_DRAIN_CUT_SHORT: u8 = 3;
+
 /// Runs the command line. Returns the process exit code.
-pub async fn run(cli: Cli) -> Result<(), Error> {
-    match cli.command {
-        Command::Serve(args) => serve(args).await,
+pub async fn run(cli: Cli) -> Result<std::process::ExitCode, Error> {
+    let done = match cli.command {
+        Command::Serve(args) => {
+            return serve(args).await.map(|stopped| match stopped {
+                crate::server::Stopped::Drained => std::process::ExitCode::SUCCESS,
+                crate::server::Stopped::CutShort => EXIT_DRAIN_CUT_SHORT.into(),
+            })
+        }
         Command::Ca(CaCommand::Init {
             dir,
             trust_domain,
@@ -184,10 +192,11 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Agent(args) => agent::run(args).await,
         Command::Audit(cmd) => audit::run(cmd).await,
         Command::Bench(args) => bench::run(args).await,
-    }
+    };
+    done.map(|()| std::process::ExitCode::SUCCESS)
 }
 
-async fn serve(args: ServeArgs) -> Result<(), Error> {
+async fn serve(args: ServeArgs) -> Result<crate::server::Stopped, Error> {
     let config = args.config()?;
     // Bind first: a port already in use fails before anything is created on disk.
     let bind = |addr: std::net::SocketAddr| async move {

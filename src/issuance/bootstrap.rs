@@ -9,10 +9,8 @@
 //! certificate. Private keys are PKCS#8 PEM files of mode 0600. These leaf certificates are
 //! signed before any database exists; `medid serve` records them in its store on first start.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -25,6 +23,7 @@ use time::{Duration, OffsetDateTime};
 use super::{random_serial, IssuanceToken};
 use crate::domain::{PrincipalId, PrincipalRole, TrustDomain};
 use crate::error::Error;
+use crate::files::{create_private_dir, write_atomic, Access};
 use crate::policy::profile::{no_well_defined_expiry, ProfileSettings};
 
 /// The id of the admin principal `ca init` creates.
@@ -144,8 +143,7 @@ pub fn init(files: &PkiFiles, opts: &InitOptions, now: OffsetDateTime) -> Result
             )));
         }
     }
-    fs::create_dir_all(&files.dir)
-        .map_err(|e| Error::Internal(format!("creating {}: {e}", files.dir.display())))?;
+    create_private_dir(&files.dir)?;
 
     let td = opts.trust_domain.as_str();
     let ca_not_before = now - Duration::hours(1);
@@ -297,27 +295,11 @@ fn ca_params(
     p
 }
 
-/// Writes a private key: mode 0600 from creation, never world- or group-readable.
+/// Writes a private key: mode 0600 from creation, never group- or world-readable.
 pub fn write_private(path: &Path, contents: &str) -> Result<(), Error> {
-    write_with_mode(path, contents, 0o600)
+    write_atomic(path, contents.as_bytes(), Access::Private)
 }
 
 pub fn write_public(path: &Path, contents: &str) -> Result<(), Error> {
-    write_with_mode(path, contents, 0o644)
-}
-
-fn write_with_mode(path: &Path, contents: &str, mode: u32) -> Result<(), Error> {
-    let io = |e: std::io::Error| Error::Internal(format!("writing {}: {e}", path.display()));
-    // Replace, never edit in place: a fresh file gets the mode from its creation.
-    if path.exists() {
-        fs::remove_file(path).map_err(io)?;
-    }
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(io)?;
-    f.write_all(contents.as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)
+    write_atomic(path, contents.as_bytes(), Access::Public)
 }

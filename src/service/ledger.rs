@@ -650,19 +650,16 @@ fn append_outside(dir: &std::path::Path, note: &str) -> Result<(), Error> {
     use std::io::Write;
     let io =
         |e: std::io::Error| Error::Internal(format!("checkpoint directory {}: {e}", dir.display()));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("checkpoints.log"))
-        .map_err(io)?;
+    crate::files::create_private_dir(dir)?;
+    let mut log = crate::files::append_private(&dir.join("checkpoints.log"))?;
     log.write_all(note.as_bytes()).map_err(io)?;
     log.write_all(b"\n").map_err(io)?;
     log.sync_all().map_err(io)?;
-    let tmp = dir.join("latest.note.tmp");
-    std::fs::write(&tmp, note).map_err(io)?;
-    std::fs::rename(&tmp, dir.join("latest.note")).map_err(io)?;
-    Ok(())
+    crate::files::write_atomic(
+        &dir.join("latest.note"),
+        note.as_bytes(),
+        crate::files::Access::Private,
+    )
 }
 
 /// Quoted for messages.

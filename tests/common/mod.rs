@@ -34,7 +34,7 @@ pub struct TestServer {
     pub clock: Arc<FixedClock>,
     pub config: Config,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    task: Option<tokio::task::JoinHandle<medid::server::Stopped>>,
 }
 
 /// A client identity: certificate chain PEM and private key PEM.
@@ -102,7 +102,7 @@ impl TestServer {
                 let _ = stopped.await;
             })
             .await
-            .expect("server runs");
+            .expect("server runs")
         });
         TestServer {
             url: format!("https://localhost:{}", addr.port()),
@@ -118,14 +118,41 @@ impl TestServer {
     }
 
     /// Stops the server and waits for it to drain; returns the directory for a restart.
-    pub async fn stop(mut self) -> tempfile::TempDir {
+    pub async fn stop(self) -> tempfile::TempDir {
+        self.stop_reporting().await.1
+    }
+
+    /// Signals shutdown without waiting for the drain.
+    pub fn begin_stop(&mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        if let Some(t) = self.task.take() {
-            t.await.expect("server task ends cleanly");
-        }
-        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
+    /// Stops the server; returns how its drain ended, and the directory.
+    pub async fn stop_reporting(mut self) -> (medid::server::Stopped, tempfile::TempDir) {
+        self.begin_stop();
+        let stopped = self
+            .task
+            .take()
+            .expect("a running server has its task")
+            .await
+            .expect("server task ends cleanly");
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        (stopped, dir)
+    }
+
+    /// GET /readyz on the plain-HTTP listener: the status code.
+    pub async fn readiness(&self) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.http_url.trim_start_matches("http://").to_owned();
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: medid\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).await.unwrap();
+        reply.split(' ').nth(1).unwrap().parse().unwrap()
     }
 
     pub fn pki(&self, name: &str) -> PathBuf {
