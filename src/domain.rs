@@ -541,3 +541,54 @@ mod tests {
         }
     }
 }
+
+/// A part of the PKI a database belongs to, recorded by fingerprint at its first start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PkiPart {
+    Root,
+    DeviceIdentityCa,
+    OperationalCa,
+    /// The Ed25519 key that signs audit checkpoints (its public key is fingerprinted).
+    AuditSigningKey,
+}
+
+impl PkiPart {
+    pub const ALL: [PkiPart; 4] = [
+        PkiPart::Root,
+        PkiPart::DeviceIdentityCa,
+        PkiPart::OperationalCa,
+        PkiPart::AuditSigningKey,
+    ];
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PkiPart::Root => "root",
+            PkiPart::DeviceIdentityCa => "device-identity-ca",
+            PkiPart::OperationalCa => "operational-ca",
+            PkiPart::AuditSigningKey => "audit-signing-key",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// How messages name it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            PkiPart::Root => "root CA certificate",
+            PkiPart::DeviceIdentityCa => "device-identity CA certificate",
+            PkiPart::OperationalCa => "operational CA certificate",
+            PkiPart::AuditSigningKey => "audit-signing public key",
+        }
+    }
+}
+
+/// The SHA-256 fingerprint of one part of a PKI.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PkiFingerprint {
+    pub part: PkiPart,
+    /// Lower-case hex.
+    pub sha256: String,
+}

@@ -190,6 +190,15 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
             "dangerous_crash_at is set: this process will abort mid-issuance"
         );
     }
+    ca.check_belonging().await.map_err(|e| match e {
+        Error::FailedPrecondition(msg) => Error::FailedPrecondition(format!(
+            "{msg} (PKI directory {}, database {}); start with the PKI directory this \
+             database was created with",
+            files.dir.display(),
+            crate::store::redact_url(&config.database_url)
+        )),
+        other => other,
+    })?;
     adopt_bootstrap_admin(&ca, &files).await?;
     let abandoned = ca.recover_abandoned().await?;
     if abandoned > 0 {

@@ -399,3 +399,76 @@ fn data_files_are_private_whatever_the_umask_and_exposed_ones_are_named_at_start
     assert!(warning.contains("operational-ca.key"), "{warning}");
     assert!(warning.contains("0644"), "{warning}");
 }
+
+#[tokio::test]
+async fn a_database_refuses_a_pki_directory_it_was_not_created_with() {
+    let server = TestServer::start().await;
+    server.add_manufacturer("acme", &[]).await;
+    let config = server.config.clone();
+    let clock = server.clock.clone();
+    let dir = server.stop().await;
+    let bound = medid::store::Store::open_url(&config.database_url)
+        .await
+        .unwrap()
+        .pki_binding()
+        .await
+        .unwrap();
+    assert_eq!(bound.len(), 4, "root, both issuing CAs and the audit key");
+
+    // Another PKI beside it: the same database is refused, naming both roots.
+    let other = dir.path().join("other-pki");
+    assert!(medid(&["ca", "init", "--dir", "other-pki"], dir.path())
+        .status
+        .success());
+    let elsewhere = medid::config::Config {
+        pki_dir: other.clone(),
+        create_dev_pki: false,
+        ..config.clone()
+    };
+    let Err(medid::Error::FailedPrecondition(msg)) =
+        medid::server::prepare(&elsewhere, clock.clone()).await
+    else {
+        panic!("another PKI is refused");
+    };
+    let root = |pki: &std::path::Path| {
+        let pem = std::fs::read(pki.join("root-ca.pem")).unwrap();
+        let der = medid::pem::parse_certificates(&pem).unwrap().remove(0);
+        medid::store::certificates::fingerprint(&der)
+    };
+    assert!(
+        msg.contains(&format!("root CA certificate is sha256:{}", root(&other))),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("created with sha256:{}", root(&config.pki_dir))),
+        "{msg}"
+    );
+    assert!(msg.contains("other-pki"), "names the directory: {msg}");
+
+    // Only the audit key swapped: refused too.
+    std::fs::copy(
+        other.join("audit-signing.key"),
+        config.pki_dir.join("audit-signing.key"),
+    )
+    .unwrap();
+    let Err(medid::Error::FailedPrecondition(msg)) =
+        medid::server::prepare(&config, clock.clone()).await
+    else {
+        panic!("another audit key is refused");
+    };
+    assert!(msg.contains("audit-signing public key"), "{msg}");
+    let events = medid::store::Store::open_url(&config.database_url)
+        .await
+        .unwrap()
+        .audit_events(0, 1000)
+        .await
+        .unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.event.action == "pki.bind")
+            .count(),
+        1,
+        "recorded once, at the first start, and a refused start writes nothing"
+    );
+}

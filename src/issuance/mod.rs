@@ -164,6 +164,28 @@ impl Authority {
         })
     }
 
+    /// The SHA-256 fingerprints of the three CA certificates.
+    pub fn fingerprints(&self) -> [crate::domain::PkiFingerprint; 3] {
+        use crate::domain::{PkiFingerprint, PkiPart};
+        let sha = |der: &[u8]| {
+            crate::domain::hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
+        };
+        [
+            PkiFingerprint {
+                part: PkiPart::Root,
+                sha256: sha(&self.root.der),
+            },
+            PkiFingerprint {
+                part: PkiPart::DeviceIdentityCa,
+                sha256: sha(&self.device_identity.cert.der),
+            },
+            PkiFingerprint {
+                part: PkiPart::OperationalCa,
+                sha256: sha(&self.operational.cert.der),
+            },
+        ]
+    }
+
     /// Signs CRL number `number` of `issuer` (RFC 5280 §5: v2, AKI, cRLNumber, nextUpdate).
     pub fn sign_crl(
         &self,

@@ -334,7 +334,7 @@ impl Ca {
         Ok(range)
     }
 
-    fn parse_own(&self, note: &str) -> Result<Checkpoint, Error> {
+    pub(super) fn parse_own(&self, note: &str) -> Result<Checkpoint, Error> {
         let l = self.ledger();
         crate::audit::checkpoint::verify(note, l.signer.name(), &l.signer.public_key())
             .map_err(|e| Error::Internal(format!("stored checkpoint: {e}")))

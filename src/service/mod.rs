@@ -524,6 +524,53 @@ impl Ca {
         self.store.devices(&query).await
     }
 
+    /// The fingerprints of the PKI this service runs with: its CA certificates and its
+    /// audit-signing public key.
+    pub fn pki_fingerprints(&self) -> Vec<crate::domain::PkiFingerprint> {
+        let audit_key = self.ledger.signer.public_key();
+        let mut all = self.authority.fingerprints().to_vec();
+        all.push(crate::domain::PkiFingerprint {
+            part: crate::domain::PkiPart::AuditSigningKey,
+            sha256: fingerprint(&audit_key),
+        });
+        all
+    }
+
+    /// Start-up check that the PKI directory and the database belong together (docs/
+    /// DEPLOYMENT.md "Belonging"). The first start records the PKI's fingerprints, with an
+    /// event; a database from before they were recorded must at least have checkpoints its
+    /// audit key verifies. A later start with another PKI is refused.
+    pub async fn check_belonging(&self) -> Result<(), Error> {
+        use policy::belonging::{judge, unrecorded, Belonging};
+        let current = self.pki_fingerprints();
+        let recorded = self.store.pki_binding().await?;
+        if judge(&recorded, &current)? == Belonging::First {
+            if let Some((size, note, _)) = self.store.latest_checkpoint().await? {
+                if self.parse_own(&note).is_err() {
+                    return Err(Error::FailedPrecondition(format!(
+                        "the PKI directory and the database do not belong together: the \
+                         database's checkpoint at tree size {size} is not signed by the PKI's \
+                         audit-signing key (sha256:{})",
+                        fingerprint(&self.ledger.signer.public_key())
+                    )));
+                }
+            }
+        }
+        let missing = unrecorded(&recorded, &current);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut event = AuditEvent::new(self.clock.now(), Actor::system(), "pki.bind", "pki");
+        for f in &missing {
+            event = event.with(f.part.as_str(), format!("sha256:{}", f.sha256));
+        }
+        self.store
+            .bind_pki(&missing.into_iter().cloned().collect::<Vec<_>>(), &event)
+            .await?;
+        tracing::info!("recorded the PKI's fingerprints in the database");
+        Ok(())
+    }
+
     /// Start-up recovery: reservations left by an issuance that died between steps 2 and 4
     /// are revoked, so a certificate that might exist is never "good" (ISSUANCE-CYCLE.md).
     pub async fn recover_abandoned(&self) -> Result<usize, Error> {

@@ -15,6 +15,7 @@
 //! `migrations/sqlite/` and `migrations/postgres/` and are applied at start.
 
 pub mod audit;
+pub mod binding;
 pub mod certificates;
 pub mod ledger;
 pub mod lifecycle;
@@ -57,14 +58,26 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "issue_order_index",
         include_str!("../../migrations/sqlite/0004_issue_order_index.sql"),
     ),
+    (
+        5,
+        "pki_binding",
+        include_str!("../../migrations/sqlite/0005_pki_binding.sql"),
+    ),
 ];
 
 /// PostgreSQL migrations: the same schema, written for PostgreSQL from the start.
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "schema",
-    include_str!("../../migrations/postgres/0001_schema.sql"),
-)];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "schema",
+        include_str!("../../migrations/postgres/0001_schema.sql"),
+    ),
+    (
+        2,
+        "pki_binding",
+        include_str!("../../migrations/postgres/0002_pki_binding.sql"),
+    ),
+];
 
 /// Every write transaction on PostgreSQL first takes this transaction-scoped advisory lock, so
 /// writers on all replicas run one at a time, as SQLite's single writer does: sequence numbers,
