@@ -200,6 +200,13 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
         other => other,
     })?;
     adopt_bootstrap_admin(&ca, &files).await?;
+    let recovered = ca.recover_from_kept_crls().await?;
+    if recovered.revocations > 0 {
+        tracing::warn!(
+            revocations = recovered.revocations,
+            "recovered revocations from kept CRLs (docs/DEPLOYMENT.md \"Backups and restore\")"
+        );
+    }
     let abandoned = ca.recover_abandoned().await?;
     if abandoned > 0 {
         tracing::warn!(

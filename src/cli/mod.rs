@@ -58,6 +58,8 @@ pub enum Command {
     /// One-time enrollment tokens.
     #[command(subcommand)]
     Token(lifecycle::TokenCommand),
+    /// Take an online, consistent copy of the SQLite database while the service runs.
+    Backup(BackupArgs),
     /// Keep an operational certificate fresh: renew at 2/3 of its lifetime, with jitter.
     Agent(agent::AgentArgs),
     /// The audit ledger: export, verify offline, checkpoints.
@@ -108,6 +110,20 @@ impl ServeArgs {
         c.validate()?;
         Ok(c)
     }
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The service's TOML configuration file (its database_url is backed up).
+    #[arg(long, env = "MEDID_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// sqlite://PATH, instead of the configuration's.
+    #[arg(long, env = "MEDID_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// The backup file (mode 0600); its latest signed checkpoint is written beside it as
+    /// FILE.note.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -190,6 +206,7 @@ pub async fn run(cli: Cli) -> Result<std::process::ExitCode, Error> {
         Command::Crl(cmd) => lifecycle::crl(cmd).await,
         Command::Token(cmd) => lifecycle::token(cmd).await,
         Command::Agent(args) => agent::run(args).await,
+        Command::Backup(args) => backup(args).await,
         Command::Audit(cmd) => audit::run(cmd).await,
         Command::Bench(args) => bench::run(args).await,
     };
@@ -226,4 +243,51 @@ async fn serve(args: ServeArgs) -> Result<crate::server::Stopped, Error> {
         crate::store::redact_url(&config.database_url)
     );
     crate::server::run(prepared, listeners, crate::server::shutdown_signal()).await
+}
+
+async fn backup(args: BackupArgs) -> Result<(), Error> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(url) = args.database_url {
+        config.database_url = url;
+    }
+    let db = match config.database()? {
+        crate::config::Database::Sqlite(path) => path,
+        crate::config::Database::Postgres(_) => {
+            return Err(Error::FailedPrecondition(
+                "medid backup copies SQLite databases; back up PostgreSQL with pg_dump or \
+                 continuous archiving (docs/DEPLOYMENT.md \"Backups and restore\")"
+                    .into(),
+            ))
+        }
+    };
+    let out = args.out.clone();
+    let summary =
+        tokio::task::spawn_blocking(move || crate::store::backup::sqlite_online_backup(&db, &out))
+            .await
+            .map_err(|e| Error::internal("backup task", e))??;
+    let mut note_path = args.out.clone().into_os_string();
+    note_path.push(".note");
+    let note_path = PathBuf::from(note_path);
+    match &summary.checkpoint {
+        Some((size, note)) => {
+            crate::files::write_atomic(&note_path, note.as_bytes(), crate::files::Access::Private)?;
+            println!(
+                "backed up {} ({} audit events) to {}; its latest checkpoint (tree size {size}) is in {}",
+                crate::store::redact_url(&config.database_url),
+                summary.events,
+                args.out.display(),
+                note_path.display()
+            );
+        }
+        None => println!(
+            "backed up {} ({} audit events, no checkpoint yet) to {}",
+            crate::store::redact_url(&config.database_url),
+            summary.events,
+            args.out.display()
+        ),
+    }
+    Ok(())
 }

@@ -98,6 +98,14 @@ pub struct RevokedEntry {
     pub reason: Option<RevocationReason>,
 }
 
+/// What a CRL this authority signed says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnCrl {
+    pub number: u64,
+    pub this_update: OffsetDateTime,
+    pub entries: Vec<RevokedEntry>,
+}
+
 /// A new private key for a delegated OCSP responder. It never leaves this module.
 pub struct ResponderKey(KeyPair);
 
@@ -184,6 +192,54 @@ impl Authority {
                 sha256: sha(&self.operational.cert.der),
             },
         ]
+    }
+
+    /// Reads a CRL this authority signed for `issuer` (a copy kept outside the database),
+    /// after checking its issuer name and its signature with the CA's key. Anything else is
+    /// refused: a forged file must not be able to revoke.
+    pub fn read_own_crl(&self, issuer: IssuerName, der: &[u8]) -> Result<OwnCrl, Error> {
+        use x509_parser::prelude::FromDer;
+        let bad = |why: String| {
+            Error::InvalidArgument(format!("not a CRL of the {} CA: {why}", issuer.as_str()))
+        };
+        let (rest, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(der)
+            .map_err(|e| bad(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(bad("trailing bytes".into()));
+        }
+        let ca = self.issuing(issuer);
+        if crl.tbs_cert_list.issuer.as_raw() != ca.subject_der.as_slice() {
+            return Err(bad("another issuer name".into()));
+        }
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_ASN1,
+            &ca.key_bits,
+        )
+        .verify(crl.tbs_cert_list.as_ref(), &crl.signature_value.data)
+        .map_err(|_| bad("the signature does not verify".into()))?;
+        let number = crl
+            .crl_number()
+            .and_then(|n| n.to_string().parse::<u64>().ok())
+            .ok_or_else(|| bad("no CRL number".into()))?;
+        let entries = crl
+            .iter_revoked_certificates()
+            .map(|r| {
+                let reason = match r.reason_code() {
+                    Some((_, code)) => RevocationReason::from_code(code.0.into())?,
+                    None => None,
+                };
+                Ok(RevokedEntry {
+                    serial: r.raw_serial().to_vec(),
+                    revoked_at: r.revocation_date.to_datetime(),
+                    reason,
+                })
+            })
+            .collect::<Result<_, Error>>()?;
+        Ok(OwnCrl {
+            number,
+            this_update: crl.tbs_cert_list.this_update.to_datetime(),
+            entries,
+        })
     }
 
     /// Signs CRL number `number` of `issuer` (RFC 5280 §5: v2, AKI, cRLNumber, nextUpdate).

@@ -13,10 +13,12 @@ pub mod ledger;
 mod lifecycle;
 pub mod ocsp_cache;
 pub mod publish;
+mod restore;
 
 pub use enroll::{EnrollInput, NewToken};
 pub use lifecycle::{RevokeTarget, RotationStatus};
 pub use publish::{CertificateStatusQuery, StatusAnswer, TrustBundle};
+pub use restore::kept_crl_dir;
 
 use std::net::IpAddr;
 use std::sync::Arc;

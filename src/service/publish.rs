@@ -141,6 +141,11 @@ impl Ca {
             )
             .await?;
         tracing::info!(issuer = issuer.as_str(), number = crl.number, "signed CRL");
+        // The database holds the CRL; the copy outside it is what a restore is checked
+        // against, so a failure here is loud but does not undo the signed CRL.
+        if let Err(e) = self.keep_crl(issuer, &crl) {
+            tracing::error!(error = %e, "keeping a copy of the CRL outside the database failed");
+        }
         let generation = self.crls.signed();
         self.crls.wait_applied(generation).await;
         Ok(crl)

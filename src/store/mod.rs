@@ -15,10 +15,12 @@
 //! `migrations/sqlite/` and `migrations/postgres/` and are applied at start.
 
 pub mod audit;
+pub mod backup;
 pub mod binding;
 pub mod certificates;
 pub mod ledger;
 pub mod lifecycle;
+pub mod recovery;
 pub mod registry;
 pub(crate) mod sql;
 mod writer;

@@ -1,0 +1,204 @@
+//! Restoring a database from a backup older than some revocations: the CRLs the service kept
+//! outside the database bring them back, so no revoked certificate works again.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{Identity, TestServer};
+use medid::proto::{self, lifecycle_service_client::LifecycleServiceClient, PrincipalRole};
+
+fn serial_of(who: &Identity) -> String {
+    let der = medid::pem::parse_certificates(who.cert_pem.as_bytes()).unwrap()[0].to_vec();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    medid::domain::hex(cert.raw_serial())
+}
+
+fn revoke_key_compromise(serial: &str) -> proto::RevokeRequest {
+    proto::RevokeRequest {
+        target: Some(proto::revoke_request::Target::Certificate(
+            proto::CertificateRef {
+                issuer: 0,
+                serial: serial.into(),
+            },
+        )),
+        reason: proto::RevocationReason::KeyCompromise as i32,
+    }
+}
+
+/// The number and the revoked serials (hex) of the operational CRL the HTTP endpoint serves.
+async fn served_crl(server: &TestServer) -> (u64, Vec<String>) {
+    let der = reqwest_free_get(&format!("{}/crl/operational.crl", server.http_url)).await;
+    let (_, crl) = x509_parser::parse_x509_crl(&der).unwrap();
+    let number = crl.crl_number().unwrap().to_string().parse().unwrap();
+    let serials = crl
+        .iter_revoked_certificates()
+        .map(|r| medid::domain::hex(r.raw_serial()))
+        .collect();
+    (number, serials)
+}
+
+/// GET over plain HTTP/1.1 with curl (an independent client).
+async fn reqwest_free_get(url: &str) -> Vec<u8> {
+    let out = Command::new("curl").args(["-sSf", url]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    out.stdout
+}
+
+/// `openssl ocsp` against medid's responder: the status line for `cert`.
+fn openssl_ocsp(server: &TestServer, cert: &Path) -> String {
+    let out = Command::new("openssl")
+        .args(["ocsp", "-issuer"])
+        .arg(server.pki("operational-ca.pem"))
+        .arg("-CAfile")
+        .arg(server.pki("root-ca.pem"))
+        .args(["-url", &format!("{}/ocsp/operational", server.http_url)])
+        .arg("-cert")
+        .arg(cert)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+async fn a_call_works(server: &TestServer, who: &Identity) -> bool {
+    let Ok(channel) = server.try_channel(who).await else {
+        return false;
+    };
+    LifecycleServiceClient::new(channel)
+        .get_crl(proto::GetCrlRequest {
+            issuer: proto::Issuer::Operational as i32,
+        })
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_after_a_backup_survive_its_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("medid.db");
+    let url = format!("sqlite://{}", db.display());
+    let sqlite = |c: &mut medid::config::Config| c.database_url = url.clone();
+    let server = TestServer::start_with(dir, common::system_now(), sqlite).await;
+    let before_backup = server.issue(PrincipalRole::Gateway, "gw-old", "").await;
+    assert!(a_call_works(&server, &before_backup).await);
+
+    // An online backup while the service runs, through the real CLI.
+    let backup = server.dir.path().join("backup.db");
+    let out = Command::new(env!("CARGO_BIN_EXE_medid"))
+        .args(["backup", "--database-url", &url, "--out"])
+        .arg(&backup)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("backed up"), "{said}");
+
+    // After the backup: a gateway the backup never saw, then both are revoked.
+    let after_backup = server.issue(PrincipalRole::Gateway, "gw-new", "").await;
+    let mut admin = LifecycleServiceClient::new(server.channel(&server.admin()).await);
+    for who in [&before_backup, &after_backup] {
+        admin
+            .revoke(revoke_key_compromise(&serial_of(who)))
+            .await
+            .unwrap();
+    }
+    let (published, revoked) = served_crl(&server).await;
+    for who in [&before_backup, &after_backup] {
+        assert!(revoked.contains(&serial_of(who)));
+    }
+    let kept = medid::service::kept_crl_dir(&server.config.checkpoint_dir().unwrap());
+    assert!(
+        std::fs::read_dir(&kept).unwrap().count() >= 2,
+        "kept CRLs in {kept:?}"
+    );
+
+    // The restore: the backup replaces the database.
+    let config = server.config.clone();
+    let dir = server.stop().await;
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    std::fs::copy(&backup, &db).unwrap();
+    let server = TestServer::start_with(dir, common::system_now(), |c| *c = config).await;
+
+    // Both stay revoked: mTLS, the CRL (numbered past what was published), OCSP.
+    for who in [&before_backup, &after_backup] {
+        assert!(
+            !a_call_works(&server, who).await,
+            "a revoked gateway cannot call"
+        );
+    }
+    let (number, revoked) = served_crl(&server).await;
+    assert!(number > published, "CRL number {number} after {published}");
+    for who in [&before_backup, &after_backup] {
+        assert!(revoked.contains(&serial_of(who)), "{revoked:?}");
+    }
+    for (name, who) in [("old.pem", &before_backup), ("new.pem", &after_backup)] {
+        let path = server.dir.path().join(name);
+        std::fs::write(&path, &who.cert_pem).unwrap();
+        let text = openssl_ocsp(&server, &path);
+        assert!(text.contains(": revoked"), "{name}: {text}");
+        assert!(
+            text.contains("Key Compromise") || text.contains("keyCompromise"),
+            "{text}"
+        );
+    }
+    let recovered: Vec<_> = server
+        .audit_events()
+        .await
+        .into_iter()
+        .filter(|e| e.event.detail.get("recovered_from").is_some())
+        .collect();
+    assert_eq!(recovered.len(), 2, "one event per recovered revocation");
+
+    // A second start finds nothing more to recover.
+    let config = server.config.clone();
+    let dir = server.stop().await;
+    let server = TestServer::start_with(dir, common::system_now(), |c| *c = config).await;
+    let again = server
+        .audit_events()
+        .await
+        .into_iter()
+        .filter(|e| e.event.detail.get("recovered_from").is_some())
+        .count();
+    assert_eq!(again, 2);
+}
+
+#[tokio::test]
+async fn a_kept_crl_that_medid_did_not_sign_revokes_nothing() {
+    let server = TestServer::start().await;
+    let gateway = server.issue(PrincipalRole::Gateway, "gw", "").await;
+    let kept = medid::service::kept_crl_dir(&server.config.checkpoint_dir().unwrap());
+    // A CRL from another PKI, named as the newest of the operational CA, listing the gateway.
+    let other = tempfile::tempdir().unwrap();
+    let init = Command::new(env!("CARGO_BIN_EXE_medid"))
+        .args(["ca", "init", "--dir"])
+        .arg(other.path())
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    let foreign = medid::issuance::Authority::load(other.path()).unwrap();
+    let now = common::system_now();
+    let der = foreign
+        .sign_crl(
+            medid::issuance::IssuerName::Operational,
+            999_999,
+            now,
+            now + time::Duration::hours(24),
+            &[medid::issuance::RevokedEntry {
+                serial: medid::domain::unhex(&serial_of(&gateway)).unwrap(),
+                revoked_at: now,
+                reason: Some(medid::domain::RevocationReason::KeyCompromise),
+            }],
+        )
+        .unwrap();
+    std::fs::write(kept.join("operational-99999999999999999999.crl"), der).unwrap();
+    let config = server.config.clone();
+    let dir = server.stop().await;
+    let server = TestServer::start_with(dir, common::system_now(), |c| *c = config).await;
+    assert!(
+        a_call_works(&server, &gateway).await,
+        "a forged CRL revokes nothing"
+    );
+}
