@@ -179,6 +179,8 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
             },
         ),
         access_max_age: time::Duration::days(config.access_event_max_age_days.into()),
+        pki: files.clone(),
+        tls_renewals: tokio::sync::watch::channel(0).0,
         ocsp_cache: crate::service::ocsp_cache::OcspCache::new(
             crate::service::publish::OCSP_VALIDITY,
             config.ocsp_signatures_per_second,
@@ -364,6 +366,7 @@ pub async fn run(
     let api = Api::new(ca.clone(), limiter.clone());
     let background = [
         tokio::spawn(reload_tls_on_new_crls(ca.clone(), prepared.tls.clone())),
+        tokio::spawn(reload_tls_on_renewal(ca.clone(), prepared.tls.clone())),
         tokio::spawn(maintenance(ca.clone())),
         tokio::spawn(checkpoints(ca.clone())),
         tokio::spawn(anonymous_refusals(ca.clone(), prepared.anonymous_interval)),
@@ -590,6 +593,18 @@ async fn reload_tls_on_new_crls(ca: Arc<Ca>, tls: Arc<tls::TlsReloader>) {
         // Also after a failure: the signer should not wait out its timeout for a rebuild
         // that is not coming. The error is logged; RPCs still refuse revoked callers.
         ca.crls.applied(target);
+    }
+}
+
+/// Serves the renewed TLS certificate from the next handshake on; open connections keep theirs.
+async fn reload_tls_on_renewal(ca: Arc<Ca>, tls: Arc<tls::TlsReloader>) {
+    let mut renewals = ca.tls_renewals.subscribe();
+    while renewals.changed().await.is_ok() {
+        renewals.borrow_and_update();
+        match tls.reload_identity() {
+            Ok(()) => tracing::info!("serving the renewed TLS certificate"),
+            Err(e) => tracing::error!(error = %e, "loading the renewed TLS certificate failed; the previous one stays"),
+        }
     }
 }
 

@@ -10,7 +10,7 @@
 //! can call `EnrollWithToken` (and anyone can fetch EST `/cacerts`); every other RPC refuses a caller without one (api/mod.rs), and
 //! health and reflection are behind [`require_client_certificate`].
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
@@ -54,10 +54,11 @@ impl Configs {
     /// `ticketer` is kept across rebuilds, so tickets issued before a CRL change still resume.
     fn build(
         files: &PkiFiles,
-        crls: Vec<Vec<u8>>,
+        identity: &ServerIdentity,
+        crls: &[Vec<u8>],
         ticketer: &Arc<dyn rustls::server::ProducesTickets>,
     ) -> Result<Self, Error> {
-        let mut grpc = (*server_config(files, crls)?).clone();
+        let mut grpc = (*server_config(files, identity, crls)?).clone();
         // Stateless TLS 1.3 session tickets: a device that reconnects resumes without a full
         // handshake, and the server keeps no per-session state (memory stays flat). A resumed
         // session keeps the client certificate it was verified with; revocation is still
@@ -73,34 +74,80 @@ impl Configs {
     }
 }
 
-/// Holds the current server configurations and rebuilds them when CRLs change.
-#[derive(Debug)]
+/// The service's TLS certificate chain (leaf first) and its key.
+struct ServerIdentity {
+    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl ServerIdentity {
+    fn read(files: &PkiFiles) -> Result<Self, Error> {
+        Ok(Self {
+            chain: read_certs(&files.server_cert)?,
+            key: PrivateKeyDer::from_pem_file(&files.server_key)
+                .map_err(|e| Error::Internal(format!("{}: {e}", files.server_key.display())))?,
+        })
+    }
+}
+
+/// What the configurations are built from.
+struct Inputs {
+    identity: ServerIdentity,
+    crls: Vec<Vec<u8>>,
+}
+
+/// Holds the current server configurations and rebuilds them when CRLs change or the
+/// service's TLS certificate is renewed. Connections already open keep the configuration they
+/// were accepted with; new ones get the current one.
 pub struct TlsReloader {
     files: PkiFiles,
     ticketer: Arc<dyn rustls::server::ProducesTickets>,
+    /// Held while building, so a CRL change and a certificate renewal never undo each other.
+    inputs: Mutex<Inputs>,
     current: RwLock<Configs>,
 }
 
+impl std::fmt::Debug for TlsReloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsReloader").finish_non_exhaustive()
+    }
+}
+
 impl TlsReloader {
+    /// Reads the service's TLS certificate and key from `files`.
     pub fn new(files: PkiFiles, crls: Vec<Vec<u8>>) -> Result<Self, Error> {
         let ticketer = rustls::crypto::ring::Ticketer::new()
             .map_err(|e| Error::internal("TLS session ticketer", e))?;
-        let configs = Configs::build(&files, crls, &ticketer)?;
+        let identity = ServerIdentity::read(&files)?;
+        let configs = Configs::build(&files, &identity, &crls, &ticketer)?;
         Ok(Self {
             files,
             ticketer,
+            inputs: Mutex::new(Inputs { identity, crls }),
             current: RwLock::new(configs),
         })
     }
 
-    /// Rebuilds the verifier with these CRLs (DER) and makes it current.
-    pub fn reload(&self, crls: Vec<Vec<u8>>) -> Result<(), Error> {
-        let configs = Configs::build(&self.files, crls, &self.ticketer)?;
+    fn rebuild(&self, change: impl FnOnce(&mut Inputs)) -> Result<(), Error> {
+        let mut inputs = self.inputs.lock().expect("TLS inputs lock is never poisoned");
+        change(&mut inputs);
+        let configs = Configs::build(&self.files, &inputs.identity, &inputs.crls, &self.ticketer)?;
         *self
             .current
             .write()
             .expect("TLS config lock is never poisoned") = configs;
         Ok(())
+    }
+
+    /// Rebuilds the verifier with these CRLs (DER) and makes it current.
+    pub fn reload(&self, crls: Vec<Vec<u8>>) -> Result<(), Error> {
+        self.rebuild(|inputs| inputs.crls = crls)
+    }
+
+    /// Serves the certificate and key now on disk (renewed) from the next handshake on.
+    pub fn reload_identity(&self) -> Result<(), Error> {
+        let identity = ServerIdentity::read(&self.files)?;
+        self.rebuild(|inputs| inputs.identity = identity)
     }
 
     pub fn current(&self, protocol: Protocol) -> Arc<ServerConfig> {
@@ -130,10 +177,14 @@ pub fn require_client_certificate(
     }
 }
 
-/// The server's rustls configuration: its certificate chain and key from `files`, and a
+/// The server's rustls configuration: its certificate chain and key, and a
 /// verifier that accepts a client certificate only if it chains to one of medid's issuing CAs
 /// and is not on their CRLs.
-pub fn server_config(files: &PkiFiles, crls: Vec<Vec<u8>>) -> Result<Arc<ServerConfig>, Error> {
+fn server_config(
+    files: &PkiFiles,
+    identity: &ServerIdentity,
+    crls: &[Vec<u8>],
+) -> Result<Arc<ServerConfig>, Error> {
     let mut roots = RootCertStore::empty();
     for path in [&files.device_ca_cert, &files.operational_ca_cert] {
         for cert in read_certs(path)? {
@@ -143,8 +194,8 @@ pub fn server_config(files: &PkiFiles, crls: Vec<Vec<u8>>) -> Result<Arc<ServerC
         }
     }
     let crls: Vec<CertificateRevocationListDer<'static>> = crls
-        .into_iter()
-        .map(CertificateRevocationListDer::from)
+        .iter()
+        .map(|der| CertificateRevocationListDer::from(der.clone()))
         .collect();
     let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .allow_unauthenticated()
@@ -157,9 +208,7 @@ pub fn server_config(files: &PkiFiles, crls: Vec<Vec<u8>>) -> Result<Arc<ServerC
     let verifier = builder
         .build()
         .map_err(|e| Error::internal("building client verifier", e))?;
-    let chain = read_certs(&files.server_cert)?;
-    let key = PrivateKeyDer::from_pem_file(&files.server_key)
-        .map_err(|e| Error::Internal(format!("{}: {e}", files.server_key.display())))?;
+    let (chain, key) = (identity.chain.clone(), identity.key.clone_key());
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| Error::internal("TLS versions", e))?

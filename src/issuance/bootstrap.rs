@@ -88,6 +88,15 @@ impl PkiFiles {
         ]
     }
 
+    /// The certificate (with its chain) and key of `issuer`'s delegated OCSP responder, which
+    /// the service issues itself and reuses across restarts.
+    pub fn ocsp_responder(&self, issuer: super::IssuerName) -> (PathBuf, PathBuf) {
+        (
+            self.dir.join(format!("ocsp-{}.pem", issuer.as_str())),
+            self.dir.join(format!("ocsp-{}.key", issuer.as_str())),
+        )
+    }
+
     /// True when `ca init` has completed in this directory.
     pub fn exists(&self) -> bool {
         self.metadata.exists()

@@ -106,23 +106,57 @@ pub struct OwnCrl {
     pub entries: Vec<RevokedEntry>,
 }
 
-/// A new private key for a delegated OCSP responder. It never leaves this module.
-pub struct ResponderKey(KeyPair);
+/// A private key of one of the service's own certificates (its TLS server certificate, an
+/// OCSP responder's). Only this module sees its bits; it is written to disk 0600 and handed
+/// to rustls, never logged.
+pub struct ServiceKey(KeyPair);
 
-impl fmt::Debug for ResponderKey {
+impl fmt::Debug for ServiceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ResponderKey(…)")
+        f.write_str("ServiceKey(…)")
     }
 }
 
-impl ResponderKey {
+impl ServiceKey {
     pub fn generate() -> Result<Self, Error> {
         KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map(Self)
-            .map_err(|e| Error::internal("generating OCSP responder key", e))
+            .map_err(|e| Error::internal("generating a service key", e))
     }
+
+    /// Reads a PKCS#8 PEM key file.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let pem = std::fs::read_to_string(path)
+            .map_err(|e| Error::Internal(format!("reading {}: {e}", path.display())))?;
+        KeyPair::from_pem(&pem)
+            .map(Self)
+            .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))
+    }
+
+    /// Writes the key, 0600, atomically.
+    pub fn write(&self, path: &Path) -> Result<(), Error> {
+        bootstrap::write_private(path, &self.0.serialize_pem())
+    }
+
     pub fn public_key(&self) -> SubjectPublicKey {
         bootstrap::public_key_of(&self.0)
+    }
+
+    /// SHA-256 of the SubjectPublicKeyInfo, hex (how the store binds keys).
+    pub fn spki_sha256(&self) -> String {
+        crate::domain::hex(
+            ring::digest::digest(
+                &ring::digest::SHA256,
+                &rcgen::PublicKeyData::subject_public_key_info(&self.0),
+            )
+            .as_ref(),
+        )
+    }
+
+    /// True when `cert_der` certifies this key.
+    pub fn certified_by(&self, cert_der: &[u8]) -> bool {
+        x509_parser::parse_x509_certificate(cert_der)
+            .is_ok_and(|(_, c)| c.public_key().subject_public_key.data.as_ref() == self.0.public_key_raw())
     }
 }
 
@@ -293,7 +327,7 @@ impl Authority {
     pub fn install_ocsp_responder(
         &self,
         issuer: IssuerName,
-        key: ResponderKey,
+        key: ServiceKey,
         cert: CertificateDer<'static>,
         not_after: OffsetDateTime,
     ) {

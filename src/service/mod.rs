@@ -12,6 +12,7 @@ mod est;
 pub mod ledger;
 mod lifecycle;
 pub mod ocsp_cache;
+mod identity;
 pub mod publish;
 mod restore;
 
@@ -69,6 +70,10 @@ pub struct Ca {
     pub ocsp_cache: ocsp_cache::OcspCache,
     /// A reported device-data access older than this is refused.
     pub access_max_age: Duration,
+    /// Where the service's own credentials live (its TLS certificate, OCSP responders).
+    pub pki: crate::issuance::bootstrap::PkiFiles,
+    /// Bumped each time the TLS server certificate on disk is renewed; the TLS layer loads it.
+    pub tls_renewals: tokio::sync::watch::Sender<u64>,
 }
 
 /// A new manufacturer, validated.

@@ -4,14 +4,12 @@
 use time::{Duration, OffsetDateTime};
 
 use super::Ca;
-use crate::audit::Actor;
-use crate::domain::{Principal, RevocationReason, Role};
+use crate::domain::{Principal, RevocationReason};
 use crate::error::Error;
 use crate::issuance::ocsp::{self, CertStatus, HashAlg, SingleResponse};
-use crate::issuance::{IssuerName, ResponderKey};
-use crate::policy::profile::{renew_after, OCSP_RESPONDER_LIFETIME};
+use crate::issuance::IssuerName;
 use crate::policy::{self, Action};
-use crate::store::certificates::{fingerprint, Claim, Completion, Reservation};
+use crate::store::certificates::fingerprint;
 use crate::store::lifecycle::{CertRecord, CrlRecord};
 
 /// How long an OCSP answer may be cached (its nextUpdate − thisUpdate).
@@ -357,70 +355,8 @@ impl Ca {
         }
     }
 
-    /// Issues (through the full cycle) and installs a delegated OCSP responder for each issuing
-    /// CA that has none or whose responder is past 2/3 of its life.
-    pub async fn ensure_ocsp_responders(&self) -> Result<(), Error> {
-        let now = self.clock.now();
-        for issuer in [IssuerName::DeviceIdentity, IssuerName::Operational] {
-            let fresh = self
-                .authority
-                .ocsp_responder_not_after(issuer)
-                .is_some_and(|end| now < renew_after(end - OCSP_RESPONDER_LIFETIME, end));
-            if fresh {
-                continue;
-            }
-            let key = ResponderKey::generate()?;
-            let template = self.profiles.ocsp_responder(
-                crate::issuance::random_serial(),
-                now,
-                issuer,
-                self.authority.issuer_cert(issuer).not_after,
-                key.public_key(),
-            );
-            let spki = crate::domain::hex(
-                ring::digest::digest(
-                    &ring::digest::SHA256,
-                    &rcgen::PublicKeyData::subject_public_key_info(&key.public_key()),
-                )
-                .as_ref(),
-            );
-            let subject_uri = format!(
-                "spiffe://{}/service/ocsp/{}",
-                self.profiles.trust_domain.as_str(),
-                issuer.as_str()
-            );
-            let reservation = Reservation {
-                template,
-                profile: "ocsp-responder",
-                role: Role::Service,
-                subject_uri,
-                spki_sha256: spki,
-                claim: Claim::Service,
-            };
-            let (issued, _) = self
-                .run_cycle(
-                    &Actor::system(),
-                    "ocsp.responder.issue",
-                    reservation,
-                    Completion::Nothing,
-                )
-                .await?;
-            self.authority.install_ocsp_responder(
-                issuer,
-                key,
-                issued.der.clone().into(),
-                issued.not_after,
-            );
-            tracing::info!(
-                issuer = issuer.as_str(),
-                serial = issued.serial,
-                "installed OCSP responder"
-            );
-        }
-        Ok(())
-    }
-
-    /// Periodic upkeep: re-sign a CRL at half its validity, renew OCSP responders.
+    /// Periodic upkeep: re-sign a CRL at half its validity, renew OCSP responders and the TLS
+    /// server certificate.
     pub async fn maintain(&self) -> Result<(), Error> {
         let now = self.clock.now();
         for issuer in [IssuerName::DeviceIdentity, IssuerName::Operational] {
@@ -432,7 +368,8 @@ impl Ca {
                 self.publish_crl(issuer).await?;
             }
         }
-        self.ensure_ocsp_responders().await
+        self.ensure_ocsp_responders().await?;
+        self.ensure_server_certificate().await.map(|_| ())
     }
 }
 

@@ -71,8 +71,12 @@ pub enum Completion {
         caller_serial: String,
         supersede: Option<&'static str>,
     },
-    /// Nothing to create (OCSP responder certificates).
+    /// Nothing to create.
     Nothing,
+    /// One of the service's own certificates (its TLS server certificate, an OCSP
+    /// responder's). The one it `replaces` (this process's previous one, by serial) is revoked
+    /// as superseded; other replicas' certificates of the same subject are left alone.
+    Service { replaces: Option<String> },
 }
 
 /// A certificate signed before the store existed (`medid ca init`), to be recorded as is.
@@ -357,6 +361,51 @@ impl Store {
 
 /// Creates what an issued certificate completes: the device row or the principal row. Returns
 /// the device row as written, for a device.
+/// Revokes `subject_uri`'s other active certificates of `profile` as superseded by
+/// `cert_serial`, one event each, in this transaction.
+async fn supersede_others(
+    tx: &mut dyn Tx,
+    subject_uri: &str,
+    profile: &str,
+    cert_serial: &str,
+    recorded_at: OffsetDateTime,
+) -> Result<(), Error> {
+    let now = to_unix(recorded_at);
+    let older = tx
+        .fetch_all(
+            "SELECT issuer, serial FROM certificates
+             WHERE subject_uri = $1 AND profile = $2
+               AND status = 'active' AND serial <> $3",
+            &[
+                Arg::Text(subject_uri),
+                Arg::Text(profile),
+                Arg::Text(cert_serial),
+            ],
+        )
+        .await?;
+    tx.execute(
+        "UPDATE certificates SET status = 'revoked', revoked_at = $1, revocation_reason = 4
+         WHERE subject_uri = $2 AND profile = $3
+           AND status = 'active' AND serial <> $4",
+        &[
+            Arg::Int(now),
+            Arg::Text(subject_uri),
+            Arg::Text(profile),
+            Arg::Text(cert_serial),
+        ],
+    )
+    .await?;
+    for row in &older {
+        let event = AuditEvent::new(recorded_at, Actor::system(), "certificate.revoke", subject_uri)
+            .with("issuer", row.text(0)?)
+            .with("serial", row.text(1)?)
+            .with("reason", "superseded")
+            .with("superseded_by", cert_serial);
+        audit::append(tx, &event).await?;
+    }
+    Ok(())
+}
+
 async fn complete(
     tx: &mut dyn Tx,
     completion: &Completion,
@@ -400,46 +449,29 @@ async fn complete(
         }
         Completion::Renewal { supersede, .. } => {
             if let Some(profile) = supersede {
-                let older = tx
-                    .fetch_all(
-                        "SELECT issuer, serial FROM certificates
-                         WHERE subject_uri = $1 AND profile = $2
-                           AND status = 'active' AND serial <> $3",
-                        &[
-                            Arg::Text(subject_uri),
-                            Arg::Text(profile),
-                            Arg::Text(cert_serial),
-                        ],
-                    )
-                    .await?;
-                tx.execute(
-                    "UPDATE certificates SET status = 'revoked', revoked_at = $1, revocation_reason = 4
-                     WHERE subject_uri = $2 AND profile = $3
-                       AND status = 'active' AND serial <> $4",
-                    &[
-                        Arg::Int(now),
-                        Arg::Text(subject_uri),
-                        Arg::Text(profile),
-                        Arg::Text(cert_serial),
-                    ],
-                )
-                .await?;
-                // Each revocation is a state change: one event each, in this transaction.
-                for row in &older {
-                    let event = AuditEvent::new(
-                        recorded_at,
-                        Actor::system(),
-                        "certificate.revoke",
-                        subject_uri,
-                    )
-                    .with("issuer", row.text(0)?)
-                    .with("serial", row.text(1)?)
-                    .with("reason", "superseded")
-                    .with("superseded_by", cert_serial);
-                    audit::append(tx, &event).await?;
-                }
+                supersede_others(tx, subject_uri, profile, cert_serial, recorded_at).await?;
             }
         }
+        Completion::Service {
+            replaces: Some(old),
+        } => {
+            let revoked = tx
+                .execute(
+                    "UPDATE certificates SET status = 'revoked', revoked_at = $1, revocation_reason = 4
+                     WHERE subject_uri = $2 AND serial = $3 AND status = 'active'",
+                    &[Arg::Int(to_unix(recorded_at)), Arg::Text(subject_uri), Arg::Text(old)],
+                )
+                .await?;
+            if revoked == 1 {
+                let event =
+                    AuditEvent::new(recorded_at, Actor::system(), "certificate.revoke", subject_uri)
+                        .with("serial", old.clone())
+                        .with("reason", "superseded")
+                        .with("superseded_by", cert_serial);
+                audit::append(tx, &event).await?;
+            }
+        }
+        Completion::Service { replaces: None } => {}
         Completion::Nothing => {}
         Completion::Principal {
             role,

@@ -1,0 +1,274 @@
+//! The service's own certificates: its TLS server certificate and its delegated OCSP
+//! responders. Each is recorded and audited like any certificate (OCSP `good`, revocable,
+//! listed by ListExpiring), renewed by the running service at 2/3 of its lifetime with a new
+//! key, and kept on disk (key 0600) so a restart reuses it while it is fresh. The certificate a
+//! renewal replaces is revoked as superseded.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use time::OffsetDateTime;
+
+use super::Ca;
+use crate::audit::{Actor, AuditEvent};
+use crate::domain::Role;
+use crate::error::Error;
+use crate::issuance::bootstrap::write_public;
+use crate::issuance::{IssuerName, ServiceKey};
+use crate::policy::profile::{renew_after, OCSP_RESPONDER_LIFETIME};
+use crate::store::certificates::{fingerprint, AdoptedCertificate, Claim, Completion, Reservation};
+
+/// A service certificate found on disk.
+struct OnDisk {
+    der: Vec<u8>,
+    serial: String,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    dns: Vec<String>,
+    ips: Vec<IpAddr>,
+    /// The key file holds the certificate's key.
+    key: Option<ServiceKey>,
+}
+
+/// Reads a certificate file (leaf first) and its key file. `None` when the certificate is
+/// missing or unreadable.
+fn on_disk(cert: &Path, key: &Path) -> Option<OnDisk> {
+    let pem = std::fs::read(cert).ok()?;
+    let der = crate::pem::parse_certificates(&pem).ok()?.into_iter().next()?.to_vec();
+    let (_, c) = x509_parser::parse_x509_certificate(&der).ok()?;
+    let (mut dns, mut ips) = (Vec::new(), Vec::new());
+    if let Ok(Some(san)) = c.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                x509_parser::extensions::GeneralName::DNSName(d) => dns.push((*d).to_owned()),
+                x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
+                    4 => ips.push(IpAddr::from(<[u8; 4]>::try_from(*b).ok()?)),
+                    16 => ips.push(IpAddr::from(<[u8; 16]>::try_from(*b).ok()?)),
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+    let key = ServiceKey::load(key).ok().filter(|k| k.certified_by(&der));
+    Some(OnDisk {
+        serial: crate::domain::hex(c.raw_serial()),
+        not_before: c.validity().not_before.to_datetime(),
+        not_after: c.validity().not_after.to_datetime(),
+        dns,
+        ips,
+        key,
+        der,
+    })
+}
+
+impl Ca {
+    fn server_subject(&self) -> String {
+        format!("spiffe://{}/service/medid", self.profiles.trust_domain.as_str())
+    }
+
+    fn responder_subject(&self, issuer: IssuerName) -> String {
+        format!(
+            "spiffe://{}/service/ocsp/{}",
+            self.profiles.trust_domain.as_str(),
+            issuer.as_str()
+        )
+    }
+
+    /// Records a service certificate found on disk that the store does not know (the one
+    /// `ca init` signed before any database existed). Returns whether it is active.
+    async fn recorded_active(
+        &self,
+        disk: &OnDisk,
+        issuer: IssuerName,
+        profile: &'static str,
+        subject_uri: &str,
+    ) -> Result<bool, Error> {
+        let fp = fingerprint(&disk.der);
+        if let Some(peer) = self.store.peer_by_fingerprint(&fp).await? {
+            return Ok(peer.status == "active");
+        }
+        let adopted = AdoptedCertificate {
+            issuer,
+            serial: disk.serial.clone(),
+            profile,
+            role: Role::Service,
+            subject_uri: subject_uri.to_owned(),
+            spki_sha256: disk
+                .key
+                .as_ref()
+                .map(ServiceKey::spki_sha256)
+                .unwrap_or_default(),
+            not_before: disk.not_before,
+            not_after: disk.not_after,
+            der: disk.der.clone(),
+        };
+        let event = AuditEvent::new(
+            self.clock.now(),
+            Actor::system(),
+            "service.certificate.adopt",
+            subject_uri,
+        )
+        .with("profile", profile)
+        .with("serial", disk.serial.clone())
+        .with("certificate_sha256", fp);
+        self.store
+            .adopt_certificate(&adopted, &Completion::Service { replaces: None }, &event)
+            .await?;
+        tracing::info!(uri = subject_uri, serial = disk.serial, "recorded the service's {profile} certificate");
+        Ok(true)
+    }
+
+    /// Issues one of the service's certificates through the full cycle, replacing `replaces`.
+    async fn issue_service(
+        &self,
+        template: crate::issuance::CertificateTemplate,
+        key: &ServiceKey,
+        profile: &'static str,
+        subject_uri: String,
+        action: &str,
+        replaces: Option<String>,
+    ) -> Result<super::Issued, Error> {
+        let reservation = Reservation {
+            template,
+            profile,
+            role: Role::Service,
+            subject_uri,
+            spki_sha256: key.spki_sha256(),
+            claim: Claim::Service,
+        };
+        let (issued, _) = self
+            .run_cycle(
+                &Actor::system(),
+                action,
+                reservation,
+                Completion::Service { replaces },
+            )
+            .await?;
+        Ok(issued)
+    }
+
+    /// Checks the TLS server certificate on disk and renews it when it is due (2/3 of its
+    /// life), expired, revoked, or its key file does not match; the new files are written and
+    /// `tls_renewals` tells the TLS layer to load them. Returns whether it renewed. A
+    /// certificate the store does not know is recorded first.
+    pub async fn ensure_server_certificate(&self) -> Result<bool, Error> {
+        let (cert_path, key_path) = (&self.pki.server_cert, &self.pki.server_key);
+        let disk = on_disk(cert_path, key_path).ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "{} is missing or unreadable; run `medid ca init` or restore it",
+                cert_path.display()
+            ))
+        })?;
+        let subject = self.server_subject();
+        let active = self
+            .recorded_active(&disk, IssuerName::Operational, "server", &subject)
+            .await?;
+        let now = self.clock.now();
+        let due = now >= renew_after(disk.not_before, disk.not_after);
+        if active && !due && disk.key.is_some() {
+            return Ok(false);
+        }
+        let key = ServiceKey::generate()?;
+        let template = self.profiles.server(
+            crate::issuance::random_serial(),
+            now,
+            self.authority.issuer_cert(IssuerName::Operational).not_after,
+            &disk.dns,
+            &disk.ips,
+            key.public_key(),
+        );
+        let issued = self
+            .issue_service(
+                template,
+                &key,
+                "server",
+                subject,
+                "service.certificate.renew",
+                active.then(|| disk.serial.clone()),
+            )
+            .await?;
+        // The key first: a crash between the two writes leaves a pair that does not match,
+        // which the next start detects and replaces.
+        key.write(key_path)?;
+        let mut pem = crate::pem::certificate(&issued.der);
+        for ca in &issued.chain {
+            pem.push_str(&crate::pem::certificate(ca));
+        }
+        write_public(cert_path, &pem)?;
+        tracing::info!(
+            serial = issued.serial,
+            not_after = %issued.not_after,
+            replaced = disk.serial,
+            "renewed the service's TLS certificate"
+        );
+        self.tls_renewals.send_modify(|generation| *generation += 1);
+        if active {
+            self.publish_crl(IssuerName::Operational).await?;
+        }
+        Ok(true)
+    }
+
+    /// Installs a delegated OCSP responder for each issuing CA: the one kept on disk while it
+    /// is recorded, active and before 2/3 of its life, otherwise a new one issued through the
+    /// full cycle (the one it replaces revoked as superseded) and written to disk.
+    pub async fn ensure_ocsp_responders(&self) -> Result<(), Error> {
+        let now = self.clock.now();
+        for issuer in [IssuerName::DeviceIdentity, IssuerName::Operational] {
+            let fresh = self
+                .authority
+                .ocsp_responder_not_after(issuer)
+                .is_some_and(|end| now < renew_after(end - OCSP_RESPONDER_LIFETIME, end));
+            if fresh {
+                continue;
+            }
+            let (cert_path, key_path) = self.pki.ocsp_responder(issuer);
+            let subject = self.responder_subject(issuer);
+            let disk = on_disk(&cert_path, &key_path);
+            let mut replaces = None;
+            if let Some(disk) = disk {
+                let active = self
+                    .store
+                    .peer_by_fingerprint(&fingerprint(&disk.der))
+                    .await?
+                    .is_some_and(|p| p.status == "active" && p.subject_uri == subject);
+                let reusable = now < renew_after(disk.not_before, disk.not_after);
+                match disk.key {
+                    Some(key) if active && reusable => {
+                        self.authority.install_ocsp_responder(
+                            issuer,
+                            key,
+                            disk.der.into(),
+                            disk.not_after,
+                        );
+                        tracing::info!(issuer = issuer.as_str(), serial = disk.serial, "reusing the OCSP responder kept on disk");
+                        continue;
+                    }
+                    _ if active => replaces = Some(disk.serial),
+                    _ => {}
+                }
+            }
+            let key = ServiceKey::generate()?;
+            let template = self.profiles.ocsp_responder(
+                crate::issuance::random_serial(),
+                now,
+                issuer,
+                self.authority.issuer_cert(issuer).not_after,
+                key.public_key(),
+            );
+            let superseding = replaces.is_some();
+            let issued = self
+                .issue_service(template, &key, "ocsp-responder", subject, "ocsp.responder.issue", replaces)
+                .await?;
+            key.write(&key_path)?;
+            write_public(&cert_path, &crate::pem::certificate(&issued.der))?;
+            self.authority
+                .install_ocsp_responder(issuer, key, issued.der.clone().into(), issued.not_after);
+            tracing::info!(issuer = issuer.as_str(), serial = issued.serial, "installed OCSP responder");
+            if superseding {
+                self.publish_crl(issuer).await?;
+            }
+        }
+        Ok(())
+    }
+}
