@@ -603,7 +603,9 @@ async fn reload_tls_on_renewal(ca: Arc<Ca>, tls: Arc<tls::TlsReloader>) {
         renewals.borrow_and_update();
         match tls.reload_identity() {
             Ok(()) => tracing::info!("serving the renewed TLS certificate"),
-            Err(e) => tracing::error!(error = %e, "loading the renewed TLS certificate failed; the previous one stays"),
+            Err(e) => {
+                tracing::error!(error = %e, "loading the renewed TLS certificate failed; the previous one stays")
+            }
         }
     }
 }

@@ -129,7 +129,10 @@ impl TlsReloader {
     }
 
     fn rebuild(&self, change: impl FnOnce(&mut Inputs)) -> Result<(), Error> {
-        let mut inputs = self.inputs.lock().expect("TLS inputs lock is never poisoned");
+        let mut inputs = self
+            .inputs
+            .lock()
+            .expect("TLS inputs lock is never poisoned");
         change(&mut inputs);
         let configs = Configs::build(&self.files, &inputs.identity, &inputs.crls, &self.ticketer)?;
         *self

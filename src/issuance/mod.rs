@@ -155,8 +155,9 @@ impl ServiceKey {
 
     /// True when `cert_der` certifies this key.
     pub fn certified_by(&self, cert_der: &[u8]) -> bool {
-        x509_parser::parse_x509_certificate(cert_der)
-            .is_ok_and(|(_, c)| c.public_key().subject_public_key.data.as_ref() == self.0.public_key_raw())
+        x509_parser::parse_x509_certificate(cert_der).is_ok_and(|(_, c)| {
+            c.public_key().subject_public_key.data.as_ref() == self.0.public_key_raw()
+        })
     }
 }
 

@@ -34,7 +34,11 @@ struct OnDisk {
 /// missing or unreadable.
 fn on_disk(cert: &Path, key: &Path) -> Option<OnDisk> {
     let pem = std::fs::read(cert).ok()?;
-    let der = crate::pem::parse_certificates(&pem).ok()?.into_iter().next()?.to_vec();
+    let der = crate::pem::parse_certificates(&pem)
+        .ok()?
+        .into_iter()
+        .next()?
+        .to_vec();
     let (_, c) = x509_parser::parse_x509_certificate(&der).ok()?;
     let (mut dns, mut ips) = (Vec::new(), Vec::new());
     if let Ok(Some(san)) = c.subject_alternative_name() {
@@ -64,7 +68,10 @@ fn on_disk(cert: &Path, key: &Path) -> Option<OnDisk> {
 
 impl Ca {
     fn server_subject(&self) -> String {
-        format!("spiffe://{}/service/medid", self.profiles.trust_domain.as_str())
+        format!(
+            "spiffe://{}/service/medid",
+            self.profiles.trust_domain.as_str()
+        )
     }
 
     fn responder_subject(&self, issuer: IssuerName) -> String {
@@ -115,7 +122,11 @@ impl Ca {
         self.store
             .adopt_certificate(&adopted, &Completion::Service { replaces: None }, &event)
             .await?;
-        tracing::info!(uri = subject_uri, serial = disk.serial, "recorded the service's {profile} certificate");
+        tracing::info!(
+            uri = subject_uri,
+            serial = disk.serial,
+            "recorded the service's {profile} certificate"
+        );
         Ok(true)
     }
 
@@ -173,7 +184,9 @@ impl Ca {
         let template = self.profiles.server(
             crate::issuance::random_serial(),
             now,
-            self.authority.issuer_cert(IssuerName::Operational).not_after,
+            self.authority
+                .issuer_cert(IssuerName::Operational)
+                .not_after,
             &disk.dns,
             &disk.ips,
             key.public_key(),
@@ -241,7 +254,11 @@ impl Ca {
                             disk.der.into(),
                             disk.not_after,
                         );
-                        tracing::info!(issuer = issuer.as_str(), serial = disk.serial, "reusing the OCSP responder kept on disk");
+                        tracing::info!(
+                            issuer = issuer.as_str(),
+                            serial = disk.serial,
+                            "reusing the OCSP responder kept on disk"
+                        );
                         continue;
                     }
                     _ if active => replaces = Some(disk.serial),
@@ -258,13 +275,28 @@ impl Ca {
             );
             let superseding = replaces.is_some();
             let issued = self
-                .issue_service(template, &key, "ocsp-responder", subject, "ocsp.responder.issue", replaces)
+                .issue_service(
+                    template,
+                    &key,
+                    "ocsp-responder",
+                    subject,
+                    "ocsp.responder.issue",
+                    replaces,
+                )
                 .await?;
             key.write(&key_path)?;
             write_public(&cert_path, &crate::pem::certificate(&issued.der))?;
-            self.authority
-                .install_ocsp_responder(issuer, key, issued.der.clone().into(), issued.not_after);
-            tracing::info!(issuer = issuer.as_str(), serial = issued.serial, "installed OCSP responder");
+            self.authority.install_ocsp_responder(
+                issuer,
+                key,
+                issued.der.clone().into(),
+                issued.not_after,
+            );
+            tracing::info!(
+                issuer = issuer.as_str(),
+                serial = issued.serial,
+                "installed OCSP responder"
+            );
             if superseding {
                 self.publish_crl(issuer).await?;
             }

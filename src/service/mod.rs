@@ -9,10 +9,10 @@
 pub mod anonymous;
 mod enroll;
 mod est;
+mod identity;
 pub mod ledger;
 mod lifecycle;
 pub mod ocsp_cache;
-mod identity;
 pub mod publish;
 mod restore;
 

@@ -396,11 +396,16 @@ async fn supersede_others(
     )
     .await?;
     for row in &older {
-        let event = AuditEvent::new(recorded_at, Actor::system(), "certificate.revoke", subject_uri)
-            .with("issuer", row.text(0)?)
-            .with("serial", row.text(1)?)
-            .with("reason", "superseded")
-            .with("superseded_by", cert_serial);
+        let event = AuditEvent::new(
+            recorded_at,
+            Actor::system(),
+            "certificate.revoke",
+            subject_uri,
+        )
+        .with("issuer", row.text(0)?)
+        .with("serial", row.text(1)?)
+        .with("reason", "superseded")
+        .with("superseded_by", cert_serial);
         audit::append(tx, &event).await?;
     }
     Ok(())
@@ -463,11 +468,15 @@ async fn complete(
                 )
                 .await?;
             if revoked == 1 {
-                let event =
-                    AuditEvent::new(recorded_at, Actor::system(), "certificate.revoke", subject_uri)
-                        .with("serial", old.clone())
-                        .with("reason", "superseded")
-                        .with("superseded_by", cert_serial);
+                let event = AuditEvent::new(
+                    recorded_at,
+                    Actor::system(),
+                    "certificate.revoke",
+                    subject_uri,
+                )
+                .with("serial", old.clone())
+                .with("reason", "superseded")
+                .with("superseded_by", cert_serial);
                 audit::append(tx, &event).await?;
             }
         }

@@ -1,0 +1,233 @@
+//! The service's own certificates: recorded, published, renewed while it runs, and reused
+//! across restarts.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{Identity, TestServer};
+use medid::clock::{Clock, FixedClock};
+use medid::proto::{self, lifecycle_service_client::LifecycleServiceClient, PrincipalRole};
+use rustls_pki_types::pem::PemObject;
+use tonic::transport::Channel;
+
+/// rustls checks certificate validity with this clock: the test's, so a certificate issued
+/// after the clock was moved forward is valid to this client.
+#[derive(Debug)]
+struct TestTime(Arc<FixedClock>);
+
+impl rustls::time_provider::TimeProvider for TestTime {
+    fn current_time(&self) -> Option<rustls_pki_types::UnixTime> {
+        Some(rustls_pki_types::UnixTime::since_unix_epoch(
+            std::time::Duration::from_secs(self.0.now().unix_timestamp() as u64),
+        ))
+    }
+}
+
+fn client_config(server: &TestServer, who: &Identity) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in medid::pem::parse_certificates(server.root_pem().as_bytes()).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let chain = medid::pem::parse_certificates(who.cert_pem.as_bytes()).unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(who.key_pem.as_bytes()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_details(
+        Arc::new(rustls::crypto::ring::default_provider()),
+        Arc::new(TestTime(server.clock.clone())),
+    )
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(config)
+}
+
+/// A new mTLS connection; also returns the serial of the certificate the server presented.
+async fn connect(server: &TestServer, who: &Identity) -> (Channel, String) {
+    let addr = server
+        .url
+        .trim_start_matches("https://")
+        .replace("localhost", "127.0.0.1");
+    let config = client_config(server, who);
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .expect("the server's certificate verifies");
+    let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+    let serial = medid::domain::hex(cert.raw_serial());
+    let io = std::sync::Mutex::new(Some(hyper_util::rt::TokioIo::new(tls)));
+    let channel = tonic::transport::Endpoint::from_static("http://medid")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let io = io.lock().unwrap().take();
+            async move { io.ok_or_else(|| std::io::Error::other("one connection only")) }
+        }))
+        .await
+        .unwrap();
+    (channel, serial)
+}
+
+async fn a_call_works(channel: Channel) -> bool {
+    LifecycleServiceClient::new(channel)
+        .get_crl(proto::GetCrlRequest {
+            issuer: proto::Issuer::Operational as i32,
+        })
+        .await
+        .is_ok()
+}
+
+fn serial_on_disk(server: &TestServer) -> String {
+    let pem = std::fs::read(server.pki("server.pem")).unwrap();
+    let der = medid::pem::parse_certificates(&pem).unwrap().remove(0);
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    medid::domain::hex(cert.raw_serial())
+}
+
+async fn status(server: &TestServer, serial: &str) -> String {
+    server
+        .ca
+        .store
+        .certificate(medid::issuance::IssuerName::Operational, serial)
+        .await
+        .unwrap()
+        .map(|c| c.status)
+        .unwrap_or_else(|| "unrecorded".into())
+}
+
+async fn count(server: &TestServer, action: &str) -> usize {
+    server
+        .audit_events()
+        .await
+        .iter()
+        .filter(|e| e.event.action == action)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_renews_its_tls_certificate_three_times_without_dropping_a_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(dir, common::system_now(), |c| {
+        c.server_validity_days = 1;
+    })
+    .await;
+    let gateway = server.issue(PrincipalRole::Gateway, "gw", "").await;
+    let first = serial_on_disk(&server);
+    assert_eq!(status(&server, &first).await, "active", "recorded at start");
+    let expiring = LifecycleServiceClient::new(server.channel(&server.admin()).await)
+        .list_expiring(proto::ListExpiringRequest {
+            within_seconds: 2 * 86_400,
+            manufacturer_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        expiring
+            .certificates
+            .iter()
+            .any(|c| c.serial == first && c.profile == "server"),
+        "ListExpiring shows the service's certificate"
+    );
+
+    let (long_lived, presented) = connect(&server, &gateway).await;
+    assert_eq!(presented, first);
+    let mut previous = first;
+    for round in 1..=3 {
+        // Past 2/3 of a one-day life.
+        server.clock.advance(time::Duration::hours(17));
+        server.ca.maintain().await.unwrap();
+        let renewed = serial_on_disk(&server);
+        assert_ne!(renewed, previous, "round {round}: renewed on disk");
+        assert_eq!(status(&server, &renewed).await, "active");
+        assert_eq!(
+            status(&server, &previous).await,
+            "revoked",
+            "the replaced one is superseded"
+        );
+        // The TLS layer swaps it in; a new client sees it (the swap is a task: poll).
+        let mut seen = String::new();
+        for _ in 0..200 {
+            let (channel, presented) = connect(&server, &gateway).await;
+            seen = presented;
+            if seen == renewed {
+                assert!(
+                    a_call_works(channel).await,
+                    "round {round}: a new client calls"
+                );
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            seen, renewed,
+            "round {round}: new handshakes present the renewed certificate"
+        );
+        assert!(
+            a_call_works(long_lived.clone()).await,
+            "round {round}: the connection opened before every renewal still works"
+        );
+        previous = renewed;
+    }
+    assert_eq!(count(&server, "service.certificate.renew").await, 3);
+
+    // A restart reuses the renewed certificate and the OCSP responders kept on disk.
+    let responders = count(&server, "ocsp.responder.issue").await;
+    assert_eq!(responders, 2, "one per issuing CA");
+    let config = server.config.clone();
+    let now = server.clock.now();
+    let dir = server.stop().await;
+    let server = TestServer::start_with(dir, now, |c| *c = config).await;
+    assert_eq!(serial_on_disk(&server), previous);
+    assert_eq!(count(&server, "service.certificate.renew").await, 3);
+    assert_eq!(
+        count(&server, "ocsp.responder.issue").await,
+        responders,
+        "responders reused"
+    );
+}
+
+// Multi-threaded: openssl runs as a blocking child process while the server answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_certificate_is_good_over_ocsp_and_can_be_revoked() {
+    let server = TestServer::start().await;
+    let serial = serial_on_disk(&server);
+    let path = server.pki("server.pem");
+    let ocsp = |server: &TestServer| {
+        let out = std::process::Command::new("openssl")
+            .args(["ocsp", "-issuer"])
+            .arg(server.pki("operational-ca.pem"))
+            .arg("-CAfile")
+            .arg(server.pki("root-ca.pem"))
+            .args(["-url", &format!("{}/ocsp/operational", server.http_url)])
+            .arg("-cert")
+            .arg(&path)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let text = ocsp(&server);
+    assert!(text.contains(": good"), "{text}");
+    LifecycleServiceClient::new(server.channel(&server.admin()).await)
+        .revoke(proto::RevokeRequest {
+            target: Some(proto::revoke_request::Target::Certificate(
+                proto::CertificateRef {
+                    issuer: proto::Issuer::Operational as i32,
+                    serial: serial.clone(),
+                },
+            )),
+            reason: proto::RevocationReason::KeyCompromise as i32,
+        })
+        .await
+        .unwrap();
+    let text = ocsp(&server);
+    assert!(text.contains(": revoked"), "{text}");
+    // The next upkeep replaces a revoked service certificate at once.
+    server.ca.maintain().await.unwrap();
+    let renewed = serial_on_disk(&server);
+    assert_ne!(renewed, serial);
+    assert_eq!(status(&server, &renewed).await, "active");
+}
