@@ -115,7 +115,7 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
         let opts = bootstrap::InitOptions {
             trust_domain: TrustDomain::parse(DEV_TRUST_DOMAIN)?,
             force: false,
-            extra_server_names: vec![],
+            server_names: vec![],
             operational_ca_lifetime: time::Duration::days(5 * 365),
             profiles: profile_settings(config, TrustDomain::parse(DEV_TRUST_DOMAIN)?),
         };

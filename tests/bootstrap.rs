@@ -472,3 +472,87 @@ async fn a_database_refuses_a_pki_directory_it_was_not_created_with() {
         "recorded once, at the first start, and a refused start writes nothing"
     );
 }
+
+#[test]
+fn ca_init_with_a_configuration_puts_no_loopback_url_or_name_in_production_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("medid.toml"),
+        "pki_dir = \"pki\"\npublic_base_url = \"http://pki.hospital.example\"\nserver_validity_days = 30\n",
+    )
+    .unwrap();
+    let out = medid(
+        &[
+            "ca",
+            "init",
+            "--config",
+            "medid.toml",
+            "--trust-domain",
+            "hospital.example",
+            "--server-name",
+            "pki.hospital.example",
+            "--server-name",
+            "10.0.0.7",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!said.contains("note:"), "no development notes: {said}");
+    let leaf = |name: &str| {
+        let pem = std::fs::read(dir.path().join("pki").join(name)).unwrap();
+        medid::pem::parse_certificates(&pem)
+            .unwrap()
+            .remove(0)
+            .to_vec()
+    };
+    let server = leaf("server.pem");
+    let (_, cert) = x509_parser::parse_x509_certificate(&server).unwrap();
+    let san = cert.subject_alternative_name().unwrap().unwrap();
+    let names: Vec<String> = san
+        .value
+        .general_names
+        .iter()
+        .map(|n| format!("{n:?}"))
+        .collect();
+    assert!(
+        names.iter().any(|n| n.contains("pki.hospital.example")),
+        "{names:?}"
+    );
+    assert!(
+        names.iter().any(|n| n.contains("[10, 0, 0, 7]")),
+        "{names:?}"
+    );
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.contains("localhost") || n.contains("[127, 0, 0, 1]")),
+        "{names:?}"
+    );
+    let validity = cert.validity();
+    let days = (validity.not_after.timestamp() - validity.not_before.timestamp()) / 86_400;
+    assert!(
+        (29..=30).contains(&days),
+        "server_validity_days from the file: {days}"
+    );
+    for name in ["server.pem", "admin.pem"] {
+        let der = leaf(name);
+        let text = String::from_utf8_lossy(&der).into_owned();
+        assert!(
+            text.contains("http://pki.hospital.example/"),
+            "{name} carries the public URL"
+        );
+        assert!(
+            !text.contains("127.0.0.1"),
+            "{name} carries no loopback URL"
+        );
+    }
+
+    // Without names or a URL, the development defaults, and ca init says so.
+    let dev = medid(&["ca", "init", "--dir", "dev"], dir.path());
+    let said = String::from_utf8_lossy(&dev.stdout);
+    assert!(
+        said.contains("--server-name") && said.contains("--public-base-url"),
+        "{said}"
+    );
+}

@@ -130,23 +130,32 @@ pub struct BackupArgs {
 pub enum CaCommand {
     /// Create a root CA, the device-identity and operational CAs, the service's TLS
     /// certificate, the audit-signing key and a first admin certificate.
-    Init {
-        /// Where to write the material.
-        #[arg(long, default_value = "certs-dev")]
-        dir: PathBuf,
-        /// SPIFFE-style trust domain of every principal URI.
-        #[arg(long, default_value = crate::server::DEV_TRUST_DOMAIN)]
-        trust_domain: String,
-        /// Extra DNS names or IP addresses for the service's TLS certificate.
-        #[arg(long = "server-name")]
-        server_names: Vec<String>,
-        /// Base URL for CRL/OCSP/CA URLs in the certificates it issues.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        public_base_url: String,
-        /// Replace existing material (the old CA keys are lost).
-        #[arg(long)]
-        force: bool,
-    },
+    Init(InitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The service's TOML configuration: its pki_dir, public_base_url and validity
+    /// settings are used (flags take precedence).
+    #[arg(long, env = "MEDID_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where to write the material [default: the configuration's pki_dir, or certs-dev].
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// SPIFFE-style trust domain of every principal URI.
+    #[arg(long, default_value = crate::server::DEV_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// A DNS name or IP address of the service's TLS certificate (repeat for several).
+    /// Without any: localhost, 127.0.0.1 and ::1, for development.
+    #[arg(long = "server-name")]
+    pub server_names: Vec<String>,
+    /// Base URL for the CRL, OCSP and CA URLs in the certificates [default: the
+    /// configuration's public_base_url, or http://127.0.0.1:8080].
+    #[arg(long)]
+    pub public_base_url: Option<String>,
+    /// Replace existing material (the old CA keys are lost).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// The exit status of `medid serve` when the drain deadline closed connections still open.
@@ -161,41 +170,7 @@ pub async fn run(cli: Cli) -> Result<std::process::ExitCode, Error> {
                 crate::server::Stopped::CutShort => EXIT_DRAIN_CUT_SHORT.into(),
             })
         }
-        Command::Ca(CaCommand::Init {
-            dir,
-            trust_domain,
-            server_names,
-            public_base_url,
-            force,
-        }) => {
-            let trust_domain = TrustDomain::parse(&trust_domain)?;
-            let config = Config {
-                public_base_url,
-                ..Config::default()
-            };
-            config.validate()?;
-            let files = PkiFiles::new(&dir);
-            let opts = bootstrap::InitOptions {
-                trust_domain: trust_domain.clone(),
-                force,
-                extra_server_names: server_names,
-                operational_ca_lifetime: time::Duration::days(5 * 365),
-                profiles: crate::server::profile_settings(&config, trust_domain),
-            };
-            bootstrap::init(&files, &opts, SystemClock.now())?;
-            println!("created PKI in {}", dir.display());
-            println!("  root CA:              {}", files.root_cert.display());
-            println!("  device-identity CA:   {}", files.device_ca_cert.display());
-            println!(
-                "  operational CA:       {}",
-                files.operational_ca_cert.display()
-            );
-            println!("  service TLS:          {}", files.server_cert.display());
-            println!("  first admin:          {}", files.admin_cert.display());
-            println!("  audit-signing key:    {}", files.audit_key.display());
-            println!("private keys (*.key) are mode 0600; keep them off shared disks");
-            Ok(())
-        }
+        Command::Ca(CaCommand::Init(args)) => ca_init(args),
         Command::Admin(cmd) => client::admin(cmd).await,
         Command::Enroll(args) => client::enroll(args).await,
         Command::Device(cmd) => client::device(cmd).await,
@@ -290,4 +265,70 @@ async fn backup(args: BackupArgs) -> Result<(), Error> {
         ),
     }
     Ok(())
+}
+
+fn ca_init(args: InitArgs) -> Result<(), Error> {
+    let InitArgs {
+        config,
+        dir,
+        trust_domain,
+        server_names,
+        public_base_url,
+        force,
+    } = args;
+    let trust_domain = TrustDomain::parse(&trust_domain)?;
+    let mut config = match &config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(url) = public_base_url {
+        config.public_base_url = url;
+    }
+    if let Some(dir) = dir {
+        config.pki_dir = dir;
+    }
+    config.validate()?;
+    let dir = config.pki_dir.clone();
+    let files = PkiFiles::new(&dir);
+    let opts = bootstrap::InitOptions {
+        trust_domain: trust_domain.clone(),
+        force,
+        server_names: server_names.clone(),
+        operational_ca_lifetime: time::Duration::days(5 * 365),
+        profiles: crate::server::profile_settings(&config, trust_domain),
+    };
+    bootstrap::init(&files, &opts, SystemClock.now())?;
+    println!("created PKI in {}", dir.display());
+    println!("  root CA:              {}", files.root_cert.display());
+    println!("  device-identity CA:   {}", files.device_ca_cert.display());
+    println!(
+        "  operational CA:       {}",
+        files.operational_ca_cert.display()
+    );
+    println!("  service TLS:          {}", files.server_cert.display());
+    println!("  first admin:          {}", files.admin_cert.display());
+    println!("  audit-signing key:    {}", files.audit_key.display());
+    println!("private keys (*.key) are mode 0600; keep them off shared disks");
+    println!("CRL, OCSP and CA URLs: {}", config.public_base_url);
+    if server_names.is_empty() {
+        println!("note: the service's TLS certificate names only localhost, 127.0.0.1 and ::1; pass --server-name for production");
+    }
+    if is_loopback_url(&config.public_base_url) {
+        println!("note: the CRL and OCSP URLs point at this host's loopback; pass --public-base-url (or set public_base_url) for production");
+    }
+    Ok(())
+}
+
+/// True when `url`'s host is a loopback name or address.
+fn is_loopback_url(url: &str) -> bool {
+    let host = url.split("://").nth(1).unwrap_or(url);
+    let host = host.split(['/', '?']).next().unwrap_or(host);
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }

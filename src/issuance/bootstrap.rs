@@ -131,8 +131,9 @@ impl PkiMetadata {
 pub struct InitOptions {
     pub trust_domain: TrustDomain,
     pub force: bool,
-    /// Names in the service's TLS certificate besides localhost, 127.0.0.1 and ::1.
-    pub extra_server_names: Vec<String>,
+    /// DNS names and IP addresses of the service's TLS certificate. None: localhost,
+    /// 127.0.0.1 and ::1 (a development PKI).
+    pub server_names: Vec<String>,
     pub operational_ca_lifetime: Duration,
     pub profiles: ProfileSettings,
 }
@@ -208,9 +209,13 @@ pub fn init(files: &PkiFiles, opts: &InitOptions, now: OffsetDateTime) -> Result
 
     // The service's TLS certificate.
     let server_key = new_key()?;
-    let mut dns = vec!["localhost".to_string()];
-    let mut ips: Vec<IpAddr> = vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()];
-    for name in &opts.extra_server_names {
+    let (mut dns, mut ips): (Vec<String>, Vec<IpAddr>) = (Vec::new(), Vec::new());
+    let loopback = ["localhost", "127.0.0.1", "::1"].map(String::from);
+    let names = match opts.server_names.as_slice() {
+        [] => loopback.as_slice(),
+        given => given,
+    };
+    for name in names {
         match name.parse::<IpAddr>() {
             Ok(ip) => ips.push(ip),
             Err(_) => dns.push(name.clone()),
