@@ -29,6 +29,8 @@ pub struct Config {
     pub principal_validity_days: u32,
     /// Lifetime of the service's own TLS certificate, in days.
     pub server_validity_days: u32,
+    /// How long before a CA certificate ends the service warns, each hour, in days.
+    pub ca_expiry_warning_days: u32,
     /// Largest gRPC message accepted, in bytes.
     pub max_message_bytes: usize,
     /// Address of the plain-HTTP listener for CRLs, OCSP and CA certificates (public data).
@@ -106,6 +108,7 @@ impl Default for Config {
             public_base_url: "http://127.0.0.1:8080".into(),
             principal_validity_days: 90,
             server_validity_days: 90,
+            ca_expiry_warning_days: 180,
             max_message_bytes: 1024 * 1024,
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             est_enabled: true,

@@ -181,6 +181,7 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
         access_max_age: time::Duration::days(config.access_event_max_age_days.into()),
         pki: files.clone(),
         tls_renewals: tokio::sync::watch::channel(0).0,
+        ca_expiry_warning: time::Duration::days(config.ca_expiry_warning_days.into()),
         ocsp_cache: crate::service::ocsp_cache::OcspCache::new(
             crate::service::publish::OCSP_VALIDITY,
             config.ocsp_signatures_per_second,
@@ -220,6 +221,7 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
         }
     }
     ca.maintain().await?;
+    ca.warn_ca_expiry();
     let tls = Arc::new(tls::TlsReloader::new(files, current_crls(&ca).await?)?);
     Ok(Prepared {
         ca,
@@ -624,8 +626,11 @@ async fn checkpoints(ca: Arc<Ca>) {
 async fn maintenance(ca: Arc<Ca>) {
     let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
     tick.tick().await;
-    loop {
+    for minute in 1u64.. {
         tick.tick().await;
+        if minute % 60 == 0 {
+            ca.warn_ca_expiry();
+        }
         if let Err(e) = ca.maintain().await {
             tracing::warn!(error = %e, "periodic CRL/OCSP upkeep failed; retrying next minute");
         }

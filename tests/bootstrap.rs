@@ -310,7 +310,8 @@ fn data_files_are_private_whatever_the_umask_and_exposed_ones_are_named_at_start
         format!(
             "listen = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
              database_url = \"sqlite://data/medid.db\"\npki_dir = \"pki\"\n\
-             create_dev_pki = true\nest_enabled = false\ncheckpoint_every_seconds = 1\n"
+             create_dev_pki = true\nest_enabled = false\ncheckpoint_every_seconds = 1\n\
+             ca_expiry_warning_days = 2000\n"
         ),
     )
     .unwrap();
@@ -348,6 +349,12 @@ fn data_files_are_private_whatever_the_umask_and_exposed_ones_are_named_at_start
     assert!(status.success(), "a complete drain exits 0: {stderr}");
     let last = stderr.lines().last().unwrap_or_default();
     assert!(last.contains("stopped: every connection drained"), "{last}");
+    // The 5-year operational CA is within the 2000-day warning; the root never ends.
+    assert!(
+        stderr.contains("the operational CA certificate ends in"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("the root CA certificate ends"), "{stderr}");
 
     for dir in [
         data.clone(),

@@ -15,6 +15,43 @@ pub fn no_well_defined_expiry() -> OffsetDateTime {
     time::macros::datetime!(9999-12-31 23:59:59 UTC)
 }
 
+/// The CA certificates of `cas` (name, notAfter) that end within `lead` of `now`, with the
+/// whole days left (0 when already ended). Those with no well-defined expiry never warn.
+pub fn ending_soon<'a>(
+    cas: &[(&'a str, OffsetDateTime)],
+    now: OffsetDateTime,
+    lead: Duration,
+) -> Vec<(&'a str, i64)> {
+    cas.iter()
+        .filter(|(_, end)| *end != no_well_defined_expiry() && now + lead >= *end)
+        .map(|(name, end)| (*name, (*end - now).whole_days().max(0)))
+        .collect()
+}
+
+#[cfg(test)]
+mod ending_soon_tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn only_finite_cas_within_the_lead_warn_and_the_last_day_counts_zero() {
+        let now = datetime!(2030-01-01 00:00 UTC);
+        let cas = [
+            ("root", no_well_defined_expiry()),
+            ("operational", datetime!(2030-06-01 00:00 UTC)),
+            ("old", datetime!(2030-01-01 12:00 UTC)),
+        ];
+        assert_eq!(
+            ending_soon(&cas, now, Duration::days(180)),
+            vec![("operational", 151), ("old", 0)]
+        );
+        assert_eq!(
+            ending_soon(&cas, now, Duration::days(100)),
+            vec![("old", 0)]
+        );
+    }
+}
+
 /// How far notBefore is set in the past, so a device whose clock is a little slow can use a
 /// fresh certificate at once.
 pub const BACKDATE: Duration = Duration::minutes(5);

@@ -222,6 +222,35 @@ impl Ca {
         Ok(true)
     }
 
+    /// Logs a warning for each CA certificate that ends within `ca_expiry_warning`.
+    pub fn warn_ca_expiry(&self) {
+        let cas = [
+            ("root", self.authority.root().not_after),
+            (
+                "device-identity",
+                self.authority
+                    .issuer_cert(IssuerName::DeviceIdentity)
+                    .not_after,
+            ),
+            (
+                "operational",
+                self.authority
+                    .issuer_cert(IssuerName::Operational)
+                    .not_after,
+            ),
+        ];
+        let now = self.clock.now();
+        for (ca, days_left) in
+            crate::policy::profile::ending_soon(&cas, now, self.ca_expiry_warning)
+        {
+            tracing::warn!(
+                ca,
+                days_left,
+                "the {ca} CA certificate ends in {days_left} days; every certificate it signed ends with it"
+            );
+        }
+    }
+
     /// Installs a delegated OCSP responder for each issuing CA: the one kept on disk while it
     /// is recorded, active and before 2/3 of its life, otherwise a new one issued through the
     /// full cycle (the one it replaces revoked as superseded) and written to disk.

@@ -72,6 +72,8 @@ pub struct Ca {
     pub access_max_age: Duration,
     /// Where the service's own credentials live (its TLS certificate, OCSP responders).
     pub pki: crate::issuance::bootstrap::PkiFiles,
+    /// From this long before a CA certificate ends, the service warns.
+    pub ca_expiry_warning: Duration,
     /// Bumped each time the TLS server certificate on disk is renewed; the TLS layer loads it.
     pub tls_renewals: tokio::sync::watch::Sender<u64>,
 }
