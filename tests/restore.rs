@@ -119,7 +119,11 @@ async fn revocations_after_a_backup_survive_its_restore() {
     for suffix in ["-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
-    std::fs::copy(&backup, &db).unwrap();
+    // A new file renamed over the old: connections of the stopped server that are not closed
+    // yet keep the old file and cannot write into the restored one.
+    let restoring = db.with_extension("restoring");
+    std::fs::copy(&backup, &restoring).unwrap();
+    std::fs::rename(&restoring, &db).unwrap();
     let server = TestServer::start_with(dir, common::system_now(), |c| *c = config).await;
 
     // Both stay revoked: mTLS, the CRL (numbered past what was published), OCSP.
