@@ -196,34 +196,13 @@ async fn the_service_certificate_is_good_over_ocsp_and_can_be_revoked() {
     let server = TestServer::start().await;
     let serial = serial_on_disk(&server);
     let path = server.pki("server.pem");
-    let ocsp = |server: &TestServer| {
-        let out = std::process::Command::new("openssl")
-            .args(["ocsp", "-issuer"])
-            .arg(server.pki("operational-ca.pem"))
-            .arg("-CAfile")
-            .arg(server.pki("root-ca.pem"))
-            .args(["-url", &format!("{}/ocsp/operational", server.http_url)])
-            .arg("-cert")
-            .arg(&path)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-    };
-    let text = ocsp(&server);
+    let text = common::openssl_ocsp(&server, &path);
     assert!(text.contains(": good"), "{text}");
     LifecycleServiceClient::new(server.channel(&server.admin()).await)
-        .revoke(proto::RevokeRequest {
-            target: Some(proto::revoke_request::Target::Certificate(
-                proto::CertificateRef {
-                    issuer: proto::Issuer::Operational as i32,
-                    serial: serial.clone(),
-                },
-            )),
-            reason: proto::RevocationReason::KeyCompromise as i32,
-        })
+        .revoke(common::revoke_for_key_compromise(&serial))
         .await
         .unwrap();
-    let text = ocsp(&server);
+    let text = common::openssl_ocsp(&server, &path);
     assert!(text.contains(": revoked"), "{text}");
     // The next upkeep replaces a revoked service certificate at once.
     server.ca.maintain().await.unwrap();

@@ -3,29 +3,10 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
-use common::{Identity, TestServer};
+use common::{openssl_ocsp, revoke_for_key_compromise, serial_of, Identity, TestServer};
 use medid::proto::{self, lifecycle_service_client::LifecycleServiceClient, PrincipalRole};
-
-fn serial_of(who: &Identity) -> String {
-    let der = medid::pem::parse_certificates(who.cert_pem.as_bytes()).unwrap()[0].to_vec();
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
-    medid::domain::hex(cert.raw_serial())
-}
-
-fn revoke_key_compromise(serial: &str) -> proto::RevokeRequest {
-    proto::RevokeRequest {
-        target: Some(proto::revoke_request::Target::Certificate(
-            proto::CertificateRef {
-                issuer: 0,
-                serial: serial.into(),
-            },
-        )),
-        reason: proto::RevocationReason::KeyCompromise as i32,
-    }
-}
 
 /// The number and the revoked serials (hex) of the operational CRL the HTTP endpoint serves.
 async fn served_crl(server: &TestServer) -> (u64, Vec<String>) {
@@ -44,21 +25,6 @@ async fn reqwest_free_get(url: &str) -> Vec<u8> {
     let out = Command::new("curl").args(["-sSf", url]).output().unwrap();
     assert!(out.status.success(), "{out:?}");
     out.stdout
-}
-
-/// `openssl ocsp` against medid's responder: the status line for `cert`.
-fn openssl_ocsp(server: &TestServer, cert: &Path) -> String {
-    let out = Command::new("openssl")
-        .args(["ocsp", "-issuer"])
-        .arg(server.pki("operational-ca.pem"))
-        .arg("-CAfile")
-        .arg(server.pki("root-ca.pem"))
-        .args(["-url", &format!("{}/ocsp/operational", server.http_url)])
-        .arg("-cert")
-        .arg(cert)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
 async fn a_call_works(server: &TestServer, who: &Identity) -> bool {
@@ -99,7 +65,7 @@ async fn revocations_after_a_backup_survive_its_restore() {
     let mut admin = LifecycleServiceClient::new(server.channel(&server.admin()).await);
     for who in [&before_backup, &after_backup] {
         admin
-            .revoke(revoke_key_compromise(&serial_of(who)))
+            .revoke(revoke_for_key_compromise(&serial_of(who)))
             .await
             .unwrap();
     }

@@ -244,11 +244,7 @@ impl Store {
         ) -> Result<Vec<u8>, Error>,
     ) -> Result<CrlRecord, Error> {
         let mut tx = self.begin_write().await?;
-        let last: Option<i64> =
-            sqlx::query_scalar("SELECT last_number FROM crl_numbers WHERE issuer = $1")
-                .bind(issuer.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
+        let last = last_crl_number(&mut tx, issuer).await?;
         let number = last.unwrap_or(0) + 1;
         let previous: Option<i64> = sqlx::query_scalar(
             "SELECT this_update FROM crls WHERE issuer = $1 ORDER BY number DESC LIMIT 1",
@@ -263,14 +259,7 @@ impl Store {
         let next_update = this_update + validity;
         let entries = revoked_entries(&mut tx, issuer, this_update).await?;
         let der = sign(number as u64, this_update, next_update, &entries)?;
-        sqlx::query(
-            "INSERT INTO crl_numbers (issuer, last_number) VALUES ($1, $2)
-             ON CONFLICT (issuer) DO UPDATE SET last_number = excluded.last_number",
-        )
-        .bind(issuer.as_str())
-        .bind(number)
-        .execute(&mut *tx)
-        .await?;
+        set_crl_number(&mut tx, issuer, number).await?;
         sqlx::query(
             "INSERT INTO crls (issuer, number, this_update, next_update, der) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -372,6 +361,36 @@ pub(crate) async fn consume_token(
             "the enrollment token is unknown, expired or already used".into(),
         ))
     }
+}
+
+/// The number of `issuer`'s last CRL, if it has signed one.
+pub(super) async fn last_crl_number(
+    tx: &mut Conn,
+    issuer: IssuerName,
+) -> Result<Option<i64>, Error> {
+    Ok(
+        sqlx::query_scalar("SELECT last_number FROM crl_numbers WHERE issuer = $1")
+            .bind(issuer.as_str())
+            .fetch_optional(&mut *tx)
+            .await?,
+    )
+}
+
+/// Records `number` as `issuer`'s last CRL number.
+pub(super) async fn set_crl_number(
+    tx: &mut Conn,
+    issuer: IssuerName,
+    number: i64,
+) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO crl_numbers (issuer, last_number) VALUES ($1, $2)
+         ON CONFLICT (issuer) DO UPDATE SET last_number = excluded.last_number",
+    )
+    .bind(issuer.as_str())
+    .bind(number)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 async fn revoked_entries(

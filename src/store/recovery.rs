@@ -4,6 +4,7 @@
 use sqlx::Row as _;
 use time::OffsetDateTime;
 
+use super::lifecycle::{last_crl_number, set_crl_number};
 use super::sql::SqlxTx;
 use super::{audit, to_unix, Store};
 use crate::audit::AuditEvent;
@@ -105,22 +106,11 @@ impl Store {
             audit::append(&mut SqlxTx(&mut *tx), &event_for(&recovered)).await?;
             outcome.revocations += 1;
         }
-        let last: Option<i64> =
-            sqlx::query_scalar("SELECT last_number FROM crl_numbers WHERE issuer = $1")
-                .bind(issuer.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
+        let last = last_crl_number(&mut tx, issuer).await?;
         let number = i64::try_from(number)
             .map_err(|_| Error::Internal(format!("kept CRL number {number} is too large")))?;
         if last.unwrap_or(0) < number {
-            sqlx::query(
-                "INSERT INTO crl_numbers (issuer, last_number) VALUES ($1, $2)
-                 ON CONFLICT (issuer) DO UPDATE SET last_number = excluded.last_number",
-            )
-            .bind(issuer.as_str())
-            .bind(number)
-            .execute(&mut *tx)
-            .await?;
+            set_crl_number(&mut tx, issuer, number).await?;
             outcome.crl_number_advanced = true;
         }
         tx.commit().await?;

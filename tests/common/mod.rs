@@ -436,3 +436,39 @@ pub fn fixture(name: &str) -> Vec<u8> {
 pub fn system_now() -> time::OffsetDateTime {
     SystemClock.now()
 }
+
+/// The hex serial of an identity's certificate.
+pub fn serial_of(who: &Identity) -> String {
+    let der = medid::pem::parse_certificates(who.cert_pem.as_bytes()).unwrap()[0].to_vec();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    medid::domain::hex(cert.raw_serial())
+}
+
+/// A revocation of one operational certificate for keyCompromise.
+pub fn revoke_for_key_compromise(serial: &str) -> medid::proto::RevokeRequest {
+    medid::proto::RevokeRequest {
+        target: Some(medid::proto::revoke_request::Target::Certificate(
+            medid::proto::CertificateRef {
+                issuer: medid::proto::Issuer::Operational as i32,
+                serial: serial.into(),
+            },
+        )),
+        reason: medid::proto::RevocationReason::KeyCompromise as i32,
+    }
+}
+
+/// `openssl ocsp` (an independent client) asking medid's operational responder about the
+/// certificate in `cert`: its output. Call it from a multi-threaded test: it blocks.
+pub fn openssl_ocsp(server: &TestServer, cert: &Path) -> String {
+    let out = std::process::Command::new("openssl")
+        .args(["ocsp", "-issuer"])
+        .arg(server.pki("operational-ca.pem"))
+        .arg("-CAfile")
+        .arg(server.pki("root-ca.pem"))
+        .args(["-url", &format!("{}/ocsp/operational", server.http_url)])
+        .arg("-cert")
+        .arg(cert)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
