@@ -43,7 +43,10 @@ fn issuance(c: &mut Criterion) {
     let manufacturer = ManufacturerId::parse("acme").unwrap();
     let serial = DeviceSerial::parse("PUMP-0001").unwrap();
     let now = datetime!(2026-11-24 00:00 UTC);
-    let ca_end = datetime!(2031-11-24 00:00 UTC);
+    let ca_end = medid::issuance::IssuerInfo {
+        id: medid::issuance::IssuerId::first(medid::issuance::IssuerName::Operational),
+        not_after: datetime!(2031-11-24 00:00 UTC),
+    };
 
     let mut g = c.benchmark_group("issuance");
     g.throughput(Throughput::Elements(1));

@@ -31,6 +31,8 @@ pub struct Config {
     pub server_validity_days: u32,
     /// How long before a CA certificate ends the service warns, each hour, in days.
     pub ca_expiry_warning_days: u32,
+    /// Lifetime of an operational CA certificate (`ca init`, `ca rotate`), in days.
+    pub operational_ca_validity_days: u32,
     /// Largest gRPC message accepted, in bytes.
     pub max_message_bytes: usize,
     /// Address of the plain-HTTP listener for CRLs, OCSP and CA certificates (public data).
@@ -109,6 +111,7 @@ impl Default for Config {
             principal_validity_days: 90,
             server_validity_days: 90,
             ca_expiry_warning_days: 180,
+            operational_ca_validity_days: 5 * 365,
             max_message_bytes: 1024 * 1024,
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             est_enabled: true,
@@ -162,6 +165,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), Error> {
         if self.principal_validity_days == 0
             || self.server_validity_days == 0
+            || self.operational_ca_validity_days == 0
             || self.operational_validity_hours == 0
             || self.crl_validity_hours == 0
         {

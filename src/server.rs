@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::domain::{PrincipalRole, Role, TrustDomain};
 use crate::error::Error;
 use crate::issuance::bootstrap::{self, PkiFiles, PkiMetadata, BOOTSTRAP_ADMIN_ID};
-use crate::issuance::{Authority, IssuerName};
+use crate::issuance::Authority;
 use crate::policy::lifecycle::LifecyclePolicy;
 use crate::policy::profile::ProfileSettings;
 use crate::proto::{
@@ -91,13 +91,16 @@ pub fn profile_settings(config: &Config, trust_domain: TrustDomain) -> ProfileSe
     }
 }
 
-/// The current CRLs of both issuing CAs, DER.
-async fn current_crls(ca: &Ca) -> Result<Vec<Vec<u8>>, Error> {
-    let mut crls = Vec::new();
-    for issuer in [IssuerName::DeviceIdentity, IssuerName::Operational] {
-        crls.push(ca.current_crl(issuer).await?.der);
+/// What the TLS verifier trusts: every issuing-CA generation in service and its current CRL.
+async fn current_trust(ca: &Ca) -> Result<tls::Trust, Error> {
+    let mut trust = tls::Trust::default();
+    for info in ca.issuers_in_service() {
+        trust
+            .anchors
+            .push(ca.authority.issuer_cert(info.id)?.der.to_vec());
+        trust.crls.push(ca.current_crl(info.id).await?.der);
     }
-    Ok(crls)
+    Ok(trust)
 }
 
 /// Loads or creates everything `run` needs. Prints (logs) what it created and where.
@@ -116,7 +119,9 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
             trust_domain: TrustDomain::parse(DEV_TRUST_DOMAIN)?,
             force: false,
             server_names: vec![],
-            operational_ca_lifetime: time::Duration::days(5 * 365),
+            operational_ca_lifetime: time::Duration::days(
+                config.operational_ca_validity_days.into(),
+            ),
             profiles: profile_settings(config, TrustDomain::parse(DEV_TRUST_DOMAIN)?),
         };
         bootstrap::init(&files, &opts, clock.now())?;
@@ -216,13 +221,17 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
             abandoned,
             "revoked reservations left by an interrupted issuance"
         );
-        for issuer in [IssuerName::DeviceIdentity, IssuerName::Operational] {
-            ca.publish_crl(issuer).await?;
+        for info in ca.issuers_in_service() {
+            ca.publish_crl(info.id).await?;
         }
     }
     ca.maintain().await?;
     ca.warn_ca_expiry();
-    let tls = Arc::new(tls::TlsReloader::new(files, current_crls(&ca).await?)?);
+    let tls = Arc::new(tls::TlsReloader::new(
+        files,
+        current_trust(&ca).await?,
+        ca.clock.clone(),
+    )?);
     Ok(Prepared {
         ca,
         tls,
@@ -303,8 +312,14 @@ async fn adopt_bootstrap_admin(ca: &Ca, files: &PkiFiles) -> Result<(), Error> {
     let spki = crate::domain::hex(
         ring::digest::digest(&ring::digest::SHA256, cert.public_key().raw).as_ref(),
     );
+    let issuer = ca.authority.issuer_of_certificate(&der).ok_or_else(|| {
+        Error::FailedPrecondition(format!(
+            "{} is not signed by an issuing CA of this PKI",
+            files.admin_cert.display()
+        ))
+    })?;
     let adopted = AdoptedCertificate {
-        issuer: IssuerName::Operational,
+        issuer,
         serial: crate::domain::hex(cert.raw_serial()),
         profile: "principal",
         role: Role::Admin,
@@ -584,9 +599,9 @@ async fn reload_tls_on_new_crls(ca: Arc<Ca>, tls: Arc<tls::TlsReloader>) {
     let mut generation = ca.crls.subscribe();
     while generation.changed().await.is_ok() {
         let target = *generation.borrow_and_update();
-        match current_crls(&ca).await {
-            Ok(crls) => {
-                if let Err(e) = tls.reload(crls) {
+        match current_trust(&ca).await {
+            Ok(trust) => {
+                if let Err(e) = tls.reload(trust) {
                     tracing::error!(error = %e, "rebuilding TLS verifier with new CRLs");
                 }
             }

@@ -173,6 +173,7 @@ async fn call(rpc: &str, ch: Channel, n: usize, victim_serial: &str) -> Code {
                 target: Some(revoke_request::Target::Certificate(CertificateRef {
                     issuer: 0,
                     serial: victim_serial.into(),
+                    issuer_generation: 0,
                 })),
                 reason: RevocationReason::KeyCompromise as i32,
             })
@@ -208,6 +209,7 @@ async fn call(rpc: &str, ch: Channel, n: usize, victim_serial: &str) -> Code {
                     CertificateRef {
                         issuer: 0,
                         serial: victim_serial.into(),
+                        issuer_generation: 0,
                     },
                 )),
             })
@@ -222,6 +224,7 @@ async fn call(rpc: &str, ch: Channel, n: usize, victim_serial: &str) -> Code {
         "Lifecycle.GetCrl" => code(
             life.get_crl(GetCrlRequest {
                 issuer: Issuer::Operational as i32,
+                issuer_generation: 0,
             })
             .await
             .map(drop),

@@ -182,6 +182,10 @@ async fn an_interrupted_issuance_is_revoked_at_the_next_start() {
     let template = server.ca.profiles.device_birth(
         medid::issuance::random_serial(),
         server.clock.now(),
+        server
+            .ca
+            .authority
+            .current(medid::issuance::IssuerName::DeviceIdentity),
         &medid::policy::profile::BirthSubject {
             manufacturer: &manufacturer,
             manufacturer_name: "acme Medical Inc.",

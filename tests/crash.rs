@@ -231,7 +231,11 @@ async fn a_crash_at_each_step_of_issuance_leaves_nothing_unaccounted_for() {
         let status = admin
             .get_certificate_status(GetCertificateStatusRequest {
                 certificate: Some(get_certificate_status_request::Certificate::Serial(
-                    CertificateRef { issuer: 0, serial },
+                    CertificateRef {
+                        issuer: 0,
+                        serial,
+                        issuer_generation: 0,
+                    },
                 )),
             })
             .await
@@ -309,6 +313,7 @@ async fn acknowledged_revocations_and_access_events_survive_sigkill() {
             target: Some(revoke_request::Target::Certificate(CertificateRef {
                 issuer: 0,
                 serial: serial.clone(),
+                issuer_generation: 0,
             })),
             reason: RevocationReason::KeyCompromise as i32,
         })

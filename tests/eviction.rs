@@ -31,6 +31,7 @@ fn certificate_target(serial: &str) -> proto::RevokeRequest {
             proto::CertificateRef {
                 issuer: 0,
                 serial: serial.into(),
+                issuer_generation: 0,
             },
         )),
         reason: proto::RevocationReason::KeyCompromise as i32,
@@ -74,7 +75,10 @@ async fn status(server: &TestServer, serial: &str) -> String {
     let record = server
         .ca
         .store
-        .certificate(medid::issuance::IssuerName::Operational, serial)
+        .certificate(
+            medid::issuance::IssuerId::first(medid::issuance::IssuerName::Operational),
+            serial,
+        )
         .await
         .unwrap()
         .expect("a recorded certificate");

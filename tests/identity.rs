@@ -3,78 +3,16 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use common::{Identity, TestServer};
-use medid::clock::{Clock, FixedClock};
+use common::{connect_at_test_time as connect, TestServer};
+use medid::clock::Clock;
 use medid::proto::{self, lifecycle_service_client::LifecycleServiceClient, PrincipalRole};
-use rustls_pki_types::pem::PemObject;
 use tonic::transport::Channel;
-
-/// rustls checks certificate validity with this clock: the test's, so a certificate issued
-/// after the clock was moved forward is valid to this client.
-#[derive(Debug)]
-struct TestTime(Arc<FixedClock>);
-
-impl rustls::time_provider::TimeProvider for TestTime {
-    fn current_time(&self) -> Option<rustls_pki_types::UnixTime> {
-        Some(rustls_pki_types::UnixTime::since_unix_epoch(
-            std::time::Duration::from_secs(self.0.now().unix_timestamp() as u64),
-        ))
-    }
-}
-
-fn client_config(server: &TestServer, who: &Identity) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in medid::pem::parse_certificates(server.root_pem().as_bytes()).unwrap() {
-        roots.add(cert).unwrap();
-    }
-    let chain = medid::pem::parse_certificates(who.cert_pem.as_bytes()).unwrap();
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(who.key_pem.as_bytes()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_details(
-        Arc::new(rustls::crypto::ring::default_provider()),
-        Arc::new(TestTime(server.clock.clone())),
-    )
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)
-    .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Arc::new(config)
-}
-
-/// A new mTLS connection; also returns the serial of the certificate the server presented.
-async fn connect(server: &TestServer, who: &Identity) -> (Channel, String) {
-    let addr = server
-        .url
-        .trim_start_matches("https://")
-        .replace("localhost", "127.0.0.1");
-    let config = client_config(server, who);
-    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-        .expect("the server's certificate verifies");
-    let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
-    let (_, cert) = x509_parser::parse_x509_certificate(&leaf).unwrap();
-    let serial = medid::domain::hex(cert.raw_serial());
-    let io = std::sync::Mutex::new(Some(hyper_util::rt::TokioIo::new(tls)));
-    let channel = tonic::transport::Endpoint::from_static("http://medid")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let io = io.lock().unwrap().take();
-            async move { io.ok_or_else(|| std::io::Error::other("one connection only")) }
-        }))
-        .await
-        .unwrap();
-    (channel, serial)
-}
 
 async fn a_call_works(channel: Channel) -> bool {
     LifecycleServiceClient::new(channel)
         .get_crl(proto::GetCrlRequest {
             issuer: proto::Issuer::Operational as i32,
+            issuer_generation: 0,
         })
         .await
         .is_ok()
@@ -91,7 +29,10 @@ async fn status(server: &TestServer, serial: &str) -> String {
     server
         .ca
         .store
-        .certificate(medid::issuance::IssuerName::Operational, serial)
+        .certificate(
+            medid::issuance::IssuerId::first(medid::issuance::IssuerName::Operational),
+            serial,
+        )
         .await
         .unwrap()
         .map(|c| c.status)

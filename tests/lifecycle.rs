@@ -59,6 +59,7 @@ fn revoke_serial(serial: &str, reason: proto::RevocationReason) -> proto::Revoke
             proto::CertificateRef {
                 issuer: 0,
                 serial: serial.into(),
+                issuer_generation: 0,
             },
         )),
         reason: reason as i32,
@@ -425,6 +426,7 @@ async fn crls_are_numbered_upwards_keep_revoked_entries_and_verify_with_openssl(
                 .await
                 .get_crl(proto::GetCrlRequest {
                     issuer: proto::Issuer::Operational as i32,
+                    issuer_generation: 0,
                 })
                 .await
                 .unwrap()
@@ -435,7 +437,9 @@ async fn crls_are_numbered_upwards_keep_revoked_entries_and_verify_with_openssl(
     // Re-signing (schedule or another revocation) keeps the entry and raises the number.
     server
         .ca
-        .publish_crl(medid::issuance::IssuerName::Operational)
+        .publish_crl(medid::issuance::IssuerId::first(
+            medid::issuance::IssuerName::Operational,
+        ))
         .await
         .unwrap();
     let second = get(()).await;
@@ -471,7 +475,7 @@ async fn crls_are_numbered_upwards_keep_revoked_entries_and_verify_with_openssl(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crl_next_update_and_resigning_follow_the_pinned_clock_to_the_second() {
     let server = TestServer::start().await;
-    let issuer = medid::issuance::IssuerName::DeviceIdentity;
+    let issuer = medid::issuance::IssuerId::first(medid::issuance::IssuerName::DeviceIdentity);
     let crl = server.ca.publish_crl(issuer).await.unwrap();
     assert_eq!(crl.next_update - crl.this_update, time::Duration::hours(24));
     let half = crl.this_update + time::Duration::hours(12);
@@ -606,6 +610,7 @@ async fn gateways_ask_for_certificate_status_by_serial_or_der() {
                 proto::CertificateRef {
                     issuer: 0,
                     serial: "0badc0ffee".into(),
+                    issuer_generation: 0,
                 },
             )),
         })

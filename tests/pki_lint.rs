@@ -109,6 +109,7 @@ async fn everything_medid_issues_passes_pkilint() {
             medid::proto::CertificateRef {
                 issuer: 0,
                 serial: operational[1].serial.clone(),
+                issuer_generation: 0,
             },
         )),
         reason: medid::proto::RevocationReason::KeyCompromise as i32,
@@ -116,11 +117,11 @@ async fn everything_medid_issues_passes_pkilint() {
     .await
     .unwrap();
     for issuer in [
-        medid::issuance::IssuerName::DeviceIdentity,
-        medid::issuance::IssuerName::Operational,
+        medid::issuance::IssuerId::first(medid::issuance::IssuerName::DeviceIdentity),
+        medid::issuance::IssuerId::first(medid::issuance::IssuerName::Operational),
     ] {
         let crl = server.ca.current_crl(issuer).await.unwrap();
-        std::fs::write(out.join(format!("{}.crl", issuer.as_str())), crl.der).unwrap();
+        std::fs::write(out.join(format!("{issuer}.crl")), crl.der).unwrap();
     }
     // The delegated OCSP responder certificates, from the store.
     let db = server.db().await;

@@ -34,6 +34,7 @@ async fn a_call_works(server: &TestServer, who: &Identity) -> bool {
     LifecycleServiceClient::new(channel)
         .get_crl(proto::GetCrlRequest {
             issuer: proto::Issuer::Operational as i32,
+            issuer_generation: 0,
         })
         .await
         .is_ok()
@@ -152,7 +153,7 @@ async fn a_kept_crl_that_medid_did_not_sign_revokes_nothing() {
     let now = common::system_now();
     let der = foreign
         .sign_crl(
-            medid::issuance::IssuerName::Operational,
+            medid::issuance::IssuerId::first(medid::issuance::IssuerName::Operational),
             999_999,
             now,
             now + time::Duration::hours(24),

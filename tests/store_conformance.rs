@@ -11,7 +11,7 @@ mod common;
 
 use medid::audit::{Actor, AuditEvent};
 use medid::domain::ManufacturerId;
-use medid::issuance::IssuerName;
+use medid::issuance::{IssuerId, IssuerName};
 use medid::store::ledger::AuditQuery;
 use medid::store::registry::ManufacturerRecord;
 use medid::store::{Backend, Store};
@@ -222,7 +222,7 @@ async fn crl_numbers_rise_by_one_under_concurrent_issuers(db: Db) {
         tokio::spawn(async move {
             store
                 .issue_crl(
-                    IssuerName::Operational,
+                    IssuerId::first(IssuerName::Operational),
                     at() + time::Duration::seconds(i),
                     time::Duration::hours(24),
                     |number, this_update, next_update, entries| {
@@ -253,14 +253,14 @@ async fn crl_numbers_rise_by_one_under_concurrent_issuers(db: Db) {
     );
     let latest = db
         .store
-        .latest_crl(IssuerName::Operational)
+        .latest_crl(IssuerId::first(IssuerName::Operational))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(latest.number, 10);
     assert!(db
         .store
-        .latest_crl(IssuerName::DeviceIdentity)
+        .latest_crl(IssuerId::first(IssuerName::DeviceIdentity))
         .await
         .unwrap()
         .is_none());

@@ -31,7 +31,6 @@ use super::conn::ConnInfo;
 use super::limits::PrincipalLimiter;
 use crate::der::{self, tag};
 use crate::error::Error;
-use crate::issuance::IssuerName;
 use crate::policy::est::{EstLabel, EstOperation, EstProfile};
 use crate::service::Ca;
 
@@ -217,19 +216,17 @@ async fn cacerts(State(state): State<EstState>, label: Option<Path<String>>) -> 
 }
 
 /// The root and the issuing CA of the label's profile; without a label, both issuing CAs.
+/// Every generation in service is included, newest first, so a device holds the new CA before
+/// its first certificate from it arrives.
 fn cacerts_for(state: &EstState, profile: Option<EstProfile>) -> Response {
-    let authority = &state.ca.authority;
-    let root = authority.root().der.as_ref();
-    let device = authority
-        .issuer_cert(IssuerName::DeviceIdentity)
-        .der
-        .as_ref();
-    let operational = authority.issuer_cert(IssuerName::Operational).der.as_ref();
-    let certs: Vec<&[u8]> = match profile {
-        None => vec![root, device, operational],
-        Some(EstProfile::DeviceBirth) => vec![root, device],
-        Some(EstProfile::DeviceOperational) => vec![root, operational],
-    };
+    let bundle = state.ca.public_trust_bundle();
+    let mut certs: Vec<&[u8]> = vec![&bundle.root];
+    if profile != Some(EstProfile::DeviceOperational) {
+        certs.extend(bundle.device_identity.iter().map(Vec::as_slice));
+    }
+    if profile != Some(EstProfile::DeviceBirth) {
+        certs.extend(bundle.operational.iter().map(Vec::as_slice));
+    }
     base64_response("application/pkcs7-mime", &certs_only(&certs))
 }
 

@@ -5,6 +5,9 @@
 //! |---|---|
 //! | `GET /crl/{issuer}.crl` | current CRL, DER, `application/pkix-crl` |
 //! | `GET /ca/{root,device-identity,operational}.der` | CA certificate, DER, `application/pkix-cert` |
+//!
+//! `{issuer}` is an issuing-CA generation's label: `device-identity`, `operational`, and after
+//! a rollover `operational-2`, … (`/ca/operational-2.der` likewise).
 //! | `POST /ocsp/{issuer}` (`application/ocsp-request`) | OCSP response, `application/ocsp-response` |
 //! | `GET /ocsp/{issuer}/{base64 request}` | the same (RFC 6960 Appendix A.1) |
 //! | `GET /healthz`, `GET /readyz` | liveness; readiness (the database answers and the service is not draining) |
@@ -21,7 +24,7 @@ use base64::Engine;
 
 use crate::der::{tag, Reader};
 use crate::issuance::ocsp::HashAlg;
-use crate::issuance::IssuerName;
+use crate::issuance::IssuerId;
 use crate::service::publish::{CertId, OcspQuery};
 use crate::service::Ca;
 
@@ -65,12 +68,16 @@ fn der(content_type: &'static str, body: Vec<u8>, max_age: i64) -> Response {
         .into_response()
 }
 
-fn issuer_named(name: &str) -> Option<IssuerName> {
-    IssuerName::parse(name)
+/// A loaded issuing-CA generation named by its label.
+fn issuer_named(ca: &Ca, label: &str) -> Option<IssuerId> {
+    IssuerId::parse(label).filter(|id| ca.authority.issuer_cert(*id).is_ok())
 }
 
 async fn crl(State(ca): State<Arc<Ca>>, Path(file): Path<String>) -> Response {
-    let Some(issuer) = file.strip_suffix(".crl").and_then(issuer_named) else {
+    let Some(issuer) = file
+        .strip_suffix(".crl")
+        .and_then(|label| issuer_named(&ca, label))
+    else {
         return text(
             StatusCode::NOT_FOUND,
             "no such CRL; try /crl/device-identity.crl or /crl/operational.crl",
@@ -92,14 +99,17 @@ async fn crl(State(ca): State<Arc<Ca>>, Path(file): Path<String>) -> Response {
 }
 
 async fn ca_cert(State(ca): State<Arc<Ca>>, Path(file): Path<String>) -> Response {
-    let bundle = ca.public_trust_bundle();
-    let body = match file.as_str() {
-        "root.der" => bundle.root,
-        "device-identity.der" => bundle.device_identity,
-        "operational.der" => bundle.operational,
-        _ => return text(StatusCode::NOT_FOUND, "no such CA certificate"),
+    let body = match file.strip_suffix(".der") {
+        Some("root") => Some(ca.authority.root().der.to_vec()),
+        Some(label) => issuer_named(&ca, label)
+            .and_then(|id| ca.authority.issuer_cert(id).ok())
+            .map(|c| c.der.to_vec()),
+        None => None,
     };
-    der("application/pkix-cert", body, 86_400)
+    match body {
+        Some(body) => der("application/pkix-cert", body, 86_400),
+        None => text(StatusCode::NOT_FOUND, "no such CA certificate"),
+    }
 }
 
 async fn ready(
@@ -135,7 +145,7 @@ async fn ocsp_post_issuer(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if issuer_named(&issuer).is_none() {
+    if issuer_named(&state.0, &issuer).is_none() {
         return text(StatusCode::NOT_FOUND, "no such OCSP responder");
     }
     ocsp_post(state, headers, body).await
@@ -145,7 +155,7 @@ async fn ocsp_get(
     State(ca): State<Arc<Ca>>,
     Path((issuer, request)): Path<(String, String)>,
 ) -> Response {
-    if issuer_named(&issuer).is_none() {
+    if issuer_named(&ca, &issuer).is_none() {
         return text(StatusCode::NOT_FOUND, "no such OCSP responder");
     }
     // The path is already percent-decoded; what remains is standard base64.

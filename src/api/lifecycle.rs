@@ -6,25 +6,35 @@ use super::{convert, Api};
 use crate::domain::{quote, DeviceSerial, ManufacturerId, RevocationReason};
 use crate::error::Error;
 use crate::issuance::ocsp::CertStatus;
-use crate::issuance::IssuerName;
+use crate::issuance::{IssuerId, IssuerName};
 use crate::proto::{self, lifecycle_service_server::LifecycleService};
-use crate::service::{CertificateStatusQuery, NewToken, RevokeTarget};
+use crate::service::{CertificateStatusQuery, IssuerFilter, NewToken, RevokeTarget};
 use crate::store::lifecycle::CertRecord;
 
-fn issuer_of(i: i32) -> Result<Option<IssuerName>, Error> {
-    match proto::Issuer::try_from(i) {
-        Ok(proto::Issuer::Unspecified) => Ok(None),
-        Ok(proto::Issuer::DeviceIdentity) => Ok(Some(IssuerName::DeviceIdentity)),
-        Ok(proto::Issuer::Operational) => Ok(Some(IssuerName::Operational)),
-        Err(_) => Err(Error::InvalidArgument(format!("unknown issuer {i}"))),
-    }
+fn issuer_of(i: i32, generation: u32) -> Result<IssuerFilter, Error> {
+    let name = match proto::Issuer::try_from(i) {
+        Ok(proto::Issuer::Unspecified) => None,
+        Ok(proto::Issuer::DeviceIdentity) => Some(IssuerName::DeviceIdentity),
+        Ok(proto::Issuer::Operational) => Some(IssuerName::Operational),
+        Err(_) => return Err(Error::InvalidArgument(format!("unknown issuer {i}"))),
+    };
+    Ok(IssuerFilter {
+        name,
+        generation: (generation != 0).then_some(generation),
+    })
 }
 
-fn proto_issuer(i: IssuerName) -> proto::Issuer {
-    match i {
+fn proto_issuer(i: IssuerId) -> (i32, u32) {
+    let name = match i.name {
         IssuerName::DeviceIdentity => proto::Issuer::DeviceIdentity,
         IssuerName::Operational => proto::Issuer::Operational,
-    }
+    };
+    (name as i32, i.generation)
+}
+
+/// The PEM of several certificates, one after another.
+fn pem_all(ders: &[Vec<u8>]) -> String {
+    ders.iter().map(|d| crate::pem::certificate(d)).collect()
 }
 
 fn reason_of(r: i32) -> Result<Option<RevocationReason>, Error> {
@@ -40,8 +50,10 @@ fn device_ref(d: Option<proto::DeviceRef>) -> Result<(ManufacturerId, DeviceSeri
 }
 
 fn cert_info(c: &CertRecord, state: &str) -> proto::CertificateInfo {
+    let (issuer, issuer_generation) = proto_issuer(c.issuer);
     proto::CertificateInfo {
-        issuer: proto_issuer(c.issuer) as i32,
+        issuer,
+        issuer_generation,
         serial: c.serial.clone(),
         profile: c.profile.clone(),
         subject_uri: c.subject_uri.clone(),
@@ -81,7 +93,7 @@ impl LifecycleService for Api {
                         )));
                     }
                     RevokeTarget::Certificate {
-                        issuer: issuer_of(c.issuer)?,
+                        issuer: issuer_of(c.issuer, c.issuer_generation)?,
                         serial: c.serial,
                     }
                 }
@@ -111,9 +123,13 @@ impl LifecycleService for Api {
         Ok(Response::new(proto::RevokeResponse {
             revoked: revoked
                 .into_iter()
-                .map(|(i, s)| proto::CertificateRef {
-                    issuer: proto_issuer(i) as i32,
-                    serial: s,
+                .map(|(i, s)| {
+                    let (issuer, issuer_generation) = proto_issuer(i);
+                    proto::CertificateRef {
+                        issuer,
+                        issuer_generation,
+                        serial: s,
+                    }
                 })
                 .collect(),
         }))
@@ -184,9 +200,11 @@ impl LifecycleService for Api {
         let who = self.caller(&request).await?;
         let parsed = match request.into_inner().certificate {
             Some(proto::get_certificate_status_request::Certificate::Serial(c)) => {
-                issuer_of(c.issuer).map(|issuer| CertificateStatusQuery::Serial {
-                    issuer,
-                    serial: c.serial,
+                issuer_of(c.issuer, c.issuer_generation).map(|issuer| {
+                    CertificateStatusQuery::Serial {
+                        issuer,
+                        serial: c.serial,
+                    }
                 })
             }
             Some(proto::get_certificate_status_request::Certificate::Der(der)) => {
@@ -220,8 +238,8 @@ impl LifecycleService for Api {
         let b = self.ca.trust_bundle(&who).await?;
         Ok(Response::new(proto::TrustBundle {
             root_pem: crate::pem::certificate(&b.root),
-            device_identity_ca_pem: crate::pem::certificate(&b.device_identity),
-            operational_ca_pem: crate::pem::certificate(&b.operational),
+            device_identity_ca_pem: pem_all(&b.device_identity),
+            operational_ca_pem: pem_all(&b.operational),
         }))
     }
 
@@ -230,13 +248,14 @@ impl LifecycleService for Api {
         request: Request<proto::GetCrlRequest>,
     ) -> Result<Response<proto::Crl>, Status> {
         let who = self.caller(&request).await?;
-        let parsed = issuer_of(request.into_inner().issuer).and_then(|i| {
-            i.ok_or_else(|| Error::InvalidArgument("name the issuer of the CRL".into()))
-        });
-        let issuer = self.parse(&who, "crl.get", "crl", parsed).await?;
-        let crl = self.ca.crl_for(&who, issuer).await?;
+        let req = request.into_inner();
+        let parsed = issuer_of(req.issuer, req.issuer_generation);
+        let filter = self.parse(&who, "crl.get", "crl", parsed).await?;
+        let (id, crl) = self.ca.crl_for(&who, filter).await?;
+        let (issuer, issuer_generation) = proto_issuer(id);
         Ok(Response::new(proto::Crl {
-            issuer: proto_issuer(issuer) as i32,
+            issuer,
+            issuer_generation,
             der: crl.der,
             number: crl.number,
             this_update: convert::timestamp(crl.this_update),

@@ -34,6 +34,26 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(provider)
 }
 
+/// rustls reads the time from the service's clock, so certificate validity in handshakes and
+/// in medid's own checks agree (and tests that move the clock move both).
+#[derive(Clone)]
+struct ClockTime(Arc<dyn crate::clock::Clock>);
+
+impl std::fmt::Debug for ClockTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClockTime")
+    }
+}
+
+impl rustls::time_provider::TimeProvider for ClockTime {
+    fn current_time(&self) -> Option<rustls_pki_types::UnixTime> {
+        let secs = u64::try_from(self.0.now().unix_timestamp()).ok()?;
+        Some(rustls_pki_types::UnixTime::since_unix_epoch(
+            std::time::Duration::from_secs(secs),
+        ))
+    }
+}
+
 /// The application protocol a listener speaks, negotiated by ALPN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -41,6 +61,14 @@ pub enum Protocol {
     Grpc,
     /// EST: HTTP/1.1.
     Http1,
+}
+
+/// What the client-certificate verifier trusts: the issuing-CA certificates in service (DER,
+/// every generation during a rollover's overlap) and their current CRLs (DER).
+#[derive(Debug, Clone, Default)]
+pub struct Trust {
+    pub anchors: Vec<Vec<u8>>,
+    pub crls: Vec<Vec<u8>>,
 }
 
 /// The configurations of both listeners; one verifier, rebuilt together.
@@ -53,12 +81,12 @@ struct Configs {
 impl Configs {
     /// `ticketer` is kept across rebuilds, so tickets issued before a CRL change still resume.
     fn build(
-        files: &PkiFiles,
         identity: &ServerIdentity,
-        crls: &[Vec<u8>],
+        trust: &Trust,
         ticketer: &Arc<dyn rustls::server::ProducesTickets>,
+        time: &ClockTime,
     ) -> Result<Self, Error> {
-        let mut grpc = (*server_config(files, identity, crls)?).clone();
+        let mut grpc = (*server_config(identity, trust, time)?).clone();
         // Stateless TLS 1.3 session tickets: a device that reconnects resumes without a full
         // handshake, and the server keeps no per-session state (memory stays flat). A resumed
         // session keeps the client certificate it was verified with; revocation is still
@@ -93,7 +121,7 @@ impl ServerIdentity {
 /// What the configurations are built from.
 struct Inputs {
     identity: ServerIdentity,
-    crls: Vec<Vec<u8>>,
+    trust: Trust,
 }
 
 /// Holds the current server configurations and rebuilds them when CRLs change or the
@@ -101,6 +129,7 @@ struct Inputs {
 /// were accepted with; new ones get the current one.
 pub struct TlsReloader {
     files: PkiFiles,
+    time: ClockTime,
     ticketer: Arc<dyn rustls::server::ProducesTickets>,
     /// Held while building, so a CRL change and a certificate renewal never undo each other.
     inputs: Mutex<Inputs>,
@@ -115,15 +144,21 @@ impl std::fmt::Debug for TlsReloader {
 
 impl TlsReloader {
     /// Reads the service's TLS certificate and key from `files`.
-    pub fn new(files: PkiFiles, crls: Vec<Vec<u8>>) -> Result<Self, Error> {
+    pub fn new(
+        files: PkiFiles,
+        trust: Trust,
+        clock: Arc<dyn crate::clock::Clock>,
+    ) -> Result<Self, Error> {
         let ticketer = rustls::crypto::ring::Ticketer::new()
             .map_err(|e| Error::internal("TLS session ticketer", e))?;
         let identity = ServerIdentity::read(&files)?;
-        let configs = Configs::build(&files, &identity, &crls, &ticketer)?;
+        let time = ClockTime(clock);
+        let configs = Configs::build(&identity, &trust, &ticketer, &time)?;
         Ok(Self {
             files,
+            time,
             ticketer,
-            inputs: Mutex::new(Inputs { identity, crls }),
+            inputs: Mutex::new(Inputs { identity, trust }),
             current: RwLock::new(configs),
         })
     }
@@ -134,7 +169,7 @@ impl TlsReloader {
             .lock()
             .expect("TLS inputs lock is never poisoned");
         change(&mut inputs);
-        let configs = Configs::build(&self.files, &inputs.identity, &inputs.crls, &self.ticketer)?;
+        let configs = Configs::build(&inputs.identity, &inputs.trust, &self.ticketer, &self.time)?;
         *self
             .current
             .write()
@@ -142,9 +177,9 @@ impl TlsReloader {
         Ok(())
     }
 
-    /// Rebuilds the verifier with these CRLs (DER) and makes it current.
-    pub fn reload(&self, crls: Vec<Vec<u8>>) -> Result<(), Error> {
-        self.rebuild(|inputs| inputs.crls = crls)
+    /// Rebuilds the verifier with these anchors and CRLs and makes it current.
+    pub fn reload(&self, trust: Trust) -> Result<(), Error> {
+        self.rebuild(|inputs| inputs.trust = trust)
     }
 
     /// Serves the certificate and key now on disk (renewed) from the next handshake on.
@@ -184,19 +219,18 @@ pub fn require_client_certificate(
 /// verifier that accepts a client certificate only if it chains to one of medid's issuing CAs
 /// and is not on their CRLs.
 fn server_config(
-    files: &PkiFiles,
     identity: &ServerIdentity,
-    crls: &[Vec<u8>],
+    trust: &Trust,
+    time: &ClockTime,
 ) -> Result<Arc<ServerConfig>, Error> {
     let mut roots = RootCertStore::empty();
-    for path in [&files.device_ca_cert, &files.operational_ca_cert] {
-        for cert in read_certs(path)? {
-            roots
-                .add(cert)
-                .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
-        }
+    for der in &trust.anchors {
+        roots
+            .add(der.clone().into())
+            .map_err(|e| Error::internal("an issuing CA certificate as a TLS anchor", e))?;
     }
-    let crls: Vec<CertificateRevocationListDer<'static>> = crls
+    let crls: Vec<CertificateRevocationListDer<'static>> = trust
+        .crls
         .iter()
         .map(|der| CertificateRevocationListDer::from(der.clone()))
         .collect();
@@ -212,7 +246,7 @@ fn server_config(
         .build()
         .map_err(|e| Error::internal("building client verifier", e))?;
     let (chain, key) = (identity.chain.clone(), identity.key.clone_key());
-    let mut config = ServerConfig::builder_with_provider(provider())
+    let mut config = ServerConfig::builder_with_details(provider(), Arc::new(time.clone()))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| Error::internal("TLS versions", e))?
         .with_client_cert_verifier(verifier)

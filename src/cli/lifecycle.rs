@@ -16,6 +16,13 @@ pub enum IssuerArg {
 }
 
 impl IssuerArg {
+    pub fn name(self) -> crate::issuance::IssuerName {
+        match self {
+            IssuerArg::DeviceIdentity => crate::issuance::IssuerName::DeviceIdentity,
+            IssuerArg::Operational => crate::issuance::IssuerName::Operational,
+        }
+    }
+
     fn proto(self) -> proto::Issuer {
         match self {
             IssuerArg::DeviceIdentity => proto::Issuer::DeviceIdentity,
@@ -127,6 +134,10 @@ pub enum CrlCommand {
         conn: Connection,
         #[arg(long, value_enum)]
         issuer: IssuerArg,
+        /// The issuing CA's generation (2 after the first `medid ca rotate`); default: the
+        /// current one.
+        #[arg(long)]
+        generation: Option<u32>,
         #[arg(long)]
         out: PathBuf,
     },
@@ -211,6 +222,7 @@ pub async fn revoke(args: RevokeArgs) -> Result<(), Error> {
         (Some(serial), None, None, _) => {
             proto::revoke_request::Target::Certificate(proto::CertificateRef {
                 issuer: args.issuer.map_or(0, |i| i.proto() as i32),
+                issuer_generation: 0,
                 serial: serial.clone(),
             })
         }
@@ -324,6 +336,7 @@ pub async fn show_status(args: StatusArgs) -> Result<(), Error> {
         (Some(s), None) => {
             proto::get_certificate_status_request::Certificate::Serial(proto::CertificateRef {
                 issuer: 0,
+                issuer_generation: 0,
                 serial: s.clone(),
             })
         }
@@ -372,11 +385,17 @@ pub async fn show_status(args: StatusArgs) -> Result<(), Error> {
 }
 
 pub async fn crl(cmd: CrlCommand) -> Result<(), Error> {
-    let CrlCommand::Fetch { conn, issuer, out } = cmd;
+    let CrlCommand::Fetch {
+        conn,
+        issuer,
+        generation,
+        out,
+    } = cmd;
     let crl = client(&conn)
         .await?
         .get_crl(proto::GetCrlRequest {
             issuer: issuer.proto() as i32,
+            issuer_generation: generation.unwrap_or(0),
         })
         .await
         .map_err(status)?
@@ -384,8 +403,9 @@ pub async fn crl(cmd: CrlCommand) -> Result<(), Error> {
     std::fs::write(&out, &crl.der)
         .map_err(|e| Error::InvalidArgument(format!("writing {}: {e}", out.display())))?;
     println!(
-        "CRL number {} ({} bytes) written to {}; next update {}",
+        "CRL number {} of generation {} ({} bytes) written to {}; next update {}",
         crl.number,
+        crl.issuer_generation,
         crl.der.len(),
         out.display(),
         super::client::ts(&crl.next_update)

@@ -131,6 +131,31 @@ pub enum CaCommand {
     /// Create a root CA, the device-identity and operational CAs, the service's TLS
     /// certificate, the audit-signing key and a first admin certificate.
     Init(InitArgs),
+    /// Roll an issuing CA over: a new key and certificate, signed by the root, that signs
+    /// every new certificate once the service loads it (within a minute, or at its next
+    /// start). The old generation keeps its CRL and OCSP for what it signed until it ends.
+    Rotate(RotateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// The service's TOML configuration, for its pki_dir.
+    #[arg(long, env = "MEDID_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The PKI directory [default: the configuration's pki_dir, or certs-dev].
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Which issuing CA to roll over.
+    #[arg(long, value_enum)]
+    pub issuer: lifecycle::IssuerArg,
+    /// The root CA's private key [default: root-ca.key in the PKI directory].
+    #[arg(long)]
+    pub root_key: Option<PathBuf>,
+    /// Lifetime of the new operational CA certificate, in days [default: the
+    /// configuration's operational_ca_validity_days, 1825]. The device-identity CA has no
+    /// well-defined expiry.
+    #[arg(long)]
+    pub lifetime_days: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -171,6 +196,7 @@ pub async fn run(cli: Cli) -> Result<std::process::ExitCode, Error> {
             })
         }
         Command::Ca(CaCommand::Init(args)) => ca_init(args),
+        Command::Ca(CaCommand::Rotate(args)) => ca_rotate(args),
         Command::Admin(cmd) => client::admin(cmd).await,
         Command::Enroll(args) => client::enroll(args).await,
         Command::Device(cmd) => client::device(cmd).await,
@@ -294,7 +320,7 @@ fn ca_init(args: InitArgs) -> Result<(), Error> {
         trust_domain: trust_domain.clone(),
         force,
         server_names: server_names.clone(),
-        operational_ca_lifetime: time::Duration::days(5 * 365),
+        operational_ca_lifetime: time::Duration::days(config.operational_ca_validity_days.into()),
         profiles: crate::server::profile_settings(&config, trust_domain),
     };
     bootstrap::init(&files, &opts, SystemClock.now())?;
@@ -316,6 +342,52 @@ fn ca_init(args: InitArgs) -> Result<(), Error> {
     if is_loopback_url(&config.public_base_url) {
         println!("note: the CRL and OCSP URLs point at this host's loopback; pass --public-base-url (or set public_base_url) for production");
     }
+    Ok(())
+}
+
+fn ca_rotate(args: RotateArgs) -> Result<(), Error> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(dir) = args.dir {
+        config.pki_dir = dir;
+    }
+    let files = PkiFiles::new(&config.pki_dir);
+    if !files.exists() {
+        return Err(Error::FailedPrecondition(format!(
+            "no PKI in {}; run `medid ca init` first",
+            files.dir.display()
+        )));
+    }
+    let root_key = args.root_key.unwrap_or_else(|| files.root_key.clone());
+    let name = args.issuer.name();
+    let made = bootstrap::rotate(
+        &files,
+        name,
+        &root_key,
+        time::Duration::days(
+            args.lifetime_days
+                .unwrap_or(config.operational_ca_validity_days)
+                .into(),
+        ),
+        SystemClock.now(),
+    )?;
+    let (cert, _) = files.issuing_ca(made.id);
+    println!(
+        "created {} CA generation {} in {}, valid until {}",
+        name.as_str(),
+        made.id.generation,
+        cert.display(),
+        made.not_after
+    );
+    println!(
+        "a running medid loads it within a minute (or at its next start) and signs every new {} certificate with it; CRL {}/crl/{}.crl",
+        name.as_str(),
+        config.public_base_url.trim_end_matches('/'),
+        made.id
+    );
+    println!("the older generations keep publishing CRLs and OCSP for what they signed until they end; keep their files");
     Ok(())
 }
 

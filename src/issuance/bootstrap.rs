@@ -20,7 +20,7 @@ use rcgen::{
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
-use super::{random_serial, IssuanceToken};
+use super::{random_serial, IssuanceToken, IssuerId, IssuerInfo, IssuerName};
 use crate::domain::{PrincipalId, PrincipalRole, TrustDomain};
 use crate::error::Error;
 use crate::files::{create_private_dir, write_atomic, Access};
@@ -90,11 +90,35 @@ impl PkiFiles {
 
     /// The certificate (with its chain) and key of `issuer`'s delegated OCSP responder, which
     /// the service issues itself and reuses across restarts.
-    pub fn ocsp_responder(&self, issuer: super::IssuerName) -> (PathBuf, PathBuf) {
+    pub fn ocsp_responder(&self, issuer: IssuerId) -> (PathBuf, PathBuf) {
         (
-            self.dir.join(format!("ocsp-{}.pem", issuer.as_str())),
-            self.dir.join(format!("ocsp-{}.key", issuer.as_str())),
+            self.dir.join(format!("ocsp-{issuer}.pem")),
+            self.dir.join(format!("ocsp-{issuer}.key")),
         )
+    }
+
+    /// The certificate and key of an issuing-CA generation: `operational-ca.pem` for
+    /// generation 1, `operational-ca-2.pem` for the next, and so on.
+    pub fn issuing_ca(&self, id: IssuerId) -> (PathBuf, PathBuf) {
+        let stem = match id.name {
+            IssuerName::DeviceIdentity => "device-ca",
+            IssuerName::Operational => "operational-ca",
+        };
+        match id.generation {
+            1 => match id.name {
+                IssuerName::DeviceIdentity => {
+                    (self.device_ca_cert.clone(), self.device_ca_key.clone())
+                }
+                IssuerName::Operational => (
+                    self.operational_ca_cert.clone(),
+                    self.operational_ca_key.clone(),
+                ),
+            },
+            n => (
+                self.dir.join(format!("{stem}-{n}.pem")),
+                self.dir.join(format!("{stem}-{n}.key")),
+            ),
+        }
     }
 
     /// True when `ca init` has completed in this directory.
@@ -154,6 +178,24 @@ pub fn init(files: &PkiFiles, opts: &InitOptions, now: OffsetDateTime) -> Result
         }
     }
     create_private_dir(&files.dir)?;
+    // A replaced PKI takes its rolled-over generations with it.
+    for name in [IssuerName::DeviceIdentity, IssuerName::Operational] {
+        for generation in 2.. {
+            let (cert, key) = files.issuing_ca(IssuerId { name, generation });
+            if !cert.exists() && !key.exists() {
+                break;
+            }
+            for path in [cert, key] {
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(Error::Internal(format!("removing {}: {e}", path.display())))
+                    }
+                }
+            }
+        }
+    }
 
     let td = opts.trust_domain.as_str();
     let ca_not_before = now - Duration::hours(1);
@@ -176,7 +218,7 @@ pub fn init(files: &PkiFiles, opts: &InitOptions, now: OffsetDateTime) -> Result
     let device_key = new_key()?;
     let device_params = ca_params(
         td,
-        "medid device-identity CA",
+        &issuing_ca_name(IssuerId::first(IssuerName::DeviceIdentity)),
         ca_not_before,
         no_well_defined_expiry(),
         Some(0),
@@ -188,7 +230,7 @@ pub fn init(files: &PkiFiles, opts: &InitOptions, now: OffsetDateTime) -> Result
     let operational_key = new_key()?;
     let operational_params = ca_params(
         td,
-        "medid operational CA",
+        &issuing_ca_name(IssuerId::first(IssuerName::Operational)),
         ca_not_before,
         now + opts.operational_ca_lifetime,
         Some(0),
@@ -205,7 +247,8 @@ pub fn init(files: &PkiFiles, opts: &InitOptions, now: OffsetDateTime) -> Result
     write_public(&files.operational_ca_cert, &operational_cert.pem())?;
 
     let authority = super::Authority::load(&files.dir)?;
-    let op_not_after = authority.operational.cert.not_after;
+    let operational = authority.current(IssuerName::Operational);
+    let operational_der = authority.issuer_cert(operational.id)?.der;
 
     // The service's TLS certificate.
     let server_key = new_key()?;
@@ -224,7 +267,7 @@ pub fn init(files: &PkiFiles, opts: &InitOptions, now: OffsetDateTime) -> Result
     let server = opts.profiles.server(
         random_serial(),
         now,
-        op_not_after,
+        operational,
         &dns,
         &ips,
         public_key_of(&server_key),
@@ -233,8 +276,7 @@ pub fn init(files: &PkiFiles, opts: &InitOptions, now: OffsetDateTime) -> Result
     write_private(&files.server_key, &server_key.serialize_pem())?;
     write_public(
         &files.server_cert,
-        &(crate::pem::certificate(&server_cert.der)
-            + &crate::pem::certificate(&authority.operational.cert.der)),
+        &(crate::pem::certificate(&server_cert.der) + &crate::pem::certificate(&operational_der)),
     )?;
 
     // The first admin.
@@ -242,7 +284,7 @@ pub fn init(files: &PkiFiles, opts: &InitOptions, now: OffsetDateTime) -> Result
     let admin = opts.profiles.principal(
         random_serial(),
         now,
-        op_not_after,
+        operational,
         &PrincipalRole::Admin,
         &PrincipalId::parse(BOOTSTRAP_ADMIN_ID)?,
         public_key_of(&admin_key),
@@ -265,6 +307,80 @@ pub fn init(files: &PkiFiles, opts: &InitOptions, now: OffsetDateTime) -> Result
         .map_err(|e| Error::internal("encoding pki.json", e))?;
     write_public(&files.metadata, &(json + "\n"))?;
     Ok(())
+}
+
+/// The common name of an issuing-CA generation: `medid operational CA`, then
+/// `medid operational CA 2`, … Each generation has a subject of its own, so path building,
+/// CRL matching and OCSP CertIDs never confuse two keys.
+fn issuing_ca_name(id: IssuerId) -> String {
+    match id.generation {
+        1 => format!("medid {} CA", id.name.as_str()),
+        n => format!("medid {} CA {n}", id.name.as_str()),
+    }
+}
+
+/// `medid ca rotate`: makes the next generation of `name` in `files.dir`, a new P-256 key and
+/// a certificate signed by the root (`root_key`, PKCS#8 PEM) valid from an hour before `now`
+/// for `lifetime` (the device-identity CA: no well-defined expiry). The key is written before
+/// the certificate, and only a certificate makes a generation, so a crash between the two
+/// leaves nothing half made. A running service loads it at its next upkeep and signs new
+/// certificates with it from then on.
+pub fn rotate(
+    files: &PkiFiles,
+    name: IssuerName,
+    root_key: &Path,
+    lifetime: Duration,
+    now: OffsetDateTime,
+) -> Result<IssuerInfo, Error> {
+    let metadata = PkiMetadata::load(files)?;
+    let authority = super::Authority::load(&files.dir)?;
+    let current = authority.current(name);
+    let next = IssuerId {
+        name,
+        generation: current.id.generation + 1,
+    };
+    let root_pem = fs::read_to_string(root_key).map_err(|e| {
+        Error::FailedPrecondition(format!(
+            "reading the root CA key {}: {e} (pass --root-key where the root key is kept)",
+            root_key.display()
+        ))
+    })?;
+    let root_key = KeyPair::from_pem(&root_pem)
+        .map_err(|e| Error::FailedPrecondition(format!("{}: {e}", root_key.display())))?;
+    let root_der = authority.root().der.clone();
+    if x509_parser::parse_x509_certificate(&root_der)
+        .map(|(_, c)| c.public_key().subject_public_key.data.as_ref() != root_key.public_key_raw())
+        .unwrap_or(true)
+    {
+        return Err(Error::FailedPrecondition(format!(
+            "the key given is not the key of {}",
+            files.root_cert.display()
+        )));
+    }
+    let root_issuer = Issuer::from_ca_cert_der(&root_der, root_key)
+        .map_err(|e| Error::internal("reading the root CA certificate", e))?;
+    let not_after = match name {
+        IssuerName::DeviceIdentity => no_well_defined_expiry(),
+        IssuerName::Operational => (now + lifetime).min(authority.root().not_after),
+    };
+    let key = new_key()?;
+    let params = ca_params(
+        &metadata.trust_domain,
+        &issuing_ca_name(next),
+        now - Duration::hours(1),
+        not_after,
+        Some(0),
+    );
+    let cert = params
+        .signed_by(&key, &root_issuer)
+        .map_err(|e| Error::internal("signing the new issuing CA", e))?;
+    let (cert_path, key_path) = files.issuing_ca(next);
+    write_private(&key_path, &key.serialize_pem())?;
+    write_public(&cert_path, &cert.pem())?;
+    Ok(IssuerInfo {
+        id: next,
+        not_after,
+    })
 }
 
 fn new_key() -> Result<KeyPair, Error> {

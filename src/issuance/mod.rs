@@ -12,7 +12,7 @@ mod profile;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use rcgen::{
     CertificateParams, CertificateRevocationListParams, Issuer, KeyIdMethod, KeyPair,
@@ -28,7 +28,7 @@ use crate::error::Error;
 pub use profile::{CertificateTemplate, Eku, SubjectName, SubjectPublicKey};
 
 /// The two issuing CAs under the root (DESIGN.md "Certificate hierarchy").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum IssuerName {
     /// Signs device birth certificates only; notAfter 99991231235959Z like the birth certificates.
     DeviceIdentity,
@@ -53,13 +53,71 @@ impl IssuerName {
     }
 }
 
-/// A CA certificate and, for issuing CAs, its key.
+/// One generation of an issuing CA. Generation 1 is the one `medid ca init` made; each
+/// `medid ca rotate` adds the next, with a new key and a subject of its own. The label names
+/// it in the store, in URLs and in file names: `operational` for generation 1,
+/// `operational-2` after the first rollover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IssuerId {
+    pub name: IssuerName,
+    pub generation: u32,
+}
+
+impl IssuerId {
+    /// Generation 1 of `name`.
+    pub const fn first(name: IssuerName) -> Self {
+        Self {
+            name,
+            generation: 1,
+        }
+    }
+
+    pub fn label(self) -> String {
+        match self.generation {
+            1 => self.name.as_str().to_owned(),
+            n => format!("{}-{n}", self.name.as_str()),
+        }
+    }
+
+    /// Reads a label: `operational`, `operational-2`, … (`operational-1` is not a label).
+    pub fn parse(s: &str) -> Option<Self> {
+        if let Some(name) = IssuerName::parse(s) {
+            return Some(Self::first(name));
+        }
+        let (name, generation) = s.rsplit_once('-')?;
+        let generation: u32 = generation.parse().ok()?;
+        if generation < 2 || generation.to_string().len() != s.len() - name.len() - 1 {
+            return None;
+        }
+        Some(Self {
+            name: IssuerName::parse(name)?,
+            generation,
+        })
+    }
+}
+
+impl fmt::Display for IssuerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.label())
+    }
+}
+
+/// What policy needs of the issuing CA that will sign a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IssuerInfo {
+    pub id: IssuerId,
+    pub not_after: OffsetDateTime,
+}
+
+/// A CA certificate.
+#[derive(Clone)]
 pub struct CaCert {
     pub der: CertificateDer<'static>,
     pub not_after: OffsetDateTime,
 }
 
 struct IssuingCa {
+    id: IssuerId,
     cert: CaCert,
     issuer: Issuer<'static, KeyPair>,
     /// The CA certificate's subjectKeyIdentifier, for AKIs of what it signs.
@@ -69,25 +127,40 @@ struct IssuingCa {
     key_bits: Vec<u8>,
 }
 
+impl IssuingCa {
+    fn info(&self) -> IssuerInfo {
+        IssuerInfo {
+            id: self.id,
+            not_after: self.cert.not_after,
+        }
+    }
+}
+
 impl fmt::Debug for IssuingCa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print key material (STYLE.md #10).
         f.debug_struct("IssuingCa")
+            .field("id", &self.id)
             .field("not_after", &self.cert.not_after)
             .field("key", &"…")
             .finish()
     }
 }
 
-/// The loaded CA: root certificate and the two issuing CAs with their keys.
+/// The loaded CA: the root certificate and every generation of the two issuing CAs with
+/// their keys. Generations added by `medid ca rotate` are picked up by [`Authority::refresh`]
+/// while the service runs.
 #[derive(Debug)]
 pub struct Authority {
+    files: bootstrap::PkiFiles,
     root: CaCert,
-    device_identity: IssuingCa,
-    operational: IssuingCa,
-    /// Delegated OCSP responders (RFC 6960 §4.2.2.2), one per issuing CA; installed at start
-    /// and replaced before they expire.
-    ocsp: RwLock<HashMap<IssuerName, ocsp::Responder>>,
+    /// The root's public key bits: every issuing CA must be signed by it.
+    root_key_bits: Vec<u8>,
+    /// Sorted by (name, generation).
+    issuing: RwLock<Vec<Arc<IssuingCa>>>,
+    /// Delegated OCSP responders (RFC 6960 §4.2.2.2), one per issuing CA generation;
+    /// installed at start and replaced before they expire.
+    ocsp: RwLock<HashMap<IssuerId, ocsp::Responder>>,
 }
 
 /// A revoked certificate as it appears on a CRL.
@@ -190,59 +263,157 @@ impl IssuanceToken {
 /// A freshly signed certificate.
 #[derive(Debug, Clone)]
 pub struct SignedCertificate {
-    pub issuer: IssuerName,
+    pub issuer: IssuerId,
     pub serial: CertSerial,
     pub der: CertificateDer<'static>,
 }
 
 impl Authority {
-    /// Loads the CA material `medid ca init` wrote to `dir`.
+    /// Loads the CA material `medid ca init` (and `medid ca rotate`) wrote to `dir`.
     pub fn load(dir: &Path) -> Result<Self, Error> {
         let files = bootstrap::PkiFiles::new(dir);
-        Ok(Self {
-            root: load_ca_cert(&files.root_cert)?,
-            device_identity: load_issuing(&files.device_ca_cert, &files.device_ca_key)?,
-            operational: load_issuing(&files.operational_ca_cert, &files.operational_ca_key)?,
+        let root = load_ca_cert(&files.root_cert)?;
+        let root_key_bits = x509_parser::parse_x509_certificate(&root.der)
+            .map(|(_, c)| c.public_key().subject_public_key.data.to_vec())
+            .map_err(|e| Error::Internal(format!("{}: {e}", files.root_cert.display())))?;
+        let authority = Self {
+            files,
+            root,
+            root_key_bits,
+            issuing: RwLock::new(Vec::new()),
             ocsp: RwLock::new(HashMap::new()),
+        };
+        authority.refresh()?;
+        for name in [IssuerName::DeviceIdentity, IssuerName::Operational] {
+            if authority.generations(name).is_empty() {
+                let (cert, _) = authority.files.issuing_ca(IssuerId::first(name));
+                return Err(Error::Internal(format!(
+                    "reading {}: missing",
+                    cert.display()
+                )));
+            }
+        }
+        Ok(authority)
+    }
+
+    /// Loads the issuing-CA generations on disk that are not loaded yet (generation 1 is
+    /// `operational-ca.pem`, the next `operational-ca-2.pem`, …; each must be signed by the
+    /// root) and returns them.
+    pub fn refresh(&self) -> Result<Vec<IssuerInfo>, Error> {
+        let mut added = Vec::new();
+        for name in [IssuerName::DeviceIdentity, IssuerName::Operational] {
+            let mut generation = self
+                .generations(name)
+                .last()
+                .map_or(1, |g| g.id.generation + 1);
+            loop {
+                let id = IssuerId { name, generation };
+                let (cert, key) = self.files.issuing_ca(id);
+                if !cert.exists() {
+                    break;
+                }
+                let ca = load_issuing(id, &cert, &key)?;
+                self.check_signed_by_root(&ca, &cert)?;
+                added.push(ca.info());
+                let mut issuing = self.issuing.write().expect("CA lock is never poisoned");
+                issuing.push(Arc::new(ca));
+                issuing.sort_by_key(|c| c.id);
+                generation += 1;
+            }
+        }
+        Ok(added)
+    }
+
+    fn check_signed_by_root(&self, ca: &IssuingCa, path: &Path) -> Result<(), Error> {
+        let (_, parsed) = x509_parser::parse_x509_certificate(&ca.cert.der)
+            .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_ASN1,
+            &self.root_key_bits,
+        )
+        .verify(
+            parsed.tbs_certificate.as_ref(),
+            &parsed.signature_value.data,
+        )
+        .map_err(|_| {
+            Error::FailedPrecondition(format!(
+                "{} is not signed by the root CA in {}",
+                path.display(),
+                self.files.root_cert.display()
+            ))
         })
     }
 
-    /// The SHA-256 fingerprints of the three CA certificates.
-    pub fn fingerprints(&self) -> [crate::domain::PkiFingerprint; 3] {
+    fn all(&self) -> Vec<Arc<IssuingCa>> {
+        self.issuing
+            .read()
+            .expect("CA lock is never poisoned")
+            .clone()
+    }
+
+    fn generations(&self, name: IssuerName) -> Vec<Arc<IssuingCa>> {
+        self.all()
+            .into_iter()
+            .filter(|c| c.id.name == name)
+            .collect()
+    }
+
+    /// Every loaded issuing-CA generation, by name then generation.
+    pub fn issuers(&self) -> Vec<IssuerInfo> {
+        self.all().iter().map(|c| c.info()).collect()
+    }
+
+    /// The generation of `name` that signs new certificates: the newest.
+    pub fn current(&self, name: IssuerName) -> IssuerInfo {
+        self.generations(name)
+            .last()
+            .expect("Authority::load requires generation 1 of both issuing CAs")
+            .info()
+    }
+
+    /// The SHA-256 fingerprints of the root and of every issuing-CA generation, each with its
+    /// generation (the root's is 1).
+    pub fn fingerprints(&self) -> Vec<(crate::domain::PkiFingerprint, u32)> {
         use crate::domain::{PkiFingerprint, PkiPart};
         let sha = |der: &[u8]| {
             crate::domain::hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
         };
-        [
+        let mut all = vec![(
             PkiFingerprint {
                 part: PkiPart::Root,
                 sha256: sha(&self.root.der),
             },
-            PkiFingerprint {
-                part: PkiPart::DeviceIdentityCa,
-                sha256: sha(&self.device_identity.cert.der),
-            },
-            PkiFingerprint {
-                part: PkiPart::OperationalCa,
-                sha256: sha(&self.operational.cert.der),
-            },
-        ]
+            1,
+        )];
+        for ca in self.all() {
+            let part = match ca.id.name {
+                IssuerName::DeviceIdentity => PkiPart::DeviceIdentityCa,
+                IssuerName::Operational => PkiPart::OperationalCa,
+            };
+            all.push((
+                PkiFingerprint {
+                    part,
+                    sha256: sha(&ca.cert.der),
+                },
+                ca.id.generation,
+            ));
+        }
+        all
     }
 
     /// Reads a CRL this authority signed for `issuer` (a copy kept outside the database),
     /// after checking its issuer name and its signature with the CA's key. Anything else is
     /// refused: a forged file must not be able to revoke.
-    pub fn read_own_crl(&self, issuer: IssuerName, der: &[u8]) -> Result<OwnCrl, Error> {
+    pub fn read_own_crl(&self, issuer: IssuerId, der: &[u8]) -> Result<OwnCrl, Error> {
         use x509_parser::prelude::FromDer;
-        let bad = |why: String| {
-            Error::InvalidArgument(format!("not a CRL of the {} CA: {why}", issuer.as_str()))
-        };
+        let bad =
+            |why: String| Error::InvalidArgument(format!("not a CRL of the {issuer} CA: {why}"));
         let (rest, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(der)
             .map_err(|e| bad(e.to_string()))?;
         if !rest.is_empty() {
             return Err(bad("trailing bytes".into()));
         }
-        let ca = self.issuing(issuer);
+        let ca = self.issuing(issuer)?;
         if crl.tbs_cert_list.issuer.as_raw() != ca.subject_der.as_slice() {
             return Err(bad("another issuer name".into()));
         }
@@ -280,13 +451,13 @@ impl Authority {
     /// Signs CRL number `number` of `issuer` (RFC 5280 §5: v2, AKI, cRLNumber, nextUpdate).
     pub fn sign_crl(
         &self,
-        issuer: IssuerName,
+        issuer: IssuerId,
         number: u64,
         this_update: OffsetDateTime,
         next_update: OffsetDateTime,
         entries: &[RevokedEntry],
     ) -> Result<Vec<u8>, Error> {
-        let ca = self.issuing(issuer);
+        let ca = self.issuing(issuer)?;
         let params = CertificateRevocationListParams {
             this_update,
             next_update,
@@ -315,19 +486,29 @@ impl Authority {
         hash: ocsp::HashAlg,
         name_hash: &[u8],
         key_hash: &[u8],
-    ) -> Option<IssuerName> {
-        [IssuerName::DeviceIdentity, IssuerName::Operational]
-            .into_iter()
-            .find(|name| {
-                let ca = self.issuing(*name);
+    ) -> Option<IssuerId> {
+        self.all()
+            .iter()
+            .find(|ca| {
                 hash.digest(&ca.subject_der) == name_hash && hash.digest(&ca.key_bits) == key_hash
             })
+            .map(|ca| ca.id)
+    }
+
+    /// Which issuing CA generation `der` names as its issuer (each has a subject of its own).
+    pub fn issuer_of_certificate(&self, der: &[u8]) -> Option<IssuerId> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let issuer = cert.issuer().as_raw();
+        self.all()
+            .iter()
+            .find(|ca| ca.subject_der.as_slice() == issuer)
+            .map(|ca| ca.id)
     }
 
     /// Installs (or replaces) the delegated OCSP responder of `issuer`.
     pub fn install_ocsp_responder(
         &self,
-        issuer: IssuerName,
+        issuer: IssuerId,
         key: ServiceKey,
         cert: CertificateDer<'static>,
         not_after: OffsetDateTime,
@@ -340,7 +521,7 @@ impl Authority {
     }
 
     /// When the installed responder of `issuer` expires, if there is one.
-    pub fn ocsp_responder_not_after(&self, issuer: IssuerName) -> Option<OffsetDateTime> {
+    pub fn ocsp_responder_not_after(&self, issuer: IssuerId) -> Option<OffsetDateTime> {
         self.ocsp
             .read()
             .expect("OCSP responder lock is never poisoned")
@@ -351,7 +532,7 @@ impl Authority {
     /// Signs an OCSP response for `issuer`'s certificates with its delegated responder.
     pub fn sign_ocsp(
         &self,
-        issuer: IssuerName,
+        issuer: IssuerId,
         responses: &[ocsp::SingleResponse],
         nonce: Option<&[u8]>,
         produced_at: OffsetDateTime,
@@ -361,10 +542,7 @@ impl Authority {
             .read()
             .expect("OCSP responder lock is never poisoned");
         let responder = guard.get(&issuer).ok_or_else(|| {
-            Error::Unavailable(format!(
-                "no OCSP responder for the {} CA yet",
-                issuer.as_str()
-            ))
+            Error::Unavailable(format!("no OCSP responder for the {issuer} CA yet"))
         })?;
         responder.sign(responses, nonce, produced_at)
     }
@@ -373,27 +551,26 @@ impl Authority {
         &self.root
     }
 
-    pub fn issuer_cert(&self, name: IssuerName) -> &CaCert {
-        &self.issuing(name).cert
+    /// The certificate of an issuing CA generation.
+    pub fn issuer_cert(&self, id: IssuerId) -> Result<CaCert, Error> {
+        self.issuing(id).map(|ca| ca.cert.clone())
     }
 
-    fn issuing(&self, name: IssuerName) -> &IssuingCa {
-        match name {
-            IssuerName::DeviceIdentity => &self.device_identity,
-            IssuerName::Operational => &self.operational,
-        }
+    fn issuing(&self, id: IssuerId) -> Result<Arc<IssuingCa>, Error> {
+        self.all()
+            .into_iter()
+            .find(|c| c.id == id)
+            .ok_or_else(|| Error::NotFound(format!("no issuing CA {id} in this PKI")))
     }
 
     /// Signs the certificate a reservation allows (docs/ISSUANCE-CYCLE.md step 3).
     pub fn sign(&self, token: IssuanceToken) -> Result<SignedCertificate, Error> {
         let t = token.template;
-        let ca = self.issuing(t.issuer);
+        let ca = self.issuing(t.issuer)?;
         if t.not_after > ca.cert.not_after {
             return Err(Error::Internal(format!(
                 "template notAfter {} is past the {} CA's notAfter {}",
-                t.not_after,
-                t.issuer.as_str(),
-                ca.cert.not_after
+                t.not_after, t.issuer, ca.cert.not_after
             )));
         }
         let params: CertificateParams = t.to_params()?;
@@ -426,7 +603,7 @@ fn load_ca_cert(path: &Path) -> Result<CaCert, Error> {
     Ok(CaCert { der, not_after })
 }
 
-fn load_issuing(cert_path: &Path, key_path: &Path) -> Result<IssuingCa, Error> {
+fn load_issuing(id: IssuerId, cert_path: &Path, key_path: &Path) -> Result<IssuingCa, Error> {
     let cert = load_ca_cert(cert_path)?;
     let key = KeyPair::from_pem(&read(key_path)?)
         .map_err(|e| Error::Internal(format!("{}: {e}", key_path.display())))?;
@@ -445,8 +622,16 @@ fn load_issuing(cert_path: &Path, key_path: &Path) -> Result<IssuingCa, Error> {
         .ok_or_else(|| bad("CA certificate has no subjectKeyIdentifier"))?;
     let subject_der = parsed.subject().as_raw().to_vec();
     let key_bits = parsed.public_key().subject_public_key.data.to_vec();
+    if key.public_key_raw() != key_bits.as_slice() {
+        return Err(Error::FailedPrecondition(format!(
+            "{} does not hold the key of {}",
+            key_path.display(),
+            cert_path.display()
+        )));
+    }
     let issuer = Issuer::from_ca_cert_der(&cert.der, key).map_err(|e| bad(&e.to_string()))?;
     Ok(IssuingCa {
+        id,
         cert,
         issuer,
         ski,
@@ -493,6 +678,39 @@ pub fn random_serial() -> CertSerial {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn issuer_labels_name_each_generation_once() {
+        let op = |generation| IssuerId {
+            name: IssuerName::Operational,
+            generation,
+        };
+        assert_eq!(op(1).label(), "operational");
+        assert_eq!(op(2).label(), "operational-2");
+        assert_eq!(op(12).label(), "operational-12");
+        for g in [1, 2, 12] {
+            assert_eq!(IssuerId::parse(&op(g).label()), Some(op(g)));
+        }
+        assert_eq!(
+            IssuerId::parse("device-identity-3"),
+            Some(IssuerId {
+                name: IssuerName::DeviceIdentity,
+                generation: 3
+            })
+        );
+        for bad in [
+            "operational-1",
+            "operational-02",
+            "operational-",
+            "operational-x",
+            "operational-+2",
+            "device",
+            "identity-2",
+            "",
+        ] {
+            assert_eq!(IssuerId::parse(bad), None, "{bad:?}");
+        }
+    }
 
     fn millis_now() -> u64 {
         std::time::SystemTime::now()

@@ -12,7 +12,7 @@ use rcgen::{
 };
 use time::OffsetDateTime;
 
-use super::IssuerName;
+use super::IssuerId;
 use crate::der;
 use crate::domain::CertSerial;
 use crate::error::Error;
@@ -67,7 +67,7 @@ impl PublicKeyData for SubjectPublicKey {
 /// Everything that goes into one end-entity certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertificateTemplate {
-    pub issuer: IssuerName,
+    pub issuer: IssuerId,
     pub serial: CertSerial,
     pub subject: SubjectName,
     pub san_uris: Vec<String>,

@@ -8,7 +8,9 @@ use time::{Duration, OffsetDateTime};
 use crate::domain::{
     CertSerial, DeviceSerial, Gtin14, ManufacturerId, PrincipalId, PrincipalRole, TrustDomain,
 };
-use crate::issuance::{CertificateTemplate, Eku, IssuerName, SubjectName, SubjectPublicKey};
+use crate::issuance::{
+    CertificateTemplate, Eku, IssuerId, IssuerInfo, SubjectName, SubjectPublicKey,
+};
 
 /// IEEE 802.1AR: an IDevID has no well-defined expiry, GeneralizedTime 99991231235959Z.
 pub fn no_well_defined_expiry() -> OffsetDateTime {
@@ -97,9 +99,9 @@ pub fn finite_validity(
 }
 
 impl ProfileSettings {
-    fn urls(&self, issuer: IssuerName) -> (Option<String>, Option<String>, Option<String>) {
+    fn urls(&self, issuer: IssuerId) -> (Option<String>, Option<String>, Option<String>) {
         let base = self.public_base_url.trim_end_matches('/');
-        let name = issuer.as_str();
+        let name = issuer.label();
         (
             Some(format!("{base}/crl/{name}.crl")),
             Some(format!("{base}/ocsp/{name}")),
@@ -109,7 +111,7 @@ impl ProfileSettings {
 
     fn template(
         &self,
-        issuer: IssuerName,
+        issuer: IssuerId,
         serial: CertSerial,
         validity: (OffsetDateTime, OffsetDateTime),
         public_key: SubjectPublicKey,
@@ -138,6 +140,7 @@ impl ProfileSettings {
         &self,
         serial: CertSerial,
         now: OffsetDateTime,
+        issuer: IssuerInfo,
         device: &BirthSubject<'_>,
         public_key: SubjectPublicKey,
     ) -> CertificateTemplate {
@@ -148,7 +151,7 @@ impl ProfileSettings {
             udi_di,
         } = *device;
         let validity = (now - BACKDATE, no_well_defined_expiry());
-        let mut t = self.template(IssuerName::DeviceIdentity, serial, validity, public_key);
+        let mut t = self.template(issuer.id, serial, validity, public_key);
         t.subject = SubjectName {
             organization: Some(manufacturer_name.to_owned()),
             serial_number: Some(device_serial.as_str().to_owned()),
@@ -173,12 +176,12 @@ impl ProfileSettings {
         &self,
         serial: CertSerial,
         now: OffsetDateTime,
-        issuer_not_after: OffsetDateTime,
+        issuer: IssuerInfo,
         device: &BirthSubject<'_>,
         public_key: SubjectPublicKey,
     ) -> CertificateTemplate {
-        let validity = finite_validity(now, self.operational_lifetime, issuer_not_after);
-        let mut t = self.template(IssuerName::Operational, serial, validity, public_key);
+        let validity = finite_validity(now, self.operational_lifetime, issuer.not_after);
+        let mut t = self.template(issuer.id, serial, validity, public_key);
         t.subject = SubjectName {
             organization: Some(device.manufacturer_name.to_owned()),
             serial_number: Some(device.serial.as_str().to_owned()),
@@ -198,15 +201,14 @@ impl ProfileSettings {
         &self,
         serial: CertSerial,
         now: OffsetDateTime,
-        issuer: IssuerName,
-        issuer_not_after: OffsetDateTime,
+        issuer: IssuerInfo,
         public_key: SubjectPublicKey,
     ) -> CertificateTemplate {
-        let validity = finite_validity(now, OCSP_RESPONDER_LIFETIME, issuer_not_after);
-        let mut t = self.template(issuer, serial, validity, public_key);
+        let validity = finite_validity(now, OCSP_RESPONDER_LIFETIME, issuer.not_after);
+        let mut t = self.template(issuer.id, serial, validity, public_key);
         t.subject = SubjectName {
             organization: Some(self.trust_domain.as_str().to_owned()),
-            common_name: Some(format!("medid OCSP responder ({})", issuer.as_str())),
+            common_name: Some(format!("medid OCSP responder ({})", issuer.id)),
             ..SubjectName::default()
         };
         t.ekus = vec![Eku::OcspSigning];
@@ -221,13 +223,13 @@ impl ProfileSettings {
         &self,
         serial: CertSerial,
         now: OffsetDateTime,
-        issuer_not_after: OffsetDateTime,
+        issuer: IssuerInfo,
         role: &PrincipalRole,
         id: &PrincipalId,
         public_key: SubjectPublicKey,
     ) -> CertificateTemplate {
-        let validity = finite_validity(now, self.principal_lifetime, issuer_not_after);
-        let mut t = self.template(IssuerName::Operational, serial, validity, public_key);
+        let validity = finite_validity(now, self.principal_lifetime, issuer.not_after);
+        let mut t = self.template(issuer.id, serial, validity, public_key);
         t.subject = SubjectName {
             organization: match role {
                 PrincipalRole::Station(m) => Some(m.to_string()),
@@ -249,13 +251,13 @@ impl ProfileSettings {
         &self,
         serial: CertSerial,
         now: OffsetDateTime,
-        issuer_not_after: OffsetDateTime,
+        issuer: IssuerInfo,
         dns_names: &[String],
         ips: &[IpAddr],
         public_key: SubjectPublicKey,
     ) -> CertificateTemplate {
-        let validity = finite_validity(now, self.server_lifetime, issuer_not_after);
-        let mut t = self.template(IssuerName::Operational, serial, validity, public_key);
+        let validity = finite_validity(now, self.server_lifetime, issuer.not_after);
+        let mut t = self.template(issuer.id, serial, validity, public_key);
         t.subject = SubjectName {
             common_name: Some("medid service".into()),
             ..SubjectName::default()

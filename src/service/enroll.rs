@@ -154,6 +154,8 @@ impl Ca {
             let template = self.profiles.device_birth(
                 crate::issuance::random_serial(),
                 self.clock.now(),
+                self.authority
+                    .current(crate::issuance::IssuerName::DeviceIdentity),
                 &BirthSubject {
                     manufacturer: &manufacturer,
                     manufacturer_name: &m.display_name,

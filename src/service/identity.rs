@@ -14,7 +14,7 @@ use crate::audit::{Actor, AuditEvent};
 use crate::domain::Role;
 use crate::error::Error;
 use crate::issuance::bootstrap::write_public;
-use crate::issuance::{IssuerName, ServiceKey};
+use crate::issuance::{IssuerId, IssuerName, ServiceKey};
 use crate::policy::profile::{renew_after, OCSP_RESPONDER_LIFETIME};
 use crate::store::certificates::{fingerprint, AdoptedCertificate, Claim, Completion, Reservation};
 
@@ -74,11 +74,10 @@ impl Ca {
         )
     }
 
-    fn responder_subject(&self, issuer: IssuerName) -> String {
+    fn responder_subject(&self, issuer: IssuerId) -> String {
         format!(
-            "spiffe://{}/service/ocsp/{}",
+            "spiffe://{}/service/ocsp/{issuer}",
             self.profiles.trust_domain.as_str(),
-            issuer.as_str()
         )
     }
 
@@ -87,7 +86,6 @@ impl Ca {
     async fn recorded_active(
         &self,
         disk: &OnDisk,
-        issuer: IssuerName,
         profile: &'static str,
         subject_uri: &str,
     ) -> Result<bool, Error> {
@@ -95,6 +93,12 @@ impl Ca {
         if let Some(peer) = self.store.peer_by_fingerprint(&fp).await? {
             return Ok(peer.status == "active");
         }
+        let Some(issuer) = self.authority.issuer_of_certificate(&disk.der) else {
+            return Err(Error::FailedPrecondition(format!(
+                "the service certificate {subject_uri} (serial {}) is not signed by an issuing CA of this PKI",
+                disk.serial
+            )));
+        };
         let adopted = AdoptedCertificate {
             issuer,
             serial: disk.serial.clone(),
@@ -172,9 +176,7 @@ impl Ca {
             ))
         })?;
         let subject = self.server_subject();
-        let active = self
-            .recorded_active(&disk, IssuerName::Operational, "server", &subject)
-            .await?;
+        let active = self.recorded_active(&disk, "server", &subject).await?;
         let now = self.clock.now();
         let due = now >= renew_after(disk.not_before, disk.not_after);
         if active && !due && disk.key.is_some() {
@@ -184,9 +186,7 @@ impl Ca {
         let template = self.profiles.server(
             crate::issuance::random_serial(),
             now,
-            self.authority
-                .issuer_cert(IssuerName::Operational)
-                .not_after,
+            self.authority.current(IssuerName::Operational),
             &disk.dns,
             &disk.ips,
             key.public_key(),
@@ -216,47 +216,25 @@ impl Ca {
             "renewed the service's TLS certificate"
         );
         self.tls_renewals.send_modify(|generation| *generation += 1);
-        if active {
-            self.publish_crl(IssuerName::Operational).await?;
+        if let Some(old) = self
+            .authority
+            .issuer_of_certificate(&disk.der)
+            .filter(|_| active)
+        {
+            self.publish_crl(old).await?;
         }
         Ok(true)
     }
 
-    /// Logs a warning for each CA certificate that ends within `ca_expiry_warning`.
-    pub fn warn_ca_expiry(&self) {
-        let cas = [
-            ("root", self.authority.root().not_after),
-            (
-                "device-identity",
-                self.authority
-                    .issuer_cert(IssuerName::DeviceIdentity)
-                    .not_after,
-            ),
-            (
-                "operational",
-                self.authority
-                    .issuer_cert(IssuerName::Operational)
-                    .not_after,
-            ),
-        ];
-        let now = self.clock.now();
-        for (ca, days_left) in
-            crate::policy::profile::ending_soon(&cas, now, self.ca_expiry_warning)
-        {
-            tracing::warn!(
-                ca,
-                days_left,
-                "the {ca} CA certificate ends in {days_left} days; every certificate it signed ends with it"
-            );
-        }
-    }
-
-    /// Installs a delegated OCSP responder for each issuing CA: the one kept on disk while it
-    /// is recorded, active and before 2/3 of its life, otherwise a new one issued through the
-    /// full cycle (the one it replaces revoked as superseded) and written to disk.
+    /// Installs a delegated OCSP responder for each issuing CA generation in service: the one
+    /// kept on disk while it is recorded, active and before 2/3 of its life, otherwise a new
+    /// one issued through the full cycle (the one it replaces revoked as superseded) and
+    /// written to disk. Each generation's responder is signed by that generation's key
+    /// (RFC 6960 §4.2.2.2).
     pub async fn ensure_ocsp_responders(&self) -> Result<(), Error> {
         let now = self.clock.now();
-        for issuer in [IssuerName::DeviceIdentity, IssuerName::Operational] {
+        for info in self.issuers_in_service() {
+            let issuer = info.id;
             let fresh = self
                 .authority
                 .ocsp_responder_not_after(issuer)
@@ -284,7 +262,7 @@ impl Ca {
                             disk.not_after,
                         );
                         tracing::info!(
-                            issuer = issuer.as_str(),
+                            issuer = %issuer,
                             serial = disk.serial,
                             "reusing the OCSP responder kept on disk"
                         );
@@ -298,8 +276,7 @@ impl Ca {
             let template = self.profiles.ocsp_responder(
                 crate::issuance::random_serial(),
                 now,
-                issuer,
-                self.authority.issuer_cert(issuer).not_after,
+                info,
                 key.public_key(),
             );
             let superseding = replaces.is_some();
@@ -322,7 +299,7 @@ impl Ca {
                 issued.not_after,
             );
             tracing::info!(
-                issuer = issuer.as_str(),
+                issuer = %issuer,
                 serial = issued.serial,
                 "installed OCSP responder"
             );

@@ -2,14 +2,14 @@
 
 use time::{Duration, OffsetDateTime};
 
-use super::{Ca, Issued};
+use super::{Ca, Issued, IssuerFilter};
 use crate::audit::Actor;
 use crate::domain::{
     quote, DeviceSerial, ManufacturerId, Principal, PrincipalId, PrincipalRole, RevocationReason,
     Role,
 };
 use crate::error::Error;
-use crate::issuance::IssuerName;
+use crate::issuance::{IssuerId, IssuerName};
 use crate::policy::lifecycle::{
     authorize_eviction, authorize_revocation, may_revoke, missing_revocation_target, renewal_for,
     Renewal, RevocationTarget,
@@ -24,9 +24,9 @@ use crate::store::registry::{DeviceRecord, DeviceState};
 /// What a revocation names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RevokeTarget {
-    /// One certificate; the issuer may be omitted when the serial is unique.
+    /// One certificate; the issuer may be left open when the serial is unique.
     Certificate {
-        issuer: Option<IssuerName>,
+        issuer: IssuerFilter,
         serial: String,
     },
     /// Every certificate of a device.
@@ -67,10 +67,7 @@ impl Ca {
             let kind = renewal_for(who)?;
             let csr = policy::csr::verify(&crate::pem::csr_der(csr)?)?;
             let now = self.clock.now();
-            let op_end = self
-                .authority
-                .issuer_cert(IssuerName::Operational)
-                .not_after;
+            let op_end = self.authority.current(IssuerName::Operational);
             let serial = crate::issuance::random_serial();
             let (template, profile, completion) = match kind {
                 Renewal::DeviceOperational => {
@@ -143,7 +140,13 @@ impl Ca {
             _ => self.lifecycle.revoke_superseded && profile == "device-operational",
         };
         if superseded {
-            self.publish_crl(IssuerName::Operational).await?;
+            // The superseded certificate may come from an older generation during a
+            // rollover's overlap.
+            for info in self.issuers_in_service() {
+                if info.id.name == IssuerName::Operational {
+                    self.publish_crl(info.id).await?;
+                }
+            }
         }
         Ok(issued)
     }
@@ -155,7 +158,7 @@ impl Ca {
         who: &Principal,
         target: RevokeTarget,
         reason: Option<RevocationReason>,
-    ) -> Result<Vec<(IssuerName, String)>, Error> {
+    ) -> Result<Vec<(IssuerId, String)>, Error> {
         let action = "certificate.revoke";
         let label = match &target {
             RevokeTarget::Certificate { serial, .. } => format!("certificate/{}", quote(serial)),
@@ -189,7 +192,7 @@ impl Ca {
                 },
                 reason,
             )?;
-            let open: Vec<(IssuerName, String)> = certs
+            let open: Vec<(IssuerId, String)> = certs
                 .iter()
                 .filter(|c| c.status != "revoked")
                 .map(|c| (c.issuer, c.serial.clone()))
@@ -237,7 +240,7 @@ impl Ca {
         role: &PrincipalRole,
         id: &PrincipalId,
         reason: Option<RevocationReason>,
-    ) -> Result<Vec<(IssuerName, String)>, Error> {
+    ) -> Result<Vec<(IssuerId, String)>, Error> {
         let action = "principal.evict";
         let uri = self.profiles.trust_domain.principal_uri(role, id);
         let decide = async {
@@ -272,17 +275,14 @@ impl Ca {
         match target {
             RevokeTarget::Certificate { issuer, serial } => {
                 let serial = serial.to_ascii_lowercase();
-                let issuers = match issuer {
-                    Some(i) => vec![*i],
-                    None => vec![IssuerName::DeviceIdentity, IssuerName::Operational],
-                };
+                let issuers = self.issuers_matching(*issuer);
                 let mut found = Vec::new();
                 for i in issuers {
                     found.extend(self.store.certificate(i, &serial).await?);
                 }
                 if found.len() > 1 {
                     return Err(Error::InvalidArgument(format!(
-                        "serial {serial} exists under both issuing CAs; name the issuer"
+                        "serial {serial} exists under more than one issuing CA; name the issuer and its generation"
                     )));
                 }
                 if found.is_empty() {
@@ -359,11 +359,12 @@ impl Ca {
         self.store.device(&manufacturer, serial.as_str()).await
     }
 
-    async fn publish_crls_for(&self, revoked: &[(IssuerName, String)]) -> Result<(), Error> {
-        for issuer in [IssuerName::DeviceIdentity, IssuerName::Operational] {
-            if revoked.iter().any(|(i, _)| *i == issuer) {
-                self.publish_crl(issuer).await?;
-            }
+    async fn publish_crls_for(&self, revoked: &[(IssuerId, String)]) -> Result<(), Error> {
+        let mut issuers: Vec<IssuerId> = revoked.iter().map(|(i, _)| *i).collect();
+        issuers.sort();
+        issuers.dedup();
+        for issuer in issuers {
+            self.publish_crl(issuer).await?;
         }
         Ok(())
     }

@@ -15,6 +15,7 @@ mod lifecycle;
 pub mod ocsp_cache;
 pub mod publish;
 mod restore;
+mod rollover;
 
 pub use enroll::{EnrollInput, NewToken};
 pub use lifecycle::{RevokeTarget, RotationStatus};
@@ -34,7 +35,7 @@ use crate::domain::{
     quote, DeviceSerial, ManufacturerId, Model, Principal, PrincipalId, PrincipalRole, Role,
 };
 use crate::error::Error;
-use crate::issuance::{Authority, CertificateTemplate, IssuerName, SignedCertificate};
+use crate::issuance::{Authority, CertificateTemplate, IssuerId, IssuerName, SignedCertificate};
 use crate::policy::{self, lifecycle::LifecyclePolicy, profile::ProfileSettings, Action};
 use crate::store::certificates::{fingerprint, Claim, Completion, PeerRecord, Reservation};
 use crate::store::registry::{DeviceQuery, DeviceRecord, ManufacturerRecord};
@@ -42,6 +43,13 @@ use crate::store::Store;
 
 /// The steps of the issuance cycle a crash test may stop the process at.
 pub const CRASH_POINTS: [&str; 3] = ["after-reserve", "after-sign", "after-commit"];
+
+/// How a caller names an issuing CA: by name, by generation, by both or by neither.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IssuerFilter {
+    pub name: Option<IssuerName>,
+    pub generation: Option<u32>,
+}
 
 /// The CA service: what the gRPC edge calls once it has parsed a request.
 pub struct Ca {
@@ -342,9 +350,7 @@ impl Ca {
             let template = self.profiles.principal(
                 crate::issuance::random_serial(),
                 now,
-                self.authority
-                    .issuer_cert(IssuerName::Operational)
-                    .not_after,
+                self.authority.current(IssuerName::Operational),
                 &role,
                 &id,
                 csr.public_key.clone(),
@@ -405,7 +411,7 @@ impl Ca {
         let validity = (t.not_before, t.not_after);
         let intent = self
             .actor_event(actor, "certificate.reserve", &subject_uri)
-            .with("issuer", issuer.as_str())
+            .with("issuer", issuer.label())
             .with("serial", serial.clone())
             .with("profile", reservation.profile)
             .with("spki_sha256", reservation.spki_sha256.clone())
@@ -433,7 +439,7 @@ impl Ca {
         // Step 4: record the certificate and what it completes, with the success event.
         let done = self
             .actor_event(actor, action, &subject_uri)
-            .with("issuer", issuer.as_str())
+            .with("issuer", issuer.label())
             .with("serial", serial.clone())
             .with("certificate_sha256", fingerprint(&signed.der));
         let device = match self
@@ -458,19 +464,19 @@ impl Ca {
     async fn abandon(
         &self,
         actor: &Actor,
-        issuer: IssuerName,
+        issuer: IssuerId,
         serial: &str,
         subject_uri: &str,
         err: &Error,
     ) {
         let event = self
             .actor_event(actor, "certificate.abandon", subject_uri)
-            .with("issuer", issuer.as_str())
+            .with("issuer", issuer.label())
             .with("serial", serial.to_owned())
             .refused(err);
         if let Err(e) = self
             .store
-            .abandon_reservation(issuer.as_str(), serial, &event)
+            .abandon_reservation(&issuer.label(), serial, &event)
             .await
         {
             tracing::error!(error = %e, serial, "could not abandon reservation; start-up recovery will");
@@ -499,7 +505,12 @@ impl Ca {
             not_before,
             not_after,
             der: signed.der.to_vec(),
-            chain: vec![self.authority.issuer_cert(signed.issuer).der.to_vec()],
+            chain: vec![self
+                .authority
+                .issuer_cert(signed.issuer)
+                .expect("a generation that signed stays loaded")
+                .der
+                .to_vec()],
             root: self.authority.root().der.to_vec(),
             serial: signed.serial.to_hex(),
             subject_uri,
@@ -533,11 +544,42 @@ impl Ca {
         self.store.devices(&query).await
     }
 
-    /// The fingerprints of the PKI this service runs with: its CA certificates and its
-    /// audit-signing public key.
+    /// The issuing-CA generations a filter names, oldest first.
+    pub fn issuers_matching(&self, filter: IssuerFilter) -> Vec<IssuerId> {
+        self.authority
+            .issuers()
+            .into_iter()
+            .map(|i| i.id)
+            .filter(|id| filter.name.is_none_or(|n| n == id.name))
+            .filter(|id| filter.generation.is_none_or(|g| g == id.generation))
+            .collect()
+    }
+
+    /// The issuing-CA generations still in service at `now`: their certificates have not
+    /// ended, so what they signed may still be valid. Each keeps a CRL, an OCSP responder and
+    /// its place in the trust bundle and the TLS verifier. The current generation of each
+    /// CA always counts.
+    pub fn issuers_in_service(&self) -> Vec<crate::issuance::IssuerInfo> {
+        let now = self.clock.now();
+        self.authority
+            .issuers()
+            .into_iter()
+            .filter(|i| i.not_after > now || self.authority.current(i.id.name).id == i.id)
+            .collect()
+    }
+
+    /// The fingerprints of the PKI this service was created with: its root, the first
+    /// generation of each issuing CA, and its audit-signing public key. (Later generations
+    /// belong by being signed by that root; `load_new_generations` records them.)
     pub fn pki_fingerprints(&self) -> Vec<crate::domain::PkiFingerprint> {
         let audit_key = self.ledger.signer.public_key();
-        let mut all = self.authority.fingerprints().to_vec();
+        let mut all: Vec<_> = self
+            .authority
+            .fingerprints()
+            .into_iter()
+            .filter(|(_, generation)| *generation == 1)
+            .map(|(f, _)| f)
+            .collect();
         all.push(crate::domain::PkiFingerprint {
             part: crate::domain::PkiPart::AuditSigningKey,
             sha256: fingerprint(&audit_key),
@@ -567,7 +609,7 @@ impl Ca {
         }
         let missing = unrecorded(&recorded, &current);
         if missing.is_empty() {
-            return Ok(());
+            return self.record_rollovers().await;
         }
         let mut event = AuditEvent::new(self.clock.now(), Actor::system(), "pki.bind", "pki");
         for f in &missing {
@@ -577,7 +619,7 @@ impl Ca {
             .bind_pki(&missing.into_iter().cloned().collect::<Vec<_>>(), &event)
             .await?;
         tracing::info!("recorded the PKI's fingerprints in the database");
-        Ok(())
+        self.record_rollovers().await
     }
 
     /// Start-up recovery: reservations left by an issuance that died between steps 2 and 4

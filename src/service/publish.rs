@@ -4,10 +4,11 @@
 use time::{Duration, OffsetDateTime};
 
 use super::Ca;
+use super::IssuerFilter;
 use crate::domain::{Principal, RevocationReason};
 use crate::error::Error;
 use crate::issuance::ocsp::{self, CertStatus, HashAlg, SingleResponse};
-use crate::issuance::IssuerName;
+use crate::issuance::{IssuerId, IssuerName};
 use crate::policy::{self, Action};
 use crate::store::certificates::fingerprint;
 use crate::store::lifecycle::{CertRecord, CrlRecord};
@@ -100,7 +101,7 @@ pub struct OcspQuery {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CertificateStatusQuery {
     Serial {
-        issuer: Option<IssuerName>,
+        issuer: IssuerFilter,
         serial: String,
     },
     /// The certificate itself: "good" only if medid issued exactly these bytes.
@@ -115,17 +116,18 @@ pub struct StatusAnswer {
     pub checked_at: OffsetDateTime,
 }
 
-/// The CA certificates a relying party needs.
+/// The CA certificates a relying party needs: the root, and every generation of each
+/// issuing CA still in service, newest first (two during a rollover's overlap).
 #[derive(Debug, Clone)]
 pub struct TrustBundle {
     pub root: Vec<u8>,
-    pub device_identity: Vec<u8>,
-    pub operational: Vec<u8>,
+    pub device_identity: Vec<Vec<u8>>,
+    pub operational: Vec<Vec<u8>>,
 }
 
 impl Ca {
     /// Signs and stores the next CRL of `issuer`, and returns once the TLS layer carries it.
-    pub async fn publish_crl(&self, issuer: IssuerName) -> Result<CrlRecord, Error> {
+    pub async fn publish_crl(&self, issuer: IssuerId) -> Result<CrlRecord, Error> {
         let authority = self.authority.clone();
         let crl = self
             .store
@@ -138,7 +140,7 @@ impl Ca {
                 },
             )
             .await?;
-        tracing::info!(issuer = issuer.as_str(), number = crl.number, "signed CRL");
+        tracing::info!(issuer = %issuer, number = crl.number, "signed CRL");
         // The database holds the CRL; the copy outside it is what a restore is checked
         // against, so a failure here is loud but does not undo the signed CRL.
         if let Err(e) = self.keep_crl(issuer, &crl) {
@@ -150,7 +152,7 @@ impl Ca {
     }
 
     /// The current CRL of `issuer` (signing the first one if none exists yet).
-    pub async fn current_crl(&self, issuer: IssuerName) -> Result<CrlRecord, Error> {
+    pub async fn current_crl(&self, issuer: IssuerId) -> Result<CrlRecord, Error> {
         match self.store.latest_crl(issuer).await? {
             Some(crl) => Ok(crl),
             None => self.publish_crl(issuer).await,
@@ -158,16 +160,31 @@ impl Ca {
     }
 
     /// The CRL over gRPC: any authenticated caller.
-    pub async fn crl_for(&self, who: &Principal, issuer: IssuerName) -> Result<CrlRecord, Error> {
+    pub async fn crl_for(
+        &self,
+        who: &Principal,
+        issuer: IssuerFilter,
+    ) -> Result<(IssuerId, CrlRecord), Error> {
         let action = Action::GetCrl;
-        self.audited(
-            who,
-            action.name(),
-            issuer.as_str(),
-            policy::authorize(who, action),
-        )
-        .await?;
-        self.current_crl(issuer).await
+        let target = match (issuer.name, issuer.generation) {
+            (Some(name), Some(generation)) => IssuerId { name, generation }.label(),
+            (Some(name), None) => name.as_str().to_owned(),
+            _ => "crl".to_owned(),
+        };
+        let chosen = policy::authorize(who, action).and_then(|()| {
+            let name = issuer
+                .name
+                .ok_or_else(|| Error::InvalidArgument("name the issuer of the CRL".into()))?;
+            match issuer.generation {
+                None => Ok(self.authority.current(name).id),
+                Some(generation) => {
+                    let id = IssuerId { name, generation };
+                    self.authority.issuer_cert(id).map(|_| id)
+                }
+            }
+        });
+        let id = self.audited(who, action.name(), &target, chosen).await?;
+        Ok((id, self.current_crl(id).await?))
     }
 
     pub async fn trust_bundle(&self, who: &Principal) -> Result<TrustBundle, Error> {
@@ -183,18 +200,20 @@ impl Ca {
     }
 
     pub fn public_trust_bundle(&self) -> TrustBundle {
+        let in_service = self.issuers_in_service();
+        let of = |name: IssuerName| {
+            in_service
+                .iter()
+                .rev()
+                .filter(|i| i.id.name == name)
+                .filter_map(|i| self.authority.issuer_cert(i.id).ok())
+                .map(|c| c.der.to_vec())
+                .collect()
+        };
         TrustBundle {
             root: self.authority.root().der.to_vec(),
-            device_identity: self
-                .authority
-                .issuer_cert(IssuerName::DeviceIdentity)
-                .der
-                .to_vec(),
-            operational: self
-                .authority
-                .issuer_cert(IssuerName::Operational)
-                .der
-                .to_vec(),
+            device_identity: of(IssuerName::DeviceIdentity),
+            operational: of(IssuerName::Operational),
         }
     }
 
@@ -216,10 +235,7 @@ impl Ca {
         let record = match query {
             CertificateStatusQuery::Serial { issuer, serial } => {
                 let serial = serial.to_ascii_lowercase();
-                let issuers = match issuer {
-                    Some(i) => vec![i],
-                    None => vec![IssuerName::DeviceIdentity, IssuerName::Operational],
-                };
+                let issuers = self.issuers_matching(issuer);
                 let mut found = None;
                 for i in issuers {
                     if let Some(c) = self.store.certificate(i, &serial).await? {
@@ -231,18 +247,10 @@ impl Ca {
             }
             CertificateStatusQuery::Der(der) => {
                 match self.store.peer_by_fingerprint(&fingerprint(&der)).await? {
-                    Some(peer) => {
-                        let (_, cert) = x509_parser::parse_x509_certificate(&der)
-                            .map_err(|_| Error::InvalidArgument("not a DER certificate".into()))?;
-                        let issuer = if cert.issuer().as_raw()
-                            == self.authority_subject(IssuerName::DeviceIdentity)
-                        {
-                            IssuerName::DeviceIdentity
-                        } else {
-                            IssuerName::Operational
-                        };
-                        self.store.certificate(issuer, &peer.serial).await?
-                    }
+                    Some(peer) => match self.authority.issuer_of_certificate(&der) {
+                        Some(issuer) => self.store.certificate(issuer, &peer.serial).await?,
+                        None => None,
+                    },
                     None => None,
                 }
             }
@@ -253,12 +261,6 @@ impl Ca {
             certificate: record,
             checked_at: self.clock.now(),
         })
-    }
-
-    fn authority_subject(&self, issuer: IssuerName) -> Vec<u8> {
-        x509_parser::parse_x509_certificate(&self.authority.issuer_cert(issuer).der)
-            .map(|(_, c)| c.subject().as_raw().to_vec())
-            .unwrap_or_default()
     }
 
     /// Answers an OCSP request (RFC 6960). Always returns a DER OCSPResponse: errors are
@@ -355,11 +357,13 @@ impl Ca {
         }
     }
 
-    /// Periodic upkeep: re-sign a CRL at half its validity, renew OCSP responders and the TLS
-    /// server certificate.
+    /// Periodic upkeep: load issuing-CA generations `medid ca rotate` added, re-sign each CRL
+    /// at half its validity, renew OCSP responders and the TLS server certificate, and warn of
+    /// CA certificates ending soon.
     pub async fn maintain(&self) -> Result<(), Error> {
+        self.load_new_generations().await?;
         let now = self.clock.now();
-        for issuer in [IssuerName::DeviceIdentity, IssuerName::Operational] {
+        for issuer in self.issuers_in_service().into_iter().map(|i| i.id) {
             let stale = match self.store.latest_crl(issuer).await? {
                 Some(crl) => now >= crl.this_update + self.crl_validity / 2,
                 None => true,

@@ -10,7 +10,7 @@ use super::Ca;
 use crate::audit::{Actor, AuditEvent};
 use crate::error::Error;
 use crate::files::{self, Access};
-use crate::issuance::IssuerName;
+use crate::issuance::IssuerId;
 use crate::store::lifecycle::CrlRecord;
 use crate::store::recovery::{RecoveryOutcome, UNRECORDED_SUBJECT};
 
@@ -22,21 +22,28 @@ pub fn kept_crl_dir(checkpoint_dir: &Path) -> PathBuf {
     checkpoint_dir.join("crls")
 }
 
-fn kept_name(issuer: IssuerName, number: i64) -> String {
+fn kept_name(issuer: IssuerId, number: i64) -> String {
     // Zero-padded so names sort by number.
-    format!("{}-{number:020}.crl", issuer.as_str())
+    format!("{issuer}-{number:020}.crl")
+}
+
+/// Whether `file` is a kept CRL of `issuer`: `LABEL-` then 20 digits then `.crl` (so
+/// `operational-` never takes `operational-2-…`).
+fn is_kept_of(file: &str, issuer: IssuerId) -> bool {
+    file.strip_prefix(&format!("{issuer}-"))
+        .and_then(|rest| rest.strip_suffix(".crl"))
+        .is_some_and(|n| n.len() == 20 && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// The kept CRLs of `issuer` in `dir`, newest first.
-fn kept(dir: &Path, issuer: IssuerName) -> Vec<PathBuf> {
-    let prefix = format!("{}-", issuer.as_str());
+fn kept(dir: &Path, issuer: IssuerId) -> Vec<PathBuf> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| {
                     p.file_name()
                         .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".crl"))
+                        .is_some_and(|n| is_kept_of(n, issuer))
                 })
                 .collect()
         })
@@ -52,7 +59,7 @@ impl Ca {
     }
 
     /// Writes a copy of a CRL just signed, and drops all but the newest few of its issuer.
-    pub(super) fn keep_crl(&self, issuer: IssuerName, crl: &CrlRecord) -> Result<(), Error> {
+    pub(super) fn keep_crl(&self, issuer: IssuerId, crl: &CrlRecord) -> Result<(), Error> {
         let dir = self.kept_crl_dir();
         files::create_private_dir(&dir)?;
         files::write_atomic(
@@ -71,7 +78,7 @@ impl Ca {
     pub async fn recover_from_kept_crls(&self) -> Result<RecoveryOutcome, Error> {
         let dir = self.kept_crl_dir();
         let mut total = RecoveryOutcome::default();
-        for issuer in [IssuerName::DeviceIdentity, IssuerName::Operational] {
+        for issuer in self.authority.issuers().into_iter().map(|i| i.id) {
             let Some(path) = kept(&dir, issuer).into_iter().next() else {
                 continue;
             };
@@ -85,20 +92,20 @@ impl Ca {
                 }
             };
             let now = self.clock.now();
-            let source = format!("{} CRL number {}", issuer.as_str(), crl.number);
+            let source = format!("{issuer} CRL number {}", crl.number);
             let outcome = self
                 .store
                 .recover_revocations(
                     issuer,
                     crl.number,
                     &crl.entries,
-                    self.authority.issuer_cert(issuer).not_after,
+                    self.authority.issuer_cert(issuer)?.not_after,
                     now,
                     |r| {
                         let target = r.subject_uri.as_deref().unwrap_or(UNRECORDED_SUBJECT);
                         let mut event =
                             AuditEvent::new(now, Actor::system(), "certificate.revoke", target)
-                                .with("issuer", issuer.as_str())
+                                .with("issuer", issuer.label())
                                 .with("serial", r.serial.clone())
                                 .with(
                                     "reason",
@@ -117,7 +124,7 @@ impl Ca {
                 .await?;
             if outcome.revocations > 0 {
                 tracing::warn!(
-                    issuer = issuer.as_str(),
+                    issuer = %issuer,
                     revocations = outcome.revocations,
                     from = %path.display(),
                     "re-applied revocations missing from the database (restored from an older backup?)"
@@ -130,5 +137,24 @@ impl Ca {
             total.crl_number_advanced |= outcome.crl_number_advanced;
         }
         Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::issuance::IssuerName;
+
+    #[test]
+    fn kept_crl_names_never_mix_generations() {
+        let first = IssuerId::first(IssuerName::Operational);
+        let second = IssuerId {
+            name: IssuerName::Operational,
+            generation: 2,
+        };
+        assert!(is_kept_of(&kept_name(first, 7), first));
+        assert!(!is_kept_of(&kept_name(second, 7), first));
+        assert!(is_kept_of(&kept_name(second, 7), second));
+        assert!(!is_kept_of("operational-7.crl", first));
     }
 }

@@ -11,7 +11,7 @@ use super::{audit, from_unix, to_unix, Store};
 use crate::audit::{Actor, AuditEvent};
 use crate::domain::{quote, DeviceSerial, ManufacturerId, Role};
 use crate::error::Error;
-use crate::issuance::{CertificateTemplate, IssuanceToken, IssuerName, SignedCertificate};
+use crate::issuance::{CertificateTemplate, IssuanceToken, IssuerId, SignedCertificate};
 
 /// Who a reserved certificate is for, and what must be unique about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +82,7 @@ pub enum Completion {
 /// A certificate signed before the store existed (`medid ca init`), to be recorded as is.
 #[derive(Debug, Clone)]
 pub struct AdoptedCertificate {
-    pub issuer: IssuerName,
+    pub issuer: IssuerId,
     pub serial: String,
     pub profile: &'static str,
     pub role: Role,
@@ -158,7 +158,7 @@ async fn reserve_in(
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'reserved', $9,
                  (SELECT COALESCE(MAX(issue_order), 0) + 1 FROM certificates))",
         &[
-            Arg::Text(t.issuer.as_str()),
+            Arg::from(&t.issuer.label()),
             Arg::from(&serial),
             Arg::Text(r.profile),
             Arg::Text(r.role.as_str()),
@@ -194,7 +194,7 @@ async fn record_in(
             &[
                 Arg::Blob(signed.der.as_ref()),
                 Arg::from(&fp),
-                Arg::Text(signed.issuer.as_str()),
+                Arg::from(&signed.issuer.label()),
                 Arg::from(&serial),
             ],
         )
@@ -287,7 +287,7 @@ impl Store {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'active', $9, $10, $11,
                      (SELECT COALESCE(MAX(issue_order), 0) + 1 FROM certificates))",
         )
-        .bind(c.issuer.as_str())
+        .bind(c.issuer.label())
         .bind(&c.serial)
         .bind(c.profile)
         .bind(c.role.as_str())

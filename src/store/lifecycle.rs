@@ -8,12 +8,12 @@ use super::{audit, from_unix, to_unix, Conn, Store};
 use crate::audit::AuditEvent;
 use crate::domain::{ManufacturerId, RevocationReason};
 use crate::error::Error;
-use crate::issuance::{IssuerName, RevokedEntry};
+use crate::issuance::{IssuerId, RevokedEntry};
 
 /// A certificate row with its subject's scope.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertRecord {
-    pub issuer: IssuerName,
+    pub issuer: IssuerId,
     pub serial: String,
     pub profile: String,
     pub role: String,
@@ -41,7 +41,7 @@ fn decode_cert(row: &super::DbRow) -> Result<CertRecord, Error> {
     let issuer: String = row.try_get("issuer")?;
     let reason: Option<i64> = row.try_get("revocation_reason")?;
     Ok(CertRecord {
-        issuer: IssuerName::parse(&issuer)
+        issuer: IssuerId::parse(&issuer)
             .ok_or_else(|| Error::Internal(format!("unknown issuer {issuer:?}")))?,
         serial: row.try_get("serial")?,
         profile: row.try_get("profile")?,
@@ -97,13 +97,13 @@ pub enum SubjectChange<'a> {
 impl Store {
     pub async fn certificate(
         &self,
-        issuer: IssuerName,
+        issuer: IssuerId,
         serial: &str,
     ) -> Result<Option<CertRecord>, Error> {
         let row = sqlx::query(&format!(
             "{CERT_COLUMNS} WHERE c.issuer = $1 AND c.serial = $2"
         ))
-        .bind(issuer.as_str())
+        .bind(issuer.label())
         .bind(serial)
         .fetch_optional(&self.reader)
         .await?;
@@ -149,12 +149,12 @@ impl Store {
     /// `event`, in one transaction. Returns the serials revoked now.
     pub async fn revoke(
         &self,
-        targets: &[(IssuerName, String)],
+        targets: &[(IssuerId, String)],
         subject: Option<&str>,
         reason: Option<RevocationReason>,
         change: SubjectChange<'_>,
         event: &AuditEvent,
-    ) -> Result<Vec<(IssuerName, String)>, Error> {
+    ) -> Result<Vec<(IssuerId, String)>, Error> {
         let at = to_unix(event.recorded_at);
         let mut tx = self.begin_write().await?;
         let mut targets = targets.to_vec();
@@ -169,7 +169,7 @@ impl Store {
             .await?;
             for row in rows {
                 let issuer: String = row.try_get("issuer")?;
-                let issuer = IssuerName::parse(&issuer)
+                let issuer = IssuerId::parse(&issuer)
                     .ok_or_else(|| Error::Internal(format!("unknown issuer {issuer:?}")))?;
                 let serial: String = row.try_get("serial")?;
                 if !targets.iter().any(|(i, s)| *i == issuer && *s == serial) {
@@ -185,7 +185,7 @@ impl Store {
             )
             .bind(at)
             .bind(reason.map(RevocationReason::code))
-            .bind(issuer.as_str())
+            .bind(issuer.label())
             .bind(serial)
             .execute(&mut *tx)
             .await?;
@@ -216,7 +216,7 @@ impl Store {
             "revoked".into(),
             revoked
                 .iter()
-                .map(|(i, s)| format!("{}:{s}", i.as_str()))
+                .map(|(i, s)| format!("{i}:{s}"))
                 .collect::<Vec<_>>()
                 .into(),
         );
@@ -233,7 +233,7 @@ impl Store {
     /// runs behind never publishes a higher number with an earlier thisUpdate).
     pub async fn issue_crl(
         &self,
-        issuer: IssuerName,
+        issuer: IssuerId,
         now: OffsetDateTime,
         validity: time::Duration,
         sign: impl FnOnce(
@@ -249,7 +249,7 @@ impl Store {
         let previous: Option<i64> = sqlx::query_scalar(
             "SELECT this_update FROM crls WHERE issuer = $1 ORDER BY number DESC LIMIT 1",
         )
-        .bind(issuer.as_str())
+        .bind(issuer.label())
         .fetch_optional(&mut *tx)
         .await?;
         let this_update = match previous {
@@ -263,7 +263,7 @@ impl Store {
         sqlx::query(
             "INSERT INTO crls (issuer, number, this_update, next_update, der) VALUES ($1, $2, $3, $4, $5)",
         )
-        .bind(issuer.as_str())
+        .bind(issuer.label())
         .bind(number)
         .bind(to_unix(this_update))
         .bind(to_unix(next_update))
@@ -279,12 +279,12 @@ impl Store {
         })
     }
 
-    pub async fn latest_crl(&self, issuer: IssuerName) -> Result<Option<CrlRecord>, Error> {
+    pub async fn latest_crl(&self, issuer: IssuerId) -> Result<Option<CrlRecord>, Error> {
         let row = sqlx::query(
             "SELECT number, this_update, next_update, der FROM crls
              WHERE issuer = $1 ORDER BY number DESC LIMIT 1",
         )
-        .bind(issuer.as_str())
+        .bind(issuer.label())
         .fetch_optional(&self.reader)
         .await?;
         let Some(row) = row else { return Ok(None) };
@@ -364,13 +364,10 @@ pub(crate) async fn consume_token(
 }
 
 /// The number of `issuer`'s last CRL, if it has signed one.
-pub(super) async fn last_crl_number(
-    tx: &mut Conn,
-    issuer: IssuerName,
-) -> Result<Option<i64>, Error> {
+pub(super) async fn last_crl_number(tx: &mut Conn, issuer: IssuerId) -> Result<Option<i64>, Error> {
     Ok(
         sqlx::query_scalar("SELECT last_number FROM crl_numbers WHERE issuer = $1")
-            .bind(issuer.as_str())
+            .bind(issuer.label())
             .fetch_optional(&mut *tx)
             .await?,
     )
@@ -379,14 +376,14 @@ pub(super) async fn last_crl_number(
 /// Records `number` as `issuer`'s last CRL number.
 pub(super) async fn set_crl_number(
     tx: &mut Conn,
-    issuer: IssuerName,
+    issuer: IssuerId,
     number: i64,
 ) -> Result<(), Error> {
     sqlx::query(
         "INSERT INTO crl_numbers (issuer, last_number) VALUES ($1, $2)
          ON CONFLICT (issuer) DO UPDATE SET last_number = excluded.last_number",
     )
-    .bind(issuer.as_str())
+    .bind(issuer.label())
     .bind(number)
     .execute(&mut *tx)
     .await?;
@@ -395,7 +392,7 @@ pub(super) async fn set_crl_number(
 
 async fn revoked_entries(
     tx: &mut Conn,
-    issuer: IssuerName,
+    issuer: IssuerId,
     this_update: OffsetDateTime,
 ) -> Result<Vec<RevokedEntry>, Error> {
     // RFC 5280 §3.3: an entry may leave the CRL only after the certificate has expired; keep it
@@ -406,7 +403,7 @@ async fn revoked_entries(
          WHERE issuer = $1 AND status = 'revoked' AND not_after >= $2
          ORDER BY serial",
     )
-    .bind(issuer.as_str())
+    .bind(issuer.label())
     .bind(to_unix(keep_after))
     .fetch_all(&mut *tx)
     .await?;

@@ -65,6 +65,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "pki_binding",
         include_str!("../../migrations/sqlite/0005_pki_binding.sql"),
     ),
+    (
+        6,
+        "issuer_generations",
+        include_str!("../../migrations/sqlite/0006_issuer_generations.sql"),
+    ),
 ];
 
 /// PostgreSQL migrations: the same schema, written for PostgreSQL from the start.
@@ -78,6 +83,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "pki_binding",
         include_str!("../../migrations/postgres/0002_pki_binding.sql"),
+    ),
+    (
+        3,
+        "issuer_generations",
+        include_str!("../../migrations/postgres/0003_issuer_generations.sql"),
     ),
 ];
 

@@ -10,7 +10,7 @@ use super::{audit, to_unix, Store};
 use crate::audit::AuditEvent;
 use crate::domain::RevocationReason;
 use crate::error::Error;
-use crate::issuance::{IssuerName, RevokedEntry};
+use crate::issuance::{IssuerId, RevokedEntry};
 
 /// The subject recorded for a revoked serial the database never saw (issued after the backup).
 pub const UNRECORDED_SUBJECT: &str = "unrecorded";
@@ -42,7 +42,7 @@ impl Store {
     /// CRL's number is larger than any published (RFC 5280 §5.2.3).
     pub async fn recover_revocations(
         &self,
-        issuer: IssuerName,
+        issuer: IssuerId,
         number: u64,
         entries: &[RevokedEntry],
         unknown_not_after: OffsetDateTime,
@@ -56,7 +56,7 @@ impl Store {
             let row = sqlx::query(
                 "SELECT status, subject_uri FROM certificates WHERE issuer = $1 AND serial = $2",
             )
-            .bind(issuer.as_str())
+            .bind(issuer.label())
             .bind(&serial)
             .fetch_optional(&mut *tx)
             .await?;
@@ -70,7 +70,7 @@ impl Store {
                     )
                     .bind(to_unix(entry.revoked_at))
                     .bind(entry.reason.map(RevocationReason::code))
-                    .bind(issuer.as_str())
+                    .bind(issuer.label())
                     .bind(&serial)
                     .execute(&mut *tx)
                     .await?;
@@ -85,7 +85,7 @@ impl Store {
                                  $6, $4, $7,
                                  (SELECT COALESCE(MAX(issue_order), 0) + 1 FROM certificates))",
                     )
-                    .bind(issuer.as_str())
+                    .bind(issuer.label())
                     .bind(&serial)
                     .bind(UNRECORDED_SUBJECT)
                     .bind(to_unix(entry.revoked_at))

@@ -451,6 +451,7 @@ pub fn revoke_for_key_compromise(serial: &str) -> medid::proto::RevokeRequest {
             medid::proto::CertificateRef {
                 issuer: medid::proto::Issuer::Operational as i32,
                 serial: serial.into(),
+                issuer_generation: 0,
             },
         )),
         reason: medid::proto::RevocationReason::KeyCompromise as i32,
@@ -471,4 +472,80 @@ pub fn openssl_ocsp(server: &TestServer, cert: &Path) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// rustls checks certificate validity with this clock: the test's, so a certificate issued
+/// after the clock was moved forward is valid to this client.
+#[derive(Debug)]
+struct TestTime(Arc<FixedClock>);
+
+impl rustls::time_provider::TimeProvider for TestTime {
+    fn current_time(&self) -> Option<rustls_pki_types::UnixTime> {
+        Some(rustls_pki_types::UnixTime::since_unix_epoch(
+            std::time::Duration::from_secs(self.0.now().unix_timestamp() as u64),
+        ))
+    }
+}
+
+pub fn client_config(server: &TestServer, who: &Identity) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in medid::pem::parse_certificates(server.root_pem().as_bytes()).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let chain = medid::pem::parse_certificates(who.cert_pem.as_bytes()).unwrap();
+    let key =
+        <rustls_pki_types::PrivateKeyDer as rustls_pki_types::pem::PemObject>::from_pem_slice(
+            who.key_pem.as_bytes(),
+        )
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder_with_details(
+        Arc::new(rustls::crypto::ring::default_provider()),
+        Arc::new(TestTime(server.clock.clone())),
+    )
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(config)
+}
+
+/// A new mTLS connection that checks certificates against the test's clock (so it still
+/// works after the clock was moved forward); also returns the serial of the certificate the
+/// server presented.
+pub async fn connect_at_test_time(server: &TestServer, who: &Identity) -> (Channel, String) {
+    try_connect_at_test_time(server, who)
+        .await
+        .expect("the connection is accepted")
+}
+
+/// As [`connect_at_test_time`], with the refusal as an error (a revoked client certificate).
+pub async fn try_connect_at_test_time(
+    server: &TestServer,
+    who: &Identity,
+) -> Result<(Channel, String), String> {
+    let addr = server
+        .url
+        .trim_start_matches("https://")
+        .replace("localhost", "127.0.0.1");
+    let config = client_config(server, who);
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+    let serial = medid::domain::hex(cert.raw_serial());
+    let io = std::sync::Mutex::new(Some(hyper_util::rt::TokioIo::new(tls)));
+    let channel = tonic::transport::Endpoint::from_static("http://medid")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let io = io.lock().unwrap().take();
+            async move { io.ok_or_else(|| std::io::Error::other("one connection only")) }
+        }))
+        .await
+        .map_err(|e| format!("HTTP/2: {e}"))?;
+    Ok((channel, serial))
 }
