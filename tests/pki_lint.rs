@@ -164,6 +164,27 @@ async fn everything_medid_issues_passes_pkilint() {
         );
     }
 
+    // After a rollover: the next operational CA, a certificate it signed, its CRL and its
+    // OCSP responder.
+    medid::issuance::bootstrap::rotate(
+        &medid::issuance::bootstrap::PkiFiles::new(&server.config.pki_dir),
+        medid::issuance::IssuerName::Operational,
+        &server.pki("root-ca.key"),
+        time::Duration::days(365),
+        medid::clock::Clock::now(server.clock.as_ref()),
+    )
+    .unwrap();
+    let loaded = server.ca.load_new_generations().await.unwrap();
+    let second = loaded[0].id;
+    copy_first(server.pki("operational-ca-2.pem"), "operational-ca-2.pem");
+    let gateway = server.issue(PrincipalRole::Gateway, "gw-2", "").await;
+    std::fs::write(out.join("gateway-generation-2.pem"), &gateway.cert_pem).unwrap();
+    let crl = server.ca.current_crl(second).await.unwrap();
+    std::fs::write(out.join(format!("{second}.crl")), crl.der).unwrap();
+    copy_first(
+        server.pki("ocsp-operational-2.pem"),
+        "ocsp-responder-generation-2.pem",
+    );
     let result = std::process::Command::new(&lint)
         .arg(&out)
         .output()

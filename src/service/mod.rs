@@ -615,10 +615,13 @@ impl Ca {
         for f in &missing {
             event = event.with(f.part.as_str(), format!("sha256:{}", f.sha256));
         }
-        self.store
+        if self
+            .store
             .bind_pki(&missing.into_iter().cloned().collect::<Vec<_>>(), &event)
-            .await?;
-        tracing::info!("recorded the PKI's fingerprints in the database");
+            .await?
+        {
+            tracing::info!("recorded the PKI's fingerprints in the database");
+        }
         self.record_rollovers().await
     }
 

@@ -55,10 +55,13 @@ impl Ca {
                     .with("generation", i64::from(generation))
                     .with("certificate_sha256", fingerprint.sha256.clone())
                     .with("not_after", info.not_after.unix_timestamp());
-            self.store
+            if self
+                .store
                 .bind_pki(std::slice::from_ref(&fingerprint), &event)
-                .await?;
-            tracing::info!(issuer = %id, "recorded the rollover to issuing CA {id}");
+                .await?
+            {
+                tracing::info!(issuer = %id, "recorded the rollover to issuing CA {id}");
+            }
         }
         Ok(())
     }

@@ -28,15 +28,17 @@ impl Store {
     }
 
     /// Records `fingerprints` (those already recorded are skipped) and `event`, in one
-    /// transaction.
+    /// transaction. When every one was already recorded (another replica got there first),
+    /// nothing is written and the answer is false.
     pub async fn bind_pki(
         &self,
         fingerprints: &[PkiFingerprint],
         event: &AuditEvent,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let mut tx = self.begin_write().await?;
+        let mut added = 0;
         for f in fingerprints {
-            sqlx::query(
+            added += sqlx::query(
                 "INSERT INTO pki_binding (part, sha256, recorded_at) VALUES ($1, $2, $3)
                  ON CONFLICT (part, sha256) DO NOTHING",
             )
@@ -44,9 +46,14 @@ impl Store {
             .bind(&f.sha256)
             .bind(to_unix(event.recorded_at))
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
+        }
+        if added == 0 {
+            return Ok(false);
         }
         audit::append(&mut SqlxTx(&mut *tx), event).await?;
-        tx.commit().await
+        tx.commit().await?;
+        Ok(true)
     }
 }
