@@ -174,6 +174,82 @@ fn est_cacerts(server: &TestServer, work: &Path) -> Vec<String> {
     .collect()
 }
 
+/// The samples of `/metrics` (fetched with curl) as (name, `ca` label, value). With
+/// `MEDID_METRICS_PYTHON` set (`.ci/run` sets it), the text is parsed by Python
+/// prometheus_client's OpenMetrics parser, an independent reader that refuses malformed text;
+/// without it, by splitting lines here.
+fn ca_metrics(server: &TestServer, work: &Path) -> Vec<(String, String, String, f64)> {
+    let text = work.join("metrics.txt");
+    let fetched = Command::new("curl")
+        .args(["-sSf", "-o"])
+        .arg(&text)
+        .arg(format!("{}/metrics", server.http_url))
+        .status()
+        .unwrap();
+    assert!(fetched.success());
+    let lines = match std::env::var("MEDID_METRICS_PYTHON") {
+        Ok(python) => {
+            let script = r#"
+import sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+for family in text_string_to_metric_families(open(sys.argv[1]).read()):
+    for s in family.samples:
+        print(s.name, s.labels.get("ca", ""), s.labels.get("standing", ""), s.value)
+"#;
+            let out = Command::new(&python)
+                .args(["-c", script])
+                .arg(&text)
+                .output()
+                .unwrap_or_else(|e| panic!("MEDID_METRICS_PYTHON={python}: {e}"));
+            assert!(
+                out.status.success(),
+                "the OpenMetrics parser refused /metrics: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        }
+        Err(_) => std::fs::read_to_string(&text)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (name, rest) = l.split_once('{')?;
+                let (labels, value) = rest.split_once("} ")?;
+                let label = |k: &str| {
+                    labels
+                        .split(',')
+                        .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
+                        .map(|v| v.trim_end_matches('"').to_owned())
+                        .unwrap_or_default()
+                };
+                Some(format!(
+                    "{name} {} {} {value}\n",
+                    label("ca"),
+                    label("standing")
+                ))
+            })
+            .collect(),
+    };
+    lines
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f[0].into(), f[1].into(), f[2].into(), f[3].parse().unwrap())
+        })
+        .collect()
+}
+
+fn sample(
+    metrics: &[(String, String, String, f64)],
+    name: &str,
+    ca: &str,
+) -> Option<(String, f64)> {
+    metrics
+        .iter()
+        .find(|(n, c, _, _)| n == name && c == ca)
+        .map(|(_, _, standing, v)| (standing.clone(), *v))
+}
+
 // Multi-threaded: curl and openssl run as blocking child processes while the server answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operational_ca_rolls_over_while_every_principal_keeps_working() {
@@ -193,8 +269,20 @@ async fn the_operational_ca_rolls_over_while_every_principal_keeps_working() {
     let (device, _) = server.enroll(&station, "SN-1").await;
     assert!(issuer_of(&old_gateway).contains("CN=medid operational CA"));
 
-    // Day 70, inside the warning window: roll over.
+    // Day 70, inside the warning window (50 days left): the log and the metric warn.
     server.clock.advance(Duration::days(70));
+    let m = ca_metrics(&server, work);
+    let warned = "medid_ca_expiry_warning";
+    assert_eq!(
+        sample(&m, warned, "operational"),
+        Some(("current".into(), 1.0)),
+        "{m:?}"
+    );
+    assert_eq!(sample(&m, warned, "root"), Some(("root".into(), 0.0)));
+    assert_eq!(
+        sample(&m, warned, "device-identity"),
+        Some(("current".into(), 0.0))
+    );
     assert_eq!(
         subjects(&bundle(&server, &admin).await.operational_ca_pem).len(),
         1
@@ -220,6 +308,22 @@ async fn the_operational_ca_rolls_over_while_every_principal_keeps_working() {
         .collect();
     assert_eq!(rollovers.len(), 1, "one event for the rollover");
     assert_eq!(rollovers[0].event.target, "operational-2");
+    // The warning ends; the older generation is reported as previous, with its end.
+    let m = ca_metrics(&server, work);
+    assert_eq!(
+        sample(&m, warned, "operational"),
+        Some(("previous".into(), 0.0)),
+        "{m:?}"
+    );
+    assert_eq!(
+        sample(&m, warned, "operational-2"),
+        Some(("current".into(), 0.0))
+    );
+    let ends = "medid_ca_not_after_timestamp_seconds";
+    assert_eq!(
+        sample(&m, ends, "operational-2").map(|(_, v)| v as i64),
+        Some(made.not_after.unix_timestamp())
+    );
 
     // Overlap: both generations are in the trust bundle and in EST cacerts, newest first.
     let both = subjects(&bundle(&server, &admin).await.operational_ca_pem);
@@ -337,6 +441,12 @@ async fn the_operational_ca_rolls_over_while_every_principal_keeps_working() {
     assert_eq!(one.len(), 1, "{one:?}");
     assert!(one[0].ends_with("CN=medid operational CA 2"));
     assert_eq!(est_cacerts(&server, work).len(), 3);
+    let m = ca_metrics(&server, work);
+    assert_eq!(
+        sample(&m, "medid_ca_expiry_warning", "operational"),
+        None,
+        "{m:?}"
+    );
     assert!(
         works(&server, &new_gateway).await,
         "new generation after the old one ended"

@@ -11,6 +11,7 @@
 //! | `POST /ocsp/{issuer}` (`application/ocsp-request`) | OCSP response, `application/ocsp-response` |
 //! | `GET /ocsp/{issuer}/{base64 request}` | the same (RFC 6960 Appendix A.1) |
 //! | `GET /healthz`, `GET /readyz` | liveness; readiness (the database answers and the service is not draining) |
+//! | `GET /metrics` | Prometheus metrics, OpenMetrics text ([`super::metrics`]) |
 
 use std::sync::Arc;
 
@@ -42,6 +43,7 @@ pub fn router(ca: Arc<Ca>, stopping: tokio::sync::watch::Receiver<bool>) -> Rout
         .route("/ocsp/{issuer}", post(ocsp_post_issuer))
         .route("/ocsp/{issuer}/{*request}", get(ocsp_get))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
         .route("/readyz", get(move |state| ready(state, stopping.clone())))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(ca)
@@ -109,6 +111,21 @@ async fn ca_cert(State(ca): State<Arc<Ca>>, Path(file): Path<String>) -> Respons
     match body {
         Some(body) => der("application/pkix-cert", body, 86_400),
         None => text(StatusCode::NOT_FOUND, "no such CA certificate"),
+    }
+}
+
+async fn metrics(State(ca): State<Arc<Ca>>) -> Response {
+    match super::metrics::render(&ca) {
+        Ok(body) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)],
+            body,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "rendering metrics");
+            text(StatusCode::INTERNAL_SERVER_ERROR, "metrics unavailable")
+        }
     }
 }
 

@@ -11,6 +11,7 @@ pub mod http;
 mod lifecycle;
 pub mod limits;
 pub mod listen;
+pub mod metrics;
 pub mod tls;
 
 use std::sync::Arc;

@@ -15,7 +15,7 @@ mod lifecycle;
 pub mod ocsp_cache;
 pub mod publish;
 mod restore;
-mod rollover;
+pub mod rollover;
 
 pub use enroll::{EnrollInput, NewToken};
 pub use lifecycle::{RevokeTarget, RotationStatus};

@@ -66,22 +66,52 @@ impl Ca {
         Ok(())
     }
 
-    /// Logs a warning when the root or the current generation of an issuing CA ends within
-    /// `ca_expiry_warning` (an older generation ending after a rollover is expected).
-    pub fn warn_ca_expiry(&self) {
-        let current = [
-            self.authority.current(IssuerName::DeviceIdentity),
-            self.authority.current(IssuerName::Operational),
-        ];
-        let labels: Vec<String> = current.iter().map(|i| i.id.label()).collect();
-        let mut cas = vec![("root", self.authority.root().not_after)];
-        for (info, label) in current.iter().zip(&labels) {
-            cas.push((label.as_str(), info.not_after));
-        }
+    /// Every CA certificate in service: the root, and each issuing-CA generation in service,
+    /// with whether it is the current one and whether the service warns about it (the root or
+    /// a current generation ending within `ca_expiry_warning`; an older generation ending
+    /// after a rollover is expected). What `warn_ca_expiry` logs and `/metrics` exports.
+    pub fn ca_lifetimes(&self) -> Vec<CaLifetime> {
         let now = self.clock.now();
-        for (ca, days_left) in
-            crate::policy::profile::ending_soon(&cas, now, self.ca_expiry_warning)
-        {
+        let root = self.authority.root().not_after;
+        let mut all = vec![(String::from("root"), CaStanding::Root, root)];
+        for info in self.issuers_in_service() {
+            let standing = if self.authority.current(info.id.name).id == info.id {
+                CaStanding::Current
+            } else {
+                CaStanding::Previous
+            };
+            all.push((info.id.label(), standing, info.not_after));
+        }
+        let watched: Vec<(&str, time::OffsetDateTime)> = all
+            .iter()
+            .filter(|(_, standing, _)| *standing != CaStanding::Previous)
+            .map(|(ca, _, end)| (ca.as_str(), *end))
+            .collect();
+        let warned: Vec<(String, i64)> =
+            crate::policy::profile::ending_soon(&watched, now, self.ca_expiry_warning)
+                .into_iter()
+                .map(|(ca, days)| (ca.to_owned(), days))
+                .collect();
+        all.into_iter()
+            .map(|(ca, standing, not_after)| {
+                let days_left = warned.iter().find(|(w, _)| *w == ca).map(|(_, d)| *d);
+                CaLifetime {
+                    ca,
+                    standing,
+                    not_after,
+                    days_left_when_warned: days_left,
+                }
+            })
+            .collect()
+    }
+
+    /// Logs a warning for each CA certificate [`Ca::ca_lifetimes`] warns about.
+    pub fn warn_ca_expiry(&self) {
+        for life in self.ca_lifetimes() {
+            let Some(days_left) = life.days_left_when_warned else {
+                continue;
+            };
+            let ca = life.ca.as_str();
             let hint = IssuerId::parse(ca).map_or(String::new(), |id| {
                 format!(
                     "; roll it over with `medid ca rotate --issuer {}`",
@@ -95,4 +125,35 @@ impl Ca {
             );
         }
     }
+}
+
+/// Where a CA certificate stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaStanding {
+    Root,
+    /// The generation of its issuing CA that signs new certificates.
+    Current,
+    /// An older generation, still answering for what it signed.
+    Previous,
+}
+
+impl CaStanding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaStanding::Root => "root",
+            CaStanding::Current => "current",
+            CaStanding::Previous => "previous",
+        }
+    }
+}
+
+/// One CA certificate in service and the service's view of its end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaLifetime {
+    /// `root`, or an issuing-CA generation's label.
+    pub ca: String,
+    pub standing: CaStanding,
+    pub not_after: time::OffsetDateTime,
+    /// Whole days left, when the service warns about it.
+    pub days_left_when_warned: Option<i64>,
 }
