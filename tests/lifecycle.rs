@@ -160,9 +160,15 @@ async fn renewal_is_refused_for_stations_for_foreign_keys_and_for_expired_certif
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
-    // An expired operational certificate cannot renew.
+    // An expired operational certificate cannot renew. The connection is made (and used)
+    // while it is valid, so it is the per-RPC check that refuses it; a new handshake would be
+    // refused by the TLS layer, which reads the same clock.
     let (op, _) = renew(&server, &a.birth).await.unwrap();
     let mut client = lifecycle(&server, &op).await;
+    client
+        .get_trust_bundle(proto::GetTrustBundleRequest {})
+        .await
+        .expect("a call while the certificate is valid");
     server.clock.advance(time::Duration::days(8));
     let err = client
         .request_operational_certificate(proto::RequestOperationalCertificateRequest {
