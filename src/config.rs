@@ -92,11 +92,8 @@ pub struct Config {
     pub access_event_max_age_days: u32,
     /// Fresh OCSP signatures a second (and their burst) for answers the cache cannot give.
     pub ocsp_signatures_per_second: u32,
-    /// At start, reservations older than this are revoked as abandoned (docs/ISSUANCE-CYCLE.md).
-    /// A single node may use 0; replicas sharing a database need the grace.
-    pub reservation_grace_seconds: u64,
-    /// TESTS ONLY: abort the process at this step of the issuance cycle (`after-reserve`,
-    /// `after-sign`, `after-commit`) to prove crash safety. Never set it in production.
+    /// TESTS ONLY: abort the process at this step of the issuance cycle (`after-sign`,
+    /// `after-commit`) to prove crash safety. Never set it in production.
     pub dangerous_crash_at: Option<String>,
 }
 
@@ -139,7 +136,6 @@ impl Default for Config {
             anonymous_refusal_max_sources: 64,
             ocsp_signatures_per_second: 500,
             access_event_max_age_days: 30,
-            reservation_grace_seconds: 300,
             dangerous_crash_at: None,
         }
     }

@@ -173,7 +173,6 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
             every: time::Duration::seconds(config.checkpoint_every_seconds.max(1) as i64),
             signing: tokio::sync::Mutex::new(None),
         },
-        reservation_grace: time::Duration::seconds(config.reservation_grace_seconds as i64),
         dangerous_crash_at: config.dangerous_crash_at.clone(),
         manufacturer_cache: Default::default(),
         anonymous: crate::service::anonymous::AnonymousRefusals::new(
@@ -214,16 +213,6 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
             revocations = recovered.revocations,
             "recovered revocations from kept CRLs (docs/DEPLOYMENT.md \"Backups and restore\")"
         );
-    }
-    let abandoned = ca.recover_abandoned().await?;
-    if abandoned > 0 {
-        tracing::warn!(
-            abandoned,
-            "revoked reservations left by an interrupted issuance"
-        );
-        for info in ca.issuers_in_service() {
-            ca.publish_crl(info.id).await?;
-        }
     }
     ca.maintain().await?;
     ca.warn_ca_expiry();

@@ -6,10 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use common::{csr_p256, TestServer};
-use medid::audit::{Actor, AuditEvent};
-use medid::clock::Clock;
 use medid::proto::EnrollDeviceRequest;
-use tonic::Code;
 
 fn medid(args: &[&str], dir: &std::path::Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_medid"))
@@ -162,104 +159,6 @@ async fn audit_rows_cannot_be_updated_or_deleted_through_sql() {
     assert!(upd.unwrap_err().to_string().contains("append-only"));
     let del = sqlx::query("DELETE FROM audit_events").execute(&pool).await;
     assert!(del.unwrap_err().to_string().contains("append-only"));
-}
-
-/// A crash between step 2 (reserve) and step 4 (record) leaves a reserved serial. On the next
-/// start it is revoked (never "good"), audited, and the device can enroll again.
-#[tokio::test]
-async fn an_interrupted_issuance_is_revoked_at_the_next_start() {
-    let server = TestServer::start().await;
-    server.add_manufacturer("acme", &[]).await;
-    let station = server.station("acme", "line-1").await;
-    // Step 1 and step 2 exactly as the service runs them, then "crash" before signing.
-    // The crash happened ten minutes ago (TLS checks the real clock, so we go back, not forward).
-    server
-        .clock
-        .set(common::system_now() - time::Duration::minutes(10));
-    let verified = medid::policy::csr::verify(&csr_p256().0).unwrap();
-    let manufacturer = medid::domain::ManufacturerId::parse("acme").unwrap();
-    let serial = medid::domain::DeviceSerial::parse("CRASH-1").unwrap();
-    let template = server.ca.profiles.device_birth(
-        medid::issuance::random_serial(),
-        server.clock.now(),
-        server
-            .ca
-            .authority
-            .current(medid::issuance::IssuerName::DeviceIdentity),
-        &medid::policy::profile::BirthSubject {
-            manufacturer: &manufacturer,
-            manufacturer_name: "acme Medical Inc.",
-            serial: &serial,
-            udi_di: None,
-        },
-        verified.public_key.clone(),
-    );
-    let uri = server
-        .ca
-        .profiles
-        .trust_domain
-        .device_uri(&manufacturer, &serial);
-    let cert_serial = template.serial.to_hex();
-    let intent = AuditEvent::new(
-        server.clock.now(),
-        Actor::system(),
-        "certificate.reserve",
-        &uri,
-    );
-    let token = server
-        .ca
-        .store
-        .reserve(
-            medid::store::certificates::Reservation {
-                template,
-                profile: "device-birth",
-                role: medid::domain::Role::Device,
-                subject_uri: uri.clone(),
-                spki_sha256: verified.spki_sha256.clone(),
-                claim: medid::store::certificates::Claim::NewDevice {
-                    manufacturer,
-                    serial,
-                    token_sha256: None,
-                },
-            },
-            &intent,
-        )
-        .await
-        .unwrap();
-    drop(token); // the process dies here
-    server.clock.set(common::system_now());
-    // While the reservation stands, the serial is taken.
-    let again = server
-        .enrollment_client(&station)
-        .await
-        .enroll_device(EnrollDeviceRequest {
-            csr: csr_p256().0,
-            serial: "CRASH-1".into(),
-            model: "M".into(),
-            udi_di: String::new(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(again.code(), Code::AlreadyExists);
-
-    let dir = server.stop().await;
-    let server = TestServer::start_in(dir).await;
-    let status = server
-        .count(&format!(
-            "SELECT COUNT(*) FROM certificates WHERE serial = '{cert_serial}' \
-             AND status = 'revoked' AND revocation_reason = 4"
-        ))
-        .await;
-    assert_eq!(status, 1, "abandoned reservation is revoked (superseded)");
-    assert!(server
-        .audit_events()
-        .await
-        .iter()
-        .any(|e| e.event.action == "certificate.abandon"
-            && e.event.detail.get("serial").and_then(|s| s.as_str()) == Some(&cert_serial)));
-    // The device enrolls once the interrupted attempt is cleaned up.
-    let station = server.station("acme", "line-2").await;
-    server.enroll(&station, "CRASH-1").await;
 }
 
 /// Runs `medid ARGS` under `umask 000`, the most permissive an operator could leave.

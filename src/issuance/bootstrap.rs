@@ -20,7 +20,7 @@ use rcgen::{
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
-use super::{random_serial, IssuanceToken, IssuerId, IssuerInfo, IssuerName};
+use super::{random_serial, IssuerId, IssuerInfo, IssuerName};
 use crate::domain::{PrincipalId, PrincipalRole, TrustDomain};
 use crate::error::Error;
 use crate::files::{create_private_dir, write_atomic, Access};
@@ -272,7 +272,7 @@ pub fn init(files: &PkiFiles, opts: &InitOptions, now: OffsetDateTime) -> Result
         &ips,
         public_key_of(&server_key),
     );
-    let server_cert = authority.sign(IssuanceToken::reserved(server))?;
+    let server_cert = authority.sign(&server)?;
     write_private(&files.server_key, &server_key.serialize_pem())?;
     write_public(
         &files.server_cert,
@@ -289,7 +289,7 @@ pub fn init(files: &PkiFiles, opts: &InitOptions, now: OffsetDateTime) -> Result
         &PrincipalId::parse(BOOTSTRAP_ADMIN_ID)?,
         public_key_of(&admin_key),
     );
-    let admin_cert = authority.sign(IssuanceToken::reserved(admin))?;
+    let admin_cert = authority.sign(&admin)?;
     write_private(&files.admin_key, &admin_key.serialize_pem())?;
     write_public(&files.admin_cert, &crate::pem::certificate(&admin_cert.der))?;
 

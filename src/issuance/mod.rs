@@ -242,24 +242,6 @@ impl fmt::Debug for CaCert {
     }
 }
 
-/// The right to sign one certificate, handed out by the store when it has durably reserved
-/// the serial and recorded the intent (docs/ISSUANCE-CYCLE.md step 2). Not `Clone`: signing
-/// consumes it, so the compiler enforces "sign at most once per reservation".
-#[derive(Debug)]
-pub struct IssuanceToken {
-    template: CertificateTemplate,
-}
-
-impl IssuanceToken {
-    /// Only the store's reservation creates tokens.
-    pub(crate) fn reserved(template: CertificateTemplate) -> Self {
-        Self { template }
-    }
-    pub fn template(&self) -> &CertificateTemplate {
-        &self.template
-    }
-}
-
 /// A freshly signed certificate.
 #[derive(Debug, Clone)]
 pub struct SignedCertificate {
@@ -563,9 +545,9 @@ impl Authority {
             .ok_or_else(|| Error::NotFound(format!("no issuing CA {id} in this PKI")))
     }
 
-    /// Signs the certificate a reservation allows (docs/ISSUANCE-CYCLE.md step 3).
-    pub fn sign(&self, token: IssuanceToken) -> Result<SignedCertificate, Error> {
-        let t = token.template;
+    /// Signs the certificate policy decided, in memory (docs/ISSUANCE-CYCLE.md step 2). The
+    /// result must not leave the process before the store has recorded it (step 3).
+    pub fn sign(&self, t: &CertificateTemplate) -> Result<SignedCertificate, Error> {
         let ca = self.issuing(t.issuer)?;
         if t.not_after > ca.cert.not_after {
             return Err(Error::Internal(format!(
@@ -579,7 +561,7 @@ impl Authority {
             .map_err(|e| Error::internal("signing certificate", e))?;
         Ok(SignedCertificate {
             issuer: t.issuer,
-            serial: t.serial,
+            serial: t.serial.clone(),
             der: cert.der().clone(),
         })
     }

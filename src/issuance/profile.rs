@@ -95,7 +95,7 @@ const OID_OCSP_NOCHECK: &[u64] = &[1, 3, 6, 1, 5, 5, 7, 48, 1, 5];
 
 impl CertificateTemplate {
     /// The rcgen parameters of this template, every default overridden. Signing them with a
-    /// medid CA key is `Authority::sign`'s job alone (behind an `IssuanceToken`); this is public
+    /// medid CA key is `Authority::sign`'s job alone; this is public
     /// so the micro-benchmarks can sign the same certificate with a key of their own.
     pub fn to_params(&self) -> Result<CertificateParams, Error> {
         let mut p = CertificateParams::default();

@@ -10,7 +10,7 @@ use crate::audit::Actor;
 use crate::domain::{quote, DeviceSerial, Gtin14, ManufacturerId, Model, Principal, Role};
 use crate::error::Error;
 use crate::policy::{self, profile::BirthSubject, Action};
-use crate::store::certificates::{Claim, Completion, Reservation};
+use crate::store::certificates::{Claim, Completion, NewCertificate};
 use crate::store::lifecycle::TokenRecord;
 use crate::store::registry::DeviceRecord;
 
@@ -169,7 +169,7 @@ impl Ca {
         let (template, csr) = self
             .audited_as(actor, action, &subject_uri, step1.await)
             .await?;
-        let reservation = Reservation {
+        let new = NewCertificate {
             template,
             profile: "device-birth",
             role: Role::Device,
@@ -187,9 +187,7 @@ impl Ca {
             model: input.model.as_str().to_owned(),
             udi_di: input.udi_di.as_ref().map(|g| g.as_str().to_owned()),
         };
-        let (issued, device) = self
-            .run_cycle(actor, action, reservation, completion)
-            .await?;
+        let (issued, device) = self.run_cycle(actor, action, new, completion).await?;
         let device = device.ok_or_else(|| {
             Error::Internal("recording a birth certificate did not create its device".into())
         })?;

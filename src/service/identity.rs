@@ -16,7 +16,9 @@ use crate::error::Error;
 use crate::issuance::bootstrap::write_public;
 use crate::issuance::{IssuerId, IssuerName, ServiceKey};
 use crate::policy::profile::{renew_after, OCSP_RESPONDER_LIFETIME};
-use crate::store::certificates::{fingerprint, AdoptedCertificate, Claim, Completion, Reservation};
+use crate::store::certificates::{
+    fingerprint, AdoptedCertificate, Claim, Completion, NewCertificate,
+};
 
 /// A service certificate found on disk.
 struct OnDisk {
@@ -144,7 +146,7 @@ impl Ca {
         action: &str,
         replaces: Option<String>,
     ) -> Result<super::Issued, Error> {
-        let reservation = Reservation {
+        let new = NewCertificate {
             template,
             profile,
             role: Role::Service,
@@ -156,7 +158,7 @@ impl Ca {
             .run_cycle(
                 &Actor::system(),
                 action,
-                reservation,
+                new,
                 Completion::Service { replaces },
             )
             .await?;

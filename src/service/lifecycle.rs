@@ -16,7 +16,7 @@ use crate::policy::lifecycle::{
 };
 use crate::policy::profile::{renew_after, rotation_state, BirthSubject, RotationState};
 use crate::policy::{self, Action};
-use crate::store::certificates::{Claim, Completion, Reservation};
+use crate::store::certificates::{Claim, Completion, NewCertificate};
 use crate::store::lifecycle::CertRecord;
 use crate::store::lifecycle::SubjectChange;
 use crate::store::registry::{DeviceRecord, DeviceState};
@@ -86,7 +86,6 @@ impl Ca {
                         csr.public_key.clone(),
                     );
                     let completion = Completion::Renewal {
-                        caller_serial: who.certificate_serial.clone(),
                         supersede: self
                             .lifecycle
                             .revoke_superseded
@@ -111,7 +110,6 @@ impl Ca {
                         // A gateway holds one certificate at a time: its older ones are
                         // revoked as superseded, so a stolen earlier one stops working.
                         Completion::Renewal {
-                            caller_serial: who.certificate_serial.clone(),
                             supersede: Some("principal"),
                         },
                     )
@@ -121,7 +119,7 @@ impl Ca {
         };
         let (template, profile, completion, spki) =
             self.audited(who, action, &who.uri, step1.await).await?;
-        let reservation = Reservation {
+        let new = NewCertificate {
             template,
             profile,
             role: who.role,
@@ -133,7 +131,7 @@ impl Ca {
             },
         };
         let (issued, _) = self
-            .run_cycle(&Actor::of(who), action, reservation, completion)
+            .run_cycle(&Actor::of(who), action, new, completion)
             .await?;
         let superseded = match who.role {
             Role::Gateway => true,
@@ -230,9 +228,9 @@ impl Ca {
         Ok(revoked)
     }
 
-    /// Principal eviction (admins only): every certificate of the principal is revoked —
-    /// reservations in flight included, so a renewal between its steps never delivers — and
-    /// the principal is disabled, in one transaction. Authentication refuses a disabled
+    /// Principal eviction (admins only): every certificate of the principal is revoked and
+    /// the principal is disabled, in one transaction; a renewal signed meanwhile is refused
+    /// when it is recorded, so it never delivers. Authentication refuses a disabled
     /// principal's every certificate, so it can call, renew and create tokens no more.
     async fn evict(
         &self,

@@ -37,12 +37,12 @@ use crate::domain::{
 use crate::error::Error;
 use crate::issuance::{Authority, CertificateTemplate, IssuerId, IssuerName, SignedCertificate};
 use crate::policy::{self, lifecycle::LifecyclePolicy, profile::ProfileSettings, Action};
-use crate::store::certificates::{fingerprint, Claim, Completion, PeerRecord, Reservation};
+use crate::store::certificates::{fingerprint, Claim, Completion, NewCertificate, PeerRecord};
 use crate::store::registry::{DeviceQuery, DeviceRecord, ManufacturerRecord};
 use crate::store::Store;
 
 /// The steps of the issuance cycle a crash test may stop the process at.
-pub const CRASH_POINTS: [&str; 3] = ["after-reserve", "after-sign", "after-commit"];
+pub const CRASH_POINTS: [&str; 2] = ["after-sign", "after-commit"];
 
 /// How a caller names an issuing CA: by name, by generation, by both or by neither.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -64,8 +64,6 @@ pub struct Ca {
     pub crls: publish::CrlSignal,
     /// The audit ledger's checkpoint signer and schedule.
     pub ledger: ledger::Ledger,
-    /// At start, reservations older than this are revoked as abandoned.
-    pub reservation_grace: Duration,
     /// TESTS ONLY (`dangerous_crash_at`): abort at this step of the issuance cycle.
     pub dangerous_crash_at: Option<String>,
     /// Manufacturers already read. Manufacturer rows are never changed or deleted (there is
@@ -364,7 +362,7 @@ impl Ca {
             PrincipalRole::Station(m) => Some(m.clone()),
             _ => None,
         };
-        let reservation = Reservation {
+        let new = NewCertificate {
             template,
             profile: "principal",
             role: role.role(),
@@ -382,7 +380,7 @@ impl Ca {
             manufacturer,
         };
         let (issued, _) = self
-            .run_cycle(&Actor::of(who), action.name(), reservation, completion)
+            .run_cycle(&Actor::of(who), action.name(), new, completion)
             .await?;
         Ok(issued)
     }
@@ -396,91 +394,46 @@ impl Ca {
         }
     }
 
-    /// Steps 2–4 of the issuance cycle, shared by every profile. Also returns the device row
-    /// when the certificate completes a device.
+    /// Steps 2 and 3 of the issuance cycle, shared by every profile: sign in memory, then
+    /// record in one transaction; the certificate leaves the process only after that commit.
+    /// Also returns the device row when the certificate completes a device.
     async fn run_cycle(
         &self,
         actor: &Actor,
         action: &str,
-        reservation: Reservation,
+        new: NewCertificate,
         completion: Completion,
     ) -> Result<(Issued, Option<DeviceRecord>), Error> {
-        let subject_uri = reservation.subject_uri.clone();
-        let t: &CertificateTemplate = &reservation.template;
-        let (issuer, serial) = (t.issuer, t.serial.to_hex());
+        let subject_uri = new.subject_uri.clone();
+        let t: &CertificateTemplate = &new.template;
         let validity = (t.not_before, t.not_after);
-        let intent = self
-            .actor_event(actor, "certificate.reserve", &subject_uri)
-            .with("issuer", issuer.label())
-            .with("serial", serial.clone())
-            .with("profile", reservation.profile)
-            .with("spki_sha256", reservation.spki_sha256.clone())
-            .with("not_after", t.not_after.unix_timestamp());
 
-        // Step 2: reserve the serial and record the intent with its audit event, durably.
-        let reserved = self.store.reserve(reservation, &intent).await;
-        let token = self
-            .audited_as(actor, action, &subject_uri, reserved)
-            .await?;
-        self.crash_point(actor, "after-reserve");
-
-        // Step 3: sign. The token is consumed: one reservation, at most one signature.
-        let signed: SignedCertificate = match self.authority.sign(token) {
-            Ok(s) => s,
-            Err(err) => {
-                self.abandon(actor, issuer, &serial, &subject_uri, &err)
-                    .await;
-                return Err(err);
-            }
-        };
-
+        // Step 2: sign, in memory. Nothing is written and nothing leaves the process.
+        let signed = self.authority.sign(t);
+        let signed: SignedCertificate =
+            self.audited_as(actor, action, &subject_uri, signed).await?;
         self.crash_point(actor, "after-sign");
 
-        // Step 4: record the certificate and what it completes, with the success event.
+        // Step 3: the claim checks, the certificate, what it completes and the success event,
+        // in one transaction. A refusal here is audited once and the signed certificate is
+        // dropped: nobody holds it.
         let done = self
             .actor_event(actor, action, &subject_uri)
-            .with("issuer", issuer.label())
-            .with("serial", serial.clone())
+            .with("issuer", signed.issuer.label())
+            .with("serial", signed.serial.to_hex())
+            .with("profile", new.profile)
+            .with("spki_sha256", new.spki_sha256.clone())
+            .with("not_after", t.not_after.unix_timestamp())
             .with("certificate_sha256", fingerprint(&signed.der));
-        let device = match self
+        let recorded = self
             .store
-            .record_issued(&signed, &completion, &subject_uri, &done)
-            .await
-        {
-            Ok(device) => device,
-            Err(err) => {
-                // Signed but not recorded: the serial is revoked, never delivered.
-                self.abandon(actor, issuer, &serial, &subject_uri, &err)
-                    .await;
-                return Err(err);
-            }
-        };
+            .record_new(&new, &signed, &completion, &done)
+            .await;
+        let device = self
+            .audited_as(actor, action, &subject_uri, recorded)
+            .await?;
         self.crash_point(actor, "after-commit");
         Ok((self.issued(signed, subject_uri, validity), device))
-    }
-
-    /// Revokes a reservation whose certificate will never be delivered (signing or recording
-    /// failed), with the event that says why. If even that fails, start-up recovery will.
-    async fn abandon(
-        &self,
-        actor: &Actor,
-        issuer: IssuerId,
-        serial: &str,
-        subject_uri: &str,
-        err: &Error,
-    ) {
-        let event = self
-            .actor_event(actor, "certificate.abandon", subject_uri)
-            .with("issuer", issuer.label())
-            .with("serial", serial.to_owned())
-            .refused(err);
-        if let Err(e) = self
-            .store
-            .abandon_reservation(&issuer.label(), serial, &event)
-            .await
-        {
-            tracing::error!(error = %e, serial, "could not abandon reservation; start-up recovery will");
-        }
     }
 
     /// What the caller receives. The validity is the template's, to the second, as the
@@ -623,26 +576,5 @@ impl Ca {
             tracing::info!("recorded the PKI's fingerprints in the database");
         }
         self.record_rollovers().await
-    }
-
-    /// Start-up recovery: reservations left by an issuance that died between steps 2 and 4
-    /// are revoked, so a certificate that might exist is never "good" (ISSUANCE-CYCLE.md).
-    pub async fn recover_abandoned(&self) -> Result<usize, Error> {
-        let now = self.clock.now();
-        self.store
-            .abandon_reservations(
-                now - self.reservation_grace,
-                now,
-                |issuer, serial, subject| {
-                    AuditEvent::new(now, Actor::system(), "certificate.abandon", subject)
-                        .with("issuer", issuer)
-                        .with("serial", serial)
-                        .with(
-                            "reason",
-                            "issuance did not complete; serial revoked (superseded)",
-                        )
-                },
-            )
-            .await
     }
 }

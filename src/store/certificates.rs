@@ -1,7 +1,6 @@
-//! Certificates: the store's half of the issuance cycle (docs/ISSUANCE-CYCLE.md), and the
+//! Certificates: the store's step of the issuance cycle (docs/ISSUANCE-CYCLE.md), and the
 //! lookup that turns a TLS peer certificate into a principal on every RPC.
 
-use sqlx::Row;
 use time::OffsetDateTime;
 
 use super::audit::Ready;
@@ -11,9 +10,9 @@ use super::{audit, from_unix, to_unix, Store};
 use crate::audit::{Actor, AuditEvent};
 use crate::domain::{quote, DeviceSerial, ManufacturerId, Role};
 use crate::error::Error;
-use crate::issuance::{CertificateTemplate, IssuanceToken, IssuerId, SignedCertificate};
+use crate::issuance::{CertificateTemplate, IssuerId, SignedCertificate};
 
-/// Who a reserved certificate is for, and what must be unique about it.
+/// Who a new certificate is for, and what must be unique about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
     /// A device's first (birth) certificate: the serial must be new for its manufacturer.
@@ -39,9 +38,10 @@ pub enum Claim {
     },
 }
 
-/// What is recorded about a reservation besides the template.
+/// What is recorded about a new certificate besides its DER: the template policy decided and
+/// who it is for.
 #[derive(Debug, Clone)]
-pub struct Reservation {
+pub struct NewCertificate {
     pub template: CertificateTemplate,
     pub profile: &'static str,
     pub role: Role,
@@ -50,7 +50,7 @@ pub struct Reservation {
     pub claim: Claim,
 }
 
-/// What step 4 adds to the registry along with the certificate.
+/// What step 3 adds to the registry along with the certificate.
 #[derive(Debug, Clone)]
 pub enum Completion {
     Device {
@@ -64,13 +64,10 @@ pub enum Completion {
         principal_id: String,
         manufacturer: Option<ManufacturerId>,
     },
-    /// A renewal: nothing to create. `caller_serial` is the certificate that authorized it,
-    /// re-checked when the new one is recorded; with `supersede`, the subject's other active
-    /// certificates of that profile are revoked as superseded (one event each).
-    Renewal {
-        caller_serial: String,
-        supersede: Option<&'static str>,
-    },
+    /// A renewal: nothing to create (the claim re-checks the certificate that authorized
+    /// it); with `supersede`, the subject's other active certificates of that profile are
+    /// revoked as superseded (one event each).
+    Renewal { supersede: Option<&'static str> },
     /// Nothing to create.
     Nothing,
     /// One of the service's own certificates (its TLS server certificate, an OCSP
@@ -111,54 +108,49 @@ pub struct PeerRecord {
 }
 
 impl Store {
-    /// Issuance step 2: in one transaction, check uniqueness, reserve the serial with the
-    /// full intent, and append the intent's audit event. Returns the token that allows
-    /// exactly one signature.
-    pub async fn reserve(
+    /// Issuance step 3: in one transaction, check the claim (uniqueness, key binding, the
+    /// renewing caller still good) under the write lock, store the signed certificate as
+    /// active, create what it completes (the device or principal row; superseded
+    /// certificates revoked), and append the success event. A refusal changes nothing.
+    /// Returns the device row as written when the certificate completes a device.
+    pub async fn record_new(
         &self,
-        r: Reservation,
-        intent: &AuditEvent,
-    ) -> Result<IssuanceToken, Error> {
-        let intent = Ready::new(intent)?;
-        self.write(move |tx| Box::pin(async move { reserve_in(tx, r, &intent).await }))
-            .await
-    }
-
-    /// Issuance step 4: store the signed certificate, create what it completes (the device or
-    /// principal row), and append the completion event, in one transaction. Returns the device
-    /// row as written when the certificate completes a device.
-    pub async fn record_issued(
-        &self,
+        r: &NewCertificate,
         signed: &SignedCertificate,
         completion: &Completion,
-        subject_uri: &str,
         event: &AuditEvent,
     ) -> Result<Option<DeviceRecord>, Error> {
-        let (signed, completion) = (signed.clone(), completion.clone());
-        let (subject_uri, event) = (subject_uri.to_owned(), Ready::new(event)?);
+        let (r, signed, completion) = (r.clone(), signed.clone(), completion.clone());
+        let event = Ready::new(event)?;
         self.write(move |tx| {
-            Box::pin(async move { record_in(tx, &signed, &completion, &subject_uri, &event).await })
+            Box::pin(async move { record_in(tx, &r, &signed, &completion, &event).await })
         })
         .await
     }
 }
 
-/// Step 2 inside a write transaction: the claim check, the reserved row, the intent event.
-async fn reserve_in(
+/// Step 3 inside a write transaction. Every check comes before the first write: a
+/// group-committed batch can only roll back a job that refuses after a change by rolling back
+/// every job with it.
+async fn record_in(
     tx: &mut dyn Tx,
-    r: Reservation,
-    intent: &Ready,
-) -> Result<IssuanceToken, Error> {
-    check_claim(tx, &r, intent.recorded_at()).await?;
+    r: &NewCertificate,
+    signed: &SignedCertificate,
+    completion: &Completion,
+    event: &Ready,
+) -> Result<Option<DeviceRecord>, Error> {
+    let now = event.recorded_at();
+    check_claim(tx, r, now).await?;
     let t = &r.template;
-    let serial = t.serial.to_hex();
+    let (fp, serial) = (fingerprint(&signed.der), signed.serial.to_hex());
     tx.execute(
         "INSERT INTO certificates (issuer, serial, profile, role, subject_uri, spki_sha256,
-                                   not_before, not_after, status, reserved_at, issue_order)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'reserved', $9,
+                                   not_before, not_after, status, reserved_at, der, fingerprint,
+                                   issue_order)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'active', $9, $10, $11,
                  (SELECT COALESCE(MAX(issue_order), 0) + 1 FROM certificates))",
         &[
-            Arg::from(&t.issuer.label()),
+            Arg::from(&signed.issuer.label()),
             Arg::from(&serial),
             Arg::Text(r.profile),
             Arg::Text(r.role.as_str()),
@@ -166,101 +158,18 @@ async fn reserve_in(
             Arg::from(&r.spki_sha256),
             Arg::Int(to_unix(t.not_before)),
             Arg::Int(to_unix(t.not_after)),
-            Arg::Int(to_unix(intent.recorded_at())),
+            Arg::Int(to_unix(now)),
+            Arg::Blob(signed.der.as_ref()),
+            Arg::from(&fp),
         ],
     )
     .await?;
-    audit::append_ready(tx, intent).await?;
-    Ok(IssuanceToken::reserved(r.template))
-}
-
-async fn record_in(
-    tx: &mut dyn Tx,
-    signed: &SignedCertificate,
-    completion: &Completion,
-    subject_uri: &str,
-    event: &Ready,
-) -> Result<Option<DeviceRecord>, Error> {
-    let (fp, serial) = (fingerprint(&signed.der), signed.serial.to_hex());
-    // Checks first, before this job changes anything: a group-committed batch can only roll
-    // back a job that refuses after a change by rolling back every job with it.
-    if let Completion::Renewal { caller_serial, .. } = completion {
-        caller_still_active(tx, caller_serial, subject_uri).await?;
-    }
-    let updated = tx
-        .execute(
-            "UPDATE certificates SET status = 'active', der = $1, fingerprint = $2
-             WHERE issuer = $3 AND serial = $4 AND status = 'reserved'",
-            &[
-                Arg::Blob(signed.der.as_ref()),
-                Arg::from(&fp),
-                Arg::from(&signed.issuer.label()),
-                Arg::from(&serial),
-            ],
-        )
-        .await?;
-    if updated != 1 {
-        // Revoked while being signed (its subject was revoked or decommissioned): the
-        // certificate is never delivered, and the revocation already lists its serial.
-        return Err(Error::FailedPrecondition(format!(
-            "certificate {} was revoked before it could be delivered: its subject was \
-                 revoked or decommissioned meanwhile",
-            signed.serial
-        )));
-    }
-    let device = complete(tx, completion, subject_uri, &serial, event.recorded_at()).await?;
+    let device = complete(tx, completion, &r.subject_uri, &serial, now).await?;
     audit::append_ready(tx, event).await?;
     Ok(device)
 }
 
 impl Store {
-    /// Marks reservations that never completed as revoked (reason superseded, RFC 5280 §5.3.1
-    /// code 4): a certificate that might have been signed stays known and is never "good".
-    /// `event_for` builds the audit event for each.
-    pub async fn abandon_reservations(
-        &self,
-        reserved_before: OffsetDateTime,
-        now: OffsetDateTime,
-        event_for: impl Fn(&str, &str, &str) -> AuditEvent,
-    ) -> Result<usize, Error> {
-        let mut tx = self.begin_write().await?;
-        let rows = sqlx::query(
-            "SELECT issuer, serial, subject_uri FROM certificates
-             WHERE status = 'reserved' AND reserved_at <= $1",
-        )
-        .bind(to_unix(reserved_before))
-        .fetch_all(&mut *tx)
-        .await?;
-        for row in &rows {
-            let issuer: String = row.try_get("issuer")?;
-            let serial: String = row.try_get("serial")?;
-            let subject: String = row.try_get("subject_uri")?;
-            let mut on = SqlxTx(&mut *tx);
-            revoke_reserved(&mut on, &issuer, &serial, now).await?;
-            audit::append(&mut on, &event_for(&issuer, &serial, &subject)).await?;
-        }
-        tx.commit().await?;
-        Ok(rows.len())
-    }
-
-    /// Undoes one reservation whose signing failed (same effect as abandonment).
-    pub async fn abandon_reservation(
-        &self,
-        issuer: &str,
-        serial: &str,
-        event: &AuditEvent,
-    ) -> Result<(), Error> {
-        let (issuer, serial, event) = (issuer.to_owned(), serial.to_owned(), event.clone());
-        self.write(move |tx| {
-            Box::pin(async move {
-                revoke_reserved(tx, &issuer, &serial, event.recorded_at).await?;
-                audit::append(tx, &event).await?;
-                Ok(())
-            })
-        })
-        .await
-    }
-
     /// Records a certificate signed outside the cycle (by `medid ca init`, before any store
     /// existed), with its principal and audit event, unless it is already known.
     /// Returns true if it was recorded now.
@@ -505,30 +414,11 @@ async fn complete(
     Ok(None)
 }
 
-/// Re-checked under the write lock at the last step: a revocation of the certificate that
-/// authorized a renewal, committed while the new one was being signed, wins, and the new
-/// certificate is never delivered (the cycle abandons it).
-async fn caller_still_active(
+async fn check_claim(
     tx: &mut dyn Tx,
-    caller_serial: &str,
-    subject_uri: &str,
+    r: &NewCertificate,
+    now: OffsetDateTime,
 ) -> Result<(), Error> {
-    let caller = tx
-        .fetch_optional(
-            "SELECT status FROM certificates WHERE serial = $1 AND subject_uri = $2",
-            &[Arg::Text(caller_serial), Arg::Text(subject_uri)],
-        )
-        .await?;
-    if caller.as_ref().map(|r| r.text(0)).transpose()? == Some("active") {
-        return Ok(());
-    }
-    Err(Error::Unauthenticated(format!(
-        "certificate {caller_serial}, which authorized this renewal, was revoked while the new \
-         certificate was being signed; it is not delivered"
-    )))
-}
-
-async fn check_claim(tx: &mut dyn Tx, r: &Reservation, now: OffsetDateTime) -> Result<(), Error> {
     // A public key identifies one subject only (a key seen on another device is refused), and
     // a key revoked for keyCompromise is never certified again, for anyone. One statement
     // answers both.
@@ -602,18 +492,12 @@ async fn check_claim(tx: &mut dyn Tx, r: &Reservation, now: OffsetDateTime) -> R
             serial,
             token_sha256,
         } => {
-            // Enrolled already, or a reservation in flight for the same device (of two
-            // concurrent enrollments of one serial, exactly one proceeds).
+            // Enrolled already (of two concurrent enrollments of one serial, the first to
+            // commit wins; the other's certificate never leaves the process).
             let taken = sql::fetch_one(
                 tx,
-                "SELECT (SELECT COUNT(*) FROM devices WHERE manufacturer_id = $1 AND serial = $2)
-                      + (SELECT COUNT(*) FROM certificates
-                         WHERE subject_uri = $3 AND status = 'reserved')",
-                &[
-                    Arg::Text(manufacturer.as_str()),
-                    Arg::Text(serial.as_str()),
-                    Arg::from(&r.subject_uri),
-                ],
+                "SELECT COUNT(*) FROM devices WHERE manufacturer_id = $1 AND serial = $2",
+                &[Arg::Text(manufacturer.as_str()), Arg::Text(serial.as_str())],
             )
             .await?
             .int(0)?;
@@ -654,22 +538,6 @@ async fn check_claim(tx: &mut dyn Tx, r: &Reservation, now: OffsetDateTime) -> R
             }
         }
     }
-    Ok(())
-}
-
-async fn revoke_reserved(
-    tx: &mut dyn Tx,
-    issuer: &str,
-    serial: &str,
-    now: OffsetDateTime,
-) -> Result<(), Error> {
-    // The serial may have been signed but was never delivered: it stays on record, revoked.
-    tx.execute(
-        "UPDATE certificates SET status = 'revoked', revoked_at = $1, revocation_reason = 4
-         WHERE issuer = $2 AND serial = $3 AND status = 'reserved'",
-        &[Arg::Int(to_unix(now)), Arg::Text(issuer), Arg::Text(serial)],
-    )
-    .await?;
     Ok(())
 }
 

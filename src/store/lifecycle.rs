@@ -144,8 +144,7 @@ impl Store {
     }
 
     /// Revokes the given certificates (those not yet revoked) — and, with `subject`, every
-    /// certificate of that subject as it stands inside the transaction, reservations in flight
-    /// included — optionally decommissions a device or disables a principal, and appends
+    /// certificate of that subject as it stands inside the transaction — optionally decommissions a device or disables a principal, and appends
     /// `event`, in one transaction. Returns the serials revoked now.
     pub async fn revoke(
         &self,
@@ -341,7 +340,7 @@ impl Store {
     }
 }
 
-/// Spends a token inside a reservation's transaction. Exactly one caller wins.
+/// Spends a token inside the transaction that records the enrollment. Exactly one caller wins.
 pub(crate) async fn consume_token(
     tx: &mut dyn Tx,
     token_sha256: &str,

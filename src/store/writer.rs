@@ -1,5 +1,5 @@
-//! Group commit: one writer task runs every hot write — issuance reservations and records,
-//! access events, refusal events — in shared transactions.
+//! Group commit: one writer task runs every hot write — issued certificates, access events,
+//! refusal events — in shared transactions.
 //!
 //! A caller hands [`Store::write`] its work and waits. The task takes what is queued (up to
 //! [`MAX_JOBS`]), opens one `BEGIN IMMEDIATE` transaction, runs each job (a job that fails is
