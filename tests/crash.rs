@@ -261,14 +261,7 @@ async fn a_crash_at_each_step_of_issuance_leaves_nothing_unaccounted_for() {
                 tonic::Code::AlreadyExists
             );
             admin
-                .revoke(RevokeRequest {
-                    target: Some(revoke_request::Target::Certificate(CertificateRef {
-                        issuer: 0,
-                        serial: serial.clone(),
-                        issuer_generation: 0,
-                    })),
-                    reason: RevocationReason::KeyCompromise as i32,
-                })
+                .revoke(common::revoke_for_key_compromise(&serial))
                 .await
                 .expect("the recorded certificate is revocable");
             assert_eq!(
@@ -335,14 +328,7 @@ async fn acknowledged_revocations_and_access_events_survive_sigkill() {
     .unwrap()
     .into_inner();
     lifecycle_service_client::LifecycleServiceClient::new(admin)
-        .revoke(RevokeRequest {
-            target: Some(revoke_request::Target::Certificate(CertificateRef {
-                issuer: 0,
-                serial: serial.clone(),
-                issuer_generation: 0,
-            })),
-            reason: RevocationReason::KeyCompromise as i32,
-        })
+        .revoke(common::revoke_for_key_compromise(&serial))
         .await
         .unwrap();
     kill9(child); // right after the acknowledgements

@@ -444,12 +444,12 @@ pub fn serial_of(who: &Identity) -> String {
     medid::domain::hex(cert.raw_serial())
 }
 
-/// A revocation of one operational certificate for keyCompromise.
+/// A revocation of one certificate (of whichever issuing CA has the serial) for keyCompromise.
 pub fn revoke_for_key_compromise(serial: &str) -> medid::proto::RevokeRequest {
     medid::proto::RevokeRequest {
         target: Some(medid::proto::revoke_request::Target::Certificate(
             medid::proto::CertificateRef {
-                issuer: medid::proto::Issuer::Operational as i32,
+                issuer: 0,
                 serial: serial.into(),
                 issuer_generation: 0,
             },
