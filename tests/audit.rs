@@ -40,6 +40,15 @@ fn access(serial: &str, patient: &str) -> proto::AccessEvent {
     }
 }
 
+fn has_empty_string(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.is_empty(),
+        serde_json::Value::Array(items) => items.iter().any(has_empty_string),
+        serde_json::Value::Object(map) => map.values().any(has_empty_string),
+        _ => false,
+    }
+}
+
 struct World {
     server: TestServer,
     gateway: Identity,
@@ -355,6 +364,46 @@ async fn the_cli_exports_csv_and_fhir_with_every_required_element() {
     let mut hostile = access("PUMP-1", "=HYPERLINK(\"http://evil\")");
     hostile.user_id = "+cmd|' /C calc'!A0".into();
     gw.record_access(hostile).await.unwrap();
+    // Events of other shapes, each of which must render as a valid AuditEvent too: an access
+    // without its optional user role and patient, one refused for a missing data category, a
+    // report refused for its caller (an auditor), a refused enrollment, a revocation.
+    let mut bare = access("PUMP-2", "");
+    bare.user_role.clear();
+    gw.record_access(bare.clone())
+        .await
+        .expect("an access without a user role or patient is recorded");
+    bare.data_category.clear();
+    gw.record_access(bare)
+        .await
+        .expect_err("an access without a data category is refused");
+    let refused = audit(&w.server, &w.auditor)
+        .await
+        .record_access(access("PUMP-1", "p-9"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let station = w.server.station("acme", "line-2").await;
+    let again = w
+        .server
+        .enrollment_client(&station)
+        .await
+        .enroll_device(proto::EnrollDeviceRequest {
+            csr: csr_p256().0,
+            serial: "PUMP-1".into(),
+            model: "X".into(),
+            udi_di: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::AlreadyExists);
+    proto::lifecycle_service_client::LifecycleServiceClient::new(
+        w.server.channel(&w.server.admin()).await,
+    )
+    .revoke(common::revoke_for_key_compromise(&common::serial_of(
+        &w.device,
+    )))
+    .await
+    .unwrap();
     let dir = w.server.dir.path();
     std::fs::write(dir.join("auditor.pem"), &w.auditor.cert_pem).unwrap();
     std::fs::write(dir.join("auditor.key"), &w.auditor.key_pem).unwrap();
@@ -401,6 +450,8 @@ async fn the_cli_exports_csv_and_fhir_with_every_required_element() {
     let mut saw_read = false;
     for line in fhir.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        // FHIR has no empty strings; an absent field is left out.
+        assert!(!has_empty_string(&v), "an empty string in {line}");
         assert_eq!(v["resourceType"], "AuditEvent");
         assert!(
             v["type"]["system"].is_string() && v["type"]["code"].is_string(),

@@ -59,6 +59,32 @@ fn coding(system: &str, code: &str, display: &str) -> Value {
     json!({"system": system, "code": code, "display": display})
 }
 
+/// FHIR has no empty strings: an element whose value would be `""` is left out.
+fn put(object: &mut Value, key: &str, value: &str) {
+    if !value.is_empty() {
+        object[key] = value.into();
+    }
+}
+
+/// An agent: its type, who (by identifier), its name when it has one, whether it asked.
+fn agent(uri: &str, name: &str, requestor: bool, ty: Value) -> Value {
+    let mut a = json!({"type": {"coding": [ty]}, "requestor": requestor});
+    if !uri.is_empty() {
+        a["who"] = json!({"identifier": {"value": uri}});
+    }
+    put(&mut a, "name", name);
+    a
+}
+
+/// An entity by identifier, when it has one.
+fn entity(id: &str, ty: Value) -> Value {
+    let mut e = json!({"type": ty});
+    if !id.is_empty() {
+        e["what"] = json!({"identifier": {"value": id}});
+    }
+    e
+}
+
 /// One FHIR R4 AuditEvent for event `seq`, with every required element (type, recorded,
 /// agent[].requestor, source.observer).
 pub fn fhir_audit_event(seq: i64, e: &AuditEvent, observer: &str) -> Value {
@@ -67,10 +93,6 @@ pub fn fhir_audit_event(seq: i64, e: &AuditEvent, observer: &str) -> Value {
         Outcome::Success => "0",
         Outcome::Refused | Outcome::Denied => "4",
         Outcome::Failed => "8",
-    };
-    let agent = |uri: &str, role: &str, requestor: bool, ty: Value| {
-        json!({"type": {"coding": [ty]}, "who": {"identifier": {"value": uri}},
-               "name": role, "requestor": requestor})
     };
     let mut event = json!({
         "resourceType": "AuditEvent",
@@ -83,10 +105,11 @@ pub fn fhir_audit_event(seq: i64, e: &AuditEvent, observer: &str) -> Value {
         },
     });
     if let Some(reason) = &e.reason {
-        event["outcomeDesc"] = reason.clone().into();
+        put(&mut event, "outcomeDesc", reason);
     }
+    // A refused report accessed nothing: it is rendered as the refusal it is, below.
     match e.action.as_str() {
-        "data.access" => {
+        "data.access" if e.outcome == Outcome::Success => {
             // IHE BALP: a client (the gateway) read device data on behalf of a user.
             let access = detail(e, "access_action");
             let (action, interaction) = match access.as_str() {
@@ -108,7 +131,9 @@ pub fn fhir_audit_event(seq: i64, e: &AuditEvent, observer: &str) -> Value {
             )]);
             event["action"] = action.into();
             let purpose = detail(e, "purpose_of_use");
-            event["purposeOfEvent"] = json!([{"coding": [coding("http://terminology.hl7.org/CodeSystem/v3-ActReason", &purpose, &purpose)]}]);
+            if !purpose.is_empty() {
+                event["purposeOfEvent"] = json!([{"coding": [coding("http://terminology.hl7.org/CodeSystem/v3-ActReason", &purpose, &purpose)]}]);
+            }
             let mut agents = vec![
                 agent(
                     &e.actor.uri,
@@ -139,12 +164,21 @@ pub fn fhir_audit_event(seq: i64, e: &AuditEvent, observer: &str) -> Value {
                 agents[0]["requestor"] = true.into();
             }
             event["agent"] = Value::Array(agents);
-            let mut entities = vec![json!({
-                "what": {"identifier": {"value": e.target}},
-                "type": coding("http://terminology.hl7.org/CodeSystem/audit-entity-type", "2", "System Object"),
-                "role": coding("http://terminology.hl7.org/CodeSystem/object-role", "4", "Domain Resource"),
-                "description": detail(e, "data_category"),
-            })];
+            let mut data = entity(
+                &e.target,
+                coding(
+                    "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                    "2",
+                    "System Object",
+                ),
+            );
+            data["role"] = coding(
+                "http://terminology.hl7.org/CodeSystem/object-role",
+                "4",
+                "Domain Resource",
+            );
+            put(&mut data, "description", &detail(e, "data_category"));
+            let mut entities = vec![data];
             let patient = detail(e, "patient_ref");
             if !patient.is_empty() {
                 entities.push(json!({
@@ -187,8 +221,14 @@ pub fn fhir_audit_event(seq: i64, e: &AuditEvent, observer: &str) -> Value {
                 true,
                 coding(DCM, "110150", "Application")
             )]);
-            event["entity"] = json!([{"what": {"identifier": {"value": e.target}},
-                "type": coding("http://terminology.hl7.org/CodeSystem/audit-entity-type", "2", "System Object")}]);
+            event["entity"] = json!([entity(
+                &e.target,
+                coding(
+                    "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                    "2",
+                    "System Object"
+                )
+            )]);
         }
     }
     event
@@ -228,5 +268,46 @@ mod tests {
         }
         assert_eq!(v["action"], "R");
         assert_eq!(v["entity"][1]["role"]["code"], "1");
+    }
+
+    /// Every string in `v`, with its path, that FHIR would refuse for being empty.
+    fn empty_strings(v: &Value, path: &str, out: &mut Vec<String>) {
+        match v {
+            Value::String(s) if s.is_empty() => out.push(path.to_owned()),
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    empty_strings(item, &format!("{path}[{i}]"), out);
+                }
+            }
+            Value::Object(map) => {
+                for (k, item) in map {
+                    empty_strings(item, &format!("{path}.{k}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn absent_fields_are_left_out_and_a_refused_report_is_a_security_alert() {
+        let at = time::macros::datetime!(2026-11-23 12:00:00 UTC);
+        let bare = AuditEvent::new(
+            at,
+            super::super::Actor::system(),
+            "data.access",
+            "spiffe://t/device/acme/1",
+        )
+        .with("user_id", "nurse-1");
+        let refused = AuditEvent::new(at, super::super::Actor::system(), "data.access", "")
+            .refused(&crate::error::Error::PermissionDenied(String::new()));
+        for e in [&bare, &refused] {
+            let v = fhir_audit_event(1, e, "medid.local/audit");
+            let mut empty = Vec::new();
+            empty_strings(&v, "", &mut empty);
+            assert!(empty.is_empty(), "{empty:?} in {v}");
+        }
+        let v = fhir_audit_event(1, &refused, "medid.local/audit");
+        assert_eq!(v["type"]["code"], "110113", "{v}");
+        assert_eq!(v["agent"].as_array().unwrap().len(), 1);
     }
 }
