@@ -243,6 +243,9 @@ pub enum Role {
     Device,
     /// medid's own certificates (OCSP responders); never a client.
     Service,
+    /// A certificate known only from a published CRL (revoked after the database's backup,
+    /// issued after it): its holder is unknown. Never a client.
+    Unrecorded,
 }
 
 impl Role {
@@ -254,6 +257,7 @@ impl Role {
             Role::Auditor => "auditor",
             Role::Device => "device",
             Role::Service => "service",
+            Role::Unrecorded => "unrecorded",
         }
     }
 
@@ -265,6 +269,7 @@ impl Role {
             Role::Auditor,
             Role::Device,
             Role::Service,
+            Role::Unrecorded,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)
@@ -272,6 +277,90 @@ impl Role {
 }
 
 impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The profile a certificate was issued under (DESIGN.md "Certificate hierarchy and
+/// profiles"), as written in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Profile {
+    /// A device's birth certificate (IDevID style), from the device-identity CA.
+    DeviceBirth,
+    /// A device's short-lived operational certificate (LDevID style).
+    DeviceOperational,
+    /// A station, gateway, auditor or admin certificate.
+    Principal,
+    /// The service's own TLS server certificate.
+    Server,
+    /// A delegated OCSP responder certificate.
+    OcspResponder,
+    /// Known only from a published CRL (see [`Role::Unrecorded`]).
+    Unrecorded,
+}
+
+impl Profile {
+    pub const ALL: [Profile; 6] = [
+        Profile::DeviceBirth,
+        Profile::DeviceOperational,
+        Profile::Principal,
+        Profile::Server,
+        Profile::OcspResponder,
+        Profile::Unrecorded,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Profile::DeviceBirth => "device-birth",
+            Profile::DeviceOperational => "device-operational",
+            Profile::Principal => "principal",
+            Profile::Server => "server",
+            Profile::OcspResponder => "ocsp-responder",
+            Profile::Unrecorded => "unrecorded",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Profile> {
+        Profile::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a certificate stands in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CertState {
+    /// Signed and recorded, not revoked (it may have expired).
+    Active,
+    /// Revoked; the row carries when and why.
+    Revoked,
+    /// A serial reserved by a version that reserved before signing, whose issuance never
+    /// completed. Never reported good.
+    Reserved,
+}
+
+impl CertState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertState::Active => "active",
+            CertState::Revoked => "revoked",
+            CertState::Reserved => "reserved",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CertState> {
+        [CertState::Active, CertState::Revoked, CertState::Reserved]
+            .into_iter()
+            .find(|c| c.as_str() == s)
+    }
+}
+
+impl fmt::Display for CertState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -288,8 +377,8 @@ pub struct Principal {
     pub device_serial: Option<DeviceSerial>,
     /// Serial (hex) of the certificate the caller presented.
     pub certificate_serial: String,
-    /// The profile of that certificate ("device-birth", "device-operational", "principal").
-    pub certificate_profile: String,
+    /// The profile of that certificate.
+    pub certificate_profile: Profile,
 }
 
 /// RFC 5280 §5.3.1 reason codes medid accepts. `unspecified` (0) is never sent: a revocation

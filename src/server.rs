@@ -310,7 +310,7 @@ async fn adopt_bootstrap_admin(ca: &Ca, files: &PkiFiles) -> Result<(), Error> {
     let adopted = AdoptedCertificate {
         issuer,
         serial: crate::domain::hex(cert.raw_serial()),
-        profile: "principal",
+        profile: crate::domain::Profile::Principal,
         role: Role::Admin,
         subject_uri: subject_uri.clone(),
         spki_sha256: spki,

@@ -82,7 +82,7 @@ async fn status(server: &TestServer, serial: &str) -> String {
         .await
         .unwrap()
         .expect("a recorded certificate");
-    record.status
+    record.status.as_str().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

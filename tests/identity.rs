@@ -35,7 +35,7 @@ async fn status(server: &TestServer, serial: &str) -> String {
         )
         .await
         .unwrap()
-        .map(|c| c.status)
+        .map(|c| c.status.as_str().to_owned())
         .unwrap_or_else(|| "unrecorded".into())
 }
 

@@ -55,7 +55,7 @@ fn cert_info(c: &CertRecord, state: &str) -> proto::CertificateInfo {
         issuer,
         issuer_generation,
         serial: c.serial.clone(),
-        profile: c.profile.clone(),
+        profile: c.profile.as_str().to_owned(),
         subject_uri: c.subject_uri.clone(),
         not_before: convert::timestamp(c.not_before),
         not_after: convert::timestamp(c.not_after),
@@ -170,7 +170,10 @@ impl LifecycleService for Api {
             .await?;
         let certs = self.ca.list_expiring(&who, within, m).await?;
         Ok(Response::new(proto::ListExpiringResponse {
-            certificates: certs.iter().map(|c| cert_info(c, &c.status)).collect(),
+            certificates: certs
+                .iter()
+                .map(|c| cert_info(c, c.status.as_str()))
+                .collect(),
         }))
     }
 
@@ -225,7 +228,10 @@ impl LifecycleService for Api {
         };
         Ok(Response::new(proto::CertificateStatus {
             status: status as i32,
-            certificate: answer.certificate.as_ref().map(|c| cert_info(c, &c.status)),
+            certificate: answer
+                .certificate
+                .as_ref()
+                .map(|c| cert_info(c, c.status.as_str())),
             checked_at: convert::timestamp(answer.checked_at),
         }))
     }

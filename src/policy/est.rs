@@ -9,7 +9,7 @@
 use serde::Deserialize;
 
 use super::csr::Names;
-use crate::domain::{Gtin14, Model, Principal, Role};
+use crate::domain::{Gtin14, Model, Principal, Profile, Role};
 use crate::error::Error;
 
 /// The two EST enrollment operations medid serves.
@@ -134,7 +134,8 @@ pub fn route(
             }
         )))
     };
-    let birth_credential = who.role == Role::Device && who.certificate_profile == "device-birth";
+    let birth_credential =
+        who.role == Role::Device && who.certificate_profile == Profile::DeviceBirth;
     match op {
         EstOperation::SimpleEnroll => match (who.role, profile) {
             (Role::Station, None | Some(EstProfile::DeviceBirth)) => {
@@ -252,14 +253,14 @@ mod tests {
     use super::*;
     use crate::domain::{DeviceSerial, ManufacturerId};
 
-    fn who(role: Role, profile: &str) -> Principal {
+    fn who(role: Role, profile: Profile) -> Principal {
         Principal {
             uri: format!("spiffe://t/{role}"),
             role,
             manufacturer: Some(ManufacturerId::parse("acme").unwrap()),
             device_serial: (role == Role::Device).then(|| DeviceSerial::parse("D1").unwrap()),
             certificate_serial: "01".into(),
-            certificate_profile: profile.into(),
+            certificate_profile: profile,
         }
     }
 
@@ -274,11 +275,11 @@ mod tests {
     #[test]
     fn routes_follow_the_callers_credential() {
         use EstOperation::*;
-        let station = who(Role::Station, "principal");
-        let birth = who(Role::Device, "device-birth");
-        let op = who(Role::Device, "device-operational");
-        let gateway = who(Role::Gateway, "principal");
-        let auditor = who(Role::Auditor, "principal");
+        let station = who(Role::Station, Profile::Principal);
+        let birth = who(Role::Device, Profile::DeviceBirth);
+        let op = who(Role::Device, Profile::DeviceOperational);
+        let gateway = who(Role::Gateway, Profile::Principal);
+        let auditor = who(Role::Auditor, Profile::Principal);
         assert_eq!(
             route(SimpleEnroll, &station, None).unwrap(),
             EstIssue::Birth {

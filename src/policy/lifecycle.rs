@@ -47,8 +47,8 @@ pub struct RevocationTarget<'a> {
     /// How the request named it (`certificate/"…"`, `device/…`): what a denial quotes, so it
     /// never names a subject the caller may not see.
     pub named: &'a str,
-    /// The certificate's role ("device", "gateway", …).
-    pub role: &'a str,
+    /// The certificate's role.
+    pub role: Role,
     pub subject_uri: &'a str,
     /// The device's or station's manufacturer.
     pub manufacturer: Option<&'a str>,
@@ -118,7 +118,7 @@ pub fn authorize_revocation(
         Role::Admin => Ok(()),
         Role::Station => {
             let own = who.manufacturer.as_ref().map(|m| m.as_str());
-            if target.role != Role::Device.as_str() || target.manufacturer != own {
+            if target.role != Role::Device || target.manufacturer != own {
                 return deny("stations revoke only their own manufacturer's devices");
             }
             match reason {
@@ -153,7 +153,7 @@ mod tests {
             manufacturer: m.map(|m| ManufacturerId::parse(m).unwrap()),
             device_serial: (role == Role::Device).then(|| DeviceSerial::parse("D").unwrap()),
             certificate_serial: "01".into(),
-            certificate_profile: "principal".into(),
+            certificate_profile: crate::domain::Profile::Principal,
         }
     }
 
@@ -162,7 +162,7 @@ mod tests {
     fn device_target(m: &str) -> RevocationTarget<'_> {
         RevocationTarget {
             named: "certificate/\"01\"",
-            role: "device",
+            role: Role::Device,
             subject_uri: DEV,
             manufacturer: Some(m),
         }
@@ -207,7 +207,7 @@ mod tests {
         .is_err());
         let gateway = RevocationTarget {
             named: "certificate/\"01\"",
-            role: "gateway",
+            role: Role::Gateway,
             subject_uri: "spiffe://t/gateway/g",
             manufacturer: None,
         };

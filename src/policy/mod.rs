@@ -109,7 +109,7 @@ pub fn authorize(who: &Principal, action: Action<'_>) -> Result<(), Error> {
         }
         (Role::Device, Action::ReadRotation { device_uri, .. }) => who.uri == device_uri,
         (Role::Gateway | Role::Auditor, Action::CertificateStatus) => true,
-        (Role::Service, _) => false,
+        (Role::Service | Role::Unrecorded, _) => false,
         (_, Action::TrustBundle | Action::GetCrl) => true,
         _ => false,
     };
@@ -222,7 +222,7 @@ mod tests {
             manufacturer: manufacturer.map(|m| ManufacturerId::parse(m).unwrap()),
             device_serial: (role == Role::Device).then(|| DeviceSerial::parse("D1").unwrap()),
             certificate_serial: "01".into(),
-            certificate_profile: "principal".into(),
+            certificate_profile: crate::domain::Profile::Principal,
         }
     }
 

@@ -171,7 +171,7 @@ impl Ca {
             .await?;
         let new = NewCertificate {
             template,
-            profile: "device-birth",
+            profile: crate::domain::Profile::DeviceBirth,
             role: Role::Device,
             subject_uri: subject_uri.clone(),
             spki_sha256: csr.spki_sha256.clone(),

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 
 use super::Ca;
 use crate::audit::{Actor, AuditEvent};
-use crate::domain::Role;
+use crate::domain::{CertState, Profile, Role};
 use crate::error::Error;
 use crate::issuance::bootstrap::write_public;
 use crate::issuance::{IssuerId, IssuerName, ServiceKey};
@@ -88,12 +88,12 @@ impl Ca {
     async fn recorded_active(
         &self,
         disk: &OnDisk,
-        profile: &'static str,
+        profile: Profile,
         subject_uri: &str,
     ) -> Result<bool, Error> {
         let fp = fingerprint(&disk.der);
         if let Some(peer) = self.store.peer_by_fingerprint(&fp).await? {
-            return Ok(peer.status == "active");
+            return Ok(peer.status == CertState::Active);
         }
         let Some(issuer) = self.authority.issuer_of_certificate(&disk.der) else {
             return Err(Error::FailedPrecondition(format!(
@@ -122,7 +122,7 @@ impl Ca {
             "service.certificate.adopt",
             subject_uri,
         )
-        .with("profile", profile)
+        .with("profile", profile.as_str())
         .with("serial", disk.serial.clone())
         .with("certificate_sha256", fp);
         self.store
@@ -141,7 +141,7 @@ impl Ca {
         &self,
         template: crate::issuance::CertificateTemplate,
         key: &ServiceKey,
-        profile: &'static str,
+        profile: Profile,
         subject_uri: String,
         action: &str,
         replaces: Option<String>,
@@ -178,7 +178,9 @@ impl Ca {
             ))
         })?;
         let subject = self.server_subject();
-        let active = self.recorded_active(&disk, "server", &subject).await?;
+        let active = self
+            .recorded_active(&disk, Profile::Server, &subject)
+            .await?;
         let now = self.clock.now();
         let due = now >= renew_after(disk.not_before, disk.not_after);
         if active && !due && disk.key.is_some() {
@@ -197,7 +199,7 @@ impl Ca {
             .issue_service(
                 template,
                 &key,
-                "server",
+                Profile::Server,
                 subject,
                 "service.certificate.renew",
                 active.then(|| disk.serial.clone()),
@@ -253,7 +255,7 @@ impl Ca {
                     .store
                     .peer_by_fingerprint(&fingerprint(&disk.der))
                     .await?
-                    .is_some_and(|p| p.status == "active" && p.subject_uri == subject);
+                    .is_some_and(|p| p.status == CertState::Active && p.subject_uri == subject);
                 let reusable = now < renew_after(disk.not_before, disk.not_after);
                 match disk.key {
                     Some(key) if active && reusable => {
@@ -286,7 +288,7 @@ impl Ca {
                 .issue_service(
                     template,
                     &key,
-                    "ocsp-responder",
+                    Profile::OcspResponder,
                     subject,
                     "ocsp.responder.issue",
                     replaces,

@@ -5,8 +5,8 @@ use time::{Duration, OffsetDateTime};
 use super::{Ca, Issued, IssuerFilter};
 use crate::audit::Actor;
 use crate::domain::{
-    quote, DeviceSerial, ManufacturerId, Principal, PrincipalId, PrincipalRole, RevocationReason,
-    Role,
+    quote, CertState, DeviceSerial, ManufacturerId, Principal, PrincipalId, PrincipalRole, Profile,
+    RevocationReason, Role,
 };
 use crate::error::Error;
 use crate::issuance::{IssuerId, IssuerName};
@@ -89,9 +89,9 @@ impl Ca {
                         supersede: self
                             .lifecycle
                             .revoke_superseded
-                            .then_some("device-operational"),
+                            .then_some(Profile::DeviceOperational),
                     };
-                    (template, "device-operational", completion)
+                    (template, Profile::DeviceOperational, completion)
                 }
                 Renewal::Gateway => {
                     let id = who.uri.rsplit('/').next().unwrap_or_default();
@@ -106,11 +106,11 @@ impl Ca {
                     );
                     (
                         template,
-                        "principal",
+                        Profile::Principal,
                         // A gateway holds one certificate at a time: its older ones are
                         // revoked as superseded, so a stolen earlier one stops working.
                         Completion::Renewal {
-                            supersede: Some("principal"),
+                            supersede: Some(Profile::Principal),
                         },
                     )
                 }
@@ -135,7 +135,7 @@ impl Ca {
             .await?;
         let superseded = match who.role {
             Role::Gateway => true,
-            _ => self.lifecycle.revoke_superseded && profile == "device-operational",
+            _ => self.lifecycle.revoke_superseded && profile == Profile::DeviceOperational,
         };
         if superseded {
             // The superseded certificate may come from an older generation during a
@@ -184,7 +184,7 @@ impl Ca {
                 who,
                 RevocationTarget {
                     named: &label,
-                    role: &first.role,
+                    role: first.role,
                     subject_uri: &first.subject_uri,
                     manufacturer: first.manufacturer.as_deref(),
                 },
@@ -192,7 +192,7 @@ impl Ca {
             )?;
             let open: Vec<(IssuerId, String)> = certs
                 .iter()
-                .filter(|c| c.status != "revoked")
+                .filter(|c| c.status != CertState::Revoked)
                 .map(|c| (c.issuer, c.serial.clone()))
                 .collect();
             if open.is_empty() {
@@ -328,7 +328,7 @@ impl Ca {
             let certs = self.store.certificates_of(&device.uri).await?;
             Ok(certs
                 .iter()
-                .filter(|c| c.status != "revoked")
+                .filter(|c| c.status != CertState::Revoked)
                 .map(|c| (c.issuer, c.serial.clone()))
                 .collect::<Vec<_>>())
         };
@@ -435,11 +435,11 @@ fn device_of(who: &Principal) -> Result<(ManufacturerId, DeviceSerial), Error> {
 
 /// Pure: a device's rotation status from its certificates at `now`.
 fn rotation(device: DeviceRecord, certs: Vec<CertRecord>, now: OffsetDateTime) -> RotationStatus {
-    let operational = |c: &&CertRecord| c.profile == "device-operational";
+    let operational = |c: &&CertRecord| c.profile == Profile::DeviceOperational;
     let current = certs
         .iter()
         .filter(operational)
-        .filter(|c| c.status == "active" && c.not_before <= now && now <= c.not_after)
+        .filter(|c| c.status == CertState::Active && c.not_before <= now && now <= c.not_after)
         .max_by_key(|c| c.issue_order)
         .cloned();
     let had_one = certs.iter().any(|c| operational(&c));
@@ -453,13 +453,11 @@ fn rotation(device: DeviceRecord, certs: Vec<CertRecord>, now: OffsetDateTime) -
     let history = certs
         .into_iter()
         .map(|c| {
-            let state = if c.status == "revoked" {
-                "revoked"
-            } else if c.status == "reserved" {
-                "reserved"
+            let state = if c.status != CertState::Active {
+                c.status.as_str()
             } else if now > c.not_after {
                 "expired"
-            } else if c.profile == "device-birth" {
+            } else if c.profile == Profile::DeviceBirth {
                 "birth"
             } else if current.as_ref().is_some_and(|cur| cur.serial == c.serial) {
                 "current"

@@ -32,7 +32,8 @@ use anonymous::AnonymousReason;
 use crate::audit::{Actor, AuditEvent};
 use crate::clock::Clock;
 use crate::domain::{
-    quote, DeviceSerial, ManufacturerId, Model, Principal, PrincipalId, PrincipalRole, Role,
+    quote, CertState, DeviceSerial, ManufacturerId, Model, Principal, PrincipalId, PrincipalRole,
+    Profile,
 };
 use crate::error::Error;
 use crate::issuance::{Authority, CertificateTemplate, IssuerId, IssuerName, SignedCertificate};
@@ -229,7 +230,7 @@ impl Ca {
     fn principal_of(&self, peer: PeerRecord) -> Result<Principal, Error> {
         let now = self.clock.now();
         let serial = &peer.serial;
-        if peer.status != "active" {
+        if peer.status != CertState::Active {
             return Err(Error::Unauthenticated(format!(
                 "certificate {serial} is {}",
                 peer.status
@@ -262,12 +263,9 @@ impl Ca {
                 )))
             }
         }
-        let role = Role::parse(&peer.role).ok_or_else(|| {
-            Error::Unauthenticated(format!("certificate {serial} is not a client credential"))
-        })?;
         Ok(Principal {
             uri: peer.subject_uri,
-            role,
+            role: peer.role,
             manufacturer: peer
                 .manufacturer
                 .as_deref()
@@ -364,7 +362,7 @@ impl Ca {
         };
         let new = NewCertificate {
             template,
-            profile: "principal",
+            profile: Profile::Principal,
             role: role.role(),
             subject_uri: subject_uri.clone(),
             spki_sha256: spki,
@@ -421,7 +419,7 @@ impl Ca {
             .actor_event(actor, action, &subject_uri)
             .with("issuer", signed.issuer.label())
             .with("serial", signed.serial.to_hex())
-            .with("profile", new.profile)
+            .with("profile", new.profile.as_str())
             .with("spki_sha256", new.spki_sha256.clone())
             .with("not_after", t.not_after.unix_timestamp())
             .with("certificate_sha256", fingerprint(&signed.der));

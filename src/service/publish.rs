@@ -5,7 +5,7 @@ use time::{Duration, OffsetDateTime};
 
 use super::Ca;
 use super::IssuerFilter;
-use crate::domain::{Principal, RevocationReason};
+use crate::domain::{CertState, Principal, RevocationReason};
 use crate::error::Error;
 use crate::issuance::ocsp::{self, CertStatus, HashAlg, SingleResponse};
 use crate::issuance::{IssuerId, IssuerName};
@@ -389,14 +389,14 @@ fn nonce_len(value: &[u8]) -> usize {
 }
 
 fn status_of(c: &CertRecord) -> CertStatus {
-    match c.status.as_str() {
-        "active" => CertStatus::Good,
-        "revoked" => CertStatus::Revoked {
+    match c.status {
+        CertState::Active => CertStatus::Good,
+        CertState::Revoked => CertStatus::Revoked {
             at: c.revoked_at.unwrap_or(c.not_before),
             reason: c.reason,
         },
-        // Reserved: possibly signed, not recorded. Never "good".
-        _ => CertStatus::Unknown,
+        // Reserved by an older version, never completed: never "good".
+        CertState::Reserved => CertStatus::Unknown,
     }
 }
 

@@ -8,7 +8,7 @@ use super::registry::{DeviceRecord, DeviceState};
 use super::sql::{self, Arg, SqlxTx, Tx};
 use super::{audit, from_unix, to_unix, Store};
 use crate::audit::{Actor, AuditEvent};
-use crate::domain::{quote, DeviceSerial, ManufacturerId, Role};
+use crate::domain::{quote, CertState, DeviceSerial, ManufacturerId, Profile, Role};
 use crate::error::Error;
 use crate::issuance::{CertificateTemplate, IssuerId, SignedCertificate};
 
@@ -43,7 +43,7 @@ pub enum Claim {
 #[derive(Debug, Clone)]
 pub struct NewCertificate {
     pub template: CertificateTemplate,
-    pub profile: &'static str,
+    pub profile: Profile,
     pub role: Role,
     pub subject_uri: String,
     pub spki_sha256: String,
@@ -67,7 +67,7 @@ pub enum Completion {
     /// A renewal: nothing to create (the claim re-checks the certificate that authorized
     /// it); with `supersede`, the subject's other active certificates of that profile are
     /// revoked as superseded (one event each).
-    Renewal { supersede: Option<&'static str> },
+    Renewal { supersede: Option<Profile> },
     /// Nothing to create.
     Nothing,
     /// One of the service's own certificates (its TLS server certificate, an OCSP
@@ -81,7 +81,7 @@ pub enum Completion {
 pub struct AdoptedCertificate {
     pub issuer: IssuerId,
     pub serial: String,
-    pub profile: &'static str,
+    pub profile: Profile,
     pub role: Role,
     pub subject_uri: String,
     pub spki_sha256: String,
@@ -93,11 +93,11 @@ pub struct AdoptedCertificate {
 /// A certificate found by its fingerprint, with the state of its subject.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerRecord {
-    pub role: String,
+    pub role: Role,
     pub subject_uri: String,
     pub serial: String,
-    pub profile: String,
-    pub status: String,
+    pub profile: Profile,
+    pub status: CertState,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
     /// Principal or device state ('active', 'disabled', 'decommissioned'); None if the
@@ -152,7 +152,7 @@ async fn record_in(
         &[
             Arg::from(&signed.issuer.label()),
             Arg::from(&serial),
-            Arg::Text(r.profile),
+            Arg::Text(r.profile.as_str()),
             Arg::Text(r.role.as_str()),
             Arg::from(&r.subject_uri),
             Arg::from(&r.spki_sha256),
@@ -198,7 +198,7 @@ impl Store {
         )
         .bind(c.issuer.label())
         .bind(&c.serial)
-        .bind(c.profile)
+        .bind(c.profile.as_str())
         .bind(c.role.as_str())
         .bind(&c.subject_uri)
         .bind(&c.spki_sha256)
@@ -244,11 +244,11 @@ impl Store {
         let Some(row) = row else { return Ok(None) };
         let owned = |i| row.opt_text(i).map(|t| t.map(str::to_owned));
         Ok(Some(PeerRecord {
-            role: row.text(0)?.to_owned(),
+            role: super::decode(row.text(0)?, "role", Role::parse)?,
             subject_uri: row.text(1)?.to_owned(),
             serial: row.text(2)?.to_owned(),
-            profile: row.text(3)?.to_owned(),
-            status: row.text(4)?.to_owned(),
+            profile: super::decode(row.text(3)?, "profile", Profile::parse)?,
+            status: super::decode(row.text(4)?, "status", CertState::parse)?,
             not_before: from_unix(row.int(5)?)?,
             not_after: from_unix(row.int(6)?)?,
             subject_state: owned(7)?,
@@ -363,7 +363,8 @@ async fn complete(
         }
         Completion::Renewal { supersede, .. } => {
             if let Some(profile) = supersede {
-                supersede_others(tx, subject_uri, profile, cert_serial, recorded_at).await?;
+                supersede_others(tx, subject_uri, profile.as_str(), cert_serial, recorded_at)
+                    .await?;
             }
         }
         Completion::Service {

@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 use super::sql::{Arg, SqlxTx, Tx};
 use super::{audit, from_unix, to_unix, Conn, Store};
 use crate::audit::AuditEvent;
-use crate::domain::{ManufacturerId, RevocationReason};
+use crate::domain::{CertState, ManufacturerId, Profile, RevocationReason, Role};
 use crate::error::Error;
 use crate::issuance::{IssuerId, RevokedEntry};
 
@@ -15,10 +15,10 @@ use crate::issuance::{IssuerId, RevokedEntry};
 pub struct CertRecord {
     pub issuer: IssuerId,
     pub serial: String,
-    pub profile: String,
-    pub role: String,
+    pub profile: Profile,
+    pub role: Role,
     pub subject_uri: String,
-    pub status: String,
+    pub status: CertState,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
     pub revoked_at: Option<OffsetDateTime>,
@@ -44,10 +44,18 @@ fn decode_cert(row: &super::DbRow) -> Result<CertRecord, Error> {
         issuer: IssuerId::parse(&issuer)
             .ok_or_else(|| Error::Internal(format!("unknown issuer {issuer:?}")))?,
         serial: row.try_get("serial")?,
-        profile: row.try_get("profile")?,
-        role: row.try_get("role")?,
+        profile: super::decode(
+            &row.try_get::<String, _>("profile")?,
+            "profile",
+            Profile::parse,
+        )?,
+        role: super::decode(&row.try_get::<String, _>("role")?, "role", Role::parse)?,
         subject_uri: row.try_get("subject_uri")?,
-        status: row.try_get("status")?,
+        status: super::decode(
+            &row.try_get::<String, _>("status")?,
+            "status",
+            CertState::parse,
+        )?,
         not_before: from_unix(row.try_get("not_before")?)?,
         not_after: from_unix(row.try_get("not_after")?)?,
         revoked_at: row

@@ -126,6 +126,16 @@ impl Backend {
     }
 }
 
+/// A column's text as the domain enum it names; anything else is a corrupt row.
+pub(crate) fn decode<T>(
+    text: &str,
+    column: &str,
+    parse: fn(&str) -> Option<T>,
+) -> Result<T, Error> {
+    parse(text)
+        .ok_or_else(|| Error::Internal(format!("the store holds an unknown {column} {text:?}")))
+}
+
 /// A database URL with any password replaced, for messages and logs.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

@@ -81,8 +81,7 @@ impl Store {
                         "INSERT INTO certificates (issuer, serial, profile, role, subject_uri,
                                 spki_sha256, not_before, not_after, status, reserved_at,
                                 revoked_at, revocation_reason, issue_order)
-                         VALUES ($1, $2, 'unrecorded', 'unrecorded', $3, '', $4, $5, 'revoked',
-                                 $6, $4, $7,
+                         VALUES ($1, $2, $8, $9, $3, '', $4, $5, 'revoked', $6, $4, $7,
                                  (SELECT COALESCE(MAX(issue_order), 0) + 1 FROM certificates))",
                     )
                     .bind(issuer.label())
@@ -92,6 +91,8 @@ impl Store {
                     .bind(to_unix(unknown_not_after))
                     .bind(to_unix(now))
                     .bind(entry.reason.map(RevocationReason::code))
+                    .bind(crate::domain::Profile::Unrecorded.as_str())
+                    .bind(crate::domain::Role::Unrecorded.as_str())
                     .execute(&mut *tx)
                     .await?;
                     None
