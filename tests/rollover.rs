@@ -404,6 +404,16 @@ async fn the_operational_ca_rolls_over_while_every_principal_keeps_working() {
     let old_crl = crl_text(&server, work, "operational", "operational-ca.pem");
     assert!(old_crl.contains("verify OK"), "{old_crl}");
     assert!(old_crl.contains(&old_serial), "{old_crl}");
+    // Each CRL signed is an audit event of its generation.
+    let events = server.audit_events().await;
+    for label in ["operational", "operational-2"] {
+        assert!(
+            events
+                .iter()
+                .any(|e| e.event.action == "crl.sign" && e.event.target == label),
+            "a crl.sign event for {label}"
+        );
+    }
     let new_crl = crl_text(&server, work, "operational-2", "operational-ca-2.pem");
     assert!(new_crl.contains("verify OK"), "{new_crl}");
     assert!(!new_crl.contains(&old_serial), "{new_crl}");

@@ -5,7 +5,7 @@ use time::OffsetDateTime;
 
 use super::sql::{Arg, SqlxTx, Tx};
 use super::{audit, from_unix, to_unix, Conn, Store};
-use crate::audit::AuditEvent;
+use crate::audit::{Actor, AuditEvent};
 use crate::domain::{CertState, ManufacturerId, Profile, RevocationReason, Role};
 use crate::error::Error;
 use crate::issuance::{IssuerId, RevokedEntry};
@@ -277,6 +277,17 @@ impl Store {
         .bind(&der)
         .execute(&mut *tx)
         .await?;
+        // Publishing is a state change: one event per CRL, in the same transaction.
+        let event = AuditEvent::new(now, Actor::system(), "crl.sign", issuer.label())
+            .with("number", number)
+            .with("this_update", to_unix(this_update))
+            .with("next_update", to_unix(next_update))
+            .with("entries", entries.len() as i64)
+            .with(
+                "crl_sha256",
+                crate::domain::hex(ring::digest::digest(&ring::digest::SHA256, &der).as_ref()),
+            );
+        audit::append(&mut SqlxTx(&mut *tx), &event).await?;
         tx.commit().await?;
         Ok(CrlRecord {
             number,
