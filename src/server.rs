@@ -403,9 +403,13 @@ pub async fn run(
         header_timeout,
         http_stopped,
     ));
-    tracing::info!(addr = ?http_addr, "serving CRL, OCSP and CA certificates over HTTP");
+    if let Some(addr) = http_addr {
+        tracing::info!(%addr, "serving CRL, OCSP and CA certificates over HTTP");
+    }
     let est = listeners.est.map(|listener| {
-        tracing::info!(addr = ?listener.local_addr().ok(), "serving EST over HTTPS");
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "serving EST over HTTPS");
+        }
         let state = crate::api::est::EstState {
             ca: ca.clone(),
             labels: prepared.est_labels.clone(),
@@ -439,7 +443,9 @@ pub async fn run(
     let local: Option<SocketAddr> = listeners.grpc.local_addr().ok();
     let security = Security::Tls(prepared.tls.clone(), tls::Protocol::Grpc);
     let incoming = listen::accept(listeners.grpc, gate.clone(), security, stopped.clone());
-    tracing::info!(addr = ?local, "serving gRPC over mTLS");
+    if let Some(addr) = local {
+        tracing::info!(%addr, "serving gRPC over mTLS");
+    }
     let limits = prepared.limits;
     let grpc_stop = {
         let mut stopped = stopped.clone();

@@ -258,6 +258,16 @@ fn data_files_are_private_whatever_the_umask_and_exposed_ones_are_named_at_start
         "{stderr}"
     );
     assert!(!stderr.contains("the root CA certificate ends"), "{stderr}");
+    // stderr is a pipe here, not a terminal: plain text, addresses as values.
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "ANSI escape codes in a log file: {stderr}"
+    );
+    assert!(
+        stderr.contains("serving gRPC over mTLS addr=127.0.0.1:"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Some("), "{stderr}");
 
     for dir in [
         data.clone(),
