@@ -187,8 +187,8 @@ impl Ca {
             model: input.model.as_str().to_owned(),
             udi_di: input.udi_di.as_ref().map(|g| g.as_str().to_owned()),
         };
-        let (issued, device) = self.run_cycle(actor, action, new, completion).await?;
-        let device = device.ok_or_else(|| {
+        let (issued, recorded) = self.run_cycle(actor, action, new, completion).await?;
+        let device = recorded.device.ok_or_else(|| {
             Error::Internal("recording a birth certificate did not create its device".into())
         })?;
         Ok((device, issued))

@@ -137,6 +137,7 @@ impl Ca {
     }
 
     /// Issues one of the service's certificates through the full cycle, replacing `replaces`.
+    /// Also returns the issuers whose CRLs now carry the replaced certificate.
     async fn issue_service(
         &self,
         template: crate::issuance::CertificateTemplate,
@@ -145,7 +146,7 @@ impl Ca {
         subject_uri: String,
         action: &str,
         replaces: Option<String>,
-    ) -> Result<super::Issued, Error> {
+    ) -> Result<(super::Issued, Vec<crate::issuance::IssuerId>), Error> {
         let new = NewCertificate {
             template,
             profile,
@@ -154,7 +155,7 @@ impl Ca {
             spki_sha256: key.spki_sha256(),
             claim: Claim::Service,
         };
-        let (issued, _) = self
+        let (issued, recorded) = self
             .run_cycle(
                 &Actor::system(),
                 action,
@@ -162,7 +163,7 @@ impl Ca {
                 Completion::Service { replaces },
             )
             .await?;
-        Ok(issued)
+        Ok((issued, recorded.superseded))
     }
 
     /// Checks the TLS server certificate on disk and renews it when it is due (2/3 of its
@@ -195,7 +196,7 @@ impl Ca {
             &disk.ips,
             key.public_key(),
         );
-        let issued = self
+        let (issued, superseded) = self
             .issue_service(
                 template,
                 &key,
@@ -220,13 +221,7 @@ impl Ca {
             "renewed the service's TLS certificate"
         );
         self.tls_renewals.send_modify(|generation| *generation += 1);
-        if let Some(old) = self
-            .authority
-            .issuer_of_certificate(&disk.der)
-            .filter(|_| active)
-        {
-            self.publish_crl(old).await?;
-        }
+        self.publish_crls_of(superseded).await?;
         Ok(true)
     }
 
@@ -283,8 +278,7 @@ impl Ca {
                 info,
                 key.public_key(),
             );
-            let superseding = replaces.is_some();
-            let issued = self
+            let (issued, superseded) = self
                 .issue_service(
                     template,
                     &key,
@@ -307,9 +301,7 @@ impl Ca {
                 serial = issued.serial,
                 "installed OCSP responder"
             );
-            if superseding {
-                self.publish_crl(issuer).await?;
-            }
+            self.publish_crls_of(superseded).await?;
         }
         Ok(())
     }

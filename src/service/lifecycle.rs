@@ -130,22 +130,11 @@ impl Ca {
                 caller_serial: who.certificate_serial.clone(),
             },
         };
-        let (issued, _) = self
+        let (issued, recorded) = self
             .run_cycle(&Actor::of(who), action, new, completion)
             .await?;
-        let superseded = match who.role {
-            Role::Gateway => true,
-            _ => self.lifecycle.revoke_superseded && profile == Profile::DeviceOperational,
-        };
-        if superseded {
-            // The superseded certificate may come from an older generation during a
-            // rollover's overlap.
-            for info in self.issuers_in_service() {
-                if info.id.name == IssuerName::Operational {
-                    self.publish_crl(info.id).await?;
-                }
-            }
-        }
+        // The superseded certificates' CRLs (an older generation's too, during a rollover).
+        self.publish_crls_of(recorded.superseded).await?;
         Ok(issued)
     }
 
@@ -358,13 +347,8 @@ impl Ca {
     }
 
     async fn publish_crls_for(&self, revoked: &[(IssuerId, String)]) -> Result<(), Error> {
-        let mut issuers: Vec<IssuerId> = revoked.iter().map(|(i, _)| *i).collect();
-        issuers.sort();
-        issuers.dedup();
-        for issuer in issuers {
-            self.publish_crl(issuer).await?;
-        }
-        Ok(())
+        self.publish_crls_of(revoked.iter().map(|(i, _)| *i).collect())
+            .await
     }
 
     /// Rotation status of one device: admins, the device's own manufacturer's stations, and

@@ -38,7 +38,9 @@ use crate::domain::{
 use crate::error::Error;
 use crate::issuance::{Authority, CertificateTemplate, IssuerId, IssuerName, SignedCertificate};
 use crate::policy::{self, lifecycle::LifecyclePolicy, profile::ProfileSettings, Action};
-use crate::store::certificates::{fingerprint, Claim, Completion, NewCertificate, PeerRecord};
+use crate::store::certificates::{
+    fingerprint, Claim, Completion, NewCertificate, PeerRecord, Recorded,
+};
 use crate::store::registry::{DeviceQuery, DeviceRecord, ManufacturerRecord};
 use crate::store::Store;
 
@@ -394,14 +396,15 @@ impl Ca {
 
     /// Steps 2 and 3 of the issuance cycle, shared by every profile: sign in memory, then
     /// record in one transaction; the certificate leaves the process only after that commit.
-    /// Also returns the device row when the certificate completes a device.
+    /// Also returns what recording did (the device row, the issuers of superseded
+    /// certificates, whose CRLs the caller re-signs).
     async fn run_cycle(
         &self,
         actor: &Actor,
         action: &str,
         new: NewCertificate,
         completion: Completion,
-    ) -> Result<(Issued, Option<DeviceRecord>), Error> {
+    ) -> Result<(Issued, Recorded), Error> {
         let subject_uri = new.subject_uri.clone();
         let t: &CertificateTemplate = &new.template;
         let validity = (t.not_before, t.not_after);
@@ -427,11 +430,11 @@ impl Ca {
             .store
             .record_new(&new, &signed, &completion, &done)
             .await;
-        let device = self
+        let recorded = self
             .audited_as(actor, action, &subject_uri, recorded)
             .await?;
         self.crash_point(actor, "after-commit");
-        Ok((self.issued(signed, subject_uri, validity), device))
+        Ok((self.issued(signed, subject_uri, validity), recorded))
     }
 
     /// What the caller receives. The validity is the template's, to the second, as the

@@ -151,6 +151,16 @@ impl Ca {
         Ok(crl)
     }
 
+    /// Signs the next CRL of each of `issuers` (each once, whatever the repeats).
+    pub(super) async fn publish_crls_of(&self, mut issuers: Vec<IssuerId>) -> Result<(), Error> {
+        issuers.sort();
+        issuers.dedup();
+        for issuer in issuers {
+            self.publish_crl(issuer).await?;
+        }
+        Ok(())
+    }
+
     /// The current CRL of `issuer` (signing the first one if none exists yet).
     pub async fn current_crl(&self, issuer: IssuerId) -> Result<CrlRecord, Error> {
         match self.store.latest_crl(issuer).await? {

@@ -76,6 +76,16 @@ pub enum Completion {
     Service { replaces: Option<String> },
 }
 
+/// What recording a new certificate did besides storing it.
+#[derive(Debug, Clone, Default)]
+pub struct Recorded {
+    /// The device row as written, when the certificate completes a device.
+    pub device: Option<DeviceRecord>,
+    /// The issuing CAs of the certificates it superseded (revoked), whose CRLs must be
+    /// re-signed; one entry per certificate.
+    pub superseded: Vec<IssuerId>,
+}
+
 /// A certificate signed before the store existed (`medid ca init`), to be recorded as is.
 #[derive(Debug, Clone)]
 pub struct AdoptedCertificate {
@@ -112,14 +122,13 @@ impl Store {
     /// renewing caller still good) under the write lock, store the signed certificate as
     /// active, create what it completes (the device or principal row; superseded
     /// certificates revoked), and append the success event. A refusal changes nothing.
-    /// Returns the device row as written when the certificate completes a device.
     pub async fn record_new(
         &self,
         r: &NewCertificate,
         signed: &SignedCertificate,
         completion: &Completion,
         event: &AuditEvent,
-    ) -> Result<Option<DeviceRecord>, Error> {
+    ) -> Result<Recorded, Error> {
         let (r, signed, completion) = (r.clone(), signed.clone(), completion.clone());
         let event = Ready::new(event)?;
         self.write(move |tx| {
@@ -138,7 +147,7 @@ async fn record_in(
     signed: &SignedCertificate,
     completion: &Completion,
     event: &Ready,
-) -> Result<Option<DeviceRecord>, Error> {
+) -> Result<Recorded, Error> {
     let now = event.recorded_at();
     check_claim(tx, r, now).await?;
     let t = &r.template;
@@ -164,9 +173,9 @@ async fn record_in(
         ],
     )
     .await?;
-    let device = complete(tx, completion, &r.subject_uri, &serial, now).await?;
+    let recorded = complete(tx, completion, &r.subject_uri, &serial, now).await?;
     audit::append_ready(tx, event).await?;
-    Ok(device)
+    Ok(recorded)
 }
 
 impl Store {
@@ -278,7 +287,7 @@ async fn supersede_others(
     profile: &str,
     cert_serial: &str,
     recorded_at: OffsetDateTime,
-) -> Result<(), Error> {
+) -> Result<Vec<IssuerId>, Error> {
     let now = to_unix(recorded_at);
     let older = tx
         .fetch_all(
@@ -304,6 +313,7 @@ async fn supersede_others(
         ],
     )
     .await?;
+    let mut issuers = Vec::new();
     for row in &older {
         let event = AuditEvent::new(
             recorded_at,
@@ -316,8 +326,9 @@ async fn supersede_others(
         .with("reason", "superseded")
         .with("superseded_by", cert_serial);
         audit::append(tx, &event).await?;
+        issuers.push(super::decode(row.text(0)?, "issuer", IssuerId::parse)?);
     }
-    Ok(())
+    Ok(issuers)
 }
 
 async fn complete(
@@ -326,8 +337,9 @@ async fn complete(
     subject_uri: &str,
     cert_serial: &str,
     recorded_at: OffsetDateTime,
-) -> Result<Option<DeviceRecord>, Error> {
+) -> Result<Recorded, Error> {
     let now = to_unix(recorded_at);
+    let mut recorded = Recorded::default();
     match completion {
         Completion::Device {
             manufacturer,
@@ -350,7 +362,7 @@ async fn complete(
                 ],
             )
             .await?;
-            return Ok(Some(DeviceRecord {
+            recorded.device = Some(DeviceRecord {
                 manufacturer_id: manufacturer.to_string(),
                 serial: serial.as_str().to_owned(),
                 model: model.clone(),
@@ -359,35 +371,46 @@ async fn complete(
                 state: DeviceState::Active,
                 enrolled_at: from_unix(now)?,
                 birth_serial: cert_serial.to_owned(),
-            }));
+            });
         }
         Completion::Renewal { supersede, .. } => {
             if let Some(profile) = supersede {
-                supersede_others(tx, subject_uri, profile.as_str(), cert_serial, recorded_at)
-                    .await?;
+                recorded.superseded =
+                    supersede_others(tx, subject_uri, profile.as_str(), cert_serial, recorded_at)
+                        .await?;
             }
         }
         Completion::Service {
             replaces: Some(old),
         } => {
-            let revoked = tx
-                .execute(
+            let issuer = tx
+                .fetch_optional(
+                    "SELECT issuer FROM certificates
+                     WHERE subject_uri = $1 AND serial = $2 AND status = 'active'",
+                    &[Arg::Text(subject_uri), Arg::Text(old)],
+                )
+                .await?
+                .map(|row| super::decode(row.text(0)?, "issuer", IssuerId::parse))
+                .transpose()?;
+            if let Some(issuer) = issuer {
+                tx.execute(
                     "UPDATE certificates SET status = 'revoked', revoked_at = $1, revocation_reason = 4
-                     WHERE subject_uri = $2 AND serial = $3 AND status = 'active'",
-                    &[Arg::Int(to_unix(recorded_at)), Arg::Text(subject_uri), Arg::Text(old)],
+                     WHERE issuer = $2 AND serial = $3",
+                    &[Arg::Int(to_unix(recorded_at)), Arg::from(&issuer.label()), Arg::Text(old)],
                 )
                 .await?;
-            if revoked == 1 {
                 let event = AuditEvent::new(
                     recorded_at,
                     Actor::system(),
                     "certificate.revoke",
                     subject_uri,
                 )
+                .with("issuer", issuer.label())
                 .with("serial", old.clone())
                 .with("reason", "superseded")
                 .with("superseded_by", cert_serial);
                 audit::append(tx, &event).await?;
+                recorded.superseded.push(issuer);
             }
         }
         Completion::Service { replaces: None } => {}
@@ -412,7 +435,7 @@ async fn complete(
             .await?;
         }
     }
-    Ok(None)
+    Ok(recorded)
 }
 
 async fn check_claim(
