@@ -332,6 +332,41 @@ impl fmt::Display for Profile {
     }
 }
 
+/// Where a certificate's subject stands: a principal (active or disabled by eviction) or a
+/// device (active or decommissioned).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SubjectState {
+    Active,
+    Disabled,
+    Decommissioned,
+}
+
+impl SubjectState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubjectState::Active => "active",
+            SubjectState::Disabled => "disabled",
+            SubjectState::Decommissioned => "decommissioned",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SubjectState> {
+        [
+            SubjectState::Active,
+            SubjectState::Disabled,
+            SubjectState::Decommissioned,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+    }
+}
+
+impl fmt::Display for SubjectState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Where a certificate stands in the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CertState {

@@ -232,12 +232,12 @@ impl Ca {
         let uri = self.profiles.trust_domain.principal_uri(role, id);
         let decide = async {
             authorize_eviction(who, &uri)?;
-            match self.store.principal_state(&uri).await?.as_deref() {
+            match self.store.principal_state(&uri).await? {
                 None => Err(Error::NotFound(format!("no principal {uri}"))),
-                Some("disabled") => Err(Error::FailedPrecondition(format!(
-                    "{uri} is already disabled"
+                Some(crate::domain::SubjectState::Active) => Ok(()),
+                Some(state) => Err(Error::FailedPrecondition(format!(
+                    "{uri} is already {state}"
                 ))),
-                Some(_) => Ok(()),
             }
         };
         self.audited(who, action, &uri, decide.await).await?;

@@ -250,8 +250,8 @@ impl Ca {
                 peer.not_before
             )));
         }
-        match peer.subject_state.as_deref() {
-            Some("active") => {}
+        match peer.subject_state {
+            Some(crate::domain::SubjectState::Active) => {}
             Some(state) => {
                 return Err(Error::Unauthenticated(format!(
                     "{} is {state}",

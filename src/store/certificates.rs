@@ -8,7 +8,7 @@ use super::registry::{DeviceRecord, DeviceState};
 use super::sql::{self, Arg, SqlxTx, Tx};
 use super::{audit, from_unix, to_unix, Store};
 use crate::audit::{Actor, AuditEvent};
-use crate::domain::{quote, CertState, DeviceSerial, ManufacturerId, Profile, Role};
+use crate::domain::{quote, CertState, DeviceSerial, ManufacturerId, Profile, Role, SubjectState};
 use crate::error::Error;
 use crate::issuance::{CertificateTemplate, IssuerId, SignedCertificate};
 
@@ -110,9 +110,8 @@ pub struct PeerRecord {
     pub status: CertState,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
-    /// Principal or device state ('active', 'disabled', 'decommissioned'); None if the
-    /// subject row is missing.
-    pub subject_state: Option<String>,
+    /// The principal's or device's state; None if the subject row is missing.
+    pub subject_state: Option<SubjectState>,
     pub manufacturer: Option<String>,
     pub device_serial: Option<String>,
 }
@@ -260,7 +259,10 @@ impl Store {
             status: super::decode(row.text(4)?, "status", CertState::parse)?,
             not_before: from_unix(row.int(5)?)?,
             not_after: from_unix(row.int(6)?)?,
-            subject_state: owned(7)?,
+            subject_state: row
+                .opt_text(7)?
+                .map(|s| super::decode(s, "subject state", SubjectState::parse))
+                .transpose()?,
             manufacturer: owned(8)?,
             device_serial: owned(9)?,
         }))

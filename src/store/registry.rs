@@ -110,14 +110,19 @@ impl Store {
         decode_manufacturer(&row)
     }
 
-    /// A station's, gateway's, auditor's or admin's state ('active', 'disabled'), if it exists.
-    pub async fn principal_state(&self, uri: &str) -> Result<Option<String>, Error> {
-        Ok(
+    /// A station's, gateway's, auditor's or admin's state, if it exists.
+    pub async fn principal_state(
+        &self,
+        uri: &str,
+    ) -> Result<Option<crate::domain::SubjectState>, Error> {
+        let state: Option<String> =
             sqlx::query_scalar("SELECT state FROM principals WHERE uri = $1")
                 .bind(uri)
                 .fetch_optional(&self.reader)
-                .await?,
-        )
+                .await?;
+        state
+            .map(|s| super::decode(&s, "principal state", crate::domain::SubjectState::parse))
+            .transpose()
     }
 
     pub async fn manufacturers(&self) -> Result<Vec<ManufacturerRecord>, Error> {
