@@ -40,6 +40,38 @@ async fn a_call_works(server: &TestServer, who: &Identity) -> bool {
         .is_ok()
 }
 
+/// Waits (at most 30 s) until no file descriptor of this process refers to `db` or its WAL or
+/// shared-memory file.
+async fn closed_by_this_process(db: &std::path::Path) {
+    let names: Vec<std::path::PathBuf> = ["", "-wal", "-shm"]
+        .iter()
+        .map(|s| std::path::PathBuf::from(format!("{}{s}", db.display())))
+        .collect();
+    let open = || {
+        std::fs::read_dir("/proc/self/fd")
+            .map(|fds| {
+                fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+                    .any(|target| {
+                        let target = std::path::PathBuf::from(
+                            target.to_string_lossy().trim_end_matches(" (deleted)"),
+                        );
+                        names.contains(&target)
+                    })
+            })
+            .unwrap_or(false)
+    };
+    for _ in 0..300 {
+        if !open() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{} is still open 30 s after the server stopped",
+        db.display()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocations_after_a_backup_survive_its_restore() {
     let dir = tempfile::tempdir().unwrap();
@@ -80,9 +112,12 @@ async fn revocations_after_a_backup_survive_its_restore() {
         "kept CRLs in {kept:?}"
     );
 
-    // The restore: the backup replaces the database.
+    // The restore: the backup replaces the database, once nothing of the stopped server still
+    // has it open (a real restore stops the process, which closes everything; in-process, the
+    // store's SQLite threads end a moment after the server does).
     let config = server.config.clone();
     let dir = server.stop().await;
+    closed_by_this_process(&db).await;
     for suffix in ["-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
