@@ -3,20 +3,9 @@
 
 mod common;
 
-use common::{connect_at_test_time as connect, TestServer};
+use common::{a_call_works, connect_at_test_time as connect, TestServer};
 use medid::clock::Clock;
 use medid::proto::{self, lifecycle_service_client::LifecycleServiceClient, PrincipalRole};
-use tonic::transport::Channel;
-
-async fn a_call_works(channel: Channel) -> bool {
-    LifecycleServiceClient::new(channel)
-        .get_crl(proto::GetCrlRequest {
-            issuer: proto::Issuer::Operational as i32,
-            issuer_generation: 0,
-        })
-        .await
-        .is_ok()
-}
 
 fn serial_on_disk(server: &TestServer) -> String {
     let pem = std::fs::read(server.pki("server.pem")).unwrap();

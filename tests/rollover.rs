@@ -16,22 +16,11 @@ use medid::proto::{
     lifecycle_service_client::LifecycleServiceClient, PrincipalRole,
 };
 use time::Duration;
-use tonic::transport::Channel;
-
-async fn calls(channel: Channel) -> bool {
-    LifecycleServiceClient::new(channel)
-        .get_crl(proto::GetCrlRequest {
-            issuer: proto::Issuer::Operational as i32,
-            issuer_generation: 0,
-        })
-        .await
-        .is_ok()
-}
 
 /// Connects and makes one call; false when the TLS layer or the call refuses.
 async fn works(server: &TestServer, who: &Identity) -> bool {
     match try_connect_at_test_time(server, who).await {
-        Ok((channel, _)) => calls(channel).await,
+        Ok((channel, _)) => common::a_call_works(channel).await,
         Err(_) => false,
     }
 }

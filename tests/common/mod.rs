@@ -552,3 +552,14 @@ pub async fn try_connect_at_test_time(
         .map_err(|e| format!("HTTP/2: {e}"))?;
     Ok((channel, serial))
 }
+
+/// One authenticated call (GetCrl) over `channel`: whether it is answered.
+pub async fn a_call_works(channel: Channel) -> bool {
+    medid::proto::lifecycle_service_client::LifecycleServiceClient::new(channel)
+        .get_crl(medid::proto::GetCrlRequest {
+            issuer: medid::proto::Issuer::Operational as i32,
+            issuer_generation: 0,
+        })
+        .await
+        .is_ok()
+}
