@@ -172,10 +172,16 @@ async fn an_idle_stream_does_not_hold_shutdown_past_the_drain_deadline() {
     }
     assert_eq!(readiness, 503, "a draining node says it is not ready");
     let grpc_port: u16 = server.url.rsplit(':').next().unwrap().parse().unwrap();
-    assert!(
-        std::net::TcpStream::connect(("127.0.0.1", grpc_port)).is_err(),
-        "the gRPC listener no longer accepts"
-    );
+    // The listener closes in the accept task, a moment after readiness flips.
+    let mut accepting = true;
+    for _ in 0..200 {
+        accepting = std::net::TcpStream::connect(("127.0.0.1", grpc_port)).is_ok();
+        if !accepting {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(!accepting, "the gRPC listener no longer accepts");
     let (stopped, _) =
         tokio::time::timeout(std::time::Duration::from_secs(20), server.stop_reporting())
             .await
