@@ -116,7 +116,7 @@ fn access_event() -> AuditEvent {
             uri: "spiffe://hospital.example/gateway/icu-gw".into(),
             role: "gateway".into(),
         },
-        "data.access",
+        medid::audit::Action::DataAccess,
         "spiffe://hospital.example/device/acme/PUMP-0001",
     )
     .with("access_action", "R")

@@ -36,6 +36,12 @@ pub enum Error {
     /// A fault inside medid. The string is for the operator's log only, never the caller.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The audit log or a stored row is not what medid wrote: changed behind its back
+    /// (a missing event, a bad leaf hash, a log that no longer extends its checkpoint, an
+    /// unknown stored value). The caller sees an internal error; the operator's log and an
+    /// `audit.integrity` event get the detail.
+    #[error("integrity violation: {0}")]
+    Integrity(String),
 }
 
 impl Error {
@@ -48,7 +54,7 @@ impl Error {
         use crate::audit::Outcome;
         match self {
             Error::Unauthenticated(_) | Error::PermissionDenied(_) => Outcome::Denied,
-            Error::Internal(_) | Error::Unavailable(_) => Outcome::Failed,
+            Error::Internal(_) | Error::Integrity(_) | Error::Unavailable(_) => Outcome::Failed,
             Error::ResourceExhausted(_) => Outcome::Denied,
             _ => Outcome::Refused,
         }
@@ -67,15 +73,15 @@ impl Error {
             Error::AlreadyExists(_) | Error::FailedPrecondition(_) => 409,
             Error::ResourceExhausted(_) => 429,
             Error::Unavailable(_) => 503,
-            Error::Internal(_) => 500,
+            Error::Internal(_) | Error::Integrity(_) => 500,
         }
     }
 
     /// The message a caller may see: everything but internal detail.
     pub fn public_message(&self) -> String {
         match self {
-            Error::Internal(detail) => {
-                tracing::error!(detail = %detail, "internal error");
+            Error::Internal(_) | Error::Integrity(_) => {
+                tracing::error!(detail = %self, "internal error");
                 "internal error; the operator's log has details".into()
             }
             other => other.to_string(),
@@ -95,8 +101,8 @@ impl From<&Error> for Status {
             Error::FailedPrecondition(m) => Status::failed_precondition(m.clone()),
             Error::Unavailable(m) => Status::unavailable(m.clone()),
             Error::ResourceExhausted(m) => Status::resource_exhausted(m.clone()),
-            Error::Internal(detail) => {
-                tracing::error!(detail = %detail, "internal error");
+            Error::Internal(_) | Error::Integrity(_) => {
+                tracing::error!(detail = %err, "internal error");
                 Status::new(
                     Code::Internal,
                     "internal error; the operator's log has details",

@@ -321,7 +321,7 @@ async fn adopt_bootstrap_admin(ca: &Ca, files: &PkiFiles) -> Result<(), Error> {
     let event = AuditEvent::new(
         ca.clock.now(),
         Actor::system(),
-        "principal.bootstrap",
+        crate::audit::Action::PrincipalBootstrap,
         &subject_uri,
     )
     .with("serial", adopted.serial.clone())

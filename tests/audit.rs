@@ -142,7 +142,7 @@ async fn gateways_record_access_and_others_may_not() {
         .into_iter()
         .find(|e| e.seq == receipt.seq)
         .unwrap();
-    assert_eq!(stored.event.action, "data.access");
+    assert_eq!(stored.event.action, medid::audit::Action::DataAccess);
     assert_eq!(stored.event.detail["patient_ref"], "patient-0042");
     assert_eq!(
         stored.event.actor.uri,
@@ -335,7 +335,7 @@ async fn full_and_filtered_exports_verify_offline_and_are_themselves_audited() {
         .audit_events()
         .await
         .into_iter()
-        .filter(|e| e.event.action == "audit.export")
+        .filter(|e| e.event.action == medid::audit::Action::AuditExport)
         .collect();
     assert_eq!(exports.len(), 2);
     assert_eq!(
@@ -598,7 +598,7 @@ async fn tampering_with_the_database_is_detected_and_named() {
                     .audit_events()
                     .await
                     .iter()
-                    .any(|e| e.event.action == "audit.integrity"),
+                    .any(|e| e.event.action == medid::audit::Action::AuditIntegrity),
                 "{case}"
             );
         }
@@ -728,7 +728,7 @@ async fn officers_search_the_trail_page_by_page_and_the_search_is_audited() {
         .audit_events()
         .await
         .iter()
-        .filter(|e| e.event.action == "audit.query")
+        .filter(|e| e.event.action == medid::audit::Action::AuditQuery)
         .count();
     assert_eq!(used, 3, "each page is an Audit Log Used event");
     let err = gw

@@ -33,7 +33,7 @@ async fn a_station_calling_an_admin_rpc_is_denied_and_the_denial_audited() {
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     let last = server.audit_events().await.pop().unwrap().event;
-    assert_eq!(last.action, "manufacturer.create");
+    assert_eq!(last.action, medid::audit::Action::ManufacturerCreate);
     assert_eq!(last.outcome, Outcome::Denied);
     assert_eq!(
         last.actor.uri,
@@ -66,7 +66,7 @@ async fn an_expired_certificate_is_unauthenticated() {
     let events = server.audit_events().await;
     assert_eq!(events.len(), before + 1);
     let last = &events.last().unwrap().event;
-    assert_eq!(last.action, "auth.refused.aggregate");
+    assert_eq!(last.action, medid::audit::Action::AuthRefusedAggregate);
     assert_eq!(last.outcome, Outcome::Denied);
     assert_eq!(last.target, "source/127.0.0.1");
     assert_eq!(last.detail["reason_code"], "inactive-certificate");

@@ -120,7 +120,7 @@ async fn a_restart_keeps_every_record_and_adopts_the_bootstrap_admin_once() {
         .audit_events()
         .await
         .iter()
-        .filter(|e| e.event.action == "principal.bootstrap")
+        .filter(|e| e.event.action == medid::audit::Action::PrincipalBootstrap)
         .count();
     assert_eq!(adoptions, 1);
 }
@@ -386,7 +386,7 @@ async fn a_database_refuses_a_pki_directory_it_was_not_created_with() {
     assert_eq!(
         events
             .iter()
-            .filter(|e| e.event.action == "pki.bind")
+            .filter(|e| e.event.action == medid::audit::Action::PkiBind)
             .count(),
         1,
         "recorded once, at the first start, and a refused start writes nothing"

@@ -371,7 +371,7 @@ async fn bad_csrs_are_refused_with_a_named_reason_and_leave_only_one_audit_event
         let events = server.audit_events().await;
         assert_eq!(events.len(), before + 1, "{what}: one refusal event");
         let e = &events.last().unwrap().event;
-        assert_eq!(e.action, "device.enroll");
+        assert_eq!(e.action, medid::audit::Action::DeviceEnroll);
         assert_eq!(e.outcome, medid::audit::Outcome::Refused);
         assert!(e.reason.as_deref().unwrap().contains(needle));
     }

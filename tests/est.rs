@@ -391,8 +391,8 @@ async fn a_station_enrolls_a_device_that_then_gets_and_renews_operational_certif
     assert_eq!(device.model, "X", "the manufacturer's only model");
     let last = server.audit_events().await.pop().unwrap().event;
     assert_eq!(
-        (last.action.as_str(), last.outcome),
-        ("device.enroll", Outcome::Success)
+        (last.action, last.outcome),
+        (medid::audit::Action::DeviceEnroll, Outcome::Success)
     );
 
     // 2. The device, with its birth certificate, enrolls for an operational certificate.
@@ -514,7 +514,10 @@ async fn a_station_enrolls_a_device_that_then_gets_and_renews_operational_certif
         .audit_events()
         .await
         .into_iter()
-        .filter(|e| e.event.action == "certificate.renew" && e.event.outcome == Outcome::Success)
+        .filter(|e| {
+            e.event.action == medid::audit::Action::CertificateRenew
+                && e.event.outcome == Outcome::Success
+        })
         .count();
     assert_eq!(renewals, serials.len(), "one renewal event per certificate");
     server.stop().await;

@@ -105,7 +105,7 @@ async fn a_gateway_renewed_three_times_and_then_evicted_can_do_nothing() {
         .await
         .into_iter()
         .filter(|e| {
-            e.event.action == "certificate.revoke"
+            e.event.action == medid::audit::Action::CertificateRevoke
                 && e.event
                     .detail
                     .get("reason")
@@ -162,7 +162,8 @@ async fn a_gateway_renewed_three_times_and_then_evicted_can_do_nothing() {
         .await
         .into_iter()
         .filter(|e| {
-            e.event.action == "principal.evict" && e.event.outcome == medid::audit::Outcome::Success
+            e.event.action == medid::audit::Action::PrincipalEvict
+                && e.event.outcome == medid::audit::Outcome::Success
         })
         .count();
     assert_eq!(evicted, 1);
@@ -231,7 +232,7 @@ async fn a_renewal_in_flight_when_its_certificate_is_revoked_never_delivers_an_a
         outcomes.extend(join_all(races).await);
     }
     let events = server.audit_events().await;
-    let seq_of = |action: &str, serial: &str| {
+    let seq_of = |action: medid::audit::Action, serial: &str| {
         events
             .iter()
             .find(|e| {
@@ -245,7 +246,7 @@ async fn a_renewal_in_flight_when_its_certificate_is_revoked_never_delivers_an_a
         events
             .iter()
             .find(|e| {
-                e.event.action == "certificate.revoke"
+                e.event.action == medid::audit::Action::CertificateRevoke
                     && e.event
                         .detail
                         .get("revoked")
@@ -268,8 +269,8 @@ async fn a_renewal_in_flight_when_its_certificate_is_revoked_never_delivers_an_a
         );
         if let Ok((_, new)) = renewed {
             delivered += 1;
-            let recorded =
-                seq_of("certificate.renew", new).expect("a delivered renewal is recorded");
+            let recorded = seq_of(medid::audit::Action::CertificateRenew, new)
+                .expect("a delivered renewal is recorded");
             if let Some(revoked_at) = revoke_seq(old) {
                 assert!(
                     recorded < revoked_at,
@@ -342,7 +343,7 @@ async fn a_renewal_in_flight_when_its_certificate_is_revoked_never_delivers_an_a
     let refused = events
         .iter()
         .filter(|e| {
-            e.event.action == "certificate.renew"
+            e.event.action == medid::audit::Action::CertificateRenew
                 && e.event.outcome != medid::audit::Outcome::Success
         })
         .count();

@@ -438,7 +438,12 @@ async fn aggregates_after(server: &common::TestServer, after: i64) -> Vec<(u64, 
         .into_iter()
         .filter(|e| e.seq > after)
         .map(|e| {
-            assert_eq!(e.event.action, "auth.refused.aggregate", "{:?}", e.event);
+            assert_eq!(
+                e.event.action,
+                medid::audit::Action::AuthRefusedAggregate,
+                "{:?}",
+                e.event
+            );
             (
                 e.event.detail["count"].as_u64().unwrap(),
                 e.event.target.clone(),

@@ -28,7 +28,7 @@ async fn status(server: &TestServer, serial: &str) -> String {
         .unwrap_or_else(|| "unrecorded".into())
 }
 
-async fn count(server: &TestServer, action: &str) -> usize {
+async fn count(server: &TestServer, action: medid::audit::Action) -> usize {
     server
         .audit_events()
         .await
@@ -102,19 +102,25 @@ async fn the_service_renews_its_tls_certificate_three_times_without_dropping_a_c
         );
         previous = renewed;
     }
-    assert_eq!(count(&server, "service.certificate.renew").await, 3);
+    assert_eq!(
+        count(&server, medid::audit::Action::ServiceCertificateRenew).await,
+        3
+    );
 
     // A restart reuses the renewed certificate and the OCSP responders kept on disk.
-    let responders = count(&server, "ocsp.responder.issue").await;
+    let responders = count(&server, medid::audit::Action::OcspResponderIssue).await;
     assert_eq!(responders, 2, "one per issuing CA");
     let config = server.config.clone();
     let now = server.clock.now();
     let dir = server.stop().await;
     let server = TestServer::start_with(dir, now, |c| *c = config).await;
     assert_eq!(serial_on_disk(&server), previous);
-    assert_eq!(count(&server, "service.certificate.renew").await, 3);
     assert_eq!(
-        count(&server, "ocsp.responder.issue").await,
+        count(&server, medid::audit::Action::ServiceCertificateRenew).await,
+        3
+    );
+    assert_eq!(
+        count(&server, medid::audit::Action::OcspResponderIssue).await,
         responders,
         "responders reused"
     );

@@ -1098,7 +1098,10 @@ async fn reported_access_times_outside_the_window_are_refused_with_one_event() {
         assert!(err.message().contains("window"), "{}", err.message());
         let events = server.audit_events().await;
         assert_eq!(events.len(), before + 1, "one refusal event");
-        assert_eq!(events.last().unwrap().event.action, "data.access");
+        assert_eq!(
+            events.last().unwrap().event.action,
+            medid::audit::Action::DataAccess
+        );
         assert_ne!(
             events.last().unwrap().event.outcome,
             medid::audit::Outcome::Success

@@ -143,7 +143,7 @@ async fn losing_the_database_is_unavailable_and_it_recovers_without_a_restart() 
     let events = server.audit_events().await;
     let accesses: Vec<i64> = events
         .iter()
-        .filter(|e| e.event.action == "data.access")
+        .filter(|e| e.event.action == medid::audit::Action::DataAccess)
         .map(|e| e.seq)
         .collect();
     assert_eq!(accesses, acked);

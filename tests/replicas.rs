@@ -314,7 +314,7 @@ async fn two_replicas_on_one_database_keep_every_invariant() {
     assert!(report.events as usize >= 200 + 40, "{report:?}");
     let accesses = events
         .iter()
-        .filter(|e| e.event.action == "data.access")
+        .filter(|e| e.event.action == medid::audit::Action::DataAccess)
         .count();
     assert_eq!(
         accesses, 200,

@@ -293,7 +293,7 @@ async fn the_operational_ca_rolls_over_while_every_principal_keeps_working() {
         .audit_events()
         .await
         .into_iter()
-        .filter(|e| e.event.action == "ca.rollover")
+        .filter(|e| e.event.action == medid::audit::Action::CaRollover)
         .collect();
     assert_eq!(rollovers.len(), 1, "one event for the rollover");
     assert_eq!(rollovers[0].event.target, "operational-2");
@@ -399,7 +399,7 @@ async fn the_operational_ca_rolls_over_while_every_principal_keeps_working() {
         assert!(
             events
                 .iter()
-                .any(|e| e.event.action == "crl.sign" && e.event.target == label),
+                .any(|e| e.event.action == medid::audit::Action::CrlSign && e.event.target == label),
             "a crl.sign event for {label}"
         );
     }

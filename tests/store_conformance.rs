@@ -9,7 +9,7 @@
 
 mod common;
 
-use medid::audit::{Actor, AuditEvent};
+use medid::audit::{Action, Actor, AuditEvent};
 use medid::domain::ManufacturerId;
 use medid::issuance::{IssuerId, IssuerName};
 use medid::store::ledger::AuditQuery;
@@ -22,7 +22,7 @@ fn at() -> time::OffsetDateTime {
     time::macros::datetime!(2026-01-01 00:00 UTC)
 }
 
-fn event(action: &str, target: &str) -> AuditEvent {
+fn event(action: Action, target: &str) -> AuditEvent {
     AuditEvent::new(
         at(),
         Actor {
@@ -115,7 +115,10 @@ conformance!(
 );
 
 async fn migrations_apply_once_and_reopening_changes_nothing(db: Db) {
-    db.store.record_event(&event("x.test", "t")).await.unwrap();
+    db.store
+        .record_event(&event(Action::TrustBundle, "t"))
+        .await
+        .unwrap();
     let raw = db.raw().await;
     let applied = |pool: sqlx::AnyPool| async move {
         sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM schema_migrations")
@@ -130,7 +133,10 @@ async fn migrations_apply_once_and_reopening_changes_nothing(db: Db) {
     let again = Store::open_url(&db.url).await.unwrap();
     assert_eq!(applied(raw).await, before);
     assert_eq!(again.tree_size().await.unwrap(), 1);
-    again.record_event(&event("x.test", "u")).await.unwrap();
+    again
+        .record_event(&event(Action::TrustBundle, "u"))
+        .await
+        .unwrap();
     assert_eq!(db.store.tree_size().await.unwrap(), 2);
 }
 
@@ -140,7 +146,7 @@ async fn audit_sequence_numbers_are_gap_free_under_concurrent_writers(db: Db) {
         tokio::spawn(async move {
             let mut seqs = Vec::new();
             for i in 0..25 {
-                let e = event("x.refused", &format!("w{w}/{i}"));
+                let e = event(Action::CertificateStatus, &format!("w{w}/{i}"));
                 seqs.push(store.record_event(&e).await.unwrap());
             }
             seqs
@@ -170,12 +176,15 @@ async fn audit_sequence_numbers_are_gap_free_under_concurrent_writers(db: Db) {
 }
 
 async fn a_batch_of_events_gets_contiguous_sequence_numbers(db: Db) {
-    db.store.record_event(&event("x.first", "t")).await.unwrap();
+    db.store
+        .record_event(&event(Action::TrustBundle, "t"))
+        .await
+        .unwrap();
     let batches = (0..4).map(|b| {
         let store = db.store.clone();
         tokio::spawn(async move {
             let events = (0..300) // over one multi-row INSERT
-                .map(|i| event("data.access", &format!("b{b}/{i}")))
+                .map(|i| event(Action::DataAccess, &format!("b{b}/{i}")))
                 .collect();
             store.append_events(events).await.unwrap()
         })
@@ -198,7 +207,10 @@ async fn a_batch_of_events_gets_contiguous_sequence_numbers(db: Db) {
 }
 
 async fn audit_rows_are_append_only(db: Db) {
-    db.store.record_event(&event("x.test", "t")).await.unwrap();
+    db.store
+        .record_event(&event(Action::TrustBundle, "t"))
+        .await
+        .unwrap();
     // The store offers no way to change or remove an event; its schema refuses one too.
     let raw = db.raw().await;
     let update = sqlx::query("UPDATE audit_events SET outcome = 'failed'")
@@ -289,15 +301,15 @@ async fn a_checkpoint_is_stored_once_per_tree_size(db: Db) {
 
 async fn ledger_filters_read_json_fields(db: Db) {
     let events = vec![
-        event("data.access", "spiffe://t/device/acme/A")
+        event(Action::DataAccess, "spiffe://t/device/acme/A")
             .with("device_uri", "spiffe://t/device/acme/A")
             .with("manufacturer", "acme")
             .with("patient_ref", "Patient/1"),
-        event("data.access", "spiffe://t/device/beta/B")
+        event(Action::DataAccess, "spiffe://t/device/beta/B")
             .with("device_uri", "spiffe://t/device/beta/B")
             .with("manufacturer", "beta")
             .with("patient_ref", "Patient/2"),
-        event("certificate.renew", "spiffe://t/device/acme/A"),
+        event(Action::CertificateRenew, "spiffe://t/device/acme/A"),
     ];
     db.store.append_events(events).await.unwrap();
     let seqs = |q: AuditQuery| {
@@ -328,7 +340,7 @@ async fn ledger_filters_read_json_fields(db: Db) {
     };
     assert_eq!(seqs(manufacturer).await, vec![1, 3]);
     let action = AuditQuery {
-        action: Some("data.access".into()),
+        action: Some(medid::audit::Action::DataAccess),
         from: Some(at()),
         to: Some(at()),
         ..AuditQuery::default()
@@ -345,12 +357,12 @@ async fn manufacturers_are_unique_and_their_creation_is_audited(db: Db) {
         created_at: at(),
     };
     db.store
-        .create_manufacturer(&m, &event("manufacturer.create", "manufacturer/acme"))
+        .create_manufacturer(&m, &event(Action::ManufacturerCreate, "manufacturer/acme"))
         .await
         .unwrap();
     let again = db
         .store
-        .create_manufacturer(&m, &event("manufacturer.create", "manufacturer/acme"))
+        .create_manufacturer(&m, &event(Action::ManufacturerCreate, "manufacturer/acme"))
         .await;
     assert!(matches!(again, Err(Error::AlreadyExists(_))), "{again:?}");
     assert_eq!(db.store.manufacturer(&m.id).await.unwrap(), m);

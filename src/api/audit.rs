@@ -6,6 +6,8 @@ use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Api;
+use crate::audit::action::DataAction;
+use crate::audit::{Action, Outcome};
 use crate::domain::{quote, ManufacturerId};
 use crate::error::Error;
 use crate::proto::{self, audit_service_server::AuditService};
@@ -41,11 +43,11 @@ fn access_input(e: proto::AccessEvent) -> Result<AccessInput, Error> {
         }
     };
     let action = match proto::AccessAction::try_from(e.action) {
-        Ok(proto::AccessAction::Create) => "create",
-        Ok(proto::AccessAction::Read) => "read",
-        Ok(proto::AccessAction::Update) => "update",
-        Ok(proto::AccessAction::Delete) => "delete",
-        Ok(proto::AccessAction::Export) => "export",
+        Ok(proto::AccessAction::Create) => DataAction::Create,
+        Ok(proto::AccessAction::Read) => DataAction::Read,
+        Ok(proto::AccessAction::Update) => DataAction::Update,
+        Ok(proto::AccessAction::Delete) => DataAction::Delete,
+        Ok(proto::AccessAction::Export) => DataAction::Export,
         _ => {
             return Err(Error::InvalidArgument(
                 "action must be create, read, update, delete or export".into(),
@@ -102,14 +104,34 @@ fn audit_query(f: Option<proto::AuditFilter>) -> Result<AuditQuery, Error> {
         .transpose()
     };
     let text = |s: String| (!s.is_empty()).then_some(s);
+    let action = text(f.action)
+        .map(|name| {
+            Action::parse(&name).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "action {} is not an audit action; docs/AUDIT.md lists them",
+                    quote(&name)
+                ))
+            })
+        })
+        .transpose()?;
+    let outcome = text(f.outcome)
+        .map(|name| {
+            Outcome::parse(&name).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "outcome {} is not one of success, refused, denied, failed",
+                    quote(&name)
+                ))
+            })
+        })
+        .transpose()?;
     Ok(AuditQuery {
         from: time(f.from)?,
         to: time(f.to)?,
         device_uri: text(f.device_uri),
         manufacturer: text(f.manufacturer_id),
         actor_uri: text(f.actor_uri),
-        action: text(f.action),
-        outcome: text(f.outcome),
+        action,
+        outcome,
         patient_ref: text(f.patient_ref),
     })
 }
@@ -127,7 +149,7 @@ impl AuditService for Api {
         let input = self
             .parse(
                 &who,
-                "data.access",
+                crate::audit::Action::DataAccess,
                 "device-data",
                 access_input(request.into_inner()),
             )
@@ -164,7 +186,7 @@ impl AuditService for Api {
                     let _ = tx
                         .send(Err(api
                             .ca
-                            .refuse(&who, "data.access", "device-data", err)
+                            .refuse(&who, crate::audit::Action::DataAccess, "device-data", err)
                             .await
                             .into()))
                         .await;
@@ -178,7 +200,7 @@ impl AuditService for Api {
                         let _ = tx
                             .send(Err(api
                                 .ca
-                                .refuse(&who, "data.access", "device-data", e)
+                                .refuse(&who, crate::audit::Action::DataAccess, "device-data", e)
                                 .await
                                 .into()))
                             .await;
@@ -261,7 +283,12 @@ impl AuditService for Api {
         let who = self.caller(&request).await?;
         let req = request.into_inner();
         let query = self
-            .parse(&who, "audit.export", "audit-log", audit_query(req.filter))
+            .parse(
+                &who,
+                crate::audit::Action::AuditExport,
+                "audit-log",
+                audit_query(req.filter),
+            )
             .await?;
         let rx = self.ca.export(&who, query, req.previous_tree_size).await?;
         let lines = tokio_stream::wrappers::ReceiverStream::new(rx).map(|r| {
@@ -286,7 +313,9 @@ impl AuditService for Api {
             };
             Ok((q, after))
         });
-        let (query, after) = self.parse(&who, "audit.query", "audit-log", parsed).await?;
+        let (query, after) = self
+            .parse(&who, crate::audit::Action::AuditQuery, "audit-log", parsed)
+            .await?;
         let page = if req.page_size == 0 {
             100
         } else {

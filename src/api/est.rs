@@ -295,7 +295,9 @@ async fn issue(
     let _permit = match state.limiter.try_acquire(&who.uri) {
         Ok(p) => p,
         Err(e) => {
-            let e = ca.refuse(&who, "request.limit", "service", e).await;
+            let e = ca
+                .refuse(&who, crate::audit::Action::RequestLimit, "service", e)
+                .await;
             return error_response(&e);
         }
     };

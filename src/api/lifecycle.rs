@@ -117,7 +117,12 @@ impl LifecycleService for Api {
             Ok((target, reason))
         })();
         let (target, reason) = self
-            .parse(&who, "certificate.revoke", "revocation", parsed)
+            .parse(
+                &who,
+                crate::audit::Action::CertificateRevoke,
+                "revocation",
+                parsed,
+            )
             .await?;
         let revoked = self.ca.revoke(&who, target, reason).await?;
         Ok(Response::new(proto::RevokeResponse {
@@ -143,7 +148,12 @@ impl LifecycleService for Api {
         let req = request.into_inner();
         let parsed = device_ref(req.device).and_then(|d| Ok((d, reason_of(req.reason)?)));
         let ((m, s), reason) = self
-            .parse(&who, "device.decommission", "device", parsed)
+            .parse(
+                &who,
+                crate::audit::Action::DeviceDecommission,
+                "device",
+                parsed,
+            )
             .await?;
         let device = self.ca.decommission(&who, m, s, reason).await?;
         Ok(Response::new(convert::device(&device)))
@@ -166,7 +176,12 @@ impl LifecycleService for Api {
             Ok((within, m))
         })();
         let (within, m) = self
-            .parse(&who, "certificate.expiring.list", "certificates", parsed)
+            .parse(
+                &who,
+                crate::audit::Action::CertificateExpiringList,
+                "certificates",
+                parsed,
+            )
             .await?;
         let certs = self.ca.list_expiring(&who, within, m).await?;
         Ok(Response::new(proto::ListExpiringResponse {
@@ -184,7 +199,12 @@ impl LifecycleService for Api {
         let who = self.caller(&request).await?;
         let parsed = device_ref(request.into_inner().device);
         let (m, s) = self
-            .parse(&who, "device.rotation.read", "device", parsed)
+            .parse(
+                &who,
+                crate::audit::Action::DeviceRotationRead,
+                "device",
+                parsed,
+            )
             .await?;
         let st = self.ca.rotation_status(&who, m, s.as_str()).await?;
         Ok(Response::new(proto::RotationStatus {
@@ -218,7 +238,12 @@ impl LifecycleService for Api {
             )),
         };
         let query = self
-            .parse(&who, "certificate.status", "certificate", parsed)
+            .parse(
+                &who,
+                crate::audit::Action::CertificateStatus,
+                "certificate",
+                parsed,
+            )
             .await?;
         let answer = self.ca.certificate_status(&who, query).await?;
         let status = match answer.status {
@@ -256,7 +281,9 @@ impl LifecycleService for Api {
         let who = self.caller(&request).await?;
         let req = request.into_inner();
         let parsed = issuer_of(req.issuer, req.issuer_generation);
-        let filter = self.parse(&who, "crl.get", "crl", parsed).await?;
+        let filter = self
+            .parse(&who, crate::audit::Action::CrlGet, "crl", parsed)
+            .await?;
         let (id, crl) = self.ca.crl_for(&who, filter).await?;
         let (issuer, issuer_generation) = proto_issuer(id);
         Ok(Response::new(proto::Crl {
@@ -289,7 +316,9 @@ impl LifecycleService for Api {
                 }),
             })
         })();
-        let t = self.parse(&who, "token.create", "token", parsed).await?;
+        let t = self
+            .parse(&who, crate::audit::Action::TokenCreate, "token", parsed)
+            .await?;
         let (token, expires_at) = self.ca.create_token(&who, t).await?;
         Ok(Response::new(proto::EnrollmentToken {
             token,

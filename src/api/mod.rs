@@ -71,7 +71,7 @@ impl Api {
             Ok(permit) => Ok(Caller(who, permit)),
             Err(e) => Err(self
                 .ca
-                .refuse(&who, "request.limit", "service", e)
+                .refuse(&who, crate::audit::Action::RequestLimit, "service", e)
                 .await
                 .into()),
         }
@@ -81,7 +81,7 @@ impl Api {
     async fn parse<T>(
         &self,
         who: &Principal,
-        action: &str,
+        action: crate::audit::Action,
         target: &str,
         parsed: Result<T, crate::Error>,
     ) -> Result<T, Status> {
@@ -104,7 +104,7 @@ impl AdminService for Api {
         let input = self
             .parse(
                 &who,
-                "manufacturer.create",
+                crate::audit::Action::ManufacturerCreate,
                 &target,
                 convert::new_manufacturer(req),
             )
@@ -134,7 +134,7 @@ impl AdminService for Api {
         let (role, id) = self
             .parse(
                 &who,
-                "principal.issue",
+                crate::audit::Action::PrincipalIssue,
                 &target,
                 convert::principal_role(&req),
             )
@@ -154,7 +154,12 @@ impl EnrollmentService for Api {
         let req = request.into_inner();
         let target = crate::domain::quote(&req.serial);
         let input = self
-            .parse(&who, "device.enroll", &target, convert::enroll_input(req))
+            .parse(
+                &who,
+                crate::audit::Action::DeviceEnroll,
+                &target,
+                convert::enroll_input(req),
+            )
             .await?;
         let (device, issued) = self.ca.enroll_device(&who, input).await?;
         Ok(Response::new(proto::EnrollDeviceResponse {
@@ -176,7 +181,7 @@ impl RegistryService for Api {
         let manufacturer = self
             .parse(
                 &who,
-                "device.read",
+                crate::audit::Action::DeviceRead,
                 &target,
                 ManufacturerId::parse(&req.manufacturer_id),
             )
@@ -192,7 +197,12 @@ impl RegistryService for Api {
         let who = self.caller(&request).await?;
         let req = request.into_inner();
         let query: DeviceQuery = self
-            .parse(&who, "device.list", "devices", convert::device_query(req))
+            .parse(
+                &who,
+                crate::audit::Action::DeviceList,
+                "devices",
+                convert::device_query(req),
+            )
             .await?;
         let (devices, next) = self.ca.list_devices(&who, query).await?;
         Ok(Response::new(proto::ListDevicesResponse {

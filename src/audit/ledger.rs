@@ -60,7 +60,7 @@ pub struct EventFields<'a> {
     pub recorded_at: OffsetDateTime,
     pub actor_uri: &'a str,
     pub actor_role: &'a str,
-    pub action: &'a str,
+    pub action: super::Action,
     pub target: &'a str,
     pub outcome: Outcome,
     pub reason: Option<&'a str>,
@@ -80,7 +80,7 @@ impl<'a> EventFields<'a> {
             recorded_at: e.recorded_at,
             actor_uri: &e.actor.uri,
             actor_role: &e.actor.role,
-            action: &e.action,
+            action: e.action,
             target: &e.target,
             outcome: e.outcome,
             reason: e.reason.as_deref(),
@@ -130,7 +130,7 @@ fn write_canonical_parts(
     out: &mut Vec<u8>,
 ) -> Result<(usize, usize), Error> {
     out.extend_from_slice(b"{\"action\":");
-    jcs::write_string(e.action, out);
+    jcs::write_string(e.action.name(), out);
     out.extend_from_slice(b",\"actor\":{\"role\":");
     jcs::write_string(e.actor_role, out);
     out.extend_from_slice(b",\"uri\":");
@@ -253,7 +253,7 @@ pub fn from_json(v: &Value) -> Option<(i64, AuditEvent)> {
                 uri: actor.get("uri")?.as_str()?.to_owned(),
                 role: actor.get("role")?.as_str()?.to_owned(),
             },
-            action: v.get("action")?.as_str()?.to_owned(),
+            action: super::Action::parse(v.get("action")?.as_str()?)?,
             target: v.get("target")?.as_str()?.to_owned(),
             outcome,
             reason: v.get("reason").and_then(Value::as_str).map(str::to_owned),
@@ -276,7 +276,7 @@ mod tests {
             AuditEvent::new(
                 time::macros::datetime!(2026-11-23 12:00:00 UTC),
                 Actor::system(),
-                "device.enroll",
+                crate::audit::Action::DeviceEnroll,
                 "spiffe://t/device/acme/1",
             )
             .with("serial", "ab"),
@@ -284,7 +284,7 @@ mod tests {
             AuditEvent::new(
                 time::macros::datetime!(2026-11-23 12:00:01 UTC),
                 Actor::system(),
-                "data.access",
+                crate::audit::Action::DataAccess,
                 &marker,
             )
             .with("note", marker.clone())
@@ -311,7 +311,7 @@ mod tests {
         let e = AuditEvent::new(
             time::macros::datetime!(2026-11-23 12:00:00 UTC),
             Actor::system(),
-            "device.enroll",
+            crate::audit::Action::DeviceEnroll,
             "spiffe://t/device/acme/1",
         )
         .with("serial", "ab");
@@ -346,7 +346,7 @@ mod tests {
             let mut event = AuditEvent::new(
                 time::macros::datetime!(2026-11-24 09:00:00 UTC),
                 Actor::system(),
-                "data.access",
+                crate::audit::Action::DataAccess,
                 "spiffe://t/device/acme/1",
             );
             event.detail = map;

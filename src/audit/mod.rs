@@ -4,6 +4,7 @@
 //! Events never carry private keys, tokens or secrets: only identifiers, hashes and reasons.
 //! The tamper-evident Merkle ledger, checkpoints and exports build on these rows.
 
+pub mod action;
 pub mod checkpoint;
 pub mod jcs;
 pub mod ledger;
@@ -16,6 +17,7 @@ use time::OffsetDateTime;
 
 use crate::domain::Principal;
 use crate::error::Error;
+pub use action::Action;
 
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +39,16 @@ impl Outcome {
             Outcome::Denied => "denied",
             Outcome::Failed => "failed",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<Outcome> {
+        Some(match s {
+            "success" => Outcome::Success,
+            "refused" => Outcome::Refused,
+            "denied" => Outcome::Denied,
+            "failed" => Outcome::Failed,
+            _ => return None,
+        })
     }
 }
 
@@ -81,7 +93,7 @@ impl Actor {
 pub struct AuditEvent {
     pub recorded_at: OffsetDateTime,
     pub actor: Actor,
-    pub action: String,
+    pub action: Action,
     pub target: String,
     pub outcome: Outcome,
     pub reason: Option<String>,
@@ -92,13 +104,13 @@ impl AuditEvent {
     pub fn new(
         recorded_at: OffsetDateTime,
         actor: Actor,
-        action: &str,
+        action: Action,
         target: impl Into<String>,
     ) -> Self {
         Self {
             recorded_at,
             actor,
-            action: action.to_owned(),
+            action,
             target: target.into(),
             outcome: Outcome::Success,
             reason: None,

@@ -4,6 +4,7 @@
 
 use serde_json::{json, Value};
 
+use super::action::{Action, Coding, DataAction, DCM, MEDID_ACTIONS};
 use super::{AuditEvent, Outcome};
 
 pub const CSV_HEADER: &str = "seq,recorded_at,actor_uri,actor_role,action,target,outcome,reason,\
@@ -35,7 +36,7 @@ pub fn csv_row(seq: i64, e: &AuditEvent, leaf_hash: &str) -> String {
         recorded,
         e.actor.uri.clone(),
         e.actor.role.clone(),
-        e.action.clone(),
+        e.action.name().to_owned(),
         e.target.clone(),
         e.outcome.as_str().to_owned(),
         e.reason.clone().unwrap_or_default(),
@@ -53,10 +54,12 @@ pub fn csv_row(seq: i64, e: &AuditEvent, leaf_hash: &str) -> String {
     .join(",")
 }
 
-const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
-
 fn coding(system: &str, code: &str, display: &str) -> Value {
     json!({"system": system, "code": code, "display": display})
+}
+
+fn coded(c: Coding) -> Value {
+    coding(c.system, c.code, c.display)
 }
 
 /// FHIR has no empty strings: an element whose value would be `""` is left out.
@@ -108,17 +111,11 @@ pub fn fhir_audit_event(seq: i64, e: &AuditEvent, observer: &str) -> Value {
         put(&mut event, "outcomeDesc", reason);
     }
     // A refused report accessed nothing: it is rendered as the refusal it is, below.
-    match e.action.as_str() {
-        "data.access" if e.outcome == Outcome::Success => {
+    match e.action {
+        Action::DataAccess if e.outcome == Outcome::Success => {
             // IHE BALP: a client (the gateway) read device data on behalf of a user.
-            let access = detail(e, "access_action");
-            let (action, interaction) = match access.as_str() {
-                "create" => ("C", "create"),
-                "update" => ("U", "update"),
-                "delete" => ("D", "delete"),
-                "export" => ("R", "read"),
-                _ => ("R", "read"),
-            };
+            let access = DataAction::parse(&detail(e, "access_action")).unwrap_or(DataAction::Read);
+            let (interaction, action) = access.fhir();
             event["type"] = coding(
                 "http://terminology.hl7.org/CodeSystem/audit-event-type",
                 "rest",
@@ -129,7 +126,7 @@ pub fn fhir_audit_event(seq: i64, e: &AuditEvent, observer: &str) -> Value {
                 interaction,
                 interaction
             )]);
-            event["action"] = action.into();
+            event["action"] = action.code().into();
             let purpose = detail(e, "purpose_of_use");
             if !purpose.is_empty() {
                 event["purposeOfEvent"] = json!([{"coding": [coding("http://terminology.hl7.org/CodeSystem/v3-ActReason", &purpose, &purpose)]}]);
@@ -190,31 +187,12 @@ pub fn fhir_audit_event(seq: i64, e: &AuditEvent, observer: &str) -> Value {
             event["entity"] = Value::Array(entities);
         }
         action => {
-            let (ty, act) = match action {
-                "audit.export" => (coding(DCM, "110106", "Export"), "R"),
-                "audit.query" | "audit.checkpoint.read" | "audit.proof.read" => {
-                    (coding(DCM, "110101", "Audit Log Used"), "R")
-                }
-                "auth.authenticate" => (coding(DCM, "110114", "User Authentication"), "E"),
-                _ if e.outcome != Outcome::Success => {
-                    (coding(DCM, "110113", "Security Alert"), "E")
-                }
-                other => (
-                    coding(
-                        "https://medid.dev/fhir/CodeSystem/audit-action",
-                        other,
-                        other,
-                    ),
-                    "E",
-                ),
-            };
-            event["type"] = ty;
-            event["action"] = act.into();
-            event["subtype"] = json!([coding(
-                "https://medid.dev/fhir/CodeSystem/audit-action",
-                action,
-                action
-            )]);
+            let fhir = action.fhir();
+            event["type"] = coded(fhir.event_type);
+            event["action"] = fhir.action.code().into();
+            let mut subtypes: Vec<Value> = fhir.subtype.into_iter().map(coded).collect();
+            subtypes.push(coding(MEDID_ACTIONS, action.name(), action.name()));
+            event["subtype"] = Value::Array(subtypes);
             event["agent"] = json!([agent(
                 &e.actor.uri,
                 &e.actor.role,
@@ -252,7 +230,7 @@ mod tests {
         let e = AuditEvent::new(
             time::macros::datetime!(2026-11-23 12:00:00 UTC),
             super::super::Actor::system(),
-            "data.access",
+            crate::audit::Action::DataAccess,
             "spiffe://t/device/acme/1",
         )
         .with("access_action", "read")
@@ -294,12 +272,17 @@ mod tests {
         let bare = AuditEvent::new(
             at,
             super::super::Actor::system(),
-            "data.access",
+            crate::audit::Action::DataAccess,
             "spiffe://t/device/acme/1",
         )
         .with("user_id", "nurse-1");
-        let refused = AuditEvent::new(at, super::super::Actor::system(), "data.access", "")
-            .refused(&crate::error::Error::PermissionDenied(String::new()));
+        let refused = AuditEvent::new(
+            at,
+            super::super::Actor::system(),
+            crate::audit::Action::DataAccess,
+            "",
+        )
+        .refused(&crate::error::Error::PermissionDenied(String::new()));
         for e in [&bare, &refused] {
             let v = fhir_audit_event(1, e, "medid.local/audit");
             let mut empty = Vec::new();

@@ -649,7 +649,7 @@ mod tests {
                 let e = AuditEvent::new(
                     time::macros::datetime!(2026-11-24 12:00:00 UTC),
                     Actor::system(),
-                    "data.access",
+                    crate::audit::Action::DataAccess,
                     format!("spiffe://t/device/acme/{seq}"),
                 )
                 .with("note", "tab\there, quote \" and ünïcödé");

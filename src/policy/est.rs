@@ -24,10 +24,10 @@ pub enum EstOperation {
 impl EstOperation {
     /// The audit action a request of this kind is recorded under: the same as the gRPC path
     /// that issues the same certificate.
-    pub fn audit_action(self, who: &Principal) -> &'static str {
+    pub fn audit_action(self, who: &Principal) -> crate::audit::Action {
         match (self, who.role) {
-            (EstOperation::SimpleEnroll, Role::Station) => "device.enroll",
-            _ => "certificate.renew",
+            (EstOperation::SimpleEnroll, Role::Station) => crate::audit::Action::DeviceEnroll,
+            _ => crate::audit::Action::CertificateRenew,
         }
     }
 }

@@ -48,22 +48,23 @@ pub enum Action<'a> {
 }
 
 impl Action<'_> {
-    /// The name recorded in audit events.
-    pub fn name(&self) -> &'static str {
+    /// The kind of audit event this action records.
+    pub fn audit(&self) -> crate::audit::Action {
+        use crate::audit::Action as A;
         match self {
-            Action::CreateManufacturer => "manufacturer.create",
-            Action::ListManufacturers => "manufacturer.list",
-            Action::IssuePrincipalCertificate => "principal.issue",
-            Action::EnrollDevice { .. } => "device.enroll",
-            Action::ReadDevices { .. } => "device.read",
-            Action::ListDevices => "device.list",
-            Action::ReadRotation { .. } => "device.rotation.read",
-            Action::ListExpiring => "certificate.expiring.list",
-            Action::CertificateStatus => "certificate.status",
-            Action::TrustBundle => "trust.bundle",
-            Action::GetCrl => "crl.get",
-            Action::CreateToken { .. } => "token.create",
-            Action::Decommission { .. } => "device.decommission",
+            Action::CreateManufacturer => A::ManufacturerCreate,
+            Action::ListManufacturers => A::ManufacturerList,
+            Action::IssuePrincipalCertificate => A::PrincipalIssue,
+            Action::EnrollDevice { .. } => A::DeviceEnroll,
+            Action::ReadDevices { .. } => A::DeviceRead,
+            Action::ListDevices => A::DeviceList,
+            Action::ReadRotation { .. } => A::DeviceRotationRead,
+            Action::ListExpiring => A::CertificateExpiringList,
+            Action::CertificateStatus => A::CertificateStatus,
+            Action::TrustBundle => A::TrustBundle,
+            Action::GetCrl => A::CrlGet,
+            Action::CreateToken { .. } => A::TokenCreate,
+            Action::Decommission { .. } => A::DeviceDecommission,
         }
     }
 }
@@ -135,7 +136,7 @@ fn denial(who: &Principal, action: Action<'_>) -> Error {
         "{} ({}) may not {}{scope}",
         who.uri,
         who.role,
-        action.name()
+        action.audit()
     ))
 }
 

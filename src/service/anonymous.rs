@@ -73,7 +73,7 @@ impl AnonymousReason {
 }
 
 /// The aggregate events' action name.
-pub const AGGREGATE_ACTION: &str = "auth.refused.aggregate";
+pub const AGGREGATE_ACTION: crate::audit::Action = crate::audit::Action::AuthRefusedAggregate;
 
 /// Limits for unauthenticated refusals (docs/CONFIGURATION.md).
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -60,7 +60,9 @@ impl Ca {
             Ok(m) => m,
             Err(err) => {
                 let target = quote(input.serial.as_str());
-                return Err(self.refuse(who, "device.enroll", &target, err).await);
+                return Err(self
+                    .refuse(who, crate::audit::Action::DeviceEnroll, &target, err)
+                    .await);
             }
         };
         let action = Action::EnrollDevice {
@@ -105,7 +107,7 @@ impl Ca {
             }
         };
         let input = self
-            .audited_as(&actor, "device.enroll", "token", input)
+            .audited_as(&actor, crate::audit::Action::DeviceEnroll, "token", input)
             .await?;
         let target = quote(input.serial.as_str());
         let t = &record;
@@ -126,7 +128,7 @@ impl Ca {
             ManufacturerId::parse(&t.manufacturer_id)
         };
         let manufacturer = self
-            .audited_as(&actor, "device.enroll", &target, checked)
+            .audited_as(&actor, crate::audit::Action::DeviceEnroll, &target, checked)
             .await?;
         self.enroll(&actor, manufacturer, input, Some(hash), Ok(()))
             .await
@@ -140,7 +142,7 @@ impl Ca {
         token_sha256: Option<String>,
         authorized: Result<(), Error>,
     ) -> Result<(DeviceRecord, Issued), Error> {
-        let action = "device.enroll";
+        let action = crate::audit::Action::DeviceEnroll;
         let subject_uri = self
             .profiles
             .trust_domain
@@ -223,7 +225,7 @@ impl Ca {
                 Err(e) => Err(e),
             }
         };
-        self.audited(who, action.name(), &target, checks.await)
+        self.audited(who, action.audit(), &target, checks.await)
             .await?;
         let mut secret = [0u8; 32];
         SystemRandom::new()
@@ -244,7 +246,7 @@ impl Ca {
             used_at: None,
         };
         let event = self
-            .event(who, action.name(), &target)
+            .event(who, action.audit(), &target)
             .with("token_id", token_actor(&hash).uri)
             .with("expires_at", record.expires_at.unix_timestamp());
         self.store.create_token(&record, &event).await?;

@@ -119,7 +119,7 @@ impl Ca {
         let event = AuditEvent::new(
             self.clock.now(),
             Actor::system(),
-            "service.certificate.adopt",
+            crate::audit::Action::ServiceCertificateAdopt,
             subject_uri,
         )
         .with("profile", profile.as_str())
@@ -144,7 +144,7 @@ impl Ca {
         key: &ServiceKey,
         profile: Profile,
         subject_uri: String,
-        action: &str,
+        action: crate::audit::Action,
         replaces: Option<String>,
     ) -> Result<(super::Issued, Vec<crate::issuance::IssuerId>), Error> {
         let new = NewCertificate {
@@ -202,7 +202,7 @@ impl Ca {
                 &key,
                 Profile::Server,
                 subject,
-                "service.certificate.renew",
+                crate::audit::Action::ServiceCertificateRenew,
                 active.then(|| disk.serial.clone()),
             )
             .await?;
@@ -284,7 +284,7 @@ impl Ca {
                     &key,
                     Profile::OcspResponder,
                     subject,
-                    "ocsp.responder.issue",
+                    crate::audit::Action::OcspResponderIssue,
                     replaces,
                 )
                 .await?;

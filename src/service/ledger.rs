@@ -69,7 +69,7 @@ pub struct AccessInput {
     pub user_id: Option<String>,
     pub user_role: Option<String>,
     /// create, read, update, delete, export.
-    pub action: &'static str,
+    pub action: crate::audit::action::DataAction,
     pub data_category: String,
     /// Opaque; PHI: goes into the ledger only.
     pub patient_ref: Option<String>,
@@ -129,7 +129,7 @@ impl Ca {
         who: &Principal,
         inputs: Vec<AccessInput>,
     ) -> Result<Vec<(i64, bool)>, Error> {
-        let action = "data.access";
+        let action = crate::audit::Action::DataAccess;
         if who.role != Role::Gateway {
             let err = Error::PermissionDenied(format!(
                 "{} ({}) may not {action}: only gateways report device-data access",
@@ -170,7 +170,7 @@ impl Ca {
             devices.insert(key, device.clone());
             let decommissioned = device.state == DeviceState::Decommissioned;
             let mut e = AuditEvent::new(now, Actor::of(who), action, &device.uri)
-                .with("access_action", input.action)
+                .with("access_action", input.action.name())
                 .with("data_category", input.data_category)
                 .with("purpose_of_use", input.purpose_of_use)
                 .with("access_outcome", input.outcome_code)
@@ -242,8 +242,8 @@ impl Ca {
         let known = self.latest_known_checkpoint().await?;
         if let Some((cp, _)) = &known {
             if cp.size > size {
-                return Err(Error::Internal(format!(
-                    "audit log integrity: a signed checkpoint covers {} events but the log has {size}",
+                return Err(Error::Integrity(format!(
+                    "audit log: a signed checkpoint covers {} events but the log has {size}",
                     cp.size
                 )));
             }
@@ -325,8 +325,8 @@ impl Ca {
             .await?;
         if let Some((prev, _)) = known {
             if prefix_root != Some(prev.root) {
-                return Err(Error::Internal(format!(
-                    "audit log integrity: the first {} events no longer match their signed checkpoint",
+                return Err(Error::Integrity(format!(
+                    "audit log: the first {} events no longer match their signed checkpoint",
                     prev.size
                 )));
             }
@@ -360,7 +360,7 @@ impl Ca {
     pub async fn signed_checkpoint(&self, who: &Principal) -> Result<(Checkpoint, String), Error> {
         self.audited(
             who,
-            "audit.checkpoint.read",
+            crate::audit::Action::AuditCheckpointRead,
             "audit-log",
             self.may_read_ledger(who),
         )
@@ -383,8 +383,13 @@ impl Ca {
                 Ok(())
             }
         });
-        self.audited(who, "audit.proof.read", "audit-log", checks)
-            .await?;
+        self.audited(
+            who,
+            crate::audit::Action::AuditProofRead,
+            "audit-log",
+            checks,
+        )
+        .await?;
         let size = self.store.tree_size().await?;
         if tree_size > size {
             return Err(Error::InvalidArgument(format!(
@@ -428,8 +433,13 @@ impl Ca {
                 Ok(())
             }
         });
-        self.audited(who, "audit.proof.read", "audit-log", checks)
-            .await?;
+        self.audited(
+            who,
+            crate::audit::Action::AuditProofRead,
+            "audit-log",
+            checks,
+        )
+        .await?;
         if new > self.store.tree_size().await? {
             return Err(Error::InvalidArgument("new_size is beyond the log".into()));
         }
@@ -444,7 +454,7 @@ impl Ca {
             .ok_or_else(|| Error::Internal("consistency proof: the log ended early".into()))
     }
 
-    fn auditor_only(&self, who: &Principal, action: &str) -> Result<(), Error> {
+    fn auditor_only(&self, who: &Principal, action: crate::audit::Action) -> Result<(), Error> {
         if who.role == Role::Auditor {
             Ok(())
         } else {
@@ -464,7 +474,7 @@ impl Ca {
         query: AuditQuery,
         previous_size: u64,
     ) -> Result<mpsc::Receiver<Result<String, Error>>, Error> {
-        let action = "audit.export";
+        let action = crate::audit::Action::AuditExport;
         self.audited(who, action, "audit-log", self.auditor_only(who, action))
             .await?;
         let filter = filter_json(&query);
@@ -474,23 +484,20 @@ impl Ca {
         self.store.record_event(&event).await?;
         let (cp, note) = match self.checkpoint_now().await {
             Ok(c) => c,
-            Err(Error::Internal(msg)) if msg.starts_with("audit log integrity") => {
+            Err(damage @ Error::Integrity(_)) => {
                 // Export what is there under the last trustworthy checkpoint, so the verifier
                 // names the damage; and raise the alarm in the log itself.
-                tracing::error!(detail = %msg, "audit log integrity check failed");
-                let alert = AuditEvent::new(
+                tracing::error!(detail = %damage, "audit log integrity check failed");
+                let mut alert = AuditEvent::new(
                     self.clock.now(),
                     Actor::system(),
-                    "audit.integrity",
+                    crate::audit::Action::AuditIntegrity,
                     "audit-log",
                 )
-                .with("detail", msg.clone());
-                let mut alert = alert;
+                .with("detail", damage.to_string());
                 alert.outcome = crate::audit::Outcome::Failed;
                 self.store.record_event(&alert).await?;
-                self.latest_known_checkpoint()
-                    .await?
-                    .ok_or(Error::Internal(msg))?
+                self.latest_known_checkpoint().await?.ok_or(damage)?
             }
             Err(e) => return Err(e),
         };
@@ -608,7 +615,7 @@ impl Ca {
         after: i64,
         page_size: u32,
     ) -> Result<(Vec<Value>, Option<i64>), Error> {
-        let action = "audit.query";
+        let action = crate::audit::Action::AuditQuery;
         self.audited(who, action, "audit-log", self.auditor_only(who, action))
             .await?;
         let event = AuditEvent::new(self.clock.now(), Actor::of(who), action, "audit-log")
@@ -639,7 +646,7 @@ fn filter_json(q: &AuditQuery) -> Value {
     let t = |t: Option<OffsetDateTime>| t.and_then(|t| ledger::rfc3339(t).ok());
     json!({"from": t(q.from), "to": t(q.to), "device_uri": q.device_uri,
            "manufacturer": q.manufacturer, "actor_uri": q.actor_uri, "action": q.action,
-           "outcome": q.outcome,
+           "outcome": q.outcome.map(crate::audit::Outcome::as_str),
            // The patient reference is PHI: the export event records that one was used, not it.
            "patient_ref": q.patient_ref.as_ref().map(|_| "(given)")})
 }

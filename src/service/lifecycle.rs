@@ -60,7 +60,7 @@ impl Ca {
     /// Issues an operational certificate to a device (or a fresh certificate to a gateway),
     /// authenticated by its birth or current certificate (docs/ROTATION.md).
     pub async fn renew(&self, who: &Principal, csr: &[u8]) -> Result<Issued, Error> {
-        let action = "certificate.renew";
+        let action = crate::audit::Action::CertificateRenew;
         let step1 = async {
             // Step 1: who renews, for what; the CSR; the profile. A revoked or expired caller
             // never gets here: authentication refused it.
@@ -146,7 +146,7 @@ impl Ca {
         target: RevokeTarget,
         reason: Option<RevocationReason>,
     ) -> Result<Vec<(IssuerId, String)>, Error> {
-        let action = "certificate.revoke";
+        let action = crate::audit::Action::CertificateRevoke;
         let label = match &target {
             RevokeTarget::Certificate { serial, .. } => format!("certificate/{}", quote(serial)),
             RevokeTarget::Device {
@@ -228,7 +228,7 @@ impl Ca {
         id: &PrincipalId,
         reason: Option<RevocationReason>,
     ) -> Result<Vec<(IssuerId, String)>, Error> {
-        let action = "principal.evict";
+        let action = crate::audit::Action::PrincipalEvict;
         let uri = self.profiles.trust_domain.principal_uri(role, id);
         let decide = async {
             authorize_eviction(who, &uri)?;
@@ -322,10 +322,10 @@ impl Ca {
                 .collect::<Vec<_>>())
         };
         let open = self
-            .audited(who, action.name(), &label, decide.await)
+            .audited(who, action.audit(), &label, decide.await)
             .await?;
         let event = self
-            .event(who, action.name(), &label)
+            .event(who, action.audit(), &label)
             .with("reason", reason.map(RevocationReason::name));
         let revoked = self
             .store
@@ -376,7 +376,12 @@ impl Ca {
             self.store.device(&manufacturer, serial).await
         };
         let device = self
-            .audited(who, "device.rotation.read", &target, read.await)
+            .audited(
+                who,
+                crate::audit::Action::DeviceRotationRead,
+                &target,
+                read.await,
+            )
             .await?;
         let certs = self.store.certificates_of(&device.uri).await?;
         Ok(rotation(device, certs, self.clock.now()))
@@ -399,7 +404,7 @@ impl Ca {
                 Ok(())
             }
         });
-        self.audited(who, action.name(), "certificates", checked)
+        self.audited(who, action.audit(), "certificates", checked)
             .await?;
         self.store
             .expiring(self.clock.now() + within, manufacturer.as_ref(), 10_000)

@@ -29,7 +29,7 @@ use time::{Duration, OffsetDateTime};
 
 use anonymous::AnonymousReason;
 
-use crate::audit::{Actor, AuditEvent};
+use crate::audit::{Action as AuditAction, Actor, AuditEvent};
 use crate::clock::Clock;
 use crate::domain::{
     quote, CertState, DeviceSerial, ManufacturerId, Model, Principal, PrincipalId, PrincipalRole,
@@ -126,25 +126,42 @@ impl Ca {
         Ok(m)
     }
 
-    fn event(&self, who: &Principal, action: &str, target: impl Into<String>) -> AuditEvent {
+    fn event(&self, who: &Principal, action: AuditAction, target: impl Into<String>) -> AuditEvent {
         self.actor_event(&Actor::of(who), action, target)
     }
 
-    fn actor_event(&self, actor: &Actor, action: &str, target: impl Into<String>) -> AuditEvent {
+    fn actor_event(
+        &self,
+        actor: &Actor,
+        action: AuditAction,
+        target: impl Into<String>,
+    ) -> AuditEvent {
         AuditEvent::new(self.clock.now(), actor.clone(), action, target)
     }
 
     /// Records the refusal of a request and hands the error back. The refusal itself changes
     /// nothing, so a failure to write its event is logged and the refusal still stands.
-    pub async fn refuse(&self, who: &Principal, action: &str, target: &str, err: Error) -> Error {
+    pub async fn refuse(
+        &self,
+        who: &Principal,
+        action: AuditAction,
+        target: &str,
+        err: Error,
+    ) -> Error {
         self.refuse_as(&Actor::of(who), action, target, err).await
     }
 
     /// [`Ca::refuse`] for an actor that is not an authenticated principal (a token holder).
-    pub async fn refuse_as(&self, actor: &Actor, action: &str, target: &str, err: Error) -> Error {
+    pub async fn refuse_as(
+        &self,
+        actor: &Actor,
+        action: AuditAction,
+        target: &str,
+        err: Error,
+    ) -> Error {
         let event = self.actor_event(actor, action, target).refused(&err);
         if let Err(audit_err) = self.store.record_event(&event).await {
-            tracing::error!(error = %audit_err, action, "could not record refusal event");
+            tracing::error!(error = %audit_err, %action, "could not record refusal event");
         }
         err
     }
@@ -152,7 +169,7 @@ impl Ca {
     async fn audited<T>(
         &self,
         who: &Principal,
-        action: &str,
+        action: AuditAction,
         target: &str,
         result: Result<T, Error>,
     ) -> Result<T, Error> {
@@ -163,7 +180,7 @@ impl Ca {
     async fn audited_as<T>(
         &self,
         actor: &Actor,
-        action: &str,
+        action: AuditAction,
         target: &str,
         result: Result<T, Error>,
     ) -> Result<T, Error> {
@@ -290,7 +307,7 @@ impl Ca {
     ) -> Result<ManufacturerRecord, Error> {
         let action = Action::CreateManufacturer;
         let target = format!("manufacturer/{}", m.id);
-        self.audited(who, action.name(), &target, policy::authorize(who, action))
+        self.audited(who, action.audit(), &target, policy::authorize(who, action))
             .await?;
         let record = ManufacturerRecord {
             id: m.id,
@@ -303,11 +320,11 @@ impl Ca {
             created_at: self.clock.now(),
         };
         let event = self
-            .event(who, action.name(), &target)
+            .event(who, action.audit(), &target)
             .with("display_name", record.display_name.clone())
             .with("allowed_models", record.allowed_models.clone());
         let created = self.store.create_manufacturer(&record, &event).await;
-        self.audited(who, action.name(), &target, created).await?;
+        self.audited(who, action.audit(), &target, created).await?;
         Ok(record)
     }
 
@@ -318,7 +335,7 @@ impl Ca {
         let action = Action::ListManufacturers;
         self.audited(
             who,
-            action.name(),
+            action.audit(),
             "manufacturers",
             policy::authorize(who, action),
         )
@@ -356,7 +373,7 @@ impl Ca {
             Ok((template, csr.spki_sha256))
         };
         let (template, spki) = self
-            .audited(who, action.name(), &subject_uri, step1.await)
+            .audited(who, action.audit(), &subject_uri, step1.await)
             .await?;
         let manufacturer = match &role {
             PrincipalRole::Station(m) => Some(m.clone()),
@@ -380,7 +397,7 @@ impl Ca {
             manufacturer,
         };
         let (issued, _) = self
-            .run_cycle(&Actor::of(who), action.name(), new, completion)
+            .run_cycle(&Actor::of(who), action.audit(), new, completion)
             .await?;
         Ok(issued)
     }
@@ -401,7 +418,7 @@ impl Ca {
     async fn run_cycle(
         &self,
         actor: &Actor,
-        action: &str,
+        action: AuditAction,
         new: NewCertificate,
         completion: Completion,
     ) -> Result<(Issued, Recorded), Error> {
@@ -481,7 +498,7 @@ impl Ca {
             manufacturer: &manufacturer,
         };
         let target = format!("device/{manufacturer}/{}", quote(serial));
-        self.audited(who, action.name(), &target, policy::authorize(who, action))
+        self.audited(who, action.audit(), &target, policy::authorize(who, action))
             .await?;
         self.store.device(&manufacturer, serial).await
     }
@@ -493,7 +510,7 @@ impl Ca {
     ) -> Result<(Vec<DeviceRecord>, Option<String>), Error> {
         let scope = policy::device_list_scope(who, query.manufacturer.take());
         query.manufacturer = self
-            .audited(who, Action::ListDevices.name(), "devices", scope)
+            .audited(who, Action::ListDevices.audit(), "devices", scope)
             .await?;
         self.store.devices(&query).await
     }
@@ -565,7 +582,12 @@ impl Ca {
         if missing.is_empty() {
             return self.record_rollovers().await;
         }
-        let mut event = AuditEvent::new(self.clock.now(), Actor::system(), "pki.bind", "pki");
+        let mut event = AuditEvent::new(
+            self.clock.now(),
+            Actor::system(),
+            crate::audit::Action::PkiBind,
+            "pki",
+        );
         for f in &missing {
             event = event.with(f.part.as_str(), format!("sha256:{}", f.sha256));
         }

@@ -193,7 +193,7 @@ impl Ca {
                 }
             }
         });
-        let id = self.audited(who, action.name(), &target, chosen).await?;
+        let id = self.audited(who, action.audit(), &target, chosen).await?;
         Ok((id, self.current_crl(id).await?))
     }
 
@@ -201,7 +201,7 @@ impl Ca {
         let action = Action::TrustBundle;
         self.audited(
             who,
-            action.name(),
+            action.audit(),
             "trust-bundle",
             policy::authorize(who, action),
         )
@@ -237,7 +237,7 @@ impl Ca {
         let action = Action::CertificateStatus;
         self.audited(
             who,
-            action.name(),
+            action.audit(),
             "certificate",
             policy::authorize(who, action),
         )

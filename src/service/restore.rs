@@ -103,15 +103,19 @@ impl Ca {
                     now,
                     |r| {
                         let target = r.subject_uri.as_deref().unwrap_or(UNRECORDED_SUBJECT);
-                        let mut event =
-                            AuditEvent::new(now, Actor::system(), "certificate.revoke", target)
-                                .with("issuer", issuer.label())
-                                .with("serial", r.serial.clone())
-                                .with(
-                                    "reason",
-                                    r.reason.map(|r| r.name()).unwrap_or("unspecified"),
-                                )
-                                .with("recovered_from", format!("published {source}"));
+                        let mut event = AuditEvent::new(
+                            now,
+                            Actor::system(),
+                            crate::audit::Action::CertificateRevoke,
+                            target,
+                        )
+                        .with("issuer", issuer.label())
+                        .with("serial", r.serial.clone())
+                        .with(
+                            "reason",
+                            r.reason.map(|r| r.name()).unwrap_or("unspecified"),
+                        )
+                        .with("recovered_from", format!("published {source}"));
                         if r.subject_uri.is_none() {
                             event = event.with(
                                 "note",

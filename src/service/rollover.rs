@@ -49,12 +49,16 @@ impl Ca {
             };
             let id = IssuerId { name, generation };
             let info = self.authority.issuer_cert(id)?;
-            let event =
-                AuditEvent::new(self.clock.now(), Actor::system(), "ca.rollover", id.label())
-                    .with("issuer", id.label())
-                    .with("generation", i64::from(generation))
-                    .with("certificate_sha256", fingerprint.sha256.clone())
-                    .with("not_after", info.not_after.unix_timestamp());
+            let event = AuditEvent::new(
+                self.clock.now(),
+                Actor::system(),
+                crate::audit::Action::CaRollover,
+                id.label(),
+            )
+            .with("issuer", id.label())
+            .with("generation", i64::from(generation))
+            .with("certificate_sha256", fingerprint.sha256.clone())
+            .with("not_after", info.not_after.unix_timestamp());
             if self
                 .store
                 .bind_pki(std::slice::from_ref(&fingerprint), &event)

@@ -4,7 +4,7 @@ use serde_json::{Map, Value};
 
 use super::sql::{self, Arg, Tx};
 use super::{from_unix, to_unix, Store};
-use crate::audit::{Actor, AuditEvent, Outcome, StoredEvent};
+use crate::audit::{Action, Actor, AuditEvent, Outcome, StoredEvent};
 use crate::error::Error;
 
 /// An event ready to append: sealed ([`crate::audit::ledger::seal`]) on the caller's thread,
@@ -32,7 +32,7 @@ impl Ready {
         let parts = [
             event.actor.uri.as_str(),
             &event.actor.role,
-            &event.action,
+            event.action.name(),
             &event.target,
             reason,
             &detail,
@@ -196,19 +196,14 @@ impl Store {
 }
 
 /// The outcome column's value (the schema's CHECK allows only these four).
-pub(crate) fn outcome(column: &str) -> Outcome {
-    match column {
-        "success" => Outcome::Success,
-        "refused" => Outcome::Refused,
-        "denied" => Outcome::Denied,
-        _ => Outcome::Failed,
-    }
+pub(crate) fn outcome(column: &str) -> Result<Outcome, Error> {
+    super::decode(column, "audit outcome", Outcome::parse)
 }
 
 /// A stored event from a row whose first columns are seq, recorded_at, actor_uri, actor_role,
 /// action, target, outcome, reason, detail.
 pub(crate) fn decode_row(row: &super::sql::Row) -> Result<StoredEvent, Error> {
-    let outcome = outcome(row.text(6)?);
+    let outcome = outcome(row.text(6)?)?;
     let detail: Map<String, Value> = serde_json::from_str(row.text(8)?)
         .map_err(|e| Error::internal("decoding audit detail", e))?;
     Ok(StoredEvent {
@@ -219,7 +214,7 @@ pub(crate) fn decode_row(row: &super::sql::Row) -> Result<StoredEvent, Error> {
                 uri: row.text(2)?.to_owned(),
                 role: row.text(3)?.to_owned(),
             },
-            action: row.text(4)?.to_owned(),
+            action: super::decode(row.text(4)?, "audit action", Action::parse)?,
             target: row.text(5)?.to_owned(),
             outcome,
             reason: row.opt_text(7)?.map(str::to_owned),
@@ -238,7 +233,7 @@ mod tests {
         let base = AuditEvent::new(
             time::macros::datetime!(2026-11-24 08:00:00 UTC),
             Actor::system(),
-            "data.access",
+            crate::audit::Action::DataAccess,
             "spiffe://t/device/acme/ü-1",
         )
         .with("note", "quote \" and \u{1F600}");
@@ -252,7 +247,7 @@ mod tests {
             let r = Ready::new(&e).unwrap();
             assert_eq!(r.part(0), e.actor.uri);
             assert_eq!(r.part(1), e.actor.role);
-            assert_eq!(r.part(2), e.action);
+            assert_eq!(r.part(2), e.action.name());
             assert_eq!(r.part(3), e.target);
             // No reason and an empty reason stay apart.
             assert_eq!(r.reason(), e.reason.as_deref());

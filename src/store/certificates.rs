@@ -320,7 +320,7 @@ async fn supersede_others(
         let event = AuditEvent::new(
             recorded_at,
             Actor::system(),
-            "certificate.revoke",
+            crate::audit::Action::CertificateRevoke,
             subject_uri,
         )
         .with("issuer", row.text(0)?)
@@ -404,7 +404,7 @@ async fn complete(
                 let event = AuditEvent::new(
                     recorded_at,
                     Actor::system(),
-                    "certificate.revoke",
+                    crate::audit::Action::CertificateRevoke,
                     subject_uri,
                 )
                 .with("issuer", issuer.label())

@@ -7,7 +7,7 @@ use super::sql::{Arg, RowRef};
 use super::{audit, from_unix, to_unix, Store};
 use crate::audit::ledger::{Detail, EventFields};
 use crate::audit::merkle::Hash;
-use crate::audit::{Actor, AuditEvent, Outcome};
+use crate::audit::{Action, Actor, AuditEvent, Outcome};
 use crate::error::Error;
 
 /// Which events an export or query wants. Empty fields match everything.
@@ -18,8 +18,8 @@ pub struct AuditQuery {
     pub device_uri: Option<String>,
     pub manufacturer: Option<String>,
     pub actor_uri: Option<String>,
-    pub action: Option<String>,
-    pub outcome: Option<String>,
+    pub action: Option<Action>,
+    pub outcome: Option<Outcome>,
     pub patient_ref: Option<String>,
 }
 
@@ -37,7 +37,7 @@ pub struct LedgerEntry {
     pub seq: i64,
     pub recorded_at: OffsetDateTime,
     pub actor: Actor,
-    pub action: String,
+    pub action: Action,
     pub target: String,
     pub outcome: Outcome,
     pub reason: Option<String>,
@@ -51,7 +51,7 @@ impl LedgerEntry {
         Ok(AuditEvent {
             recorded_at: self.recorded_at,
             actor: self.actor.clone(),
-            action: self.action.clone(),
+            action: self.action,
             target: self.target.clone(),
             outcome: self.outcome,
             reason: self.reason.clone(),
@@ -127,13 +127,13 @@ impl Store {
             }
             for &(seq, hash) in &page {
                 if seq != count as i64 + 1 {
-                    return Err(Error::Internal(format!(
-                        "audit log integrity: sequence {} is missing",
+                    return Err(Error::Integrity(format!(
+                        "audit log: sequence {} is missing",
                         count + 1
                     )));
                 }
                 let hash = hash.ok_or_else(|| {
-                    Error::Internal(format!("audit log integrity: bad leaf hash at {seq}"))
+                    Error::Integrity(format!("audit log: bad leaf hash at {seq}"))
                 })?;
                 count += 1;
                 each(count, hash);
@@ -144,8 +144,8 @@ impl Store {
             tokio::task::yield_now().await;
         }
         if count != size {
-            return Err(Error::Internal(format!(
-                "audit log integrity: {count} events where {size} were expected"
+            return Err(Error::Integrity(format!(
+                "audit log: {count} events where {size} were expected"
             )));
         }
         Ok(())
@@ -238,7 +238,7 @@ impl Store {
                     uri: fields.actor_uri.to_owned(),
                     role: fields.actor_role.to_owned(),
                 },
-                action: fields.action.to_owned(),
+                action: fields.action,
                 target: fields.target.to_owned(),
                 outcome: fields.outcome,
                 reason: fields.reason.map(str::to_owned),
@@ -295,9 +295,9 @@ impl Store {
                 recorded_at: from_unix(row.int(1)?)?,
                 actor_uri: row.text(2)?,
                 actor_role: row.text(3)?,
-                action: row.text(4)?,
+                action: super::decode(row.text(4)?, "audit action", Action::parse)?,
                 target: row.text(5)?,
-                outcome: audit::outcome(row.text(6)?),
+                outcome: audit::outcome(row.text(6)?)?,
                 reason: row.opt_text(7)?,
                 detail: Detail::Stored(row.text(8)?),
             };
@@ -324,10 +324,10 @@ impl Store {
                     Arg::from(&q.manufacturer),
                     Arg::from(&q.actor_uri),
                     Arg::from(&q.actor_uri),
-                    Arg::from(&q.action),
-                    Arg::from(&q.action),
-                    Arg::from(&q.outcome),
-                    Arg::from(&q.outcome),
+                    Arg::from(q.action.map(Action::name)),
+                    Arg::from(q.action.map(Action::name)),
+                    Arg::from(q.outcome.map(Outcome::as_str)),
+                    Arg::from(q.outcome.map(Outcome::as_str)),
                     Arg::from(&q.patient_ref),
                     Arg::from(&q.patient_ref),
                     Arg::Int(limit),

@@ -278,15 +278,20 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         // Publishing is a state change: one event per CRL, in the same transaction.
-        let event = AuditEvent::new(now, Actor::system(), "crl.sign", issuer.label())
-            .with("number", number)
-            .with("this_update", to_unix(this_update))
-            .with("next_update", to_unix(next_update))
-            .with("entries", entries.len() as i64)
-            .with(
-                "crl_sha256",
-                crate::domain::hex(ring::digest::digest(&ring::digest::SHA256, &der).as_ref()),
-            );
+        let event = AuditEvent::new(
+            now,
+            Actor::system(),
+            crate::audit::Action::CrlSign,
+            issuer.label(),
+        )
+        .with("number", number)
+        .with("this_update", to_unix(this_update))
+        .with("next_update", to_unix(next_update))
+        .with("entries", entries.len() as i64)
+        .with(
+            "crl_sha256",
+            crate::domain::hex(ring::digest::digest(&ring::digest::SHA256, &der).as_ref()),
+        );
         audit::append(&mut SqlxTx(&mut *tx), &event).await?;
         tx.commit().await?;
         Ok(CrlRecord {

@@ -133,7 +133,7 @@ pub(crate) fn decode<T>(
     parse: fn(&str) -> Option<T>,
 ) -> Result<T, Error> {
     parse(text)
-        .ok_or_else(|| Error::Internal(format!("the store holds an unknown {column} {text:?}")))
+        .ok_or_else(|| Error::Integrity(format!("the store holds an unknown {column} {text:?}")))
 }
 
 /// A database URL with any password replaced, for messages and logs.
