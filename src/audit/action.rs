@@ -245,6 +245,29 @@ impl Action {
         )
     }
 
+    /// Whether a success is recorded. Reads of public material and of metadata that holds no
+    /// patient data (listings, statuses, CRLs, checkpoints, proofs) are recorded only when
+    /// refused, so that a gateway polling a CRL does not grow the ledger; device-data access,
+    /// exports, searches and every change are recorded either way.
+    pub fn audited_on_success(self) -> bool {
+        !matches!(
+            self,
+            Action::ManufacturerList
+                | Action::DeviceRead
+                | Action::DeviceList
+                | Action::DeviceRotationRead
+                | Action::CertificateStatus
+                | Action::CertificateExpiringList
+                | Action::TrustBundle
+                | Action::CrlGet
+                | Action::AuditCheckpointRead
+                | Action::AuditProofRead
+                | Action::RequestLimit
+                | Action::AuthRefusedAggregate
+                | Action::AuditIntegrity
+        )
+    }
+
     /// The FHIR coding of this action. Device-data access has its own IHE BALP rendering
     /// (RESTful operation); this is what the rendering uses for everything else, and for a
     /// refused access report, which accessed nothing.

@@ -374,28 +374,28 @@ impl Ca {
         seq: i64,
         tree_size: u64,
     ) -> Result<(Hash, Vec<Hash>), Error> {
-        let checks = self.may_read_ledger(who).and_then(|_| {
+        let checks = async {
+            self.may_read_ledger(who)?;
             if seq < 1 || tree_size < seq as u64 {
-                Err(Error::InvalidArgument(format!(
+                return Err(Error::InvalidArgument(format!(
                     "seq must be 1..=tree_size (got seq {seq}, tree_size {tree_size})"
-                )))
-            } else {
-                Ok(())
+                )));
             }
-        });
+            let size = self.store.tree_size().await?;
+            if tree_size > size {
+                return Err(Error::InvalidArgument(format!(
+                    "tree_size {tree_size} is beyond the log, which has {size} events"
+                )));
+            }
+            Ok(())
+        };
         self.audited(
             who,
             crate::audit::Action::AuditProofRead,
             "audit-log",
-            checks,
+            checks.await,
         )
         .await?;
-        let size = self.store.tree_size().await?;
-        if tree_size > size {
-            return Err(Error::InvalidArgument(format!(
-                "the log has only {size} events"
-            )));
-        }
         // Streamed: the proof's subtree roots are folded as the leaves go past, so memory
         // stays flat however long the log is (the time is still one pass over it).
         let index = (seq - 1) as usize;
@@ -424,25 +424,28 @@ impl Ca {
         old: u64,
         new: u64,
     ) -> Result<Vec<Hash>, Error> {
-        let checks = self.may_read_ledger(who).and_then(|_| {
+        let checks = async {
+            self.may_read_ledger(who)?;
             if old == 0 || old > new {
-                Err(Error::InvalidArgument(format!(
+                return Err(Error::InvalidArgument(format!(
                     "need 1 <= old_size <= new_size (got {old}, {new})"
-                )))
-            } else {
-                Ok(())
+                )));
             }
-        });
+            let size = self.store.tree_size().await?;
+            if new > size {
+                return Err(Error::InvalidArgument(format!(
+                    "new_size {new} is beyond the log, which has {size} events"
+                )));
+            }
+            Ok(())
+        };
         self.audited(
             who,
             crate::audit::Action::AuditProofRead,
             "audit-log",
-            checks,
+            checks.await,
         )
         .await?;
-        if new > self.store.tree_size().await? {
-            return Err(Error::InvalidArgument("new_size is beyond the log".into()));
-        }
         let ranges = merkle::consistency_ranges(old as usize, new as usize)
             .ok_or_else(|| Error::Internal("consistency proof out of range".into()))?;
         let mut folder = merkle::ProofFolder::new(ranges);
@@ -475,8 +478,17 @@ impl Ca {
         previous_size: u64,
     ) -> Result<mpsc::Receiver<Result<String, Error>>, Error> {
         let action = crate::audit::Action::AuditExport;
-        self.audited(who, action, "audit-log", self.auditor_only(who, action))
-            .await?;
+        let checks = async {
+            self.auditor_only(who, action)?;
+            let size = self.store.tree_size().await?;
+            if previous_size > size {
+                return Err(Error::InvalidArgument(format!(
+                    "previous_tree_size {previous_size} is beyond the log, which has {size} events"
+                )));
+            }
+            Ok(())
+        };
+        self.audited(who, action, "audit-log", checks.await).await?;
         let filter = filter_json(&query);
         let event = AuditEvent::new(self.clock.now(), Actor::of(who), action, "audit-log")
             .with("filter", filter.clone())
