@@ -117,7 +117,7 @@ fn access_event() -> AuditEvent {
             role: "gateway".into(),
         },
         medid::audit::Action::DataAccess,
-        "spiffe://hospital.example/device/acme/PUMP-0001",
+        medid::audit::Target::uri("spiffe://hospital.example/device/acme/PUMP-0001"),
     )
     .with("access_action", "R")
     .with("data_category", "vital-signs")

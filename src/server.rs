@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use crate::api::conn::{ConnectionLimits, Gate, TrackRequests};
 use crate::api::listen::{self, Security};
 use crate::api::{tls, Api};
-use crate::audit::{Actor, AuditEvent};
+use crate::audit::{Actor, AuditEvent, Target};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::{PrincipalRole, Role, TrustDomain};
@@ -322,7 +322,7 @@ async fn adopt_bootstrap_admin(ca: &Ca, files: &PkiFiles) -> Result<(), Error> {
         ca.clock.now(),
         Actor::system(),
         crate::audit::Action::PrincipalBootstrap,
-        &subject_uri,
+        Target::uri(&subject_uri),
     )
     .with("serial", adopted.serial.clone())
     .with(

@@ -68,7 +68,7 @@ async fn an_expired_certificate_is_unauthenticated() {
     let last = &events.last().unwrap().event;
     assert_eq!(last.action, medid::audit::Action::AuthRefusedAggregate);
     assert_eq!(last.outcome, Outcome::Denied);
-    assert_eq!(last.target, "source/127.0.0.1");
+    assert_eq!(last.target, "urn:medid:source:127.0.0.1");
     assert_eq!(last.detail["reason_code"], "inactive-certificate");
     assert_eq!(last.detail["count"], 1);
 }

@@ -168,7 +168,7 @@ fn every_kind_of_event_and_outcome_renders_as_a_valid_fhir_audit_event() {
                     at,
                     actor,
                     action,
-                    "spiffe://hospital.example/device/acme/PUMP-1",
+                    medid::audit::Target::uri("spiffe://hospital.example/device/acme/PUMP-1"),
                 );
                 e.outcome = outcome;
                 if outcome != Outcome::Success {
@@ -189,7 +189,7 @@ fn every_kind_of_event_and_outcome_renders_as_a_valid_fhir_audit_event() {
                     role: "gateway".into(),
                 },
                 Action::DataAccess,
-                "spiffe://hospital.example/device/acme/PUMP-1",
+                medid::audit::Target::uri("spiffe://hospital.example/device/acme/PUMP-1"),
             )
             .with("access_action", access.name())
             .with("data_category", "vital-signs")
@@ -574,6 +574,13 @@ async fn every_event_the_service_writes_is_valid_fhir() {
     }
 
     for (_, e) in &events {
+        // One target form per entity: a URI, never a bare label or a quoted value.
+        assert!(
+            e.target.starts_with("spiffe://medid.local/") || e.target.starts_with("urn:medid:"),
+            "target {} of {e:?}",
+            e.target
+        );
+        assert!(!e.target.contains(['"', ' ']), "{e:?}");
         assert!(
             e.outcome != Outcome::Success || e.action.audited_on_success(),
             "{} is recorded only when refused: {e:?}",

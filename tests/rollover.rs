@@ -296,7 +296,7 @@ async fn the_operational_ca_rolls_over_while_every_principal_keeps_working() {
         .filter(|e| e.event.action == medid::audit::Action::CaRollover)
         .collect();
     assert_eq!(rollovers.len(), 1, "one event for the rollover");
-    assert_eq!(rollovers[0].event.target, "operational-2");
+    assert_eq!(rollovers[0].event.target, "urn:medid:ca:operational-2");
     // The warning ends; the older generation is reported as previous, with its end.
     let m = ca_metrics(&server, work);
     assert_eq!(
@@ -399,7 +399,8 @@ async fn the_operational_ca_rolls_over_while_every_principal_keeps_working() {
         assert!(
             events
                 .iter()
-                .any(|e| e.event.action == medid::audit::Action::CrlSign && e.event.target == label),
+                .any(|e| e.event.action == medid::audit::Action::CrlSign
+                    && e.event.target == format!("urn:medid:ca:{label}")),
             "a crl.sign event for {label}"
         );
     }

@@ -30,7 +30,7 @@ fn event(action: Action, target: &str) -> AuditEvent {
             role: "gateway".into(),
         },
         action,
-        target,
+        medid::audit::Target::uri(target),
     )
 }
 

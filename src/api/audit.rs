@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::Api;
 use crate::audit::action::DataAction;
-use crate::audit::{Action, Outcome};
+use crate::audit::{Action, Outcome, Target};
 use crate::domain::{quote, ManufacturerId};
 use crate::error::Error;
 use crate::proto::{self, audit_service_server::AuditService};
@@ -136,6 +136,17 @@ fn audit_query(f: Option<proto::AuditFilter>) -> Result<AuditQuery, Error> {
     })
 }
 
+impl Api {
+    /// The audit target of a reported access: the device it names, parsed or not.
+    fn access_target(&self, e: &proto::AccessEvent) -> Target {
+        match (&e.device, e.device_uri.as_str()) {
+            (Some(d), _) => Target::device(self.td(), &d.manufacturer_id, &d.serial),
+            (None, "") => Target::devices(),
+            (None, uri) => Target::device_uri(self.td(), uri),
+        }
+    }
+}
+
 type LineStream = Pin<Box<dyn Stream<Item = Result<proto::BundleLine, Status>> + Send>>;
 type AckStream = Pin<Box<dyn Stream<Item = Result<proto::AccessBatchAck, Status>> + Send>>;
 
@@ -146,12 +157,14 @@ impl AuditService for Api {
         request: Request<proto::AccessEvent>,
     ) -> Result<Response<proto::AccessReceipt>, Status> {
         let who = self.caller(&request).await?;
+        let event = request.into_inner();
+        let target = self.access_target(&event);
         let input = self
             .parse(
                 &who,
                 crate::audit::Action::DataAccess,
-                "device-data",
-                access_input(request.into_inner()),
+                &target,
+                access_input(event),
             )
             .await?;
         let done = self.ca.record_access(&who, vec![input]).await?;
@@ -186,7 +199,12 @@ impl AuditService for Api {
                     let _ = tx
                         .send(Err(api
                             .ca
-                            .refuse(&who, crate::audit::Action::DataAccess, "device-data", err)
+                            .refuse(
+                                &who,
+                                crate::audit::Action::DataAccess,
+                                &Target::devices(),
+                                err,
+                            )
                             .await
                             .into()))
                         .await;
@@ -200,7 +218,12 @@ impl AuditService for Api {
                         let _ = tx
                             .send(Err(api
                                 .ca
-                                .refuse(&who, crate::audit::Action::DataAccess, "device-data", e)
+                                .refuse(
+                                    &who,
+                                    crate::audit::Action::DataAccess,
+                                    &Target::devices(),
+                                    e,
+                                )
                                 .await
                                 .into()))
                             .await;
@@ -286,7 +309,7 @@ impl AuditService for Api {
             .parse(
                 &who,
                 crate::audit::Action::AuditExport,
-                "audit-log",
+                &Target::ledger(),
                 audit_query(req.filter),
             )
             .await?;
@@ -314,7 +337,12 @@ impl AuditService for Api {
             Ok((q, after))
         });
         let (query, after) = self
-            .parse(&who, crate::audit::Action::AuditQuery, "audit-log", parsed)
+            .parse(
+                &who,
+                crate::audit::Action::AuditQuery,
+                &Target::ledger(),
+                parsed,
+            )
             .await?;
         let page = if req.page_size == 0 {
             100

@@ -43,6 +43,25 @@ pub fn principal_role(
     principal_of(req.role, &req.id, &req.manufacturer_id)
 }
 
+/// The audit target of a principal named by role, id and (stations) manufacturer, whether or
+/// not they parse.
+pub fn principal_target(
+    td: &crate::domain::TrustDomain,
+    role: i32,
+    id: &str,
+    manufacturer_id: &str,
+) -> crate::audit::Target {
+    use crate::audit::Target;
+    use proto::PrincipalRole as R;
+    match R::try_from(role) {
+        Ok(R::Admin) => Target::principal(td, &PrincipalRole::Admin, id),
+        Ok(R::Gateway) => Target::principal(td, &PrincipalRole::Gateway, id),
+        Ok(R::Auditor) => Target::principal(td, &PrincipalRole::Auditor, id),
+        Ok(R::ManufacturerStation) => Target::station(td, manufacturer_id, id),
+        Ok(R::Unspecified) | Err(_) => Target::unknown_principal(id),
+    }
+}
+
 /// A principal named by its role, id and (stations only) manufacturer.
 pub fn principal_of(
     role: i32,

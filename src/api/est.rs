@@ -29,6 +29,7 @@ use http_body_util::BodyExt;
 
 use super::conn::ConnInfo;
 use super::limits::PrincipalLimiter;
+use crate::audit::Target;
 use crate::der::{self, tag};
 use crate::error::Error;
 use crate::policy::est::{EstLabel, EstOperation, EstProfile};
@@ -296,7 +297,12 @@ async fn issue(
         Ok(p) => p,
         Err(e) => {
             let e = ca
-                .refuse(&who, crate::audit::Action::RequestLimit, "service", e)
+                .refuse(
+                    &who,
+                    crate::audit::Action::RequestLimit,
+                    &Target::service(),
+                    e,
+                )
                 .await;
             return error_response(&e);
         }
@@ -306,7 +312,7 @@ async fn issue(
         Some((_, Some(l))) => Some(l),
         Some((name, None)) => {
             let err = Error::NotFound(unknown_label(state, name));
-            return error_response(&ca.refuse(&who, action, &who.uri, err).await);
+            return error_response(&ca.refuse(&who, action, &Target::uri(&who.uri), err).await);
         }
     };
     let media = media_type(headers);
@@ -320,7 +326,12 @@ async fn issue(
             }
         );
         let err = ca
-            .refuse(&who, action, &who.uri, Error::InvalidArgument(why))
+            .refuse(
+                &who,
+                action,
+                &Target::uri(&who.uri),
+                Error::InvalidArgument(why),
+            )
             .await;
         return text(StatusCode::UNSUPPORTED_MEDIA_TYPE, err.to_string());
     }
@@ -328,14 +339,19 @@ async fn issue(
         Ok(b) => b,
         Err((status, why)) => {
             let err = ca
-                .refuse(&who, action, &who.uri, Error::InvalidArgument(why))
+                .refuse(
+                    &who,
+                    action,
+                    &Target::uri(&who.uri),
+                    Error::InvalidArgument(why),
+                )
                 .await;
             return text(status, err.to_string());
         }
     };
     let csr = match decode_base64_body(&bytes) {
         Ok(der) => der,
-        Err(e) => return error_response(&ca.refuse(&who, action, &who.uri, e).await),
+        Err(e) => return error_response(&ca.refuse(&who, action, &Target::uri(&who.uri), e).await),
     };
     match ca.est_enroll(&who, peer_der, op, label, csr).await {
         Ok(issued) => base64_response(

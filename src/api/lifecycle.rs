@@ -3,6 +3,7 @@
 use tonic::{Request, Response, Status};
 
 use super::{convert, Api};
+use crate::audit::Target;
 use crate::domain::{quote, DeviceSerial, ManufacturerId, RevocationReason};
 use crate::error::Error;
 use crate::issuance::ocsp::CertStatus;
@@ -22,6 +23,16 @@ fn issuer_of(i: i32, generation: u32) -> Result<IssuerFilter, Error> {
         name,
         generation: (generation != 0).then_some(generation),
     })
+}
+
+impl Api {
+    /// The audit target of a device named in a request, parsed or not.
+    fn device_target(&self, d: Option<&proto::DeviceRef>) -> Target {
+        match d {
+            Some(d) => Target::device(self.td(), &d.manufacturer_id, &d.serial),
+            None => Target::devices(),
+        }
+    }
 }
 
 fn proto_issuer(i: IssuerId) -> (i32, u32) {
@@ -82,6 +93,16 @@ impl LifecycleService for Api {
     ) -> Result<Response<proto::RevokeResponse>, Status> {
         let who = self.caller(&request).await?;
         let req = request.into_inner();
+        let audit_target = match &req.target {
+            Some(proto::revoke_request::Target::Certificate(c)) => Target::certificate(&c.serial),
+            Some(proto::revoke_request::Target::Device(d)) => {
+                Target::device(self.td(), &d.manufacturer_id, &d.serial)
+            }
+            Some(proto::revoke_request::Target::Principal(p)) => {
+                convert::principal_target(self.td(), p.role, &p.id, &p.manufacturer_id)
+            }
+            None => Target::certificates(),
+        };
         let parsed = (|| {
             let reason = reason_of(req.reason)?;
             let target = match req.target {
@@ -120,7 +141,7 @@ impl LifecycleService for Api {
             .parse(
                 &who,
                 crate::audit::Action::CertificateRevoke,
-                "revocation",
+                &audit_target,
                 parsed,
             )
             .await?;
@@ -146,12 +167,13 @@ impl LifecycleService for Api {
     ) -> Result<Response<proto::Device>, Status> {
         let who = self.caller(&request).await?;
         let req = request.into_inner();
+        let target = self.device_target(req.device.as_ref());
         let parsed = device_ref(req.device).and_then(|d| Ok((d, reason_of(req.reason)?)));
         let ((m, s), reason) = self
             .parse(
                 &who,
                 crate::audit::Action::DeviceDecommission,
-                "device",
+                &target,
                 parsed,
             )
             .await?;
@@ -179,7 +201,7 @@ impl LifecycleService for Api {
             .parse(
                 &who,
                 crate::audit::Action::CertificateExpiringList,
-                "certificates",
+                &Target::certificates(),
                 parsed,
             )
             .await?;
@@ -197,13 +219,14 @@ impl LifecycleService for Api {
         request: Request<proto::GetRotationStatusRequest>,
     ) -> Result<Response<proto::RotationStatus>, Status> {
         let who = self.caller(&request).await?;
-        let parsed = device_ref(request.into_inner().device);
+        let device = request.into_inner().device;
+        let target = self.device_target(device.as_ref());
         let (m, s) = self
             .parse(
                 &who,
                 crate::audit::Action::DeviceRotationRead,
-                "device",
-                parsed,
+                &target,
+                device_ref(device),
             )
             .await?;
         let st = self.ca.rotation_status(&who, m, s.as_str()).await?;
@@ -221,7 +244,14 @@ impl LifecycleService for Api {
         request: Request<proto::GetCertificateStatusRequest>,
     ) -> Result<Response<proto::CertificateStatus>, Status> {
         let who = self.caller(&request).await?;
-        let parsed = match request.into_inner().certificate {
+        let certificate = request.into_inner().certificate;
+        let target = match &certificate {
+            Some(proto::get_certificate_status_request::Certificate::Serial(c)) => {
+                Target::certificate(&c.serial)
+            }
+            _ => Target::certificates(),
+        };
+        let parsed = match certificate {
             Some(proto::get_certificate_status_request::Certificate::Serial(c)) => {
                 issuer_of(c.issuer, c.issuer_generation).map(|issuer| {
                     CertificateStatusQuery::Serial {
@@ -241,7 +271,7 @@ impl LifecycleService for Api {
             .parse(
                 &who,
                 crate::audit::Action::CertificateStatus,
-                "certificate",
+                &target,
                 parsed,
             )
             .await?;
@@ -282,7 +312,12 @@ impl LifecycleService for Api {
         let req = request.into_inner();
         let parsed = issuer_of(req.issuer, req.issuer_generation);
         let filter = self
-            .parse(&who, crate::audit::Action::CrlGet, "crl", parsed)
+            .parse(
+                &who,
+                crate::audit::Action::CrlGet,
+                &Target::ca(&format!("issuer-{}", req.issuer)),
+                parsed,
+            )
             .await?;
         let (id, crl) = self.ca.crl_for(&who, filter).await?;
         let (issuer, issuer_generation) = proto_issuer(id);
@@ -302,6 +337,7 @@ impl LifecycleService for Api {
     ) -> Result<Response<proto::EnrollmentToken>, Status> {
         let who = self.caller(&request).await?;
         let req = request.into_inner();
+        let target = Target::device(self.td(), &req.manufacturer_id, &req.serial);
         let parsed = (|| {
             Ok(NewToken {
                 manufacturer: ManufacturerId::parse(&req.manufacturer_id)?,
@@ -317,7 +353,7 @@ impl LifecycleService for Api {
             })
         })();
         let t = self
-            .parse(&who, crate::audit::Action::TokenCreate, "token", parsed)
+            .parse(&who, crate::audit::Action::TokenCreate, &target, parsed)
             .await?;
         let (token, expires_at) = self.ca.create_token(&who, t).await?;
         Ok(Response::new(proto::EnrollmentToken {

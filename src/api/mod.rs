@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use crate::audit::Target;
 use crate::domain::{ManufacturerId, Principal};
 use crate::proto::{
     self, admin_service_server::AdminService, enrollment_service_server::EnrollmentService,
@@ -62,6 +63,10 @@ impl Api {
         Self { ca, limiter }
     }
 
+    pub(crate) fn td(&self) -> &crate::domain::TrustDomain {
+        &self.ca.profiles.trust_domain
+    }
+
     /// The caller's principal, from the leaf certificate of its TLS session, holding one of its
     /// concurrency permits for as long as the returned value lives.
     async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
@@ -71,7 +76,12 @@ impl Api {
             Ok(permit) => Ok(Caller(who, permit)),
             Err(e) => Err(self
                 .ca
-                .refuse(&who, crate::audit::Action::RequestLimit, "service", e)
+                .refuse(
+                    &who,
+                    crate::audit::Action::RequestLimit,
+                    &Target::service(),
+                    e,
+                )
                 .await
                 .into()),
         }
@@ -82,7 +92,7 @@ impl Api {
         &self,
         who: &Principal,
         action: crate::audit::Action,
-        target: &str,
+        target: &Target,
         parsed: Result<T, crate::Error>,
     ) -> Result<T, Status> {
         match parsed {
@@ -100,7 +110,7 @@ impl AdminService for Api {
     ) -> Result<Response<proto::Manufacturer>, Status> {
         let who = self.caller(&request).await?;
         let req = request.into_inner();
-        let target = format!("manufacturer/{}", crate::domain::quote(&req.id));
+        let target = Target::manufacturer(self.td(), &req.id);
         let input = self
             .parse(
                 &who,
@@ -130,7 +140,7 @@ impl AdminService for Api {
     ) -> Result<Response<proto::IssuedCertificate>, Status> {
         let who = self.caller(&request).await?;
         let req = request.into_inner();
-        let target = format!("principal/{}", crate::domain::quote(&req.id));
+        let target = convert::principal_target(self.td(), req.role, &req.id, &req.manufacturer_id);
         let (role, id) = self
             .parse(
                 &who,
@@ -152,7 +162,11 @@ impl EnrollmentService for Api {
     ) -> Result<Response<proto::EnrollDeviceResponse>, Status> {
         let who = self.caller(&request).await?;
         let req = request.into_inner();
-        let target = crate::domain::quote(&req.serial);
+        let target = Target::device(
+            self.td(),
+            who.manufacturer.as_ref().map_or("", |m| m.as_str()),
+            &req.serial,
+        );
         let input = self
             .parse(
                 &who,
@@ -177,7 +191,7 @@ impl RegistryService for Api {
     ) -> Result<Response<proto::Device>, Status> {
         let who = self.caller(&request).await?;
         let req = request.into_inner();
-        let target = format!("device/{}", crate::domain::quote(&req.manufacturer_id));
+        let target = Target::device(self.td(), &req.manufacturer_id, &req.serial);
         let manufacturer = self
             .parse(
                 &who,
@@ -200,7 +214,7 @@ impl RegistryService for Api {
             .parse(
                 &who,
                 crate::audit::Action::DeviceList,
-                "devices",
+                &Target::devices(),
                 convert::device_query(req),
             )
             .await?;

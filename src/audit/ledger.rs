@@ -277,7 +277,7 @@ mod tests {
                 time::macros::datetime!(2026-11-23 12:00:00 UTC),
                 Actor::system(),
                 crate::audit::Action::DeviceEnroll,
-                "spiffe://t/device/acme/1",
+                crate::audit::Target::uri("spiffe://t/device/acme/1"),
             )
             .with("serial", "ab"),
             // Details and a target that spell a top-level seq member, as text and nested.
@@ -285,7 +285,7 @@ mod tests {
                 time::macros::datetime!(2026-11-23 12:00:01 UTC),
                 Actor::system(),
                 crate::audit::Action::DataAccess,
-                &marker,
+                crate::audit::Target::uri(&marker),
             )
             .with("note", marker.clone())
             .with("nested", Value::Object(nested)),
@@ -312,7 +312,7 @@ mod tests {
             time::macros::datetime!(2026-11-23 12:00:00 UTC),
             Actor::system(),
             crate::audit::Action::DeviceEnroll,
-            "spiffe://t/device/acme/1",
+            crate::audit::Target::uri("spiffe://t/device/acme/1"),
         )
         .with("serial", "ab");
         let base = leaf(7, &e).unwrap();
@@ -347,7 +347,7 @@ mod tests {
                 time::macros::datetime!(2026-11-24 09:00:00 UTC),
                 Actor::system(),
                 crate::audit::Action::DataAccess,
-                "spiffe://t/device/acme/1",
+                crate::audit::Target::uri("spiffe://t/device/acme/1"),
             );
             event.detail = map;
             let from_map = export_line(5, &EventFields::of(&event), "00", None).unwrap();

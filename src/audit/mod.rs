@@ -10,6 +10,7 @@ pub mod jcs;
 pub mod ledger;
 pub mod merkle;
 pub mod render;
+pub mod target;
 pub mod verify;
 
 use serde_json::{Map, Value};
@@ -18,6 +19,7 @@ use time::OffsetDateTime;
 use crate::domain::Principal;
 use crate::error::Error;
 pub use action::Action;
+pub use target::Target;
 
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,17 +103,12 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
-    pub fn new(
-        recorded_at: OffsetDateTime,
-        actor: Actor,
-        action: Action,
-        target: impl Into<String>,
-    ) -> Self {
+    pub fn new(recorded_at: OffsetDateTime, actor: Actor, action: Action, target: Target) -> Self {
         Self {
             recorded_at,
             actor,
             action,
-            target: target.into(),
+            target: target.into_string(),
             outcome: Outcome::Success,
             reason: None,
             detail: Map::new(),

@@ -231,7 +231,7 @@ mod tests {
             time::macros::datetime!(2026-11-23 12:00:00 UTC),
             super::super::Actor::system(),
             crate::audit::Action::DataAccess,
-            "spiffe://t/device/acme/1",
+            crate::audit::Target::uri("spiffe://t/device/acme/1"),
         )
         .with("access_action", "read")
         .with("purpose_of_use", "TREAT")
@@ -273,14 +273,14 @@ mod tests {
             at,
             super::super::Actor::system(),
             crate::audit::Action::DataAccess,
-            "spiffe://t/device/acme/1",
+            crate::audit::Target::uri("spiffe://t/device/acme/1"),
         )
         .with("user_id", "nurse-1");
         let refused = AuditEvent::new(
             at,
             super::super::Actor::system(),
             crate::audit::Action::DataAccess,
-            "",
+            crate::audit::Target::uri(""),
         )
         .refused(&crate::error::Error::PermissionDenied(String::new()));
         for e in [&bare, &refused] {

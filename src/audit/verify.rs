@@ -650,7 +650,7 @@ mod tests {
                     time::macros::datetime!(2026-11-24 12:00:00 UTC),
                     Actor::system(),
                     crate::audit::Action::DataAccess,
-                    format!("spiffe://t/device/acme/{seq}"),
+                    crate::audit::Target::uri(&format!("spiffe://t/device/acme/{seq}")),
                 )
                 .with("note", "tab\there, quote \" and ünïcödé");
                 (seq, ledger::leaf(seq, &e).unwrap(), e)

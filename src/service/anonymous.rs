@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use time::OffsetDateTime;
 
-use crate::audit::{Actor, AuditEvent, Outcome};
+use crate::audit::{Actor, AuditEvent, Outcome, Target};
 
 /// Why an unauthenticated request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -226,12 +226,11 @@ fn aggregate_event(
     reason: AnonymousReason,
     tally: Tally,
 ) -> AuditEvent {
-    let source = source.map_or_else(|| "other".to_owned(), |ip| ip.to_string());
     let mut event = AuditEvent::new(
         now,
         Actor::unidentified(None),
         AGGREGATE_ACTION,
-        format!("source/{source}"),
+        Target::source(source),
     )
     .with("reason_code", reason.name())
     .with("count", tally.count)
@@ -288,7 +287,9 @@ mod tests {
             counts,
             vec![("no-certificate".into(), 3), ("rate-limited".into(), 7)]
         );
-        assert!(events.iter().all(|e| e.target == "source/127.0.0.2"));
+        assert!(events
+            .iter()
+            .all(|e| e.target == "urn:medid:source:127.0.0.2"));
         assert!(a.take_events(now).is_empty());
     }
 
@@ -308,10 +309,10 @@ mod tests {
         assert_eq!(
             targets,
             vec![
-                ("source/other", 4),
-                ("source/127.0.0.2", 1),
-                ("source/127.0.0.2", 1),
-                ("source/127.0.0.3", 1),
+                ("urn:medid:source:other", 4),
+                ("urn:medid:source:127.0.0.2", 1),
+                ("urn:medid:source:127.0.0.2", 1),
+                ("urn:medid:source:127.0.0.3", 1),
             ]
         );
     }

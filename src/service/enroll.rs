@@ -6,7 +6,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use time::{Duration, OffsetDateTime};
 
 use super::{Ca, Issued};
-use crate::audit::Actor;
+use crate::audit::{Actor, Target};
 use crate::domain::{quote, DeviceSerial, Gtin14, ManufacturerId, Model, Principal, Role};
 use crate::error::Error;
 use crate::policy::{self, profile::BirthSubject, Action};
@@ -59,7 +59,10 @@ impl Ca {
         let manufacturer = match policy::enrollment_scope(who) {
             Ok(m) => m,
             Err(err) => {
-                let target = quote(input.serial.as_str());
+                let target = self.device_target(
+                    who.manufacturer.as_ref().map_or("", |m| m.as_str()),
+                    input.serial.as_str(),
+                );
                 return Err(self
                     .refuse(who, crate::audit::Action::DeviceEnroll, &target, err)
                     .await);
@@ -106,14 +109,21 @@ impl Ca {
                 return Err(self.refuse_anonymous(source, reason, spent()));
             }
         };
+        let token_device = self.device_target(&record.manufacturer_id, &record.serial);
         let input = self
-            .audited_as(&actor, crate::audit::Action::DeviceEnroll, "token", input)
+            .audited_as(
+                &actor,
+                crate::audit::Action::DeviceEnroll,
+                &token_device,
+                input,
+            )
             .await?;
-        let target = quote(input.serial.as_str());
+        let target = self.device_target(&record.manufacturer_id, input.serial.as_str());
         let t = &record;
         let checked = if t.serial != input.serial.as_str() {
             Err(Error::PermissionDenied(format!(
-                "the enrollment token is for another serial, not {target}"
+                "the enrollment token is for another serial, not {}",
+                quote(input.serial.as_str())
             )))
         } else if t
             .model
@@ -169,7 +179,7 @@ impl Ca {
             Ok((template, csr))
         };
         let (template, csr) = self
-            .audited_as(actor, action, &subject_uri, step1.await)
+            .audited_as(actor, action, &Target::uri(&subject_uri), step1.await)
             .await?;
         let new = NewCertificate {
             template,
@@ -206,7 +216,7 @@ impl Ca {
         let action = Action::CreateToken {
             manufacturer: &t.manufacturer,
         };
-        let target = format!("device/{}/{}", t.manufacturer, quote(t.serial.as_str()));
+        let target = self.device_target(t.manufacturer.as_str(), t.serial.as_str());
         let checks = async {
             policy::authorize(who, action)?;
             if t.ttl <= Duration::ZERO || t.ttl > MAX_TOKEN_TTL {
@@ -246,7 +256,7 @@ impl Ca {
             used_at: None,
         };
         let event = self
-            .event(who, action.audit(), &target)
+            .event(who, action.audit(), target)
             .with("token_id", token_actor(&hash).uri)
             .with("expires_at", record.expires_at.unix_timestamp());
         self.store.create_token(&record, &event).await?;

@@ -3,6 +3,7 @@
 //! case as gRPC, so every rule and audit event is shared (docs/EST.md).
 
 use super::{Ca, EnrollInput, Issued};
+use crate::audit::Target;
 use crate::domain::{DeviceSerial, Principal};
 use crate::error::Error;
 use crate::policy::{
@@ -23,7 +24,9 @@ impl Ca {
     ) -> Result<Issued, Error> {
         let action = op.audit_action(who);
         let routed = policy::est::route(op, who, label);
-        let issue = self.audited(who, action, &who.uri, routed).await?;
+        let issue = self
+            .audited(who, action, &Target::uri(&who.uri), routed)
+            .await?;
         match issue {
             EstIssue::Birth { model, udi_di } => {
                 let prepared = async {
@@ -51,7 +54,9 @@ impl Ca {
                         udi_di,
                     })
                 };
-                let input = self.audited(who, action, &who.uri, prepared.await).await?;
+                let input = self
+                    .audited(who, action, &Target::uri(&who.uri), prepared.await)
+                    .await?;
                 let (_, issued) = self.enroll_device(who, input).await?;
                 Ok(issued)
             }
@@ -61,7 +66,8 @@ impl Ca {
                         let current = policy::csr::certificate_names(peer_der)?;
                         policy::est::check_reenrollment(&verified.names, &current)
                     });
-                    self.audited(who, action, &who.uri, same_names).await?;
+                    self.audited(who, action, &Target::uri(&who.uri), same_names)
+                        .await?;
                 }
                 self.renew(who, &csr).await
             }

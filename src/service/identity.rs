@@ -10,7 +10,7 @@ use std::path::Path;
 use time::OffsetDateTime;
 
 use super::Ca;
-use crate::audit::{Actor, AuditEvent};
+use crate::audit::{Actor, AuditEvent, Target};
 use crate::domain::{CertState, Profile, Role};
 use crate::error::Error;
 use crate::issuance::bootstrap::write_public;
@@ -120,7 +120,7 @@ impl Ca {
             self.clock.now(),
             Actor::system(),
             crate::audit::Action::ServiceCertificateAdopt,
-            subject_uri,
+            Target::uri(subject_uri),
         )
         .with("profile", profile.as_str())
         .with("serial", disk.serial.clone())

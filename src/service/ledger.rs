@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, Mutex};
 use super::Ca;
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::merkle::{self, Hash};
-use crate::audit::{ledger, Actor, AuditEvent};
+use crate::audit::{ledger, Actor, AuditEvent, Target};
 use crate::domain::{quote, Principal, Role};
 use crate::error::Error;
 use crate::issuance::checkpoint_key::CheckpointSigner;
@@ -88,6 +88,19 @@ pub enum DeviceLocator {
     },
 }
 
+impl DeviceLocator {
+    /// The audit target of the device this names.
+    pub fn target(&self, td: &crate::domain::TrustDomain) -> Target {
+        match self {
+            DeviceLocator::Uri(uri) => Target::device_uri(td, uri),
+            DeviceLocator::Serial {
+                manufacturer,
+                serial,
+            } => Target::device(td, manufacturer.as_str(), serial),
+        }
+    }
+}
+
 /// Data categories a gateway may report (docs/AUDIT.md).
 pub const DATA_CATEGORIES: [&str; 8] = [
     "vital-signs",
@@ -135,13 +148,15 @@ impl Ca {
                 "{} ({}) may not {action}: only gateways report device-data access",
                 who.uri, who.role
             ));
-            return Err(self.refuse(who, action, "device-data", err).await);
+            return Err(self.refuse(who, action, &Target::devices(), err).await);
         }
         let now = self.clock.now();
+        let td = &self.profiles.trust_domain;
         for input in &inputs {
             let checked =
                 crate::policy::check_access_time(input.occurred_at, now, self.access_max_age);
-            self.audited(who, action, "device-data", checked).await?;
+            self.audited(who, action, &input.device.target(td), checked)
+                .await?;
         }
         let mut events = Vec::with_capacity(inputs.len());
         let mut flags = Vec::with_capacity(inputs.len());
@@ -166,10 +181,12 @@ impl Ca {
                     } => self.store.device(manufacturer, serial).await,
                 },
             };
-            let device = self.audited(who, action, "device-data", device).await?;
+            let device = self
+                .audited(who, action, &input.device.target(td), device)
+                .await?;
             devices.insert(key, device.clone());
             let decommissioned = device.state == DeviceState::Decommissioned;
-            let mut e = AuditEvent::new(now, Actor::of(who), action, &device.uri)
+            let mut e = AuditEvent::new(now, Actor::of(who), action, Target::uri(&device.uri))
                 .with("access_action", input.action.name())
                 .with("data_category", input.data_category)
                 .with("purpose_of_use", input.purpose_of_use)
@@ -361,7 +378,7 @@ impl Ca {
         self.audited(
             who,
             crate::audit::Action::AuditCheckpointRead,
-            "audit-log",
+            &Target::ledger(),
             self.may_read_ledger(who),
         )
         .await?;
@@ -392,7 +409,7 @@ impl Ca {
         self.audited(
             who,
             crate::audit::Action::AuditProofRead,
-            "audit-log",
+            &Target::ledger(),
             checks.await,
         )
         .await?;
@@ -442,7 +459,7 @@ impl Ca {
         self.audited(
             who,
             crate::audit::Action::AuditProofRead,
-            "audit-log",
+            &Target::ledger(),
             checks.await,
         )
         .await?;
@@ -488,9 +505,10 @@ impl Ca {
             }
             Ok(())
         };
-        self.audited(who, action, "audit-log", checks.await).await?;
+        self.audited(who, action, &Target::ledger(), checks.await)
+            .await?;
         let filter = filter_json(&query);
-        let event = AuditEvent::new(self.clock.now(), Actor::of(who), action, "audit-log")
+        let event = AuditEvent::new(self.clock.now(), Actor::of(who), action, Target::ledger())
             .with("filter", filter.clone())
             .with("dicom_event", "110106");
         self.store.record_event(&event).await?;
@@ -504,7 +522,7 @@ impl Ca {
                     self.clock.now(),
                     Actor::system(),
                     crate::audit::Action::AuditIntegrity,
-                    "audit-log",
+                    Target::ledger(),
                 )
                 .with("detail", damage.to_string());
                 alert.outcome = crate::audit::Outcome::Failed;
@@ -628,9 +646,14 @@ impl Ca {
         page_size: u32,
     ) -> Result<(Vec<Value>, Option<i64>), Error> {
         let action = crate::audit::Action::AuditQuery;
-        self.audited(who, action, "audit-log", self.auditor_only(who, action))
-            .await?;
-        let event = AuditEvent::new(self.clock.now(), Actor::of(who), action, "audit-log")
+        self.audited(
+            who,
+            action,
+            &Target::ledger(),
+            self.auditor_only(who, action),
+        )
+        .await?;
+        let event = AuditEvent::new(self.clock.now(), Actor::of(who), action, Target::ledger())
             .with("filter", filter_json(&query))
             .with("dicom_event", "110101");
         self.store.record_event(&event).await?;

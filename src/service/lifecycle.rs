@@ -3,7 +3,7 @@
 use time::{Duration, OffsetDateTime};
 
 use super::{Ca, Issued, IssuerFilter};
-use crate::audit::Actor;
+use crate::audit::{Actor, Target};
 use crate::domain::{
     quote, CertState, DeviceSerial, ManufacturerId, Principal, PrincipalId, PrincipalRole, Profile,
     RevocationReason, Role,
@@ -117,8 +117,9 @@ impl Ca {
             };
             Ok((template, profile, completion, csr.spki_sha256))
         };
-        let (template, profile, completion, spki) =
-            self.audited(who, action, &who.uri, step1.await).await?;
+        let (template, profile, completion, spki) = self
+            .audited(who, action, &Target::uri(&who.uri), step1.await)
+            .await?;
         let new = NewCertificate {
             template,
             profile,
@@ -191,9 +192,19 @@ impl Ca {
             }
             Ok(open)
         };
-        let open = self.audited(who, action, &label, decide.await).await?;
+        let audit_target = match &target {
+            RevokeTarget::Certificate { serial, .. } => Target::certificate(serial),
+            RevokeTarget::Device {
+                manufacturer,
+                serial,
+            } => self.device_target(manufacturer.as_str(), serial.as_str()),
+            RevokeTarget::Principal { .. } => unreachable!("principals are evicted above"),
+        };
+        let open = self
+            .audited(who, action, &audit_target, decide.await)
+            .await?;
         let event = self
-            .event(who, action, &label)
+            .event(who, action, audit_target)
             .with("reason", reason.map(RevocationReason::name));
         // Revoking a device takes every certificate it has when the transaction runs.
         let subject = match &target {
@@ -240,9 +251,10 @@ impl Ca {
                 ))),
             }
         };
-        self.audited(who, action, &uri, decide.await).await?;
+        self.audited(who, action, &Target::uri(&uri), decide.await)
+            .await?;
         let event = self
-            .event(who, action, &uri)
+            .event(who, action, Target::uri(&uri))
             .with("reason", reason.map(RevocationReason::name));
         let revoked = self
             .store
@@ -321,11 +333,12 @@ impl Ca {
                 .map(|c| (c.issuer, c.serial.clone()))
                 .collect::<Vec<_>>())
         };
+        let target = self.device_target(manufacturer.as_str(), serial.as_str());
         let open = self
-            .audited(who, action.audit(), &label, decide.await)
+            .audited(who, action.audit(), &target, decide.await)
             .await?;
         let event = self
-            .event(who, action.audit(), &label)
+            .event(who, action.audit(), target)
             .with("reason", reason.map(RevocationReason::name));
         let revoked = self
             .store
@@ -359,7 +372,7 @@ impl Ca {
         manufacturer: ManufacturerId,
         serial: &str,
     ) -> Result<RotationStatus, Error> {
-        let target = format!("device/{manufacturer}/{}", quote(serial));
+        let target = self.device_target(manufacturer.as_str(), serial);
         // Authorize on the URI the device would have, before any lookup: a caller who may
         // not read it learns nothing, not even whether it exists.
         let read = async {
@@ -404,7 +417,7 @@ impl Ca {
                 Ok(())
             }
         });
-        self.audited(who, action.audit(), "certificates", checked)
+        self.audited(who, action.audit(), &Target::certificates(), checked)
             .await?;
         self.store
             .expiring(self.clock.now() + within, manufacturer.as_ref(), 10_000)

@@ -29,11 +29,10 @@ use time::{Duration, OffsetDateTime};
 
 use anonymous::AnonymousReason;
 
-use crate::audit::{Action as AuditAction, Actor, AuditEvent};
+use crate::audit::{Action as AuditAction, Actor, AuditEvent, Target};
 use crate::clock::Clock;
 use crate::domain::{
-    quote, CertState, DeviceSerial, ManufacturerId, Model, Principal, PrincipalId, PrincipalRole,
-    Profile,
+    CertState, DeviceSerial, ManufacturerId, Model, Principal, PrincipalId, PrincipalRole, Profile,
 };
 use crate::error::Error;
 use crate::issuance::{Authority, CertificateTemplate, IssuerId, IssuerName, SignedCertificate};
@@ -126,16 +125,16 @@ impl Ca {
         Ok(m)
     }
 
-    fn event(&self, who: &Principal, action: AuditAction, target: impl Into<String>) -> AuditEvent {
+    /// The audit target of a device named by manufacturer and serial, parsed or not.
+    pub fn device_target(&self, manufacturer: &str, serial: &str) -> Target {
+        Target::device(&self.profiles.trust_domain, manufacturer, serial)
+    }
+
+    fn event(&self, who: &Principal, action: AuditAction, target: Target) -> AuditEvent {
         self.actor_event(&Actor::of(who), action, target)
     }
 
-    fn actor_event(
-        &self,
-        actor: &Actor,
-        action: AuditAction,
-        target: impl Into<String>,
-    ) -> AuditEvent {
+    fn actor_event(&self, actor: &Actor, action: AuditAction, target: Target) -> AuditEvent {
         AuditEvent::new(self.clock.now(), actor.clone(), action, target)
     }
 
@@ -145,7 +144,7 @@ impl Ca {
         &self,
         who: &Principal,
         action: AuditAction,
-        target: &str,
+        target: &Target,
         err: Error,
     ) -> Error {
         self.refuse_as(&Actor::of(who), action, target, err).await
@@ -156,10 +155,12 @@ impl Ca {
         &self,
         actor: &Actor,
         action: AuditAction,
-        target: &str,
+        target: &Target,
         err: Error,
     ) -> Error {
-        let event = self.actor_event(actor, action, target).refused(&err);
+        let event = self
+            .actor_event(actor, action, target.clone())
+            .refused(&err);
         if let Err(audit_err) = self.store.record_event(&event).await {
             tracing::error!(error = %audit_err, %action, "could not record refusal event");
         }
@@ -170,7 +171,7 @@ impl Ca {
         &self,
         who: &Principal,
         action: AuditAction,
-        target: &str,
+        target: &Target,
         result: Result<T, Error>,
     ) -> Result<T, Error> {
         self.audited_as(&Actor::of(who), action, target, result)
@@ -181,7 +182,7 @@ impl Ca {
         &self,
         actor: &Actor,
         action: AuditAction,
-        target: &str,
+        target: &Target,
         result: Result<T, Error>,
     ) -> Result<T, Error> {
         match result {
@@ -306,7 +307,7 @@ impl Ca {
         m: NewManufacturer,
     ) -> Result<ManufacturerRecord, Error> {
         let action = Action::CreateManufacturer;
-        let target = format!("manufacturer/{}", m.id);
+        let target = Target::manufacturer(&self.profiles.trust_domain, m.id.as_str());
         self.audited(who, action.audit(), &target, policy::authorize(who, action))
             .await?;
         let record = ManufacturerRecord {
@@ -320,7 +321,7 @@ impl Ca {
             created_at: self.clock.now(),
         };
         let event = self
-            .event(who, action.audit(), &target)
+            .event(who, action.audit(), target.clone())
             .with("display_name", record.display_name.clone())
             .with("allowed_models", record.allowed_models.clone());
         let created = self.store.create_manufacturer(&record, &event).await;
@@ -336,7 +337,7 @@ impl Ca {
         self.audited(
             who,
             action.audit(),
-            "manufacturers",
+            &Target::manufacturers(),
             policy::authorize(who, action),
         )
         .await?;
@@ -373,7 +374,7 @@ impl Ca {
             Ok((template, csr.spki_sha256))
         };
         let (template, spki) = self
-            .audited(who, action.audit(), &subject_uri, step1.await)
+            .audited(who, action.audit(), &Target::uri(&subject_uri), step1.await)
             .await?;
         let manufacturer = match &role {
             PrincipalRole::Station(m) => Some(m.clone()),
@@ -428,15 +429,16 @@ impl Ca {
 
         // Step 2: sign, in memory. Nothing is written and nothing leaves the process.
         let signed = self.authority.sign(t);
-        let signed: SignedCertificate =
-            self.audited_as(actor, action, &subject_uri, signed).await?;
+        let signed: SignedCertificate = self
+            .audited_as(actor, action, &Target::uri(&subject_uri), signed)
+            .await?;
         self.crash_point(actor, "after-sign");
 
         // Step 3: the claim checks, the certificate, what it completes and the success event,
         // in one transaction. A refusal here is audited once and the signed certificate is
         // dropped: nobody holds it.
         let done = self
-            .actor_event(actor, action, &subject_uri)
+            .actor_event(actor, action, Target::uri(&subject_uri))
             .with("issuer", signed.issuer.label())
             .with("serial", signed.serial.to_hex())
             .with("profile", new.profile.as_str())
@@ -448,7 +450,7 @@ impl Ca {
             .record_new(&new, &signed, &completion, &done)
             .await;
         let recorded = self
-            .audited_as(actor, action, &subject_uri, recorded)
+            .audited_as(actor, action, &Target::uri(&subject_uri), recorded)
             .await?;
         self.crash_point(actor, "after-commit");
         Ok((self.issued(signed, subject_uri, validity), recorded))
@@ -497,10 +499,12 @@ impl Ca {
         let action = Action::ReadDevices {
             manufacturer: &manufacturer,
         };
-        let target = format!("device/{manufacturer}/{}", quote(serial));
-        self.audited(who, action.audit(), &target, policy::authorize(who, action))
-            .await?;
-        self.store.device(&manufacturer, serial).await
+        let target = self.device_target(manufacturer.as_str(), serial);
+        let read = async {
+            policy::authorize(who, action)?;
+            self.store.device(&manufacturer, serial).await
+        };
+        self.audited(who, action.audit(), &target, read.await).await
     }
 
     pub async fn list_devices(
@@ -510,7 +514,7 @@ impl Ca {
     ) -> Result<(Vec<DeviceRecord>, Option<String>), Error> {
         let scope = policy::device_list_scope(who, query.manufacturer.take());
         query.manufacturer = self
-            .audited(who, Action::ListDevices.audit(), "devices", scope)
+            .audited(who, Action::ListDevices.audit(), &Target::devices(), scope)
             .await?;
         self.store.devices(&query).await
     }
@@ -586,7 +590,7 @@ impl Ca {
             self.clock.now(),
             Actor::system(),
             crate::audit::Action::PkiBind,
-            "pki",
+            Target::pki(),
         );
         for f in &missing {
             event = event.with(f.part.as_str(), format!("sha256:{}", f.sha256));

@@ -5,6 +5,7 @@ use time::{Duration, OffsetDateTime};
 
 use super::Ca;
 use super::IssuerFilter;
+use crate::audit::Target;
 use crate::domain::{CertState, Principal, RevocationReason};
 use crate::error::Error;
 use crate::issuance::ocsp::{self, CertStatus, HashAlg, SingleResponse};
@@ -177,9 +178,9 @@ impl Ca {
     ) -> Result<(IssuerId, CrlRecord), Error> {
         let action = Action::GetCrl;
         let target = match (issuer.name, issuer.generation) {
-            (Some(name), Some(generation)) => IssuerId { name, generation }.label(),
-            (Some(name), None) => name.as_str().to_owned(),
-            _ => "crl".to_owned(),
+            (Some(name), Some(generation)) => Target::ca(&IssuerId { name, generation }.label()),
+            (Some(name), None) => Target::ca(name.as_str()),
+            _ => Target::ca("unspecified"),
         };
         let chosen = policy::authorize(who, action).and_then(|()| {
             let name = issuer
@@ -202,7 +203,7 @@ impl Ca {
         self.audited(
             who,
             action.audit(),
-            "trust-bundle",
+            &Target::service(),
             policy::authorize(who, action),
         )
         .await?;
@@ -238,7 +239,10 @@ impl Ca {
         self.audited(
             who,
             action.audit(),
-            "certificate",
+            &match &query {
+                CertificateStatusQuery::Serial { serial, .. } => Target::certificate(serial),
+                CertificateStatusQuery::Der(_) => Target::certificates(),
+            },
             policy::authorize(who, action),
         )
         .await?;

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use super::Ca;
-use crate::audit::{Actor, AuditEvent};
+use crate::audit::{Actor, AuditEvent, Target};
 use crate::error::Error;
 use crate::files::{self, Access};
 use crate::issuance::IssuerId;
@@ -102,7 +102,10 @@ impl Ca {
                     self.authority.issuer_cert(issuer)?.not_after,
                     now,
                     |r| {
-                        let target = r.subject_uri.as_deref().unwrap_or(UNRECORDED_SUBJECT);
+                        let target = match r.subject_uri.as_deref() {
+                            Some(uri) if uri != UNRECORDED_SUBJECT => Target::uri(uri),
+                            _ => Target::certificate(&r.serial),
+                        };
                         let mut event = AuditEvent::new(
                             now,
                             Actor::system(),

@@ -7,7 +7,7 @@
 //! outlives them.
 
 use super::Ca;
-use crate::audit::{Actor, AuditEvent};
+use crate::audit::{Actor, AuditEvent, Target};
 use crate::domain::PkiPart;
 use crate::error::Error;
 use crate::issuance::{IssuerId, IssuerInfo, IssuerName};
@@ -53,7 +53,7 @@ impl Ca {
                 self.clock.now(),
                 Actor::system(),
                 crate::audit::Action::CaRollover,
-                id.label(),
+                Target::ca(&id.label()),
             )
             .with("issuer", id.label())
             .with("generation", i64::from(generation))

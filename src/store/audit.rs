@@ -234,7 +234,7 @@ mod tests {
             time::macros::datetime!(2026-11-24 08:00:00 UTC),
             Actor::system(),
             crate::audit::Action::DataAccess,
-            "spiffe://t/device/acme/ü-1",
+            crate::audit::Target::uri("spiffe://t/device/acme/ü-1"),
         )
         .with("note", "quote \" and \u{1F600}");
         let mut empty_reason = base.clone().refused(&Error::NotFound("x".into()));

@@ -7,7 +7,7 @@ use super::audit::Ready;
 use super::registry::{DeviceRecord, DeviceState};
 use super::sql::{self, Arg, SqlxTx, Tx};
 use super::{audit, from_unix, to_unix, Store};
-use crate::audit::{Actor, AuditEvent};
+use crate::audit::{Actor, AuditEvent, Target};
 use crate::domain::{quote, CertState, DeviceSerial, ManufacturerId, Profile, Role, SubjectState};
 use crate::error::Error;
 use crate::issuance::{CertificateTemplate, IssuerId, SignedCertificate};
@@ -321,7 +321,7 @@ async fn supersede_others(
             recorded_at,
             Actor::system(),
             crate::audit::Action::CertificateRevoke,
-            subject_uri,
+            Target::uri(subject_uri),
         )
         .with("issuer", row.text(0)?)
         .with("serial", row.text(1)?)
@@ -405,7 +405,7 @@ async fn complete(
                     recorded_at,
                     Actor::system(),
                     crate::audit::Action::CertificateRevoke,
-                    subject_uri,
+                    Target::uri(subject_uri),
                 )
                 .with("issuer", issuer.label())
                 .with("serial", old.clone())

@@ -5,7 +5,7 @@ use time::OffsetDateTime;
 
 use super::sql::{Arg, SqlxTx, Tx};
 use super::{audit, from_unix, to_unix, Conn, Store};
-use crate::audit::{Actor, AuditEvent};
+use crate::audit::{Actor, AuditEvent, Target};
 use crate::domain::{CertState, ManufacturerId, Profile, RevocationReason, Role};
 use crate::error::Error;
 use crate::issuance::{IssuerId, RevokedEntry};
@@ -282,7 +282,7 @@ impl Store {
             now,
             Actor::system(),
             crate::audit::Action::CrlSign,
-            issuer.label(),
+            Target::ca(&issuer.label()),
         )
         .with("number", number)
         .with("this_update", to_unix(this_update))
