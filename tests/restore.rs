@@ -40,35 +40,53 @@ async fn a_call_works(server: &TestServer, who: &Identity) -> bool {
         .is_ok()
 }
 
-/// Waits (at most 30 s) until no file descriptor of this process refers to `db` or its WAL or
-/// shared-memory file.
-async fn closed_by_this_process(db: &std::path::Path) {
+/// Whether a file descriptor of this process refers to `db` or its WAL or shared-memory file.
+fn open_in_this_process(db: &std::path::Path) -> bool {
     let names: Vec<std::path::PathBuf> = ["", "-wal", "-shm"]
         .iter()
         .map(|s| std::path::PathBuf::from(format!("{}{s}", db.display())))
         .collect();
-    let open = || {
-        std::fs::read_dir("/proc/self/fd")
-            .map(|fds| {
-                fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
-                    .any(|target| {
-                        let target = std::path::PathBuf::from(
-                            target.to_string_lossy().trim_end_matches(" (deleted)"),
-                        );
-                        names.contains(&target)
-                    })
-            })
-            .unwrap_or(false)
-    };
-    for _ in 0..300 {
-        if !open() {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!(
-        "{} is still open 30 s after the server stopped",
+    std::fs::read_dir("/proc/self/fd")
+        .map(|fds| {
+            fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+                .any(|target| {
+                    let target = std::path::PathBuf::from(
+                        target.to_string_lossy().trim_end_matches(" (deleted)"),
+                    );
+                    names.contains(&target)
+                })
+        })
+        .unwrap_or(false)
+}
+
+/// Closing a store ends its writer and checkpoint threads and closes every connection at
+/// once, even while another handle to it is still alive: a restore can then replace the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_store_holds_no_descriptor_of_its_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("medid.db");
+    let store = medid::store::Store::open_url(&format!("sqlite://{}?mode=rwc", db.display()))
+        .await
+        .unwrap();
+    let event = medid::audit::AuditEvent::new(
+        common::system_now(),
+        medid::audit::Actor::system(),
+        medid::audit::Action::PkiBind,
+        medid::audit::Target::pki(),
+    );
+    store.record_event(&event).await.unwrap();
+    assert_eq!(store.audit_events(0, 10).await.unwrap().len(), 1);
+    assert!(open_in_this_process(&db));
+    let kept = store.clone();
+    store.close().await;
+    assert!(
+        !open_in_this_process(&db),
+        "{} is still open after Store::close",
         db.display()
+    );
+    assert!(
+        kept.record_event(&event).await.is_err(),
+        "a closed store writes nothing"
     );
 }
 
@@ -112,12 +130,15 @@ async fn revocations_after_a_backup_survive_its_restore() {
         "kept CRLs in {kept:?}"
     );
 
-    // The restore: the backup replaces the database, once nothing of the stopped server still
-    // has it open (a real restore stops the process, which closes everything; in-process, the
-    // store's SQLite threads end a moment after the server does).
+    // The restore: the backup replaces the database. A stopped server has closed it: its
+    // store joined the writer and checkpoint threads and closed every connection.
     let config = server.config.clone();
     let dir = server.stop().await;
-    closed_by_this_process(&db).await;
+    assert!(
+        !open_in_this_process(&db),
+        "{} is still open after the server stopped",
+        db.display()
+    );
     for suffix in ["-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }

@@ -204,6 +204,10 @@ impl Figures {
     fn per_second(&self) -> f64 {
         self.ops as f64 / self.seconds
     }
+    /// The server's CPU time per operation, in microseconds (user + system, all threads).
+    fn cpu_us_per_op(&self) -> f64 {
+        self.server_cpu * 1e6 / self.ops as f64
+    }
     fn percentile(&self, p: f64) -> f64 {
         if self.latencies.is_empty() {
             return f64::NAN;
@@ -625,13 +629,14 @@ async fn drive(args: BenchArgs) -> Result<(), Error> {
                     }
                 };
                 println!(
-                    "{:<48} {:>8} ops {:>9.1} /s  p50 {:>7} ms  p99 {:>7} ms  server CPU {:>6.2} s  RSS {:>6.1} MiB",
+                    "{:<48} {:>8} ops {:>9.1} /s  p50 {:>7} ms  p99 {:>7} ms  server CPU {:>6.2} s ({:>5.0} µs/op)  RSS {:>6.1} MiB",
                     figures.name,
                     figures.ops,
                     figures.per_second(),
                     ms(0.5),
                     ms(0.99),
                     figures.server_cpu,
+                    figures.cpu_us_per_op(),
                     figures.server_rss_mib
                 );
             }
@@ -642,7 +647,7 @@ async fn drive(args: BenchArgs) -> Result<(), Error> {
         let v: Vec<_> = results
             .iter()
             .map(|f| json!({"scenario": f.name, "ops": f.ops, "seconds": f.seconds, "per_second": f.per_second(),
-                            "p50_ms": f.percentile(0.5), "p99_ms": f.percentile(0.99), "server_cpu_seconds": f.server_cpu,
+                            "p50_ms": f.percentile(0.5), "p99_ms": f.percentile(0.99), "server_cpu_seconds": f.server_cpu, "server_cpu_us_per_op": f.cpu_us_per_op(),
                             "server_rss_mib": f.server_rss_mib}))
             .collect();
         println!("{}", serde_json::Value::Array(v));

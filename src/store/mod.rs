@@ -317,9 +317,16 @@ impl Store {
         Ok(())
     }
 
+    /// Commits the queued writes and closes every connection: the group-commit writer and
+    /// the checkpointer (their threads joined), the pools, the idle direct readers. Returns
+    /// once no connection of this store is open but those of reads still in progress.
     pub async fn close(&self) {
+        self.writer_task.close().await;
         self.writer.close().await;
         self.reader.close().await;
+        if let Some(readers) = &self.direct_readers {
+            readers.close();
+        }
     }
 
     /// The text of JSON field `key` of the `detail` column, in this backend's dialect.

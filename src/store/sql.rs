@@ -533,6 +533,7 @@ const IDLE_READERS: usize = 8;
 pub(crate) struct LiteReaders {
     path: PathBuf,
     idle: Mutex<Vec<LiteTx>>,
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for LiteTx {
@@ -546,7 +547,15 @@ impl LiteReaders {
         Self {
             path,
             idle: Mutex::new(Vec::new()),
+            closed: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Closes the idle connections; a reader in use closes its own when it is done.
+    pub(crate) fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.idle().clear();
     }
 
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<LiteTx>> {
@@ -563,6 +572,9 @@ impl LiteReaders {
     }
 
     fn give(&self, conn: LiteTx) {
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         let mut idle = self.idle();
         if idle.len() < IDLE_READERS {
             idle.push(conn);
@@ -628,7 +640,7 @@ pub(crate) fn spawn_checkpointer(
     path: PathBuf,
     gate: Arc<tokio::sync::Mutex<()>>,
     stop: std::sync::mpsc::Receiver<()>,
-) -> Result<(), Error> {
+) -> Result<std::thread::JoinHandle<()>, Error> {
     let conn = LiteTx::open(&path)?;
     std::thread::Builder::new()
         .name("medid-checkpoint".into())
@@ -643,8 +655,7 @@ pub(crate) fn spawn_checkpointer(
                 _ => return,
             }
         })
-        .map_err(|e| Error::internal("starting the checkpoint thread", e))?;
-    Ok(())
+        .map_err(|e| Error::internal("starting the checkpoint thread", e))
 }
 
 /// Frames appended during one checkpoint pass that are few enough to copy with the writer held.

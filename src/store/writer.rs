@@ -51,6 +51,8 @@ struct Append {
 enum Work {
     Job(Job),
     Append(Append),
+    /// Finish the batch in hand and end: the store is closing.
+    Stop,
 }
 
 /// One batch: the jobs and appends taken from the queue, and the answers owed.
@@ -66,19 +68,27 @@ struct Batch {
 
 impl Batch {
     /// Adds `first` and whatever else is queued, up to [`MAX_JOBS`].
-    fn take(&mut self, first: Work, incoming: &mut mpsc::Receiver<Work>) {
+    /// Takes `first` and whatever else is queued, up to [`MAX_JOBS`]; returns false once a
+    /// [`Work::Stop`] is taken (the batch in hand is still committed).
+    fn take(&mut self, first: Work, incoming: &mut mpsc::Receiver<Work>) -> bool {
         let mut next = Some(first);
         let mut taken = 0;
         while let Some(work) = next.take() {
             match work {
                 Work::Job(job) => self.jobs.push(job),
                 Work::Append(append) => self.appends.push(append),
+                Work::Stop => return false,
             }
             taken += 1;
             if taken < MAX_JOBS {
                 next = incoming.try_recv().ok();
             }
         }
+        true
+    }
+
+    fn is_empty(&self) -> bool {
+        self.jobs.is_empty() && self.appends.is_empty()
     }
 
     /// Runs the batch inside an open transaction: the jobs, each in its own savepoint, then
@@ -174,16 +184,27 @@ impl Batch {
 #[derive(Debug, Clone)]
 pub(crate) struct Writer {
     queue: mpsc::Sender<Work>,
+    /// What [`Writer::close`] waits for: the writer and, for SQLite, its checkpointer.
+    ended: Arc<std::sync::Mutex<Vec<Ending>>>,
+}
+
+#[derive(Debug)]
+enum Ending {
+    Thread(std::thread::JoinHandle<()>),
+    Task(tokio::task::JoinHandle<()>),
 }
 
 impl Writer {
     /// PostgreSQL: a task on the runtime, batches on `pool` (the store's write connection).
     pub(crate) fn spawn_sqlx(pool: AnyPool, backend: Backend) -> Self {
         let (queue, mut incoming) = mpsc::channel::<Work>(4 * MAX_JOBS);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let mut batch = Batch::default();
             while let Some(first) = incoming.recv().await {
-                batch.take(first, &mut incoming);
+                let more = batch.take(first, &mut incoming);
+                if batch.is_empty() {
+                    break;
+                }
                 let committed = async {
                     let mut tx = begin_write_on(&pool, backend).await?;
                     let first_seq = batch.run(&mut SqlxTx(&mut *tx)).await?;
@@ -192,9 +213,15 @@ impl Writer {
                 }
                 .await;
                 batch.answer(committed);
+                if !more {
+                    break;
+                }
             }
         });
-        Self { queue }
+        Self {
+            queue,
+            ended: Arc::new(std::sync::Mutex::new(vec![Ending::Task(task)])),
+        }
     }
 
     /// SQLite: a thread of its own with its own connection, so a batch's statements are
@@ -204,24 +231,59 @@ impl Writer {
     pub(crate) fn spawn_sqlite(path: &Path, gate: Arc<Mutex<()>>) -> Result<Self, Error> {
         let mut conn = LiteTx::open(path)?.without_autocheckpoint()?;
         let (checkpoint_stop, stopped) = std::sync::mpsc::channel::<()>();
-        spawn_checkpointer(path.to_owned(), gate.clone(), stopped)?;
+        let checkpointer = spawn_checkpointer(path.to_owned(), gate.clone(), stopped)?;
         let (queue, mut incoming) = mpsc::channel::<Work>(4 * MAX_JOBS);
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("medid-writer".into())
             .spawn(move || {
                 // Dropped when this thread ends, which stops the checkpointer.
                 let _checkpoint_stop = checkpoint_stop;
                 let mut batch = Batch::default();
                 while let Some(first) = incoming.blocking_recv() {
-                    batch.take(first, &mut incoming);
+                    let more = batch.take(first, &mut incoming);
+                    if batch.is_empty() {
+                        break;
+                    }
                     let held = gate.blocking_lock();
                     let committed = batch.commit_on(&mut conn);
                     drop(held);
                     batch.answer(committed);
+                    if !more {
+                        break;
+                    }
                 }
             })
             .map_err(|e| Error::internal("starting the writer thread", e))?;
-        Ok(Self { queue })
+        Ok(Self {
+            queue,
+            ended: Arc::new(std::sync::Mutex::new(vec![
+                Ending::Thread(writer),
+                Ending::Thread(checkpointer),
+            ])),
+        })
+    }
+
+    /// Commits what is queued, then ends the writer (and the checkpointer) and waits until
+    /// they have closed their connections. Writes sent afterwards fail as unavailable.
+    pub(crate) async fn close(&self) {
+        let _ = self.queue.send(Work::Stop).await;
+        let endings: Vec<Ending> = std::mem::take(
+            &mut *self
+                .ended
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for ending in endings {
+            let ended = match ending {
+                Ending::Task(task) => task.await.is_ok(),
+                Ending::Thread(thread) => tokio::task::spawn_blocking(move || thread.join())
+                    .await
+                    .is_ok_and(|joined| joined.is_ok()),
+            };
+            if !ended {
+                tracing::error!("a store writer thread ended by panicking");
+            }
+        }
     }
 }
 
