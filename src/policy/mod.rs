@@ -5,6 +5,7 @@
 //! arguments, so every rule is unit-testable with pinned inputs.
 
 pub mod belonging;
+pub mod claim;
 pub mod csr;
 pub mod est;
 pub mod lifecycle;

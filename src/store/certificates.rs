@@ -8,35 +8,12 @@ use super::registry::{DeviceRecord, DeviceState};
 use super::sql::{self, Arg, SqlxTx, Tx};
 use super::{audit, from_unix, to_unix, Store};
 use crate::audit::{Actor, AuditEvent, Target};
-use crate::domain::{quote, CertState, DeviceSerial, ManufacturerId, Profile, Role, SubjectState};
+use crate::domain::{CertState, DeviceSerial, ManufacturerId, Profile, Role, SubjectState};
 use crate::error::Error;
 use crate::issuance::{CertificateTemplate, IssuerId, SignedCertificate};
+use crate::policy::claim::{ClaimFacts, RecordedPrincipal};
 
-/// Who a new certificate is for, and what must be unique about it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Claim {
-    /// A device's first (birth) certificate: the serial must be new for its manufacturer.
-    NewDevice {
-        manufacturer: ManufacturerId,
-        serial: DeviceSerial,
-        /// For enrollment with a one-time token: its hash, spent in the same transaction.
-        token_sha256: Option<String>,
-    },
-    /// A renewal for an existing device or gateway, by the holder of `caller_serial`.
-    Renewal {
-        rekey_required: bool,
-        caller_serial: String,
-    },
-    /// medid's own certificates (delegated OCSP responders).
-    Service,
-    /// A certificate for a non-device principal; the principal may already exist with the
-    /// same role and scope (re-issue), never with another.
-    Principal {
-        role: Role,
-        principal_id: String,
-        manufacturer: Option<ManufacturerId>,
-    },
-}
+pub use crate::policy::claim::Claim;
 
 /// What is recorded about a new certificate besides its DER: the template policy decided and
 /// who it is for.
@@ -440,45 +417,35 @@ async fn complete(
     Ok(recorded)
 }
 
+/// Reads what the claim rules depend on, under the write lock, and lets
+/// [`policy::claim::check`](crate::policy::claim::check) decide; spends an enrollment token
+/// when the claim is allowed.
 async fn check_claim(
     tx: &mut dyn Tx,
     r: &NewCertificate,
     now: OffsetDateTime,
 ) -> Result<(), Error> {
-    // A public key identifies one subject only (a key seen on another device is refused), and
-    // a key revoked for keyCompromise is never certified again, for anyone. One statement
-    // answers both.
+    // One statement answers all three questions about the key.
     let key = sql::fetch_one(
         tx,
         "SELECT CAST(COALESCE(MAX(CASE WHEN subject_uri <> $2 THEN 1 ELSE 0 END), 0) AS BIGINT)
                     AS other,
                 CAST(COALESCE(MAX(CASE WHEN revocation_reason = 1 THEN 1 ELSE 0 END), 0) AS BIGINT)
-                    AS compromised
+                    AS compromised,
+                COUNT(*) AS seen
          FROM certificates WHERE spki_sha256 = $1",
         &[Arg::from(&r.spki_sha256), Arg::from(&r.subject_uri)],
     )
     .await?;
-    if key.int(0)? != 0 {
-        return Err(Error::AlreadyExists(
-            "this public key is already bound to another device or principal; generate a new key"
-                .into(),
-        ));
-    }
-    if key.int(1)? != 0 {
-        return Err(Error::PermissionDenied(
-            "this public key was revoked for keyCompromise and is refused for good; generate a new key"
-                .into(),
-        ));
-    }
+    let mut facts = ClaimFacts {
+        key_bound_elsewhere: key.int(0)? != 0,
+        key_compromised: key.int(1)? != 0,
+        key_seen: key.int(2)? != 0,
+        ..ClaimFacts::default()
+    };
     match &r.claim {
         Claim::Service => {}
-        Claim::Renewal {
-            rekey_required,
-            caller_serial,
-        } => {
-            // Authentication happened before this transaction; re-check under the write lock
-            // that the caller's certificate and its subject are still good, so a revocation or
-            // decommissioning that committed meanwhile cannot be outrun.
+        Claim::Renewal { caller_serial, .. } => {
             let row = tx
                 .fetch_optional(
                     "SELECT c.status, COALESCE(d.state, p.state) AS subject_state
@@ -489,80 +456,59 @@ async fn check_claim(
                     &[Arg::from(caller_serial), Arg::from(&r.subject_uri)],
                 )
                 .await?;
-            let still_good = match &row {
-                Some(row) => row.text(0)? == "active" && row.opt_text(1)? == Some("active"),
-                None => false,
+            facts.caller = match &row {
+                Some(row) => Some((
+                    super::decode(row.text(0)?, "certificate status", CertState::parse)?,
+                    row.opt_text(1)?
+                        .map(|s| super::decode(s, "subject state", SubjectState::parse))
+                        .transpose()?,
+                )),
+                None => None,
             };
-            if !still_good {
-                return Err(Error::Unauthenticated(format!(
-                    "certificate {caller_serial} or its subject was revoked or decommissioned meanwhile"
-                )));
-            }
-            if *rekey_required {
-                let seen = tx
-                    .fetch_optional(
-                        "SELECT serial FROM certificates WHERE spki_sha256 = $1 LIMIT 1",
-                        &[Arg::from(&r.spki_sha256)],
-                    )
-                    .await?;
-                if seen.is_some() {
-                    return Err(Error::FailedPrecondition(
-                        "renewal requires a new key (rekey_required); this key was certified before"
-                            .into(),
-                    ));
-                }
-            }
         }
         Claim::NewDevice {
             manufacturer,
             serial,
-            token_sha256,
+            ..
         } => {
-            // Enrolled already (of two concurrent enrollments of one serial, the first to
-            // commit wins; the other's certificate never leaves the process).
-            let taken = sql::fetch_one(
+            facts.device_enrolled = sql::fetch_one(
                 tx,
                 "SELECT COUNT(*) FROM devices WHERE manufacturer_id = $1 AND serial = $2",
                 &[Arg::Text(manufacturer.as_str()), Arg::Text(serial.as_str())],
             )
             .await?
-            .int(0)?;
-            if taken > 0 {
-                return Err(Error::AlreadyExists(format!(
-                    "device {} of manufacturer {manufacturer} is already enrolled",
-                    quote(serial.as_str())
-                )));
-            }
-            if let Some(token) = token_sha256 {
-                super::lifecycle::consume_token(tx, token, now).await?;
-            }
+            .int(0)?
+                > 0;
         }
-        Claim::Principal {
-            role,
-            principal_id,
-            manufacturer,
-        } => {
+        Claim::Principal { .. } => {
             let row = tx
                 .fetch_optional(
                     "SELECT role, manufacturer_id, state FROM principals WHERE uri = $1",
                     &[Arg::from(&r.subject_uri)],
                 )
                 .await?;
-            if let Some(row) = row {
-                let same_role = row.text(0)? == role.as_str();
-                let same_scope = row.opt_text(1)? == manufacturer.as_ref().map(|m| m.as_str());
-                if !same_role || !same_scope {
-                    return Err(Error::AlreadyExists(format!(
-                        "principal {principal_id} exists with another role or manufacturer"
-                    )));
-                }
-                if row.text(2)? != "active" {
-                    return Err(Error::FailedPrecondition(format!(
-                        "principal {principal_id} is disabled"
-                    )));
-                }
-            }
+            facts.principal = match &row {
+                Some(row) => Some(RecordedPrincipal {
+                    role: super::decode(row.text(0)?, "role", Role::parse)?,
+                    manufacturer: row
+                        .opt_text(1)?
+                        .map(|m| {
+                            super::decode(m, "manufacturer", |m| ManufacturerId::parse(m).ok())
+                        })
+                        .transpose()?,
+                    state: super::decode(row.text(2)?, "principal state", SubjectState::parse)?,
+                }),
+                None => None,
+            };
         }
+    }
+    crate::policy::claim::check(&r.claim, &facts)?;
+    if let Claim::NewDevice {
+        token_sha256: Some(token),
+        ..
+    } = &r.claim
+    {
+        super::lifecycle::consume_token(tx, token, now).await?;
     }
     Ok(())
 }
