@@ -153,10 +153,12 @@ impl Ca {
         let now = self.clock.now();
         let td = &self.profiles.trust_domain;
         for input in &inputs {
-            let checked =
-                crate::policy::check_access_time(input.occurred_at, now, self.access_max_age);
-            self.audited(who, action, &input.device.target(td), checked)
-                .await?;
+            // The target is built only for a refusal: this is the hot path of every report.
+            if let Err(e) =
+                crate::policy::check_access_time(input.occurred_at, now, self.access_max_age)
+            {
+                return Err(self.refuse(who, action, &input.device.target(td), e).await);
+            }
         }
         let mut events = Vec::with_capacity(inputs.len());
         let mut flags = Vec::with_capacity(inputs.len());
@@ -181,9 +183,10 @@ impl Ca {
                     } => self.store.device(manufacturer, serial).await,
                 },
             };
-            let device = self
-                .audited(who, action, &input.device.target(td), device)
-                .await?;
+            let device = match device {
+                Ok(d) => d,
+                Err(e) => return Err(self.refuse(who, action, &input.device.target(td), e).await),
+            };
             devices.insert(key, device.clone());
             let decommissioned = device.state == DeviceState::Decommissioned;
             let mut e = AuditEvent::new(now, Actor::of(who), action, Target::uri(&device.uri))
