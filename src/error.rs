@@ -62,6 +62,21 @@ impl Error {
 }
 
 impl Error {
+    /// The gRPC status code this error is answered with, by its canonical name.
+    pub fn code_name(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument(_) | Error::BadCsr(_) => "INVALID_ARGUMENT",
+            Error::Unauthenticated(_) => "UNAUTHENTICATED",
+            Error::PermissionDenied(_) => "PERMISSION_DENIED",
+            Error::NotFound(_) => "NOT_FOUND",
+            Error::AlreadyExists(_) => "ALREADY_EXISTS",
+            Error::FailedPrecondition(_) => "FAILED_PRECONDITION",
+            Error::ResourceExhausted(_) => "RESOURCE_EXHAUSTED",
+            Error::Unavailable(_) => "UNAVAILABLE",
+            Error::Internal(_) | Error::Integrity(_) => "INTERNAL",
+        }
+    }
+
     /// The HTTP status an HTTP edge (EST) answers with, the counterpart of the gRPC mapping
     /// below. The body is the same human message, except for internal errors.
     pub fn http_status(&self) -> u16 {

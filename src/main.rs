@@ -16,12 +16,13 @@ async fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    let json = medid::cli::errors::wants_json(&std::env::args().collect::<Vec<_>>());
     let cli = medid::cli::Cli::parse();
     match medid::cli::run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
+            eprintln!("{}", medid::cli::errors::report(&e, json));
+            medid::cli::errors::exit_status(&e).into()
         }
     }
 }

@@ -150,8 +150,9 @@ async fn a_device_lives_its_life_through_the_cli_and_the_agent() {
     assert!(ok && out.contains(&format!("current {second}")), "{out}");
     let (ok, out) = cli.admin(&["revoke", "--serial", &second, "--reason", "keyCompromise"]);
     assert!(ok && out.contains(&second), "{out}");
+    // `status` exits 10 for a revoked certificate (tested by exit status below).
     let (ok, out) = cli.admin(&["status", "--serial", &second]);
-    assert!(ok && out.starts_with("revoked"), "{out}");
+    assert!(!ok && out.starts_with("revoked"), "{out}");
     // The agent notices its certificate is refused and falls back to the birth certificate.
     let (ok, out) = cli.agent(&agent_dir, &birth, &["--once", "--force"]);
     assert!(ok, "{out}");
@@ -299,5 +300,142 @@ async fn an_operator_evicts_a_station_and_it_can_do_nothing_more() {
     assert_eq!(revoked["revoked"].as_array().unwrap().len(), 1, "{out}");
     let (ok, out) = cli.run(&token, &cert, &key);
     assert!(!ok, "an evicted station creates no token: {out}");
+    server.stop().await;
+}
+
+/// Runs `medid ARGS` against `server` as `who` (cert, key): exit status, stdout, stderr.
+fn exit_of(
+    server: &str,
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    args: &[&str],
+) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_medid"))
+        .args(args)
+        .arg("--server")
+        .arg(server)
+        .arg("--ca")
+        .arg(ca)
+        .arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key)
+        .output()
+        .expect("medid runs");
+    (
+        out.status.code().expect("medid exits with a status"),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Failures say `error: CODE: message` and exit by class (docs in README "Exit statuses"):
+/// not found 4, denied 5, conflict 6, invalid input 7, unavailable 8; `--json` makes the error
+/// a JSON object; `status` exits 0 / 10 / 11 for good / revoked / unknown; a revoked client
+/// certificate and a stopped server are named as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_name_their_code_and_exit_by_class() {
+    let server = TestServer::start().await;
+    let dir = server.dir.path().to_owned();
+    let ca = server.pki("root-ca.pem");
+    let (admin_cert, admin_key) = (server.pki("admin.pem"), server.pki("admin.key"));
+    let admin = |args: &[&str]| exit_of(&server.url, &ca, &admin_cert, &admin_key, args);
+
+    let add = [
+        "admin",
+        "add-manufacturer",
+        "--id",
+        "acme",
+        "--name",
+        "Acme",
+    ];
+    assert_eq!(admin(&add).0, 0);
+    let (code, _, err) = admin(&add);
+    assert_eq!(code, 6, "{err}");
+    assert!(err.starts_with("error: ALREADY_EXISTS: "), "{err}");
+
+    let (code, _, err) = admin(&[
+        "admin",
+        "add-manufacturer",
+        "--id",
+        "Not Valid",
+        "--name",
+        "x",
+    ]);
+    assert_eq!(code, 7, "{err}");
+    assert!(err.starts_with("error: INVALID_ARGUMENT: "), "{err}");
+
+    let get = [
+        "device",
+        "get",
+        "--manufacturer",
+        "acme",
+        "--serial",
+        "NOPE",
+    ];
+    let (code, _, err) = admin(&get);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.starts_with("error: NOT_FOUND: "), "{err}");
+    let (code, stdout, err) = admin(&[&get[..], &["--json"]].concat());
+    assert_eq!(code, 4, "{err}");
+    assert!(stdout.is_empty(), "{stdout}");
+    let v: serde_json::Value = serde_json::from_str(err.trim()).expect("a JSON error");
+    assert_eq!(v["error"]["code"], "NOT_FOUND", "{v}");
+    assert_eq!(v["error"]["exit"], 4, "{v}");
+
+    // A gateway may not list manufacturers.
+    let (ok, out) = Cli { server: &server }.admin(&[
+        "admin",
+        "issue",
+        "--role",
+        "gateway",
+        "--id",
+        "gw",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    let (gw_cert, gw_key) = (dir.join("gw.pem"), dir.join("gw.key"));
+    let gateway = |args: &[&str]| exit_of(&server.url, &ca, &gw_cert, &gw_key, args);
+    let (code, _, err) = gateway(&["admin", "list-manufacturers"]);
+    assert_eq!(code, 5, "{err}");
+    assert!(err.starts_with("error: PERMISSION_DENIED: "), "{err}");
+
+    // status: good, then revoked, and unknown.
+    let serial = serial_of(&gw_cert);
+    let (code, out, err) = admin(&["status", "--serial", &serial]);
+    assert_eq!((code, out.lines().next()), (0, Some("good")), "{err}");
+    let (code, _, err) = admin(&["revoke", "--serial", &serial, "--reason", "keyCompromise"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = admin(&["status", "--serial", &serial]);
+    assert_eq!((code, out.lines().next()), (10, Some("revoked")), "{err}");
+    let (code, out, err) = admin(&["status", "--serial", "00ff00ff"]);
+    assert_eq!((code, out.lines().next()), (11, Some("unknown")), "{err}");
+
+    // The revoked gateway is refused by the TLS layer, and told why, naming its certificate.
+    let (code, _, err) = gateway(&["status", "--serial", &serial]);
+    assert_eq!(code, 5, "{err}");
+    assert!(
+        err.starts_with("error: UNAUTHENTICATED: ")
+            && err.contains("revoked")
+            && err.contains("gw.pem"),
+        "{err}"
+    );
+
+    // Nothing listening: unavailable, with a hint.
+    let nowhere = format!("https://127.0.0.1:{}", common::free_port());
+    let (code, _, err) = exit_of(
+        &nowhere,
+        &ca,
+        &admin_cert,
+        &admin_key,
+        &["admin", "list-manufacturers"],
+    );
+    assert_eq!(code, 8, "{err}");
+    assert!(
+        err.starts_with("error: UNAVAILABLE: ") && err.contains("is `medid serve` running"),
+        "{err}"
+    );
     server.stop().await;
 }

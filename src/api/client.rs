@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use rustls::{AlertDescription, CertificateError};
 use tonic::transport::Channel;
 
 use crate::error::Error;
@@ -134,6 +135,44 @@ impl Connector {
     }
 
     /// A new connection (resuming the TLS session when the server offered a ticket before).
+    /// Opens one TLS connection as [`Connector::connect`] does, speaks the HTTP/2 preface and
+    /// waits (at most 5 s) for the server's first bytes. A server that refuses the client
+    /// certificate says so then, with a TLS alert, where a gRPC call would only see its
+    /// connection close; the refusal is returned named (`cert`: the certificate's file, for
+    /// the message). A server that answers, or does not within the time, is left to the call.
+    pub async fn probe(&self, cert: Option<&Path>) -> Result<(), Error> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // The client connection preface (RFC 9113 §3.4): the magic, then an empty SETTINGS.
+        const PREFACE: &[u8] =
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+        let failed = |e: std::io::Error| {
+            transport_error(&self.server, cert, &e).unwrap_or_else(|| {
+                Error::Unavailable(format!("connecting to {}: {}", self.server, chain(&e)))
+            })
+        };
+        let talk = async {
+            let tcp = tokio::net::TcpStream::connect(&self.addr).await?;
+            let mut tls = tokio_rustls::TlsConnector::from(self.config.clone())
+                .connect(self.name.clone(), tcp)
+                .await?;
+            tls.write_all(PREFACE).await?;
+            tls.flush().await?;
+            let mut first = [0u8; 9];
+            let n = tls.read(&mut first).await?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection without a word",
+                ));
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(5), talk).await {
+            Ok(Ok(())) | Err(_) => Ok(()),
+            Ok(Err(e)) => Err(failed(e)),
+        }
+    }
+
     pub async fn connect(&self) -> Result<Channel, Error> {
         let (addr, name, config) = (self.addr.clone(), self.name.clone(), self.config.clone());
         let local = self.local;
@@ -155,8 +194,134 @@ impl Connector {
             .map_err(|e| Error::InvalidArgument(format!("server URL {:?}: {e}", self.server)))?
             .connect_with_connector(dial)
             .await
-            .map_err(|e| Error::Unavailable(format!("connecting to {}: {e:?}", self.server)))
+            .map_err(|e| {
+                transport_error(&self.server, None, &e).unwrap_or_else(|| {
+                    Error::Unavailable(format!("connecting to {}: {}", self.server, chain(&e)))
+                })
+            })
     }
+}
+
+/// A failure to reach or talk to `server`, named by its cause: a refused connection, or a TLS
+/// handshake that failed on either side. `cert` is the client certificate offered, if any.
+/// `None` when nothing in the chain is recognised.
+pub fn transport_error(
+    server: &str,
+    cert: Option<&Path>,
+    err: &(dyn std::error::Error + 'static),
+) -> Option<Error> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(s) = source {
+        if let Some(tls) = s.downcast_ref::<rustls::Error>() {
+            return Some(tls_error(server, cert, tls));
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return Some(tls_error(server, cert, tls));
+            }
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => {
+                    return Some(Error::Unavailable(format!(
+                        "{server} refused the connection; is `medid serve` running there?"
+                    )))
+                }
+                std::io::ErrorKind::TimedOut => {
+                    return Some(Error::Unavailable(format!(
+                        "connecting to {server} timed out"
+                    )))
+                }
+                _ => {}
+            }
+        }
+        // Through an HTTP/2 connection the TLS error may survive only as text (the h2 layer
+        // keeps an I/O error's kind and message, not the error): the alert's name is in it.
+        let text = s.to_string();
+        if let Some(name) = text.split("received fatal alert: ").nth(1) {
+            let name = name
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .next()
+                .unwrap_or("");
+            let alert = [
+                AlertDescription::CertificateRevoked,
+                AlertDescription::CertificateExpired,
+                AlertDescription::UnknownCA,
+                AlertDescription::BadCertificate,
+                AlertDescription::CertificateUnknown,
+                AlertDescription::DecryptError,
+                AlertDescription::CertificateRequired,
+            ]
+            .into_iter()
+            .find(|a| format!("{a:?}") == name);
+            if let Some(alert) = alert {
+                return Some(tls_error(
+                    server,
+                    cert,
+                    &rustls::Error::AlertReceived(alert),
+                ));
+            }
+        }
+        source = s.source();
+    }
+    None
+}
+
+fn tls_error(server: &str, cert: Option<&Path>, e: &rustls::Error) -> Error {
+    let ours = || {
+        cert.map_or_else(
+            || "the client certificate".to_owned(),
+            |p| format!("the client certificate {}", p.display()),
+        )
+    };
+    match e {
+        rustls::Error::AlertReceived(alert) => {
+            let why = match alert {
+                AlertDescription::CertificateRevoked => "it is revoked",
+                AlertDescription::CertificateExpired => "it has expired or is not valid yet",
+                AlertDescription::UnknownCA
+                | AlertDescription::BadCertificate
+                | AlertDescription::CertificateUnknown
+                | AlertDescription::DecryptError => "it is not signed by this medid's CA",
+                AlertDescription::CertificateRequired => "the server requires one",
+                _ => "the TLS handshake was ended",
+            };
+            Error::Unauthenticated(format!("{server} refused {}: {why}", ours()))
+        }
+        rustls::Error::InvalidCertificate(c) => {
+            let why = match c {
+                CertificateError::Revoked => "is revoked".to_owned(),
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                    "has expired".to_owned()
+                }
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                    "is not valid yet".to_owned()
+                }
+                CertificateError::UnknownIssuer => {
+                    "is not signed by the CA given with --ca".to_owned()
+                }
+                CertificateError::NotValidForName
+                | CertificateError::NotValidForNameContext { .. } => {
+                    "does not name the host in the URL".to_owned()
+                }
+                other => format!("was refused ({other:?})"),
+            };
+            Error::Unauthenticated(format!("the certificate of {server} {why}"))
+        }
+        other => Error::Unavailable(format!("TLS with {server} failed: {other}")),
+    }
+}
+
+/// An error and its sources, one after another.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text = format!("{text}: {next}");
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// A TCP connection to `addr` (host:port) leaving from `ip`.
@@ -191,4 +356,24 @@ fn host_of(server: &str) -> &str {
         .and_then(|rest| rest.rsplit_once(':').map(|(h, _)| h).or(Some(rest)))
         .map(|h| h.trim_matches(|c| c == '[' || c == ']'))
         .unwrap_or("localhost")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn a_refused_connection_and_tls_refusals_are_named() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let e = transport_error("https://h:1", None, &refused).unwrap();
+        assert!(matches!(&e, Error::Unavailable(m) if m.contains("is `medid serve` running")));
+        let revoked = std::io::Error::other(rustls::Error::AlertReceived(
+            AlertDescription::CertificateRevoked,
+        ));
+        let e = transport_error("https://h:1", Some(Path::new("gw.pem")), &revoked).unwrap();
+        assert!(
+            matches!(&e, Error::Unauthenticated(m) if m.contains("gw.pem") && m.contains("revoked")),
+            "{e:?}"
+        );
+        assert!(transport_error("s", None, &std::io::Error::other("other")).is_none());
+    }
 }

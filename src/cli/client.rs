@@ -7,7 +7,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use rcgen::{CertificateParams, KeyPair};
 use serde_json::json;
 
-use crate::api::client::{connect, ClientCredentials};
+use crate::api::client::{ClientCredentials, Connector};
 use crate::error::Error;
 use crate::proto::{
     self, admin_service_client::AdminServiceClient,
@@ -56,10 +56,24 @@ pub struct Connection {
     pub json: bool,
 }
 
+/// The server and client certificate of this run's connection, to name them in a transport
+/// failure that shows up later, on a call (a TLS 1.3 server refuses a client certificate after
+/// the client's side of the handshake is done). One command, one connection.
+static OFFERED: std::sync::OnceLock<(String, PathBuf)> = std::sync::OnceLock::new();
+
 impl Connection {
     pub(super) async fn channel(&self) -> Result<tonic::transport::Channel, Error> {
         let creds = ClientCredentials::from_files(&self.ca, &self.cert, &self.key)?;
-        connect(&self.server, &creds).await
+        let _ = OFFERED.set((self.server.clone(), self.cert.clone()));
+        let connector = Connector::new(
+            &self.server,
+            &creds.ca_pem,
+            Some((&creds.cert_pem, &creds.key_pem)),
+        )?;
+        // One command, one connection: find out first whether the server takes this
+        // certificate, so a refusal is named instead of showing as a closed connection.
+        connector.probe(Some(&self.cert)).await?;
+        connector.connect().await
     }
 }
 
@@ -191,6 +205,14 @@ pub enum DeviceCommand {
 pub(super) fn status(e: tonic::Status) -> Error {
     use std::error::Error as _;
     use tonic::Code;
+    if let Some(cause) = e.source() {
+        let (server, cert) = OFFERED.get().map_or(("the server", None), |(s, c)| {
+            (s.as_str(), Some(c.as_path()))
+        });
+        if let Some(named) = crate::api::client::transport_error(server, cert, cause) {
+            return named;
+        }
+    }
     let mut m = e.message().to_owned();
     // Transport failures (a refused TLS handshake, a closed connection) carry the reason in
     // their source chain: name it instead of a bare "transport error".

@@ -286,7 +286,9 @@ fn info_json(c: &proto::CertificateInfo) -> serde_json::Value {
            "revoked_at": super::client::ts(&c.revoked_at)})
 }
 
-pub async fn show_status(args: StatusArgs) -> Result<(), Error> {
+/// Shows a certificate's status, or a device's rotation status. The exit status says the
+/// certificate's: 0 good, 10 revoked, 11 unknown (`cli::errors`).
+pub async fn show_status(args: StatusArgs) -> Result<std::process::ExitCode, Error> {
     let mut c = client(&args.conn).await?;
     if let (Some(device), Some(m)) = (&args.device, &args.manufacturer) {
         let st = c
@@ -330,7 +332,7 @@ pub async fn show_status(args: StatusArgs) -> Result<(), Error> {
                 );
             }
         }
-        return Ok(());
+        return Ok(std::process::ExitCode::SUCCESS);
     }
     let certificate = match (&args.serial, &args.certificate) {
         (Some(s), None) => {
@@ -359,10 +361,10 @@ pub async fn show_status(args: StatusArgs) -> Result<(), Error> {
         .await
         .map_err(status)?
         .into_inner();
-    let word = match proto::CertStatus::try_from(st.status) {
-        Ok(proto::CertStatus::Good) => "good",
-        Ok(proto::CertStatus::Revoked) => "revoked",
-        _ => "unknown",
+    let (word, exit) = match proto::CertStatus::try_from(st.status) {
+        Ok(proto::CertStatus::Good) => ("good", 0),
+        Ok(proto::CertStatus::Revoked) => ("revoked", super::errors::EXIT_REVOKED),
+        _ => ("unknown", super::errors::EXIT_UNKNOWN),
     };
     if args.conn.json {
         println!(
@@ -381,7 +383,7 @@ pub async fn show_status(args: StatusArgs) -> Result<(), Error> {
             );
         }
     }
-    Ok(())
+    Ok(exit.into())
 }
 
 pub async fn crl(cmd: CrlCommand) -> Result<(), Error> {

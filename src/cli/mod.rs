@@ -5,6 +5,7 @@ mod agent;
 mod audit;
 mod bench;
 mod client;
+pub mod errors;
 mod lifecycle;
 
 use std::path::PathBuf;
@@ -203,7 +204,7 @@ pub async fn run(cli: Cli) -> Result<std::process::ExitCode, Error> {
         Command::Renew(args) => lifecycle::renew(args).await,
         Command::Revoke(args) => lifecycle::revoke(args).await,
         Command::Decommission(args) => lifecycle::decommission(args).await,
-        Command::Status(args) => lifecycle::show_status(args).await,
+        Command::Status(args) => return lifecycle::show_status(args).await,
         Command::Crl(cmd) => lifecycle::crl(cmd).await,
         Command::Token(cmd) => lifecycle::token(cmd).await,
         Command::Agent(args) => agent::run(args).await,
