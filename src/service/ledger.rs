@@ -217,6 +217,17 @@ impl Ca {
         Ok(seqs.into_iter().zip(flags).collect())
     }
 
+    /// Refuses a tree size a request names (`field`) that is beyond the log.
+    async fn within_log(&self, field: &str, asked: u64) -> Result<(), Error> {
+        let size = self.store.tree_size().await?;
+        if asked > size {
+            return Err(Error::InvalidArgument(format!(
+                "{field} {asked} is beyond the log, which has {size} events"
+            )));
+        }
+        Ok(())
+    }
+
     fn may_read_ledger(&self, who: &Principal) -> Result<(), Error> {
         match who.role {
             Role::Admin | Role::Auditor | Role::Gateway => Ok(()),
@@ -401,13 +412,7 @@ impl Ca {
                     "seq must be 1..=tree_size (got seq {seq}, tree_size {tree_size})"
                 )));
             }
-            let size = self.store.tree_size().await?;
-            if tree_size > size {
-                return Err(Error::InvalidArgument(format!(
-                    "tree_size {tree_size} is beyond the log, which has {size} events"
-                )));
-            }
-            Ok(())
+            self.within_log("tree_size", tree_size).await
         };
         self.audited(
             who,
@@ -451,13 +456,7 @@ impl Ca {
                     "need 1 <= old_size <= new_size (got {old}, {new})"
                 )));
             }
-            let size = self.store.tree_size().await?;
-            if new > size {
-                return Err(Error::InvalidArgument(format!(
-                    "new_size {new} is beyond the log, which has {size} events"
-                )));
-            }
-            Ok(())
+            self.within_log("new_size", new).await
         };
         self.audited(
             who,
@@ -500,13 +499,7 @@ impl Ca {
         let action = crate::audit::Action::AuditExport;
         let checks = async {
             self.auditor_only(who, action)?;
-            let size = self.store.tree_size().await?;
-            if previous_size > size {
-                return Err(Error::InvalidArgument(format!(
-                    "previous_tree_size {previous_size} is beyond the log, which has {size} events"
-                )));
-            }
-            Ok(())
+            self.within_log("previous_tree_size", previous_size).await
         };
         self.audited(who, action, &Target::ledger(), checks.await)
             .await?;
