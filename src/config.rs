@@ -92,6 +92,8 @@ pub struct Config {
     pub access_event_max_age_days: u32,
     /// Fresh OCSP signatures a second (and their burst) for answers the cache cannot give.
     pub ocsp_signatures_per_second: u32,
+    /// Log lines as `text` or as `json` objects (`--log-format`, `MEDID_LOG_FORMAT`).
+    pub log_format: crate::logging::LogFormat,
     /// TESTS ONLY: abort the process at this step of the issuance cycle (`after-sign`,
     /// `after-commit`) to prove crash safety. Never set it in production.
     pub dangerous_crash_at: Option<String>,
@@ -136,6 +138,7 @@ impl Default for Config {
             anonymous_refusal_max_sources: 64,
             ocsp_signatures_per_second: 500,
             access_event_max_age_days: 30,
+            log_format: crate::logging::LogFormat::Text,
             dangerous_crash_at: None,
         }
     }

@@ -32,6 +32,7 @@ pub mod domain;
 pub mod error;
 pub mod files;
 pub mod issuance;
+pub mod logging;
 pub mod pem;
 pub mod policy;
 pub mod server;
@@ -49,4 +50,17 @@ pub mod proto {
     /// Encoded `FileDescriptorSet`, served by gRPC server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/medid_descriptor.bin"));
+
+    include!(concat!(env!("OUT_DIR"), "/rpc_methods.rs"));
 }
+
+/// The version and the git commit this binary was built from (`--version`, `medid_build_info`).
+pub const BUILD_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("MEDID_GIT_COMMIT"),
+    ")"
+);
+
+/// The git commit this binary was built from, or `unknown`.
+pub const BUILD_COMMIT: &str = env!("MEDID_GIT_COMMIT");

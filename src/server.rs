@@ -185,6 +185,7 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
         access_max_age: time::Duration::days(config.access_event_max_age_days.into()),
         pki: files.clone(),
         tls_renewals: tokio::sync::watch::channel(0).0,
+        counters: Default::default(),
         ca_expiry_warning: time::Duration::days(config.ca_expiry_warning_days.into()),
         ocsp_cache: crate::service::ocsp_cache::OcspCache::new(
             crate::service::publish::OCSP_VALIDITY,
@@ -378,6 +379,10 @@ pub async fn run(
         tokio::spawn(anonymous_refusals(ca.clone(), prepared.anonymous_interval)),
     ];
     let gate = Gate::new(prepared.connections);
+    let exporter = crate::api::metrics::Exporter {
+        gate: gate.clone(),
+        rpc: crate::api::metrics::RpcMetrics::default(),
+    };
     let header_timeout = prepared.connections.header_timeout;
     tracing::info!(
         max_connections = prepared.connections.max_connections,
@@ -399,7 +404,7 @@ pub async fn run(
     );
     let http = tokio::spawn(listen::serve_http1(
         http_conns,
-        crate::api::http::router(ca.clone(), stopped.clone()),
+        crate::api::http::router(ca.clone(), stopped.clone(), exporter.clone()),
         header_timeout,
         http_stopped,
     ));
@@ -455,6 +460,7 @@ pub async fn run(
     };
     let served = tonic::transport::Server::builder()
         .layer(TrackRequests)
+        .layer(crate::api::metrics::ObserveRpcs(exporter.rpc.clone()))
         .timeout(limits.timeout)
         .concurrency_limit_per_connection(limits.per_connection)
         .max_concurrent_streams(limits.streams)

@@ -163,67 +163,13 @@ fn est_cacerts(server: &TestServer, work: &Path) -> Vec<String> {
     .collect()
 }
 
-/// The samples of `/metrics` (fetched with curl) as (name, `ca` label, value). With
-/// `MEDID_METRICS_PYTHON` set (`.ci/run` sets it), the text is parsed by Python
-/// prometheus_client's OpenMetrics parser, an independent reader that refuses malformed text;
-/// without it, by splitting lines here.
-fn ca_metrics(server: &TestServer, work: &Path) -> Vec<(String, String, String, f64)> {
-    let text = work.join("metrics.txt");
-    let fetched = Command::new("curl")
-        .args(["-sSf", "-o"])
-        .arg(&text)
-        .arg(format!("{}/metrics", server.http_url))
-        .status()
-        .unwrap();
-    assert!(fetched.success());
-    let lines = match std::env::var("MEDID_METRICS_PYTHON") {
-        Ok(python) => {
-            let script = r#"
-import sys
-from prometheus_client.openmetrics.parser import text_string_to_metric_families
-for family in text_string_to_metric_families(open(sys.argv[1]).read()):
-    for s in family.samples:
-        print(s.name, s.labels.get("ca", ""), s.labels.get("standing", ""), s.value)
-"#;
-            let out = Command::new(&python)
-                .args(["-c", script])
-                .arg(&text)
-                .output()
-                .unwrap_or_else(|e| panic!("MEDID_METRICS_PYTHON={python}: {e}"));
-            assert!(
-                out.status.success(),
-                "the OpenMetrics parser refused /metrics: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8(out.stdout).unwrap()
-        }
-        Err(_) => std::fs::read_to_string(&text)
-            .unwrap()
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (name, rest) = l.split_once('{')?;
-                let (labels, value) = rest.split_once("} ")?;
-                let label = |k: &str| {
-                    labels
-                        .split(',')
-                        .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
-                        .map(|v| v.trim_end_matches('"').to_owned())
-                        .unwrap_or_default()
-                };
-                Some(format!(
-                    "{name} {} {} {value}\n",
-                    label("ca"),
-                    label("standing")
-                ))
-            })
-            .collect(),
-    };
-    lines
-        .lines()
-        .map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (f[0].into(), f[1].into(), f[2].into(), f[3].parse().unwrap())
+/// The samples of `/metrics` as (name, `ca` label, `standing` label, value).
+fn ca_metrics(server: &TestServer, _work: &Path) -> Vec<(String, String, String, f64)> {
+    common::scrape_metrics(server)
+        .into_iter()
+        .map(|s| {
+            let label = |k: &str| s.labels.get(k).cloned().unwrap_or_default();
+            (s.name.clone(), label("ca"), label("standing"), s.value)
         })
         .collect()
 }

@@ -55,9 +55,39 @@ pub struct ConnectionLimits {
     pub max_per_source: usize,
 }
 
+/// The listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Listener {
+    /// gRPC over mTLS.
+    Grpc,
+    /// EST over HTTPS.
+    Est,
+    /// Plain HTTP: CRLs, OCSP, CA certificates, health, metrics.
+    Http,
+}
+
+impl Listener {
+    pub const ALL: [Listener; 3] = [Listener::Grpc, Listener::Est, Listener::Http];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Listener::Grpc => "grpc",
+            Listener::Est => "est",
+            Listener::Http => "http",
+        }
+    }
+
+    fn wire(self) -> Wire {
+        match self {
+            Listener::Grpc => Wire::Http2,
+            Listener::Est | Listener::Http => Wire::Http1,
+        }
+    }
+}
+
 /// What a connection is expected to speak, which decides what counts as its greeting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wire {
+enum Wire {
     /// gRPC: greeted once the HTTP/2 preface has been read.
     Http2,
     /// EST, CRL/OCSP: greeted once a first request head has been read.
@@ -68,7 +98,7 @@ pub enum Wire {
 #[derive(Debug)]
 pub struct Activity {
     opened: Instant,
-    wire: Wire,
+    listener: Listener,
     bytes_in: AtomicU64,
     in_flight: AtomicUsize,
     requests: AtomicU64,
@@ -79,10 +109,10 @@ pub struct Activity {
 }
 
 impl Activity {
-    fn new(wire: Wire) -> Self {
+    fn new(listener: Listener) -> Self {
         Self {
             opened: Instant::now(),
-            wire,
+            listener,
             bytes_in: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
@@ -100,7 +130,7 @@ impl Activity {
     }
 
     fn greeted(&self) -> bool {
-        match self.wire {
+        match self.listener.wire() {
             Wire::Http2 => self.bytes_in.load(Ordering::Relaxed) >= H2_PREFACE_LEN,
             Wire::Http1 => self.requests.load(Ordering::Relaxed) > 0,
         }
@@ -211,7 +241,11 @@ impl Gate {
     }
 
     /// Admits a connection from `source`, or says why not.
-    pub fn admit(self: &Arc<Self>, source: IpAddr, wire: Wire) -> Result<Admission, Refusal> {
+    pub fn admit(
+        self: &Arc<Self>,
+        source: IpAddr,
+        listener: Listener,
+    ) -> Result<Admission, Refusal> {
         let mut state = self.lock();
         let from_source = state.per_source.get(&source).copied().unwrap_or(0);
         if from_source >= self.limits.max_per_source {
@@ -227,7 +261,7 @@ impl Gate {
         }
         state.next_id += 1;
         let id = state.next_id;
-        let activity = Arc::new(Activity::new(wire));
+        let activity = Arc::new(Activity::new(listener));
         state.open.insert(id, (source, activity.clone()));
         *state.per_source.entry(source).or_insert(0) += 1;
         Ok(Admission {
@@ -269,6 +303,17 @@ impl Gate {
     /// Open connections now.
     pub fn open(&self) -> usize {
         self.lock().open.len()
+    }
+
+    /// Open connections now, by the listener they came in on.
+    pub fn open_by_listener(&self) -> [(Listener, usize); 3] {
+        let mut counts = Listener::ALL.map(|l| (l, 0));
+        for (_, activity) in self.lock().open.values() {
+            if let Some(c) = counts.iter_mut().find(|(l, _)| *l == activity.listener) {
+                c.1 += 1;
+            }
+        }
+        counts
     }
 
     /// Connections refused and evicted since start.
@@ -659,36 +704,39 @@ mod tests {
     #[test]
     fn a_source_past_its_share_is_refused_while_others_are_admitted() {
         let gate = Gate::new(limits(10, 2));
-        let _a = gate.admit(ip(2), Wire::Http2).unwrap();
-        let b = gate.admit(ip(2), Wire::Http2).unwrap();
+        let _a = gate.admit(ip(2), Listener::Grpc).unwrap();
+        let b = gate.admit(ip(2), Listener::Grpc).unwrap();
         assert_eq!(
-            gate.admit(ip(2), Wire::Http2).unwrap_err(),
+            gate.admit(ip(2), Listener::Grpc).unwrap_err(),
             Refusal::SourceFull
         );
-        assert!(gate.admit(ip(3), Wire::Http2).is_ok());
+        assert!(gate.admit(ip(3), Listener::Grpc).is_ok());
         drop(b);
-        assert!(gate.admit(ip(2), Wire::Http2).is_ok());
+        assert!(gate.admit(ip(2), Listener::Grpc).is_ok());
     }
 
     #[test]
     fn at_the_cap_the_longest_idle_connection_makes_room_and_busy_ones_are_kept() {
         let gate = Gate::new(limits(2, 10));
-        let busy = gate.admit(ip(2), Wire::Http1).unwrap();
+        let busy = gate.admit(ip(2), Listener::Http).unwrap();
         let _request = busy.activity.begin();
-        let idle = gate.admit(ip(3), Wire::Http1).unwrap();
-        let newcomer = gate.admit(ip(4), Wire::Http1).unwrap();
+        let idle = gate.admit(ip(3), Listener::Http).unwrap();
+        let newcomer = gate.admit(ip(4), Listener::Http).unwrap();
         assert!(idle.activity.closing.load(Ordering::Acquire));
         assert!(!busy.activity.closing.load(Ordering::Acquire));
         // Both remaining are now busy or closing: the next one is refused.
         let _r = newcomer.activity.begin();
-        assert_eq!(gate.admit(ip(5), Wire::Http1).unwrap_err(), Refusal::Full);
+        assert_eq!(
+            gate.admit(ip(5), Listener::Http).unwrap_err(),
+            Refusal::Full
+        );
         assert_eq!(gate.counters(), (1, 1));
     }
 
     #[test]
     fn deadlines_follow_the_greeting_and_the_last_request() {
         let l = limits(10, 10);
-        let a = Arc::new(Activity::new(Wire::Http2));
+        let a = Arc::new(Activity::new(Listener::Grpc));
         assert_eq!(a.deadline(&l), Some(a.opened + l.header_timeout));
         a.bytes_in.store(H2_PREFACE_LEN, Ordering::Relaxed);
         assert_eq!(a.deadline(&l), Some(a.opened + l.idle_timeout));
@@ -696,7 +744,7 @@ mod tests {
         assert_eq!(a.deadline(&l), None);
         drop(r);
         assert!(a.deadline(&l).unwrap() >= a.opened + l.idle_timeout);
-        let h1 = Arc::new(Activity::new(Wire::Http1));
+        let h1 = Arc::new(Activity::new(Listener::Http));
         h1.bytes_in.store(1000, Ordering::Relaxed);
         assert_eq!(h1.deadline(&l), Some(h1.opened + l.header_timeout));
     }

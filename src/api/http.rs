@@ -35,7 +35,11 @@ const MAX_BODY: usize = 16 * 1024;
 const MAX_CERT_IDS: usize = 32;
 
 /// `stopping` turns true when the service begins to drain; `/readyz` then answers 503.
-pub fn router(ca: Arc<Ca>, stopping: tokio::sync::watch::Receiver<bool>) -> Router {
+pub fn router(
+    ca: Arc<Ca>,
+    stopping: tokio::sync::watch::Receiver<bool>,
+    exporter: super::metrics::Exporter,
+) -> Router {
     Router::new()
         .route("/crl/{file}", get(crl))
         .route("/ca/{file}", get(ca_cert))
@@ -43,7 +47,10 @@ pub fn router(ca: Arc<Ca>, stopping: tokio::sync::watch::Receiver<bool>) -> Rout
         .route("/ocsp/{issuer}", post(ocsp_post_issuer))
         .route("/ocsp/{issuer}/{*request}", get(ocsp_get))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics))
+        .route(
+            "/metrics",
+            get(move |state| metrics(state, exporter.clone())),
+        )
         .route("/readyz", get(move |state| ready(state, stopping.clone())))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(ca)
@@ -114,8 +121,8 @@ async fn ca_cert(State(ca): State<Arc<Ca>>, Path(file): Path<String>) -> Respons
     }
 }
 
-async fn metrics(State(ca): State<Arc<Ca>>) -> Response {
-    match super::metrics::render(&ca) {
+async fn metrics(State(ca): State<Arc<Ca>>, exporter: super::metrics::Exporter) -> Response {
+    match super::metrics::render(&ca, &exporter).await {
         Ok(body) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)],

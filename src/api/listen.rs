@@ -15,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tower::ServiceExt;
 
-use super::conn::{Conn, Gate, Io, TrackedBody, Wire};
+use super::conn::{Conn, Gate, Io, Listener, TrackedBody};
 use super::tls::{Protocol, TlsReloader};
 
 /// How a listener's connections are secured.
@@ -37,9 +37,10 @@ pub fn accept(
     security: Security,
     mut stop: watch::Receiver<bool>,
 ) -> ReceiverStream<Result<Conn, std::io::Error>> {
-    let wire = match &security {
-        Security::Tls(_, Protocol::Grpc) => Wire::Http2,
-        _ => Wire::Http1,
+    let name = match &security {
+        Security::Tls(_, Protocol::Grpc) => Listener::Grpc,
+        Security::Tls(_, Protocol::Http1) => Listener::Est,
+        Security::Plain => Listener::Http,
     };
     // A handshake is the first thing a TLS client sends: it has the greeting's deadline.
     let handshake_timeout = gate.limits().header_timeout;
@@ -61,7 +62,7 @@ pub fn accept(
                     continue;
                 }
             };
-            let admission = match gate.admit(peer.ip(), wire) {
+            let admission = match gate.admit(peer.ip(), name) {
                 Ok(a) => {
                     logged_full = false;
                     a

@@ -72,6 +72,9 @@ impl Api {
     async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         let conn = conn_of(request)?;
         let who = self.ca.authenticate(conn.leaf(), conn.remote.ip()).await?;
+        if let Some(note) = request.extensions().get::<metrics::RequestNote>() {
+            note.set_principal(&who.uri);
+        }
         match self.limiter.try_acquire(&who.uri) {
             Ok(permit) => Ok(Caller(who, permit)),
             Err(e) => Err(self

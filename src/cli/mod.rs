@@ -22,7 +22,7 @@ use crate::issuance::bootstrap::{self, PkiFiles};
 #[derive(Debug, Parser)]
 #[command(
     name = "medid",
-    version,
+    version = crate::BUILD_VERSION,
     about = "Private CA and audit ledger for connected medical devices"
 )]
 pub struct Cli {
@@ -87,6 +87,9 @@ pub struct ServeArgs {
     /// Base URL for CRL/OCSP/CA URLs in issued certificates [default: http://127.0.0.1:8080].
     #[arg(long, env = "MEDID_PUBLIC_BASE_URL")]
     pub public_base_url: Option<String>,
+    /// Log lines as text or as JSON objects [default: the configuration's log_format, text].
+    #[arg(long, env = "MEDID_LOG_FORMAT", value_enum)]
+    pub log_format: Option<crate::logging::LogFormat>,
 }
 
 impl ServeArgs {
@@ -107,6 +110,9 @@ impl ServeArgs {
         }
         if let Some(v) = &self.public_base_url {
             c.public_base_url = v.clone();
+        }
+        if let Some(v) = self.log_format {
+            c.log_format = v;
         }
         c.validate()?;
         Ok(c)
@@ -216,7 +222,9 @@ pub async fn run(cli: Cli) -> Result<std::process::ExitCode, Error> {
 }
 
 async fn serve(args: ServeArgs) -> Result<crate::server::Stopped, Error> {
-    let config = args.config()?;
+    let config = args.config();
+    crate::logging::init(config.as_ref().map_or(Default::default(), |c| c.log_format));
+    let config = config?;
     // Bind first: a port already in use fails before anything is created on disk.
     let bind = |addr: std::net::SocketAddr| async move {
         tokio::net::TcpListener::bind(addr)

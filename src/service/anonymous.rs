@@ -106,6 +106,8 @@ struct State {
     /// None: the sources past `max_sources`.
     tallies: BTreeMap<(Option<IpAddr>, AnonymousReason), Tally>,
     sources: usize,
+    /// Refusals since start, by reason (the order of [`AnonymousReason::ALL`]); never reset.
+    totals: [u64; AnonymousReason::ALL.len()],
 }
 
 /// Rate limits and tallies of unauthenticated refusals.
@@ -169,6 +171,16 @@ impl AnonymousRefusals {
         Self::count(&mut state, self.limits.max_sources, source, reason, now);
     }
 
+    /// Refusals since start, by reason (`/metrics`).
+    pub fn totals(&self) -> Vec<(AnonymousReason, u64)> {
+        let state = self.lock();
+        AnonymousReason::ALL
+            .iter()
+            .copied()
+            .zip(state.totals.iter().copied())
+            .collect()
+    }
+
     fn count(
         state: &mut State,
         max_sources: usize,
@@ -176,6 +188,9 @@ impl AnonymousRefusals {
         reason: AnonymousReason,
         now: OffsetDateTime,
     ) {
+        if let Some(i) = AnonymousReason::ALL.iter().position(|r| *r == reason) {
+            state.totals[i] += 1;
+        }
         let known = AnonymousReason::ALL
             .iter()
             .any(|r| state.tallies.contains_key(&(Some(source), *r)));

@@ -69,6 +69,31 @@ fn on_disk(cert: &Path, key: &Path) -> Option<OnDisk> {
 }
 
 impl Ca {
+    /// When the service's own certificates end: its TLS server certificate as on disk now
+    /// (`tls-server`, absent when unreadable) and the OCSP responder of each issuing-CA
+    /// generation in service (`ocsp-responder/<issuer>`).
+    pub fn service_certificate_ends(&self) -> Vec<(String, time::OffsetDateTime)> {
+        let mut ends = Vec::new();
+        let server = std::fs::read(&self.pki.server_cert)
+            .ok()
+            .and_then(|pem| crate::pem::parse_certificates(&pem).ok())
+            .and_then(|certs| certs.into_iter().next())
+            .and_then(|der| {
+                x509_parser::parse_x509_certificate(&der)
+                    .ok()
+                    .map(|(_, c)| c.validity().not_after.to_datetime())
+            });
+        if let Some(end) = server {
+            ends.push(("tls-server".to_owned(), end));
+        }
+        for info in self.issuers_in_service() {
+            if let Some(end) = self.authority.ocsp_responder_not_after(info.id) {
+                ends.push((format!("ocsp-responder/{}", info.id.label()), end));
+            }
+        }
+        ends
+    }
+
     fn server_subject(&self) -> String {
         format!(
             "spiffe://{}/service/medid",

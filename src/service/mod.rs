@@ -7,6 +7,7 @@
 //! `publish.rs` CRLs, OCSP, certificate status and the trust bundle.
 
 pub mod anonymous;
+pub mod counters;
 mod enroll;
 mod est;
 mod identity;
@@ -84,6 +85,8 @@ pub struct Ca {
     pub ca_expiry_warning: Duration,
     /// Bumped each time the TLS server certificate on disk is renewed; the TLS layer loads it.
     pub tls_renewals: tokio::sync::watch::Sender<u64>,
+    /// Issuance and refusals, for `/metrics`.
+    pub counters: counters::Counters,
 }
 
 /// A new manufacturer, validated.
@@ -161,6 +164,7 @@ impl Ca {
         let event = self
             .actor_event(actor, action, target.clone())
             .refused(&err);
+        self.counters.refused(action, &err);
         if let Err(audit_err) = self.store.record_event(&event).await {
             tracing::error!(error = %audit_err, %action, "could not record refusal event");
         }
@@ -449,6 +453,10 @@ impl Ca {
             .store
             .record_new(&new, &signed, &completion, &done)
             .await;
+        match &recorded {
+            Ok(_) => self.counters.issued(new.profile),
+            Err(e) => self.counters.not_issued(new.profile, e),
+        }
         let recorded = self
             .audited_as(actor, action, &Target::uri(&subject_uri), recorded)
             .await?;

@@ -245,14 +245,48 @@ impl Store {
         }))
     }
 
-    /// How many certificates are in `status` ('reserved', 'active', 'revoked').
-    pub async fn certificate_count(&self, status: &str) -> Result<i64, Error> {
-        Ok(
-            sqlx::query_scalar("SELECT COUNT(*) FROM certificates WHERE status = $1")
-                .bind(status)
-                .fetch_one(&self.reader)
-                .await?,
+    /// How many certificates there are of each profile in each state.
+    pub async fn certificate_census(&self) -> Result<Vec<(Profile, CertState, u64)>, Error> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT profile, status, COUNT(*) FROM certificates GROUP BY profile, status",
         )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter()
+            .map(|(profile, status, n)| {
+                Ok((
+                    super::decode(&profile, "certificate profile", Profile::parse)?,
+                    super::decode(&status, "certificate status", CertState::parse)?,
+                    n.max(0) as u64,
+                ))
+            })
+            .collect()
+    }
+
+    /// Active certificates of each profile that have not ended at `now` and end at or before
+    /// `now + within`, for each span of `within` in turn (one index range scan each).
+    pub async fn ending_within(
+        &self,
+        now: OffsetDateTime,
+        within: &[time::Duration],
+    ) -> Result<Vec<(Profile, time::Duration, u64)>, Error> {
+        let mut counts = Vec::new();
+        for span in within {
+            let rows: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT profile, COUNT(*) FROM certificates
+                 WHERE status = 'active' AND not_after > $1 AND not_after <= $2
+                 GROUP BY profile",
+            )
+            .bind(to_unix(now))
+            .bind(to_unix(now + *span))
+            .fetch_all(&self.reader)
+            .await?;
+            for (profile, n) in rows {
+                let profile = super::decode(&profile, "certificate profile", Profile::parse)?;
+                counts.push((profile, *span, n.max(0) as u64));
+            }
+        }
+        Ok(counts)
     }
 }
 

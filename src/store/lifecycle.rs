@@ -92,6 +92,14 @@ pub struct CrlRecord {
     pub der: Vec<u8>,
 }
 
+/// A CRL's number and validity, without its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrlHead {
+    pub number: i64,
+    pub this_update: OffsetDateTime,
+    pub next_update: OffsetDateTime,
+}
+
 /// What a revocation does to its subject besides revoking certificates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubjectChange<'a> {
@@ -317,6 +325,25 @@ impl Store {
             next_update: from_unix(row.try_get("next_update")?)?,
             der: row.try_get("der")?,
         }))
+    }
+
+    /// The newest CRL's number and validity (`/metrics`), without reading its body.
+    pub async fn crl_head(&self, issuer: IssuerId) -> Result<Option<CrlHead>, Error> {
+        let row: Option<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT number, this_update, next_update FROM crls
+             WHERE issuer = $1 ORDER BY number DESC LIMIT 1",
+        )
+        .bind(issuer.label())
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|(number, this_update, next_update)| {
+            Ok(CrlHead {
+                number,
+                this_update: from_unix(this_update)?,
+                next_update: from_unix(next_update)?,
+            })
+        })
+        .transpose()
     }
 
     /// Stores a new enrollment token (by hash) with its audit event.

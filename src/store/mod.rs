@@ -25,6 +25,8 @@ pub mod registry;
 pub(crate) mod sql;
 mod writer;
 
+pub use writer::WriterStats;
+
 use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::sync::{Arc, Once};
@@ -315,6 +317,11 @@ impl Store {
     pub async fn ping(&self) -> Result<(), Error> {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
+    }
+
+    /// The group-commit writer's batch figures.
+    pub fn writer_stats(&self) -> &WriterStats {
+        self.writer_task.stats()
     }
 
     /// Commits the queued writes and closes every connection: the group-commit writer and

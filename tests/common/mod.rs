@@ -563,3 +563,95 @@ pub async fn a_call_works(channel: Channel) -> bool {
         .await
         .is_ok()
 }
+
+/// One sample of `/metrics`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Every sample of `/metrics`, fetched with curl. With `MEDID_METRICS_PYTHON` set (`.ci/run`
+/// sets it), the text is parsed by Python prometheus_client's OpenMetrics parser, an
+/// independent reader that refuses malformed text; without it, line by line here.
+pub fn scrape_metrics(server: &TestServer) -> Vec<Sample> {
+    let work = tempfile::tempdir().unwrap();
+    let text = work.path().join("metrics.txt");
+    let fetched = std::process::Command::new("curl")
+        .args(["-sSf", "-o"])
+        .arg(&text)
+        .arg(format!("{}/metrics", server.http_url))
+        .status()
+        .unwrap();
+    assert!(fetched.success(), "GET /metrics failed");
+    match std::env::var("MEDID_METRICS_PYTHON") {
+        Ok(python) => {
+            let script = "import sys, json\n\
+                from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+                for family in text_string_to_metric_families(open(sys.argv[1]).read()):\n\
+                \x20   for s in family.samples:\n\
+                \x20       print(json.dumps([s.name, s.labels, s.value]))\n";
+            let out = std::process::Command::new(&python)
+                .args(["-c", script])
+                .arg(&text)
+                .output()
+                .unwrap_or_else(|e| panic!("MEDID_METRICS_PYTHON={python}: {e}"));
+            assert!(
+                out.status.success(),
+                "the OpenMetrics parser refused /metrics: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout)
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let (name, labels, value): (String, _, f64) = serde_json::from_str(l).unwrap();
+                    Sample {
+                        name,
+                        labels,
+                        value,
+                    }
+                })
+                .collect()
+        }
+        Err(_) => std::fs::read_to_string(&text)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| {
+                let (series, value) = l.rsplit_once(' ').expect("a sample line");
+                let (name, labels) = match series.split_once('{') {
+                    Some((name, rest)) => (name, rest.trim_end_matches('}')),
+                    None => (series, ""),
+                };
+                let labels = labels
+                    .split("\",")
+                    .filter(|kv| !kv.is_empty())
+                    .map(|kv| {
+                        let (k, v) = kv.split_once("=\"").expect("label=\"value\"");
+                        (k.to_owned(), v.trim_end_matches('"').to_owned())
+                    })
+                    .collect();
+                Sample {
+                    name: name.to_owned(),
+                    labels,
+                    value: value.parse().expect("a number"),
+                }
+            })
+            .collect(),
+    }
+}
+
+/// The value of the sample named `name` whose labels include every one of `labels`.
+pub fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+}
