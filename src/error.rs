@@ -49,6 +49,34 @@ impl Error {
         Error::Internal(format!("{context}: {err}"))
     }
 
+    /// The same error, its message led by `context`.
+    pub fn context(self, context: &str) -> Self {
+        let led = |m: String| format!("{context}{m}");
+        match self {
+            Error::InvalidArgument(m) => Error::InvalidArgument(led(m)),
+            Error::BadCsr(m) => Error::BadCsr(led(m)),
+            Error::Unauthenticated(m) => Error::Unauthenticated(led(m)),
+            Error::PermissionDenied(m) => Error::PermissionDenied(led(m)),
+            Error::NotFound(m) => Error::NotFound(led(m)),
+            Error::AlreadyExists(m) => Error::AlreadyExists(led(m)),
+            Error::FailedPrecondition(m) => Error::FailedPrecondition(led(m)),
+            Error::ResourceExhausted(m) => Error::ResourceExhausted(led(m)),
+            Error::Unavailable(m) => Error::Unavailable(led(m)),
+            Error::Internal(m) => Error::Internal(led(m)),
+            Error::Integrity(m) => Error::Integrity(led(m)),
+        }
+    }
+
+    /// Whether retrying the same request later may succeed: the service or the network was
+    /// unavailable, a limit was reached, or something failed inside. Every other error is
+    /// the service's answer to this request, and asking again gets the same one.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Unavailable(_) | Error::ResourceExhausted(_) | Error::Internal(_)
+        )
+    }
+
     /// The outcome word recorded in audit events for a refusal of this kind.
     pub fn audit_outcome(&self) -> crate::audit::Outcome {
         use crate::audit::Outcome;

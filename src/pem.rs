@@ -22,11 +22,41 @@ pub fn certificate(der: &[u8]) -> String {
     encode("CERTIFICATE", der)
 }
 
+/// A PEM parse failure in words, quoting the offending line as text (the parser's own message
+/// prints it as a list of byte values).
+pub fn describe_error(e: &rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error as E;
+    let quote = |line: &[u8]| {
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end();
+        match text.chars().count() {
+            0..=64 => format!("{text:?}"),
+            _ => format!("{:?}…", text.chars().take(64).collect::<String>()),
+        }
+    };
+    match e {
+        E::MissingSectionEnd { end_marker } => format!(
+            "the PEM block never ends: no \"-----END {}-----\" line",
+            String::from_utf8_lossy(end_marker).trim()
+        ),
+        E::IllegalSectionStart { line } => {
+            format!("malformed PEM BEGIN line {}", quote(line))
+        }
+        E::Base64Decode(detail) => format!("the PEM body is not valid base64 ({detail})"),
+        E::Io(io) => format!("reading PEM: {io}"),
+        E::NoItemsFound => "no PEM block of the expected kind".into(),
+        E::SectionTooLarge => "a PEM block larger than 256 MB".into(),
+        other => other.to_string(),
+    }
+}
+
 /// All certificates in a PEM text, in order.
 pub fn parse_certificates(text: &[u8]) -> Result<Vec<CertificateDer<'static>>, Error> {
     let certs = CertificateDer::pem_slice_iter(text)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::InvalidArgument(format!("bad PEM certificate: {e}")))?;
+        .map_err(|e| {
+            Error::InvalidArgument(format!("bad PEM certificate: {}", describe_error(&e)))
+        })?;
     if certs.is_empty() {
         return Err(Error::InvalidArgument("no PEM certificate found".into()));
     }
@@ -43,7 +73,12 @@ pub fn csr_der(bytes: &[u8]) -> Result<Vec<u8>, Error> {
     let mut blocks = CertificateSigningRequestDer::pem_slice_iter(bytes);
     let first = match blocks.next() {
         Some(Ok(der)) => der,
-        Some(Err(e)) => return Err(Error::BadCsr(format!("PEM is malformed: {e}"))),
+        Some(Err(e)) => {
+            return Err(Error::BadCsr(format!(
+                "PEM is malformed: {}",
+                describe_error(&e)
+            )))
+        }
         None => {
             return Err(Error::BadCsr(
                 "PEM holds no complete CERTIFICATE REQUEST block".into(),

@@ -44,6 +44,12 @@ impl Cli<'_> {
     }
 
     fn agent(&self, dir: &Path, birth: &Path, extra: &[&str]) -> (bool, String) {
+        let (code, out) = self.agent_exit(dir, birth, extra);
+        (code == 0, out)
+    }
+
+    /// The agent's exit status and output.
+    fn agent_exit(&self, dir: &Path, birth: &Path, extra: &[&str]) -> (i32, String) {
         let out = Command::new(env!("CARGO_BIN_EXE_medid"))
             .args(["agent", "--dir"])
             .arg(dir)
@@ -59,7 +65,7 @@ impl Cli<'_> {
             .output()
             .expect("medid agent runs");
         (
-            out.status.success(),
+            out.status.code().expect("the agent exits with a status"),
             format!(
                 "{}{}",
                 String::from_utf8_lossy(&out.stdout),
@@ -153,10 +159,18 @@ async fn a_device_lives_its_life_through_the_cli_and_the_agent() {
     // `status` exits 10 for a revoked certificate (tested by exit status below).
     let (ok, out) = cli.admin(&["status", "--serial", &second]);
     assert!(!ok && out.starts_with("revoked"), "{out}");
-    // The agent notices its certificate is refused and falls back to the birth certificate.
-    let (ok, out) = cli.agent(&agent_dir, &birth, &["--once", "--force"]);
-    assert!(ok, "{out}");
-    assert_ne!(serial_of(&agent_dir.join("cert.pem")), second);
+    // Not due by the calendar, but its certificate is revoked: the agent's pass finds out and
+    // renews at once with the birth certificate.
+    let (ok, out) = cli.agent(&agent_dir, &birth, &["--once"]);
+    assert!(ok && out.contains("no longer accepted"), "{out}");
+    let third = serial_of(&agent_dir.join("cert.pem"));
+    assert_ne!(third, second);
+    let (ok, out) = cli.agent(&agent_dir, &birth, &["--once"]);
+    assert!(
+        ok && out.contains("not due") && out.contains("accepted"),
+        "{out}"
+    );
+    assert_eq!(serial_of(&agent_dir.join("cert.pem")), third);
 
     // The CRL over gRPC lists the revoked serial.
     let (ok, out) = cli.admin(&["crl", "fetch", "--issuer", "operational", "--out", "op.crl"]);
@@ -190,6 +204,15 @@ async fn a_device_lives_its_life_through_the_cli_and_the_agent() {
         text.contains("revoked") || text.contains("transport error"),
         "{out}"
     );
+    // The agent stops at once on a permanent refusal (no five retries with backoff), with
+    // the class of the refusal as its exit status and not "internal error".
+    let (code, out) = cli.agent_exit(&agent_dir, &birth, &["--once", "--force"]);
+    assert!(matches!(code, 5 | 6), "{code}: {out}");
+    assert!(
+        out.contains("not retried") && !out.contains("retrying in"),
+        "{out}"
+    );
+    assert!(!out.to_lowercase().contains("internal"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,4 +461,269 @@ async fn failures_name_their_code_and_exit_by_class() {
         "{err}"
     );
     server.stop().await;
+}
+
+/// The commands an operator's, a gateway's and an auditor's scripts use: expiring
+/// certificates, access reports (one, and a file through the stream), audit queries, proofs
+/// verified here, JSON of one object for one item with null for what is absent, completions,
+/// the man page and the version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_list_report_query_and_prove_through_the_cli() {
+    let server = TestServer::start().await;
+    let dir = server.dir.path().to_owned();
+    let ca = server.pki("root-ca.pem");
+    let (admin_cert, admin_key) = (server.pki("admin.pem"), server.pki("admin.key"));
+    let admin = |args: &[&str]| exit_of(&server.url, &ca, &admin_cert, &admin_key, args);
+    server.add_manufacturer("acme", &["X"]).await;
+    let station = server.station("acme", "line-1").await;
+    server.enroll(&station, "SN-1").await;
+
+    // One device: one object, with null where there is nothing.
+    let (code, out, err) = admin(&[
+        "device",
+        "get",
+        "--manufacturer",
+        "acme",
+        "--serial",
+        "SN-1",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let device: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(device.is_object(), "{device}");
+    assert_eq!(device["udi_di"], serde_json::Value::Null, "{device}");
+    assert_eq!(device["state"], "active");
+
+    // Expiring: the admin's and station's 90-day certificates are within 400 days, none
+    // within one day; a birth certificate (no well-defined expiry) never is.
+    let (code, out, err) = admin(&["expiring", "--within-days", "400", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let list: Vec<serde_json::Value> = serde_json::from_str(out.trim()).unwrap();
+    assert!(
+        list.iter()
+            .any(|c| c["subject_uri"] == "spiffe://medid.local/admin/admin"),
+        "{out}"
+    );
+    assert!(list
+        .iter()
+        .all(|c| c["not_after"].is_string() && c["profile"] != "device-birth"));
+    assert!(list.iter().all(|c| c["revoked_at"].is_null()));
+    let (code, out, _) = admin(&["expiring", "--within-days", "1", "--json"]);
+    assert_eq!((code, out.trim()), (0, "[]"));
+
+    // A gateway and an auditor, issued through the CLI.
+    for (role, id) in [("gateway", "gw"), ("auditor", "aud")] {
+        let (code, _, err) = admin(&[
+            "admin",
+            "issue",
+            "--role",
+            role,
+            "--id",
+            id,
+            "--out",
+            dir.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let (gw_cert, gw_key) = (dir.join("gw.pem"), dir.join("gw.key"));
+    let gateway = |args: &[&str]| exit_of(&server.url, &ca, &gw_cert, &gw_key, args);
+    let (aud_cert, aud_key) = (dir.join("aud.pem"), dir.join("aud.key"));
+    let auditor = |args: &[&str]| exit_of(&server.url, &ca, &aud_cert, &aud_key, args);
+
+    let access = [
+        "audit",
+        "record-access",
+        "--manufacturer",
+        "acme",
+        "--serial",
+        "SN-1",
+        "--data-category",
+        "vital-signs",
+        "--patient",
+        "P-1",
+        "--purpose",
+        "TREAT",
+    ];
+    let (code, out, err) = gateway(&[&access[..], &["--json"]].concat());
+    assert_eq!(code, 0, "{err}");
+    let receipt: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let first_seq = receipt["seq"].as_i64().expect("a sequence number");
+
+    let file = dir.join("accesses.jsonl");
+    let line = |n: usize| {
+        serde_json::json!({"manufacturer_id": "acme", "serial": "SN-1", "action": "read",
+                           "data_category": "waveform", "patient_ref": format!("P-{n}"),
+                           "purpose_of_use": "TREAT", "user_id": "nurse-7", "user_role": "nurse"})
+        .to_string()
+    };
+    std::fs::write(&file, format!("{}\n{}\n\n{}\n", line(2), line(3), line(4))).unwrap();
+    let (code, out, err) = gateway(&[
+        "audit",
+        "record-access",
+        "--file",
+        file.to_str().unwrap(),
+        "--batch",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let streamed: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(streamed["recorded"], 3, "{streamed}");
+    let (first, last) = (
+        streamed["first_seq"].as_i64().unwrap(),
+        streamed["last_seq"].as_i64().unwrap(),
+    );
+    assert!(first > first_seq && last > first, "{streamed}");
+
+    // A bad line is named, and nothing of the file is sent.
+    std::fs::write(
+        &file,
+        format!(
+            "{}\n{{\"serial\": \"SN-1\", \"colour\": \"red\"}}\n",
+            line(5)
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = gateway(&["audit", "record-access", "--file", file.to_str().unwrap()]);
+    assert_eq!(code, 7, "{err}");
+    assert!(err.contains("line 2") && err.contains("colour"), "{err}");
+
+    // The auditor queries what the gateway reported: four accesses, newest last.
+    let (code, out, err) = auditor(&["audit", "query", "--action", "data.access", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 4, "{out}");
+    assert!(events
+        .iter()
+        .all(|e| e["action"] == "data.access" && e["outcome"] == "success"));
+    assert_eq!(events[0]["seq"], first_seq);
+    let (code, out, _) = auditor(&[
+        "audit",
+        "query",
+        "--action",
+        "data.access",
+        "--limit",
+        "2",
+        "--page-size",
+        "1",
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(
+        out.lines()
+            .all(|l| l.contains("data.access") && l.contains("spiffe://medid.local/gateway/gw")),
+        "{out}"
+    );
+
+    // Proofs, verified by the CLI against the audit key.
+    let key = server.pki("audit-signing.pub");
+    let key = key.to_str().unwrap();
+    let note = dir.join("kept.note");
+    let (code, out, err) = auditor(&[
+        "audit",
+        "checkpoint",
+        "--json",
+        "--out",
+        note.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let checkpoint: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let kept_size = checkpoint["tree_size"].as_u64().unwrap();
+    assert!(kept_size >= last as u64, "{checkpoint}");
+    let seq = first_seq.to_string();
+    let (code, out, err) = auditor(&[
+        "audit",
+        "prove-inclusion",
+        "--seq",
+        &seq,
+        "--audit-key",
+        key,
+        "--checkpoint",
+        note.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let proved: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (proved["verified"].as_bool(), proved["tree_size"].as_u64()),
+        (Some(true), Some(kept_size))
+    );
+    // The log grows; today's checkpoint extends the one kept.
+    let (code, _, err) = gateway(&access);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = auditor(&[
+        "audit",
+        "prove-consistency",
+        "--since",
+        note.to_str().unwrap(),
+        "--audit-key",
+        key,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("OK: the log of size ")
+            && out.contains(&format!("extends the checkpoint of size {kept_size}")),
+        "{out}"
+    );
+    let (code, out, err) = auditor(&[
+        "audit",
+        "prove-inclusion",
+        "--seq",
+        &seq,
+        "--audit-key",
+        key,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with(&format!("OK: event {seq} (leaf hash ")),
+        "{out}"
+    );
+    // A kept checkpoint whose root was changed no longer verifies.
+    let text = std::fs::read_to_string(&note).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let other = if lines[2].starts_with('A') { 'B' } else { 'A' };
+    lines[2] = format!("{other}{}", &lines[2][1..]);
+    let forged = dir.join("forged.note");
+    std::fs::write(&forged, lines.join("\n") + "\n").unwrap();
+    let (code, _, err) = auditor(&[
+        "audit",
+        "prove-consistency",
+        "--since",
+        forged.to_str().unwrap(),
+        "--audit-key",
+        key,
+    ]);
+    assert_eq!(code, 6, "{err}");
+    assert!(err.contains("verification FAILED"), "{err}");
+    // A gateway may not query.
+    let (code, _, err) = gateway(&["audit", "query"]);
+    assert_eq!(code, 5, "{err}");
+
+    // Completions, the man page and the version say what the binary is.
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_medid"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(run(&["completions", "bash"]).contains("_medid()"));
+    assert!(run(&["completions", "zsh"]).contains("#compdef medid"));
+    let page = run(&["man"]);
+    assert!(
+        page.contains(".TH medid 1") && page.contains("medid\\-audit(1)"),
+        "{page}"
+    );
+    let version = run(&["--version"]);
+    assert!(
+        version.starts_with(&format!("medid {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{version}"
+    );
+    let mandir = dir.join("man");
+    run(&["man", "--out", mandir.to_str().unwrap()]);
+    assert!(mandir.join("medid.1").exists() && mandir.join("medid-audit-record-access.1").exists());
 }

@@ -288,6 +288,22 @@ async fn bad_csrs_are_refused_with_a_named_reason_and_leave_only_one_audit_event
         ("RSA-1024", fixture("rsa1024.csr"), "RSA-1024"),
         ("P-192", fixture("p192.csr"), "P-192"),
         ("secp256k1", fixture("secp256k1.csr"), "secp256k1"),
+        (
+            "brainpoolP256r1",
+            fixture("brainpoolp256r1.csr"),
+            "ECDSA brainpoolP256r1 (1.3.36.3.3.2.8.1.1.7) keys are not accepted",
+        ),
+        (
+            "PEM with a body that is not base64",
+            b"-----BEGIN CERTIFICATE REQUEST-----\nnot base64!\n-----END CERTIFICATE REQUEST-----\n"
+                .to_vec(),
+            "the PEM body is not valid base64",
+        ),
+        (
+            "PEM that never ends",
+            b"-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n".to_vec(),
+            "the PEM block never ends: no \"-----END CERTIFICATE REQUEST-----\" line",
+        ),
         ("Ed448", fixture("ed448.csr"), "Ed448"),
         ("SHA-1", fixture("p256-sha1.csr"), "SHA-1"),
         ("MD5", fixture("rsa2048-md5.csr"), "MD5"),

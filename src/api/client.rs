@@ -102,7 +102,7 @@ impl Connector {
             Some((cert_pem, key_pem)) => {
                 let chain = crate::pem::parse_certificates(cert_pem)?;
                 let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem)
-                    .map_err(|e| bad("client private key", &e))?;
+                    .map_err(|e| bad("client private key", &crate::pem::describe_error(&e)))?;
                 builder
                     .with_client_auth_cert(chain, key)
                     .map_err(|e| bad("client certificate", &e))?

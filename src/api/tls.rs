@@ -112,8 +112,13 @@ impl ServerIdentity {
     fn read(files: &PkiFiles) -> Result<Self, Error> {
         Ok(Self {
             chain: read_certs(&files.server_cert)?,
-            key: PrivateKeyDer::from_pem_file(&files.server_key)
-                .map_err(|e| Error::Internal(format!("{}: {e}", files.server_key.display())))?,
+            key: PrivateKeyDer::from_pem_file(&files.server_key).map_err(|e| {
+                Error::Internal(format!(
+                    "{}: {}",
+                    files.server_key.display(),
+                    crate::pem::describe_error(&e)
+                ))
+            })?,
         })
     }
 }

@@ -14,7 +14,6 @@ use rcgen::{CertificateParams, KeyPair};
 use ring::rand::{SecureRandom, SystemRandom};
 use time::{Duration, OffsetDateTime};
 
-use crate::api::client::{connect, ClientCredentials};
 use crate::error::Error;
 use crate::files::{write_atomic, Access};
 use crate::policy::profile::renew_after;
@@ -31,6 +30,7 @@ pub struct AgentArgs {
     /// device's birth certificate).
     #[arg(long)]
     pub bootstrap_cert: PathBuf,
+    /// The private key of --bootstrap-cert.
     #[arg(long)]
     pub bootstrap_key: PathBuf,
     /// Renew once if due (or if there is no certificate yet), then exit.
@@ -42,9 +42,10 @@ pub struct AgentArgs {
     /// Command run with `sh -c` after each renewal; MEDID_CERT and MEDID_KEY name the files.
     #[arg(long)]
     pub exec: Option<String>,
-    /// Service URL and trust anchor.
+    /// Service URL.
     #[arg(long, env = "MEDID_SERVER", default_value = "https://localhost:7443")]
     pub server: String,
+    /// CA certificate that signed the service's certificate chain (the root).
     #[arg(long, env = "MEDID_CA", default_value = "certs-dev/root-ca.pem")]
     pub ca: PathBuf,
 }
@@ -125,8 +126,7 @@ async fn renew_once(args: &AgentArgs, files: &Files, have_current: bool) -> Resu
     } else {
         (&args.bootstrap_cert, &args.bootstrap_key)
     };
-    let creds = ClientCredentials::from_files(&args.ca, cert, key)?;
-    let channel = connect(&args.server, &creds).await?;
+    let channel = super::client::open(&args.server, &args.ca, cert, key).await?;
     let new_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
         .map_err(|e| Error::internal("generating key", e))?;
     let csr = CertificateParams::default()
@@ -176,12 +176,30 @@ async fn renew_once(args: &AgentArgs, files: &Files, have_current: bool) -> Resu
     Ok(())
 }
 
+/// Whether the service still accepts the current certificate: one cheap authenticated call
+/// (the trust bundle) made with it. A revoked, unknown or disabled certificate is refused at
+/// the handshake or by authentication; that refusal is the answer.
+async fn check_current(args: &AgentArgs, files: &Files) -> Result<(), Error> {
+    let channel = super::client::open(&args.server, &args.ca, &files.cert, &files.key).await?;
+    LifecycleServiceClient::new(channel)
+        .get_trust_bundle(crate::proto::GetTrustBundleRequest {})
+        .await
+        .map_err(super::client::status)?;
+    Ok(())
+}
+
+/// A refusal of the caller itself (its certificate revoked, unknown or disabled, or its role
+/// not allowed): with the current certificate, the agent falls back to the bootstrap identity.
+fn refuses_the_caller(e: &Error) -> bool {
+    matches!(e, Error::Unauthenticated(_) | Error::PermissionDenied(_))
+}
+
 pub async fn run(args: AgentArgs) -> Result<(), Error> {
     crate::files::create_private_dir(&args.dir)?;
     let files = Files::new(&args.dir);
     let mut failures = 0u32;
     let mut force = args.force;
-    // After a refusal with the current certificate (revoked, say), try the bootstrap identity.
+    // After a refusal of the current certificate (revoked, say), use the bootstrap identity.
     let mut use_bootstrap = false;
     loop {
         let now = OffsetDateTime::now_utc();
@@ -190,7 +208,21 @@ pub async fn run(args: AgentArgs) -> Result<(), Error> {
             Some((nb, na)) => renewal_time(nb, na, random_unit()),
             None => now,
         };
-        if force || now >= due {
+        let mut unchecked = None;
+        if current.is_some() && !force && !use_bootstrap && now < due {
+            // Not due by the calendar: is the certificate still good?
+            match check_current(&args, &files).await {
+                Ok(()) => {}
+                Err(e) if refuses_the_caller(&e) => {
+                    eprintln!(
+                        "the current certificate is no longer accepted ({e}); renewing now with the bootstrap identity"
+                    );
+                    use_bootstrap = true;
+                }
+                Err(e) => unchecked = Some(e),
+            }
+        }
+        if force || use_bootstrap || now >= due {
             let with_current = current.is_some() && !use_bootstrap;
             match renew_once(&args, &files, with_current).await {
                 Ok(()) => {
@@ -202,11 +234,23 @@ pub async fn run(args: AgentArgs) -> Result<(), Error> {
                     }
                     continue;
                 }
+                Err(e) if with_current && refuses_the_caller(&e) => {
+                    eprintln!(
+                        "renewal with the current certificate refused ({e}); trying the bootstrap identity"
+                    );
+                    use_bootstrap = true;
+                    continue;
+                }
+                Err(e) if !e.is_transient() => {
+                    // The service's answer to this device; asking again gets the same one.
+                    return Err(e.context(
+                        "renewal refused, not retried (the device may be decommissioned or its bootstrap certificate revoked): ",
+                    ));
+                }
                 Err(e) => {
                     failures += 1;
-                    use_bootstrap = with_current;
                     if args.once && failures >= ONCE_ATTEMPTS {
-                        return Err(e);
+                        return Err(e.context(&format!("renewal failed {failures} times: ")));
                     }
                     let wait = backoff(failures - 1);
                     eprintln!("renewal failed ({e}); retrying in {wait:?}");
@@ -216,8 +260,18 @@ pub async fn run(args: AgentArgs) -> Result<(), Error> {
             }
         }
         if args.once {
-            println!("not due: renewal at {due}");
+            match unchecked {
+                Some(e) => {
+                    println!("not due: renewal at {due} (its status could not be checked: {e})")
+                }
+                None => println!("not due: renewal at {due}; the certificate is accepted"),
+            }
             return Ok(());
+        }
+        if let Some(e) = unchecked {
+            eprintln!(
+                "could not check the current certificate ({e}); checking again within the hour"
+            );
         }
         let wait = (due - now).clamp(Duration::SECOND, Duration::HOUR);
         tokio::time::sleep(StdDuration::from_secs(wait.whole_seconds() as u64)).await;

@@ -3,11 +3,11 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use clap::{Subcommand, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
 use futures_util::StreamExt;
 
 use super::client::{status, Connection};
-use crate::audit::{ledger, render, verify};
+use crate::audit::{checkpoint, ledger, merkle, render, verify};
 use crate::error::Error;
 use crate::proto::{self, audit_service_client::AuditServiceClient};
 
@@ -29,38 +29,22 @@ pub enum AuditCommand {
     Export {
         #[command(flatten)]
         conn: Connection,
+        /// What to write to --out.
         #[arg(long, value_enum, default_value = "jsonl")]
         format: Format,
+        /// The file to write (mode 0600); for csv and fhir the bundle goes beside it as
+        /// FILE.bundle.jsonl.
         #[arg(long)]
         out: PathBuf,
-        /// RFC 3339 time range.
-        #[arg(long)]
-        from: Option<String>,
-        #[arg(long)]
-        to: Option<String>,
-        /// Device URI.
-        #[arg(long)]
-        device: Option<String>,
-        #[arg(long)]
-        manufacturer: Option<String>,
-        /// Actor URI.
-        #[arg(long)]
-        actor: Option<String>,
-        /// Action, e.g. data.access, device.enroll, certificate.revoke.
-        #[arg(long)]
-        action: Option<String>,
-        /// success, refused, denied or failed.
-        #[arg(long)]
-        outcome: Option<String>,
-        /// Patient reference (PHI: sent to the server, not recorded in the export event).
-        #[arg(long)]
-        patient: Option<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
         /// An earlier checkpoint note: the bundle then carries a consistency proof from it.
         #[arg(long)]
         previous_checkpoint: Option<PathBuf>,
     },
     /// Verify a bundle offline: leaf hashes, tree, checkpoint signature, consistency.
     Verify {
+        /// The bundle file (`medid audit export`).
         bundle: PathBuf,
         /// The audit public key (PEM).
         #[arg(long, default_value = "certs-dev/audit-signing.pub")]
@@ -77,6 +61,95 @@ pub enum AuditCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Query the audit trail (role auditor): matching events, oldest first, one per line.
+    Query {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Events asked for per request (1–1000).
+        #[arg(long, default_value_t = 100)]
+        page_size: u32,
+        /// Stop after this many events [default: all that match].
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// Report device-data accesses (role gateway): one from the flags, or a JSON-lines file
+    /// through the stream, each acknowledged once durable.
+    RecordAccess(super::access::AccessArgs),
+    /// Fetch an inclusion proof for event SEQ and verify it here against a signed checkpoint
+    /// (admin, auditor, gateway).
+    ProveInclusion {
+        #[command(flatten)]
+        conn: Connection,
+        /// The event's sequence number.
+        #[arg(long)]
+        seq: i64,
+        /// A checkpoint note kept earlier: prove the event is in that tree [default: the
+        /// current checkpoint, fetched and verified].
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// The audit public key (PEM) the checkpoint must be signed with.
+        #[arg(long, default_value = "certs-dev/audit-signing.pub")]
+        audit_key: PathBuf,
+    },
+    /// Fetch the current checkpoint and a consistency proof from a checkpoint kept earlier,
+    /// and verify here that today's log extends it: nothing recorded then was changed or
+    /// removed (admin, auditor, gateway).
+    ProveConsistency {
+        #[command(flatten)]
+        conn: Connection,
+        /// The checkpoint note kept earlier.
+        #[arg(long)]
+        since: PathBuf,
+        /// The audit public key (PEM) both checkpoints must be signed with.
+        #[arg(long, default_value = "certs-dev/audit-signing.pub")]
+        audit_key: PathBuf,
+    },
+}
+
+/// Which events: every flag given must match.
+#[derive(Debug, Clone, Args)]
+pub struct FilterArgs {
+    /// Events recorded at or after this time (RFC 3339).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Events recorded at or before this time (RFC 3339).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Device URI.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Events about this manufacturer's devices and stations.
+    #[arg(long)]
+    pub manufacturer: Option<String>,
+    /// Actor URI.
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Action, e.g. data.access, device.enroll, certificate.revoke.
+    #[arg(long)]
+    pub action: Option<String>,
+    /// success, refused, denied or failed.
+    #[arg(long)]
+    pub outcome: Option<String>,
+    /// Patient reference (PHI: sent to the server, not recorded in the export event).
+    #[arg(long)]
+    pub patient: Option<String>,
+}
+
+impl FilterArgs {
+    fn to_proto(&self) -> Result<proto::AuditFilter, Error> {
+        Ok(proto::AuditFilter {
+            from: timestamp(&self.from)?,
+            to: timestamp(&self.to)?,
+            device_uri: self.device.clone().unwrap_or_default(),
+            manufacturer_id: self.manufacturer.clone().unwrap_or_default(),
+            actor_uri: self.actor.clone().unwrap_or_default(),
+            action: self.action.clone().unwrap_or_default(),
+            outcome: self.outcome.clone().unwrap_or_default(),
+            patient_ref: self.patient.clone().unwrap_or_default(),
+        })
+    }
 }
 
 fn read(path: &PathBuf) -> Result<String, Error> {
@@ -97,8 +170,208 @@ fn timestamp(s: &Option<String>) -> Result<Option<prost_types::Timestamp>, Error
         .transpose()
 }
 
+/// The audit public key in `path`.
+fn audit_key(path: &PathBuf) -> Result<[u8; 32], Error> {
+    crate::audit::checkpoint::public_key_from_pem(&read(path)?).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "{} is not an Ed25519 public key (PEM)",
+            path.display()
+        ))
+    })
+}
+
+/// Verifies a signed checkpoint note with `key`; its origin (first line) names the key.
+fn verified(note: &str, key: &[u8; 32], what: &str) -> Result<checkpoint::Checkpoint, Error> {
+    let origin = note.lines().next().unwrap_or_default();
+    checkpoint::verify(note, origin, key)
+        .map_err(|e| Error::FailedPrecondition(format!("verification FAILED: {what}: {e}")))
+}
+
+fn hash_of(bytes: &[u8], what: &str) -> Result<merkle::Hash, Error> {
+    bytes.try_into().map_err(|_| {
+        Error::Internal(format!(
+            "the server sent a {what} of {} bytes, not 32",
+            bytes.len()
+        ))
+    })
+}
+
+fn hashes(list: &[Vec<u8>]) -> Result<Vec<merkle::Hash>, Error> {
+    list.iter().map(|h| hash_of(h, "proof hash")).collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn current_checkpoint(
+    client: &mut AuditServiceClient<tonic::transport::Channel>,
+) -> Result<String, Error> {
+    Ok(client
+        .get_checkpoint(proto::GetCheckpointRequest {})
+        .await
+        .map_err(status)?
+        .into_inner()
+        .note)
+}
+
+/// One line of `audit query` as text: seq, time, action, outcome, actor, target.
+fn event_line(v: &serde_json::Value) -> String {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    format!(
+        "{:>8} {} {:<26} {:<8} {} -> {}",
+        v["seq"],
+        text(&v["recorded_at"]),
+        text(&v["action"]),
+        text(&v["outcome"]),
+        text(&v["actor"]["uri"]),
+        text(&v["target"])
+    )
+}
+
 pub async fn run(cmd: AuditCommand) -> Result<(), Error> {
     match cmd {
+        AuditCommand::RecordAccess(args) => super::access::run(args).await,
+        AuditCommand::Query {
+            conn,
+            filter,
+            page_size,
+            limit,
+        } => {
+            let mut client = AuditServiceClient::new(conn.channel().await?);
+            let filter = filter.to_proto()?;
+            let (mut token, mut shown) = (String::new(), 0u64);
+            loop {
+                let page = client
+                    .query_audit(proto::QueryAuditRequest {
+                        filter: Some(filter.clone()),
+                        page_size,
+                        page_token: token,
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                for json in &page.events_json {
+                    if limit.is_some_and(|l| shown >= l) {
+                        return Ok(());
+                    }
+                    if conn.json {
+                        println!("{json}");
+                    } else {
+                        let v: serde_json::Value = serde_json::from_str(json).map_err(|e| {
+                            Error::Internal(format!(
+                                "the server sent an event that is not JSON: {e}"
+                            ))
+                        })?;
+                        println!("{}", event_line(&v));
+                    }
+                    shown += 1;
+                }
+                if page.next_page_token.is_empty() {
+                    return Ok(());
+                }
+                token = page.next_page_token;
+            }
+        }
+        AuditCommand::ProveInclusion {
+            conn,
+            seq,
+            checkpoint: kept,
+            audit_key: key_path,
+        } => {
+            let key = audit_key(&key_path)?;
+            let mut client = AuditServiceClient::new(conn.channel().await?);
+            let note = match &kept {
+                Some(path) => read(path)?,
+                None => current_checkpoint(&mut client).await?,
+            };
+            let tree = verified(&note, &key, "the checkpoint")?;
+            let proof = client
+                .get_inclusion_proof(proto::GetInclusionProofRequest {
+                    seq,
+                    tree_size: tree.size,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let leaf = hash_of(&proof.leaf_hash, "leaf hash")?;
+            let path = hashes(&proof.proof)?;
+            let index = u64::try_from(seq - 1).map_err(|_| {
+                Error::InvalidArgument(format!("--seq must be 1 or more (got {seq})"))
+            })?;
+            if proof.tree_size != tree.size
+                || !merkle::verify_inclusion(index, tree.size, &leaf, &path, &tree.root)
+            {
+                return Err(Error::FailedPrecondition(format!(
+                    "verification FAILED: the proof does not place event {seq} in the signed tree of size {}",
+                    tree.size
+                )));
+            }
+            if conn.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"seq": seq, "tree_size": tree.size, "origin": tree.origin,
+                                       "leaf_hash": hex(&leaf), "root_hash": hex(&tree.root),
+                                       "verified": true})
+                );
+            } else {
+                println!(
+                    "OK: event {seq} (leaf hash {}) is in the tree of size {} signed by {}",
+                    hex(&leaf),
+                    tree.size,
+                    tree.origin
+                );
+            }
+            Ok(())
+        }
+        AuditCommand::ProveConsistency {
+            conn,
+            since,
+            audit_key: key_path,
+        } => {
+            let key = audit_key(&key_path)?;
+            let old = verified(&read(&since)?, &key, "the earlier checkpoint")?;
+            let mut client = AuditServiceClient::new(conn.channel().await?);
+            let new = verified(
+                &current_checkpoint(&mut client).await?,
+                &key,
+                "the current checkpoint",
+            )?;
+            if new.origin != old.origin {
+                return Err(Error::FailedPrecondition(format!(
+                    "verification FAILED: the checkpoints are of two logs ({} and {})",
+                    old.origin, new.origin
+                )));
+            }
+            let proof = client
+                .get_consistency_proof(proto::GetConsistencyProofRequest {
+                    old_size: old.size,
+                    new_size: new.size,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let path = hashes(&proof.proof)?;
+            if !merkle::verify_consistency(old.size, new.size, &old.root, &new.root, &path) {
+                return Err(Error::FailedPrecondition(format!(
+                    "verification FAILED: the log of size {} does not extend the earlier checkpoint of size {}",
+                    new.size, old.size
+                )));
+            }
+            if conn.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"old_size": old.size, "new_size": new.size,
+                                       "origin": new.origin, "consistent": true})
+                );
+            } else {
+                println!(
+                    "OK: the log of size {} signed by {} extends the checkpoint of size {}",
+                    new.size, new.origin, old.size
+                );
+            }
+            Ok(())
+        }
         AuditCommand::Verify {
             bundle,
             key,
@@ -143,7 +416,16 @@ pub async fn run(cmd: AuditCommand) -> Result<(), Error> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            print!("{}", cp.note);
+            if conn.json {
+                use base64::Engine;
+                let root = base64::engine::general_purpose::STANDARD.encode(&cp.root_hash);
+                println!(
+                    "{}",
+                    serde_json::json!({"tree_size": cp.tree_size, "root_hash": root, "note": cp.note})
+                );
+            } else {
+                print!("{}", cp.note);
+            }
             if let Some(out) = out {
                 crate::files::write_atomic(
                     &out,
@@ -157,14 +439,7 @@ pub async fn run(cmd: AuditCommand) -> Result<(), Error> {
             conn,
             format,
             out,
-            from,
-            to,
-            device,
-            manufacturer,
-            actor,
-            action,
-            outcome,
-            patient,
+            filter,
             previous_checkpoint,
         } => {
             let previous_tree_size = match &previous_checkpoint {
@@ -177,16 +452,7 @@ pub async fn run(cmd: AuditCommand) -> Result<(), Error> {
                     })?,
                 None => 0,
             };
-            let filter = proto::AuditFilter {
-                from: timestamp(&from)?,
-                to: timestamp(&to)?,
-                device_uri: device.unwrap_or_default(),
-                manufacturer_id: manufacturer.unwrap_or_default(),
-                actor_uri: actor.unwrap_or_default(),
-                action: action.unwrap_or_default(),
-                outcome: outcome.unwrap_or_default(),
-                patient_ref: patient.unwrap_or_default(),
-            };
+            let filter = filter.to_proto()?;
             let mut lines = AuditServiceClient::new(conn.channel().await?)
                 .export_audit(proto::ExportAuditRequest {
                     filter: Some(filter),

@@ -54,6 +54,7 @@ pub struct BenchArgs {
     /// Inclusion proofs the proof scenario asks for (each reads the whole log once).
     #[arg(long, default_value_t = 20)]
     pub proofs: usize,
+    /// Print the figures as one JSON object.
     #[arg(long)]
     pub json: bool,
 }

@@ -56,24 +56,34 @@ pub struct Connection {
     pub json: bool,
 }
 
-/// The server and client certificate of this run's connection, to name them in a transport
+/// The server and client certificate of the latest connection, to name them in a transport
 /// failure that shows up later, on a call (a TLS 1.3 server refuses a client certificate after
-/// the client's side of the handshake is done). One command, one connection.
-static OFFERED: std::sync::OnceLock<(String, PathBuf)> = std::sync::OnceLock::new();
+/// the client's side of the handshake is done).
+static OFFERED: std::sync::Mutex<Option<(String, PathBuf)>> = std::sync::Mutex::new(None);
+
+/// A channel to `server` as the holder of `cert`/`key`, trusting `ca`. It first finds out
+/// whether the server takes this certificate, so a refusal (revoked, unknown issuer,
+/// expired) is named instead of showing as a closed connection on the first call.
+pub(super) async fn open(
+    server: &str,
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Result<tonic::transport::Channel, Error> {
+    let creds = ClientCredentials::from_files(ca, cert, key)?;
+    *OFFERED.lock().unwrap_or_else(|p| p.into_inner()) = Some((server.to_owned(), cert.to_owned()));
+    let connector = Connector::new(
+        server,
+        &creds.ca_pem,
+        Some((&creds.cert_pem, &creds.key_pem)),
+    )?;
+    connector.probe(Some(cert)).await?;
+    connector.connect().await
+}
 
 impl Connection {
     pub(super) async fn channel(&self) -> Result<tonic::transport::Channel, Error> {
-        let creds = ClientCredentials::from_files(&self.ca, &self.cert, &self.key)?;
-        let _ = OFFERED.set((self.server.clone(), self.cert.clone()));
-        let connector = Connector::new(
-            &self.server,
-            &creds.ca_pem,
-            Some((&creds.cert_pem, &creds.key_pem)),
-        )?;
-        // One command, one connection: find out first whether the server takes this
-        // certificate, so a refusal is named instead of showing as a closed connection.
-        connector.probe(Some(&self.cert)).await?;
-        connector.connect().await
+        open(&self.server, &self.ca, &self.cert, &self.key).await
     }
 }
 
@@ -102,6 +112,7 @@ pub enum AdminCommand {
     Issue {
         #[command(flatten)]
         conn: Connection,
+        /// The principal's role: a factory station, a gateway, an auditor or an admin.
         #[arg(long, value_enum)]
         role: RoleArg,
         /// Principal id (a-z, 0-9, '-').
@@ -180,8 +191,10 @@ pub enum DeviceCommand {
     Get {
         #[command(flatten)]
         conn: Connection,
+        /// The device's manufacturer id.
         #[arg(long)]
         manufacturer: String,
+        /// The device's serial number.
         #[arg(long)]
         serial: String,
     },
@@ -189,8 +202,10 @@ pub enum DeviceCommand {
     List {
         #[command(flatten)]
         conn: Connection,
+        /// Only this manufacturer's devices (a station sees only its own anyway).
         #[arg(long)]
         manufacturer: Option<String>,
+        /// Only devices of this model.
         #[arg(long)]
         model: Option<String>,
         /// active or decommissioned.
@@ -206,7 +221,8 @@ pub(super) fn status(e: tonic::Status) -> Error {
     use std::error::Error as _;
     use tonic::Code;
     if let Some(cause) = e.source() {
-        let (server, cert) = OFFERED.get().map_or(("the server", None), |(s, c)| {
+        let offered = OFFERED.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let (server, cert) = offered.as_ref().map_or(("the server", None), |(s, c)| {
             (s.as_str(), Some(c.as_path()))
         });
         if let Some(named) = crate::api::client::transport_error(server, cert, cause) {
@@ -254,7 +270,7 @@ pub async fn admin(cmd: AdminCommand) -> Result<(), Error> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            print_manufacturers(&conn, &[m]);
+            print_manufacturers(&conn, Shape::One, &[m]);
             Ok(())
         }
         AdminCommand::ListManufacturers { conn } => {
@@ -264,7 +280,7 @@ pub async fn admin(cmd: AdminCommand) -> Result<(), Error> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            print_manufacturers(&conn, &list.manufacturers);
+            print_manufacturers(&conn, Shape::List, &list.manufacturers);
             Ok(())
         }
         AdminCommand::Issue {
@@ -370,7 +386,7 @@ pub async fn device(cmd: DeviceCommand) -> Result<(), Error> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            print_devices(&conn, &[d]);
+            print_devices(&conn, Shape::One, &[d]);
             Ok(())
         }
         DeviceCommand::List {
@@ -411,7 +427,7 @@ pub async fn device(cmd: DeviceCommand) -> Result<(), Error> {
                 }
                 token = page.next_page_token;
             }
-            print_devices(&conn, &all);
+            print_devices(&conn, Shape::List, &all);
             Ok(())
         }
     }
@@ -516,16 +532,43 @@ pub(super) fn ts(t: &Option<prost_types::Timestamp>) -> String {
         .unwrap_or_default()
 }
 
-fn print_manufacturers(conn: &Connection, list: &[proto::Manufacturer]) {
+/// A time for JSON output: RFC 3339, or null when absent.
+pub(super) fn ts_json(t: &Option<prost_types::Timestamp>) -> serde_json::Value {
+    text_json(&ts(t))
+}
+
+/// A text field for JSON output: null when empty (proto3 cannot tell absent from empty).
+pub(super) fn text_json(s: &str) -> serde_json::Value {
+    match s {
+        "" => serde_json::Value::Null,
+        s => s.into(),
+    }
+}
+
+fn manufacturer_json(m: &proto::Manufacturer) -> serde_json::Value {
+    json!({"id": m.id, "display_name": m.display_name,
+           "allowed_models": m.allowed_models, "created_at": ts_json(&m.created_at)})
+}
+
+/// One JSON object for one item (`get`, `add`), an array for a list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Shape {
+    One,
+    List,
+}
+
+pub(super) fn print_json(shape: Shape, items: impl IntoIterator<Item = serde_json::Value>) {
+    let mut items: Vec<_> = items.into_iter().collect();
+    let v = match shape {
+        Shape::One if items.len() == 1 => items.remove(0),
+        _ => serde_json::Value::Array(items),
+    };
+    println!("{v}");
+}
+
+fn print_manufacturers(conn: &Connection, shape: Shape, list: &[proto::Manufacturer]) {
     if conn.json {
-        let v: Vec<_> = list
-            .iter()
-            .map(|m| {
-                json!({"id": m.id, "display_name": m.display_name,
-                       "allowed_models": m.allowed_models, "created_at": ts(&m.created_at)})
-            })
-            .collect();
-        println!("{}", serde_json::Value::Array(v));
+        print_json(shape, list.iter().map(manufacturer_json));
         return;
     }
     for m in list {
@@ -549,7 +592,7 @@ pub(super) fn print_issued(
         println!(
             "{}",
             json!({"subject_uri": c.subject_uri, "serial": c.serial,
-                   "not_before": ts(&c.not_before), "not_after": ts(&c.not_after),
+                   "not_before": ts_json(&c.not_before), "not_after": ts_json(&c.not_after),
                    "certificate": files.cert.display().to_string(),
                    "chain": files.chain.display().to_string(), "key": key,
                    "device": device.map(device_json)})
@@ -572,8 +615,9 @@ pub(super) fn print_issued(
 
 pub(super) fn device_json(d: &proto::Device) -> serde_json::Value {
     json!({"manufacturer_id": d.manufacturer_id, "serial": d.serial, "model": d.model,
-           "udi_di": d.udi_di, "uri": d.uri, "state": state_name(d.state),
-           "enrolled_at": ts(&d.enrolled_at), "birth_certificate_serial": d.birth_certificate_serial})
+           "udi_di": text_json(&d.udi_di), "uri": d.uri, "state": state_name(d.state),
+           "enrolled_at": ts_json(&d.enrolled_at),
+           "birth_certificate_serial": text_json(&d.birth_certificate_serial)})
 }
 
 fn state_name(s: i32) -> &'static str {
@@ -584,10 +628,9 @@ fn state_name(s: i32) -> &'static str {
     }
 }
 
-fn print_devices(conn: &Connection, list: &[proto::Device]) {
+fn print_devices(conn: &Connection, shape: Shape, list: &[proto::Device]) {
     if conn.json {
-        let v: Vec<_> = list.iter().map(device_json).collect();
-        println!("{}", serde_json::Value::Array(v));
+        print_json(shape, list.iter().map(device_json));
         return;
     }
     for d in list {

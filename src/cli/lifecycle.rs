@@ -78,6 +78,7 @@ pub struct RevokeArgs {
     /// Certificate serial (hex).
     #[arg(long, conflicts_with = "device")]
     pub serial: Option<String>,
+    /// The issuing CA of --serial [default: operational].
     #[arg(long, value_enum, requires = "serial")]
     pub issuer: Option<IssuerArg>,
     /// Revoke every certificate of this device (with --manufacturer).
@@ -100,13 +101,27 @@ pub struct RevokeArgs {
 pub struct DecommissionArgs {
     #[command(flatten)]
     pub conn: Connection,
+    /// The device's manufacturer id.
     #[arg(long)]
     pub manufacturer: String,
+    /// The device's serial number.
     #[arg(long)]
     pub serial: String,
     /// Default: cessationOfOperation.
     #[arg(long, value_enum)]
     pub reason: Option<ReasonArg>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExpiringArgs {
+    #[command(flatten)]
+    pub conn: Connection,
+    /// Active certificates that end within this many days from now.
+    #[arg(long, default_value_t = 30)]
+    pub within_days: u32,
+    /// Only this manufacturer's devices and stations.
+    #[arg(long)]
+    pub manufacturer: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -122,6 +137,7 @@ pub struct StatusArgs {
     /// A device serial (with --manufacturer) — rotation status.
     #[arg(long, requires = "manufacturer")]
     pub device: Option<String>,
+    /// The manufacturer id of --device.
     #[arg(long)]
     pub manufacturer: Option<String>,
 }
@@ -132,12 +148,14 @@ pub enum CrlCommand {
     Fetch {
         #[command(flatten)]
         conn: Connection,
+        /// Which issuing CA's CRL.
         #[arg(long, value_enum)]
         issuer: IssuerArg,
         /// The issuing CA's generation (2 after the first `medid ca rotate`); default: the
         /// current one.
         #[arg(long)]
         generation: Option<u32>,
+        /// Where to write the CRL (DER).
         #[arg(long)]
         out: PathBuf,
     },
@@ -149,10 +167,13 @@ pub enum TokenCommand {
     Create {
         #[command(flatten)]
         conn: Connection,
+        /// The manufacturer of the device the token enrolls.
         #[arg(long)]
         manufacturer: String,
+        /// The serial number the token is bound to.
         #[arg(long)]
         serial: String,
+        /// The model the token is bound to [default: any the manufacturer may enroll].
         #[arg(long)]
         model: Option<String>,
         /// Lifetime in seconds (at most 86400).
@@ -165,6 +186,43 @@ async fn client(
     conn: &Connection,
 ) -> Result<LifecycleServiceClient<tonic::transport::Channel>, Error> {
     Ok(LifecycleServiceClient::new(conn.channel().await?))
+}
+
+/// Lists active certificates that end soon (role admin), soonest first.
+pub async fn expiring(args: ExpiringArgs) -> Result<(), Error> {
+    let list = client(&args.conn)
+        .await?
+        .list_expiring(proto::ListExpiringRequest {
+            within_seconds: u64::from(args.within_days) * 86_400,
+            manufacturer_id: args.manufacturer.clone().unwrap_or_default(),
+        })
+        .await
+        .map_err(super::client::status)?
+        .into_inner();
+    if args.conn.json {
+        super::client::print_json(
+            super::client::Shape::List,
+            list.certificates.iter().map(info_json),
+        );
+        return Ok(());
+    }
+    for c in &list.certificates {
+        println!(
+            "{}  {:<18} {:<16} {:<34} {}",
+            super::client::ts(&c.not_after),
+            c.profile,
+            issuer_label(c.issuer, c.issuer_generation),
+            c.serial,
+            c.subject_uri
+        );
+    }
+    if list.certificates.is_empty() {
+        eprintln!(
+            "no active certificate ends within {} days",
+            args.within_days
+        );
+    }
+    Ok(())
 }
 
 pub async fn renew(args: RenewArgs) -> Result<(), Error> {
@@ -279,11 +337,26 @@ pub async fn decommission(args: DecommissionArgs) -> Result<(), Error> {
     Ok(())
 }
 
-fn info_json(c: &proto::CertificateInfo) -> serde_json::Value {
-    json!({"serial": c.serial, "profile": c.profile, "subject_uri": c.subject_uri,
-           "state": c.state, "not_before": super::client::ts(&c.not_before),
-           "not_after": super::client::ts(&c.not_after),
-           "revoked_at": super::client::ts(&c.revoked_at)})
+/// An issuing-CA generation's label (`operational`, `operational-2`, …), as in CRL and OCSP
+/// URLs and in the metrics.
+pub(super) fn issuer_label(issuer: i32, generation: u32) -> String {
+    let name = match proto::Issuer::try_from(issuer) {
+        Ok(proto::Issuer::DeviceIdentity) => "device-identity",
+        Ok(proto::Issuer::Operational) => "operational",
+        _ => return "unknown".into(),
+    };
+    match generation {
+        0 | 1 => name.to_owned(),
+        n => format!("{name}-{n}"),
+    }
+}
+
+pub(super) fn info_json(c: &proto::CertificateInfo) -> serde_json::Value {
+    json!({"issuer": issuer_label(c.issuer, c.issuer_generation),
+           "serial": c.serial, "profile": c.profile, "subject_uri": c.subject_uri,
+           "state": c.state, "not_before": super::client::ts_json(&c.not_before),
+           "not_after": super::client::ts_json(&c.not_after),
+           "revoked_at": super::client::ts_json(&c.revoked_at)})
 }
 
 /// Shows a certificate's status, or a device's rotation status. The exit status says the
@@ -305,7 +378,7 @@ pub async fn show_status(args: StatusArgs) -> Result<std::process::ExitCode, Err
             println!(
                 "{}",
                 json!({"current": st.current.as_ref().map(info_json),
-                       "renew_after": super::client::ts(&st.renew_after), "overdue": st.overdue,
+                       "renew_after": super::client::ts_json(&st.renew_after), "overdue": st.overdue,
                        "history": st.history.iter().map(info_json).collect::<Vec<_>>()})
             );
         } else {
@@ -437,7 +510,7 @@ pub async fn token(cmd: TokenCommand) -> Result<(), Error> {
     if conn.json {
         println!(
             "{}",
-            json!({"token": t.token, "expires_at": super::client::ts(&t.expires_at)})
+            json!({"token": t.token, "expires_at": super::client::ts_json(&t.expires_at)})
         );
     } else {
         // The token goes to stdout only; it is shown once and stored only hashed.

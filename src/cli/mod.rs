@@ -1,6 +1,7 @@
 //! The `medid` command line: the service (`serve`), PKI bootstrap (`ca init`), and client
 //! commands that talk to a running service over mTLS. `main.rs` only calls [`run`].
 
+mod access;
 mod agent;
 mod audit;
 mod bench;
@@ -53,6 +54,8 @@ pub enum Command {
     Decommission(lifecycle::DecommissionArgs),
     /// Certificate status (good/revoked/unknown) or a device's rotation status.
     Status(lifecycle::StatusArgs),
+    /// Active certificates that end soon, soonest first (role admin).
+    Expiring(lifecycle::ExpiringArgs),
     /// CRLs.
     #[command(subcommand)]
     Crl(lifecycle::CrlCommand),
@@ -68,6 +71,19 @@ pub enum Command {
     Audit(audit::AuditCommand),
     /// Measure: starts a medid server and drives enrollments, access events and exports.
     Bench(bench::BenchArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to standard output.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page of medid to standard output, or write one page per command into
+    /// a directory.
+    Man {
+        /// Write medid.1, medid-serve.1, … into this directory instead.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -211,12 +227,20 @@ pub async fn run(cli: Cli) -> Result<std::process::ExitCode, Error> {
         Command::Revoke(args) => lifecycle::revoke(args).await,
         Command::Decommission(args) => lifecycle::decommission(args).await,
         Command::Status(args) => return lifecycle::show_status(args).await,
+        Command::Expiring(args) => lifecycle::expiring(args).await,
         Command::Crl(cmd) => lifecycle::crl(cmd).await,
         Command::Token(cmd) => lifecycle::token(cmd).await,
         Command::Agent(args) => agent::run(args).await,
         Command::Backup(args) => backup(args).await,
         Command::Audit(cmd) => audit::run(cmd).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "medid", &mut script);
+            to_stdout(&script)
+        }
+        Command::Man { out } => man(out),
     };
     done.map(|()| std::process::ExitCode::SUCCESS)
 }
@@ -253,6 +277,37 @@ async fn serve(args: ServeArgs) -> Result<crate::server::Stopped, Error> {
         crate::store::redact_url(&config.database_url)
     );
     crate::server::run(prepared, listeners, crate::server::shutdown_signal()).await
+}
+
+/// Writes generated text to stdout; a reader that stopped early (`| head`) is no error.
+fn to_stdout(bytes: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(bytes) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Error::Internal(format!("writing to standard output: {e}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `medid man`: the page of the whole command to stdout, or a page per command into `out`.
+fn man(out: Option<PathBuf>) -> Result<(), Error> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let io = |e: std::io::Error| Error::Internal(format!("writing the man page: {e}"));
+    match out {
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cmd).render(&mut page).map_err(io)?;
+            to_stdout(&page)
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| Error::InvalidArgument(format!("creating {}: {e}", dir.display())))?;
+            clap_mangen::generate_to(cmd, &dir).map_err(io)?;
+            println!("wrote the man pages to {}", dir.display());
+            Ok(())
+        }
+    }
 }
 
 async fn backup(args: BackupArgs) -> Result<(), Error> {
@@ -412,4 +467,39 @@ fn is_loopback_url(url: &str) -> bool {
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every option and argument of every command says what it is for in `--help`.
+    #[test]
+    fn every_option_has_help_text() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} --{id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(format!("{path} {} (no about)", sub.get_name()));
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "without help text:\n{}",
+            missing.join("\n")
+        );
+    }
 }

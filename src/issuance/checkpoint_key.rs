@@ -24,8 +24,13 @@ impl std::fmt::Debug for CheckpointSigner {
 impl CheckpointSigner {
     /// Loads the PKCS#8 PEM key `medid ca init` wrote; `name` is the note's key name and origin.
     pub fn load(path: &std::path::Path, name: String) -> Result<Self, Error> {
-        let der = PrivatePkcs8KeyDer::from_pem_file(path)
-            .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
+        let der = PrivatePkcs8KeyDer::from_pem_file(path).map_err(|e| {
+            Error::Internal(format!(
+                "{}: {}",
+                path.display(),
+                crate::pem::describe_error(&e)
+            ))
+        })?;
         let key = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der())
             .map_err(|e| Error::Internal(format!("{}: not an Ed25519 key: {e}", path.display())))?;
         Ok(Self { key, name })

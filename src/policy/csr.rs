@@ -259,6 +259,33 @@ fn check_requested_extensions(cri: &[u8]) -> Result<(), Error> {
     Ok(())
 }
 
+/// The name of a named curve medid refuses, for messages: the brainpool curves (RFC 5639),
+/// the SEC 2 curves and the X9.62 prime curves beyond those matched above.
+fn curve_name(oid: &str) -> Option<&'static str> {
+    Some(match oid {
+        "1.3.36.3.3.2.8.1.1.1" => "brainpoolP160r1",
+        "1.3.36.3.3.2.8.1.1.3" => "brainpoolP192r1",
+        "1.3.36.3.3.2.8.1.1.5" => "brainpoolP224r1",
+        "1.3.36.3.3.2.8.1.1.7" => "brainpoolP256r1",
+        "1.3.36.3.3.2.8.1.1.8" => "brainpoolP256t1",
+        "1.3.36.3.3.2.8.1.1.9" => "brainpoolP320r1",
+        "1.3.36.3.3.2.8.1.1.11" => "brainpoolP384r1",
+        "1.3.36.3.3.2.8.1.1.12" => "brainpoolP384t1",
+        "1.3.36.3.3.2.8.1.1.13" => "brainpoolP512r1",
+        "1.3.36.3.3.2.8.1.1.14" => "brainpoolP512t1",
+        "1.3.132.0.33" => "P-224 (secp224r1)",
+        "1.3.132.0.31" => "secp192k1",
+        "1.3.132.0.32" => "secp224k1",
+        "1.2.840.10045.3.1.2" => "prime192v2",
+        "1.2.840.10045.3.1.3" => "prime192v3",
+        "1.2.840.10045.3.1.4" => "prime239v1",
+        "1.2.840.10045.3.1.5" => "prime239v2",
+        "1.2.840.10045.3.1.6" => "prime239v3",
+        "1.2.156.10197.1.301" => "SM2",
+        _ => return None,
+    })
+}
+
 /// Dotted form of OID content octets, for messages.
 fn oid_text(content: &[u8]) -> String {
     let mut arcs: Vec<u64> = Vec::new();
@@ -313,7 +340,13 @@ fn key_kind(spki: &SubjectPublicKeyInfo<'_>) -> Result<KeyKind, Error> {
                 "1.2.840.10045.3.1.1" => return refuse("ECDSA P-192"),
                 "1.3.132.0.10" => return refuse("ECDSA secp256k1"),
                 "1.3.132.0.35" => return refuse("ECDSA P-521"),
-                other => return refuse(&format!("ECDSA on curve {other}")),
+                other => {
+                    let name = curve_name(other).map_or_else(
+                        || format!("ECDSA on curve {other}"),
+                        |n| format!("ECDSA {n} ({other})"),
+                    );
+                    return refuse(&name);
+                }
             };
             let point = &spki.subject_public_key.data;
             if point.len() != point_len || point.first() != Some(&0x04) {
