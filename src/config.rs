@@ -94,6 +94,9 @@ pub struct Config {
     pub ocsp_signatures_per_second: u32,
     /// Log lines as `text` or as `json` objects (`--log-format`, `MEDID_LOG_FORMAT`).
     pub log_format: crate::logging::LogFormat,
+    /// `/metrics` counts the certificates by profile and state at most this often, in
+    /// seconds, and serves the last count in between (0: on every scrape).
+    pub metrics_census_interval_seconds: u64,
     /// TESTS ONLY: abort the process at this step of the issuance cycle (`after-sign`,
     /// `after-commit`) to prove crash safety. Never set it in production.
     pub dangerous_crash_at: Option<String>,
@@ -139,6 +142,7 @@ impl Default for Config {
             ocsp_signatures_per_second: 500,
             access_event_max_age_days: 30,
             log_format: crate::logging::LogFormat::Text,
+            metrics_census_interval_seconds: 60,
             dangerous_crash_at: None,
         }
     }

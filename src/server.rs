@@ -49,6 +49,8 @@ pub struct Prepared {
     pub drain: Duration,
     /// How often aggregated refusals of unauthenticated callers are written.
     pub anonymous_interval: Duration,
+    /// How long `/metrics` reuses its certificate census.
+    pub census_interval: time::Duration,
 }
 
 /// Transport limits (docs/CONFIGURATION.md).
@@ -230,6 +232,9 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
         connections: connection_limits(config),
         drain: Duration::from_secs(config.shutdown_drain_seconds),
         anonymous_interval: Duration::from_secs(config.anonymous_refusal_interval_seconds.max(1)),
+        census_interval: time::Duration::seconds(
+            i64::try_from(config.metrics_census_interval_seconds).unwrap_or(i64::MAX),
+        ),
         limits: Limits {
             per_principal: config.max_concurrent_requests_per_principal.max(1),
             per_connection: config.max_concurrent_requests_per_connection.max(1),
@@ -379,10 +384,11 @@ pub async fn run(
         tokio::spawn(anonymous_refusals(ca.clone(), prepared.anonymous_interval)),
     ];
     let gate = Gate::new(prepared.connections);
-    let exporter = crate::api::metrics::Exporter {
-        gate: gate.clone(),
-        rpc: crate::api::metrics::RpcMetrics::default(),
-    };
+    let exporter = crate::api::metrics::Exporter::new(
+        gate.clone(),
+        crate::api::metrics::RpcMetrics::default(),
+        prepared.census_interval,
+    );
     let header_timeout = prepared.connections.header_timeout;
     tracing::info!(
         max_connections = prepared.connections.max_connections,
@@ -460,7 +466,7 @@ pub async fn run(
     };
     let served = tonic::transport::Server::builder()
         .layer(TrackRequests)
-        .layer(crate::api::metrics::ObserveRpcs(exporter.rpc.clone()))
+        .layer(crate::api::metrics::ObserveRpcs(exporter.rpc().clone()))
         .timeout(limits.timeout)
         .concurrency_limit_per_connection(limits.per_connection)
         .max_concurrent_streams(limits.streams)

@@ -38,6 +38,8 @@ async fn metrics_count_calls_refusals_and_issuance_and_read_the_state_when_scrap
     let server = TestServer::start_with(dir, common::system_now(), |c| {
         c.operational_validity_hours = 240;
         c.checkpoint_every_events = 1;
+        // Count the certificates on every scrape (the default reuses a count for a minute).
+        c.metrics_census_interval_seconds = 0;
     })
     .await;
     let start = scrape_metrics(&server);
@@ -275,6 +277,46 @@ async fn metrics_count_calls_refusals_and_issuance_and_read_the_state_when_scrap
             ) < 0.0
         );
     }
+    server.stop().await;
+}
+
+/// By default the certificate census is counted at most once a minute (medid's clock) and
+/// says how old it is; scrapes in between reuse it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_certificate_census_is_reused_within_its_interval() {
+    let server = TestServer::start().await;
+    let principals = |s: &[Sample]| {
+        value(
+            s,
+            "medid_certificates",
+            &[("profile", "principal"), ("state", "active")],
+        )
+    };
+    let first = scrape_metrics(&server);
+    assert_eq!(
+        value(&first, "medid_certificates_census_age_seconds", &[]),
+        0.0
+    );
+    server.add_manufacturer("acme", &[]).await;
+    server.station("acme", "line-1").await;
+    server.clock.advance(time::Duration::seconds(59));
+    let reused = scrape_metrics(&server);
+    assert_eq!(
+        principals(&reused),
+        principals(&first),
+        "counted a minute ago at most"
+    );
+    assert_eq!(
+        value(&reused, "medid_certificates_census_age_seconds", &[]),
+        59.0
+    );
+    server.clock.advance(time::Duration::seconds(1));
+    let recounted = scrape_metrics(&server);
+    assert_eq!(principals(&recounted), principals(&first) + 1.0);
+    assert_eq!(
+        value(&recounted, "medid_certificates_census_age_seconds", &[]),
+        0.0
+    );
     server.stop().await;
 }
 

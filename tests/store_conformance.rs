@@ -112,6 +112,7 @@ conformance!(
     a_checkpoint_is_stored_once_per_tree_size,
     ledger_filters_read_json_fields,
     manufacturers_are_unique_and_their_creation_is_audited,
+    the_certificate_census_counts_by_profile_state_and_end,
 );
 
 async fn migrations_apply_once_and_reopening_changes_nothing(db: Db) {
@@ -270,6 +271,22 @@ async fn crl_numbers_rise_by_one_under_concurrent_issuers(db: Db) {
         .unwrap()
         .unwrap();
     assert_eq!(latest.number, 10);
+    let head = db
+        .store
+        .crl_head(IssuerId::first(IssuerName::Operational))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (head.number, head.this_update, head.next_update),
+        (latest.number, latest.this_update, latest.next_update)
+    );
+    assert!(db
+        .store
+        .crl_head(IssuerId::first(IssuerName::DeviceIdentity))
+        .await
+        .unwrap()
+        .is_none());
     assert!(db
         .store
         .latest_crl(IssuerId::first(IssuerName::DeviceIdentity))
@@ -369,4 +386,61 @@ async fn manufacturers_are_unique_and_their_creation_is_audited(db: Db) {
     assert_eq!(db.store.manufacturers().await.unwrap(), vec![m]);
     // Exactly one event: the failed second creation rolled back with its event.
     assert_eq!(db.store.tree_size().await.unwrap(), 1);
+}
+
+async fn the_certificate_census_counts_by_profile_state_and_end(db: Db) {
+    use medid::domain::{CertState, Profile};
+    let raw = db.raw().await;
+    let now = at().unix_timestamp();
+    let day = 86_400;
+    // (serial, profile, status, ends in days): ended, within 7, within 30, beyond, revoked.
+    let rows = [
+        ("01", "device-operational", "active", -1),
+        ("02", "device-operational", "active", 3),
+        ("03", "device-operational", "active", 20),
+        ("04", "device-operational", "active", 40),
+        ("05", "device-operational", "revoked", 3),
+        ("06", "server", "active", 7),
+    ];
+    for (serial, profile, status, days) in rows {
+        let revoked_at = (status == "revoked").then_some(now);
+        sqlx::query(
+            "INSERT INTO certificates (issuer, serial, profile, role, subject_uri, spki_sha256,
+                 not_before, not_after, status, reserved_at, der, fingerprint, revoked_at)
+             VALUES ('operational', $1, $2, 'device', $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(serial)
+        .bind(profile)
+        .bind(format!("spiffe://t/device/acme/{serial}"))
+        .bind(format!("spki-{serial}"))
+        .bind(now - day)
+        .bind(now + days * day)
+        .bind(status)
+        .bind(now - day)
+        .bind(vec![0u8])
+        .bind(format!("fp-{serial}"))
+        .bind(revoked_at)
+        .execute(&raw)
+        .await
+        .unwrap();
+    }
+    let mut census = db
+        .store
+        .certificate_census(at(), [time::Duration::days(7), time::Duration::days(30)])
+        .await
+        .unwrap();
+    census.sort_by_key(|r| (r.profile.as_str(), r.state.as_str()));
+    let got: Vec<_> = census
+        .iter()
+        .map(|r| (r.profile, r.state, r.count, r.ending))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (Profile::DeviceOperational, CertState::Active, 4, [1, 2]),
+            (Profile::DeviceOperational, CertState::Revoked, 1, [0, 0]),
+            // Ending exactly 7 days on counts as within 7 days.
+            (Profile::Server, CertState::Active, 1, [1, 1]),
+        ]
+    );
 }

@@ -299,11 +299,51 @@ where
     }
 }
 
-/// What `/metrics` reads besides the service: the connection gate and the RPC figures.
+/// The certificate census as counted at a time.
+type Census = (
+    time::OffsetDateTime,
+    Vec<crate::store::certificates::CensusRow>,
+);
+
+/// What `/metrics` reads besides the service: the connection gate, the RPC figures, and the
+/// certificate census, counted at most once per `census_interval` (medid's clock) because it
+/// reads an index entry per certificate.
 #[derive(Debug, Clone)]
 pub struct Exporter {
-    pub gate: Arc<Gate>,
-    pub rpc: RpcMetrics,
+    gate: Arc<Gate>,
+    rpc: RpcMetrics,
+    census_interval: time::Duration,
+    census: Arc<tokio::sync::Mutex<Option<Census>>>,
+}
+
+impl Exporter {
+    pub fn new(gate: Arc<Gate>, rpc: RpcMetrics, census_interval: time::Duration) -> Self {
+        Self {
+            gate,
+            rpc,
+            census_interval,
+            census: Arc::default(),
+        }
+    }
+
+    pub fn rpc(&self) -> &RpcMetrics {
+        &self.rpc
+    }
+
+    /// The census, counted now if the last one is older than the interval. Concurrent
+    /// scrapes wait for one count instead of each making its own.
+    async fn census(&self, ca: &Ca, now: time::OffsetDateTime) -> Result<Census, Error> {
+        let mut held = self.census.lock().await;
+        if let Some(census) = held.as_ref() {
+            if now - census.0 < self.census_interval && now >= census.0 {
+                return Ok(census.clone());
+            }
+        }
+        let spans = ENDING_WITHIN.map(|(days, _)| time::Duration::days(days));
+        let counted = (now, ca.store.certificate_census(now, spans).await?);
+        *held = Some(counted.clone());
+        Ok(counted)
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -472,37 +512,42 @@ pub async fn render(ca: &Ca, exporter: &Exporter) -> Result<String, Error> {
     }
 
     // Certificates.
+    let (counted_at, census) = exporter.census(ca, now).await?;
     let by_state = gauge::<StateLabels>(
         &mut registry,
         "certificates",
         "Certificates recorded, by profile and state",
     );
-    for (profile, state, n) in ca.store.certificate_census().await? {
-        by_state
-            .get_or_create(&StateLabels {
-                profile: profile.as_str(),
-                state: state.as_str(),
-            })
-            .set(n as i64);
-    }
     let ending = gauge::<EndingLabels>(
         &mut registry,
         "certificates_ending",
         "Active certificates that end within 7 or 30 days, by profile",
     );
-    let spans = ENDING_WITHIN.map(|(days, _)| time::Duration::days(days));
-    for (profile, span, n) in ca.store.ending_within(now, &spans).await? {
-        let within = ENDING_WITHIN
-            .iter()
-            .find(|(days, _)| time::Duration::days(*days) == span)
-            .map_or("", |(_, label)| label);
-        ending
-            .get_or_create(&EndingLabels {
-                profile: profile.as_str(),
-                within,
+    for row in &census {
+        by_state
+            .get_or_create(&StateLabels {
+                profile: row.profile.as_str(),
+                state: row.state.as_str(),
             })
-            .set(n as i64);
+            .set(row.count as i64);
+        for ((_, within), n) in ENDING_WITHIN.iter().zip(row.ending) {
+            if n > 0 {
+                ending
+                    .get_or_create(&EndingLabels {
+                        profile: row.profile.as_str(),
+                        within,
+                    })
+                    .inc_by(n as i64);
+            }
+        }
     }
+    let census_age = Gauge::<i64>::default();
+    census_age.set((now - counted_at).whole_seconds());
+    registry.register(
+        "certificates_census_age_seconds",
+        "Seconds since medid_certificates and medid_certificates_ending were counted (metrics_census_interval_seconds)",
+        census_age,
+    );
     let service = gauge::<CertificateLabels>(
         &mut registry,
         "service_certificate_not_after_timestamp_seconds",

@@ -245,49 +245,49 @@ impl Store {
         }))
     }
 
-    /// How many certificates there are of each profile in each state.
-    pub async fn certificate_census(&self) -> Result<Vec<(Profile, CertState, u64)>, Error> {
-        let rows: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT profile, status, COUNT(*) FROM certificates GROUP BY profile, status",
+    /// How many certificates there are of each profile in each state, and of the active
+    /// ones how many have not ended at `now` and end within each span of `within` (at most
+    /// two). One pass over the `certificates_census` index, not over the rows.
+    pub async fn certificate_census(
+        &self,
+        now: OffsetDateTime,
+        within: [time::Duration; 2],
+    ) -> Result<Vec<CensusRow>, Error> {
+        let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT profile, status, COUNT(*),
+                    COALESCE(SUM(CASE WHEN status = 'active' AND not_after > $1
+                                       AND not_after <= $2 THEN 1 ELSE 0 END), 0),
+                    COALESCE(SUM(CASE WHEN status = 'active' AND not_after > $3
+                                       AND not_after <= $4 THEN 1 ELSE 0 END), 0)
+             FROM certificates GROUP BY profile, status",
         )
+        .bind(to_unix(now))
+        .bind(to_unix(now + within[0]))
+        .bind(to_unix(now))
+        .bind(to_unix(now + within[1]))
         .fetch_all(&self.reader)
         .await?;
         rows.into_iter()
-            .map(|(profile, status, n)| {
-                Ok((
-                    super::decode(&profile, "certificate profile", Profile::parse)?,
-                    super::decode(&status, "certificate status", CertState::parse)?,
-                    n.max(0) as u64,
-                ))
+            .map(|(profile, status, n, first, second)| {
+                Ok(CensusRow {
+                    profile: super::decode(&profile, "certificate profile", Profile::parse)?,
+                    state: super::decode(&status, "certificate status", CertState::parse)?,
+                    count: n.max(0) as u64,
+                    ending: [first.max(0) as u64, second.max(0) as u64],
+                })
             })
             .collect()
     }
+}
 
-    /// Active certificates of each profile that have not ended at `now` and end at or before
-    /// `now + within`, for each span of `within` in turn (one index range scan each).
-    pub async fn ending_within(
-        &self,
-        now: OffsetDateTime,
-        within: &[time::Duration],
-    ) -> Result<Vec<(Profile, time::Duration, u64)>, Error> {
-        let mut counts = Vec::new();
-        for span in within {
-            let rows: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT profile, COUNT(*) FROM certificates
-                 WHERE status = 'active' AND not_after > $1 AND not_after <= $2
-                 GROUP BY profile",
-            )
-            .bind(to_unix(now))
-            .bind(to_unix(now + *span))
-            .fetch_all(&self.reader)
-            .await?;
-            for (profile, n) in rows {
-                let profile = super::decode(&profile, "certificate profile", Profile::parse)?;
-                counts.push((profile, *span, n.max(0) as u64));
-            }
-        }
-        Ok(counts)
-    }
+/// Certificates of one profile in one state ([`Store::certificate_census`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CensusRow {
+    pub profile: Profile,
+    pub state: CertState,
+    pub count: u64,
+    /// Of these, active and ending within each of the two spans asked for.
+    pub ending: [u64; 2],
 }
 
 /// Creates what an issued certificate completes: the device row or the principal row. Returns

@@ -72,6 +72,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "issuer_generations",
         include_str!("../../migrations/sqlite/0006_issuer_generations.sql"),
     ),
+    (
+        7,
+        "certificate_census",
+        include_str!("../../migrations/sqlite/0007_certificate_census.sql"),
+    ),
 ];
 
 /// PostgreSQL migrations: the same schema, written for PostgreSQL from the start.
@@ -90,6 +95,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "issuer_generations",
         include_str!("../../migrations/postgres/0003_issuer_generations.sql"),
+    ),
+    (
+        4,
+        "certificate_census",
+        include_str!("../../migrations/postgres/0004_certificate_census.sql"),
     ),
 ];
 
