@@ -13,18 +13,23 @@ use serde_json::Value;
 struct Served {
     child: Child,
     grpc: u16,
+    est: u16,
 }
 
 /// Starts `medid serve` in `dir` with `format`, its stderr in `dir/medid.log`, and waits
 /// until it is ready.
 fn serve(dir: &Path, format: &str) -> Served {
-    let (grpc, http) = (common::free_port(), common::free_port());
+    let (grpc, http, est) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
     std::fs::write(
         dir.join("medid.toml"),
         format!(
             "listen = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
              database_url = \"sqlite://medid.db\"\npki_dir = \"pki\"\ncreate_dev_pki = true\n\
-             est_enabled = false\nlog_format = \"{format}\"\n"
+             est_listen = \"127.0.0.1:{est}\"\nlog_format = \"{format}\"\n"
         ),
     )
     .unwrap();
@@ -45,7 +50,7 @@ fn serve(dir: &Path, format: &str) -> Served {
             .output()
             .is_ok_and(|o| o.status.success());
         if ready {
-            return Served { child, grpc };
+            return Served { child, grpc, est };
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
@@ -78,6 +83,23 @@ impl Served {
             .status()
             .unwrap()
             .success()
+    }
+
+    /// POSTs an empty body to EST simplereenroll as the admin; returns the HTTP status.
+    fn est_reenroll(&self, dir: &Path) -> String {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(["--cacert", "pki/root-ca.pem", "--cert", "pki/admin.pem"])
+            .args(["--key", "pki/admin.key", "--data-binary", ""])
+            .args(["-H", "Content-Type: application/pkcs10"])
+            .arg(format!(
+                "https://localhost:{}/.well-known/est/simplereenroll",
+                self.est
+            ))
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
     }
 
     fn stop(mut self, dir: &Path) -> String {
@@ -130,6 +152,11 @@ fn json_lines_hold_one_request_line_per_call_and_no_secret() {
             "SN-1"
         ]
     ));
+    let est_status = served.est_reenroll(dir.path());
+    assert!(
+        est_status.starts_with('4'),
+        "an empty re-enrollment is refused: {est_status}"
+    );
     let log = served.stop(dir.path());
 
     let lines: Vec<Value> = log
@@ -159,6 +186,10 @@ fn json_lines_hold_one_request_line_per_call_and_no_secret() {
     assert_eq!((list.len(), get.len()), (1, 1), "{requests:?}");
     assert_eq!(list[0]["code"], "OK");
     assert_eq!(get[0]["code"], "NOT_FOUND");
+    let est = of("est/simplereenroll");
+    assert_eq!(est.len(), 1, "{requests:?}");
+    assert_eq!(est[0]["code"], est_status.as_str());
+    assert_eq!(est[0]["principal"], "spiffe://medid.local/admin/admin");
     for fields in [list[0], get[0]] {
         assert_eq!(fields["principal"], "spiffe://medid.local/admin/admin");
         assert!(fields["duration_us"].is_u64(), "{fields}");

@@ -277,7 +277,7 @@ fn media_type(headers: &HeaderMap) -> String {
 
 /// simpleenroll / simplereenroll: authenticate, check the request's form, then hand the CSR to
 /// the shared use case. Every refusal after authentication is audited once, under the action
-/// the request would have been recorded as.
+/// the request would have been recorded as. Writes the request's one log line.
 async fn issue(
     state: &EstState,
     op: EstOperation,
@@ -286,11 +286,39 @@ async fn issue(
     headers: &HeaderMap,
     body: Body,
 ) -> Response {
+    let (started, remote) = (std::time::Instant::now(), peer.remote);
+    let mut principal = None;
+    let response = issue_as(state, op, label, peer, headers, body, &mut principal).await;
+    let method = match op {
+        EstOperation::SimpleEnroll => "est/simpleenroll",
+        EstOperation::SimpleReenroll => "est/simplereenroll",
+    };
+    super::metrics::log_request(
+        method,
+        principal.as_deref(),
+        response.status().as_str(),
+        started.elapsed(),
+        Some(remote),
+    );
+    response
+}
+
+/// [`issue`], noting the caller's principal once authenticated.
+async fn issue_as(
+    state: &EstState,
+    op: EstOperation,
+    label: Option<&str>,
+    peer: ConnInfo,
+    headers: &HeaderMap,
+    body: Body,
+    principal: &mut Option<String>,
+) -> Response {
     let ca = &state.ca;
     let who = match ca.authenticate(peer.leaf(), peer.remote.ip()).await {
         Ok(who) => who,
         Err(e) => return error_response(&e),
     };
+    *principal = Some(who.uri.clone());
     let peer_der = peer.leaf().unwrap_or_default();
     let action = op.audit_action(&who);
     let _permit = match state.limiter.try_acquire(&who.uri) {

@@ -148,31 +148,48 @@ impl Finish {
                 method: self.method,
             })
             .observe(elapsed.as_secs_f64());
-        // Never the request's content: method, who, how it ended, how long, from where.
-        // A caller that never authenticated gets its line at debug only: a flood of them must
-        // not flood the log (they are counted, and audited in aggregate).
-        let duration_us = elapsed.as_micros() as u64;
-        let peer = self.peer.map_or_else(|| "-".to_owned(), |p| p.to_string());
-        match self.note.0.get() {
-            Some(principal) => tracing::info!(
-                target: "medid::request",
-                method = %self.method,
-                principal = %principal,
-                code = %code,
-                duration_us,
-                peer = %peer,
-                "request"
-            ),
-            None => tracing::debug!(
-                target: "medid::request",
-                method = %self.method,
-                principal = "-",
-                code = %code,
-                duration_us,
-                peer = %peer,
-                "request"
-            ),
-        }
+        log_request(
+            self.method,
+            self.note.0.get().map(String::as_str),
+            code,
+            elapsed,
+            self.peer,
+        );
+    }
+}
+
+/// The one log line of a request (gRPC or EST), under the target `medid::request`. Never the
+/// request's content: method, who, how it ended, how long, from where. A caller that never
+/// authenticated gets its line at debug only: a flood of them must not flood the log (they
+/// are counted, and audited in aggregate).
+pub fn log_request(
+    method: &str,
+    principal: Option<&str>,
+    code: &str,
+    elapsed: std::time::Duration,
+    peer: Option<std::net::SocketAddr>,
+) {
+    let duration_us = elapsed.as_micros() as u64;
+    let peer = peer.map_or_else(|| "-".to_owned(), |p| p.to_string());
+    match principal {
+        Some(principal) => tracing::info!(
+            target: "medid::request",
+            method = %method,
+            principal = %principal,
+            code = %code,
+            duration_us,
+            peer = %peer,
+            "request"
+        ),
+        None => tracing::debug!(
+            target: "medid::request",
+            method = %method,
+            principal = "-",
+            code = %code,
+            duration_us,
+            peer = %peer,
+            "request"
+        ),
     }
 }
 
