@@ -155,9 +155,10 @@ impl From<&Error> for Status {
     }
 }
 
-impl From<Error> for Status {
-    fn from(err: Error) -> Status {
-        Status::from(&err)
+/// A recorded refusal is answered as its error is.
+impl From<crate::service::Refused> for Status {
+    fn from(refused: crate::service::Refused) -> Status {
+        Status::from(refused.error())
     }
 }
 

@@ -464,6 +464,10 @@ pub async fn run(
             let _ = stopped.wait_for(|s| *s).await;
         }
     };
+    let certified = {
+        let ca = ca.clone();
+        move |request| tls::require_client_certificate(&ca, request)
+    };
     let served = tonic::transport::Server::builder()
         .layer(TrackRequests)
         .layer(crate::api::metrics::ObserveRpcs(exporter.rpc().clone()))
@@ -478,18 +482,9 @@ pub async fn run(
         .http2_max_pending_accept_reset_streams(Some(H2_MAX_PENDING_RESETS))
         .http2_max_local_error_reset_streams(Some(H2_MAX_LOCAL_RESETS))
         .http2_max_header_list_size(H2_MAX_HEADER_LIST)
-        .add_service(InterceptedService::new(
-            health_service,
-            tls::require_client_certificate,
-        ))
-        .add_service(InterceptedService::new(
-            reflection_v1,
-            tls::require_client_certificate,
-        ))
-        .add_service(InterceptedService::new(
-            reflection_v1alpha,
-            tls::require_client_certificate,
-        ))
+        .add_service(InterceptedService::new(health_service, certified.clone()))
+        .add_service(InterceptedService::new(reflection_v1, certified.clone()))
+        .add_service(InterceptedService::new(reflection_v1alpha, certified))
         .add_service(
             AdminServiceServer::new(api.clone())
                 .max_decoding_message_size(limit)

@@ -258,6 +258,26 @@ async fn health_is_served_over_mtls() {
     );
 }
 
+/// Health and reflection without a client certificate are refused like any unauthenticated
+/// call: counted for the interval's aggregated audit event.
+#[tokio::test]
+async fn health_without_a_certificate_is_refused_and_audited_in_aggregate() {
+    let server = TestServer::start().await;
+    let anonymous = common::anonymous_channel(&server).await;
+    let err = tonic_health::pb::health_client::HealthClient::new(anonymous)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert_eq!(server.ca.flush_anonymous_refusals().await.unwrap(), 1);
+    let last = server.audit_events().await.pop().unwrap().event;
+    assert_eq!(last.action, medid::audit::Action::AuthRefusedAggregate);
+    assert_eq!(last.detail["reason_code"], "no-certificate");
+    assert_eq!(last.detail["count"], 1);
+}
+
 #[tokio::test]
 async fn server_reflection_lists_medid_services_so_grpcurl_works() {
     use tonic_reflection::pb::v1::{

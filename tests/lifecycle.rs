@@ -719,16 +719,7 @@ async fn an_enrollment_token_works_once_even_under_fifty_concurrent_attempts() {
         assert!(!format!("{:?}", e.event).contains(&token));
     }
     // A device with no client certificate at all: TLS with server verification only.
-    let tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(server.root_pem()))
-        .domain_name("localhost");
-    let channel = Channel::from_shared(server.url.clone())
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = common::anonymous_channel(&server).await;
     let mut client = LifecycleServiceClient::new(channel.clone());
     let attempts = (0..50).map(|_| {
         let mut c = client.clone();

@@ -105,17 +105,7 @@ async fn metrics_count_calls_refusals_and_issuance_and_read_the_state_when_scrap
     let unknown = call_unknown_method(server.channel(&server.admin()).await).await;
     assert_eq!(unknown.code(), tonic::Code::Unimplemented);
     // A caller with no client certificate: TLS verifies the server only.
-    let anonymous = Channel::from_shared(server.url.clone())
-        .unwrap()
-        .tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(server.root_pem()))
-                .domain_name("localhost"),
-        )
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let anonymous = common::anonymous_channel(&server).await;
     let refused = medid::proto::registry_service_client::RegistryServiceClient::new(anonymous)
         .list_devices(proto::ListDevicesRequest::default())
         .await

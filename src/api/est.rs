@@ -33,7 +33,7 @@ use crate::audit::Target;
 use crate::der::{self, tag};
 use crate::error::Error;
 use crate::policy::est::{EstLabel, EstOperation, EstProfile};
-use crate::service::Ca;
+use crate::service::{Ca, Refused};
 
 /// The largest request body read: a 16 KiB CSR is under 22 KiB in base64 with line breaks.
 const MAX_BODY: usize = 32 * 1024;
@@ -81,7 +81,9 @@ fn text(status: StatusCode, msg: impl Into<String>) -> Response {
         .into_response()
 }
 
-fn error_response(err: &Error) -> Response {
+/// The answer to a recorded refusal (only a [`Refused`] can be answered as one).
+fn error_response(refused: &Refused) -> Response {
+    let err = refused.error();
     let status =
         StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = text(status, err.public_message());

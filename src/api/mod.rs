@@ -28,12 +28,13 @@ use crate::service::Ca;
 use crate::store::registry::DeviceQuery;
 
 /// The connection a request came on. Every connection medid serves is accepted by
-/// `listen::accept`, which attaches this; its absence is a fault in the server's wiring.
-pub(crate) fn conn_of<T>(request: &Request<T>) -> Result<&conn::ConnInfo, crate::Error> {
+/// `listen::accept`, which attaches this; its absence is a fault in the server's wiring, not a
+/// refusal of a caller (there is none yet), so it is logged and answered INTERNAL.
+pub(crate) fn conn_of<T>(request: &Request<T>) -> Result<&conn::ConnInfo, Status> {
     request.extensions().get::<conn::ConnInfo>().ok_or_else(|| {
-        crate::Error::Internal(
+        Status::from(&crate::Error::Internal(
             "a request without connection info (not accepted by listen::accept)".into(),
-        )
+        ))
     })
 }
 

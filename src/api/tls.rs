@@ -206,17 +206,17 @@ impl TlsReloader {
 }
 
 /// Interceptor for services that take no principal of their own (health, reflection): a
-/// client certificate that passed TLS verification is required.
+/// client certificate that passed TLS verification is required. A caller without one is
+/// refused as any unauthenticated caller is: rate-limited per source and audited in aggregate.
 #[allow(clippy::result_large_err)]
 pub fn require_client_certificate(
+    ca: &crate::service::Ca,
     request: tonic::Request<()>,
 ) -> Result<tonic::Request<()>, tonic::Status> {
-    let info = request.extensions().get::<super::conn::ConnInfo>();
-    match info.and_then(super::conn::ConnInfo::leaf) {
+    let info = super::conn_of(&request)?;
+    match info.leaf() {
         Some(_) => Ok(request),
-        None => Err(tonic::Status::unauthenticated(
-            "a client certificate is required",
-        )),
+        None => Err(ca.refuse_without_certificate(info.remote.ip()).into()),
     }
 }
 

@@ -5,7 +5,7 @@ use base64::Engine;
 use ring::rand::{SecureRandom, SystemRandom};
 use time::{Duration, OffsetDateTime};
 
-use super::{Ca, Issued};
+use super::{Ca, Issued, Refused};
 use crate::audit::{Actor, Target};
 use crate::domain::{quote, DeviceSerial, Gtin14, ManufacturerId, Model, Principal, Role};
 use crate::error::Error;
@@ -55,7 +55,7 @@ impl Ca {
         &self,
         who: &Principal,
         input: EnrollInput,
-    ) -> Result<(DeviceRecord, Issued), Error> {
+    ) -> Result<(DeviceRecord, Issued), Refused> {
         let manufacturer = match policy::enrollment_scope(who) {
             Ok(m) => m,
             Err(err) => {
@@ -88,13 +88,17 @@ impl Ca {
         token: &str,
         source: std::net::IpAddr,
         input: Result<EnrollInput, Error>,
-    ) -> Result<(DeviceRecord, Issued), Error> {
+    ) -> Result<(DeviceRecord, Issued), Refused> {
         // Step 0: a token holder is not authenticated until its token is found, so a source
         // over its refusal rate is refused before any lookup.
         self.admit_anonymous(source)?;
         let hash = token_hash(token);
         let actor = token_actor(&hash);
-        let record = self.store.token(&hash).await?;
+        let record = self
+            .store
+            .token(&hash)
+            .await
+            .map_err(|e| self.failed_before_identity(e))?;
         let now = self.clock.now();
         let spent = || {
             Error::PermissionDenied(
@@ -151,7 +155,7 @@ impl Ca {
         input: EnrollInput,
         token_sha256: Option<String>,
         authorized: Result<(), Error>,
-    ) -> Result<(DeviceRecord, Issued), Error> {
+    ) -> Result<(DeviceRecord, Issued), Refused> {
         let action = crate::audit::Action::DeviceEnroll;
         let subject_uri = self
             .profiles
@@ -202,7 +206,10 @@ impl Ca {
         let (issued, recorded) = self.run_cycle(actor, action, new, completion).await?;
         let device = recorded.device.ok_or_else(|| {
             Error::Internal("recording a birth certificate did not create its device".into())
-        })?;
+        });
+        let device = self
+            .audited_as(actor, action, &Target::uri(&subject_uri), device)
+            .await?;
         Ok((device, issued))
     }
 
@@ -212,7 +219,7 @@ impl Ca {
         &self,
         who: &Principal,
         t: NewToken,
-    ) -> Result<(String, OffsetDateTime), Error> {
+    ) -> Result<(String, OffsetDateTime), Refused> {
         let action = Action::CreateToken {
             manufacturer: &t.manufacturer,
         };
@@ -238,9 +245,10 @@ impl Ca {
         self.audited(who, action.audit(), &target, checks.await)
             .await?;
         let mut secret = [0u8; 32];
-        SystemRandom::new()
+        let random = SystemRandom::new()
             .fill(&mut secret)
-            .map_err(|_| Error::Internal("CSPRNG unavailable".into()))?;
+            .map_err(|_| Error::Internal("CSPRNG unavailable".into()));
+        self.audited(who, action.audit(), &target, random).await?;
         let token = format!(
             "met_{}",
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
@@ -256,10 +264,11 @@ impl Ca {
             used_at: None,
         };
         let event = self
-            .event(who, action.audit(), target)
+            .event(who, action.audit(), target.clone())
             .with("token_id", token_actor(&hash).uri)
             .with("expires_at", record.expires_at.unix_timestamp());
-        self.store.create_token(&record, &event).await?;
+        let created = self.store.create_token(&record, &event).await;
+        self.audited(who, action.audit(), &target, created).await?;
         Ok((token, record.expires_at))
     }
 }

@@ -2,7 +2,7 @@
 //! caller's credential and the label ([`policy::est::route`]), then runs the very same use
 //! case as gRPC, so every rule and audit event is shared (docs/EST.md).
 
-use super::{Ca, EnrollInput, Issued};
+use super::{Ca, EnrollInput, Issued, Refused};
 use crate::audit::Target;
 use crate::domain::{DeviceSerial, Principal};
 use crate::error::Error;
@@ -21,7 +21,7 @@ impl Ca {
         op: EstOperation,
         label: Option<&EstLabel>,
         csr: Vec<u8>,
-    ) -> Result<Issued, Error> {
+    ) -> Result<Issued, Refused> {
         let action = op.audit_action(who);
         let routed = policy::est::route(op, who, label);
         let issue = self

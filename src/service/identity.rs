@@ -187,7 +187,9 @@ impl Ca {
                 new,
                 Completion::Service { replaces },
             )
-            .await?;
+            .await
+            // Recorded as a failure of the system's issuance; start-up and upkeep report it.
+            .map_err(super::Refused::into_error)?;
         Ok((issued, recorded.superseded))
     }
 

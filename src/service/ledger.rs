@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use time::{Duration, OffsetDateTime};
 use tokio::sync::{mpsc, Mutex};
 
-use super::Ca;
+use super::{Ca, Refused};
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::merkle::{self, Hash};
 use crate::audit::{ledger, Actor, AuditEvent, Target};
@@ -141,7 +141,7 @@ impl Ca {
         &self,
         who: &Principal,
         inputs: Vec<AccessInput>,
-    ) -> Result<Vec<(i64, bool)>, Error> {
+    ) -> Result<Vec<(i64, bool)>, Refused> {
         let action = crate::audit::Action::DataAccess;
         if who.role != Role::Gateway {
             let err = Error::PermissionDenied(format!(
@@ -189,12 +189,16 @@ impl Ca {
             };
             devices.insert(key, device.clone());
             let decommissioned = device.state == DeviceState::Decommissioned;
+            let occurred_at = match ledger::rfc3339(input.occurred_at) {
+                Ok(t) => t,
+                Err(e) => return Err(self.refuse(who, action, &input.device.target(td), e).await),
+            };
             let mut e = AuditEvent::new(now, Actor::of(who), action, Target::uri(&device.uri))
                 .with("access_action", input.action.name())
                 .with("data_category", input.data_category)
                 .with("purpose_of_use", input.purpose_of_use)
                 .with("access_outcome", input.outcome_code)
-                .with("occurred_at", ledger::rfc3339(input.occurred_at)?)
+                .with("occurred_at", occurred_at)
                 .with("manufacturer", device.manufacturer_id.clone())
                 .with("device_uri", device.uri.clone())
                 .with("device_decommissioned", decommissioned);
@@ -213,7 +217,10 @@ impl Ca {
             flags.push(decommissioned);
             events.push(e);
         }
-        let seqs = self.store.append_events(events).await?;
+        let appended = self.store.append_events(events).await;
+        let seqs = self
+            .audited(who, action, &Target::devices(), appended)
+            .await?;
         Ok(seqs.into_iter().zip(flags).collect())
     }
 
@@ -388,15 +395,21 @@ impl Ca {
         Ok(())
     }
 
-    pub async fn signed_checkpoint(&self, who: &Principal) -> Result<(Checkpoint, String), Error> {
+    pub async fn signed_checkpoint(
+        &self,
+        who: &Principal,
+    ) -> Result<(Checkpoint, String), Refused> {
+        let signed = async {
+            self.may_read_ledger(who)?;
+            self.checkpoint(Reread::SinceFrontier).await
+        };
         self.audited(
             who,
             crate::audit::Action::AuditCheckpointRead,
             &Target::ledger(),
-            self.may_read_ledger(who),
+            signed.await,
         )
-        .await?;
-        self.checkpoint(Reread::SinceFrontier).await
+        .await
     }
 
     pub async fn inclusion_proof(
@@ -404,43 +417,43 @@ impl Ca {
         who: &Principal,
         seq: i64,
         tree_size: u64,
-    ) -> Result<(Hash, Vec<Hash>), Error> {
-        let checks = async {
+    ) -> Result<(Hash, Vec<Hash>), Refused> {
+        let proved = async {
             self.may_read_ledger(who)?;
             if seq < 1 || tree_size < seq as u64 {
                 return Err(Error::InvalidArgument(format!(
                     "seq must be 1..=tree_size (got seq {seq}, tree_size {tree_size})"
                 )));
             }
-            self.within_log("tree_size", tree_size).await
+            self.within_log("tree_size", tree_size).await?;
+            // Streamed: the proof's subtree roots are folded as the leaves go past, so memory
+            // stays flat however long the log is (the time is still one pass over it).
+            let index = (seq - 1) as usize;
+            let ranges = merkle::inclusion_ranges(index, tree_size as usize)
+                .ok_or_else(|| Error::Internal("inclusion proof out of range".into()))?;
+            let (mut folder, mut leaf) = (merkle::ProofFolder::new(ranges), None);
+            self.store
+                .fold_leaf_hashes(tree_size, |count, hash| {
+                    if count == seq as u64 {
+                        leaf = Some(hash);
+                    }
+                    folder.push(hash);
+                })
+                .await?;
+            match (leaf, folder.finish()) {
+                (Some(leaf), Some(proof)) => Ok((leaf, proof)),
+                _ => Err(Error::Internal(
+                    "inclusion proof: the log ended early".into(),
+                )),
+            }
         };
         self.audited(
             who,
             crate::audit::Action::AuditProofRead,
             &Target::ledger(),
-            checks.await,
+            proved.await,
         )
-        .await?;
-        // Streamed: the proof's subtree roots are folded as the leaves go past, so memory
-        // stays flat however long the log is (the time is still one pass over it).
-        let index = (seq - 1) as usize;
-        let ranges = merkle::inclusion_ranges(index, tree_size as usize)
-            .ok_or_else(|| Error::Internal("inclusion proof out of range".into()))?;
-        let (mut folder, mut leaf) = (merkle::ProofFolder::new(ranges), None);
-        self.store
-            .fold_leaf_hashes(tree_size, |count, hash| {
-                if count == seq as u64 {
-                    leaf = Some(hash);
-                }
-                folder.push(hash);
-            })
-            .await?;
-        match (leaf, folder.finish()) {
-            (Some(leaf), Some(proof)) => Ok((leaf, proof)),
-            _ => Err(Error::Internal(
-                "inclusion proof: the log ended early".into(),
-            )),
-        }
+        .await
     }
 
     pub async fn consistency_proof(
@@ -448,32 +461,32 @@ impl Ca {
         who: &Principal,
         old: u64,
         new: u64,
-    ) -> Result<Vec<Hash>, Error> {
-        let checks = async {
+    ) -> Result<Vec<Hash>, Refused> {
+        let proved = async {
             self.may_read_ledger(who)?;
             if old == 0 || old > new {
                 return Err(Error::InvalidArgument(format!(
                     "need 1 <= old_size <= new_size (got {old}, {new})"
                 )));
             }
-            self.within_log("new_size", new).await
+            self.within_log("new_size", new).await?;
+            let ranges = merkle::consistency_ranges(old as usize, new as usize)
+                .ok_or_else(|| Error::Internal("consistency proof out of range".into()))?;
+            let mut folder = merkle::ProofFolder::new(ranges);
+            self.store
+                .fold_leaf_hashes(new, |_, hash| folder.push(hash))
+                .await?;
+            folder
+                .finish()
+                .ok_or_else(|| Error::Internal("consistency proof: the log ended early".into()))
         };
         self.audited(
             who,
             crate::audit::Action::AuditProofRead,
             &Target::ledger(),
-            checks.await,
+            proved.await,
         )
-        .await?;
-        let ranges = merkle::consistency_ranges(old as usize, new as usize)
-            .ok_or_else(|| Error::Internal("consistency proof out of range".into()))?;
-        let mut folder = merkle::ProofFolder::new(ranges);
-        self.store
-            .fold_leaf_hashes(new, |_, hash| folder.push(hash))
-            .await?;
-        folder
-            .finish()
-            .ok_or_else(|| Error::Internal("consistency proof: the log ended early".into()))
+        .await
     }
 
     fn auditor_only(&self, who: &Principal, action: crate::audit::Action) -> Result<(), Error> {
@@ -495,7 +508,7 @@ impl Ca {
         who: &Principal,
         query: AuditQuery,
         previous_size: u64,
-    ) -> Result<mpsc::Receiver<Result<String, Error>>, Error> {
+    ) -> Result<mpsc::Receiver<Result<String, Refused>>, Refused> {
         let action = crate::audit::Action::AuditExport;
         let checks = async {
             self.auditor_only(who, action)?;
@@ -504,6 +517,44 @@ impl Ca {
         self.audited(who, action, &Target::ledger(), checks.await)
             .await?;
         let filter = filter_json(&query);
+        let prepared = self
+            .prepare_export(who, &query, &filter, previous_size)
+            .await;
+        let (cp, note, filtered, leaves) = self
+            .audited(who, action, &Target::ledger(), prepared)
+            .await?;
+        // Built once: each event's inclusion proof is then O(log n), not O(n).
+        let tree = filtered.then(|| merkle::Tree::new(leaves.clone()));
+        let (tx, rx) = mpsc::channel(64);
+        let ca = self.clone();
+        let exporter = who.uri.clone();
+        Self::stream_export(ExportStream {
+            ca,
+            actor: Actor::of(who),
+            tx,
+            query,
+            filter,
+            cp,
+            note,
+            filtered,
+            leaves,
+            tree,
+            exporter,
+            previous_size,
+        });
+        Ok(rx)
+    }
+
+    /// The export's one success event (written before any data leaves), the checkpoint it is
+    /// verified against, and the leaf hashes its proofs need.
+    async fn prepare_export(
+        &self,
+        who: &Principal,
+        query: &AuditQuery,
+        filter: &Value,
+        previous_size: u64,
+    ) -> Result<(Checkpoint, String, bool, Vec<Hash>), Error> {
+        let action = crate::audit::Action::AuditExport;
         let event = AuditEvent::new(self.clock.now(), Actor::of(who), action, Target::ledger())
             .with("filter", filter.clone())
             .with("dicom_event", "110106");
@@ -539,11 +590,37 @@ impl Ca {
         } else {
             Vec::new()
         };
-        // Built once: each event's inclusion proof is then O(log n), not O(n).
-        let tree = filtered.then(|| merkle::Tree::new(leaves.clone()));
-        let (tx, rx) = mpsc::channel(64);
-        let ca = self.clone();
-        let exporter = who.uri.clone();
+        Ok((cp, note, filtered, leaves))
+    }
+
+    /// A failure part-way through an export (its success event is already written): recorded
+    /// as a failed export, then ends the stream.
+    async fn export_failed(&self, actor: &Actor, err: Error) -> Refused {
+        self.refuse_as(
+            actor,
+            crate::audit::Action::AuditExport,
+            &Target::ledger(),
+            err,
+        )
+        .await
+    }
+
+    /// Streams the bundle's lines into `tx` on a task of its own.
+    fn stream_export(e: ExportStream) {
+        let ExportStream {
+            ca,
+            actor,
+            tx,
+            query,
+            filter,
+            cp,
+            note,
+            filtered,
+            leaves,
+            tree,
+            exporter,
+            previous_size,
+        } = e;
         tokio::spawn(async move {
             let header = json!({
                 "type": "header", "format": "medid-audit-bundle", "version": 1,
@@ -592,15 +669,12 @@ impl Ca {
                 let page = match pages.recv().await {
                     Some(Ok(p)) => p,
                     Some(Err(e)) => {
-                        let _ = tx.send(Err(e)).await;
+                        let _ = tx.send(Err(ca.export_failed(&actor, e).await)).await;
                         return;
                     }
                     None => {
-                        let _ = tx
-                            .send(Err(Error::Internal(
-                                "the export's page reader stopped early".into(),
-                            )))
-                            .await;
+                        let e = Error::Internal("the export's page reader stopped early".into());
+                        let _ = tx.send(Err(ca.export_failed(&actor, e).await)).await;
                         return;
                     }
                 };
@@ -630,7 +704,6 @@ impl Ca {
                 .send(Ok(json!({"type": "end", "events": count}).to_string()))
                 .await;
         });
-        Ok(rx)
     }
 
     /// A page of events matching `query` for an auditor, itself audited as Audit Log Used.
@@ -640,7 +713,7 @@ impl Ca {
         query: AuditQuery,
         after: i64,
         page_size: u32,
-    ) -> Result<(Vec<Value>, Option<i64>), Error> {
+    ) -> Result<(Vec<Value>, Option<i64>), Refused> {
         let action = crate::audit::Action::AuditQuery;
         self.audited(
             who,
@@ -649,28 +722,49 @@ impl Ca {
             self.auditor_only(who, action),
         )
         .await?;
-        let event = AuditEvent::new(self.clock.now(), Actor::of(who), action, Target::ledger())
-            .with("filter", filter_json(&query))
-            .with("dicom_event", "110101");
-        self.store.record_event(&event).await?;
-        let size = page_size.clamp(1, 500) as i64;
-        let entries = self
-            .store
-            .ledger_entries(&query, after, i64::MAX, size + 1)
-            .await?;
-        let more = entries.len() as i64 > size;
-        let page: Vec<_> = entries.into_iter().take(size as usize).collect();
-        let next = if more {
-            page.last().map(|e| e.seq)
-        } else {
-            None
+        let read = async {
+            let event = AuditEvent::new(self.clock.now(), Actor::of(who), action, Target::ledger())
+                .with("filter", filter_json(&query))
+                .with("dicom_event", "110101");
+            self.store.record_event(&event).await?;
+            let size = page_size.clamp(1, 500) as i64;
+            let entries = self
+                .store
+                .ledger_entries(&query, after, i64::MAX, size + 1)
+                .await?;
+            let more = entries.len() as i64 > size;
+            let page: Vec<_> = entries.into_iter().take(size as usize).collect();
+            let next = if more {
+                page.last().map(|e| e.seq)
+            } else {
+                None
+            };
+            let events = page
+                .iter()
+                .map(|e| ledger::event_json(e.seq, &e.event()?))
+                .collect::<Result<_, _>>()?;
+            Ok((events, next))
         };
-        let events = page
-            .iter()
-            .map(|e| ledger::event_json(e.seq, &e.event()?))
-            .collect::<Result<_, _>>()?;
-        Ok((events, next))
+        self.audited(who, action, &Target::ledger(), read.await)
+            .await
     }
+}
+
+/// What the export's streaming task takes with it.
+struct ExportStream {
+    ca: Arc<Ca>,
+    /// Who exports: a failure part-way is recorded as theirs.
+    actor: Actor,
+    tx: mpsc::Sender<Result<String, Refused>>,
+    query: AuditQuery,
+    filter: Value,
+    cp: Checkpoint,
+    note: String,
+    filtered: bool,
+    leaves: Vec<Hash>,
+    tree: Option<merkle::Tree>,
+    exporter: String,
+    previous_size: u64,
 }
 
 fn filter_json(q: &AuditQuery) -> Value {

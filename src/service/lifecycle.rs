@@ -2,7 +2,7 @@
 
 use time::{Duration, OffsetDateTime};
 
-use super::{Ca, Issued, IssuerFilter};
+use super::{Ca, Issued, IssuerFilter, Refused};
 use crate::audit::{Actor, Target};
 use crate::domain::{
     quote, CertState, DeviceSerial, ManufacturerId, Principal, PrincipalId, PrincipalRole, Profile,
@@ -59,7 +59,7 @@ pub struct RotationStatus {
 impl Ca {
     /// Issues an operational certificate to a device (or a fresh certificate to a gateway),
     /// authenticated by its birth or current certificate (docs/ROTATION.md).
-    pub async fn renew(&self, who: &Principal, csr: &[u8]) -> Result<Issued, Error> {
+    pub async fn renew(&self, who: &Principal, csr: &[u8]) -> Result<Issued, Refused> {
         let action = crate::audit::Action::CertificateRenew;
         let step1 = async {
             // Step 1: who renews, for what; the CSR; the profile. A revoked or expired caller
@@ -135,7 +135,9 @@ impl Ca {
             .run_cycle(&Actor::of(who), action, new, completion)
             .await?;
         // The superseded certificates' CRLs (an older generation's too, during a rollover).
-        self.publish_crls_of(recorded.superseded).await?;
+        let published = self.publish_crls_of(recorded.superseded).await;
+        self.audited(who, action, &Target::uri(&who.uri), published)
+            .await?;
         Ok(issued)
     }
 
@@ -146,7 +148,7 @@ impl Ca {
         who: &Principal,
         target: RevokeTarget,
         reason: Option<RevocationReason>,
-    ) -> Result<Vec<(IssuerId, String)>, Error> {
+    ) -> Result<Vec<(IssuerId, String)>, Refused> {
         let action = crate::audit::Action::CertificateRevoke;
         let label = match &target {
             RevokeTarget::Certificate { serial, .. } => format!("certificate/{}", quote(serial)),
@@ -204,7 +206,7 @@ impl Ca {
             .audited(who, action, &audit_target, decide.await)
             .await?;
         let event = self
-            .event(who, action, audit_target)
+            .event(who, action, audit_target.clone())
             .with("reason", reason.map(RevocationReason::name));
         // Revoking a device takes every certificate it has when the transaction runs.
         let subject = match &target {
@@ -223,8 +225,10 @@ impl Ca {
                 SubjectChange::None,
                 &event,
             )
-            .await?;
-        self.publish_crls_for(&revoked).await?;
+            .await;
+        let revoked = self.audited(who, action, &audit_target, revoked).await?;
+        let published = self.publish_crls_for(&revoked).await;
+        self.audited(who, action, &audit_target, published).await?;
         Ok(revoked)
     }
 
@@ -238,7 +242,7 @@ impl Ca {
         role: &PrincipalRole,
         id: &PrincipalId,
         reason: Option<RevocationReason>,
-    ) -> Result<Vec<(IssuerId, String)>, Error> {
+    ) -> Result<Vec<(IssuerId, String)>, Refused> {
         let action = crate::audit::Action::PrincipalEvict;
         let uri = self.profiles.trust_domain.principal_uri(role, id);
         let decide = async {
@@ -265,8 +269,11 @@ impl Ca {
                 SubjectChange::Disable(&uri),
                 &event,
             )
-            .await?;
-        self.publish_crls_for(&revoked).await?;
+            .await;
+        let target = Target::uri(&uri);
+        let revoked = self.audited(who, action, &target, revoked).await?;
+        let published = self.publish_crls_for(&revoked).await;
+        self.audited(who, action, &target, published).await?;
         Ok(revoked)
     }
 
@@ -312,7 +319,7 @@ impl Ca {
         manufacturer: ManufacturerId,
         serial: DeviceSerial,
         reason: Option<RevocationReason>,
-    ) -> Result<DeviceRecord, Error> {
+    ) -> Result<DeviceRecord, Refused> {
         let action = Action::Decommission {
             manufacturer: &manufacturer,
         };
@@ -338,7 +345,7 @@ impl Ca {
             .audited(who, action.audit(), &target, decide.await)
             .await?;
         let event = self
-            .event(who, action.audit(), target)
+            .event(who, action.audit(), target.clone())
             .with("reason", reason.map(RevocationReason::name));
         let revoked = self
             .store
@@ -354,9 +361,12 @@ impl Ca {
                 SubjectChange::Decommission(&manufacturer, serial.as_str()),
                 &event,
             )
-            .await?;
-        self.publish_crls_for(&revoked).await?;
-        self.store.device(&manufacturer, serial.as_str()).await
+            .await;
+        let done = async {
+            self.publish_crls_for(&revoked?).await?;
+            self.store.device(&manufacturer, serial.as_str()).await
+        };
+        self.audited(who, action.audit(), &target, done.await).await
     }
 
     async fn publish_crls_for(&self, revoked: &[(IssuerId, String)]) -> Result<(), Error> {
@@ -371,7 +381,7 @@ impl Ca {
         who: &Principal,
         manufacturer: ManufacturerId,
         serial: &str,
-    ) -> Result<RotationStatus, Error> {
+    ) -> Result<RotationStatus, Refused> {
         let target = self.device_target(manufacturer.as_str(), serial);
         // Authorize on the URI the device would have, before any lookup: a caller who may
         // not read it learns nothing, not even whether it exists.
@@ -386,18 +396,17 @@ impl Ca {
                     device_uri: &uri,
                 },
             )?;
-            self.store.device(&manufacturer, serial).await
+            let device = self.store.device(&manufacturer, serial).await?;
+            let certs = self.store.certificates_of(&device.uri).await?;
+            Ok(rotation(device, certs, self.clock.now()))
         };
-        let device = self
-            .audited(
-                who,
-                crate::audit::Action::DeviceRotationRead,
-                &target,
-                read.await,
-            )
-            .await?;
-        let certs = self.store.certificates_of(&device.uri).await?;
-        Ok(rotation(device, certs, self.clock.now()))
+        self.audited(
+            who,
+            crate::audit::Action::DeviceRotationRead,
+            &target,
+            read.await,
+        )
+        .await
     }
 
     /// Active certificates that expire within `within`, for admins.
@@ -406,21 +415,20 @@ impl Ca {
         who: &Principal,
         within: Duration,
         manufacturer: Option<ManufacturerId>,
-    ) -> Result<Vec<CertRecord>, Error> {
+    ) -> Result<Vec<CertRecord>, Refused> {
         let action = Action::ListExpiring;
-        let checked = policy::authorize(who, action).and_then(|_| {
+        let listed = async {
+            policy::authorize(who, action)?;
             if within < Duration::ZERO || within > Duration::days(3650) {
-                Err(Error::InvalidArgument(
+                return Err(Error::InvalidArgument(
                     "within must be 0 to 3650 days".into(),
-                ))
-            } else {
-                Ok(())
+                ));
             }
-        });
-        self.audited(who, action.audit(), &Target::certificates(), checked)
-            .await?;
-        self.store
-            .expiring(self.clock.now() + within, manufacturer.as_ref(), 10_000)
+            self.store
+                .expiring(self.clock.now() + within, manufacturer.as_ref(), 10_000)
+                .await
+        };
+        self.audited(who, action.audit(), &Target::certificates(), listed.await)
             .await
     }
 }

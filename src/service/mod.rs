@@ -54,6 +54,31 @@ pub struct IssuerFilter {
     pub generation: Option<u32>,
 }
 
+/// A refusal that has been recorded: its one audit event written, or, for a caller that is not
+/// authenticated, counted for the aggregated event. Every use case a caller reaches returns
+/// `Result<_, Refused>`, and only [`Ca::refuse`] and its kin make one, so a use case cannot
+/// hand back an error without recording it: a bare `?` on an [`Error`] does not compile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused(Error);
+
+impl Refused {
+    pub fn error(&self) -> &Error {
+        &self.0
+    }
+
+    pub fn into_error(self) -> Error {
+        self.0
+    }
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Refused {}
+
 /// The CA service: what the gRPC edge calls once it has parsed a request.
 pub struct Ca {
     pub store: Store,
@@ -141,7 +166,7 @@ impl Ca {
         AuditEvent::new(self.clock.now(), actor.clone(), action, target)
     }
 
-    /// Records the refusal of a request and hands the error back. The refusal itself changes
+    /// Records the refusal of a request: its one audit event. The refusal itself changes
     /// nothing, so a failure to write its event is logged and the refusal still stands.
     pub async fn refuse(
         &self,
@@ -149,7 +174,7 @@ impl Ca {
         action: AuditAction,
         target: &Target,
         err: Error,
-    ) -> Error {
+    ) -> Refused {
         self.refuse_as(&Actor::of(who), action, target, err).await
     }
 
@@ -160,7 +185,7 @@ impl Ca {
         action: AuditAction,
         target: &Target,
         err: Error,
-    ) -> Error {
+    ) -> Refused {
         let event = self
             .actor_event(actor, action, target.clone())
             .refused(&err);
@@ -168,27 +193,29 @@ impl Ca {
         if let Err(audit_err) = self.store.record_event(&event).await {
             tracing::error!(error = %audit_err, %action, "could not record refusal event");
         }
-        err
+        Refused(err)
     }
 
-    async fn audited<T>(
+    /// `result`, its error recorded as a refusal of `action` on `target` by `who`.
+    pub async fn audited<T>(
         &self,
         who: &Principal,
         action: AuditAction,
         target: &Target,
         result: Result<T, Error>,
-    ) -> Result<T, Error> {
+    ) -> Result<T, Refused> {
         self.audited_as(&Actor::of(who), action, target, result)
             .await
     }
 
-    async fn audited_as<T>(
+    /// [`Ca::audited`] for an actor that is not an authenticated principal.
+    pub async fn audited_as<T>(
         &self,
         actor: &Actor,
         action: AuditAction,
         target: &Target,
         result: Result<T, Error>,
-    ) -> Result<T, Error> {
+    ) -> Result<T, Refused> {
         match result {
             Ok(v) => Ok(v),
             Err(e) => Err(self.refuse_as(actor, action, target, e).await),
@@ -203,16 +230,12 @@ impl Ca {
         &self,
         peer_der: Option<&[u8]>,
         source: IpAddr,
-    ) -> Result<Principal, Error> {
+    ) -> Result<Principal, Refused> {
         let Some(der) = peer_der else {
-            self.admit_anonymous(source)?;
-            return Err(self.refuse_anonymous(
-                source,
-                AnonymousReason::NoCertificate,
-                Error::Unauthenticated("a client certificate is required".into()),
-            ));
+            return Err(self.refuse_without_certificate(source));
         };
-        match self.store.peer_by_fingerprint(&fingerprint(der)).await? {
+        let found = self.store.peer_by_fingerprint(&fingerprint(der)).await;
+        match found.map_err(|e| self.failed_before_identity(e))? {
             Some(peer) => self.principal_of(peer).map_err(|e| {
                 self.refuse_anonymous(source, AnonymousReason::InactiveCertificate, e)
             }),
@@ -228,20 +251,44 @@ impl Ca {
 
     /// Refuses at once (RESOURCE_EXHAUSTED) an unauthenticated request from a source that is
     /// over its refusal rate; the refusal is counted.
-    pub fn admit_anonymous(&self, source: IpAddr) -> Result<(), Error> {
+    pub fn admit_anonymous(&self, source: IpAddr) -> Result<(), Refused> {
         if self.anonymous.admit(source, self.clock.now()) {
             Ok(())
         } else {
-            Err(Error::ResourceExhausted(format!(
+            Err(Refused(Error::ResourceExhausted(format!(
                 "too many unauthenticated requests from {source}; slow down and retry"
-            )))
+            ))))
         }
     }
 
-    /// Counts an unauthenticated refusal for the aggregated audit and hands the error back.
-    fn refuse_anonymous(&self, source: IpAddr, reason: AnonymousReason, err: Error) -> Error {
+    /// Refuses a caller that sent no client certificate to a service that takes no principal
+    /// of its own (health, reflection): rate-limited and counted like any unauthenticated
+    /// refusal.
+    pub fn refuse_without_certificate(&self, source: IpAddr) -> Refused {
+        if let Err(limited) = self.admit_anonymous(source) {
+            return limited;
+        }
+        self.refuse_anonymous(
+            source,
+            AnonymousReason::NoCertificate,
+            Error::Unauthenticated("a client certificate is required".into()),
+        )
+    }
+
+    /// Counts an unauthenticated refusal for the aggregated audit.
+    fn refuse_anonymous(&self, source: IpAddr, reason: AnonymousReason, err: Error) -> Refused {
         self.anonymous.refused(source, reason, self.clock.now());
-        err
+        Refused(err)
+    }
+
+    /// A failure inside medid before the caller is known (the store unreachable while
+    /// looking up its certificate or token): there is no actor to record, and the store that
+    /// would hold the event is what failed, so it is logged and counted, not audited.
+    fn failed_before_identity(&self, err: Error) -> Refused {
+        tracing::warn!(error = %err, "a request failed before its caller was identified");
+        self.counters
+            .refused(AuditAction::AuthRefusedAggregate, &err);
+        Refused(err)
     }
 
     /// Writes the aggregated events of unauthenticated refusals counted since the last call.
@@ -309,7 +356,7 @@ impl Ca {
         &self,
         who: &Principal,
         m: NewManufacturer,
-    ) -> Result<ManufacturerRecord, Error> {
+    ) -> Result<ManufacturerRecord, Refused> {
         let action = Action::CreateManufacturer;
         let target = Target::manufacturer(&self.profiles.trust_domain, m.id.as_str());
         self.audited(who, action.audit(), &target, policy::authorize(who, action))
@@ -336,16 +383,14 @@ impl Ca {
     pub async fn list_manufacturers(
         &self,
         who: &Principal,
-    ) -> Result<Vec<ManufacturerRecord>, Error> {
+    ) -> Result<Vec<ManufacturerRecord>, Refused> {
         let action = Action::ListManufacturers;
-        self.audited(
-            who,
-            action.audit(),
-            &Target::manufacturers(),
-            policy::authorize(who, action),
-        )
-        .await?;
-        self.store.manufacturers().await
+        let listed = async {
+            policy::authorize(who, action)?;
+            self.store.manufacturers().await
+        };
+        self.audited(who, action.audit(), &Target::manufacturers(), listed.await)
+            .await
     }
 
     /// Issues a station, gateway, auditor or admin certificate (docs/ISSUANCE-CYCLE.md).
@@ -355,7 +400,7 @@ impl Ca {
         role: PrincipalRole,
         id: PrincipalId,
         csr: &[u8],
-    ) -> Result<Issued, Error> {
+    ) -> Result<Issued, Refused> {
         let action = Action::IssuePrincipalCertificate;
         let subject_uri = self.profiles.trust_domain.principal_uri(&role, &id);
         let step1 = async {
@@ -426,7 +471,7 @@ impl Ca {
         action: AuditAction,
         new: NewCertificate,
         completion: Completion,
-    ) -> Result<(Issued, Recorded), Error> {
+    ) -> Result<(Issued, Recorded), Refused> {
         let subject_uri = new.subject_uri.clone();
         let t: &CertificateTemplate = &new.template;
         let validity = (t.not_before, t.not_after);
@@ -503,7 +548,7 @@ impl Ca {
         who: &Principal,
         manufacturer: ManufacturerId,
         serial: &str,
-    ) -> Result<DeviceRecord, Error> {
+    ) -> Result<DeviceRecord, Refused> {
         let action = Action::ReadDevices {
             manufacturer: &manufacturer,
         };
@@ -519,12 +564,18 @@ impl Ca {
         &self,
         who: &Principal,
         mut query: DeviceQuery,
-    ) -> Result<(Vec<DeviceRecord>, Option<String>), Error> {
-        let scope = policy::device_list_scope(who, query.manufacturer.take());
-        query.manufacturer = self
-            .audited(who, Action::ListDevices.audit(), &Target::devices(), scope)
-            .await?;
-        self.store.devices(&query).await
+    ) -> Result<(Vec<DeviceRecord>, Option<String>), Refused> {
+        let listed = async {
+            query.manufacturer = policy::device_list_scope(who, query.manufacturer.take())?;
+            self.store.devices(&query).await
+        };
+        self.audited(
+            who,
+            Action::ListDevices.audit(),
+            &Target::devices(),
+            listed.await,
+        )
+        .await
     }
 
     /// The issuing-CA generations a filter names, oldest first.

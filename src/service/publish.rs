@@ -3,8 +3,7 @@
 
 use time::{Duration, OffsetDateTime};
 
-use super::Ca;
-use super::IssuerFilter;
+use super::{Ca, IssuerFilter, Refused};
 use crate::audit::Target;
 use crate::domain::{CertState, Principal, RevocationReason};
 use crate::error::Error;
@@ -175,30 +174,31 @@ impl Ca {
         &self,
         who: &Principal,
         issuer: IssuerFilter,
-    ) -> Result<(IssuerId, CrlRecord), Error> {
+    ) -> Result<(IssuerId, CrlRecord), Refused> {
         let action = Action::GetCrl;
         let target = match (issuer.name, issuer.generation) {
             (Some(name), Some(generation)) => Target::ca(&IssuerId { name, generation }.label()),
             (Some(name), None) => Target::ca(name.as_str()),
             _ => Target::ca("unspecified"),
         };
-        let chosen = policy::authorize(who, action).and_then(|()| {
+        let read = async {
+            policy::authorize(who, action)?;
             let name = issuer
                 .name
                 .ok_or_else(|| Error::InvalidArgument("name the issuer of the CRL".into()))?;
-            match issuer.generation {
-                None => Ok(self.authority.current(name).id),
+            let id = match issuer.generation {
+                None => self.authority.current(name).id,
                 Some(generation) => {
                     let id = IssuerId { name, generation };
-                    self.authority.issuer_cert(id).map(|_| id)
+                    self.authority.issuer_cert(id).map(|_| id)?
                 }
-            }
-        });
-        let id = self.audited(who, action.audit(), &target, chosen).await?;
-        Ok((id, self.current_crl(id).await?))
+            };
+            Ok((id, self.current_crl(id).await?))
+        };
+        self.audited(who, action.audit(), &target, read.await).await
     }
 
-    pub async fn trust_bundle(&self, who: &Principal) -> Result<TrustBundle, Error> {
+    pub async fn trust_bundle(&self, who: &Principal) -> Result<TrustBundle, Refused> {
         let action = Action::TrustBundle;
         self.audited(
             who,
@@ -234,18 +234,21 @@ impl Ca {
         &self,
         who: &Principal,
         query: CertificateStatusQuery,
-    ) -> Result<StatusAnswer, Error> {
+    ) -> Result<StatusAnswer, Refused> {
         let action = Action::CertificateStatus;
-        self.audited(
-            who,
-            action.audit(),
-            &match &query {
-                CertificateStatusQuery::Serial { serial, .. } => Target::certificate(serial),
-                CertificateStatusQuery::Der(_) => Target::certificates(),
-            },
-            policy::authorize(who, action),
-        )
-        .await?;
+        let target = match &query {
+            CertificateStatusQuery::Serial { serial, .. } => Target::certificate(serial),
+            CertificateStatusQuery::Der(_) => Target::certificates(),
+        };
+        let answered = async {
+            policy::authorize(who, action)?;
+            self.status_of_query(query).await
+        };
+        self.audited(who, action.audit(), &target, answered.await)
+            .await
+    }
+
+    async fn status_of_query(&self, query: CertificateStatusQuery) -> Result<StatusAnswer, Error> {
         let record = match query {
             CertificateStatusQuery::Serial { issuer, serial } => {
                 let serial = serial.to_ascii_lowercase();
