@@ -410,6 +410,8 @@ pub struct Principal {
     pub manufacturer: Option<ManufacturerId>,
     /// For devices: the device's serial.
     pub device_serial: Option<DeviceSerial>,
+    /// For stations, gateways, auditors and admins: their id within the role.
+    pub principal_id: Option<PrincipalId>,
     /// Serial (hex) of the certificate the caller presented.
     pub certificate_serial: String,
     /// The profile of that certificate.

@@ -259,6 +259,7 @@ mod tests {
             role,
             manufacturer: Some(ManufacturerId::parse("acme").unwrap()),
             device_serial: (role == Role::Device).then(|| DeviceSerial::parse("D1").unwrap()),
+            principal_id: None,
             certificate_serial: "01".into(),
             certificate_profile: profile,
         }

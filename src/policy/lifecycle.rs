@@ -152,6 +152,7 @@ mod tests {
             role,
             manufacturer: m.map(|m| ManufacturerId::parse(m).unwrap()),
             device_serial: (role == Role::Device).then(|| DeviceSerial::parse("D").unwrap()),
+            principal_id: None,
             certificate_serial: "01".into(),
             certificate_profile: crate::domain::Profile::Principal,
         }

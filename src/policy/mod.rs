@@ -223,6 +223,7 @@ mod tests {
             role,
             manufacturer: manufacturer.map(|m| ManufacturerId::parse(m).unwrap()),
             device_serial: (role == Role::Device).then(|| DeviceSerial::parse("D1").unwrap()),
+            principal_id: None,
             certificate_serial: "01".into(),
             certificate_profile: crate::domain::Profile::Principal,
         }

@@ -94,8 +94,9 @@ impl Ca {
                     (template, Profile::DeviceOperational, completion)
                 }
                 Renewal::Gateway => {
-                    let id = who.uri.rsplit('/').next().unwrap_or_default();
-                    let id = PrincipalId::parse(id)?;
+                    let id = who.principal_id.clone().ok_or_else(|| {
+                        Error::Internal(format!("gateway {} has no principal id", who.uri))
+                    })?;
                     let template = self.profiles.principal(
                         serial,
                         now,

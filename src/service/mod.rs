@@ -347,6 +347,11 @@ impl Ca {
                 .as_deref()
                 .map(DeviceSerial::parse)
                 .transpose()?,
+            principal_id: peer
+                .principal_id
+                .as_deref()
+                .map(PrincipalId::parse)
+                .transpose()?,
             certificate_serial: peer.serial,
             certificate_profile: peer.profile,
         })

@@ -91,6 +91,8 @@ pub struct PeerRecord {
     pub subject_state: Option<SubjectState>,
     pub manufacturer: Option<String>,
     pub device_serial: Option<String>,
+    /// A principal's id within its role; None for a device.
+    pub principal_id: Option<String>,
 }
 
 impl Store {
@@ -218,7 +220,7 @@ impl Store {
                 "SELECT c.role, c.subject_uri, c.serial, c.profile, c.status, c.not_before,
                         c.not_after, COALESCE(p.state, d.state) AS subject_state,
                         COALESCE(p.manufacturer_id, d.manufacturer_id) AS manufacturer,
-                        d.serial AS device_serial
+                        d.serial AS device_serial, p.principal_id
                  FROM certificates c
                  LEFT JOIN principals p ON p.uri = c.subject_uri
                  LEFT JOIN devices d ON d.uri = c.subject_uri
@@ -242,6 +244,7 @@ impl Store {
                 .transpose()?,
             manufacturer: owned(8)?,
             device_serial: owned(9)?,
+            principal_id: owned(10)?,
         }))
     }
 
