@@ -46,6 +46,16 @@ pub enum Action<'a> {
     Decommission {
         manufacturer: &'a ManufacturerId,
     },
+    /// Report device-data access: gateways only.
+    ReportAccess,
+    /// Read the signed checkpoint: admins, auditors, gateways.
+    ReadCheckpoint,
+    /// Read an inclusion or consistency proof: admins, auditors, gateways.
+    ReadProof,
+    /// Export the audit trail: auditors only.
+    ExportAudit,
+    /// Search the audit trail: auditors only.
+    QueryAudit,
 }
 
 impl Action<'_> {
@@ -66,6 +76,25 @@ impl Action<'_> {
             Action::GetCrl => A::CrlGet,
             Action::CreateToken { .. } => A::TokenCreate,
             Action::Decommission { .. } => A::DeviceDecommission,
+            Action::ReportAccess => A::DataAccess,
+            Action::ReadCheckpoint => A::AuditCheckpointRead,
+            Action::ReadProof => A::AuditProofRead,
+            Action::ExportAudit => A::AuditExport,
+            Action::QueryAudit => A::AuditQuery,
+        }
+    }
+
+    /// Who may, when only some roles may: said in the refusal.
+    fn only(&self) -> Option<&'static str> {
+        match self {
+            Action::ReportAccess => Some("only gateways report device-data access"),
+            Action::ReadCheckpoint | Action::ReadProof => {
+                Some("only admins, auditors and gateways read audit checkpoints or proofs")
+            }
+            Action::ExportAudit | Action::QueryAudit => {
+                Some("only auditors export or search the audit trail")
+            }
+            _ => None,
         }
     }
 }
@@ -96,8 +125,18 @@ pub fn check_access_time(
 /// Decides whether `who` may perform `action`. Roles are checked on every call.
 pub fn authorize(who: &Principal, action: Action<'_>) -> Result<(), Error> {
     let allowed = match (who.role, action) {
-        // Separation of duties: devices are enrolled by a manufacturer's station only.
-        (Role::Admin, Action::EnrollDevice { .. }) => false,
+        // Separation of duties: devices are enrolled by a manufacturer's station only; only
+        // gateways report what happens to device data, and only auditors read the trail of
+        // it, so an admin cannot both act and erase the record of acting.
+        (Role::Admin, Action::EnrollDevice { .. })
+        | (Role::Admin, Action::ReportAccess)
+        | (Role::Admin, Action::ExportAudit | Action::QueryAudit) => false,
+        (Role::Gateway, Action::ReportAccess) => true,
+        (Role::Auditor, Action::ExportAudit | Action::QueryAudit) => true,
+        (
+            Role::Admin | Role::Auditor | Role::Gateway,
+            Action::ReadCheckpoint | Action::ReadProof,
+        ) => true,
         (Role::Admin, _) => true,
         (Role::Station, Action::EnrollDevice { manufacturer })
         | (Role::Station, Action::ReadDevices { manufacturer }) => {
@@ -133,8 +172,9 @@ fn denial(who: &Principal, action: Action<'_>) -> Error {
         }
         _ => String::new(),
     };
+    let only = action.only().map(|o| format!(": {o}")).unwrap_or_default();
     Error::PermissionDenied(format!(
-        "{} ({}) may not {}{scope}",
+        "{} ({}) may not {}{scope}{only}",
         who.uri,
         who.role,
         action.audit()
@@ -283,5 +323,45 @@ mod tests {
         let other = ManufacturerId::parse("other").unwrap();
         assert!(device_list_scope(&station, Some(other)).is_err());
         assert!(device_list_scope(&principal(Role::Gateway, None), None).is_err());
+    }
+
+    /// The ledger's roles, as a table: who reports access, who reads checkpoints and proofs,
+    /// who exports and searches; every other role is refused, with who may in the message.
+    #[test]
+    fn ledger_actions_follow_the_separation_of_duties() {
+        let roles = [
+            Role::Admin,
+            Role::Station,
+            Role::Gateway,
+            Role::Auditor,
+            Role::Device,
+            Role::Service,
+        ];
+        let table: [(Action<'_>, &[Role]); 5] = [
+            (Action::ReportAccess, &[Role::Gateway]),
+            (
+                Action::ReadCheckpoint,
+                &[Role::Admin, Role::Auditor, Role::Gateway],
+            ),
+            (
+                Action::ReadProof,
+                &[Role::Admin, Role::Auditor, Role::Gateway],
+            ),
+            (Action::ExportAudit, &[Role::Auditor]),
+            (Action::QueryAudit, &[Role::Auditor]),
+        ];
+        for (action, allowed) in table {
+            for role in roles {
+                let got = authorize(&principal(role, Some("acme")), action);
+                if allowed.contains(&role) {
+                    assert!(got.is_ok(), "{role} {action:?}");
+                } else {
+                    let Err(Error::PermissionDenied(m)) = got else {
+                        panic!("{role} {action:?}: {got:?}");
+                    };
+                    assert!(m.contains(": only "), "{m}");
+                }
+            }
+        }
     }
 }

@@ -12,9 +12,10 @@ use super::{Ca, Refused};
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::merkle::{self, Hash};
 use crate::audit::{ledger, Actor, AuditEvent, Target};
-use crate::domain::{quote, Principal, Role};
+use crate::domain::{quote, Principal};
 use crate::error::Error;
 use crate::issuance::checkpoint_key::CheckpointSigner;
+use crate::policy;
 use crate::store::ledger::AuditQuery;
 use crate::store::registry::{DeviceRecord, DeviceState};
 
@@ -143,11 +144,7 @@ impl Ca {
         inputs: Vec<AccessInput>,
     ) -> Result<Vec<(i64, bool)>, Refused> {
         let action = crate::audit::Action::DataAccess;
-        if who.role != Role::Gateway {
-            let err = Error::PermissionDenied(format!(
-                "{} ({}) may not {action}: only gateways report device-data access",
-                who.uri, who.role
-            ));
+        if let Err(err) = policy::authorize(who, policy::Action::ReportAccess) {
             return Err(self.refuse(who, action, &Target::devices(), err).await);
         }
         let now = self.clock.now();
@@ -233,16 +230,6 @@ impl Ca {
             )));
         }
         Ok(())
-    }
-
-    fn may_read_ledger(&self, who: &Principal) -> Result<(), Error> {
-        match who.role {
-            Role::Admin | Role::Auditor | Role::Gateway => Ok(()),
-            role => Err(Error::PermissionDenied(format!(
-                "{} ({role}) may not read audit checkpoints or proofs",
-                who.uri
-            ))),
-        }
     }
 
     /// The newest checkpoint medid signed, from the database or from the copy outside it
@@ -400,7 +387,7 @@ impl Ca {
         who: &Principal,
     ) -> Result<(Checkpoint, String), Refused> {
         let signed = async {
-            self.may_read_ledger(who)?;
+            policy::authorize(who, policy::Action::ReadCheckpoint)?;
             self.checkpoint(Reread::SinceFrontier).await
         };
         self.audited(
@@ -419,7 +406,7 @@ impl Ca {
         tree_size: u64,
     ) -> Result<(Hash, Vec<Hash>), Refused> {
         let proved = async {
-            self.may_read_ledger(who)?;
+            policy::authorize(who, policy::Action::ReadProof)?;
             if seq < 1 || tree_size < seq as u64 {
                 return Err(Error::InvalidArgument(format!(
                     "seq must be 1..=tree_size (got seq {seq}, tree_size {tree_size})"
@@ -463,7 +450,7 @@ impl Ca {
         new: u64,
     ) -> Result<Vec<Hash>, Refused> {
         let proved = async {
-            self.may_read_ledger(who)?;
+            policy::authorize(who, policy::Action::ReadProof)?;
             if old == 0 || old > new {
                 return Err(Error::InvalidArgument(format!(
                     "need 1 <= old_size <= new_size (got {old}, {new})"
@@ -489,17 +476,6 @@ impl Ca {
         .await
     }
 
-    fn auditor_only(&self, who: &Principal, action: crate::audit::Action) -> Result<(), Error> {
-        if who.role == Role::Auditor {
-            Ok(())
-        } else {
-            Err(Error::PermissionDenied(format!(
-                "{} ({}) may not {action}: only auditors export or search the audit trail",
-                who.uri, who.role
-            )))
-        }
-    }
-
     /// Streams a verifiable bundle (docs/AUDIT.md "Bundle"): header, events with leaf hashes
     /// (and inclusion proofs when filtered), the signed checkpoint, the end line. The export is
     /// audited before any data leaves (no audit, no export).
@@ -511,7 +487,7 @@ impl Ca {
     ) -> Result<mpsc::Receiver<Result<String, Refused>>, Refused> {
         let action = crate::audit::Action::AuditExport;
         let checks = async {
-            self.auditor_only(who, action)?;
+            policy::authorize(who, policy::Action::ExportAudit)?;
             self.within_log("previous_tree_size", previous_size).await
         };
         self.audited(who, action, &Target::ledger(), checks.await)
@@ -719,7 +695,7 @@ impl Ca {
             who,
             action,
             &Target::ledger(),
-            self.auditor_only(who, action),
+            policy::authorize(who, policy::Action::QueryAudit),
         )
         .await?;
         let read = async {
