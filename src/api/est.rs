@@ -161,23 +161,25 @@ pub fn certs_only(certificates: &[&[u8]]) -> Vec<u8> {
 /// CsrAttrs (RFC 7030 §4.5.2): the key types medid accepts (EC on P-256 or P-384, Ed25519,
 /// RSA), SHA-256 signatures, and the subject serialNumber that factory enrollment reads.
 pub fn csr_attributes() -> Vec<u8> {
+    use crate::policy::csr::accepted;
     const SET: u8 = 0x31;
-    let mut curves = [
-        der::oid(&[1, 2, 840, 10045, 3, 1, 7]),
-        der::oid(&[1, 3, 132, 0, 34]),
-    ];
+    // DER orders a SET OF by encoding.
+    let mut curves: Vec<Vec<u8>> = accepted::CURVES
+        .iter()
+        .map(|(arcs, ..)| der::oid(arcs))
+        .collect();
     curves.sort();
     let ec = der::sequence(&[
-        &der::oid(&[1, 2, 840, 10045, 2, 1]),
+        &der::oid(accepted::EC_PUBLIC_KEY),
         &der::tlv(SET, &curves.concat()),
     ]);
     der::sequence(&[
         &ec,
-        &der::oid(&[1, 3, 101, 112]),              // id-Ed25519
-        &der::oid(&[1, 2, 840, 113549, 1, 1, 1]),  // rsaEncryption
-        &der::oid(&[1, 2, 840, 10045, 4, 3, 2]),   // ecdsa-with-SHA256
-        &der::oid(&[1, 2, 840, 113549, 1, 1, 11]), // sha256WithRSAEncryption
-        &der::oid(&[2, 5, 4, 5]),                  // serialNumber
+        &der::oid(accepted::ED25519),
+        &der::oid(accepted::RSA_ENCRYPTION),
+        &der::oid(accepted::ECDSA_WITH_SHA256),
+        &der::oid(accepted::SHA256_WITH_RSA),
+        &der::oid(accepted::SERIAL_NUMBER),
     ])
 }
 

@@ -61,7 +61,7 @@ impl Names {
     pub fn serial_number(&self) -> Option<&str> {
         self.subject
             .iter()
-            .find(|(oid, _)| oid == "2.5.4.5")
+            .find(|(oid, _)| *oid == accepted::dotted(accepted::SERIAL_NUMBER))
             .map(|(_, v)| v.as_str())
     }
 }
@@ -313,15 +313,44 @@ fn oid_text(content: &[u8]) -> String {
         .join(".")
 }
 
+/// What medid accepts, by OID arcs: the key checks below and the EST `csrattrs` answer
+/// (which asks clients for exactly these) both read them.
+pub mod accepted {
+    use super::KeyKind;
+
+    pub const EC_PUBLIC_KEY: &[u64] = &[1, 2, 840, 10045, 2, 1];
+    pub const ED25519: &[u64] = &[1, 3, 101, 112];
+    pub const RSA_ENCRYPTION: &[u64] = &[1, 2, 840, 113549, 1, 1, 1];
+    /// The named curves, with their key kind and uncompressed point length.
+    pub const CURVES: [(&[u64], KeyKind, usize); 2] = [
+        (&[1, 2, 840, 10045, 3, 1, 7], KeyKind::EcdsaP256, 65),
+        (&[1, 3, 132, 0, 34], KeyKind::EcdsaP384, 97),
+    ];
+    /// The signature algorithms EST asks for (verification accepts SHA-384/512 too).
+    pub const ECDSA_WITH_SHA256: &[u64] = &[1, 2, 840, 10045, 4, 3, 2];
+    pub const SHA256_WITH_RSA: &[u64] = &[1, 2, 840, 113549, 1, 1, 11];
+    /// The subject attribute EST factory enrollment reads the device serial from.
+    pub const SERIAL_NUMBER: &[u64] = &[2, 5, 4, 5];
+
+    /// Dotted form of OID arcs ("1.2.840.10045.2.1").
+    pub fn dotted(arcs: &[u64]) -> String {
+        arcs.iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+}
+
 fn key_kind(spki: &SubjectPublicKeyInfo<'_>) -> Result<KeyKind, Error> {
+    use accepted::dotted;
     let refuse = |what: &str| {
         Err(Error::BadCsr(format!(
             "{what} keys are not accepted; use ECDSA P-256 or P-384, Ed25519, or RSA 2048–4096"
         )))
     };
     match spki.algorithm.algorithm.to_id_string().as_str() {
-        "1.2.840.113549.1.1.1" => rsa_key_kind(spki),
-        "1.2.840.10045.2.1" => {
+        a if a == dotted(accepted::RSA_ENCRYPTION) => rsa_key_kind(spki),
+        a if a == dotted(accepted::EC_PUBLIC_KEY) => {
             let Some(params) = &spki.algorithm.parameters else {
                 return Err(Error::BadCsr("EC key without curve parameters".into()));
             };
@@ -334,13 +363,15 @@ fn key_kind(spki: &SubjectPublicKeyInfo<'_>) -> Result<KeyKind, Error> {
                         .into(),
                 )),
             };
-            let (kind, point_len) = match curve.as_str() {
-                "1.2.840.10045.3.1.7" => (KeyKind::EcdsaP256, 65),
-                "1.3.132.0.34" => (KeyKind::EcdsaP384, 97),
-                "1.2.840.10045.3.1.1" => return refuse("ECDSA P-192"),
-                "1.3.132.0.10" => return refuse("ECDSA secp256k1"),
-                "1.3.132.0.35" => return refuse("ECDSA P-521"),
-                other => {
+            let known = accepted::CURVES
+                .iter()
+                .find(|(arcs, ..)| dotted(arcs) == curve);
+            let (kind, point_len) = match (known, curve.as_str()) {
+                (Some((_, kind, len)), _) => (*kind, *len),
+                (None, "1.2.840.10045.3.1.1") => return refuse("ECDSA P-192"),
+                (None, "1.3.132.0.10") => return refuse("ECDSA secp256k1"),
+                (None, "1.3.132.0.35") => return refuse("ECDSA P-521"),
+                (None, other) => {
                     let name = curve_name(other).map_or_else(
                         || format!("ECDSA on curve {other}"),
                         |n| format!("ECDSA {n} ({other})"),
@@ -356,7 +387,7 @@ fn key_kind(spki: &SubjectPublicKeyInfo<'_>) -> Result<KeyKind, Error> {
             }
             Ok(kind)
         }
-        "1.3.101.112" => {
+        a if a == dotted(accepted::ED25519) => {
             if spki.subject_public_key.data.len() != 32 {
                 return Err(Error::BadCsr("Ed25519 public key must be 32 bytes".into()));
             }
