@@ -327,6 +327,13 @@ async fn ledger_filters_read_json_fields(db: Db) {
             .with("manufacturer", "beta")
             .with("patient_ref", "Patient/2"),
         event(Action::CertificateRenew, "spiffe://t/device/acme/A"),
+        // The manufacturer itself, its station, and a manufacturer whose id extends "acme".
+        event(Action::ManufacturerCreate, "spiffe://t/manufacturer/acme"),
+        event(
+            Action::PrincipalIssue,
+            "spiffe://t/manufacturer/acme/station/line-1",
+        ),
+        event(Action::ManufacturerCreate, "spiffe://t/manufacturer/acme-2"),
     ];
     db.store.append_events(events).await.unwrap();
     let seqs = |q: AuditQuery| {
@@ -355,7 +362,7 @@ async fn ledger_filters_read_json_fields(db: Db) {
         manufacturer: Some("acme".into()),
         ..AuditQuery::default()
     };
-    assert_eq!(seqs(manufacturer).await, vec![1, 3]);
+    assert_eq!(seqs(manufacturer).await, vec![1, 3, 4, 5]);
     let action = AuditQuery {
         action: Some(medid::audit::Action::DataAccess),
         from: Some(at()),
@@ -363,7 +370,7 @@ async fn ledger_filters_read_json_fields(db: Db) {
         ..AuditQuery::default()
     };
     assert_eq!(seqs(action).await, vec![1, 2]);
-    assert_eq!(seqs(AuditQuery::default()).await, vec![1, 2, 3]);
+    assert_eq!(seqs(AuditQuery::default()).await, vec![1, 2, 3, 4, 5, 6]);
 }
 
 async fn manufacturers_are_unique_and_their_creation_is_audited(db: Db) {

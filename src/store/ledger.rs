@@ -269,6 +269,11 @@ impl Store {
             .manufacturer
             .as_ref()
             .map(|m| format!("%/manufacturer/{m}/%"));
+        // The manufacturer itself (`spiffe://td/manufacturer/M`, the target of its creation).
+        let itself = q
+            .manufacturer
+            .as_ref()
+            .map(|m| format!("%/manufacturer/{m}"));
         let sql = format!(
             "SELECT seq, recorded_at, actor_uri, actor_role, action, target, outcome, reason, detail,
                     leaf_hash
@@ -278,7 +283,7 @@ impl Store {
                AND ($5 IS NULL OR recorded_at <= $6)
                AND ($7 IS NULL OR target = $8 OR {device} = $9)
                AND ($10 IS NULL OR target LIKE $11 OR target LIKE $12 OR actor_uri LIKE $13
-                    OR {manufacturer} = $14)
+                    OR {manufacturer} = $14 OR target LIKE $24)
                AND ($15 IS NULL OR actor_uri = $16)
                AND ($17 IS NULL OR action = $18)
                AND ($19 IS NULL OR outcome = $20)
@@ -331,6 +336,7 @@ impl Store {
                     Arg::from(&q.patient_ref),
                     Arg::from(&q.patient_ref),
                     Arg::Int(limit),
+                    Arg::from(&itself),
                 ],
                 &mut lend,
             )
