@@ -3,9 +3,12 @@
 //! told to use PostgreSQL fails, never skips, when the server is unreachable. Each PostgreSQL
 //! case gets a fresh schema.
 //!
-//! The issuance cycle, tokens and revocation are exercised on both backends by the
-//! integration tests (`MEDID_TEST_BACKEND=postgres`) and by `tests/replicas.rs`; this suite
-//! pins what every backend must do at the store's own interface.
+//! Here, at the store's own interface: migrations, the audit sequence and its append-only rows,
+//! CRL numbering, checkpoints, ledger filters, manufacturers, the certificate census, revocation
+//! (rows marked once, listed on the next CRL), tokens, and the peer lookup of authentication.
+//! Recording an issued certificate (`record_new`, which needs a signed certificate) and token
+//! spending run on both backends through the integration tests (`MEDID_TEST_BACKEND=postgres`)
+//! and `tests/replicas.rs`.
 
 mod common;
 
@@ -113,6 +116,9 @@ conformance!(
     ledger_filters_read_json_fields,
     manufacturers_are_unique_and_their_creation_is_audited,
     the_certificate_census_counts_by_profile_state_and_end,
+    a_revocation_marks_its_rows_once_and_the_next_crl_lists_them,
+    tokens_are_stored_by_hash_and_read_back,
+    a_peer_certificate_is_found_by_fingerprint_with_its_subject,
 );
 
 async fn migrations_apply_once_and_reopening_changes_nothing(db: Db) {
@@ -410,26 +416,15 @@ async fn the_certificate_census_counts_by_profile_state_and_end(db: Db) {
         ("06", "server", "active", 7),
     ];
     for (serial, profile, status, days) in rows {
-        let revoked_at = (status == "revoked").then_some(now);
-        sqlx::query(
-            "INSERT INTO certificates (issuer, serial, profile, role, subject_uri, spki_sha256,
-                 not_before, not_after, status, reserved_at, der, fingerprint, revoked_at)
-             VALUES ('operational', $1, $2, 'device', $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        insert_certificate(
+            &raw,
+            serial,
+            profile,
+            status,
+            "spiffe://t/device/acme/x",
+            now + days * day,
         )
-        .bind(serial)
-        .bind(profile)
-        .bind(format!("spiffe://t/device/acme/{serial}"))
-        .bind(format!("spki-{serial}"))
-        .bind(now - day)
-        .bind(now + days * day)
-        .bind(status)
-        .bind(now - day)
-        .bind(vec![0u8])
-        .bind(format!("fp-{serial}"))
-        .bind(revoked_at)
-        .execute(&raw)
-        .await
-        .unwrap();
+        .await;
     }
     let mut census = db
         .store
@@ -450,4 +445,187 @@ async fn the_certificate_census_counts_by_profile_state_and_end(db: Db) {
             (Profile::Server, CertState::Active, 1, [1, 1]),
         ]
     );
+}
+
+/// A certificate row as the store writes one (DER a placeholder), with fingerprint `fp-SERIAL`
+/// and SPKI `spki-SERIAL`, issued a day before `at()`.
+async fn insert_certificate(
+    raw: &sqlx::AnyPool,
+    serial: &str,
+    profile: &str,
+    status: &str,
+    subject: &str,
+    not_after: i64,
+) {
+    let now = at().unix_timestamp();
+    let revoked_at = (status == "revoked").then_some(now);
+    let role = if profile == "principal" {
+        "gateway"
+    } else {
+        "device"
+    };
+    sqlx::query(
+        "INSERT INTO certificates (issuer, serial, profile, role, subject_uri, spki_sha256,
+             not_before, not_after, status, reserved_at, der, fingerprint, revoked_at)
+         VALUES ('operational', $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(serial)
+    .bind(profile)
+    .bind(role)
+    .bind(subject)
+    .bind(format!("spki-{serial}"))
+    .bind(now - 86_400)
+    .bind(not_after)
+    .bind(status)
+    .bind(now - 86_400)
+    .bind(vec![0u8])
+    .bind(format!("fp-{serial}"))
+    .bind(revoked_at)
+    .execute(raw)
+    .await
+    .unwrap();
+}
+
+async fn a_revocation_marks_its_rows_once_and_the_next_crl_lists_them(db: Db) {
+    use medid::domain::{CertState, RevocationReason};
+    use medid::store::lifecycle::SubjectChange;
+    let raw = db.raw().await;
+    let later = at().unix_timestamp() + 30 * 86_400;
+    let subject = "spiffe://t/device/acme/SN-1";
+    insert_certificate(&raw, "0a01", "device-operational", "active", subject, later).await;
+    insert_certificate(&raw, "0a02", "device-operational", "active", subject, later).await;
+    let op = IssuerId::first(IssuerName::Operational);
+    let revoke = |targets: Vec<(IssuerId, String)>, subject: Option<&'static str>| {
+        let store = db.store.clone();
+        async move {
+            store
+                .revoke(
+                    &targets,
+                    subject,
+                    Some(RevocationReason::KeyCompromise),
+                    SubjectChange::None,
+                    &event(Action::CertificateRevoke, "urn:medid:certificate:0a01"),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let size = db.store.tree_size().await.unwrap();
+    assert_eq!(
+        revoke(vec![(op, "0a01".into())], None).await,
+        vec![(op, "0a01".into())]
+    );
+    assert_eq!(db.store.tree_size().await.unwrap(), size + 1, "one event");
+    // Already revoked: nothing more is revoked.
+    assert!(revoke(vec![(op, "0a01".into())], None).await.is_empty());
+    // By subject: every certificate of it not yet revoked, read inside the transaction.
+    assert_eq!(
+        revoke(Vec::new(), Some(subject)).await,
+        vec![(op, "0a02".into())]
+    );
+    for serial in ["0a01", "0a02"] {
+        let row = db.store.certificate(op, serial).await.unwrap().unwrap();
+        assert_eq!(row.status, CertState::Revoked, "{serial}");
+    }
+    let crl = db
+        .store
+        .issue_crl(op, at(), time::Duration::hours(24), |_, _, _, entries| {
+            let mut listed: Vec<(Vec<u8>, Option<RevocationReason>)> = entries
+                .iter()
+                .map(|e| (e.serial.clone(), e.reason))
+                .collect();
+            listed.sort_by(|a, b| a.0.cmp(&b.0));
+            assert_eq!(
+                listed,
+                vec![
+                    (vec![0x0a, 0x01], Some(RevocationReason::KeyCompromise)),
+                    (vec![0x0a, 0x02], Some(RevocationReason::KeyCompromise)),
+                ]
+            );
+            Ok(b"crl".to_vec())
+        })
+        .await
+        .unwrap();
+    assert_eq!(crl.number, 1);
+}
+
+async fn tokens_are_stored_by_hash_and_read_back(db: Db) {
+    use medid::store::lifecycle::TokenRecord;
+    let manufacturer = ManufacturerRecord {
+        id: ManufacturerId::parse("acme").unwrap(),
+        display_name: "Acme".into(),
+        allowed_models: vec![],
+        created_at: at(),
+    };
+    db.store
+        .create_manufacturer(&manufacturer, &event(Action::ManufacturerCreate, "m"))
+        .await
+        .unwrap();
+    let token = TokenRecord {
+        token_sha256: "ab".repeat(32),
+        manufacturer_id: "acme".into(),
+        serial: "SN-9".into(),
+        model: Some("X".into()),
+        expires_at: at() + time::Duration::hours(1),
+        used_at: None,
+    };
+    let size = db.store.tree_size().await.unwrap();
+    db.store
+        .create_token(&token, &event(Action::TokenCreate, "t"))
+        .await
+        .unwrap();
+    assert_eq!(
+        db.store.tree_size().await.unwrap(),
+        size + 1,
+        "with its event"
+    );
+    assert_eq!(
+        db.store.token(&token.token_sha256).await.unwrap(),
+        Some(token)
+    );
+    assert_eq!(db.store.token(&"cd".repeat(32)).await.unwrap(), None);
+}
+
+async fn a_peer_certificate_is_found_by_fingerprint_with_its_subject(db: Db) {
+    use medid::domain::{CertState, Role, SubjectState};
+    let raw = db.raw().await;
+    let uri = "spiffe://t/gateway/gw-1";
+    sqlx::query(
+        "INSERT INTO principals (uri, role, principal_id, manufacturer_id, state, created_at)
+         VALUES ($1, 'gateway', 'gw-1', NULL, 'active', $2)",
+    )
+    .bind(uri)
+    .bind(at().unix_timestamp())
+    .execute(&raw)
+    .await
+    .unwrap();
+    let later = at().unix_timestamp() + 86_400;
+    insert_certificate(&raw, "0b01", "principal", "active", uri, later).await;
+    let peer = db
+        .store
+        .peer_by_fingerprint("fp-0b01")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            peer.role,
+            peer.status,
+            peer.subject_state,
+            peer.principal_id.as_deref()
+        ),
+        (
+            Role::Gateway,
+            CertState::Active,
+            Some(SubjectState::Active),
+            Some("gw-1")
+        )
+    );
+    assert_eq!(peer.subject_uri, uri);
+    assert!(db
+        .store
+        .peer_by_fingerprint("fp-none")
+        .await
+        .unwrap()
+        .is_none());
 }
