@@ -233,6 +233,7 @@ async fn metrics_count_calls_refusals_and_issuance_and_read_the_state_when_scrap
     );
     assert!(metric(&after, "medid_audit_checkpoint_age_seconds", &[]).is_some());
     rules_name_only_exported_metrics(&after);
+    the_reference_table_lists_what_is_exported(&after);
     assert!(
         value(&after, "medid_store_batch_writes_count", &[])
             > value(&start, "medid_store_batch_writes_count", &[])
@@ -371,4 +372,35 @@ fn rules_name_only_exported_metrics(samples: &[Sample]) {
             "the alert rules use {name}, which /metrics does not export"
         );
     }
+}
+
+/// docs/METRICS.md's table names every metric family `/metrics` exports, and nothing else.
+fn the_reference_table_lists_what_is_exported(samples: &[Sample]) {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/METRICS.md")).unwrap();
+    let documented: std::collections::BTreeSet<String> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `medid_"))
+        .filter_map(|l| l.split('`').next())
+        .map(|name| format!("medid_{name}"))
+        .collect();
+    // A sample's family: without the suffixes OpenMetrics adds to histograms and infos
+    // (counters are documented with their `_total`).
+    let family = |name: &str| {
+        for suffix in ["_bucket", "_count", "_sum", "_info"] {
+            if let Some(base) = name.strip_suffix(suffix) {
+                if suffix != "_info" {
+                    return base.to_owned();
+                }
+                return format!("{base}_info");
+            }
+        }
+        name.to_owned()
+    };
+    let exported: std::collections::BTreeSet<String> =
+        samples.iter().map(|s| family(&s.name)).collect();
+    assert_eq!(
+        documented, exported,
+        "docs/METRICS.md and /metrics disagree (left: documented, right: exported)"
+    );
 }
