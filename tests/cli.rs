@@ -698,6 +698,27 @@ async fn scripts_list_report_query_and_prove_through_the_cli() {
     ]);
     assert_eq!(code, 6, "{err}");
     assert!(err.contains("verification FAILED"), "{err}");
+    // A pipeline that reads only the first line ends the listing quietly (no panic on the
+    // closed pipe): one event a page, so later writes come after `head` has gone.
+    let piped = Command::new("bash")
+        .arg("-c")
+        .arg(
+            "set -o pipefail; \"$MEDID\" audit query --json --page-size 1 --server \"$URL\" \
+             --ca \"$CA\" --cert \"$CERT\" --key \"$KEY\" | head -n 1",
+        )
+        .env("MEDID", env!("CARGO_BIN_EXE_medid"))
+        .env("URL", &server.url)
+        .env("CA", &ca)
+        .env("CERT", &aud_cert)
+        .env("KEY", &aud_key)
+        .output()
+        .unwrap();
+    assert!(
+        piped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&piped.stdout).lines().count(), 1);
     // A gateway may not query.
     let (code, _, err) = gateway(&["audit", "query"]);
     assert_eq!(code, 5, "{err}");

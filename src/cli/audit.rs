@@ -255,15 +255,19 @@ pub async fn run(cmd: AuditCommand) -> Result<(), Error> {
                     if limit.is_some_and(|l| shown >= l) {
                         return Ok(());
                     }
-                    if conn.json {
-                        println!("{json}");
+                    let line = if conn.json {
+                        json.clone()
                     } else {
                         let v: serde_json::Value = serde_json::from_str(json).map_err(|e| {
                             Error::Internal(format!(
                                 "the server sent an event that is not JSON: {e}"
                             ))
                         })?;
-                        println!("{}", event_line(&v));
+                        event_line(&v)
+                    };
+                    // A reader that has gone (`| head`) ends the listing.
+                    if !super::print_line(&line)? {
+                        return Ok(());
                     }
                     shown += 1;
                 }

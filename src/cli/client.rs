@@ -634,7 +634,7 @@ fn print_devices(conn: &Connection, shape: Shape, list: &[proto::Device]) {
         return;
     }
     for d in list {
-        println!(
+        let line = format!(
             "{:<16} {:<24} {:<16} {:<15} {}",
             d.manufacturer_id,
             d.serial,
@@ -642,5 +642,9 @@ fn print_devices(conn: &Connection, shape: Shape, list: &[proto::Device]) {
             state_name(d.state),
             d.uri
         );
+        // A reader that has gone (`| head`) ends the listing.
+        if !matches!(super::print_line(&line), Ok(true)) {
+            return;
+        }
     }
 }

@@ -207,7 +207,7 @@ pub async fn expiring(args: ExpiringArgs) -> Result<(), Error> {
         return Ok(());
     }
     for c in &list.certificates {
-        println!(
+        let line = format!(
             "{}  {:<18} {:<16} {:<34} {}",
             super::client::ts(&c.not_after),
             c.profile,
@@ -215,6 +215,10 @@ pub async fn expiring(args: ExpiringArgs) -> Result<(), Error> {
             c.serial,
             c.subject_uri
         );
+        // A reader that has gone (`| head`) ends the listing.
+        if !super::print_line(&line)? {
+            return Ok(());
+        }
     }
     if list.certificates.is_empty() {
         eprintln!(

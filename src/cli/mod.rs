@@ -281,13 +281,24 @@ async fn serve(args: ServeArgs) -> Result<crate::server::Stopped, Error> {
 
 /// Writes generated text to stdout; a reader that stopped early (`| head`) is no error.
 fn to_stdout(bytes: &[u8]) -> Result<(), Error> {
+    print_bytes(bytes).map(|_| ())
+}
+
+/// Writes to stdout. `Ok(false)`: the reader has gone (`| head`), so stop writing; that is
+/// how a pipeline ends, not an error.
+fn print_bytes(bytes: &[u8]) -> Result<bool, Error> {
     use std::io::Write;
-    match std::io::stdout().lock().write_all(bytes) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(Error::Internal(format!("writing to standard output: {e}")))
-        }
-        _ => Ok(()),
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(Error::Internal(format!("writing to standard output: {e}"))),
     }
+}
+
+/// One line of output for scripts (see [`print_bytes`]).
+pub(crate) fn print_line(line: &str) -> Result<bool, Error> {
+    print_bytes(format!("{line}\n").as_bytes())
 }
 
 /// `medid man`: the page of the whole command to stdout, or a page per command into `out`.
