@@ -30,6 +30,7 @@ use crate::proto::{
 };
 use crate::service::Ca;
 use crate::store::certificates::{AdoptedCertificate, Completion};
+use crate::store::CertificateLedger;
 use crate::store::Store;
 use tonic::service::interceptor::InterceptedService;
 

@@ -12,6 +12,7 @@ use medid::audit::merkle;
 use medid::proto::{
     self, audit_service_client::AuditServiceClient, EnrollDeviceRequest, PrincipalRole,
 };
+use medid::store::AuditLog;
 use tonic::transport::Channel;
 use tonic::Code;
 

@@ -7,6 +7,7 @@ use std::process::Command;
 
 use common::{csr_p256, TestServer};
 use medid::proto::EnrollDeviceRequest;
+use medid::store::{AuditLog, PkiBinding};
 
 fn medid(args: &[&str], dir: &std::path::Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_medid"))

@@ -15,6 +15,7 @@ use medid::audit::Outcome;
 use medid::domain::ManufacturerId;
 use medid::policy::est::{EstLabel, EstProfile};
 use medid::proto::PrincipalRole;
+use medid::store::Registry;
 
 /// Files a client reads: PEMs written into a temp dir.
 struct Files {

@@ -10,6 +10,7 @@ use medid::proto::{
     self, lifecycle_service_client::LifecycleServiceClient, PrincipalRole,
     RequestOperationalCertificateRequest,
 };
+use medid::store::CertificateRecords;
 use tonic::Code;
 
 fn principal_target(role: PrincipalRole, id: &str) -> proto::RevokeRequest {

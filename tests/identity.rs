@@ -6,6 +6,7 @@ mod common;
 use common::{a_call_works, connect_at_test_time as connect, TestServer};
 use medid::clock::Clock;
 use medid::proto::{self, lifecycle_service_client::LifecycleServiceClient, PrincipalRole};
+use medid::store::CertificateRecords;
 
 fn serial_on_disk(server: &TestServer) -> String {
     let pem = std::fs::read(server.pki("server.pem")).unwrap();

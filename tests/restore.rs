@@ -7,6 +7,7 @@ use std::process::Command;
 
 use common::{openssl_ocsp, revoke_for_key_compromise, serial_of, Identity, TestServer};
 use medid::proto::{self, lifecycle_service_client::LifecycleServiceClient, PrincipalRole};
+use medid::store::AuditLog;
 
 /// The number and the revoked serials (hex) of the operational CRL the HTTP endpoint serves.
 async fn served_crl(server: &TestServer) -> (u64, Vec<String>) {

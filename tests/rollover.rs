@@ -15,6 +15,7 @@ use medid::proto::{
     self, admin_service_client::AdminServiceClient,
     lifecycle_service_client::LifecycleServiceClient, PrincipalRole,
 };
+use medid::store::CertificateRecords;
 use time::Duration;
 
 /// Connects and makes one call; false when the TLS layer or the call refuses.

@@ -17,6 +17,10 @@ use medid::domain::ManufacturerId;
 use medid::issuance::{IssuerId, IssuerName};
 use medid::store::ledger::AuditQuery;
 use medid::store::registry::ManufacturerRecord;
+use medid::store::{
+    AuditLog, CertificateLedger, CertificateRecords, MerkleLog, Registry, RevocationStore,
+    TokenStore,
+};
 use medid::store::{Backend, Store};
 use medid::Error;
 

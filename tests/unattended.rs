@@ -19,6 +19,7 @@ use medid::proto::{
     enrollment_service_client::EnrollmentServiceClient,
     lifecycle_service_client::LifecycleServiceClient, PrincipalRole,
 };
+use medid::store::RevocationStore;
 use time::{Duration, OffsetDateTime};
 use tonic::transport::Channel;
 

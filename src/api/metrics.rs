@@ -25,6 +25,7 @@ use prometheus_client::registry::Registry;
 use super::conn::{ConnInfo, Gate};
 use crate::error::Error;
 use crate::service::Ca;
+use crate::store::{CertificateLedger, MerkleLog, RevocationStore};
 
 /// What the OpenMetrics text is served as.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -201,7 +202,7 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
         .map(tonic::Code::from_i32)
 }
 
-/// Tower layer on the gRPC server: see [`Finish`].
+/// Tower layer on the gRPC server: counts, times and logs each call once its status is known.
 #[derive(Debug, Clone, Default)]
 pub struct ObserveRpcs(pub RpcMetrics);
 

@@ -13,6 +13,7 @@ use crate::policy::{self, profile::BirthSubject, Action};
 use crate::store::certificates::{Claim, Completion, NewCertificate};
 use crate::store::lifecycle::TokenRecord;
 use crate::store::registry::DeviceRecord;
+use crate::store::{Registry, TokenStore};
 
 /// The longest a one-time enrollment token may live.
 pub const MAX_TOKEN_TTL: Duration = Duration::hours(24);

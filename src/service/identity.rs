@@ -19,6 +19,7 @@ use crate::policy::profile::{renew_after, OCSP_RESPONDER_LIFETIME};
 use crate::store::certificates::{
     fingerprint, AdoptedCertificate, Claim, Completion, NewCertificate,
 };
+use crate::store::CertificateLedger;
 
 /// A service certificate found on disk.
 struct OnDisk {

@@ -18,6 +18,7 @@ use crate::issuance::checkpoint_key::CheckpointSigner;
 use crate::policy;
 use crate::store::ledger::AuditQuery;
 use crate::store::registry::{DeviceRecord, DeviceState};
+use crate::store::{AuditLog, MerkleLog, Registry};
 
 /// Events per page an export reads.
 const EXPORT_PAGE: i64 = 500;

@@ -20,6 +20,7 @@ use crate::store::certificates::{Claim, Completion, NewCertificate};
 use crate::store::lifecycle::CertRecord;
 use crate::store::lifecycle::SubjectChange;
 use crate::store::registry::{DeviceRecord, DeviceState};
+use crate::store::{CertificateRecords, Registry, RevocationStore};
 
 /// What a revocation names.
 #[derive(Debug, Clone, PartialEq, Eq)]

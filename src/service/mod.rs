@@ -42,7 +42,8 @@ use crate::store::certificates::{
     fingerprint, Claim, Completion, NewCertificate, PeerRecord, Recorded,
 };
 use crate::store::registry::{DeviceQuery, DeviceRecord, ManufacturerRecord};
-use crate::store::Store;
+use crate::store::{AuditLog, MerkleLog, Registry, Store};
+use crate::store::{CertificateLedger, PkiBinding};
 
 /// The steps of the issuance cycle a crash test may stop the process at.
 pub const CRASH_POINTS: [&str; 2] = ["after-sign", "after-commit"];

@@ -12,6 +12,7 @@ use crate::issuance::{IssuerId, IssuerName};
 use crate::policy::{self, Action};
 use crate::store::certificates::fingerprint;
 use crate::store::lifecycle::{CertRecord, CrlRecord};
+use crate::store::{CertificateLedger, CertificateRecords, RevocationStore};
 
 /// How long an OCSP answer may be cached (its nextUpdate − thisUpdate).
 pub const OCSP_VALIDITY: Duration = Duration::hours(1);

@@ -13,6 +13,7 @@ use crate::files::{self, Access};
 use crate::issuance::IssuerId;
 use crate::store::lifecycle::CrlRecord;
 use crate::store::recovery::{RecoveryOutcome, UNRECORDED_SUBJECT};
+use crate::store::RecoveryStore;
 
 /// Kept CRLs per issuer; older ones are deleted.
 const KEPT_PER_ISSUER: usize = 4;

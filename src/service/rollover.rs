@@ -11,6 +11,7 @@ use crate::audit::{Actor, AuditEvent, Target};
 use crate::domain::PkiPart;
 use crate::error::Error;
 use crate::issuance::{IssuerId, IssuerInfo, IssuerName};
+use crate::store::PkiBinding;
 
 impl Ca {
     /// Loads the issuing-CA generations written since the last look and puts each in service.

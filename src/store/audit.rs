@@ -160,41 +160,6 @@ pub(crate) async fn append_many(tx: &mut dyn Tx, events: &[Ready]) -> Result<i64
     Ok(first)
 }
 
-impl Store {
-    /// Records one event that changes nothing else (a refusal), group-committed with others;
-    /// returns once it is durable.
-    pub async fn record_event(&self, event: &AuditEvent) -> Result<i64, Error> {
-        self.append_only(vec![Ready::new(event)?]).await
-    }
-
-    /// Records events that change nothing else, in order, in one durable transaction.
-    pub async fn record_events(&self, events: &[AuditEvent]) -> Result<(), Error> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        let ready = events
-            .iter()
-            .map(Ready::new)
-            .collect::<Result<Vec<_>, _>>()?;
-        self.append_only(ready).await.map(|_| ())
-    }
-
-    /// Events with sequence numbers in `after+1..`, oldest first, at most `limit`.
-    pub async fn audit_events(&self, after: i64, limit: i64) -> Result<Vec<StoredEvent>, Error> {
-        let mut reader = self.reader().await?;
-        let rows = reader
-            .tx()
-            .fetch_all(
-                "SELECT seq, recorded_at, actor_uri, actor_role, action, target, outcome, reason,
-                        detail
-                 FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
-                &[Arg::Int(after), Arg::Int(limit)],
-            )
-            .await?;
-        rows.iter().map(decode_row).collect()
-    }
-}
-
 /// The outcome column's value (the schema's CHECK allows only these four).
 pub(crate) fn outcome(column: &str) -> Result<Outcome, Error> {
     super::decode(column, "audit outcome", Outcome::parse)
@@ -221,6 +186,37 @@ pub(crate) fn decode_row(row: &super::sql::Row) -> Result<StoredEvent, Error> {
             detail,
         },
     })
+}
+
+impl super::AuditLog for Store {
+    async fn record_event(&self, event: &AuditEvent) -> Result<i64, Error> {
+        self.append_only(vec![Ready::new(event)?]).await
+    }
+
+    async fn record_events(&self, events: &[AuditEvent]) -> Result<(), Error> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let ready = events
+            .iter()
+            .map(Ready::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.append_only(ready).await.map(|_| ())
+    }
+
+    async fn audit_events(&self, after: i64, limit: i64) -> Result<Vec<StoredEvent>, Error> {
+        let mut reader = self.reader().await?;
+        let rows = reader
+            .tx()
+            .fetch_all(
+                "SELECT seq, recorded_at, actor_uri, actor_role, action, target, outcome, reason,
+                        detail
+                 FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+                &[Arg::Int(after), Arg::Int(limit)],
+            )
+            .await?;
+        rows.iter().map(decode_row).collect()
+    }
 }
 
 #[cfg(test)]

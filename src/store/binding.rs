@@ -8,9 +8,8 @@ use crate::audit::AuditEvent;
 use crate::domain::{PkiFingerprint, PkiPart};
 use crate::error::Error;
 
-impl Store {
-    /// Every recorded fingerprint.
-    pub async fn pki_binding(&self) -> Result<Vec<PkiFingerprint>, Error> {
+impl super::PkiBinding for Store {
+    async fn pki_binding(&self) -> Result<Vec<PkiFingerprint>, Error> {
         let rows = sqlx::query("SELECT part, sha256 FROM pki_binding ORDER BY part, sha256")
             .fetch_all(&self.reader)
             .await?;
@@ -27,10 +26,7 @@ impl Store {
             .collect()
     }
 
-    /// Records `fingerprints` (those already recorded are skipped) and `event`, in one
-    /// transaction. When every one was already recorded (another replica got there first),
-    /// nothing is written and the answer is false.
-    pub async fn bind_pki(
+    async fn bind_pki(
         &self,
         fingerprints: &[PkiFingerprint],
         event: &AuditEvent,

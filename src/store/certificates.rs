@@ -95,27 +95,6 @@ pub struct PeerRecord {
     pub principal_id: Option<String>,
 }
 
-impl Store {
-    /// Issuance step 3: in one transaction, check the claim (uniqueness, key binding, the
-    /// renewing caller still good) under the write lock, store the signed certificate as
-    /// active, create what it completes (the device or principal row; superseded
-    /// certificates revoked), and append the success event. A refusal changes nothing.
-    pub async fn record_new(
-        &self,
-        r: &NewCertificate,
-        signed: &SignedCertificate,
-        completion: &Completion,
-        event: &AuditEvent,
-    ) -> Result<Recorded, Error> {
-        let (r, signed, completion) = (r.clone(), signed.clone(), completion.clone());
-        let event = Ready::new(event)?;
-        self.write(move |tx| {
-            Box::pin(async move { record_in(tx, &r, &signed, &completion, &event).await })
-        })
-        .await
-    }
-}
-
 /// Step 3 inside a write transaction. Every check comes before the first write: a
 /// group-committed batch can only roll back a job that refuses after a change by rolling back
 /// every job with it.
@@ -154,133 +133,6 @@ async fn record_in(
     let recorded = complete(tx, completion, &r.subject_uri, &serial, now).await?;
     audit::append_ready(tx, event).await?;
     Ok(recorded)
-}
-
-impl Store {
-    /// Records a certificate signed outside the cycle (by `medid ca init`, before any store
-    /// existed), with its principal and audit event, unless it is already known.
-    /// Returns true if it was recorded now.
-    pub async fn adopt_certificate(
-        &self,
-        c: &AdoptedCertificate,
-        completion: &Completion,
-        event: &AuditEvent,
-    ) -> Result<bool, Error> {
-        let fp = fingerprint(&c.der);
-        let mut tx = self.begin_write().await?;
-        let known: Option<String> =
-            sqlx::query_scalar("SELECT serial FROM certificates WHERE fingerprint = $1")
-                .bind(&fp)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if known.is_some() {
-            return Ok(false);
-        }
-        sqlx::query(
-            "INSERT INTO certificates (issuer, serial, profile, role, subject_uri, spki_sha256,
-                                       not_before, not_after, status, reserved_at, der, fingerprint,
-                                       issue_order)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'active', $9, $10, $11,
-                     (SELECT COALESCE(MAX(issue_order), 0) + 1 FROM certificates))",
-        )
-        .bind(c.issuer.label())
-        .bind(&c.serial)
-        .bind(c.profile.as_str())
-        .bind(c.role.as_str())
-        .bind(&c.subject_uri)
-        .bind(&c.spki_sha256)
-        .bind(to_unix(c.not_before))
-        .bind(to_unix(c.not_after))
-        .bind(to_unix(event.recorded_at))
-        .bind(&c.der)
-        .bind(&fp)
-        .execute(&mut *tx)
-        .await?;
-        let mut on = SqlxTx(&mut *tx);
-        complete(
-            &mut on,
-            completion,
-            &c.subject_uri,
-            &c.serial,
-            event.recorded_at,
-        )
-        .await?;
-
-        audit::append(&mut on, event).await?;
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    /// The certificate whose DER has this SHA-256, with its subject's state.
-    pub async fn peer_by_fingerprint(&self, fp: &str) -> Result<Option<PeerRecord>, Error> {
-        let mut reader = self.reader().await?;
-        let row = reader
-            .tx()
-            .fetch_optional(
-                "SELECT c.role, c.subject_uri, c.serial, c.profile, c.status, c.not_before,
-                        c.not_after, COALESCE(p.state, d.state) AS subject_state,
-                        COALESCE(p.manufacturer_id, d.manufacturer_id) AS manufacturer,
-                        d.serial AS device_serial, p.principal_id
-                 FROM certificates c
-                 LEFT JOIN principals p ON p.uri = c.subject_uri
-                 LEFT JOIN devices d ON d.uri = c.subject_uri
-                 WHERE c.fingerprint = $1",
-                &[Arg::Text(fp)],
-            )
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        let owned = |i| row.opt_text(i).map(|t| t.map(str::to_owned));
-        Ok(Some(PeerRecord {
-            role: super::decode(row.text(0)?, "role", Role::parse)?,
-            subject_uri: row.text(1)?.to_owned(),
-            serial: row.text(2)?.to_owned(),
-            profile: super::decode(row.text(3)?, "profile", Profile::parse)?,
-            status: super::decode(row.text(4)?, "status", CertState::parse)?,
-            not_before: from_unix(row.int(5)?)?,
-            not_after: from_unix(row.int(6)?)?,
-            subject_state: row
-                .opt_text(7)?
-                .map(|s| super::decode(s, "subject state", SubjectState::parse))
-                .transpose()?,
-            manufacturer: owned(8)?,
-            device_serial: owned(9)?,
-            principal_id: owned(10)?,
-        }))
-    }
-
-    /// How many certificates there are of each profile in each state, and of the active
-    /// ones how many have not ended at `now` and end within each span of `within` (at most
-    /// two). One pass over the `certificates_census` index, not over the rows.
-    pub async fn certificate_census(
-        &self,
-        now: OffsetDateTime,
-        within: [time::Duration; 2],
-    ) -> Result<Vec<CensusRow>, Error> {
-        let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
-            "SELECT profile, status, COUNT(*),
-                    COALESCE(SUM(CASE WHEN status = 'active' AND not_after > $1
-                                       AND not_after <= $2 THEN 1 ELSE 0 END), 0),
-                    COALESCE(SUM(CASE WHEN status = 'active' AND not_after > $3
-                                       AND not_after <= $4 THEN 1 ELSE 0 END), 0)
-             FROM certificates GROUP BY profile, status",
-        )
-        .bind(to_unix(now))
-        .bind(to_unix(now + within[0]))
-        .bind(to_unix(now))
-        .bind(to_unix(now + within[1]))
-        .fetch_all(&self.reader)
-        .await?;
-        rows.into_iter()
-            .map(|(profile, status, n, first, second)| {
-                Ok(CensusRow {
-                    profile: super::decode(&profile, "certificate profile", Profile::parse)?,
-                    state: super::decode(&status, "certificate status", CertState::parse)?,
-                    count: n.max(0) as u64,
-                    ending: [first.max(0) as u64, second.max(0) as u64],
-                })
-            })
-            .collect()
-    }
 }
 
 /// Certificates of one profile in one state ([`Store::certificate_census`]).
@@ -553,4 +405,139 @@ async fn check_claim(
 /// SHA-256 of a certificate's DER, lowercase hex.
 pub fn fingerprint(der: &[u8]) -> String {
     crate::domain::hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
+}
+
+impl super::CertificateLedger for Store {
+    async fn record_new(
+        &self,
+        r: &NewCertificate,
+        signed: &SignedCertificate,
+        completion: &Completion,
+        event: &AuditEvent,
+    ) -> Result<Recorded, Error> {
+        let (r, signed, completion) = (r.clone(), signed.clone(), completion.clone());
+        let event = Ready::new(event)?;
+        self.write(move |tx| {
+            Box::pin(async move { record_in(tx, &r, &signed, &completion, &event).await })
+        })
+        .await
+    }
+
+    async fn adopt_certificate(
+        &self,
+        c: &AdoptedCertificate,
+        completion: &Completion,
+        event: &AuditEvent,
+    ) -> Result<bool, Error> {
+        let fp = fingerprint(&c.der);
+        let mut tx = self.begin_write().await?;
+        let known: Option<String> =
+            sqlx::query_scalar("SELECT serial FROM certificates WHERE fingerprint = $1")
+                .bind(&fp)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if known.is_some() {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO certificates (issuer, serial, profile, role, subject_uri, spki_sha256,
+                                       not_before, not_after, status, reserved_at, der, fingerprint,
+                                       issue_order)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'active', $9, $10, $11,
+                     (SELECT COALESCE(MAX(issue_order), 0) + 1 FROM certificates))",
+        )
+        .bind(c.issuer.label())
+        .bind(&c.serial)
+        .bind(c.profile.as_str())
+        .bind(c.role.as_str())
+        .bind(&c.subject_uri)
+        .bind(&c.spki_sha256)
+        .bind(to_unix(c.not_before))
+        .bind(to_unix(c.not_after))
+        .bind(to_unix(event.recorded_at))
+        .bind(&c.der)
+        .bind(&fp)
+        .execute(&mut *tx)
+        .await?;
+        let mut on = SqlxTx(&mut *tx);
+        complete(
+            &mut on,
+            completion,
+            &c.subject_uri,
+            &c.serial,
+            event.recorded_at,
+        )
+        .await?;
+
+        audit::append(&mut on, event).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn peer_by_fingerprint(&self, fp: &str) -> Result<Option<PeerRecord>, Error> {
+        let mut reader = self.reader().await?;
+        let row = reader
+            .tx()
+            .fetch_optional(
+                "SELECT c.role, c.subject_uri, c.serial, c.profile, c.status, c.not_before,
+                        c.not_after, COALESCE(p.state, d.state) AS subject_state,
+                        COALESCE(p.manufacturer_id, d.manufacturer_id) AS manufacturer,
+                        d.serial AS device_serial, p.principal_id
+                 FROM certificates c
+                 LEFT JOIN principals p ON p.uri = c.subject_uri
+                 LEFT JOIN devices d ON d.uri = c.subject_uri
+                 WHERE c.fingerprint = $1",
+                &[Arg::Text(fp)],
+            )
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let owned = |i| row.opt_text(i).map(|t| t.map(str::to_owned));
+        Ok(Some(PeerRecord {
+            role: super::decode(row.text(0)?, "role", Role::parse)?,
+            subject_uri: row.text(1)?.to_owned(),
+            serial: row.text(2)?.to_owned(),
+            profile: super::decode(row.text(3)?, "profile", Profile::parse)?,
+            status: super::decode(row.text(4)?, "status", CertState::parse)?,
+            not_before: from_unix(row.int(5)?)?,
+            not_after: from_unix(row.int(6)?)?,
+            subject_state: row
+                .opt_text(7)?
+                .map(|s| super::decode(s, "subject state", SubjectState::parse))
+                .transpose()?,
+            manufacturer: owned(8)?,
+            device_serial: owned(9)?,
+            principal_id: owned(10)?,
+        }))
+    }
+
+    async fn certificate_census(
+        &self,
+        now: OffsetDateTime,
+        within: [time::Duration; 2],
+    ) -> Result<Vec<CensusRow>, Error> {
+        let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT profile, status, COUNT(*),
+                    COALESCE(SUM(CASE WHEN status = 'active' AND not_after > $1
+                                       AND not_after <= $2 THEN 1 ELSE 0 END), 0),
+                    COALESCE(SUM(CASE WHEN status = 'active' AND not_after > $3
+                                       AND not_after <= $4 THEN 1 ELSE 0 END), 0)
+             FROM certificates GROUP BY profile, status",
+        )
+        .bind(to_unix(now))
+        .bind(to_unix(now + within[0]))
+        .bind(to_unix(now))
+        .bind(to_unix(now + within[1]))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter()
+            .map(|(profile, status, n, first, second)| {
+                Ok(CensusRow {
+                    profile: super::decode(&profile, "certificate profile", Profile::parse)?,
+                    state: super::decode(&status, "certificate status", CertState::parse)?,
+                    count: n.max(0) as u64,
+                    ending: [first.max(0) as u64, second.max(0) as u64],
+                })
+            })
+            .collect()
+    }
 }

@@ -61,41 +61,34 @@ impl LedgerEntry {
     }
 }
 
-impl Store {
-    /// The number of events in the log (its tree size).
-    pub async fn tree_size(&self) -> Result<u64, Error> {
+impl super::MerkleLog for Store {
+    async fn tree_size(&self) -> Result<u64, Error> {
         let n: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM audit_events")
             .fetch_one(&self.reader)
             .await?;
         Ok(n as u64)
     }
 
-    /// Leaf hashes of events 1..=size, in order. A gap or a malformed hash is an error: the
-    /// database was changed behind medid's back.
-    pub async fn leaf_hashes(&self, size: u64) -> Result<Vec<Hash>, Error> {
+    async fn leaf_hashes(&self, size: u64) -> Result<Vec<Hash>, Error> {
         let mut out = Vec::with_capacity(size as usize);
         self.fold_leaf_hashes(size, |_, hash| out.push(hash))
             .await?;
         Ok(out)
     }
 
-    /// Streams the leaf hashes of events 1..=size, in order, into `each(count so far, hash)`,
-    /// holding one row at a time (memory stays flat however long the log is). A gap or a
-    /// malformed hash is an integrity error: the database was changed behind medid's back.
-    pub async fn fold_leaf_hashes(
+    async fn fold_leaf_hashes(
         &self,
         size: u64,
-        each: impl FnMut(u64, Hash),
+        each: impl FnMut(u64, Hash) + Send,
     ) -> Result<(), Error> {
         self.fold_leaf_hashes_after(0, size, each).await
     }
 
-    /// [`Store::fold_leaf_hashes`] for events `after+1..=size` only.
-    pub async fn fold_leaf_hashes_after(
+    async fn fold_leaf_hashes_after(
         &self,
         after: u64,
         size: u64,
-        mut each: impl FnMut(u64, Hash),
+        mut each: impl FnMut(u64, Hash) + Send,
     ) -> Result<(), Error> {
         // Pages keep memory flat and keep each read short (a direct SQLite reader runs on the
         // runtime's thread).
@@ -151,9 +144,7 @@ impl Store {
         Ok(())
     }
 
-    /// Leaf hashes of events up to `size` as stored, gaps and all (for exporting a damaged log
-    /// so the verifier can name the damage).
-    pub async fn leaf_hashes_as_stored(&self, size: u64) -> Result<Vec<Hash>, Error> {
+    async fn leaf_hashes_as_stored(&self, size: u64) -> Result<Vec<Hash>, Error> {
         let rows: Vec<String> =
             sqlx::query_scalar("SELECT leaf_hash FROM audit_events WHERE seq <= $1 ORDER BY seq")
                 .bind(size as i64)
@@ -165,9 +156,7 @@ impl Store {
             .collect())
     }
 
-    /// Appends events (a batch of access events), group-committed with other callers' events in
-    /// one transaction: all of them or none. Returns once durable.
-    pub async fn append_events(&self, events: Vec<AuditEvent>) -> Result<Vec<i64>, Error> {
+    async fn append_events(&self, events: Vec<AuditEvent>) -> Result<Vec<i64>, Error> {
         let n = events.len() as i64;
         if n == 0 {
             return Ok(Vec::new());
@@ -179,9 +168,7 @@ impl Store {
         Ok((first..first + n).collect())
     }
 
-    /// Stores a signed checkpoint; false if one for this tree size was already stored (by
-    /// another replica: Ed25519 is deterministic, so it is the same note).
-    pub async fn save_checkpoint(
+    async fn save_checkpoint(
         &self,
         size: u64,
         root: &Hash,
@@ -206,8 +193,7 @@ impl Store {
         Ok(inserted)
     }
 
-    /// The newest checkpoint: (tree size, note, signed at).
-    pub async fn latest_checkpoint(&self) -> Result<Option<(u64, String, OffsetDateTime)>, Error> {
+    async fn latest_checkpoint(&self) -> Result<Option<(u64, String, OffsetDateTime)>, Error> {
         let row = sqlx::query(
             "SELECT tree_size, note, signed_at FROM audit_checkpoints ORDER BY tree_size DESC LIMIT 1",
         )
@@ -221,8 +207,7 @@ impl Store {
         )))
     }
 
-    /// Events with `after < seq <= up_to` matching `q`, oldest first, at most `limit`.
-    pub async fn ledger_entries(
+    async fn ledger_entries(
         &self,
         q: &AuditQuery,
         after: i64,
@@ -254,9 +239,7 @@ impl Store {
         Ok(entries)
     }
 
-    /// [`Store::ledger_entries`] lent to `each(seq, fields, leaf hash)` one at a time, with
-    /// nothing copied out of the row: the export writes its lines straight from them.
-    pub async fn scan_ledger(
+    async fn scan_ledger(
         &self,
         q: &AuditQuery,
         after: i64,

@@ -110,287 +110,6 @@ pub enum SubjectChange<'a> {
     Disable(&'a str),
 }
 
-impl Store {
-    pub async fn certificate(
-        &self,
-        issuer: IssuerId,
-        serial: &str,
-    ) -> Result<Option<CertRecord>, Error> {
-        let row = sqlx::query(&format!(
-            "{CERT_COLUMNS} WHERE c.issuer = $1 AND c.serial = $2"
-        ))
-        .bind(issuer.label())
-        .bind(serial)
-        .fetch_optional(&self.reader)
-        .await?;
-        row.as_ref().map(decode_cert).transpose()
-    }
-
-    /// Every certificate of a subject, oldest first.
-    pub async fn certificates_of(&self, subject_uri: &str) -> Result<Vec<CertRecord>, Error> {
-        let rows = sqlx::query(&format!(
-            "{CERT_COLUMNS} WHERE c.subject_uri = $1 ORDER BY c.issue_order"
-        ))
-        .bind(subject_uri)
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(decode_cert).collect()
-    }
-
-    /// Active certificates with a finite notAfter at or before `before`, soonest first.
-    pub async fn expiring(
-        &self,
-        before: OffsetDateTime,
-        manufacturer: Option<&ManufacturerId>,
-        limit: i64,
-    ) -> Result<Vec<CertRecord>, Error> {
-        let rows = sqlx::query(&format!(
-            "{CERT_COLUMNS}
-             WHERE c.status = 'active' AND c.not_after <= $1
-               AND ($2 IS NULL OR COALESCE(d.manufacturer_id, p.manufacturer_id) = $3)
-             ORDER BY c.not_after, c.serial LIMIT $4"
-        ))
-        .bind(to_unix(before))
-        .bind(manufacturer.map(|m| m.as_str()))
-        .bind(manufacturer.map(|m| m.as_str()))
-        .bind(limit)
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(decode_cert).collect()
-    }
-
-    /// Revokes the given certificates (those not yet revoked) — and, with `subject`, every
-    /// certificate of that subject as it stands inside the transaction — optionally decommissions a device or disables a principal, and appends
-    /// `event`, in one transaction. Returns the serials revoked now.
-    pub async fn revoke(
-        &self,
-        targets: &[(IssuerId, String)],
-        subject: Option<&str>,
-        reason: Option<RevocationReason>,
-        change: SubjectChange<'_>,
-        event: &AuditEvent,
-    ) -> Result<Vec<(IssuerId, String)>, Error> {
-        let at = to_unix(event.recorded_at);
-        let mut tx = self.begin_write().await?;
-        let mut targets = targets.to_vec();
-        if let Some(uri) = subject {
-            // Read under the write lock: a renewal that reserved a serial a moment ago is
-            // included, and none can reserve another until this commits.
-            let rows = sqlx::query(
-                "SELECT issuer, serial FROM certificates WHERE subject_uri = $1 AND status <> 'revoked'",
-            )
-            .bind(uri)
-            .fetch_all(&mut *tx)
-            .await?;
-            for row in rows {
-                let issuer: String = row.try_get("issuer")?;
-                let issuer = IssuerId::parse(&issuer)
-                    .ok_or_else(|| Error::Internal(format!("unknown issuer {issuer:?}")))?;
-                let serial: String = row.try_get("serial")?;
-                if !targets.iter().any(|(i, s)| *i == issuer && *s == serial) {
-                    targets.push((issuer, serial));
-                }
-            }
-        }
-        let mut revoked = Vec::new();
-        for (issuer, serial) in &targets {
-            let done = sqlx::query(
-                "UPDATE certificates SET status = 'revoked', revoked_at = $1, revocation_reason = $2
-                 WHERE issuer = $3 AND serial = $4 AND status <> 'revoked'",
-            )
-            .bind(at)
-            .bind(reason.map(RevocationReason::code))
-            .bind(issuer.label())
-            .bind(serial)
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() == 1 {
-                revoked.push((*issuer, serial.clone()));
-            }
-        }
-        match change {
-            SubjectChange::None => {}
-            SubjectChange::Decommission(manufacturer, serial) => {
-                sqlx::query(
-                    "UPDATE devices SET state = 'decommissioned' WHERE manufacturer_id = $1 AND serial = $2",
-                )
-                .bind(manufacturer.as_str())
-                .bind(serial)
-                .execute(&mut *tx)
-                .await?;
-            }
-            SubjectChange::Disable(uri) => {
-                sqlx::query("UPDATE principals SET state = 'disabled' WHERE uri = $1")
-                    .bind(uri)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
-        let mut event = event.clone();
-        event.detail.insert(
-            "revoked".into(),
-            revoked
-                .iter()
-                .map(|(i, s)| format!("{i}:{s}"))
-                .collect::<Vec<_>>()
-                .into(),
-        );
-        audit::append(&mut SqlxTx(&mut *tx), &event).await?;
-        tx.commit().await?;
-        Ok(revoked)
-    }
-
-    /// Issues the next CRL of `issuer`: takes the next number, reads the revoked entries that
-    /// must appear (revoked certificates not expired more than a day before thisUpdate),
-    /// lets `sign` produce the DER from (number, thisUpdate, nextUpdate, entries), and stores
-    /// it — all in one transaction, so numbers are strictly increasing with exactly one CRL per
-    /// number. thisUpdate is `now`, or the previous CRL's if that is later (a replica whose clock
-    /// runs behind never publishes a higher number with an earlier thisUpdate).
-    pub async fn issue_crl(
-        &self,
-        issuer: IssuerId,
-        now: OffsetDateTime,
-        validity: time::Duration,
-        sign: impl FnOnce(
-            u64,
-            OffsetDateTime,
-            OffsetDateTime,
-            &[RevokedEntry],
-        ) -> Result<Vec<u8>, Error>,
-    ) -> Result<CrlRecord, Error> {
-        let mut tx = self.begin_write().await?;
-        let last = last_crl_number(&mut tx, issuer).await?;
-        let number = last.unwrap_or(0) + 1;
-        let previous: Option<i64> = sqlx::query_scalar(
-            "SELECT this_update FROM crls WHERE issuer = $1 ORDER BY number DESC LIMIT 1",
-        )
-        .bind(issuer.label())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let this_update = match previous {
-            Some(p) if p > to_unix(now) => from_unix(p)?,
-            _ => now,
-        };
-        let next_update = this_update + validity;
-        let entries = revoked_entries(&mut tx, issuer, this_update).await?;
-        let der = sign(number as u64, this_update, next_update, &entries)?;
-        set_crl_number(&mut tx, issuer, number).await?;
-        sqlx::query(
-            "INSERT INTO crls (issuer, number, this_update, next_update, der) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(issuer.label())
-        .bind(number)
-        .bind(to_unix(this_update))
-        .bind(to_unix(next_update))
-        .bind(&der)
-        .execute(&mut *tx)
-        .await?;
-        // Publishing is a state change: one event per CRL, in the same transaction.
-        let event = AuditEvent::new(
-            now,
-            Actor::system(),
-            crate::audit::Action::CrlSign,
-            Target::ca(&issuer.label()),
-        )
-        .with("number", number)
-        .with("this_update", to_unix(this_update))
-        .with("next_update", to_unix(next_update))
-        .with("entries", entries.len() as i64)
-        .with(
-            "crl_sha256",
-            crate::domain::hex(ring::digest::digest(&ring::digest::SHA256, &der).as_ref()),
-        );
-        audit::append(&mut SqlxTx(&mut *tx), &event).await?;
-        tx.commit().await?;
-        Ok(CrlRecord {
-            number,
-            this_update,
-            next_update,
-            der,
-        })
-    }
-
-    pub async fn latest_crl(&self, issuer: IssuerId) -> Result<Option<CrlRecord>, Error> {
-        let row = sqlx::query(
-            "SELECT number, this_update, next_update, der FROM crls
-             WHERE issuer = $1 ORDER BY number DESC LIMIT 1",
-        )
-        .bind(issuer.label())
-        .fetch_optional(&self.reader)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        Ok(Some(CrlRecord {
-            number: row.try_get("number")?,
-            this_update: from_unix(row.try_get("this_update")?)?,
-            next_update: from_unix(row.try_get("next_update")?)?,
-            der: row.try_get("der")?,
-        }))
-    }
-
-    /// The newest CRL's number and validity (`/metrics`), without reading its body.
-    pub async fn crl_head(&self, issuer: IssuerId) -> Result<Option<CrlHead>, Error> {
-        let row: Option<(i64, i64, i64)> = sqlx::query_as(
-            "SELECT number, this_update, next_update FROM crls
-             WHERE issuer = $1 ORDER BY number DESC LIMIT 1",
-        )
-        .bind(issuer.label())
-        .fetch_optional(&self.reader)
-        .await?;
-        row.map(|(number, this_update, next_update)| {
-            Ok(CrlHead {
-                number,
-                this_update: from_unix(this_update)?,
-                next_update: from_unix(next_update)?,
-            })
-        })
-        .transpose()
-    }
-
-    /// Stores a new enrollment token (by hash) with its audit event.
-    pub async fn create_token(&self, t: &TokenRecord, event: &AuditEvent) -> Result<(), Error> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO enrollment_tokens
-                 (token_sha256, manufacturer_id, serial, model, expires_at, created_by, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&t.token_sha256)
-        .bind(&t.manufacturer_id)
-        .bind(&t.serial)
-        .bind(&t.model)
-        .bind(to_unix(t.expires_at))
-        .bind(&event.actor.uri)
-        .bind(to_unix(event.recorded_at))
-        .execute(&mut *tx)
-        .await?;
-        audit::append(&mut SqlxTx(&mut *tx), event).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    pub async fn token(&self, token_sha256: &str) -> Result<Option<TokenRecord>, Error> {
-        let row = sqlx::query(
-            "SELECT token_sha256, manufacturer_id, serial, model, expires_at, used_at
-             FROM enrollment_tokens WHERE token_sha256 = $1",
-        )
-        .bind(token_sha256)
-        .fetch_optional(&self.reader)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        Ok(Some(TokenRecord {
-            token_sha256: row.try_get("token_sha256")?,
-            manufacturer_id: row.try_get("manufacturer_id")?,
-            serial: row.try_get("serial")?,
-            model: row.try_get("model")?,
-            expires_at: from_unix(row.try_get("expires_at")?)?,
-            used_at: row
-                .try_get::<Option<i64>, _>("used_at")?
-                .map(from_unix)
-                .transpose()?,
-        }))
-    }
-}
-
 /// Spends a token inside the transaction that records the enrollment. Exactly one caller wins.
 pub(crate) async fn consume_token(
     tx: &mut dyn Tx,
@@ -472,4 +191,272 @@ async fn revoked_entries(
             })
         })
         .collect()
+}
+
+impl super::CertificateRecords for Store {
+    async fn certificate(
+        &self,
+        issuer: IssuerId,
+        serial: &str,
+    ) -> Result<Option<CertRecord>, Error> {
+        let row = sqlx::query(&format!(
+            "{CERT_COLUMNS} WHERE c.issuer = $1 AND c.serial = $2"
+        ))
+        .bind(issuer.label())
+        .bind(serial)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(decode_cert).transpose()
+    }
+
+    async fn certificates_of(&self, subject_uri: &str) -> Result<Vec<CertRecord>, Error> {
+        let rows = sqlx::query(&format!(
+            "{CERT_COLUMNS} WHERE c.subject_uri = $1 ORDER BY c.issue_order"
+        ))
+        .bind(subject_uri)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(decode_cert).collect()
+    }
+
+    async fn expiring(
+        &self,
+        before: OffsetDateTime,
+        manufacturer: Option<&ManufacturerId>,
+        limit: i64,
+    ) -> Result<Vec<CertRecord>, Error> {
+        let rows = sqlx::query(&format!(
+            "{CERT_COLUMNS}
+             WHERE c.status = 'active' AND c.not_after <= $1
+               AND ($2 IS NULL OR COALESCE(d.manufacturer_id, p.manufacturer_id) = $3)
+             ORDER BY c.not_after, c.serial LIMIT $4"
+        ))
+        .bind(to_unix(before))
+        .bind(manufacturer.map(|m| m.as_str()))
+        .bind(manufacturer.map(|m| m.as_str()))
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(decode_cert).collect()
+    }
+}
+
+impl super::RevocationStore for Store {
+    async fn revoke(
+        &self,
+        targets: &[(IssuerId, String)],
+        subject: Option<&str>,
+        reason: Option<RevocationReason>,
+        change: SubjectChange<'_>,
+        event: &AuditEvent,
+    ) -> Result<Vec<(IssuerId, String)>, Error> {
+        let at = to_unix(event.recorded_at);
+        let mut tx = self.begin_write().await?;
+        let mut targets = targets.to_vec();
+        if let Some(uri) = subject {
+            // Read under the write lock: a renewal that reserved a serial a moment ago is
+            // included, and none can reserve another until this commits.
+            let rows = sqlx::query(
+                "SELECT issuer, serial FROM certificates WHERE subject_uri = $1 AND status <> 'revoked'",
+            )
+            .bind(uri)
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in rows {
+                let issuer: String = row.try_get("issuer")?;
+                let issuer = IssuerId::parse(&issuer)
+                    .ok_or_else(|| Error::Internal(format!("unknown issuer {issuer:?}")))?;
+                let serial: String = row.try_get("serial")?;
+                if !targets.iter().any(|(i, s)| *i == issuer && *s == serial) {
+                    targets.push((issuer, serial));
+                }
+            }
+        }
+        let mut revoked = Vec::new();
+        for (issuer, serial) in &targets {
+            let done = sqlx::query(
+                "UPDATE certificates SET status = 'revoked', revoked_at = $1, revocation_reason = $2
+                 WHERE issuer = $3 AND serial = $4 AND status <> 'revoked'",
+            )
+            .bind(at)
+            .bind(reason.map(RevocationReason::code))
+            .bind(issuer.label())
+            .bind(serial)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 1 {
+                revoked.push((*issuer, serial.clone()));
+            }
+        }
+        match change {
+            SubjectChange::None => {}
+            SubjectChange::Decommission(manufacturer, serial) => {
+                sqlx::query(
+                    "UPDATE devices SET state = 'decommissioned' WHERE manufacturer_id = $1 AND serial = $2",
+                )
+                .bind(manufacturer.as_str())
+                .bind(serial)
+                .execute(&mut *tx)
+                .await?;
+            }
+            SubjectChange::Disable(uri) => {
+                sqlx::query("UPDATE principals SET state = 'disabled' WHERE uri = $1")
+                    .bind(uri)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let mut event = event.clone();
+        event.detail.insert(
+            "revoked".into(),
+            revoked
+                .iter()
+                .map(|(i, s)| format!("{i}:{s}"))
+                .collect::<Vec<_>>()
+                .into(),
+        );
+        audit::append(&mut SqlxTx(&mut *tx), &event).await?;
+        tx.commit().await?;
+        Ok(revoked)
+    }
+
+    async fn issue_crl(
+        &self,
+        issuer: IssuerId,
+        now: OffsetDateTime,
+        validity: time::Duration,
+        sign: impl FnOnce(u64, OffsetDateTime, OffsetDateTime, &[RevokedEntry]) -> Result<Vec<u8>, Error>
+            + Send,
+    ) -> Result<CrlRecord, Error> {
+        let mut tx = self.begin_write().await?;
+        let last = last_crl_number(&mut tx, issuer).await?;
+        let number = last.unwrap_or(0) + 1;
+        let previous: Option<i64> = sqlx::query_scalar(
+            "SELECT this_update FROM crls WHERE issuer = $1 ORDER BY number DESC LIMIT 1",
+        )
+        .bind(issuer.label())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let this_update = match previous {
+            Some(p) if p > to_unix(now) => from_unix(p)?,
+            _ => now,
+        };
+        let next_update = this_update + validity;
+        let entries = revoked_entries(&mut tx, issuer, this_update).await?;
+        let der = sign(number as u64, this_update, next_update, &entries)?;
+        set_crl_number(&mut tx, issuer, number).await?;
+        sqlx::query(
+            "INSERT INTO crls (issuer, number, this_update, next_update, der) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(issuer.label())
+        .bind(number)
+        .bind(to_unix(this_update))
+        .bind(to_unix(next_update))
+        .bind(&der)
+        .execute(&mut *tx)
+        .await?;
+        // Publishing is a state change: one event per CRL, in the same transaction.
+        let event = AuditEvent::new(
+            now,
+            Actor::system(),
+            crate::audit::Action::CrlSign,
+            Target::ca(&issuer.label()),
+        )
+        .with("number", number)
+        .with("this_update", to_unix(this_update))
+        .with("next_update", to_unix(next_update))
+        .with("entries", entries.len() as i64)
+        .with(
+            "crl_sha256",
+            crate::domain::hex(ring::digest::digest(&ring::digest::SHA256, &der).as_ref()),
+        );
+        audit::append(&mut SqlxTx(&mut *tx), &event).await?;
+        tx.commit().await?;
+        Ok(CrlRecord {
+            number,
+            this_update,
+            next_update,
+            der,
+        })
+    }
+
+    async fn latest_crl(&self, issuer: IssuerId) -> Result<Option<CrlRecord>, Error> {
+        let row = sqlx::query(
+            "SELECT number, this_update, next_update, der FROM crls
+             WHERE issuer = $1 ORDER BY number DESC LIMIT 1",
+        )
+        .bind(issuer.label())
+        .fetch_optional(&self.reader)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(CrlRecord {
+            number: row.try_get("number")?,
+            this_update: from_unix(row.try_get("this_update")?)?,
+            next_update: from_unix(row.try_get("next_update")?)?,
+            der: row.try_get("der")?,
+        }))
+    }
+
+    async fn crl_head(&self, issuer: IssuerId) -> Result<Option<CrlHead>, Error> {
+        let row: Option<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT number, this_update, next_update FROM crls
+             WHERE issuer = $1 ORDER BY number DESC LIMIT 1",
+        )
+        .bind(issuer.label())
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|(number, this_update, next_update)| {
+            Ok(CrlHead {
+                number,
+                this_update: from_unix(this_update)?,
+                next_update: from_unix(next_update)?,
+            })
+        })
+        .transpose()
+    }
+}
+
+impl super::TokenStore for Store {
+    async fn create_token(&self, t: &TokenRecord, event: &AuditEvent) -> Result<(), Error> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO enrollment_tokens
+                 (token_sha256, manufacturer_id, serial, model, expires_at, created_by, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&t.token_sha256)
+        .bind(&t.manufacturer_id)
+        .bind(&t.serial)
+        .bind(&t.model)
+        .bind(to_unix(t.expires_at))
+        .bind(&event.actor.uri)
+        .bind(to_unix(event.recorded_at))
+        .execute(&mut *tx)
+        .await?;
+        audit::append(&mut SqlxTx(&mut *tx), event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn token(&self, token_sha256: &str) -> Result<Option<TokenRecord>, Error> {
+        let row = sqlx::query(
+            "SELECT token_sha256, manufacturer_id, serial, model, expires_at, used_at
+             FROM enrollment_tokens WHERE token_sha256 = $1",
+        )
+        .bind(token_sha256)
+        .fetch_optional(&self.reader)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(TokenRecord {
+            token_sha256: row.try_get("token_sha256")?,
+            manufacturer_id: row.try_get("manufacturer_id")?,
+            serial: row.try_get("serial")?,
+            model: row.try_get("model")?,
+            expires_at: from_unix(row.try_get("expires_at")?)?,
+            used_at: row
+                .try_get::<Option<i64>, _>("used_at")?
+                .map(from_unix)
+                .transpose()?,
+        }))
+    }
 }

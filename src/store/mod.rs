@@ -23,8 +23,13 @@ pub mod lifecycle;
 pub mod recovery;
 pub mod registry;
 pub(crate) mod sql;
+mod traits;
 mod writer;
 
+pub use traits::{
+    AuditLog, CertificateLedger, CertificateRecords, MerkleLog, PkiBinding, RecoveryStore,
+    Registry, RevocationStore, TokenStore,
+};
 pub use writer::WriterStats;
 
 use std::ops::{Deref, DerefMut};

@@ -34,20 +34,15 @@ pub struct RecoveryOutcome {
     pub crl_number_advanced: bool,
 }
 
-impl Store {
-    /// In one transaction: every entry of `issuer`'s kept CRL number `number` that is not
-    /// revoked here is revoked as the CRL says (a serial without a row gets a revoked row
-    /// whose `not_after` is `unknown_not_after`, so it stays on CRLs), one event each from
-    /// `event_for`; and the issuer's CRL number is moved to at least `number`, so the next
-    /// CRL's number is larger than any published (RFC 5280 §5.2.3).
-    pub async fn recover_revocations(
+impl super::RecoveryStore for Store {
+    async fn recover_revocations(
         &self,
         issuer: IssuerId,
         number: u64,
         entries: &[RevokedEntry],
         unknown_not_after: OffsetDateTime,
         now: OffsetDateTime,
-        event_for: impl Fn(&Recovered) -> AuditEvent,
+        event_for: impl Fn(&Recovered) -> AuditEvent + Send,
     ) -> Result<RecoveryOutcome, Error> {
         let mut tx = self.begin_write().await?;
         let mut outcome = RecoveryOutcome::default();

@@ -63,9 +63,54 @@ pub struct DeviceQuery {
     pub page_token: Option<String>,
 }
 
-impl Store {
-    /// Creates a manufacturer and records `event` in the same transaction.
-    pub async fn create_manufacturer(
+const DEVICE_COLUMNS: &str = "SELECT manufacturer_id, serial, model, udi_di, uri, state, \
+                              enrolled_at, birth_serial FROM devices";
+const DEVICE_BY_SERIAL: &str = "SELECT manufacturer_id, serial, model, udi_di, uri, state, \
+                                enrolled_at, birth_serial FROM devices \
+                                WHERE manufacturer_id = $1 AND serial = $2";
+const DEVICE_BY_URI: &str = "SELECT manufacturer_id, serial, model, udi_di, uri, state, \
+                             enrolled_at, birth_serial FROM devices WHERE uri = $1";
+
+fn decode_manufacturer(row: &super::DbRow) -> Result<ManufacturerRecord, Error> {
+    let models: String = row.try_get("allowed_models")?;
+    Ok(ManufacturerRecord {
+        id: ManufacturerId::parse(&row.try_get::<String, _>("id")?)?,
+        display_name: row.try_get("display_name")?,
+        allowed_models: serde_json::from_str(&models)
+            .map_err(|e| Error::internal("decoding allowed_models", e))?,
+        created_at: from_unix(row.try_get("created_at")?)?,
+    })
+}
+
+/// A row of [`DEVICE_COLUMNS`], by position.
+fn decode_device(row: &Row) -> Result<DeviceRecord, Error> {
+    Ok(DeviceRecord {
+        manufacturer_id: row.text(0)?.to_owned(),
+        serial: row.text(1)?.to_owned(),
+        model: row.text(2)?.to_owned(),
+        udi_di: row.opt_text(3)?.map(str::to_owned),
+        uri: row.text(4)?.to_owned(),
+        state: DeviceState::parse(row.text(5)?)?,
+        enrolled_at: from_unix(row.int(6)?)?,
+        birth_serial: row.text(7)?.to_owned(),
+    })
+}
+
+fn encode_cursor(manufacturer: &str, serial: &str) -> String {
+    let json = serde_json::json!([manufacturer, serial]).to_string();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+}
+
+fn decode_cursor(token: &str) -> Result<(String, String), Error> {
+    let bad = || Error::InvalidArgument("page_token is not one this server issued".into());
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
+    serde_json::from_slice(&bytes).map_err(|_| bad())
+}
+
+impl super::Registry for Store {
+    async fn create_manufacturer(
         &self,
         m: &ManufacturerRecord,
         event: &AuditEvent,
@@ -99,7 +144,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn manufacturer(&self, id: &ManufacturerId) -> Result<ManufacturerRecord, Error> {
+    async fn manufacturer(&self, id: &ManufacturerId) -> Result<ManufacturerRecord, Error> {
         let row = sqlx::query(
             "SELECT id, display_name, allowed_models, created_at FROM manufacturers WHERE id = $1",
         )
@@ -110,8 +155,7 @@ impl Store {
         decode_manufacturer(&row)
     }
 
-    /// A station's, gateway's, auditor's or admin's state, if it exists.
-    pub async fn principal_state(
+    async fn principal_state(
         &self,
         uri: &str,
     ) -> Result<Option<crate::domain::SubjectState>, Error> {
@@ -125,7 +169,7 @@ impl Store {
             .transpose()
     }
 
-    pub async fn manufacturers(&self) -> Result<Vec<ManufacturerRecord>, Error> {
+    async fn manufacturers(&self) -> Result<Vec<ManufacturerRecord>, Error> {
         let rows = sqlx::query(
             "SELECT id, display_name, allowed_models, created_at FROM manufacturers ORDER BY id",
         )
@@ -134,7 +178,7 @@ impl Store {
         rows.iter().map(decode_manufacturer).collect()
     }
 
-    pub async fn device(
+    async fn device(
         &self,
         manufacturer: &ManufacturerId,
         serial: &str,
@@ -156,7 +200,7 @@ impl Store {
             })
     }
 
-    pub async fn device_by_uri(&self, uri: &str) -> Result<DeviceRecord, Error> {
+    async fn device_by_uri(&self, uri: &str) -> Result<DeviceRecord, Error> {
         let mut reader = self.reader().await?;
         reader
             .tx()
@@ -166,11 +210,7 @@ impl Store {
             .unwrap_or_else(|| Err(Error::NotFound(format!("no device {}", quote(uri)))))
     }
 
-    /// One page of devices ordered by (manufacturer, serial), and the token of the next page.
-    pub async fn devices(
-        &self,
-        q: &DeviceQuery,
-    ) -> Result<(Vec<DeviceRecord>, Option<String>), Error> {
+    async fn devices(&self, q: &DeviceQuery) -> Result<(Vec<DeviceRecord>, Option<String>), Error> {
         let size = match q.page_size {
             0 => 100,
             n => n.min(500),
@@ -218,50 +258,4 @@ impl Store {
         };
         Ok((devices, next))
     }
-}
-
-const DEVICE_COLUMNS: &str = "SELECT manufacturer_id, serial, model, udi_di, uri, state, \
-                              enrolled_at, birth_serial FROM devices";
-const DEVICE_BY_SERIAL: &str = "SELECT manufacturer_id, serial, model, udi_di, uri, state, \
-                                enrolled_at, birth_serial FROM devices \
-                                WHERE manufacturer_id = $1 AND serial = $2";
-const DEVICE_BY_URI: &str = "SELECT manufacturer_id, serial, model, udi_di, uri, state, \
-                             enrolled_at, birth_serial FROM devices WHERE uri = $1";
-
-fn decode_manufacturer(row: &super::DbRow) -> Result<ManufacturerRecord, Error> {
-    let models: String = row.try_get("allowed_models")?;
-    Ok(ManufacturerRecord {
-        id: ManufacturerId::parse(&row.try_get::<String, _>("id")?)?,
-        display_name: row.try_get("display_name")?,
-        allowed_models: serde_json::from_str(&models)
-            .map_err(|e| Error::internal("decoding allowed_models", e))?,
-        created_at: from_unix(row.try_get("created_at")?)?,
-    })
-}
-
-/// A row of [`DEVICE_COLUMNS`], by position.
-fn decode_device(row: &Row) -> Result<DeviceRecord, Error> {
-    Ok(DeviceRecord {
-        manufacturer_id: row.text(0)?.to_owned(),
-        serial: row.text(1)?.to_owned(),
-        model: row.text(2)?.to_owned(),
-        udi_di: row.opt_text(3)?.map(str::to_owned),
-        uri: row.text(4)?.to_owned(),
-        state: DeviceState::parse(row.text(5)?)?,
-        enrolled_at: from_unix(row.int(6)?)?,
-        birth_serial: row.text(7)?.to_owned(),
-    })
-}
-
-fn encode_cursor(manufacturer: &str, serial: &str) -> String {
-    let json = serde_json::json!([manufacturer, serial]).to_string();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
-}
-
-fn decode_cursor(token: &str) -> Result<(String, String), Error> {
-    let bad = || Error::InvalidArgument("page_token is not one this server issued".into());
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(token)
-        .map_err(|_| bad())?;
-    serde_json::from_slice(&bytes).map_err(|_| bad())
 }

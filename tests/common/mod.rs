@@ -19,6 +19,7 @@ use medid::proto::{
     PrincipalRole,
 };
 use medid::service::Ca;
+use medid::store::AuditLog;
 use rcgen::{CertificateParams, KeyPair};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;

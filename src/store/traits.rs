@@ -1,0 +1,311 @@
+//! The store as each consumer sees it: one narrow trait per part of the service, all
+//! implemented by [`Store`](super::Store). A module imports the traits of what it uses, so
+//! what it may ask of the database is written at its top (docs/ARCHITECTURE.md).
+
+#![allow(clippy::too_many_arguments)]
+
+use std::future::Future;
+
+use time::OffsetDateTime;
+
+use super::certificates::{
+    AdoptedCertificate, CensusRow, Completion, NewCertificate, PeerRecord, Recorded,
+};
+use super::ledger::{AuditQuery, LedgerEntry};
+use super::lifecycle::{CertRecord, CrlHead, CrlRecord, SubjectChange, TokenRecord};
+use super::recovery::{Recovered, RecoveryOutcome};
+use super::registry::{DeviceQuery, DeviceRecord, ManufacturerRecord};
+use crate::audit::ledger::EventFields;
+use crate::audit::merkle::Hash;
+use crate::audit::AuditEvent;
+use crate::audit::StoredEvent;
+use crate::domain::{ManufacturerId, PkiFingerprint, RevocationReason};
+use crate::error::Error;
+use crate::issuance::{IssuerId, RevokedEntry, SignedCertificate};
+
+/// The audit log's writes that change nothing else, and reading events back (refusals, the
+/// aggregate, tests).
+pub trait AuditLog {
+    /// Records one event that changes nothing else (a refusal), group-committed with others;
+    /// returns once it is durable.
+    fn record_event(&self, event: &AuditEvent) -> impl Future<Output = Result<i64, Error>> + Send;
+
+    /// Records events that change nothing else, in order, in one durable transaction.
+    fn record_events(
+        &self,
+        events: &[AuditEvent],
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Events with sequence numbers in `after+1..`, oldest first, at most `limit`.
+    fn audit_events(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<StoredEvent>, Error>> + Send;
+}
+
+/// The Merkle ledger over the audit log: appending access events, leaf hashes, checkpoints,
+/// filtered reads (service::ledger, /metrics).
+pub trait MerkleLog {
+    /// The number of events in the log (its tree size).
+    fn tree_size(&self) -> impl Future<Output = Result<u64, Error>> + Send;
+
+    /// Leaf hashes of events 1..=size, in order. A gap or a malformed hash is an error: the
+    /// database was changed behind medid's back.
+    fn leaf_hashes(&self, size: u64) -> impl Future<Output = Result<Vec<Hash>, Error>> + Send;
+
+    /// Streams the leaf hashes of events 1..=size, in order, into `each(count so far, hash)`,
+    /// holding one row at a time (memory stays flat however long the log is). A gap or a
+    /// malformed hash is an integrity error: the database was changed behind medid's back.
+    fn fold_leaf_hashes(
+        &self,
+        size: u64,
+        each: impl FnMut(u64, Hash) + Send,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// [`Self::fold_leaf_hashes`] for events `after+1..=size` only.
+    fn fold_leaf_hashes_after(
+        &self,
+        after: u64,
+        size: u64,
+        each: impl FnMut(u64, Hash) + Send,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Leaf hashes of events up to `size` as stored, gaps and all (for exporting a damaged log
+    /// so the verifier can name the damage).
+    fn leaf_hashes_as_stored(
+        &self,
+        size: u64,
+    ) -> impl Future<Output = Result<Vec<Hash>, Error>> + Send;
+
+    /// Appends events (a batch of access events), group-committed with other callers' events in
+    /// one transaction: all of them or none. Returns once durable.
+    fn append_events(
+        &self,
+        events: Vec<AuditEvent>,
+    ) -> impl Future<Output = Result<Vec<i64>, Error>> + Send;
+
+    /// Stores a signed checkpoint; false if one for this tree size was already stored (by
+    /// another replica: Ed25519 is deterministic, so it is the same note).
+    fn save_checkpoint(
+        &self,
+        size: u64,
+        root: &Hash,
+        note: &str,
+        at: OffsetDateTime,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// The newest checkpoint: (tree size, note, signed at).
+    fn latest_checkpoint(
+        &self,
+    ) -> impl Future<Output = Result<Option<(u64, String, OffsetDateTime)>, Error>> + Send;
+
+    /// Events with `after < seq <= up_to` matching `q`, oldest first, at most `limit`.
+    fn ledger_entries(
+        &self,
+        q: &AuditQuery,
+        after: i64,
+        up_to: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<LedgerEntry>, Error>> + Send;
+
+    /// [`Self::ledger_entries`] lent to `each(seq, fields, leaf hash)` one at a time, with
+    /// nothing copied out of the row: the export writes its lines straight from them.
+    fn scan_ledger(
+        &self,
+        q: &AuditQuery,
+        after: i64,
+        up_to: i64,
+        limit: i64,
+        each: &mut (dyn FnMut(i64, EventFields<'_>, &str) -> Result<(), Error> + Send),
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+/// The PKI a database belongs to (start-up, rollover).
+pub trait PkiBinding {
+    /// Every recorded fingerprint.
+    fn pki_binding(&self) -> impl Future<Output = Result<Vec<PkiFingerprint>, Error>> + Send;
+
+    /// Records `fingerprints` (those already recorded are skipped) and `event`, in one
+    /// transaction. When every one was already recorded (another replica got there first),
+    /// nothing is written and the answer is false.
+    fn bind_pki(
+        &self,
+        fingerprints: &[PkiFingerprint],
+        event: &AuditEvent,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+}
+
+/// Issued certificates: recording one with what it completes, finding a peer by its fingerprint, reading and counting them (the issuance cycle, authentication, the service’s own certificates, /metrics).
+pub trait CertificateLedger {
+    /// Issuance step 3: in one transaction, check the claim (uniqueness, key binding, the
+    /// renewing caller still good) under the write lock, store the signed certificate as
+    /// active, create what it completes (the device or principal row; superseded
+    /// certificates revoked), and append the success event. A refusal changes nothing.
+    fn record_new(
+        &self,
+        r: &NewCertificate,
+        signed: &SignedCertificate,
+        completion: &Completion,
+        event: &AuditEvent,
+    ) -> impl Future<Output = Result<Recorded, Error>> + Send;
+
+    /// Records a certificate signed outside the cycle (by `medid ca init`, before any store
+    /// existed), with its principal and audit event, unless it is already known.
+    /// Returns true if it was recorded now.
+    fn adopt_certificate(
+        &self,
+        c: &AdoptedCertificate,
+        completion: &Completion,
+        event: &AuditEvent,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// The certificate whose DER has this SHA-256, with its subject's state.
+    fn peer_by_fingerprint(
+        &self,
+        fp: &str,
+    ) -> impl Future<Output = Result<Option<PeerRecord>, Error>> + Send;
+
+    /// How many certificates there are of each profile in each state, and of the active
+    /// ones how many have not ended at `now` and end within each span of `within` (at most
+    /// two). One pass over the `certificates_census` index, not over the rows.
+    fn certificate_census(
+        &self,
+        now: OffsetDateTime,
+        within: [time::Duration; 2],
+    ) -> impl Future<Output = Result<Vec<CensusRow>, Error>> + Send;
+}
+
+/// Reading certificate rows back: one by issuer and serial, a subject's, those ending (revocation, status, rotation, ListExpiring).
+pub trait CertificateRecords {
+    fn certificate(
+        &self,
+        issuer: IssuerId,
+        serial: &str,
+    ) -> impl Future<Output = Result<Option<CertRecord>, Error>> + Send;
+
+    /// Every certificate of a subject, oldest first.
+    fn certificates_of(
+        &self,
+        subject_uri: &str,
+    ) -> impl Future<Output = Result<Vec<CertRecord>, Error>> + Send;
+
+    /// Active certificates with a finite notAfter at or before `before`, soonest first.
+    fn expiring(
+        &self,
+        before: OffsetDateTime,
+        manufacturer: Option<&ManufacturerId>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<CertRecord>, Error>> + Send;
+}
+
+/// Revocation and CRLs (revocation use cases, publication, restore).
+pub trait RevocationStore {
+    /// Revokes the given certificates (those not yet revoked) — and, with `subject`, every
+    /// certificate of that subject as it stands inside the transaction — optionally decommissions a device or disables a principal, and appends
+    /// `event`, in one transaction. Returns the serials revoked now.
+    fn revoke(
+        &self,
+        targets: &[(IssuerId, String)],
+        subject: Option<&str>,
+        reason: Option<RevocationReason>,
+        change: SubjectChange<'_>,
+        event: &AuditEvent,
+    ) -> impl Future<Output = Result<Vec<(IssuerId, String)>, Error>> + Send;
+
+    /// Issues the next CRL of `issuer`: takes the next number, reads the revoked entries that
+    /// must appear (revoked certificates not expired more than a day before thisUpdate),
+    /// lets `sign` produce the DER from (number, thisUpdate, nextUpdate, entries), and stores
+    /// it — all in one transaction, so numbers are strictly increasing with exactly one CRL per
+    /// number. thisUpdate is `now`, or the previous CRL's if that is later (a replica whose clock
+    /// runs behind never publishes a higher number with an earlier thisUpdate).
+    fn issue_crl(
+        &self,
+        issuer: IssuerId,
+        now: OffsetDateTime,
+        validity: time::Duration,
+        sign: impl FnOnce(u64, OffsetDateTime, OffsetDateTime, &[RevokedEntry]) -> Result<Vec<u8>, Error>
+            + Send,
+    ) -> impl Future<Output = Result<CrlRecord, Error>> + Send;
+
+    fn latest_crl(
+        &self,
+        issuer: IssuerId,
+    ) -> impl Future<Output = Result<Option<CrlRecord>, Error>> + Send;
+
+    /// The newest CRL's number and validity (`/metrics`), without reading its body.
+    fn crl_head(
+        &self,
+        issuer: IssuerId,
+    ) -> impl Future<Output = Result<Option<CrlHead>, Error>> + Send;
+}
+
+/// Re-applying revocations from kept CRLs after a restore (service::restore).
+pub trait RecoveryStore {
+    /// In one transaction: every entry of `issuer`'s kept CRL number `number` that is not
+    /// revoked here is revoked as the CRL says (a serial without a row gets a revoked row
+    /// whose `not_after` is `unknown_not_after`, so it stays on CRLs), one event each from
+    /// `event_for`; and the issuer's CRL number is moved to at least `number`, so the next
+    /// CRL's number is larger than any published (RFC 5280 §5.2.3).
+    fn recover_revocations(
+        &self,
+        issuer: IssuerId,
+        number: u64,
+        entries: &[RevokedEntry],
+        unknown_not_after: OffsetDateTime,
+        now: OffsetDateTime,
+        event_for: impl Fn(&Recovered) -> AuditEvent + Send,
+    ) -> impl Future<Output = Result<RecoveryOutcome, Error>> + Send;
+}
+
+/// One-time enrollment tokens, by hash (token enrollment).
+pub trait TokenStore {
+    /// Stores a new enrollment token (by hash) with its audit event.
+    fn create_token(
+        &self,
+        t: &TokenRecord,
+        event: &AuditEvent,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    fn token(
+        &self,
+        token_sha256: &str,
+    ) -> impl Future<Output = Result<Option<TokenRecord>, Error>> + Send;
+}
+
+/// Manufacturers, devices and principals (the registry use cases, enrollment).
+pub trait Registry {
+    /// Creates a manufacturer and records `event` in the same transaction.
+    fn create_manufacturer(
+        &self,
+        m: &ManufacturerRecord,
+        event: &AuditEvent,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    fn manufacturer(
+        &self,
+        id: &ManufacturerId,
+    ) -> impl Future<Output = Result<ManufacturerRecord, Error>> + Send;
+
+    /// A station's, gateway's, auditor's or admin's state, if it exists.
+    fn principal_state(
+        &self,
+        uri: &str,
+    ) -> impl Future<Output = Result<Option<crate::domain::SubjectState>, Error>> + Send;
+
+    fn manufacturers(&self) -> impl Future<Output = Result<Vec<ManufacturerRecord>, Error>> + Send;
+
+    fn device(
+        &self,
+        manufacturer: &ManufacturerId,
+        serial: &str,
+    ) -> impl Future<Output = Result<DeviceRecord, Error>> + Send;
+
+    fn device_by_uri(&self, uri: &str) -> impl Future<Output = Result<DeviceRecord, Error>> + Send;
+
+    /// One page of devices ordered by (manufacturer, serial), and the token of the next page.
+    fn devices(
+        &self,
+        q: &DeviceQuery,
+    ) -> impl Future<Output = Result<(Vec<DeviceRecord>, Option<String>), Error>> + Send;
+}
