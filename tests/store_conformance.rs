@@ -4,8 +4,9 @@
 //! case gets a fresh schema.
 //!
 //! Here, at the store's own interface: migrations, the audit sequence and its append-only rows,
-//! CRL numbering, checkpoints, ledger filters, manufacturers, the certificate census, revocation
-//! (rows marked once, listed on the next CRL), tokens, and the peer lookup of authentication.
+//! CRL numbering, checkpoints, ledger filters, manufacturers, devices (one, by URI, page by
+//! page), the PKI binding, the certificate census, revocation (rows marked once, listed on the
+//! next CRL), tokens, and the peer lookup of authentication.
 //! Recording an issued certificate (`record_new`, which needs a signed certificate) and token
 //! spending run on both backends through the integration tests (`MEDID_TEST_BACKEND=postgres`)
 //! and `tests/replicas.rs`.
@@ -18,8 +19,8 @@ use medid::issuance::{IssuerId, IssuerName};
 use medid::store::ledger::AuditQuery;
 use medid::store::registry::ManufacturerRecord;
 use medid::store::{
-    AuditLog, CertificateLedger, CertificateRecords, MerkleLog, Registry, RevocationStore,
-    TokenStore,
+    AuditLog, CertificateLedger, CertificateRecords, MerkleLog, PkiBinding, Registry,
+    RevocationStore, TokenStore,
 };
 use medid::store::{Backend, Store};
 use medid::Error;
@@ -123,6 +124,8 @@ conformance!(
     a_revocation_marks_its_rows_once_and_the_next_crl_lists_them,
     tokens_are_stored_by_hash_and_read_back,
     a_peer_certificate_is_found_by_fingerprint_with_its_subject,
+    devices_are_read_one_by_one_and_page_by_page,
+    the_pki_binding_is_recorded_once_with_its_event,
 );
 
 async fn migrations_apply_once_and_reopening_changes_nothing(db: Db) {
@@ -632,4 +635,125 @@ async fn a_peer_certificate_is_found_by_fingerprint_with_its_subject(db: Db) {
         .await
         .unwrap()
         .is_none());
+}
+
+async fn devices_are_read_one_by_one_and_page_by_page(db: Db) {
+    use medid::store::registry::{DeviceQuery, DeviceState};
+    for id in ["acme", "beta"] {
+        let m = ManufacturerRecord {
+            id: ManufacturerId::parse(id).unwrap(),
+            display_name: id.into(),
+            allowed_models: vec![],
+            created_at: at(),
+        };
+        db.store
+            .create_manufacturer(&m, &event(Action::ManufacturerCreate, id))
+            .await
+            .unwrap();
+    }
+    let raw = db.raw().await;
+    for (m, serial, state) in [
+        ("acme", "SN-1", "active"),
+        ("acme", "SN-2", "decommissioned"),
+        ("acme", "SN-3", "active"),
+        ("beta", "SN-1", "active"),
+    ] {
+        sqlx::query(
+            "INSERT INTO devices (manufacturer_id, serial, model, udi_di, uri, state, enrolled_at,
+                 birth_serial) VALUES ($1, $2, 'X', NULL, $3, $4, $5, $6)",
+        )
+        .bind(m)
+        .bind(serial)
+        .bind(format!("spiffe://t/device/{m}/{serial}"))
+        .bind(state)
+        .bind(at().unix_timestamp())
+        .bind(format!("{m}{serial}"))
+        .execute(&raw)
+        .await
+        .unwrap();
+    }
+    let acme = ManufacturerId::parse("acme").unwrap();
+    let one = db.store.device(&acme, "SN-2").await.unwrap();
+    assert_eq!(
+        (one.state, one.udi_di.as_deref()),
+        (DeviceState::Decommissioned, None)
+    );
+    assert_eq!(
+        db.store
+            .device_by_uri("spiffe://t/device/beta/SN-1")
+            .await
+            .unwrap()
+            .manufacturer_id,
+        "beta"
+    );
+    assert!(matches!(
+        db.store.device(&acme, "SN-9").await,
+        Err(Error::NotFound(_))
+    ));
+    // Page by page, two at a time, through the keyset cursor: every device once, in order.
+    let mut seen = Vec::new();
+    let mut token = None;
+    loop {
+        let (page, next) = db
+            .store
+            .devices(&DeviceQuery {
+                page_size: 2,
+                page_token: token.clone(),
+                ..DeviceQuery::default()
+            })
+            .await
+            .unwrap();
+        assert!(page.len() <= 2);
+        seen.extend(page.into_iter().map(|d| d.uri));
+        match next {
+            Some(t) => token = Some(t),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            "spiffe://t/device/acme/SN-1",
+            "spiffe://t/device/acme/SN-2",
+            "spiffe://t/device/acme/SN-3",
+            "spiffe://t/device/beta/SN-1"
+        ]
+    );
+    let (active_acme, _) = db
+        .store
+        .devices(&DeviceQuery {
+            manufacturer: Some(acme),
+            state: Some(DeviceState::Active),
+            page_size: 10,
+            ..DeviceQuery::default()
+        })
+        .await
+        .unwrap();
+    let serials: Vec<_> = active_acme.iter().map(|d| d.serial.as_str()).collect();
+    assert_eq!(serials, ["SN-1", "SN-3"]);
+}
+
+async fn the_pki_binding_is_recorded_once_with_its_event(db: Db) {
+    use medid::domain::{PkiFingerprint, PkiPart};
+    let parts = [
+        PkiFingerprint {
+            part: PkiPart::Root,
+            sha256: "aa".repeat(32),
+        },
+        PkiFingerprint {
+            part: PkiPart::OperationalCa,
+            sha256: "bb".repeat(32),
+        },
+    ];
+    assert!(db.store.pki_binding().await.unwrap().is_empty());
+    let size = db.store.tree_size().await.unwrap();
+    let bind = event(Action::PkiBind, "urn:medid:pki");
+    assert!(db.store.bind_pki(&parts, &bind).await.unwrap());
+    assert_eq!(db.store.tree_size().await.unwrap(), size + 1);
+    // Again (another replica at the same start): nothing written, no second event.
+    assert!(!db.store.bind_pki(&parts, &bind).await.unwrap());
+    assert_eq!(db.store.tree_size().await.unwrap(), size + 1);
+    let mut bound = db.store.pki_binding().await.unwrap();
+    bound.sort_by(|a, b| a.sha256.cmp(&b.sha256));
+    assert_eq!(bound, parts);
 }
