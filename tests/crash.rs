@@ -70,7 +70,8 @@ impl Node {
 
     async fn admin(&self) -> Channel {
         for _ in 0..600 {
-            if self.dir.join("pki/admin.key").exists() {
+            // The key is written before the certificate: wait for both.
+            if self.dir.join("pki/admin.key").exists() && self.dir.join("pki/admin.pem").exists() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

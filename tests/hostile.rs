@@ -97,8 +97,11 @@ impl Node {
     }
 
     async fn admin(&self) -> Channel {
+        // The listeners are bound before the PKI is written (a port in use fails first), so
+        // the port answers before the files are all there: wait for both of the admin's.
         for _ in 0..600 {
             if self.pki("admin.key").exists()
+                && self.pki("admin.pem").exists()
                 && std::net::TcpStream::connect(("127.0.0.1", self.grpc)).is_ok()
             {
                 break;
