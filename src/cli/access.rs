@@ -35,13 +35,13 @@ pub struct AccessArgs {
     /// create, read, update, delete or export.
     #[arg(long, default_value = "read")]
     pub action: String,
-    /// vital-signs, waveform, alarms, settings, device-log, firmware or identity.
+    /// vital-signs, waveform, alarms, settings, device-log, firmware, identity or location.
     #[arg(long)]
     pub data_category: Option<String>,
     /// The patient's opaque reference (PHI: recorded in the ledger only, never logged).
     #[arg(long)]
     pub patient: Option<String>,
-    /// HL7 v3 ActReason code: TREAT, ETREAT, HPAYMT, HOPERAT, PUBHLTH, …
+    /// HL7 v3 ActReason code, required: TREAT, ETREAT, HPAYMT, HOPERAT, PUBHLTH, …
     #[arg(long)]
     pub purpose: Option<String>,
     /// success, minor-failure, serious-failure or major-failure.
