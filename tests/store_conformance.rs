@@ -7,9 +7,11 @@
 //! CRL numbering, checkpoints, ledger filters, manufacturers, devices (one, by URI, page by
 //! page), the PKI binding, the certificate census, revocation (rows marked once, listed on the
 //! next CRL), tokens, and the peer lookup of authentication.
-//! Recording an issued certificate (`record_new`, which needs a signed certificate) and token
-//! spending run on both backends through the integration tests (`MEDID_TEST_BACKEND=postgres`)
-//! and `tests/replicas.rs`.
+//! Recording an issued certificate (`record_new`: the claim rules read under the write lock,
+//! token spending, what it completes, superseding), adopting one signed before the store
+//! existed, and re-applying revocations from a kept CRL. The certificates here are placeholders
+//! (the store records DER, it does not parse it); the integration tests, run on both backends
+//! by `.ci/run`, record real ones.
 
 mod common;
 
@@ -19,8 +21,8 @@ use medid::issuance::{IssuerId, IssuerName};
 use medid::store::ledger::AuditQuery;
 use medid::store::registry::ManufacturerRecord;
 use medid::store::{
-    AuditLog, CertificateLedger, CertificateRecords, MerkleLog, PkiBinding, Registry,
-    RevocationStore, TokenStore,
+    AuditLog, CertificateLedger, CertificateRecords, MerkleLog, PkiBinding, RecoveryStore,
+    Registry, RevocationStore, TokenStore,
 };
 use medid::store::{Backend, Store};
 use medid::Error;
@@ -126,6 +128,13 @@ conformance!(
     a_peer_certificate_is_found_by_fingerprint_with_its_subject,
     devices_are_read_one_by_one_and_page_by_page,
     the_pki_binding_is_recorded_once_with_its_event,
+    a_recorded_certificate_completes_its_device_and_a_refused_claim_stores_nothing,
+    a_token_is_spent_once_by_the_enrollment_that_records_it,
+    a_renewal_supersedes_the_older_certificates_of_its_profile,
+    a_principal_is_created_with_its_first_certificate,
+    an_adopted_certificate_is_recorded_once,
+    revocations_from_a_kept_crl_are_applied_once,
+    the_leaf_hashes_fold_in_order_from_any_point,
 );
 
 async fn migrations_apply_once_and_reopening_changes_nothing(db: Db) {
@@ -756,4 +765,601 @@ async fn the_pki_binding_is_recorded_once_with_its_event(db: Db) {
     let mut bound = db.store.pki_binding().await.unwrap();
     bound.sort_by(|a, b| a.sha256.cmp(&b.sha256));
     assert_eq!(bound, parts);
+}
+
+mod issued {
+    //! Placeholder certificates for the recording cases.
+    use medid::domain::{CertSerial, Profile, Role};
+    use medid::issuance::{
+        CertificateTemplate, Eku, IssuerId, IssuerName, SignedCertificate, SubjectName,
+        SubjectPublicKey,
+    };
+    use medid::store::certificates::{Claim, NewCertificate};
+
+    pub fn issuer() -> IssuerId {
+        IssuerId::first(IssuerName::Operational)
+    }
+
+    /// Certificate `n` for `subject` with key `key`, valid for `days` from `super::at()`.
+    pub fn certificate(
+        n: u8,
+        subject: &str,
+        key: &str,
+        profile: Profile,
+        role: Role,
+        claim: Claim,
+        days: i64,
+    ) -> (NewCertificate, SignedCertificate) {
+        let serial = CertSerial::from_bytes(vec![0x40, n]);
+        let template = CertificateTemplate {
+            issuer: issuer(),
+            serial: serial.clone(),
+            subject: SubjectName::default(),
+            san_uris: vec![subject.to_owned()],
+            san_dns: vec![],
+            san_ips: vec![],
+            not_before: super::at(),
+            not_after: super::at() + time::Duration::days(days),
+            ekus: vec![Eku::ClientAuth],
+            crl_url: None,
+            ocsp_url: None,
+            ca_issuers_url: None,
+            ocsp_nocheck: false,
+            public_key: SubjectPublicKey {
+                algorithm: &rcgen::PKCS_ECDSA_P256_SHA256,
+                key_bits: key.as_bytes().to_vec(),
+            },
+        };
+        let new = NewCertificate {
+            template,
+            profile,
+            role,
+            subject_uri: subject.to_owned(),
+            spki_sha256: format!("spki-{key}"),
+            claim,
+        };
+        let signed = SignedCertificate {
+            issuer: issuer(),
+            serial,
+            der: rustls_pki_types::CertificateDer::from(vec![0x30, n, 0x00]),
+        };
+        (new, signed)
+    }
+}
+
+async fn acme(db: &Db) -> ManufacturerId {
+    let id = ManufacturerId::parse("acme").unwrap();
+    db.store
+        .create_manufacturer(
+            &ManufacturerRecord {
+                id: id.clone(),
+                display_name: "Acme".into(),
+                allowed_models: vec!["pump".into()],
+                created_at: at(),
+            },
+            &event(Action::ManufacturerCreate, "spiffe://t/manufacturer/acme"),
+        )
+        .await
+        .unwrap();
+    id
+}
+
+fn new_device(
+    m: &ManufacturerId,
+    serial: &str,
+    token: Option<&str>,
+) -> medid::store::certificates::Claim {
+    medid::store::certificates::Claim::NewDevice {
+        manufacturer: m.clone(),
+        serial: medid::domain::DeviceSerial::parse(serial).unwrap(),
+        token_sha256: token.map(str::to_owned),
+    }
+}
+
+/// Records certificate `n` (key `key`) as the birth certificate of device `serial` of `m`,
+/// at `uri`, spending `token` if given.
+async fn enroll(
+    db: &Db,
+    m: &ManufacturerId,
+    n: u8,
+    uri: &str,
+    serial: &str,
+    key: &str,
+    token: Option<&str>,
+) -> Result<medid::store::certificates::Recorded, Error> {
+    use medid::domain::{Profile, Role};
+    let (new, signed) = issued::certificate(
+        n,
+        uri,
+        key,
+        Profile::DeviceBirth,
+        Role::Device,
+        new_device(m, serial, token),
+        3650,
+    );
+    db.store
+        .record_new(
+            &new,
+            &signed,
+            &device_completion(m, serial),
+            &event(Action::DeviceEnroll, uri),
+        )
+        .await
+}
+
+fn device_completion(m: &ManufacturerId, serial: &str) -> medid::store::certificates::Completion {
+    medid::store::certificates::Completion::Device {
+        manufacturer: m.clone(),
+        serial: medid::domain::DeviceSerial::parse(serial).unwrap(),
+        model: "pump".into(),
+        udi_di: Some("00812345000012".into()),
+    }
+}
+
+async fn a_recorded_certificate_completes_its_device_and_a_refused_claim_stores_nothing(db: Db) {
+    use medid::domain::{CertState, Profile, Role};
+    let m = acme(&db).await;
+    let uri = "spiffe://t/device/acme/p-1";
+    let recorded = enroll(&db, &m, 1, uri, "p-1", "k1", None).await.unwrap();
+    let device = recorded.device.expect("the device row as written");
+    assert_eq!(
+        (device.uri.as_str(), device.birth_serial.as_str()),
+        (uri, "4001")
+    );
+    assert_eq!(db.store.device(&m, "p-1").await.unwrap(), device);
+    assert!(recorded.superseded.is_empty());
+    let der = db
+        .store
+        .certificate(issued::issuer(), "4001")
+        .await
+        .unwrap()
+        .expect("the certificate row");
+    assert_eq!(der.subject_uri, uri);
+    let fp = medid::store::certificates::fingerprint(&[0x30, 1, 0x00]);
+    let peer = db.store.peer_by_fingerprint(&fp).await.unwrap().unwrap();
+    assert_eq!(
+        (peer.status, peer.profile, peer.role),
+        (CertState::Active, Profile::DeviceBirth, Role::Device)
+    );
+    assert_eq!(peer.device_serial.as_deref(), Some("p-1"));
+    let size = db.store.tree_size().await.unwrap();
+
+    // The same serial again, then the same key for another device: refused, nothing stored,
+    // no event (the service audits the refusal, once).
+    let refused = enroll(&db, &m, 2, uri, "p-1", "k2", None).await;
+    assert!(
+        matches!(refused, Err(Error::AlreadyExists(_))),
+        "{refused:?}"
+    );
+    let other = "spiffe://t/device/acme/p-2";
+    let refused = enroll(&db, &m, 3, other, "p-2", "k1", None).await;
+    assert!(
+        matches!(refused, Err(Error::AlreadyExists(_))),
+        "{refused:?}"
+    );
+    assert_eq!(
+        db.store.tree_size().await.unwrap(),
+        size,
+        "no event for a refused claim"
+    );
+    assert_eq!(db.store.certificates_of(uri).await.unwrap().len(), 1);
+    assert!(db.store.certificates_of(other).await.unwrap().is_empty());
+    assert!(matches!(
+        db.store.device(&m, "p-2").await,
+        Err(Error::NotFound(_))
+    ));
+}
+
+async fn a_token_is_spent_once_by_the_enrollment_that_records_it(db: Db) {
+    use medid::store::lifecycle::TokenRecord;
+    let m = acme(&db).await;
+    db.store
+        .create_token(
+            &TokenRecord {
+                token_sha256: "t-hash".into(),
+                manufacturer_id: "acme".into(),
+                serial: "p-9".into(),
+                model: Some("pump".into()),
+                expires_at: at() + time::Duration::hours(1),
+                used_at: None,
+            },
+            &event(Action::TokenCreate, "spiffe://t/device/acme/p-9"),
+        )
+        .await
+        .unwrap();
+    let uri = "spiffe://t/device/acme/p-9";
+    enroll(&db, &m, 9, uri, "p-9", "k9", Some("t-hash"))
+        .await
+        .unwrap();
+    let token = db.store.token("t-hash").await.unwrap().unwrap();
+    assert_eq!(
+        token.used_at,
+        Some(at()),
+        "spent when the enrollment was recorded"
+    );
+    // A second enrollment with the same token (another serial, another key) is refused.
+    let other = "spiffe://t/device/acme/p-10";
+    let refused = enroll(&db, &m, 10, other, "p-10", "k10", Some("t-hash")).await;
+    assert!(
+        matches!(refused, Err(Error::PermissionDenied(_))),
+        "{refused:?}"
+    );
+    assert!(db.store.certificates_of(other).await.unwrap().is_empty());
+    // An unknown token is refused the same way.
+    let third = "spiffe://t/device/acme/p-11";
+    let refused = enroll(&db, &m, 11, third, "p-11", "k11", Some("never-issued")).await;
+    assert!(
+        matches!(refused, Err(Error::PermissionDenied(_))),
+        "{refused:?}"
+    );
+}
+
+async fn a_renewal_supersedes_the_older_certificates_of_its_profile(db: Db) {
+    use medid::domain::{CertState, Profile, RevocationReason, Role};
+    use medid::store::certificates::{Claim, Completion};
+    let m = acme(&db).await;
+    let uri = "spiffe://t/device/acme/p-1";
+    enroll(&db, &m, 1, uri, "p-1", "k1", None).await.unwrap();
+    let renew = |n: u8, key: &str, caller: &str| {
+        issued::certificate(
+            n,
+            uri,
+            key,
+            Profile::DeviceOperational,
+            Role::Device,
+            Claim::Renewal {
+                rekey_required: false,
+                caller_serial: caller.to_owned(),
+            },
+            7,
+        )
+    };
+    let supersede = Completion::Renewal {
+        supersede: Some(Profile::DeviceOperational),
+    };
+    let (first, signed_first) = renew(2, "k2", "4001");
+    let recorded = db
+        .store
+        .record_new(
+            &first,
+            &signed_first,
+            &supersede,
+            &event(Action::CertificateRenew, uri),
+        )
+        .await
+        .unwrap();
+    assert!(
+        recorded.superseded.is_empty(),
+        "nothing of that profile before"
+    );
+    let size = db.store.tree_size().await.unwrap();
+    let (second, signed_second) = renew(3, "k3", "4002");
+    let recorded = db
+        .store
+        .record_new(
+            &second,
+            &signed_second,
+            &supersede,
+            &event(Action::CertificateRenew, uri),
+        )
+        .await
+        .unwrap();
+    assert_eq!(recorded.superseded, vec![issued::issuer()]);
+    let certs = db.store.certificates_of(uri).await.unwrap();
+    let states: Vec<_> = certs
+        .iter()
+        .map(|c| (c.serial.as_str(), c.status, c.reason))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            ("4001", CertState::Active, None),
+            (
+                "4002",
+                CertState::Revoked,
+                Some(RevocationReason::Superseded)
+            ),
+            ("4003", CertState::Active, None),
+        ],
+        "in issue order; the birth certificate (another profile) stays"
+    );
+    // One event for the renewal and one for the certificate it superseded.
+    assert_eq!(db.store.tree_size().await.unwrap(), size + 2);
+    let events = db.store.audit_events(size as i64, 10).await.unwrap();
+    let revoke = events
+        .iter()
+        .find(|e| e.event.action == Action::CertificateRevoke)
+        .expect("the superseded certificate's event");
+    assert_eq!(revoke.event.detail["serial"], "4002");
+    assert_eq!(revoke.event.detail["superseded_by"], "4003");
+    // A renewal by a revoked certificate is refused.
+    let (stale, signed_stale) = renew(4, "k4", "4002");
+    assert!(db
+        .store
+        .record_new(
+            &stale,
+            &signed_stale,
+            &supersede,
+            &event(Action::CertificateRenew, uri)
+        )
+        .await
+        .is_err());
+    // Expiring within 30 days: the active operational certificate only, soonest first.
+    let soon = db
+        .store
+        .expiring(at() + time::Duration::days(30), Some(&m), 10)
+        .await
+        .unwrap();
+    let serials: Vec<_> = soon.iter().map(|c| c.serial.as_str()).collect();
+    assert_eq!(serials, ["4003"]);
+    let other = ManufacturerId::parse("other").unwrap();
+    assert!(db
+        .store
+        .expiring(at() + time::Duration::days(30), Some(&other), 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn a_principal_is_created_with_its_first_certificate(db: Db) {
+    use medid::domain::{Profile, Role, SubjectState};
+    use medid::store::certificates::{Claim, Completion};
+    let uri = "spiffe://t/gateway/gw-1";
+    assert_eq!(db.store.principal_state(uri).await.unwrap(), None);
+    let claim = || Claim::Principal {
+        role: Role::Gateway,
+        principal_id: "gw-1".into(),
+        manufacturer: None,
+    };
+    let completion = Completion::Principal {
+        role: Role::Gateway,
+        principal_id: "gw-1".into(),
+        manufacturer: None,
+    };
+    let (new, signed) =
+        issued::certificate(1, uri, "g1", Profile::Principal, Role::Gateway, claim(), 30);
+    db.store
+        .record_new(
+            &new,
+            &signed,
+            &completion,
+            &event(Action::PrincipalIssue, uri),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        db.store.principal_state(uri).await.unwrap(),
+        Some(SubjectState::Active)
+    );
+    // Re-issued with the same role: allowed, still one principal.
+    let (again, signed_again) =
+        issued::certificate(2, uri, "g2", Profile::Principal, Role::Gateway, claim(), 30);
+    db.store
+        .record_new(
+            &again,
+            &signed_again,
+            &completion,
+            &event(Action::PrincipalIssue, uri),
+        )
+        .await
+        .unwrap();
+    // The same URI claimed as another role: refused.
+    let (admin, signed_admin) = issued::certificate(
+        3,
+        uri,
+        "g3",
+        Profile::Principal,
+        Role::Admin,
+        Claim::Principal {
+            role: Role::Admin,
+            principal_id: "gw-1".into(),
+            manufacturer: None,
+        },
+        30,
+    );
+    assert!(db
+        .store
+        .record_new(
+            &admin,
+            &signed_admin,
+            &completion,
+            &event(Action::PrincipalIssue, uri)
+        )
+        .await
+        .is_err());
+    assert_eq!(db.store.certificates_of(uri).await.unwrap().len(), 2);
+}
+
+async fn an_adopted_certificate_is_recorded_once(db: Db) {
+    use medid::domain::{CertState, Profile, Role};
+    use medid::store::certificates::{AdoptedCertificate, Completion};
+    let uri = "spiffe://t/service/medid";
+    let adopted = AdoptedCertificate {
+        issuer: issued::issuer(),
+        serial: "7a01".into(),
+        profile: Profile::Server,
+        role: Role::Service,
+        subject_uri: uri.into(),
+        spki_sha256: "spki-server".into(),
+        not_before: at(),
+        not_after: at() + time::Duration::days(90),
+        der: vec![0x30, 0x7a, 0x01],
+    };
+    let e = event(Action::ServiceCertificateAdopt, uri);
+    let size = db.store.tree_size().await.unwrap();
+    assert!(db
+        .store
+        .adopt_certificate(&adopted, &Completion::Nothing, &e)
+        .await
+        .unwrap());
+    assert!(
+        !db.store
+            .adopt_certificate(&adopted, &Completion::Nothing, &e)
+            .await
+            .unwrap(),
+        "the second adoption of the same DER changes nothing"
+    );
+    assert_eq!(db.store.tree_size().await.unwrap(), size + 1, "one event");
+    let stored = db
+        .store
+        .certificate(issued::issuer(), "7a01")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (stored.status, stored.profile, stored.not_after),
+        (
+            CertState::Active,
+            Profile::Server,
+            at() + time::Duration::days(90)
+        )
+    );
+}
+
+async fn revocations_from_a_kept_crl_are_applied_once(db: Db) {
+    use medid::domain::{CertState, Profile, RevocationReason};
+    use medid::issuance::RevokedEntry;
+    use medid::store::recovery::UNRECORDED_SUBJECT;
+    let m = acme(&db).await;
+    let uri = "spiffe://t/device/acme/p-1";
+    enroll(&db, &m, 1, uri, "p-1", "k1", None).await.unwrap();
+    let revoked_at = at() + time::Duration::hours(2);
+    let entries = vec![
+        RevokedEntry {
+            serial: vec![0x40, 0x01],
+            revoked_at,
+            reason: Some(RevocationReason::KeyCompromise),
+        },
+        RevokedEntry {
+            serial: vec![0x55, 0x55],
+            revoked_at,
+            reason: None,
+        },
+    ];
+    let recover = || {
+        db.store.recover_revocations(
+            issued::issuer(),
+            7,
+            &entries,
+            at() + time::Duration::days(400),
+            at() + time::Duration::days(1),
+            |r| {
+                event(
+                    Action::CertificateRevoke,
+                    r.subject_uri.as_deref().unwrap_or(UNRECORDED_SUBJECT),
+                )
+                .with("serial", r.serial.clone())
+            },
+        )
+    };
+    let size = db.store.tree_size().await.unwrap();
+    let outcome = recover().await.unwrap();
+    assert_eq!(
+        (outcome.revocations, outcome.crl_number_advanced),
+        (2, true)
+    );
+    assert_eq!(
+        db.store.tree_size().await.unwrap(),
+        size + 2,
+        "one event per revocation"
+    );
+    let known = db
+        .store
+        .certificate(issued::issuer(), "4001")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (known.status, known.reason, known.revoked_at),
+        (
+            CertState::Revoked,
+            Some(RevocationReason::KeyCompromise),
+            Some(revoked_at)
+        )
+    );
+    let unknown = db
+        .store
+        .certificate(issued::issuer(), "5555")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            unknown.status,
+            unknown.subject_uri.as_str(),
+            unknown.profile
+        ),
+        (CertState::Revoked, UNRECORDED_SUBJECT, Profile::Unrecorded)
+    );
+    // The next CRL is numbered after the kept one and lists both.
+    let crl = db
+        .store
+        .issue_crl(
+            issued::issuer(),
+            at() + time::Duration::days(1),
+            time::Duration::days(1),
+            |number, _, _, listed| {
+                assert_eq!(number, 8);
+                assert_eq!(listed.len(), 2);
+                Ok(vec![0x30])
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(crl.number, 8);
+    // Again: nothing left to apply, the number is not moved back.
+    let outcome = recover().await.unwrap();
+    assert_eq!(
+        (outcome.revocations, outcome.crl_number_advanced),
+        (0, false)
+    );
+    // A key revoked for keyCompromise is never certified again.
+    let other = "spiffe://t/device/acme/p-2";
+    let refused = enroll(&db, &m, 2, other, "p-2", "k1", None).await;
+    assert!(refused.is_err(), "{refused:?}");
+}
+
+async fn the_leaf_hashes_fold_in_order_from_any_point(db: Db) {
+    let events: Vec<_> = (0..5)
+        .map(|i| event(Action::DataAccess, &format!("spiffe://t/device/acme/d-{i}")))
+        .collect();
+    db.store.record_events(&events).await.unwrap();
+    let all = db.store.leaf_hashes(5).await.unwrap();
+    assert_eq!(all.len(), 5);
+    for (seq, e) in (1..).zip(&events) {
+        assert_eq!(
+            all[seq as usize - 1],
+            medid::audit::ledger::leaf(seq, e).unwrap()
+        );
+    }
+    let mut tail = Vec::new();
+    db.store
+        .fold_leaf_hashes_after(2, 5, |n, h| tail.push((n, h)))
+        .await
+        .unwrap();
+    assert_eq!(tail, vec![(3, all[2]), (4, all[3]), (5, all[4])]);
+    // Asking for more than is stored is an integrity error, not a short answer.
+    let short = db.store.fold_leaf_hashes(6, |_, _| {}).await;
+    assert!(matches!(short, Err(Error::Integrity(_))), "{short:?}");
+    // A filtered scan lends the stored fields and leaf hashes.
+    let mut seen = Vec::new();
+    let q = AuditQuery {
+        device_uri: Some("spiffe://t/device/acme/d-3".into()),
+        ..AuditQuery::default()
+    };
+    db.store
+        .scan_ledger(&q, 0, 5, 10, &mut |seq, fields, leaf| {
+            seen.push((seq, fields.target.to_owned(), leaf.to_owned()));
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        seen,
+        vec![(
+            4,
+            "spiffe://t/device/acme/d-3".to_owned(),
+            medid::domain::hex(&all[3])
+        )]
+    );
 }

@@ -2,8 +2,8 @@
 
 use serde_json::{Map, Value};
 
-use super::sql::{self, Arg, Tx};
-use super::{from_unix, to_unix, Store};
+use super::sql::{Bind, FromRow, Row, Tx};
+use super::Store;
 use crate::audit::{Action, Actor, AuditEvent, Outcome, StoredEvent};
 use crate::error::Error;
 
@@ -80,13 +80,13 @@ impl Ready {
 }
 
 /// Appends one sealed event inside `tx` (see [`append`]).
-pub(crate) async fn append_ready(tx: &mut dyn Tx, event: &Ready) -> Result<i64, Error> {
+pub(crate) async fn append_ready(tx: &mut Tx<'_>, event: &Ready) -> Result<i64, Error> {
     append_many(tx, std::slice::from_ref(event)).await
 }
 
 /// Appends `event` inside `tx` with the next gap-free sequence number. The caller holds the
 /// write lock (BEGIN IMMEDIATE), so MAX(seq) + 1 cannot race.
-pub(crate) async fn append(tx: &mut dyn Tx, event: &AuditEvent) -> Result<i64, Error> {
+pub(crate) async fn append(tx: &mut Tx<'_>, event: &AuditEvent) -> Result<i64, Error> {
     append_many(tx, &[Ready::new(event)?]).await
 }
 
@@ -96,14 +96,10 @@ const COLUMNS: usize = 10;
 /// Appends `events` in order with contiguous sequence numbers, by multi-row INSERTs (or one
 /// cached single-row statement each, where statements are direct calls); returns the first
 /// sequence number.
-pub(crate) async fn append_many(tx: &mut dyn Tx, events: &[Ready]) -> Result<i64, Error> {
-    let first = sql::fetch_one(
-        tx,
-        "SELECT COALESCE(MAX(seq), 0) + 1 FROM audit_events",
-        &[],
-    )
-    .await?
-    .int(0)?;
+pub(crate) async fn append_many(tx: &mut Tx<'_>, events: &[Ready]) -> Result<i64, Error> {
+    let first: i64 = tx
+        .one("SELECT COALESCE(MAX(seq), 0) + 1 FROM audit_events", &[])
+        .await?;
     let mut rows = Vec::with_capacity(events.len());
     for (seq, ready) in (first..).zip(events) {
         rows.push((seq, ready, crate::domain::hex(&ready.leaf(seq))));
@@ -140,19 +136,29 @@ pub(crate) async fn append_many(tx: &mut dyn Tx, events: &[Ready]) -> Result<i64
             }
             sql.push(')');
         }
-        let mut args: Vec<Arg<'_>> = Vec::with_capacity(chunk.len() * COLUMNS);
-        for (seq, ready, leaf) in chunk {
+        // Actor URI, actor role, action, target, reason, detail: borrowed for the statement.
+        let parts: Vec<([&str; 5], Option<&str>)> = chunk
+            .iter()
+            .map(|(_, r, _)| {
+                (
+                    [r.part(0), r.part(1), r.part(2), r.part(3), r.part(5)],
+                    r.reason(),
+                )
+            })
+            .collect();
+        let mut args: Vec<&(dyn Bind + Sync)> = Vec::with_capacity(chunk.len() * COLUMNS);
+        for ((seq, ready, leaf), (text, reason)) in chunk.iter().zip(&parts) {
             args.extend([
-                Arg::Int(*seq),
-                Arg::Int(to_unix(ready.recorded_at)),
-                Arg::Text(ready.part(0)),
-                Arg::Text(ready.part(1)),
-                Arg::Text(ready.part(2)),
-                Arg::Text(ready.part(3)),
-                Arg::Text(ready.outcome.as_str()),
-                Arg::OptText(ready.reason()),
-                Arg::Text(ready.part(5)),
-                Arg::from(leaf),
+                seq as &(dyn Bind + Sync),
+                &ready.recorded_at,
+                &text[0],
+                &text[1],
+                &text[2],
+                &text[3],
+                &ready.outcome,
+                reason,
+                &text[4],
+                leaf,
             ]);
         }
         tx.execute(&sql, &args).await?;
@@ -160,32 +166,28 @@ pub(crate) async fn append_many(tx: &mut dyn Tx, events: &[Ready]) -> Result<i64
     Ok(first)
 }
 
-/// The outcome column's value (the schema's CHECK allows only these four).
-pub(crate) fn outcome(column: &str) -> Result<Outcome, Error> {
-    super::decode(column, "audit outcome", Outcome::parse)
-}
-
-/// A stored event from a row whose first columns are seq, recorded_at, actor_uri, actor_role,
-/// action, target, outcome, reason, detail.
-pub(crate) fn decode_row(row: &super::sql::Row) -> Result<StoredEvent, Error> {
-    let outcome = outcome(row.text(6)?)?;
-    let detail: Map<String, Value> = serde_json::from_str(row.text(8)?)
-        .map_err(|e| Error::internal("decoding audit detail", e))?;
-    Ok(StoredEvent {
-        seq: row.int(0)?,
-        event: AuditEvent {
-            recorded_at: from_unix(row.int(1)?)?,
-            actor: Actor {
-                uri: row.text(2)?.to_owned(),
-                role: row.text(3)?.to_owned(),
+/// A stored event from a row of seq, recorded_at, actor_uri, actor_role, action, target,
+/// outcome, reason, detail.
+impl FromRow for StoredEvent {
+    fn from_row(row: &Row<'_>) -> Result<Self, Error> {
+        let detail: Map<String, Value> = serde_json::from_str(row.get("detail")?)
+            .map_err(|e| Error::internal("decoding audit detail", e))?;
+        Ok(StoredEvent {
+            seq: row.get("seq")?,
+            event: AuditEvent {
+                recorded_at: row.get("recorded_at")?,
+                actor: Actor {
+                    uri: row.get("actor_uri")?,
+                    role: row.get("actor_role")?,
+                },
+                action: row.get::<Action>("action")?,
+                target: row.get("target")?,
+                outcome: row.get::<Outcome>("outcome")?,
+                reason: row.get("reason")?,
+                detail,
             },
-            action: super::decode(row.text(4)?, "audit action", Action::parse)?,
-            target: row.text(5)?.to_owned(),
-            outcome,
-            reason: row.opt_text(7)?.map(str::to_owned),
-            detail,
-        },
-    })
+        })
+    }
 }
 
 impl super::AuditLog for Store {
@@ -206,16 +208,15 @@ impl super::AuditLog for Store {
 
     async fn audit_events(&self, after: i64, limit: i64) -> Result<Vec<StoredEvent>, Error> {
         let mut reader = self.reader().await?;
-        let rows = reader
+        reader
             .tx()
-            .fetch_all(
+            .all(
                 "SELECT seq, recorded_at, actor_uri, actor_role, action, target, outcome, reason,
                         detail
                  FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
-                &[Arg::Int(after), Arg::Int(limit)],
+                &[&after, &limit],
             )
-            .await?;
-        rows.iter().map(decode_row).collect()
+            .await
     }
 }
 

@@ -1,29 +1,24 @@
 //! Which PKI this database belongs to: the fingerprints recorded at its first start.
 
-use sqlx::Row as _;
-
-use super::sql::SqlxTx;
-use super::{audit, to_unix, Store};
+use super::{audit, Store};
 use crate::audit::AuditEvent;
 use crate::domain::{PkiFingerprint, PkiPart};
 use crate::error::Error;
 
 impl super::PkiBinding for Store {
     async fn pki_binding(&self) -> Result<Vec<PkiFingerprint>, Error> {
-        let rows = sqlx::query("SELECT part, sha256 FROM pki_binding ORDER BY part, sha256")
-            .fetch_all(&self.reader)
+        let mut reader = self.reader().await?;
+        let rows: Vec<(PkiPart, String)> = reader
+            .tx()
+            .all(
+                "SELECT part, sha256 FROM pki_binding ORDER BY part, sha256",
+                &[],
+            )
             .await?;
-        rows.iter()
-            .map(|row| {
-                let part: String = row.try_get("part")?;
-                Ok(PkiFingerprint {
-                    part: PkiPart::parse(&part).ok_or_else(|| {
-                        Error::Internal(format!("pki_binding holds an unknown part {part:?}"))
-                    })?,
-                    sha256: row.try_get("sha256")?,
-                })
-            })
-            .collect()
+        Ok(rows
+            .into_iter()
+            .map(|(part, sha256)| PkiFingerprint { part, sha256 })
+            .collect())
     }
 
     async fn bind_pki(
@@ -32,23 +27,21 @@ impl super::PkiBinding for Store {
         event: &AuditEvent,
     ) -> Result<bool, Error> {
         let mut tx = self.begin_write().await?;
+        let mut on = tx.on();
         let mut added = 0;
         for f in fingerprints {
-            added += sqlx::query(
-                "INSERT INTO pki_binding (part, sha256, recorded_at) VALUES ($1, $2, $3)
-                 ON CONFLICT (part, sha256) DO NOTHING",
-            )
-            .bind(f.part.as_str())
-            .bind(&f.sha256)
-            .bind(to_unix(event.recorded_at))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            added += on
+                .execute(
+                    "INSERT INTO pki_binding (part, sha256, recorded_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (part, sha256) DO NOTHING",
+                    &[&f.part, &f.sha256, &event.recorded_at],
+                )
+                .await?;
         }
         if added == 0 {
             return Ok(false);
         }
-        audit::append(&mut SqlxTx(&mut *tx), event).await?;
+        audit::append(&mut on, event).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -5,10 +5,12 @@ use time::OffsetDateTime;
 
 use super::audit::Ready;
 use super::registry::{DeviceRecord, DeviceState};
-use super::sql::{self, Arg, SqlxTx, Tx};
-use super::{audit, from_unix, to_unix, Store};
+use super::sql::{FromRow, Row, Tx};
+use super::{audit, Store};
 use crate::audit::{Actor, AuditEvent, Target};
-use crate::domain::{CertState, DeviceSerial, ManufacturerId, Profile, Role, SubjectState};
+use crate::domain::{
+    CertState, DeviceSerial, ManufacturerId, Profile, RevocationReason, Role, SubjectState,
+};
 use crate::error::Error;
 use crate::issuance::{CertificateTemplate, IssuerId, SignedCertificate};
 use crate::policy::claim::{ClaimFacts, RecordedPrincipal};
@@ -98,8 +100,8 @@ pub struct PeerRecord {
 /// Step 3 inside a write transaction. Every check comes before the first write: a
 /// group-committed batch can only roll back a job that refuses after a change by rolling back
 /// every job with it.
-async fn record_in(
-    tx: &mut dyn Tx,
+pub(super) async fn record_in(
+    tx: &mut Tx<'_>,
     r: &NewCertificate,
     signed: &SignedCertificate,
     completion: &Completion,
@@ -109,30 +111,67 @@ async fn record_in(
     check_claim(tx, r, now).await?;
     let t = &r.template;
     let (fp, serial) = (fingerprint(&signed.der), signed.serial.to_hex());
-    tx.execute(
-        "INSERT INTO certificates (issuer, serial, profile, role, subject_uri, spki_sha256,
-                                   not_before, not_after, status, reserved_at, der, fingerprint,
-                                   issue_order)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'active', $9, $10, $11,
-                 (SELECT COALESCE(MAX(issue_order), 0) + 1 FROM certificates))",
-        &[
-            Arg::from(&signed.issuer.label()),
-            Arg::from(&serial),
-            Arg::Text(r.profile.as_str()),
-            Arg::Text(r.role.as_str()),
-            Arg::from(&r.subject_uri),
-            Arg::from(&r.spki_sha256),
-            Arg::Int(to_unix(t.not_before)),
-            Arg::Int(to_unix(t.not_after)),
-            Arg::Int(to_unix(now)),
-            Arg::Blob(signed.der.as_ref()),
-            Arg::from(&fp),
-        ],
+    insert_certificate(
+        tx,
+        &Inserted {
+            issuer: signed.issuer,
+            serial: &serial,
+            profile: r.profile,
+            role: r.role,
+            subject_uri: &r.subject_uri,
+            spki_sha256: &r.spki_sha256,
+            not_before: t.not_before,
+            not_after: t.not_after,
+            recorded_at: now,
+            der: signed.der.as_ref(),
+            fingerprint: &fp,
+        },
     )
     .await?;
     let recorded = complete(tx, completion, &r.subject_uri, &serial, now).await?;
     audit::append_ready(tx, event).await?;
     Ok(recorded)
+}
+
+/// An active certificate's row, as inserted.
+struct Inserted<'a> {
+    issuer: IssuerId,
+    serial: &'a str,
+    profile: Profile,
+    role: Role,
+    subject_uri: &'a str,
+    spki_sha256: &'a str,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    recorded_at: OffsetDateTime,
+    der: &'a [u8],
+    fingerprint: &'a str,
+}
+
+async fn insert_certificate(tx: &mut Tx<'_>, c: &Inserted<'_>) -> Result<(), Error> {
+    tx.execute(
+        "INSERT INTO certificates (issuer, serial, profile, role, subject_uri, spki_sha256,
+                                   not_before, not_after, status, reserved_at, der, fingerprint,
+                                   issue_order)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+                 (SELECT COALESCE(MAX(issue_order), 0) + 1 FROM certificates))",
+        &[
+            &c.issuer,
+            &c.serial,
+            &c.profile,
+            &c.role,
+            &c.subject_uri,
+            &c.spki_sha256,
+            &c.not_before,
+            &c.not_after,
+            &CertState::Active,
+            &c.recorded_at,
+            &c.der,
+            &c.fingerprint,
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Certificates of one profile in one state ([`Store::certificate_census`]).
@@ -150,63 +189,64 @@ pub struct CensusRow {
 /// Revokes `subject_uri`'s other active certificates of `profile` as superseded by
 /// `cert_serial`, one event each, in this transaction.
 async fn supersede_others(
-    tx: &mut dyn Tx,
+    tx: &mut Tx<'_>,
     subject_uri: &str,
-    profile: &str,
+    profile: Profile,
     cert_serial: &str,
     recorded_at: OffsetDateTime,
 ) -> Result<Vec<IssuerId>, Error> {
-    let now = to_unix(recorded_at);
-    let older = tx
-        .fetch_all(
+    let older: Vec<(IssuerId, String)> = tx
+        .all(
             "SELECT issuer, serial FROM certificates
-             WHERE subject_uri = $1 AND profile = $2
-               AND status = 'active' AND serial <> $3",
-            &[
-                Arg::Text(subject_uri),
-                Arg::Text(profile),
-                Arg::Text(cert_serial),
-            ],
+             WHERE subject_uri = $1 AND profile = $2 AND status = $3 AND serial <> $4",
+            &[&subject_uri, &profile, &CertState::Active, &cert_serial],
         )
         .await?;
-    tx.execute(
-        "UPDATE certificates SET status = 'revoked', revoked_at = $1, revocation_reason = 4
-         WHERE subject_uri = $2 AND profile = $3
-           AND status = 'active' AND serial <> $4",
-        &[
-            Arg::Int(now),
-            Arg::Text(subject_uri),
-            Arg::Text(profile),
-            Arg::Text(cert_serial),
-        ],
-    )
-    .await?;
     let mut issuers = Vec::new();
-    for row in &older {
-        let event = AuditEvent::new(
-            recorded_at,
-            Actor::system(),
-            crate::audit::Action::CertificateRevoke,
-            Target::uri(subject_uri),
-        )
-        .with("issuer", row.text(0)?)
-        .with("serial", row.text(1)?)
-        .with("reason", "superseded")
-        .with("superseded_by", cert_serial);
-        audit::append(tx, &event).await?;
-        issuers.push(super::decode(row.text(0)?, "issuer", IssuerId::parse)?);
+    for (issuer, serial) in older {
+        revoke_superseded(tx, issuer, &serial, subject_uri, cert_serial, recorded_at).await?;
+        issuers.push(issuer);
     }
     Ok(issuers)
 }
 
+/// Revokes one active certificate as superseded by `by`, with its event.
+async fn revoke_superseded(
+    tx: &mut Tx<'_>,
+    issuer: IssuerId,
+    serial: &str,
+    subject_uri: &str,
+    by: &str,
+    recorded_at: OffsetDateTime,
+) -> Result<(), Error> {
+    let reason = RevocationReason::Superseded;
+    tx.execute(
+        "UPDATE certificates SET status = $1, revoked_at = $2, revocation_reason = $3
+         WHERE issuer = $4 AND serial = $5",
+        &[&CertState::Revoked, &recorded_at, &reason, &issuer, &serial],
+    )
+    .await?;
+    let event = AuditEvent::new(
+        recorded_at,
+        Actor::system(),
+        crate::audit::Action::CertificateRevoke,
+        Target::uri(subject_uri),
+    )
+    .with("issuer", issuer.label())
+    .with("serial", serial)
+    .with("reason", "superseded")
+    .with("superseded_by", by);
+    audit::append(tx, &event).await?;
+    Ok(())
+}
+
 async fn complete(
-    tx: &mut dyn Tx,
+    tx: &mut Tx<'_>,
     completion: &Completion,
     subject_uri: &str,
     cert_serial: &str,
     recorded_at: OffsetDateTime,
 ) -> Result<Recorded, Error> {
-    let now = to_unix(recorded_at);
     let mut recorded = Recorded::default();
     match completion {
         Completion::Device {
@@ -218,15 +258,16 @@ async fn complete(
             tx.execute(
                 "INSERT INTO devices (manufacturer_id, serial, model, udi_di, uri, state,
                                       enrolled_at, birth_serial)
-                 VALUES ($1, $2, $3, $4, $5, 'active', $6, $7)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 &[
-                    Arg::Text(manufacturer.as_str()),
-                    Arg::Text(serial.as_str()),
-                    Arg::from(model),
-                    Arg::from(udi_di),
-                    Arg::Text(subject_uri),
-                    Arg::Int(now),
-                    Arg::Text(cert_serial),
+                    manufacturer,
+                    serial,
+                    model,
+                    udi_di,
+                    &subject_uri,
+                    &DeviceState::Active,
+                    &recorded_at,
+                    &cert_serial,
                 ],
             )
             .await?;
@@ -237,47 +278,28 @@ async fn complete(
                 udi_di: udi_di.clone(),
                 uri: subject_uri.to_owned(),
                 state: DeviceState::Active,
-                enrolled_at: from_unix(now)?,
+                enrolled_at: recorded_at,
                 birth_serial: cert_serial.to_owned(),
             });
         }
         Completion::Renewal { supersede, .. } => {
             if let Some(profile) = supersede {
                 recorded.superseded =
-                    supersede_others(tx, subject_uri, profile.as_str(), cert_serial, recorded_at)
-                        .await?;
+                    supersede_others(tx, subject_uri, *profile, cert_serial, recorded_at).await?;
             }
         }
         Completion::Service {
             replaces: Some(old),
         } => {
-            let issuer = tx
-                .fetch_optional(
+            let issuer: Option<IssuerId> = tx
+                .optional(
                     "SELECT issuer FROM certificates
-                     WHERE subject_uri = $1 AND serial = $2 AND status = 'active'",
-                    &[Arg::Text(subject_uri), Arg::Text(old)],
-                )
-                .await?
-                .map(|row| super::decode(row.text(0)?, "issuer", IssuerId::parse))
-                .transpose()?;
-            if let Some(issuer) = issuer {
-                tx.execute(
-                    "UPDATE certificates SET status = 'revoked', revoked_at = $1, revocation_reason = 4
-                     WHERE issuer = $2 AND serial = $3",
-                    &[Arg::Int(to_unix(recorded_at)), Arg::from(&issuer.label()), Arg::Text(old)],
+                     WHERE subject_uri = $1 AND serial = $2 AND status = $3",
+                    &[&subject_uri, old, &CertState::Active],
                 )
                 .await?;
-                let event = AuditEvent::new(
-                    recorded_at,
-                    Actor::system(),
-                    crate::audit::Action::CertificateRevoke,
-                    Target::uri(subject_uri),
-                )
-                .with("issuer", issuer.label())
-                .with("serial", old.clone())
-                .with("reason", "superseded")
-                .with("superseded_by", cert_serial);
-                audit::append(tx, &event).await?;
+            if let Some(issuer) = issuer {
+                revoke_superseded(tx, issuer, old, subject_uri, cert_serial, recorded_at).await?;
                 recorded.superseded.push(issuer);
             }
         }
@@ -290,14 +312,15 @@ async fn complete(
         } => {
             tx.execute(
                 "INSERT INTO principals (uri, role, principal_id, manufacturer_id, state, created_at)
-                 VALUES ($1, $2, $3, $4, 'active', $5)
+                 VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (uri) DO NOTHING",
                 &[
-                    Arg::Text(subject_uri),
-                    Arg::Text(role.as_str()),
-                    Arg::from(principal_id),
-                    Arg::OptText(manufacturer.as_ref().map(|m| m.as_str())),
-                    Arg::Int(now),
+                    &subject_uri,
+                    role,
+                    principal_id,
+                    manufacturer,
+                    &SubjectState::Active,
+                    &recorded_at,
                 ],
             )
             .await?;
@@ -310,85 +333,67 @@ async fn complete(
 /// [`policy::claim::check`](crate::policy::claim::check) decide; spends an enrollment token
 /// when the claim is allowed.
 async fn check_claim(
-    tx: &mut dyn Tx,
+    tx: &mut Tx<'_>,
     r: &NewCertificate,
     now: OffsetDateTime,
 ) -> Result<(), Error> {
     // One statement answers all three questions about the key.
-    let key = sql::fetch_one(
-        tx,
-        "SELECT CAST(COALESCE(MAX(CASE WHEN subject_uri <> $2 THEN 1 ELSE 0 END), 0) AS BIGINT)
+    let (key_bound_elsewhere, key_compromised, key_seen): (bool, bool, bool) = tx
+        .one(
+            "SELECT CAST(COALESCE(MAX(CASE WHEN subject_uri <> $2 THEN 1 ELSE 0 END), 0) AS BIGINT)
                     AS other,
                 CAST(COALESCE(MAX(CASE WHEN revocation_reason = 1 THEN 1 ELSE 0 END), 0) AS BIGINT)
                     AS compromised,
                 COUNT(*) AS seen
          FROM certificates WHERE spki_sha256 = $1",
-        &[Arg::from(&r.spki_sha256), Arg::from(&r.subject_uri)],
-    )
-    .await?;
+            &[&r.spki_sha256, &r.subject_uri],
+        )
+        .await?;
     let mut facts = ClaimFacts {
-        key_bound_elsewhere: key.int(0)? != 0,
-        key_compromised: key.int(1)? != 0,
-        key_seen: key.int(2)? != 0,
+        key_bound_elsewhere,
+        key_compromised,
+        key_seen,
         ..ClaimFacts::default()
     };
     match &r.claim {
         Claim::Service => {}
         Claim::Renewal { caller_serial, .. } => {
-            let row = tx
-                .fetch_optional(
+            facts.caller = tx
+                .optional(
                     "SELECT c.status, COALESCE(d.state, p.state) AS subject_state
                      FROM certificates c
                      LEFT JOIN devices d ON d.uri = c.subject_uri
                      LEFT JOIN principals p ON p.uri = c.subject_uri
                      WHERE c.serial = $1 AND c.subject_uri = $2",
-                    &[Arg::from(caller_serial), Arg::from(&r.subject_uri)],
+                    &[caller_serial, &r.subject_uri],
                 )
                 .await?;
-            facts.caller = match &row {
-                Some(row) => Some((
-                    super::decode(row.text(0)?, "certificate status", CertState::parse)?,
-                    row.opt_text(1)?
-                        .map(|s| super::decode(s, "subject state", SubjectState::parse))
-                        .transpose()?,
-                )),
-                None => None,
-            };
         }
         Claim::NewDevice {
             manufacturer,
             serial,
             ..
         } => {
-            facts.device_enrolled = sql::fetch_one(
-                tx,
-                "SELECT COUNT(*) FROM devices WHERE manufacturer_id = $1 AND serial = $2",
-                &[Arg::Text(manufacturer.as_str()), Arg::Text(serial.as_str())],
-            )
-            .await?
-            .int(0)?
-                > 0;
-        }
-        Claim::Principal { .. } => {
-            let row = tx
-                .fetch_optional(
-                    "SELECT role, manufacturer_id, state FROM principals WHERE uri = $1",
-                    &[Arg::from(&r.subject_uri)],
+            let enrolled: u64 = tx
+                .one(
+                    "SELECT COUNT(*) FROM devices WHERE manufacturer_id = $1 AND serial = $2",
+                    &[manufacturer, serial],
                 )
                 .await?;
-            facts.principal = match &row {
-                Some(row) => Some(RecordedPrincipal {
-                    role: super::decode(row.text(0)?, "role", Role::parse)?,
-                    manufacturer: row
-                        .opt_text(1)?
-                        .map(|m| {
-                            super::decode(m, "manufacturer", |m| ManufacturerId::parse(m).ok())
-                        })
-                        .transpose()?,
-                    state: super::decode(row.text(2)?, "principal state", SubjectState::parse)?,
-                }),
-                None => None,
-            };
+            facts.device_enrolled = enrolled > 0;
+        }
+        Claim::Principal { .. } => {
+            let row: Option<(Role, Option<ManufacturerId>, SubjectState)> = tx
+                .optional(
+                    "SELECT role, manufacturer_id, state FROM principals WHERE uri = $1",
+                    &[&r.subject_uri],
+                )
+                .await?;
+            facts.principal = row.map(|(role, manufacturer, state)| RecordedPrincipal {
+                role,
+                manufacturer,
+                state,
+            });
         }
     }
     crate::policy::claim::check(&r.claim, &facts)?;
@@ -400,6 +405,24 @@ async fn check_claim(
         super::lifecycle::consume_token(tx, token, now).await?;
     }
     Ok(())
+}
+
+impl FromRow for PeerRecord {
+    fn from_row(row: &Row<'_>) -> Result<Self, Error> {
+        Ok(PeerRecord {
+            role: row.get("role")?,
+            subject_uri: row.get("subject_uri")?,
+            serial: row.get("serial")?,
+            profile: row.get("profile")?,
+            status: row.get("status")?,
+            not_before: row.get("not_before")?,
+            not_after: row.get("not_after")?,
+            subject_state: row.get("subject_state")?,
+            manufacturer: row.get("manufacturer")?,
+            device_serial: row.get("device_serial")?,
+            principal_id: row.get("principal_id")?,
+        })
+    }
 }
 
 /// SHA-256 of a certificate's DER, lowercase hex.
@@ -416,11 +439,7 @@ impl super::CertificateLedger for Store {
         event: &AuditEvent,
     ) -> Result<Recorded, Error> {
         let (r, signed, completion) = (r.clone(), signed.clone(), completion.clone());
-        let event = Ready::new(event)?;
-        self.write(move |tx| {
-            Box::pin(async move { record_in(tx, &r, &signed, &completion, &event).await })
-        })
-        .await
+        self.record(r, signed, completion, Ready::new(event)?).await
     }
 
     async fn adopt_certificate(
@@ -431,35 +450,33 @@ impl super::CertificateLedger for Store {
     ) -> Result<bool, Error> {
         let fp = fingerprint(&c.der);
         let mut tx = self.begin_write().await?;
-        let known: Option<String> =
-            sqlx::query_scalar("SELECT serial FROM certificates WHERE fingerprint = $1")
-                .bind(&fp)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let mut on = tx.on();
+        let known: Option<String> = on
+            .optional(
+                "SELECT serial FROM certificates WHERE fingerprint = $1",
+                &[&fp],
+            )
+            .await?;
         if known.is_some() {
             return Ok(false);
         }
-        sqlx::query(
-            "INSERT INTO certificates (issuer, serial, profile, role, subject_uri, spki_sha256,
-                                       not_before, not_after, status, reserved_at, der, fingerprint,
-                                       issue_order)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'active', $9, $10, $11,
-                     (SELECT COALESCE(MAX(issue_order), 0) + 1 FROM certificates))",
+        insert_certificate(
+            &mut on,
+            &Inserted {
+                issuer: c.issuer,
+                serial: &c.serial,
+                profile: c.profile,
+                role: c.role,
+                subject_uri: &c.subject_uri,
+                spki_sha256: &c.spki_sha256,
+                not_before: c.not_before,
+                not_after: c.not_after,
+                recorded_at: event.recorded_at,
+                der: &c.der,
+                fingerprint: &fp,
+            },
         )
-        .bind(c.issuer.label())
-        .bind(&c.serial)
-        .bind(c.profile.as_str())
-        .bind(c.role.as_str())
-        .bind(&c.subject_uri)
-        .bind(&c.spki_sha256)
-        .bind(to_unix(c.not_before))
-        .bind(to_unix(c.not_after))
-        .bind(to_unix(event.recorded_at))
-        .bind(&c.der)
-        .bind(&fp)
-        .execute(&mut *tx)
         .await?;
-        let mut on = SqlxTx(&mut *tx);
         complete(
             &mut on,
             completion,
@@ -476,9 +493,9 @@ impl super::CertificateLedger for Store {
 
     async fn peer_by_fingerprint(&self, fp: &str) -> Result<Option<PeerRecord>, Error> {
         let mut reader = self.reader().await?;
-        let row = reader
+        reader
             .tx()
-            .fetch_optional(
+            .optional(
                 "SELECT c.role, c.subject_uri, c.serial, c.profile, c.status, c.not_before,
                         c.not_after, COALESCE(p.state, d.state) AS subject_state,
                         COALESCE(p.manufacturer_id, d.manufacturer_id) AS manufacturer,
@@ -487,27 +504,9 @@ impl super::CertificateLedger for Store {
                  LEFT JOIN principals p ON p.uri = c.subject_uri
                  LEFT JOIN devices d ON d.uri = c.subject_uri
                  WHERE c.fingerprint = $1",
-                &[Arg::Text(fp)],
+                &[&fp],
             )
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        let owned = |i| row.opt_text(i).map(|t| t.map(str::to_owned));
-        Ok(Some(PeerRecord {
-            role: super::decode(row.text(0)?, "role", Role::parse)?,
-            subject_uri: row.text(1)?.to_owned(),
-            serial: row.text(2)?.to_owned(),
-            profile: super::decode(row.text(3)?, "profile", Profile::parse)?,
-            status: super::decode(row.text(4)?, "status", CertState::parse)?,
-            not_before: from_unix(row.int(5)?)?,
-            not_after: from_unix(row.int(6)?)?,
-            subject_state: row
-                .opt_text(7)?
-                .map(|s| super::decode(s, "subject state", SubjectState::parse))
-                .transpose()?,
-            manufacturer: owned(8)?,
-            device_serial: owned(9)?,
-            principal_id: owned(10)?,
-        }))
+            .await
     }
 
     async fn certificate_census(
@@ -515,29 +514,27 @@ impl super::CertificateLedger for Store {
         now: OffsetDateTime,
         within: [time::Duration; 2],
     ) -> Result<Vec<CensusRow>, Error> {
-        let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
-            "SELECT profile, status, COUNT(*),
+        let mut reader = self.reader().await?;
+        let rows: Vec<(Profile, CertState, u64, u64, u64)> = reader
+            .tx()
+            .all(
+                "SELECT profile, status, COUNT(*),
                     COALESCE(SUM(CASE WHEN status = 'active' AND not_after > $1
                                        AND not_after <= $2 THEN 1 ELSE 0 END), 0),
                     COALESCE(SUM(CASE WHEN status = 'active' AND not_after > $3
                                        AND not_after <= $4 THEN 1 ELSE 0 END), 0)
              FROM certificates GROUP BY profile, status",
-        )
-        .bind(to_unix(now))
-        .bind(to_unix(now + within[0]))
-        .bind(to_unix(now))
-        .bind(to_unix(now + within[1]))
-        .fetch_all(&self.reader)
-        .await?;
-        rows.into_iter()
-            .map(|(profile, status, n, first, second)| {
-                Ok(CensusRow {
-                    profile: super::decode(&profile, "certificate profile", Profile::parse)?,
-                    state: super::decode(&status, "certificate status", CertState::parse)?,
-                    count: n.max(0) as u64,
-                    ending: [first.max(0) as u64, second.max(0) as u64],
-                })
+                &[&now, &(now + within[0]), &now, &(now + within[1])],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(profile, state, count, first, second)| CensusRow {
+                profile,
+                state,
+                count,
+                ending: [first, second],
             })
-            .collect()
+            .collect())
     }
 }

@@ -1,10 +1,9 @@
 //! The audit log as a Merkle log: leaf hashes in sequence, signed checkpoints, filtered reads.
 
-use sqlx::Row;
 use time::OffsetDateTime;
 
-use super::sql::{Arg, RowRef};
-use super::{audit, from_unix, to_unix, Store};
+use super::sql::Row;
+use super::Store;
 use crate::audit::ledger::{Detail, EventFields};
 use crate::audit::merkle::Hash;
 use crate::audit::{Action, Actor, AuditEvent, Outcome};
@@ -63,10 +62,11 @@ impl LedgerEntry {
 
 impl super::MerkleLog for Store {
     async fn tree_size(&self) -> Result<u64, Error> {
-        let n: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM audit_events")
-            .fetch_one(&self.reader)
-            .await?;
-        Ok(n as u64)
+        let mut reader = self.reader().await?;
+        reader
+            .tx()
+            .one("SELECT COALESCE(MAX(seq), 0) FROM audit_events", &[])
+            .await
     }
 
     async fn leaf_hashes(&self, size: u64) -> Result<Vec<Hash>, Error> {
@@ -100,8 +100,9 @@ impl super::MerkleLog for Store {
             page.clear();
             {
                 let mut reader = self.reader().await?;
-                let mut keep = |row: RowRef<'_>| {
-                    page.push((row.int(0)?, crate::domain::unhex_array::<32>(row.text(1)?)));
+                let mut keep = |row: &Row<'_>| {
+                    let hash: &str = row.get(1)?;
+                    page.push((row.get(0)?, crate::domain::unhex_array::<32>(hash)));
                     Ok(())
                 };
                 reader
@@ -109,11 +110,7 @@ impl super::MerkleLog for Store {
                     .scan(
                         "SELECT seq, leaf_hash FROM audit_events
                          WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3",
-                        &[
-                            Arg::Int(count as i64),
-                            Arg::Int(size as i64),
-                            Arg::Int(PAGE),
-                        ],
+                        &[&(count as i64), &(size as i64), &PAGE],
                         &mut keep,
                     )
                     .await?;
@@ -145,11 +142,14 @@ impl super::MerkleLog for Store {
     }
 
     async fn leaf_hashes_as_stored(&self, size: u64) -> Result<Vec<Hash>, Error> {
-        let rows: Vec<String> =
-            sqlx::query_scalar("SELECT leaf_hash FROM audit_events WHERE seq <= $1 ORDER BY seq")
-                .bind(size as i64)
-                .fetch_all(&self.reader)
-                .await?;
+        let mut reader = self.reader().await?;
+        let rows: Vec<String> = reader
+            .tx()
+            .all(
+                "SELECT leaf_hash FROM audit_events WHERE seq <= $1 ORDER BY seq",
+                &[&(size as i64)],
+            )
+            .await?;
         Ok(rows
             .iter()
             .map(|h| crate::domain::unhex_array(h).unwrap_or([0; 32]))
@@ -176,35 +176,30 @@ impl super::MerkleLog for Store {
         at: OffsetDateTime,
     ) -> Result<bool, Error> {
         let mut tx = self.begin_write().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO audit_checkpoints (tree_size, root_hash, note, signed_at)
-             VALUES ($1, $2, $3, $4)
-             ON CONFLICT (tree_size) DO NOTHING",
-        )
-        .bind(size as i64)
-        .bind(crate::domain::hex(root))
-        .bind(note)
-        .bind(to_unix(at))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
+        let inserted = tx
+            .on()
+            .execute(
+                "INSERT INTO audit_checkpoints (tree_size, root_hash, note, signed_at)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (tree_size) DO NOTHING",
+                &[&(size as i64), &crate::domain::hex(root), &note, &at],
+            )
+            .await?
             == 1;
         tx.commit().await?;
         Ok(inserted)
     }
 
     async fn latest_checkpoint(&self) -> Result<Option<(u64, String, OffsetDateTime)>, Error> {
-        let row = sqlx::query(
-            "SELECT tree_size, note, signed_at FROM audit_checkpoints ORDER BY tree_size DESC LIMIT 1",
-        )
-        .fetch_optional(&self.reader)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        Ok(Some((
-            row.try_get::<i64, _>("tree_size")? as u64,
-            row.try_get("note")?,
-            from_unix(row.try_get("signed_at")?)?,
-        )))
+        let mut reader = self.reader().await?;
+        reader
+            .tx()
+            .optional(
+                "SELECT tree_size, note, signed_at FROM audit_checkpoints
+                 ORDER BY tree_size DESC LIMIT 1",
+                &[],
+            )
+            .await
     }
 
     async fn ledger_entries(
@@ -276,50 +271,50 @@ impl super::MerkleLog for Store {
             manufacturer = self.detail_field("manufacturer"),
             patient = self.detail_field("patient_ref"),
         );
-        let (from, to) = (q.from.map(to_unix), q.to.map(to_unix));
+        let (from, to) = (q.from, q.to);
         let mut reader = self.reader().await?;
-        let mut lend = |row: RowRef<'_>| {
+        let mut lend = |row: &Row<'_>| {
             let fields = EventFields {
-                recorded_at: from_unix(row.int(1)?)?,
-                actor_uri: row.text(2)?,
-                actor_role: row.text(3)?,
-                action: super::decode(row.text(4)?, "audit action", Action::parse)?,
-                target: row.text(5)?,
-                outcome: audit::outcome(row.text(6)?)?,
-                reason: row.opt_text(7)?,
-                detail: Detail::Stored(row.text(8)?),
+                recorded_at: row.get(1)?,
+                actor_uri: row.get(2)?,
+                actor_role: row.get(3)?,
+                action: row.get(4)?,
+                target: row.get(5)?,
+                outcome: row.get(6)?,
+                reason: row.get(7)?,
+                detail: Detail::Stored(row.get(8)?),
             };
-            each(row.int(0)?, fields, row.text(9)?)
+            each(row.get(0)?, fields, row.get(9)?)
         };
         reader
             .tx()
             .scan(
                 &sql,
                 &[
-                    Arg::Int(after),
-                    Arg::Int(up_to),
-                    Arg::from(from),
-                    Arg::from(from),
-                    Arg::from(to),
-                    Arg::from(to),
-                    Arg::from(&q.device_uri),
-                    Arg::from(&q.device_uri),
-                    Arg::from(&q.device_uri),
-                    Arg::from(&q.manufacturer),
-                    Arg::from(&manufacturer_prefix),
-                    Arg::from(&station_prefix),
-                    Arg::from(&station_prefix),
-                    Arg::from(&q.manufacturer),
-                    Arg::from(&q.actor_uri),
-                    Arg::from(&q.actor_uri),
-                    Arg::from(q.action.map(Action::name)),
-                    Arg::from(q.action.map(Action::name)),
-                    Arg::from(q.outcome.map(Outcome::as_str)),
-                    Arg::from(q.outcome.map(Outcome::as_str)),
-                    Arg::from(&q.patient_ref),
-                    Arg::from(&q.patient_ref),
-                    Arg::Int(limit),
-                    Arg::from(&itself),
+                    &after,
+                    &up_to,
+                    &from,
+                    &from,
+                    &to,
+                    &to,
+                    &q.device_uri,
+                    &q.device_uri,
+                    &q.device_uri,
+                    &q.manufacturer,
+                    &manufacturer_prefix,
+                    &station_prefix,
+                    &station_prefix,
+                    &q.manufacturer,
+                    &q.actor_uri,
+                    &q.actor_uri,
+                    &q.action,
+                    &q.action,
+                    &q.outcome,
+                    &q.outcome,
+                    &q.patient_ref,
+                    &q.patient_ref,
+                    &limit,
+                    &itself,
                 ],
                 &mut lend,
             )

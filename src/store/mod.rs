@@ -143,16 +143,6 @@ impl Backend {
     }
 }
 
-/// A column's text as the domain enum it names; anything else is a corrupt row.
-pub(crate) fn decode<T>(
-    text: &str,
-    column: &str,
-    parse: fn(&str) -> Option<T>,
-) -> Result<T, Error> {
-    parse(text)
-        .ok_or_else(|| Error::Integrity(format!("the store holds an unknown {column} {text:?}")))
-}
-
 /// A database URL with any password replaced, for messages and logs.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -177,15 +167,21 @@ pub fn redact_url(url: &str) -> String {
 pub struct Store {
     backend: Backend,
     writer: AnyPool,
-    reader: AnyPool,
     /// Group commit for the hot writes (`store/writer.rs`).
     writer_task: writer::Writer,
     /// SQLite: taken by every write transaction on `writer` and by each group-commit batch
     /// (which has its own connection), so the two take turns in order instead of spinning on
     /// SQLite's lock. Unused on PostgreSQL, where the advisory lock orders writers.
     write_gate: Arc<Mutex<()>>,
-    /// SQLite: direct read connections for the hot point lookups (`store/sql.rs`).
-    direct_readers: Option<Arc<sql::LiteReaders>>,
+    /// Where reads run: SQLite's direct read-only connections (`store/sql.rs`), or
+    /// PostgreSQL's read pool.
+    readers: Readers,
+}
+
+#[derive(Debug, Clone)]
+enum Readers {
+    Lite(Arc<sql::LiteReaders>),
+    Pool(AnyPool),
 }
 
 /// A write transaction on the store's write connection; derefs to the connection.
@@ -195,6 +191,11 @@ pub(crate) struct WriteTx {
 }
 
 impl WriteTx {
+    /// This transaction's connection, to run statements on.
+    pub(crate) fn on(&mut self) -> sql::Tx<'_> {
+        sql::Tx::Any(&mut self.tx)
+    }
+
     pub(crate) async fn commit(self) -> Result<(), Error> {
         Ok(self.tx.commit().await?)
     }
@@ -212,10 +213,8 @@ impl DerefMut for WriteTx {
         &mut self.tx
     }
 }
-/// The connection a write job runs on, inside the batch's transaction.
+/// A sqlx connection: PostgreSQL's, and SQLite's for rare writes and migrations.
 pub(crate) type Conn = sqlx::AnyConnection;
-/// A row read from either backend.
-pub(crate) type DbRow = sqlx::any::AnyRow;
 
 impl Store {
     /// Opens (creating if missing) the SQLite database at `path` and applies migrations.
@@ -229,10 +228,8 @@ impl Store {
         static DRIVERS: Once = Once::new();
         DRIVERS.call_once(sqlx::any::install_default_drivers);
         let backend = Backend::of_url(url)?;
-        let (writers, readers) = match backend {
-            Backend::Sqlite => (1, 4),
-            Backend::Postgres => (1, 8),
-        };
+        // PostgreSQL's readers; SQLite reads on direct connections instead.
+        const POSTGRES_READERS: u32 = 8;
         let pool = |size: u32| {
             AnyPoolOptions::new()
                 .max_connections(size)
@@ -242,27 +239,33 @@ impl Store {
         let unavailable = |e: sqlx::Error| {
             Error::Unavailable(format!("opening database {}: {e}", redact_url(url)))
         };
-        let writer = pool(writers).connect(url).await.map_err(unavailable)?;
-        let reader = pool(readers).connect(url).await.map_err(unavailable)?;
+        let writer = pool(1).connect(url).await.map_err(unavailable)?;
         let write_gate = Arc::new(Mutex::new(()));
-        let (writer_task, direct_readers) = match backend {
+        let (writer_task, readers) = match backend {
             Backend::Sqlite => {
                 let path = Path::new(sqlite_path(url));
                 (
                     writer::Writer::spawn_sqlite(path, write_gate.clone())
                         .map_err(|e| Error::Unavailable(format!("opening database {url}: {e}")))?,
-                    Some(Arc::new(sql::LiteReaders::new(path.to_owned()))),
+                    Readers::Lite(Arc::new(sql::LiteReaders::new(path.to_owned()))),
                 )
             }
-            Backend::Postgres => (writer::Writer::spawn_sqlx(writer.clone(), backend), None),
+            Backend::Postgres => (
+                writer::Writer::spawn_sqlx(writer.clone(), backend),
+                Readers::Pool(
+                    pool(POSTGRES_READERS)
+                        .connect(url)
+                        .await
+                        .map_err(unavailable)?,
+                ),
+            ),
         };
         let store = Self {
             backend,
             writer_task,
             writer,
-            reader,
             write_gate,
-            direct_readers,
+            readers,
         };
         store.migrate().await?;
         Ok(store)
@@ -274,33 +277,32 @@ impl Store {
 
     async fn migrate(&self) -> Result<(), Error> {
         let mut tx = self.begin_write().await?;
-        sqlx::query(
+        let mut on = tx.on();
+        on.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
                  version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+            &[],
         )
-        .execute(&mut *tx)
         .await?;
         let migrations = match self.backend {
             Backend::Sqlite => SQLITE_MIGRATIONS,
             Backend::Postgres => POSTGRES_MIGRATIONS,
         };
         for (version, name, sql) in migrations {
-            let applied: Option<i64> =
-                sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
-                    .bind(version)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+            let applied: Option<i64> = on
+                .optional(
+                    "SELECT version FROM schema_migrations WHERE version = $1",
+                    &[version],
+                )
+                .await?;
             if applied.is_some() {
                 continue;
             }
-            sqlx::raw_sql(sql).execute(&mut *tx).await?;
-            sqlx::query(
+            on.batch(sql).await?;
+            on.execute(
                 "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+                &[version, name, &OffsetDateTime::now_utc()],
             )
-            .bind(version)
-            .bind(*name)
-            .bind(OffsetDateTime::now_utc().unix_timestamp())
-            .execute(&mut *tx)
             .await?;
             tracing::info!(version, name, "applied database migration");
         }
@@ -322,15 +324,16 @@ impl Store {
 
     /// A connection for a hot read: a direct SQLite reader, or one from the read pool.
     pub(crate) async fn reader(&self) -> Result<sql::Reader<'_>, Error> {
-        match &self.direct_readers {
-            Some(readers) => sql::Reader::lite(readers),
-            None => Ok(sql::Reader::Pool(sql::SqlxTx(self.reader.acquire().await?))),
+        match &self.readers {
+            Readers::Lite(readers) => sql::Reader::lite(readers),
+            Readers::Pool(pool) => Ok(sql::Reader::Pool(pool.acquire().await?)),
         }
     }
 
     /// Readiness: the database answers a query.
     pub async fn ping(&self) -> Result<(), Error> {
-        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        let mut reader = self.reader().await?;
+        let _: i64 = reader.tx().one("SELECT 1", &[]).await?;
         Ok(())
     }
 
@@ -345,9 +348,9 @@ impl Store {
     pub async fn close(&self) {
         self.writer_task.close().await;
         self.writer.close().await;
-        self.reader.close().await;
-        if let Some(readers) = &self.direct_readers {
-            readers.close();
+        match &self.readers {
+            Readers::Lite(readers) => readers.close(),
+            Readers::Pool(pool) => pool.close().await,
         }
     }
 
@@ -400,13 +403,4 @@ fn sqlite_path(url: &str) -> &str {
         .or_else(|| url.strip_prefix("sqlite:"))
         .unwrap_or(url);
     rest.split('?').next().unwrap_or(rest)
-}
-
-pub(crate) fn to_unix(t: OffsetDateTime) -> i64 {
-    t.unix_timestamp()
-}
-
-pub(crate) fn from_unix(s: i64) -> Result<OffsetDateTime, Error> {
-    OffsetDateTime::from_unix_timestamp(s)
-        .map_err(|e| Error::Internal(format!("stored time {s} out of range: {e}")))
 }

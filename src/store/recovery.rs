@@ -1,14 +1,12 @@
 //! Restoring revocations a database lost (restored from a backup older than them) from the
 //! CRLs the service kept outside the database.
 
-use sqlx::Row as _;
 use time::OffsetDateTime;
 
 use super::lifecycle::{last_crl_number, set_crl_number};
-use super::sql::SqlxTx;
-use super::{audit, to_unix, Store};
+use super::{audit, Store};
 use crate::audit::AuditEvent;
-use crate::domain::RevocationReason;
+use crate::domain::{CertState, Profile, RevocationReason, Role};
 use crate::error::Error;
 use crate::issuance::{IssuerId, RevokedEntry};
 
@@ -45,50 +43,49 @@ impl super::RecoveryStore for Store {
         event_for: impl Fn(&Recovered) -> AuditEvent + Send,
     ) -> Result<RecoveryOutcome, Error> {
         let mut tx = self.begin_write().await?;
+        let mut on = tx.on();
+        let revoked = CertState::Revoked;
         let mut outcome = RecoveryOutcome::default();
         for entry in entries {
             let serial = crate::domain::hex(&entry.serial);
-            let row = sqlx::query(
-                "SELECT status, subject_uri FROM certificates WHERE issuer = $1 AND serial = $2",
-            )
-            .bind(issuer.label())
-            .bind(&serial)
-            .fetch_optional(&mut *tx)
-            .await?;
+            let row: Option<(CertState, String)> = on
+                .optional(
+                    "SELECT status, subject_uri FROM certificates WHERE issuer = $1 AND serial = $2",
+                    &[&issuer, &serial],
+                )
+                .await?;
             let subject_uri = match row {
-                Some(row) if row.try_get::<String, _>("status")? == "revoked" => continue,
-                Some(row) => {
-                    sqlx::query(
-                        "UPDATE certificates SET status = 'revoked', revoked_at = $1,
-                                revocation_reason = $2
-                         WHERE issuer = $3 AND serial = $4",
+                Some((CertState::Revoked, _)) => continue,
+                Some((_, subject_uri)) => {
+                    on.execute(
+                        "UPDATE certificates SET status = $1, revoked_at = $2,
+                                revocation_reason = $3
+                         WHERE issuer = $4 AND serial = $5",
+                        &[&revoked, &entry.revoked_at, &entry.reason, &issuer, &serial],
                     )
-                    .bind(to_unix(entry.revoked_at))
-                    .bind(entry.reason.map(RevocationReason::code))
-                    .bind(issuer.label())
-                    .bind(&serial)
-                    .execute(&mut *tx)
                     .await?;
-                    Some(row.try_get::<String, _>("subject_uri")?)
+                    Some(subject_uri)
                 }
                 None => {
-                    sqlx::query(
+                    on.execute(
                         "INSERT INTO certificates (issuer, serial, profile, role, subject_uri,
                                 spki_sha256, not_before, not_after, status, reserved_at,
                                 revoked_at, revocation_reason, issue_order)
-                         VALUES ($1, $2, $8, $9, $3, '', $4, $5, 'revoked', $6, $4, $7,
+                         VALUES ($1, $2, $3, $4, $5, '', $6, $7, $8, $9, $6, $10,
                                  (SELECT COALESCE(MAX(issue_order), 0) + 1 FROM certificates))",
+                        &[
+                            &issuer,
+                            &serial,
+                            &Profile::Unrecorded,
+                            &Role::Unrecorded,
+                            &UNRECORDED_SUBJECT,
+                            &entry.revoked_at,
+                            &unknown_not_after,
+                            &revoked,
+                            &now,
+                            &entry.reason,
+                        ],
                     )
-                    .bind(issuer.label())
-                    .bind(&serial)
-                    .bind(UNRECORDED_SUBJECT)
-                    .bind(to_unix(entry.revoked_at))
-                    .bind(to_unix(unknown_not_after))
-                    .bind(to_unix(now))
-                    .bind(entry.reason.map(RevocationReason::code))
-                    .bind(crate::domain::Profile::Unrecorded.as_str())
-                    .bind(crate::domain::Role::Unrecorded.as_str())
-                    .execute(&mut *tx)
                     .await?;
                     None
                 }
@@ -99,14 +96,14 @@ impl super::RecoveryStore for Store {
                 revoked_at: entry.revoked_at,
                 reason: entry.reason,
             };
-            audit::append(&mut SqlxTx(&mut *tx), &event_for(&recovered)).await?;
+            audit::append(&mut on, &event_for(&recovered)).await?;
             outcome.revocations += 1;
         }
-        let last = last_crl_number(&mut tx, issuer).await?;
+        let last = last_crl_number(&mut on, issuer).await?;
         let number = i64::try_from(number)
             .map_err(|_| Error::Internal(format!("kept CRL number {number} is too large")))?;
         if last.unwrap_or(0) < number {
-            set_crl_number(&mut tx, issuer, number).await?;
+            set_crl_number(&mut on, issuer, number).await?;
             outcome.crl_number_advanced = true;
         }
         tx.commit().await?;

@@ -1,11 +1,10 @@
 //! Manufacturers, devices and principals.
 
 use base64::Engine;
-use sqlx::Row as _;
 use time::OffsetDateTime;
 
-use super::sql::{Arg, Row, SqlxTx};
-use super::{audit, from_unix, to_unix, Store};
+use super::sql::{FromRow, Row};
+use super::{audit, Store};
 use crate::audit::AuditEvent;
 use crate::domain::{quote, ManufacturerId};
 use crate::error::Error;
@@ -31,11 +30,11 @@ impl DeviceState {
             DeviceState::Decommissioned => "decommissioned",
         }
     }
-    fn parse(s: &str) -> Result<Self, Error> {
+    pub fn parse(s: &str) -> Option<Self> {
         match s {
-            "active" => Ok(DeviceState::Active),
-            "decommissioned" => Ok(DeviceState::Decommissioned),
-            other => Err(Error::Internal(format!("unknown device state {other:?}"))),
+            "active" => Some(DeviceState::Active),
+            "decommissioned" => Some(DeviceState::Decommissioned),
+            _ => None,
         }
     }
 }
@@ -71,29 +70,35 @@ const DEVICE_BY_SERIAL: &str = "SELECT manufacturer_id, serial, model, udi_di, u
 const DEVICE_BY_URI: &str = "SELECT manufacturer_id, serial, model, udi_di, uri, state, \
                              enrolled_at, birth_serial FROM devices WHERE uri = $1";
 
-fn decode_manufacturer(row: &super::DbRow) -> Result<ManufacturerRecord, Error> {
-    let models: String = row.try_get("allowed_models")?;
-    Ok(ManufacturerRecord {
-        id: ManufacturerId::parse(&row.try_get::<String, _>("id")?)?,
-        display_name: row.try_get("display_name")?,
-        allowed_models: serde_json::from_str(&models)
-            .map_err(|e| Error::internal("decoding allowed_models", e))?,
-        created_at: from_unix(row.try_get("created_at")?)?,
-    })
+const MANUFACTURER_COLUMNS: &str =
+    "SELECT id, display_name, allowed_models, created_at FROM manufacturers";
+
+impl FromRow for ManufacturerRecord {
+    fn from_row(row: &Row<'_>) -> Result<Self, Error> {
+        Ok(ManufacturerRecord {
+            id: row.get("id")?,
+            display_name: row.get("display_name")?,
+            allowed_models: serde_json::from_str(row.get("allowed_models")?)
+                .map_err(|e| Error::internal("decoding allowed_models", e))?,
+            created_at: row.get("created_at")?,
+        })
+    }
 }
 
-/// A row of [`DEVICE_COLUMNS`], by position.
-fn decode_device(row: &Row) -> Result<DeviceRecord, Error> {
-    Ok(DeviceRecord {
-        manufacturer_id: row.text(0)?.to_owned(),
-        serial: row.text(1)?.to_owned(),
-        model: row.text(2)?.to_owned(),
-        udi_di: row.opt_text(3)?.map(str::to_owned),
-        uri: row.text(4)?.to_owned(),
-        state: DeviceState::parse(row.text(5)?)?,
-        enrolled_at: from_unix(row.int(6)?)?,
-        birth_serial: row.text(7)?.to_owned(),
-    })
+/// A row of [`DEVICE_COLUMNS`].
+impl FromRow for DeviceRecord {
+    fn from_row(row: &Row<'_>) -> Result<Self, Error> {
+        Ok(DeviceRecord {
+            manufacturer_id: row.get("manufacturer_id")?,
+            serial: row.get("serial")?,
+            model: row.get("model")?,
+            udi_di: row.get("udi_di")?,
+            uri: row.get("uri")?,
+            state: row.get("state")?,
+            enrolled_at: row.get("enrolled_at")?,
+            birth_serial: row.get("birth_serial")?,
+        })
+    }
 }
 
 fn encode_cursor(manufacturer: &str, serial: &str) -> String {
@@ -116,11 +121,10 @@ impl super::Registry for Store {
         event: &AuditEvent,
     ) -> Result<(), Error> {
         let mut tx = self.begin_write().await?;
-        let exists: Option<String> =
-            sqlx::query_scalar("SELECT id FROM manufacturers WHERE id = $1")
-                .bind(m.id.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
+        let mut on = tx.on();
+        let exists: Option<String> = on
+            .optional("SELECT id FROM manufacturers WHERE id = $1", &[&m.id])
+            .await?;
         if exists.is_some() {
             return Err(Error::AlreadyExists(format!(
                 "manufacturer {} already exists",
@@ -129,53 +133,43 @@ impl super::Registry for Store {
         }
         let models = serde_json::to_string(&m.allowed_models)
             .map_err(|e| Error::internal("encoding models", e))?;
-        sqlx::query(
+        on.execute(
             "INSERT INTO manufacturers (id, display_name, allowed_models, created_at)
              VALUES ($1, $2, $3, $4)",
+            &[&m.id, &m.display_name, &models, &m.created_at],
         )
-        .bind(m.id.as_str())
-        .bind(&m.display_name)
-        .bind(models)
-        .bind(to_unix(m.created_at))
-        .execute(&mut *tx)
         .await?;
-        audit::append(&mut SqlxTx(&mut *tx), event).await?;
+        audit::append(&mut on, event).await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn manufacturer(&self, id: &ManufacturerId) -> Result<ManufacturerRecord, Error> {
-        let row = sqlx::query(
-            "SELECT id, display_name, allowed_models, created_at FROM manufacturers WHERE id = $1",
-        )
-        .bind(id.as_str())
-        .fetch_optional(&self.reader)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("manufacturer {id} does not exist")))?;
-        decode_manufacturer(&row)
+        let mut reader = self.reader().await?;
+        reader
+            .tx()
+            .optional(&format!("{MANUFACTURER_COLUMNS} WHERE id = $1"), &[id])
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("manufacturer {id} does not exist")))
     }
 
     async fn principal_state(
         &self,
         uri: &str,
     ) -> Result<Option<crate::domain::SubjectState>, Error> {
-        let state: Option<String> =
-            sqlx::query_scalar("SELECT state FROM principals WHERE uri = $1")
-                .bind(uri)
-                .fetch_optional(&self.reader)
-                .await?;
-        state
-            .map(|s| super::decode(&s, "principal state", crate::domain::SubjectState::parse))
-            .transpose()
+        let mut reader = self.reader().await?;
+        reader
+            .tx()
+            .optional("SELECT state FROM principals WHERE uri = $1", &[&uri])
+            .await
     }
 
     async fn manufacturers(&self) -> Result<Vec<ManufacturerRecord>, Error> {
-        let rows = sqlx::query(
-            "SELECT id, display_name, allowed_models, created_at FROM manufacturers ORDER BY id",
-        )
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(decode_manufacturer).collect()
+        let mut reader = self.reader().await?;
+        reader
+            .tx()
+            .all(&format!("{MANUFACTURER_COLUMNS} ORDER BY id"), &[])
+            .await
     }
 
     async fn device(
@@ -186,17 +180,13 @@ impl super::Registry for Store {
         let mut reader = self.reader().await?;
         reader
             .tx()
-            .fetch_optional(
-                DEVICE_BY_SERIAL,
-                &[Arg::Text(manufacturer.as_str()), Arg::Text(serial)],
-            )
+            .optional(DEVICE_BY_SERIAL, &[manufacturer, &serial])
             .await?
-            .map(|row| decode_device(&row))
-            .unwrap_or_else(|| {
-                Err(Error::NotFound(format!(
+            .ok_or_else(|| {
+                Error::NotFound(format!(
                     "device {} of manufacturer {manufacturer} is not enrolled",
                     quote(serial)
-                )))
+                ))
             })
     }
 
@@ -204,10 +194,9 @@ impl super::Registry for Store {
         let mut reader = self.reader().await?;
         reader
             .tx()
-            .fetch_optional(DEVICE_BY_URI, &[Arg::Text(uri)])
+            .optional(DEVICE_BY_URI, &[&uri])
             .await?
-            .map(|row| decode_device(&row))
-            .unwrap_or_else(|| Err(Error::NotFound(format!("no device {}", quote(uri)))))
+            .ok_or_else(|| Error::NotFound(format!("no device {}", quote(uri))))
     }
 
     async fn devices(&self, q: &DeviceQuery) -> Result<(Vec<DeviceRecord>, Option<String>), Error> {
@@ -230,24 +219,20 @@ impl super::Registry for Store {
              LIMIT $6"
         );
         let mut reader = self.reader().await?;
-        let rows = reader
+        let mut devices: Vec<DeviceRecord> = reader
             .tx()
-            .fetch_all(
+            .all(
                 &sql,
                 &[
-                    Arg::OptText(q.manufacturer.as_ref().map(|m| m.as_str())),
-                    Arg::OptText(q.model.as_deref()),
-                    Arg::OptText(q.state.map(DeviceState::as_str)),
-                    Arg::from(&after_m),
-                    Arg::from(&after_s),
-                    Arg::Int(i64::from(size) + 1),
+                    &q.manufacturer,
+                    &q.model,
+                    &q.state,
+                    &after_m,
+                    &after_s,
+                    &(i64::from(size) + 1),
                 ],
             )
             .await?;
-        let mut devices = rows
-            .iter()
-            .map(decode_device)
-            .collect::<Result<Vec<_>, _>>()?;
         let next = if devices.len() > size as usize {
             devices.truncate(size as usize);
             devices

@@ -1,325 +1,642 @@
-//! The statements of the group-committed write path, written once for two kinds of connection:
+//! The store's one way of talking to a database: statements with typed parameters
+//! ([`Bind`]), rows decoded into typed values ([`Column`], [`FromRow`]), run on a [`Tx`], which
+//! is one of two connections:
 //!
-//! - [`SqlxTx`]: a sqlx `Any` connection (PostgreSQL, and SQLite's rare writes), where every
-//!   statement is a round trip to the driver;
-//! - [`LiteTx`]: the SQLite writer thread's own connection (`store/writer.rs`), where a
-//!   statement is a direct call into SQLite, prepared once and cached. A batch of a hundred
-//!   enrollments then costs no thread hand-off per statement, which is what bounded throughput
-//!   before (docs/PERFORMANCE.md).
+//! - [`Tx::Lite`]: a direct SQLite connection ([`LiteConn`]): the group-commit writer
+//!   thread's (`store/writer.rs`) and the hot readers'. A statement is a direct call into
+//!   SQLite, prepared once and cached, so a batch of a hundred enrollments costs no thread
+//!   hand-off per statement (docs/PERFORMANCE.md). Its futures are ready when first polled.
+//! - [`Tx::Any`]: a sqlx `Any` connection (PostgreSQL, and SQLite's rare writes and
+//!   migrations), where every statement is a round trip to the driver.
 //!
-//! Queries use numbered `$N` parameters on both.
+//! Queries use numbered `$N` parameters on both. Every store module writes its SQL once,
+//! against this type; none touches sqlx or rusqlite itself.
 
-use std::future::{ready, Future};
-use std::ops::DerefMut;
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-use std::pin::pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
-use sqlx::Row as _;
+use futures_util::TryStreamExt;
+use sqlx::{Row as _, ValueRef as _};
+use time::OffsetDateTime;
 
 use super::Conn;
 use crate::error::Error;
 
-/// A statement parameter. NULLs carry their type, which PostgreSQL needs.
-#[derive(Debug, Clone, Copy)]
+/// The type of a NULL parameter, which PostgreSQL needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Int,
+    Text,
+    Blob,
+}
+
+/// A statement parameter, as a [`Bind`] value gives it.
+#[derive(Debug, Clone)]
 pub(crate) enum Arg<'a> {
     Int(i64),
-    OptInt(Option<i64>),
-    Text(&'a str),
-    OptText(Option<&'a str>),
+    Text(Cow<'a, str>),
     Blob(&'a [u8]),
+    Null(Kind),
 }
 
-impl From<i64> for Arg<'_> {
-    fn from(v: i64) -> Self {
-        Arg::Int(v)
+/// A value that can be a statement parameter. Domain types bind as the column text or code
+/// the schema stores, so no caller spells a status or a profile as a literal.
+pub(crate) trait Bind {
+    fn arg(&self) -> Arg<'_>;
+}
+
+/// The parameter type a [`Bind`] type's NULL has (for `Option`); apart from [`Bind`] so
+/// that `dyn Bind` exists.
+pub(crate) trait Typed {
+    const KIND: Kind;
+}
+
+/// The parameters of one statement: `&[&serial, &profile, &now]`.
+pub(crate) type Args<'a> = [&'a (dyn Bind + Sync)];
+
+impl<T: Typed + ?Sized> Typed for &T {
+    const KIND: Kind = T::KIND;
+}
+
+impl<T: Bind + ?Sized> Bind for &T {
+    fn arg(&self) -> Arg<'_> {
+        (**self).arg()
     }
 }
 
-impl From<Option<i64>> for Arg<'_> {
-    fn from(v: Option<i64>) -> Self {
-        Arg::OptInt(v)
-    }
-}
-
-impl<'a> From<&'a str> for Arg<'a> {
-    fn from(v: &'a str) -> Self {
-        Arg::Text(v)
-    }
-}
-
-impl<'a> From<&'a String> for Arg<'a> {
-    fn from(v: &'a String) -> Self {
-        Arg::Text(v)
-    }
-}
-
-impl<'a> From<Option<&'a str>> for Arg<'a> {
-    fn from(v: Option<&'a str>) -> Self {
-        Arg::OptText(v)
-    }
-}
-
-impl<'a> From<&'a Option<String>> for Arg<'a> {
-    fn from(v: &'a Option<String>) -> Self {
-        Arg::OptText(v.as_deref())
-    }
-}
-
-impl<'a> From<&'a [u8]> for Arg<'a> {
-    fn from(v: &'a [u8]) -> Self {
-        Arg::Blob(v)
-    }
-}
-
-/// One column value of a fetched row.
-#[derive(Debug, Clone, PartialEq)]
-enum Cell {
-    Null,
-    Int(i64),
-    Text(String),
-    Blob(Vec<u8>),
-}
-
-/// A fetched row, read by column position.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Row(Vec<Cell>);
-
-impl Row {
-    fn cell(&self, i: usize) -> Result<&Cell, Error> {
-        self.0
-            .get(i)
-            .ok_or_else(|| Error::Internal(format!("database row has no column {i}")))
-    }
-
-    pub(crate) fn int(&self, i: usize) -> Result<i64, Error> {
-        match self.cell(i)? {
-            Cell::Int(v) => Ok(*v),
-            other => Err(Error::Internal(format!(
-                "database column {i}: expected an integer, found {other:?}"
-            ))),
-        }
-    }
-
-    pub(crate) fn opt_text(&self, i: usize) -> Result<Option<&str>, Error> {
-        match self.cell(i)? {
-            Cell::Text(v) => Ok(Some(v)),
-            Cell::Null => Ok(None),
-            other => Err(Error::Internal(format!(
-                "database column {i}: expected text, found {other:?}"
-            ))),
-        }
-    }
-
-    pub(crate) fn text(&self, i: usize) -> Result<&str, Error> {
-        self.opt_text(i)?
-            .ok_or_else(|| Error::Internal(format!("database column {i} is NULL")))
-    }
-}
-
-/// A row lent to a [`Tx::scan`] callback: a collected one, or SQLite's current row.
-pub(crate) enum RowRef<'r> {
-    Owned(&'r Row),
-    Lite(&'r rusqlite::Row<'r>),
-}
-
-impl<'r> RowRef<'r> {
-    pub(crate) fn int(&self, i: usize) -> Result<i64, Error> {
+impl<T: Bind + Typed> Bind for Option<T> {
+    fn arg(&self) -> Arg<'_> {
         match self {
-            RowRef::Owned(row) => row.int(i),
-            RowRef::Lite(row) => match row.get_ref(i)? {
-                rusqlite::types::ValueRef::Integer(v) => Ok(v),
-                other => Err(Error::Internal(format!(
-                    "database column {i}: expected an integer, found {:?}",
-                    other.data_type()
-                ))),
-            },
+            Some(v) => v.arg(),
+            None => Arg::Null(T::KIND),
         }
-    }
-
-    pub(crate) fn opt_text(&self, i: usize) -> Result<Option<&'r str>, Error> {
-        match self {
-            RowRef::Owned(row) => row.opt_text(i),
-            RowRef::Lite(row) => match row.get_ref(i)? {
-                rusqlite::types::ValueRef::Text(v) => std::str::from_utf8(v)
-                    .map(Some)
-                    .map_err(|e| Error::internal("database text", e)),
-                rusqlite::types::ValueRef::Null => Ok(None),
-                other => Err(Error::Internal(format!(
-                    "database column {i}: expected text, found {:?}",
-                    other.data_type()
-                ))),
-            },
-        }
-    }
-
-    pub(crate) fn text(&self, i: usize) -> Result<&'r str, Error> {
-        self.opt_text(i)?
-            .ok_or_else(|| Error::Internal(format!("database column {i} is NULL")))
     }
 }
 
-/// A connection inside a write transaction.
-pub(crate) trait Tx: Send {
-    /// Runs a statement; returns the number of rows it changed.
-    fn execute<'a>(
-        &'a mut self,
-        sql: &'a str,
-        args: &'a [Arg<'a>],
-    ) -> BoxFuture<'a, Result<u64, Error>>;
+impl Typed for i64 {
+    const KIND: Kind = Kind::Int;
+}
 
-    /// Runs a query; returns its first row, if any.
-    fn fetch_optional<'a>(
-        &'a mut self,
-        sql: &'a str,
-        args: &'a [Arg<'a>],
-    ) -> BoxFuture<'a, Result<Option<Row>, Error>>;
+impl Bind for i64 {
+    fn arg(&self) -> Arg<'_> {
+        Arg::Int(*self)
+    }
+}
 
-    /// Runs a query; returns all its rows.
-    fn fetch_all<'a>(
-        &'a mut self,
-        sql: &'a str,
-        args: &'a [Arg<'a>],
-    ) -> BoxFuture<'a, Result<Vec<Row>, Error>>;
+impl Typed for str {
+    const KIND: Kind = Kind::Text;
+}
 
-    /// Runs a query and lends each row to `each` instead of collecting the rows: for long
-    /// scans (the audit log's leaf hashes, exports). SQLite's direct connections lend the row
-    /// straight from the statement, with no allocation per row or column.
-    fn scan<'a>(
-        &'a mut self,
-        sql: &'a str,
-        args: &'a [Arg<'a>],
-        each: &'a mut (dyn FnMut(RowRef<'_>) -> Result<(), Error> + Send),
-    ) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(async move {
-            for row in self.fetch_all(sql, args).await? {
-                each(RowRef::Owned(&row))?;
+impl Bind for str {
+    fn arg(&self) -> Arg<'_> {
+        Arg::Text(Cow::Borrowed(self))
+    }
+}
+
+impl Typed for String {
+    const KIND: Kind = Kind::Text;
+}
+
+impl Bind for String {
+    fn arg(&self) -> Arg<'_> {
+        Arg::Text(Cow::Borrowed(self))
+    }
+}
+
+impl Typed for [u8] {
+    const KIND: Kind = Kind::Blob;
+}
+
+impl Bind for [u8] {
+    fn arg(&self) -> Arg<'_> {
+        Arg::Blob(self)
+    }
+}
+
+impl Typed for Vec<u8> {
+    const KIND: Kind = Kind::Blob;
+}
+
+impl Bind for Vec<u8> {
+    fn arg(&self) -> Arg<'_> {
+        Arg::Blob(self)
+    }
+}
+
+/// Times are stored as Unix seconds.
+impl Typed for OffsetDateTime {
+    const KIND: Kind = Kind::Int;
+}
+
+impl Bind for OffsetDateTime {
+    fn arg(&self) -> Arg<'_> {
+        Arg::Int(self.unix_timestamp())
+    }
+}
+
+/// A domain type stored as its `as_str()` text, read back with its `parse`.
+macro_rules! text_column {
+    ($ty:ty, $what:literal, $parse:expr) => {
+        impl Typed for $ty {
+            const KIND: Kind = Kind::Text;
+        }
+
+        impl Bind for $ty {
+            fn arg(&self) -> Arg<'_> {
+                Arg::Text(Cow::Borrowed(self.as_str()))
             }
-            Ok(())
+        }
+
+        impl<'r> Column<'r> for $ty {
+            fn from_value(v: Value<'r>) -> Result<Self, Error> {
+                let text = <&str>::from_value(v)?;
+                let parse: fn(&str) -> Option<$ty> = $parse;
+                parse(text).ok_or_else(|| {
+                    Error::Integrity(format!("the store holds an unknown {} {text:?}", $what))
+                })
+            }
+        }
+    };
+}
+
+text_column!(
+    crate::domain::Profile,
+    "certificate profile",
+    crate::domain::Profile::parse
+);
+text_column!(crate::domain::Role, "role", crate::domain::Role::parse);
+text_column!(
+    crate::domain::CertState,
+    "certificate status",
+    crate::domain::CertState::parse
+);
+text_column!(
+    crate::domain::SubjectState,
+    "subject state",
+    crate::domain::SubjectState::parse
+);
+text_column!(
+    crate::domain::PkiPart,
+    "PKI part",
+    crate::domain::PkiPart::parse
+);
+text_column!(
+    crate::audit::Outcome,
+    "audit outcome",
+    crate::audit::Outcome::parse
+);
+text_column!(crate::store::registry::DeviceState, "device state", |s| {
+    crate::store::registry::DeviceState::parse(s)
+});
+text_column!(crate::domain::ManufacturerId, "manufacturer id", |s| {
+    crate::domain::ManufacturerId::parse(s).ok()
+});
+
+impl Typed for crate::domain::DeviceSerial {
+    const KIND: Kind = Kind::Text;
+}
+
+impl Bind for crate::domain::DeviceSerial {
+    fn arg(&self) -> Arg<'_> {
+        Arg::Text(Cow::Borrowed(self.as_str()))
+    }
+}
+
+impl Typed for crate::audit::Action {
+    const KIND: Kind = Kind::Text;
+}
+
+impl Bind for crate::audit::Action {
+    fn arg(&self) -> Arg<'_> {
+        Arg::Text(Cow::Borrowed(self.name()))
+    }
+}
+
+impl<'r> Column<'r> for crate::audit::Action {
+    fn from_value(v: Value<'r>) -> Result<Self, Error> {
+        let text = <&str>::from_value(v)?;
+        crate::audit::Action::parse(text).ok_or_else(|| {
+            Error::Integrity(format!("the store holds an unknown audit action {text:?}"))
         })
     }
-
-    /// Rows per multi-row INSERT at most: many where each statement is a round trip, fewer
-    /// where statements are direct calls and prepared once per size.
-    fn rows_per_insert(&self) -> usize;
-
-    /// Rows changed on this connection so far, where that is cheap to know (SQLite's
-    /// `total_changes`): a job that fails without changing anything then needs no savepoint.
-    fn changes(&self) -> Option<u64>;
-
-    /// Whether a generated multi-row statement should number its parameters (`$N`) or use
-    /// plain `?`: SQLite looks `$N` names up linearly, which is quadratic over a large INSERT.
-    fn numbered_params(&self) -> bool;
 }
 
-/// Runs a query that returns exactly one row (an aggregate).
-pub(crate) async fn fetch_one(tx: &mut dyn Tx, sql: &str, args: &[Arg<'_>]) -> Result<Row, Error> {
-    tx.fetch_optional(sql, args)
-        .await?
-        .ok_or_else(|| Error::Internal("database returned no row for an aggregate".into()))
+impl Typed for crate::issuance::IssuerId {
+    const KIND: Kind = Kind::Text;
 }
 
-/// A sqlx connection (borrowed, or pooled) as a [`Tx`].
-pub(crate) struct SqlxTx<C>(pub(crate) C);
+impl Bind for crate::issuance::IssuerId {
+    fn arg(&self) -> Arg<'_> {
+        Arg::Text(Cow::Owned(self.label()))
+    }
+}
+
+impl<'r> Column<'r> for crate::issuance::IssuerId {
+    fn from_value(v: Value<'r>) -> Result<Self, Error> {
+        let text = <&str>::from_value(v)?;
+        crate::issuance::IssuerId::parse(text)
+            .ok_or_else(|| Error::Integrity(format!("the store holds an unknown issuer {text:?}")))
+    }
+}
+
+/// A revocation reason is stored as its RFC 5280 code (NULL when none was given).
+impl Typed for crate::domain::RevocationReason {
+    const KIND: Kind = Kind::Int;
+}
+
+impl Bind for crate::domain::RevocationReason {
+    fn arg(&self) -> Arg<'_> {
+        Arg::Int(self.code())
+    }
+}
+
+/// A stored revocation reason: NULL or 0 for none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StoredReason(pub(crate) Option<crate::domain::RevocationReason>);
+
+impl<'r> Column<'r> for StoredReason {
+    fn from_value(v: Value<'r>) -> Result<Self, Error> {
+        match Option::<i64>::from_value(v)? {
+            None => Ok(StoredReason(None)),
+            Some(code) => crate::domain::RevocationReason::from_code(code)
+                .map(StoredReason)
+                .map_err(|_| {
+                    Error::Integrity(format!(
+                        "the store holds an unknown revocation reason {code}"
+                    ))
+                }),
+        }
+    }
+}
+
+/// A column value as the database returned it, borrowed from the row.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Value<'r> {
+    Null,
+    Int(i64),
+    Text(&'r str),
+    Blob(&'r [u8]),
+}
+
+impl Value<'_> {
+    fn kind(&self) -> &'static str {
+        match self {
+            Value::Null => "NULL",
+            Value::Int(_) => "an integer",
+            Value::Text(_) => "text",
+            Value::Blob(_) => "a blob",
+        }
+    }
+}
+
+fn mismatch(want: &str, got: Value<'_>) -> Error {
+    Error::Internal(format!(
+        "database column: expected {want}, found {}",
+        got.kind()
+    ))
+}
+
+/// A type one column decodes into.
+pub(crate) trait Column<'r>: Sized {
+    fn from_value(v: Value<'r>) -> Result<Self, Error>;
+}
+
+impl<'r, T: Column<'r>> Column<'r> for Option<T> {
+    fn from_value(v: Value<'r>) -> Result<Self, Error> {
+        match v {
+            Value::Null => Ok(None),
+            v => T::from_value(v).map(Some),
+        }
+    }
+}
+
+impl<'r> Column<'r> for i64 {
+    fn from_value(v: Value<'r>) -> Result<Self, Error> {
+        match v {
+            Value::Int(i) => Ok(i),
+            v => Err(mismatch("an integer", v)),
+        }
+    }
+}
+
+/// Counts and sizes: a negative stored value is a corrupt row.
+impl<'r> Column<'r> for u64 {
+    fn from_value(v: Value<'r>) -> Result<Self, Error> {
+        let i = i64::from_value(v)?;
+        u64::try_from(i)
+            .map_err(|_| Error::Integrity(format!("the store holds a negative count {i}")))
+    }
+}
+
+/// A flag computed by a query (`CASE … THEN 1 ELSE 0`).
+impl<'r> Column<'r> for bool {
+    fn from_value(v: Value<'r>) -> Result<Self, Error> {
+        Ok(i64::from_value(v)? != 0)
+    }
+}
+
+impl<'r> Column<'r> for &'r str {
+    fn from_value(v: Value<'r>) -> Result<Self, Error> {
+        match v {
+            Value::Text(t) => Ok(t),
+            v => Err(mismatch("text", v)),
+        }
+    }
+}
+
+impl<'r> Column<'r> for String {
+    fn from_value(v: Value<'r>) -> Result<Self, Error> {
+        <&str>::from_value(v).map(str::to_owned)
+    }
+}
+
+impl<'r> Column<'r> for Vec<u8> {
+    fn from_value(v: Value<'r>) -> Result<Self, Error> {
+        match v {
+            Value::Blob(b) => Ok(b.to_vec()),
+            v => Err(mismatch("a blob", v)),
+        }
+    }
+}
+
+impl<'r> Column<'r> for OffsetDateTime {
+    fn from_value(v: Value<'r>) -> Result<Self, Error> {
+        let s = i64::from_value(v)?;
+        OffsetDateTime::from_unix_timestamp(s)
+            .map_err(|e| Error::Integrity(format!("stored time {s} out of range: {e}")))
+    }
+}
+
+/// A SHA-256 hash stored as lowercase hex.
+impl<'r> Column<'r> for crate::audit::merkle::Hash {
+    fn from_value(v: Value<'r>) -> Result<Self, Error> {
+        let text = <&str>::from_value(v)?;
+        crate::domain::unhex_array::<32>(text)
+            .ok_or_else(|| Error::Integrity(format!("the store holds a bad hash {text:?}")))
+    }
+}
+
+/// A column by position or by name.
+pub(crate) trait ColumnIndex:
+    rusqlite::RowIndex + sqlx::ColumnIndex<sqlx::any::AnyRow> + std::fmt::Debug + Copy
+{
+}
+impl ColumnIndex for usize {}
+impl ColumnIndex for &str {}
+
+/// A fetched row, lent by the connection: SQLite's current row, or a sqlx row.
+pub(crate) enum Row<'r> {
+    Lite(&'r rusqlite::Row<'r>),
+    Any(&'r sqlx::any::AnyRow),
+}
+
+impl<'r> Row<'r> {
+    fn value(&self, i: impl ColumnIndex) -> Result<Value<'r>, Error> {
+        use rusqlite::types::ValueRef;
+        match *self {
+            Row::Lite(row) => Ok(match row.get_ref(i)? {
+                ValueRef::Null => Value::Null,
+                ValueRef::Integer(v) => Value::Int(v),
+                ValueRef::Text(v) => Value::Text(
+                    std::str::from_utf8(v).map_err(|e| Error::internal("database text", e))?,
+                ),
+                ValueRef::Blob(v) => Value::Blob(v),
+                ValueRef::Real(v) => {
+                    return Err(Error::Internal(format!(
+                        "unexpected floating-point value {v} in column {i:?}"
+                    )))
+                }
+            }),
+            Row::Any(row) => {
+                let raw = row.try_get_raw(i)?;
+                if raw.is_null() {
+                    return Ok(Value::Null);
+                }
+                use sqlx::any::AnyTypeInfoKind as K;
+                Ok(match raw.type_info().kind() {
+                    K::Blob => Value::Blob(row.try_get::<&[u8], _>(i)?),
+                    K::Text => Value::Text(row.try_get::<&str, _>(i)?),
+                    K::Bool => Value::Int(i64::from(row.try_get::<bool, _>(i)?)),
+                    K::SmallInt | K::Integer | K::BigInt => Value::Int(row.try_get::<i64, _>(i)?),
+                    other => {
+                        return Err(Error::Internal(format!(
+                            "unexpected {other:?} value in column {i:?}"
+                        )))
+                    }
+                })
+            }
+        }
+    }
+
+    /// Column `i` (a position or a name) as a `T`.
+    pub(crate) fn get<T: Column<'r>>(&self, i: impl ColumnIndex) -> Result<T, Error> {
+        T::from_value(self.value(i)?).map_err(|e| match e {
+            Error::Internal(m) => Error::Internal(format!("{m} (column {i:?})")),
+            other => other,
+        })
+    }
+}
+
+/// A type one whole row decodes into: a record, a tuple of columns, or one column.
+pub(crate) trait FromRow: Sized {
+    fn from_row(row: &Row<'_>) -> Result<Self, Error>;
+}
+
+impl<T: for<'r> Column<'r>> FromRow for T {
+    fn from_row(row: &Row<'_>) -> Result<Self, Error> {
+        row.get(0)
+    }
+}
+
+macro_rules! tuple_row {
+    ($($t:ident $i:tt),+) => {
+        impl<$($t: for<'r> Column<'r>),+> FromRow for ($($t,)+) {
+            fn from_row(row: &Row<'_>) -> Result<Self, Error> {
+                Ok(($(row.get::<$t>($i)?,)+))
+            }
+        }
+    };
+}
+
+tuple_row!(A 0, B 1);
+tuple_row!(A 0, B 1, C 2);
+tuple_row!(A 0, B 1, C 2, D 3);
+tuple_row!(A 0, B 1, C 2, D 3, E 4);
+
+/// A connection to run statements on, inside a write transaction or for reads.
+pub(crate) enum Tx<'c> {
+    Lite(&'c mut LiteConn),
+    Any(&'c mut Conn),
+}
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
 fn bind_all<'q>(sql: &'q str, args: &'q [Arg<'q>]) -> AnyQuery<'q> {
-    args.iter().fold(sqlx::query(sql), |q, arg| match *arg {
-        Arg::Int(v) => q.bind(v),
-        Arg::OptInt(v) => q.bind(v),
-        Arg::Text(v) => q.bind(v),
-        Arg::OptText(v) => q.bind(v),
-        Arg::Blob(v) => q.bind(v),
+    args.iter().fold(sqlx::query(sql), |q, arg| match arg {
+        Arg::Int(v) => q.bind(*v),
+        Arg::Text(v) => q.bind(v.as_ref()),
+        Arg::Blob(v) => q.bind(*v),
+        Arg::Null(Kind::Int) => q.bind(None::<i64>),
+        Arg::Null(Kind::Text) => q.bind(None::<String>),
+        Arg::Null(Kind::Blob) => q.bind(None::<Vec<u8>>),
     })
 }
 
-fn sqlx_row(row: &sqlx::any::AnyRow) -> Result<Row, Error> {
-    let cells = (0..row.columns().len())
-        .map(|i| {
-            if let Ok(v) = row.try_get::<Option<i64>, _>(i) {
-                return Ok(v.map_or(Cell::Null, Cell::Int));
-            }
-            if let Ok(v) = row.try_get::<Option<String>, _>(i) {
-                return Ok(v.map_or(Cell::Null, Cell::Text));
-            }
-            Ok(row
-                .try_get::<Option<Vec<u8>>, _>(i)?
-                .map_or(Cell::Null, Cell::Blob))
-        })
-        .collect::<Result<_, Error>>()?;
-    Ok(Row(cells))
+fn args<'a>(args: &'a Args<'_>) -> Vec<Arg<'a>> {
+    args.iter().map(|a| a.arg()).collect()
 }
 
-impl<C: DerefMut<Target = Conn> + Send> Tx for SqlxTx<C> {
-    fn execute<'a>(
-        &'a mut self,
-        sql: &'a str,
-        args: &'a [Arg<'a>],
-    ) -> BoxFuture<'a, Result<u64, Error>> {
-        Box::pin(async move {
-            Ok(bind_all(sql, args)
-                .execute(&mut *self.0)
+impl Tx<'_> {
+    /// Runs a statement; returns the number of rows it changed.
+    pub(crate) async fn execute(&mut self, sql: &str, params: &Args<'_>) -> Result<u64, Error> {
+        let params = args(params);
+        match self {
+            Tx::Lite(conn) => Ok(conn.bound(sql, &params)?.raw_execute()? as u64),
+            Tx::Any(conn) => Ok(bind_all(sql, &params)
+                .execute(&mut **conn)
                 .await?
-                .rows_affected())
-        })
+                .rows_affected()),
+        }
     }
 
-    fn fetch_optional<'a>(
-        &'a mut self,
-        sql: &'a str,
-        args: &'a [Arg<'a>],
-    ) -> BoxFuture<'a, Result<Option<Row>, Error>> {
-        Box::pin(async move {
-            match bind_all(sql, args).fetch_optional(&mut *self.0).await? {
-                Some(row) => Ok(Some(sqlx_row(&row)?)),
-                None => Ok(None),
+    /// Runs statements without parameters (a migration script, BEGIN, COMMIT).
+    pub(crate) async fn batch(&mut self, sql: &str) -> Result<(), Error> {
+        match self {
+            Tx::Lite(conn) => conn.batch(sql),
+            Tx::Any(conn) => {
+                // An unprepared statement string: several statements may run at once.
+                sqlx::Executor::execute(&mut **conn, sql).await?;
+                Ok(())
             }
+        }
+    }
+
+    /// Runs a query and lends each row to `each`, without collecting them: SQLite's direct
+    /// connections lend the row straight from the statement, with no allocation per row.
+    pub(crate) async fn scan(
+        &mut self,
+        sql: &str,
+        params: &Args<'_>,
+        each: &mut (dyn FnMut(&Row<'_>) -> Result<(), Error> + Send),
+    ) -> Result<(), Error> {
+        self.scan_up_to(sql, params, usize::MAX, each).await
+    }
+
+    async fn scan_up_to(
+        &mut self,
+        sql: &str,
+        params: &Args<'_>,
+        limit: usize,
+        each: &mut (dyn FnMut(&Row<'_>) -> Result<(), Error> + Send),
+    ) -> Result<(), Error> {
+        let params = args(params);
+        let mut seen = 0;
+        match self {
+            Tx::Lite(conn) => {
+                let mut stmt = conn.bound(sql, &params)?;
+                let mut rows = stmt.raw_query();
+                while seen < limit {
+                    let Some(row) = rows.next()? else { break };
+                    each(&Row::Lite(row))?;
+                    seen += 1;
+                }
+            }
+            Tx::Any(conn) => {
+                let mut rows = bind_all(sql, &params).fetch(&mut **conn);
+                while seen < limit {
+                    let Some(row) = rows.try_next().await? else {
+                        break;
+                    };
+                    each(&Row::Any(&row))?;
+                    seen += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a query; returns its first row, if any.
+    pub(crate) async fn optional<T: FromRow + Send>(
+        &mut self,
+        sql: &str,
+        params: &Args<'_>,
+    ) -> Result<Option<T>, Error> {
+        let mut out = None;
+        self.scan_up_to(sql, params, 1, &mut |row| {
+            out = Some(T::from_row(row)?);
+            Ok(())
         })
+        .await?;
+        Ok(out)
     }
 
-    fn fetch_all<'a>(
-        &'a mut self,
-        sql: &'a str,
-        args: &'a [Arg<'a>],
-    ) -> BoxFuture<'a, Result<Vec<Row>, Error>> {
-        Box::pin(async move {
-            bind_all(sql, args)
-                .fetch_all(&mut *self.0)
-                .await?
-                .iter()
-                .map(sqlx_row)
-                .collect()
+    /// Runs a query that returns exactly one row (an aggregate).
+    pub(crate) async fn one<T: FromRow + Send>(
+        &mut self,
+        sql: &str,
+        params: &Args<'_>,
+    ) -> Result<T, Error> {
+        self.optional(sql, params)
+            .await?
+            .ok_or_else(|| Error::Internal("database returned no row for an aggregate".into()))
+    }
+
+    /// Runs a query; returns all its rows.
+    pub(crate) async fn all<T: FromRow + Send>(
+        &mut self,
+        sql: &str,
+        params: &Args<'_>,
+    ) -> Result<Vec<T>, Error> {
+        let mut out = Vec::new();
+        self.scan(sql, params, &mut |row| {
+            out.push(T::from_row(row)?);
+            Ok(())
         })
+        .await?;
+        Ok(out)
     }
 
-    fn rows_per_insert(&self) -> usize {
-        // 10 parameters per audit row: well under SQLite's limit of 32,766.
-        256
+    /// Rows per multi-row INSERT at most: many where each statement is a round trip, fewer
+    /// where statements are direct calls and prepared once per size.
+    pub(crate) fn rows_per_insert(&self) -> usize {
+        match self {
+            Tx::Lite(_) => 64,
+            // 10 parameters per audit row: well under SQLite's limit of 32,766.
+            Tx::Any(_) => 256,
+        }
     }
 
-    fn numbered_params(&self) -> bool {
-        (*self.0).backend_name() != "SQLite"
+    /// Rows changed on this connection so far, where that is cheap to know (SQLite's
+    /// `total_changes`): a job that fails without changing anything then needs no savepoint.
+    pub(crate) fn changes(&self) -> Option<u64> {
+        match self {
+            Tx::Lite(conn) => Some(conn.conn.total_changes()),
+            Tx::Any(_) => None,
+        }
     }
 
-    fn changes(&self) -> Option<u64> {
-        None
+    /// Whether a generated multi-row statement should number its parameters (`$N`) or use
+    /// plain `?`: SQLite looks `$N` names up linearly, which is quadratic over a large INSERT.
+    pub(crate) fn numbered_params(&self) -> bool {
+        match self {
+            Tx::Lite(_) => false,
+            Tx::Any(conn) => conn.backend_name() != "SQLite",
+        }
     }
 }
 
-/// The SQLite writer thread's connection, in WAL mode with `synchronous = FULL` like every
-/// other: a commit is on disk before it is acknowledged.
-pub(crate) struct LiteTx {
+/// A direct SQLite connection, in WAL mode with `synchronous = FULL` like every other: a
+/// commit is on disk before it is acknowledged.
+pub(crate) struct LiteConn {
     conn: rusqlite::Connection,
 }
 
 /// Prepared statements kept per connection: the write path has a few dozen.
 const STATEMENT_CACHE: usize = 64;
 
-impl LiteTx {
+impl LiteConn {
     pub(crate) fn open(path: &Path) -> Result<Self, Error> {
         let conn = rusqlite::Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(10))?;
@@ -352,12 +669,13 @@ impl LiteTx {
         Ok(Self { conn })
     }
 
-    /// Runs statements without parameters (BEGIN, COMMIT, pragmas).
-    pub(crate) fn batch(&mut self, sql: &str) -> Result<(), Error> {
-        self.batch_ref(sql)
+    /// This connection as a [`Tx`].
+    pub(crate) fn tx(&mut self) -> Tx<'_> {
+        Tx::Lite(self)
     }
 
-    fn batch_ref(&self, sql: &str) -> Result<(), Error> {
+    /// Runs statements without parameters (BEGIN, COMMIT, pragmas).
+    pub(crate) fn batch(&self, sql: &str) -> Result<(), Error> {
         Ok(self.conn.execute_batch(sql)?)
     }
 
@@ -387,139 +705,14 @@ impl LiteTx {
             let arg = args
                 .get(n - 1)
                 .ok_or_else(|| Error::Internal(format!("SQL parameter {n} has no argument")))?;
-            match *arg {
-                Arg::Int(v) => stmt.raw_bind_parameter(i, v)?,
-                Arg::OptInt(v) => stmt.raw_bind_parameter(i, v)?,
-                Arg::Text(v) => stmt.raw_bind_parameter(i, v)?,
-                Arg::OptText(v) => stmt.raw_bind_parameter(i, v)?,
-                Arg::Blob(v) => stmt.raw_bind_parameter(i, v)?,
+            match arg {
+                Arg::Int(v) => stmt.raw_bind_parameter(i, *v)?,
+                Arg::Text(v) => stmt.raw_bind_parameter(i, v.as_ref())?,
+                Arg::Blob(v) => stmt.raw_bind_parameter(i, *v)?,
+                Arg::Null(_) => stmt.raw_bind_parameter(i, rusqlite::types::Null)?,
             }
         }
         Ok(stmt)
-    }
-
-    fn run(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, Error> {
-        Ok(self.bound(sql, args)?.raw_execute()? as u64)
-    }
-
-    fn first_row(&self, sql: &str, args: &[Arg<'_>]) -> Result<Option<Row>, Error> {
-        Ok(self.rows(sql, args, 1)?.pop())
-    }
-
-    fn scan_rows(
-        &self,
-        sql: &str,
-        args: &[Arg<'_>],
-        each: &mut (dyn FnMut(RowRef<'_>) -> Result<(), Error> + Send),
-    ) -> Result<(), Error> {
-        let mut stmt = self.bound(sql, args)?;
-        let mut rows = stmt.raw_query();
-        while let Some(row) = rows.next()? {
-            each(RowRef::Lite(row))?;
-        }
-        Ok(())
-    }
-
-    /// At most `limit` rows of a query.
-    fn rows(&self, sql: &str, args: &[Arg<'_>], limit: usize) -> Result<Vec<Row>, Error> {
-        use rusqlite::types::ValueRef;
-        let mut stmt = self.bound(sql, args)?;
-        let columns = stmt.column_count();
-        let mut rows = stmt.raw_query();
-        let mut out = Vec::new();
-        while out.len() < limit {
-            let Some(row) = rows.next()? else { break };
-            let cells = (0..columns)
-                .map(|i| {
-                    Ok(match row.get_ref(i)? {
-                        ValueRef::Null => Cell::Null,
-                        ValueRef::Integer(v) => Cell::Int(v),
-                        ValueRef::Text(v) => Cell::Text(
-                            String::from_utf8(v.to_vec())
-                                .map_err(|e| Error::internal("database text", e))?,
-                        ),
-                        ValueRef::Blob(v) => Cell::Blob(v.to_vec()),
-                        ValueRef::Real(v) => {
-                            return Err(Error::Internal(format!(
-                                "unexpected floating-point value {v} in column {i}"
-                            )))
-                        }
-                    })
-                })
-                .collect::<Result<_, Error>>()?;
-            out.push(Row(cells));
-        }
-        Ok(out)
-    }
-}
-
-impl Tx for LiteTx {
-    fn execute<'a>(
-        &'a mut self,
-        sql: &'a str,
-        args: &'a [Arg<'a>],
-    ) -> BoxFuture<'a, Result<u64, Error>> {
-        Box::pin(ready(self.run(sql, args)))
-    }
-
-    fn fetch_optional<'a>(
-        &'a mut self,
-        sql: &'a str,
-        args: &'a [Arg<'a>],
-    ) -> BoxFuture<'a, Result<Option<Row>, Error>> {
-        Box::pin(ready(self.first_row(sql, args)))
-    }
-
-    fn fetch_all<'a>(
-        &'a mut self,
-        sql: &'a str,
-        args: &'a [Arg<'a>],
-    ) -> BoxFuture<'a, Result<Vec<Row>, Error>> {
-        Box::pin(ready(self.rows(sql, args, usize::MAX)))
-    }
-
-    fn scan<'a>(
-        &'a mut self,
-        sql: &'a str,
-        args: &'a [Arg<'a>],
-        each: &'a mut (dyn FnMut(RowRef<'_>) -> Result<(), Error> + Send),
-    ) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(ready(self.scan_rows(sql, args, each)))
-    }
-
-    fn rows_per_insert(&self) -> usize {
-        64
-    }
-
-    fn numbered_params(&self) -> bool {
-        false
-    }
-
-    fn changes(&self) -> Option<u64> {
-        Some(self.conn.total_changes())
-    }
-}
-
-/// Wakes the writer thread that is waiting in [`block_on`].
-struct ThreadWaker(std::thread::Thread);
-
-impl Wake for ThreadWaker {
-    fn wake(self: Arc<Self>) {
-        self.0.unpark();
-    }
-}
-
-/// Drives a future to completion on the current (non-runtime) thread. The writer's jobs only
-/// await [`LiteTx`] statements, which are ready at once, so this normally polls once.
-pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    loop {
-        match future.as_mut().poll(&mut cx) {
-            Poll::Ready(out) => return out,
-            Poll::Pending => std::thread::park(),
-        }
     }
 }
 
@@ -532,13 +725,13 @@ const IDLE_READERS: usize = 8;
 #[derive(Debug)]
 pub(crate) struct LiteReaders {
     path: PathBuf,
-    idle: Mutex<Vec<LiteTx>>,
+    idle: Mutex<Vec<LiteConn>>,
     closed: std::sync::atomic::AtomicBool,
 }
 
-impl std::fmt::Debug for LiteTx {
+impl std::fmt::Debug for LiteConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LiteTx")
+        f.write_str("LiteConn")
     }
 }
 
@@ -558,20 +751,20 @@ impl LiteReaders {
         self.idle().clear();
     }
 
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<LiteTx>> {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<LiteConn>> {
         // A poisoned list of idle connections is still a list of idle connections.
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn take(&self) -> Result<LiteTx, Error> {
+    fn take(&self) -> Result<LiteConn, Error> {
         let idle = self.idle().pop();
         match idle {
             Some(conn) => Ok(conn),
-            None => LiteTx::open_read(&self.path),
+            None => LiteConn::open_read(&self.path),
         }
     }
 
-    fn give(&self, conn: LiteTx) {
+    fn give(&self, conn: LiteConn) {
         if self.closed.load(std::sync::atomic::Ordering::Acquire) {
             return;
         }
@@ -584,8 +777,8 @@ impl LiteReaders {
 
 /// A connection to read with: a direct SQLite reader, or a pooled sqlx connection.
 pub(crate) enum Reader<'s> {
-    Lite(&'s LiteReaders, Option<LiteTx>),
-    Pool(SqlxTx<sqlx::pool::PoolConnection<sqlx::Any>>),
+    Lite(&'s LiteReaders, Option<LiteConn>),
+    Pool(sqlx::pool::PoolConnection<sqlx::Any>),
 }
 
 impl<'s> Reader<'s> {
@@ -593,12 +786,13 @@ impl<'s> Reader<'s> {
         Ok(Reader::Lite(readers, Some(readers.take()?)))
     }
 
-    pub(crate) fn tx(&mut self) -> &mut dyn Tx {
+    pub(crate) fn tx(&mut self) -> Tx<'_> {
         match self {
-            Reader::Lite(_, conn) => conn
-                .as_mut()
-                .expect("a reader holds its connection until it is dropped"),
-            Reader::Pool(conn) => conn,
+            Reader::Lite(_, conn) => Tx::Lite(
+                conn.as_mut()
+                    .expect("a reader holds its connection until it is dropped"),
+            ),
+            Reader::Pool(conn) => Tx::Any(conn),
         }
     }
 }
@@ -641,7 +835,7 @@ pub(crate) fn spawn_checkpointer(
     gate: Arc<tokio::sync::Mutex<()>>,
     stop: std::sync::mpsc::Receiver<()>,
 ) -> Result<std::thread::JoinHandle<()>, Error> {
-    let conn = LiteTx::open(&path)?;
+    let conn = LiteConn::open(&path)?;
     std::thread::Builder::new()
         .name("medid-checkpoint".into())
         .spawn(move || loop {
@@ -666,7 +860,7 @@ const CATCH_UP_FRAMES: i64 = 1_024;
 /// before), then one with the writer held, after which the writer's next batch starts the
 /// log again.
 fn checkpoint_pass(
-    conn: &LiteTx,
+    conn: &LiteConn,
     gate: &tokio::sync::Mutex<()>,
     restart_frames: i64,
 ) -> Result<(), Error> {
@@ -709,13 +903,13 @@ mod tests {
         const RESTART: i64 = 256;
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("wal.sqlite");
-        let mut writer = LiteTx::open(&path)
-            .and_then(LiteTx::without_autocheckpoint)
+        let writer = LiteConn::open(&path)
+            .and_then(LiteConn::without_autocheckpoint)
             .expect("writer connection");
         writer
             .batch("CREATE TABLE t (x BLOB)")
             .expect("create table");
-        let checkpointer = LiteTx::open(&path).expect("checkpoint connection");
+        let checkpointer = LiteConn::open(&path).expect("checkpoint connection");
         let gate = Arc::new(tokio::sync::Mutex::new(()));
         let stop = Arc::new(AtomicBool::new(false));
         let writing = std::thread::spawn({
@@ -745,10 +939,10 @@ mod tests {
             after < RESTART,
             "the log had {frames} frames and still has {after}: it did not start again"
         );
-        let rows = checkpointer
-            .first_row("SELECT COUNT(*) FROM t", &[])
-            .expect("count")
-            .expect("one row");
-        assert_eq!(rows.int(0).expect("a count"), commits, "every commit kept");
+        let rows: i64 = checkpointer
+            .conn
+            .query_row("SELECT COUNT(*) FROM t", [], |row| row.get(0))
+            .expect("count");
+        assert_eq!(rows, commits, "every commit kept");
     }
 }

@@ -1,7 +1,8 @@
 //! Group commit: one writer task runs every hot write — issued certificates, access events,
 //! refusal events — in shared transactions.
 //!
-//! A caller hands [`Store::write`] its work and waits. The task takes what is queued (up to
+//! A caller queues a typed job ([`Record`]: a signed certificate and what it completes; or
+//! audit events to append) and waits. The task takes what is queued (up to
 //! [`MAX_JOBS`]), opens one `BEGIN IMMEDIATE` transaction, runs each job (a job that fails is
 //! undone alone and gets its own error: on PostgreSQL by a SAVEPOINT per job; on SQLite, where
 //! savepoints cost page copies, jobs refuse before they change anything, and a job that fails
@@ -12,7 +13,7 @@
 //! Jobs run one after another on the one write connection, so rules that read then write
 //! (uniqueness checks, the next audit sequence number) see every earlier job of the batch.
 //!
-//! On SQLite the writer is a thread with its own connection ([`LiteTx`]): a batch's statements
+//! On SQLite the writer is a thread with its own connection ([`LiteConn`](super::sql::LiteConn)): a batch's statements
 //! are direct calls into SQLite, prepared once, with no hand-off to another thread per
 //! statement. Rare writes (start-up recovery, revocations, CRLs, migrations) run on the
 //! store's sqlx write connection and take turns with batches through the store's write gate.
@@ -23,25 +24,37 @@ use std::sync::Arc;
 
 use std::time::Instant;
 
-use futures_util::future::BoxFuture;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::audit::Ready;
-use super::sql::{block_on, spawn_checkpointer, LiteTx, SqlxTx, Tx};
+use super::certificates::{self, Completion, NewCertificate, Recorded};
+use super::sql::{spawn_checkpointer, LiteConn, Tx};
 use super::{begin_write_on, Backend, Store};
 use crate::error::Error;
+use crate::issuance::SignedCertificate;
 
 /// Jobs committed together at most. Larger batches amortize the fsync further but hold
 /// earlier callers longer.
 pub const MAX_JOBS: usize = 512;
 
-/// What a job hands back after running: whether it succeeded (else its savepoint is rolled
-/// back), and how to answer its caller once the batch's fate is known.
-type Finish = Box<dyn FnOnce(Result<(), Error>) + Send>;
-type Job = Box<dyn for<'c> FnOnce(&'c mut dyn Tx) -> BoxFuture<'c, (bool, Finish)> + Send>;
+/// A signed certificate to record with what it completes and its event (the store's step of
+/// the issuance cycle, docs/ISSUANCE-CYCLE.md), and where its answer goes.
+struct Record {
+    new: NewCertificate,
+    signed: SignedCertificate,
+    completion: Completion,
+    event: Ready,
+    done: oneshot::Sender<Result<Recorded, Error>>,
+}
+
+/// A record's outcome inside the batch, held until the batch's fate is known.
+type Answer = (
+    oneshot::Sender<Result<Recorded, Error>>,
+    Result<Recorded, Error>,
+);
 
 /// Audit events that change nothing else (access reports, refusals), and where to send their
 /// first sequence number.
@@ -53,7 +66,7 @@ struct Append {
 
 /// One unit of queued work.
 enum Work {
-    Job(Job),
+    Record(Box<Record>),
     Append(Append),
     /// Finish the batch in hand and end: the store is closing.
     Stop,
@@ -62,16 +75,15 @@ enum Work {
 /// One batch: the jobs and appends taken from the queue, and the answers owed.
 #[derive(Default)]
 struct Batch {
-    jobs: Vec<Job>,
+    records: Vec<Record>,
     appends: Vec<Append>,
-    finishers: Vec<Finish>,
-    /// The job (index into `finishers`) that failed after changing something, which
+    answers: Vec<Answer>,
+    /// The record (index into `answers`) that failed after changing something, which
     /// rolled back the batch: it gets its own error, the others a retryable one.
     failed_part_way: Option<usize>,
 }
 
 impl Batch {
-    /// Adds `first` and whatever else is queued, up to [`MAX_JOBS`].
     /// Takes `first` and whatever else is queued, up to [`MAX_JOBS`]; returns false once a
     /// [`Work::Stop`] is taken (the batch in hand is still committed).
     fn take(&mut self, first: Work, incoming: &mut mpsc::Receiver<Work>) -> bool {
@@ -79,7 +91,7 @@ impl Batch {
         let mut taken = 0;
         while let Some(work) = next.take() {
             match work {
-                Work::Job(job) => self.jobs.push(job),
+                Work::Record(record) => self.records.push(*record),
                 Work::Append(append) => self.appends.push(append),
                 Work::Stop => return false,
             }
@@ -92,29 +104,39 @@ impl Batch {
     }
 
     fn is_empty(&self) -> bool {
-        self.jobs.is_empty() && self.appends.is_empty()
+        self.records.is_empty() && self.appends.is_empty()
     }
 
-    /// Writes in the batch: jobs, and requests to append events.
+    /// Writes in the batch: records, and requests to append events.
     fn len(&self) -> usize {
-        self.jobs.len() + self.appends.len()
+        self.records.len() + self.appends.len()
     }
 
-    /// Runs the batch inside an open transaction: the jobs, each in its own savepoint, then
-    /// all the pure audit appends as one multi-row INSERT (so a hundred gateways reporting at
-    /// once cost two statements, not four hundred). Returns the appends' first sequence number.
-    async fn run(&mut self, tx: &mut dyn Tx) -> Result<i64, Error> {
-        for job in self.jobs.drain(..) {
+    /// Runs the batch inside an open transaction: the records, each in its own savepoint,
+    /// then all the pure audit appends as one multi-row INSERT (so a hundred gateways
+    /// reporting at once cost two statements, not four hundred). Returns the appends' first
+    /// sequence number.
+    async fn run(&mut self, tx: &mut Tx<'_>) -> Result<i64, Error> {
+        for record in self.records.drain(..) {
+            let Record {
+                new,
+                signed,
+                completion,
+                event,
+                done,
+            } = record;
             match tx.changes() {
-                // SQLite's writer: a job refuses before it changes anything (its checks come
-                // first), so it needs no savepoint, whose page copies cost a fifth of the
-                // writer's time. A job that fails after a change cannot be undone alone:
-                // then the whole batch is rolled back, and its callers may retry.
+                // SQLite's writer: a record refuses before it changes anything (its checks
+                // come first), so it needs no savepoint, whose page copies cost a fifth of the
+                // writer's time. One that fails after a change cannot be undone alone: then
+                // the whole batch is rolled back, and its callers may retry.
                 Some(before) => {
-                    let (ok, finish) = job(&mut *tx).await;
-                    self.finishers.push(finish);
-                    if !ok && tx.changes() != Some(before) {
-                        self.failed_part_way = Some(self.finishers.len() - 1);
+                    let result =
+                        certificates::record_in(tx, &new, &signed, &completion, &event).await;
+                    let failed = result.is_err();
+                    self.answers.push((done, result));
+                    if failed && tx.changes() != Some(before) {
+                        self.failed_part_way = Some(self.answers.len() - 1);
                         return Err(Error::Unavailable(
                             "another write of the same batch failed part-way, so nothing was \
                              stored; retry"
@@ -123,13 +145,14 @@ impl Batch {
                     }
                 }
                 None => {
-                    tx.execute("SAVEPOINT job", &[]).await?;
-                    let (ok, finish) = job(&mut *tx).await;
-                    self.finishers.push(finish);
-                    if !ok {
-                        tx.execute("ROLLBACK TO SAVEPOINT job", &[]).await?;
+                    tx.batch("SAVEPOINT job").await?;
+                    let result =
+                        certificates::record_in(tx, &new, &signed, &completion, &event).await;
+                    if result.is_err() {
+                        tx.batch("ROLLBACK TO SAVEPOINT job").await?;
                     }
-                    tx.execute("RELEASE SAVEPOINT job", &[]).await?;
+                    tx.batch("RELEASE SAVEPOINT job").await?;
+                    self.answers.push((done, result));
                 }
             }
         }
@@ -145,9 +168,14 @@ impl Batch {
     }
 
     /// SQLite: runs the batch in one transaction on `conn` and commits it.
-    fn commit_on(&mut self, conn: &mut LiteTx) -> Result<i64, Error> {
+    /// `runtime` drives the batch: every statement on `conn` is a direct call, ready at once.
+    fn commit_on(
+        &mut self,
+        conn: &mut LiteConn,
+        runtime: &tokio::runtime::Runtime,
+    ) -> Result<i64, Error> {
         let committed = conn.batch("BEGIN IMMEDIATE").and_then(|()| {
-            let first_seq = block_on(self.run(conn))?;
+            let first_seq = runtime.block_on(self.run(&mut conn.tx()))?;
             conn.batch("COMMIT")?;
             Ok(first_seq)
         });
@@ -158,27 +186,36 @@ impl Batch {
         committed
     }
 
+    /// PostgreSQL: runs the batch in one transaction on `pool` and commits it.
+    async fn commit_sqlx(&mut self, pool: &AnyPool, backend: Backend) -> Result<i64, Error> {
+        let mut tx = begin_write_on(pool, backend).await?;
+        let first_seq = self.run(&mut tx.on()).await?;
+        tx.commit().await?;
+        Ok(first_seq)
+    }
+
     /// Answers every caller once the batch's fate is known. Work that never ran (the
     /// transaction failed first) is dropped, and its callers see the database as unavailable.
     fn answer(&mut self, committed: Result<i64, Error>) {
         if let Err(e) = &committed {
             tracing::warn!(
                 error = %e,
-                jobs = self.finishers.len(),
+                records = self.answers.len(),
                 appends = self.appends.len(),
                 "write batch not committed"
             );
         }
-        self.jobs.clear();
+        self.records.clear();
         let status = committed.as_ref().map(|_| ()).map_err(Clone::clone);
         let failed = self.failed_part_way.take();
-        for (i, finish) in self.finishers.drain(..).enumerate() {
-            // The job that failed part-way keeps its own error (it never succeeded).
-            finish(if Some(i) == failed {
-                Ok(())
+        for (i, (done, result)) in self.answers.drain(..).enumerate() {
+            // The record that failed part-way keeps its own error (it never succeeded).
+            let answer = if Some(i) == failed {
+                result
             } else {
-                status.clone()
-            });
+                status.clone().and(result)
+            };
+            let _ = done.send(answer);
         }
         let mut seq = committed.as_ref().copied().unwrap_or(0);
         for append in self.appends.drain(..) {
@@ -250,13 +287,7 @@ impl Writer {
                     break;
                 }
                 let (size, started) = (batch.len(), Instant::now());
-                let committed = async {
-                    let mut tx = begin_write_on(&pool, backend).await?;
-                    let first_seq = batch.run(&mut SqlxTx(&mut *tx)).await?;
-                    tx.commit().await?;
-                    Ok(first_seq)
-                }
-                .await;
+                let committed = batch.commit_sqlx(&pool, backend).await;
                 observed.observe(size, started, &committed);
                 batch.answer(committed);
                 if !more {
@@ -276,7 +307,10 @@ impl Writer {
     /// rare writes on its other connection take turns with batches instead of contending
     /// for SQLite's lock.
     pub(crate) fn spawn_sqlite(path: &Path, gate: Arc<Mutex<()>>) -> Result<Self, Error> {
-        let mut conn = LiteTx::open(path)?.without_autocheckpoint()?;
+        let mut conn = LiteConn::open(path)?.without_autocheckpoint()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(|e| Error::internal("starting the writer's executor", e))?;
         let (checkpoint_stop, stopped) = std::sync::mpsc::channel::<()>();
         let checkpointer = spawn_checkpointer(path.to_owned(), gate.clone(), stopped)?;
         let (queue, mut incoming) = mpsc::channel::<Work>(4 * MAX_JOBS);
@@ -295,7 +329,7 @@ impl Writer {
                     }
                     let held = gate.blocking_lock();
                     let (size, started) = (batch.len(), Instant::now());
-                    let committed = batch.commit_on(&mut conn);
+                    let committed = batch.commit_on(&mut conn, &runtime);
                     drop(held);
                     observed.observe(size, started, &committed);
                     batch.answer(committed);
@@ -343,40 +377,28 @@ impl Writer {
     }
 }
 
-/// Wraps `work` as a job, and the receiver of its answer.
-fn job<T, F>(work: F) -> (Job, oneshot::Receiver<Result<T, Error>>)
-where
-    T: Send + 'static,
-    F: for<'c> FnOnce(&'c mut dyn Tx) -> BoxFuture<'c, Result<T, Error>> + Send + 'static,
-{
-    let (done, answer) = oneshot::channel::<Result<T, Error>>();
-    let job: Job = Box::new(move |conn| {
-        Box::pin(async move {
-            let result = work(conn).await;
-            let ok = result.is_ok();
-            let finish: Finish = Box::new(move |committed| {
-                let _ = done.send(committed.and(result));
-            });
-            (ok, finish)
-        })
-    });
-    (job, answer)
-}
-
 impl Store {
-    /// Runs `work` in the next group-committed write transaction and returns its result once
-    /// that transaction is durable. If `work` fails, its changes are rolled back and nothing
-    /// else in the batch is affected.
-    pub(crate) async fn write<T, F>(&self, work: F) -> Result<T, Error>
-    where
-        T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut dyn Tx) -> BoxFuture<'c, Result<T, Error>> + Send + 'static,
-    {
-        let (job, answer) = job(work);
+    /// Records a signed certificate, what it completes and its event in the next
+    /// group-committed write transaction, and returns once that transaction is durable. If
+    /// the claim is refused, nothing of it is stored and nothing else in the batch is affected.
+    pub(crate) async fn record(
+        &self,
+        new: NewCertificate,
+        signed: SignedCertificate,
+        completion: Completion,
+        event: Ready,
+    ) -> Result<Recorded, Error> {
+        let (done, answer) = oneshot::channel();
         let unavailable = || Error::Unavailable("database unavailable; retry later".into());
         self.writer_task
             .queue
-            .send(Work::Job(job))
+            .send(Work::Record(Box::new(Record {
+                new,
+                signed,
+                completion,
+                event,
+                done,
+            })))
             .await
             .map_err(|_| unavailable())?;
         answer.await.map_err(|_| unavailable())?
@@ -405,57 +427,147 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::sql::Arg;
+    use crate::audit::{Action, Actor, AuditEvent, Target};
+    use crate::domain::{CertSerial, DeviceSerial, ManufacturerId, Profile, Role};
+    use crate::issuance::{
+        CertificateTemplate, Eku, IssuerId, IssuerName, SubjectName, SubjectPublicKey,
+    };
+    use crate::policy::claim::Claim;
 
-    fn insert(x: i64) -> impl for<'c> FnOnce(&'c mut dyn Tx) -> BoxFuture<'c, Result<(), Error>> {
-        move |tx| {
-            Box::pin(async move {
-                tx.execute("INSERT INTO t (x) VALUES ($1)", &[Arg::Int(x)])
-                    .await?;
-                Ok(())
-            })
+    /// A database with the real schema, one manufacturer `acme` and its device `taken`; keep
+    /// the directory alive.
+    fn database() -> (tempfile::TempDir, LiteConn, tokio::runtime::Runtime) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = LiteConn::open(&dir.path().join("w.db")).expect("open");
+        for (_, _, sql) in super::super::SQLITE_MIGRATIONS {
+            conn.batch(sql).expect("migration");
         }
+        conn.batch(
+            "INSERT INTO manufacturers (id, display_name, allowed_models, created_at)
+                 VALUES ('acme', 'Acme', '[]', 0);
+             INSERT INTO devices (manufacturer_id, serial, model, udi_di, uri, state,
+                                  enrolled_at, birth_serial)
+                 VALUES ('acme', 'taken', 'pump', NULL, 'spiffe://t/device/acme/taken',
+                         'active', 0, '00');",
+        )
+        .expect("fixtures");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        (dir, conn, runtime)
     }
 
-    fn refuse() -> impl for<'c> FnOnce(&'c mut dyn Tx) -> BoxFuture<'c, Result<(), Error>> {
-        |_tx| Box::pin(async { Err(Error::AlreadyExists("refused before writing".into())) })
+    /// A certificate numbered `n` for its own subject, claimed as one of the service's own,
+    /// completing `completion`.
+    fn record(
+        n: u8,
+        claim: Claim,
+        completion: Completion,
+    ) -> (Work, oneshot::Receiver<Result<Recorded, Error>>) {
+        let at = time::macros::datetime!(2026-12-01 00:00 UTC);
+        let issuer = IssuerId::first(IssuerName::Operational);
+        let serial = CertSerial::from_bytes(vec![n]);
+        let template = CertificateTemplate {
+            issuer,
+            serial: serial.clone(),
+            subject: SubjectName::default(),
+            san_uris: vec![],
+            san_dns: vec![],
+            san_ips: vec![],
+            not_before: at,
+            not_after: at + time::Duration::days(1),
+            ekus: vec![Eku::ServerAuth],
+            crl_url: None,
+            ocsp_url: None,
+            ca_issuers_url: None,
+            ocsp_nocheck: false,
+            public_key: SubjectPublicKey {
+                algorithm: &rcgen::PKCS_ECDSA_P256_SHA256,
+                key_bits: vec![n],
+            },
+        };
+        let subject_uri = format!("spiffe://t/service/{n}");
+        let event = AuditEvent::new(
+            at,
+            Actor::system(),
+            Action::ServiceCertificateRenew,
+            Target::uri(&subject_uri),
+        );
+        let (done, answer) = oneshot::channel();
+        let work = Work::Record(Box::new(Record {
+            new: NewCertificate {
+                template,
+                profile: Profile::Server,
+                role: Role::Service,
+                subject_uri,
+                spki_sha256: format!("key-{n}"),
+                claim,
+            },
+            signed: SignedCertificate {
+                issuer,
+                serial,
+                der: rustls_pki_types::CertificateDer::from(vec![n]),
+            },
+            completion,
+            event: Ready::new(&event).expect("sealed"),
+            done,
+        }));
+        (work, answer)
     }
 
-    /// Inserts `x`, then fails on a duplicate (a change, then an error).
-    fn half(x: i64) -> impl for<'c> FnOnce(&'c mut dyn Tx) -> BoxFuture<'c, Result<(), Error>> {
-        move |tx| {
-            Box::pin(async move {
-                tx.execute("INSERT INTO t (x) VALUES ($1)", &[Arg::Int(x)])
-                    .await?;
-                tx.execute("INSERT INTO t (x) VALUES ($1)", &[Arg::Int(1)])
-                    .await?;
-                Ok(())
-            })
-        }
+    fn plain(n: u8) -> (Work, oneshot::Receiver<Result<Recorded, Error>>) {
+        record(n, Claim::Service, Completion::Nothing)
     }
 
-    fn rows(conn: &mut LiteTx) -> Vec<i64> {
-        block_on(conn.fetch_all("SELECT x FROM t ORDER BY x", &[]))
+    /// Refused before any change: the enrollment token it spends does not exist.
+    fn refused(n: u8) -> (Work, oneshot::Receiver<Result<Recorded, Error>>) {
+        let claim = Claim::NewDevice {
+            manufacturer: ManufacturerId::parse("acme").expect("slug"),
+            serial: DeviceSerial::parse("new").expect("serial"),
+            token_sha256: Some("unknown".into()),
+        };
+        record(n, claim, Completion::Nothing)
+    }
+
+    /// Fails after a change: its certificate row is written, then the device it completes
+    /// already exists.
+    fn half(n: u8) -> (Work, oneshot::Receiver<Result<Recorded, Error>>) {
+        let device = Completion::Device {
+            manufacturer: ManufacturerId::parse("acme").expect("slug"),
+            serial: DeviceSerial::parse("taken").expect("serial"),
+            model: "pump".into(),
+            udi_di: None,
+        };
+        record(n, Claim::Service, device)
+    }
+
+    fn stored(conn: &mut LiteConn, runtime: &tokio::runtime::Runtime) -> Vec<String> {
+        runtime
+            .block_on(
+                conn.tx()
+                    .all::<String>("SELECT serial FROM certificates ORDER BY serial", &[]),
+            )
             .expect("select")
-            .iter()
-            .map(|r| r.int(0).expect("integer"))
-            .collect()
     }
 
-    type Work = Box<dyn for<'c> FnOnce(&'c mut dyn Tx) -> BoxFuture<'c, Result<(), Error>> + Send>;
-
-    fn run(conn: &mut LiteTx, works: Vec<Work>) -> Vec<Result<(), Error>> {
+    fn run(
+        conn: &mut LiteConn,
+        runtime: &tokio::runtime::Runtime,
+        works: Vec<(Work, oneshot::Receiver<Result<Recorded, Error>>)>,
+    ) -> Vec<Result<Recorded, Error>> {
         let mut batch = Batch::default();
         let mut answers = Vec::new();
-        for work in works {
-            let (job, answer) = job(work);
-            batch.jobs.push(job);
+        for (work, answer) in works {
+            let Work::Record(record) = work else {
+                unreachable!("the cases queue records")
+            };
+            batch.records.push(*record);
             answers.push(answer);
         }
-        let committed = batch.commit_on(conn);
+        let committed = batch.commit_on(conn, runtime);
         batch.answer(committed);
-        // A job that never ran is dropped; its caller sees the database as unavailable, as
-        // Store::write reports it.
+        // A record that never ran is dropped; its caller sees the database as unavailable,
+        // as Store::record reports it.
         answers
             .into_iter()
             .map(|mut a| {
@@ -465,34 +577,26 @@ mod tests {
             .collect()
     }
 
-    /// A fresh database with one table `t (x UNIQUE)`; keep the directory alive.
-    fn table() -> (tempfile::TempDir, LiteTx) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut conn = LiteTx::open(&dir.path().join("w.db")).expect("open");
-        conn.batch("CREATE TABLE t (x INTEGER NOT NULL UNIQUE)")
-            .expect("schema");
-        (dir, conn)
-    }
-
     #[test]
     fn a_refusal_before_any_change_leaves_the_rest_of_the_batch() {
-        let (_dir, mut conn) = table();
-        let out = run(
-            &mut conn,
-            vec![Box::new(insert(1)), Box::new(refuse()), Box::new(insert(2))],
-        );
+        let (_dir, mut conn, rt) = database();
+        let out = run(&mut conn, &rt, vec![plain(1), refused(2), plain(3)]);
         assert!(out[0].is_ok() && out[2].is_ok(), "{out:?}");
-        assert!(matches!(out[1], Err(Error::AlreadyExists(_))), "{out:?}");
-        assert_eq!(rows(&mut conn), vec![1, 2]);
+        assert!(matches!(out[1], Err(Error::PermissionDenied(_))), "{out:?}");
+        assert_eq!(stored(&mut conn, &rt), ["01", "03"]);
+        let events: i64 = rt
+            .block_on(conn.tx().one("SELECT COUNT(*) FROM audit_events", &[]))
+            .expect("count");
+        assert_eq!(
+            events, 2,
+            "one event per stored certificate, none for the refused one"
+        );
     }
 
     #[test]
     fn a_failure_after_a_change_rolls_back_the_batch_and_keeps_its_own_error() {
-        let (_dir, mut conn) = table();
-        let out = run(
-            &mut conn,
-            vec![Box::new(insert(1)), Box::new(half(5)), Box::new(insert(2))],
-        );
+        let (_dir, mut conn, rt) = database();
+        let out = run(&mut conn, &rt, vec![plain(1), half(5), plain(2)]);
         assert!(matches!(out[0], Err(Error::Unavailable(_))), "{out:?}");
         assert!(
             matches!(out[1], Err(Error::Internal(_))),
@@ -502,10 +606,13 @@ mod tests {
             matches!(out[2], Err(Error::Unavailable(_))),
             "never ran: {out:?}"
         );
-        assert!(rows(&mut conn).is_empty(), "nothing of the batch is stored");
+        assert!(
+            stored(&mut conn, &rt).is_empty(),
+            "nothing of the batch is stored"
+        );
         // The connection is usable again: the next batch commits.
-        let out = run(&mut conn, vec![Box::new(insert(3))]);
+        let out = run(&mut conn, &rt, vec![plain(3)]);
         assert!(out[0].is_ok(), "{out:?}");
-        assert_eq!(rows(&mut conn), vec![3]);
+        assert_eq!(stored(&mut conn, &rt), ["03"]);
     }
 }
