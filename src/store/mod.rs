@@ -1,18 +1,22 @@
-//! The only module that speaks SQL, through sqlx's `Any` driver so that one set of queries
-//! (numbered `$N` parameters, which both engines accept) serves both backends:
+//! The only module that speaks SQL. Every query is written once, with numbered `$N`
+//! parameters (both engines accept them), against the typed layer of [`sql`]; each engine is
+//! reached by one driver:
 //!
-//! - **SQLite** (the embedded default): WAL journal, `synchronous = FULL` so a committed
-//!   transaction survives power loss, every write transaction opened with `BEGIN IMMEDIATE` on a
-//!   single writer connection, so writers queue instead of failing with "database is locked".
-//! - **PostgreSQL** (replicas): every write transaction first takes one advisory lock, so
-//!   writers on all replicas queue the same way; commits are durable by PostgreSQL's default
-//!   `synchronous_commit = on`.
+//! - **SQLite** (the embedded default), through rusqlite: WAL journal, `synchronous = FULL` so
+//!   a committed transaction survives power loss, every write transaction opened with
+//!   `BEGIN IMMEDIATE` behind one write gate, so writers queue instead of failing with
+//!   "database is locked".
+//! - **PostgreSQL** (replicas), through sqlx: every write transaction first takes one advisory
+//!   lock, so writers on all replicas queue the same way; commits are durable by PostgreSQL's
+//!   default `synchronous_commit = on`.
 //!
 //! The few dialect differences (JSON access, the write lock, the schema) are in this file.
 //!
-//! Split by consumer: [`certificates`] (the issuance cycle and peer lookup), [`registry`]
-//! (manufacturers, devices, principals) and [`audit`] (the event log). Schema changes live in
-//! `migrations/sqlite/` and `migrations/postgres/` and are applied at start.
+//! Split by consumer behind narrow traits (`traits.rs`): [`certificates`] (the issuance cycle
+//! and peer lookup), [`lifecycle`] (revocation, CRLs, tokens), [`registry`] (manufacturers,
+//! devices, principals), [`audit`] and [`ledger`] (the event log), [`recovery`], [`binding`].
+//! Schema changes live in `migrations/sqlite/` and `migrations/postgres/` and are applied at
+//! start.
 
 pub mod audit;
 pub mod backup;
@@ -32,7 +36,6 @@ pub use traits::{
 };
 pub use writer::WriterStats;
 
-use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::sync::{Arc, Once};
 use std::time::Duration;
@@ -162,21 +165,33 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// Handle to the database: one writer connection, a few readers.
+/// Handle to the database: the group-commit writer, a connection for the rare writes, and
+/// readers. Each engine is spoken to by one driver: SQLite by rusqlite, PostgreSQL by sqlx.
 #[derive(Debug, Clone)]
 pub struct Store {
     backend: Backend,
-    writer: AnyPool,
     /// Group commit for the hot writes (`store/writer.rs`).
     writer_task: writer::Writer,
-    /// SQLite: taken by every write transaction on `writer` and by each group-commit batch
-    /// (which has its own connection), so the two take turns in order instead of spinning on
-    /// SQLite's lock. Unused on PostgreSQL, where the advisory lock orders writers.
-    write_gate: Arc<Mutex<()>>,
+    /// The rare writes (revocations, CRLs, tokens, checkpoints, migrations).
+    writes: Writes,
     /// Where reads run: SQLite's direct read-only connections (`store/sql.rs`), or
     /// PostgreSQL's read pool.
     readers: Readers,
 }
+
+#[derive(Debug, Clone)]
+enum Writes {
+    /// SQLite: the rare writes' connection, behind the write gate. Each group-commit batch
+    /// (which has its own connection) and the checkpointer's held pass take the same gate, so
+    /// they take turns in order instead of spinning on SQLite's lock.
+    Lite(WriteGate),
+    /// PostgreSQL: one connection; the advisory lock orders writers on every replica.
+    Pool(AnyPool),
+}
+
+/// SQLite's write gate, with the rare writes' connection inside (`None` once the store is
+/// closed).
+pub(crate) type WriteGate = Arc<Mutex<Option<sql::LiteConn>>>;
 
 #[derive(Debug, Clone)]
 enum Readers {
@@ -184,33 +199,66 @@ enum Readers {
     Pool(AnyPool),
 }
 
-/// A write transaction on the store's write connection; derefs to the connection.
-pub(crate) struct WriteTx {
-    tx: Transaction<'static, Any>,
-    _turn: Option<OwnedMutexGuard<()>>,
+/// A write transaction holding the write lock: SQLite's `BEGIN IMMEDIATE` on the rare writes'
+/// connection (its gate held), or a PostgreSQL transaction holding the advisory lock. Dropped
+/// without [`WriteTx::commit`], it is rolled back.
+pub(crate) enum WriteTx {
+    Lite(LiteWrite),
+    Any(Transaction<'static, Any>),
+}
+
+/// SQLite's open write transaction; rolled back when dropped uncommitted.
+/// (The guard holds `Some` connection: [`Store::begin_write`] checks, and only
+/// [`Store::close`], which takes the same lock, empties it.)
+pub(crate) struct LiteWrite(Option<OwnedMutexGuard<Option<sql::LiteConn>>>);
+
+const OPEN_WRITE: &str = "an open SQLite write holds its connection until it ends";
+
+impl Drop for LiteWrite {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            // Nothing to undo if the transaction never began; the error would say only that.
+            let _ = conn.as_ref().expect(OPEN_WRITE).batch("ROLLBACK");
+        }
+    }
 }
 
 impl WriteTx {
     /// This transaction's connection, to run statements on.
     pub(crate) fn on(&mut self) -> sql::Tx<'_> {
-        sql::Tx::Any(&mut self.tx)
+        match self {
+            WriteTx::Lite(LiteWrite(conn)) => {
+                sql::Tx::Lite(conn.as_mut().and_then(|c| c.as_mut()).expect(OPEN_WRITE))
+            }
+            WriteTx::Any(tx) => sql::Tx::Any(tx),
+        }
     }
 
+    /// Commits; returns once the transaction is durable.
     pub(crate) async fn commit(self) -> Result<(), Error> {
-        Ok(self.tx.commit().await?)
+        match self {
+            WriteTx::Lite(mut write) => {
+                let guard = write.0.take().expect(OPEN_WRITE);
+                let conn = guard.as_ref().expect(OPEN_WRITE);
+                // The fsync of the commit blocks; let the runtime move other tasks off this
+                // worker meanwhile.
+                let committed = blocking(|| conn.batch("COMMIT"));
+                if committed.is_err() {
+                    let _ = conn.batch("ROLLBACK");
+                }
+                committed
+            }
+            WriteTx::Any(tx) => Ok(tx.commit().await?),
+        }
     }
 }
 
-impl Deref for WriteTx {
-    type Target = Conn;
-    fn deref(&self) -> &Conn {
-        &self.tx
-    }
-}
-
-impl DerefMut for WriteTx {
-    fn deref_mut(&mut self) -> &mut Conn {
-        &mut self.tx
+/// Runs `f`, which blocks on disk, where the runtime allows it to without stalling other
+/// tasks (`block_in_place` on a multi-threaded runtime); directly elsewhere.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 /// A sqlx connection: PostgreSQL's, and SQLite's for rare writes and migrations.
@@ -234,37 +282,44 @@ impl Store {
             AnyPoolOptions::new()
                 .max_connections(size)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
-                .after_connect(move |conn, _meta| Box::pin(prepare_connection(conn, backend)))
         };
         let unavailable = |e: sqlx::Error| {
             Error::Unavailable(format!("opening database {}: {e}", redact_url(url)))
         };
-        let writer = pool(1).connect(url).await.map_err(unavailable)?;
-        let write_gate = Arc::new(Mutex::new(()));
-        let (writer_task, readers) = match backend {
+        let (writer_task, writes, readers) = match backend {
             Backend::Sqlite => {
                 let path = Path::new(sqlite_path(url));
+                let opening = |e: Error| {
+                    Error::Unavailable(format!("opening database {}: {e}", path.display()))
+                };
+                let rare = sql::LiteConn::open(path)
+                    .and_then(sql::LiteConn::without_autocheckpoint)
+                    .map_err(opening)?;
+                let gate: WriteGate = Arc::new(Mutex::new(Some(rare)));
                 (
-                    writer::Writer::spawn_sqlite(path, write_gate.clone())
-                        .map_err(|e| Error::Unavailable(format!("opening database {url}: {e}")))?,
+                    writer::Writer::spawn_sqlite(path, gate.clone()).map_err(opening)?,
+                    Writes::Lite(gate),
                     Readers::Lite(Arc::new(sql::LiteReaders::new(path.to_owned()))),
                 )
             }
-            Backend::Postgres => (
-                writer::Writer::spawn_sqlx(writer.clone(), backend),
-                Readers::Pool(
-                    pool(POSTGRES_READERS)
-                        .connect(url)
-                        .await
-                        .map_err(unavailable)?,
-                ),
-            ),
+            Backend::Postgres => {
+                let writer = pool(1).connect(url).await.map_err(unavailable)?;
+                (
+                    writer::Writer::spawn_sqlx(writer.clone()),
+                    Writes::Pool(writer),
+                    Readers::Pool(
+                        pool(POSTGRES_READERS)
+                            .connect(url)
+                            .await
+                            .map_err(unavailable)?,
+                    ),
+                )
+            }
         };
         let store = Self {
             backend,
             writer_task,
-            writer,
-            write_gate,
+            writes,
             readers,
         };
         store.migrate().await?;
@@ -313,13 +368,16 @@ impl Store {
     /// A write transaction holding the write lock from its first statement: SQLite's
     /// `BEGIN IMMEDIATE`, or PostgreSQL's advisory lock shared by all replicas.
     pub(crate) async fn begin_write(&self) -> Result<WriteTx, Error> {
-        let turn = match self.backend {
-            Backend::Sqlite => Some(self.write_gate.clone().lock_owned().await),
-            Backend::Postgres => None,
-        };
-        let mut tx = begin_write_on(&self.writer, self.backend).await?;
-        tx._turn = turn;
-        Ok(tx)
+        match &self.writes {
+            Writes::Lite(gate) => {
+                let conn = gate.clone().lock_owned().await;
+                conn.as_ref()
+                    .ok_or_else(|| Error::Unavailable("database closed; retry later".into()))?
+                    .batch("BEGIN IMMEDIATE")?;
+                Ok(WriteTx::Lite(LiteWrite(Some(conn))))
+            }
+            Writes::Pool(pool) => begin_write_on(pool).await,
+        }
     }
 
     /// A connection for a hot read: a direct SQLite reader, or one from the read pool.
@@ -347,7 +405,10 @@ impl Store {
     /// once no connection of this store is open but those of reads still in progress.
     pub async fn close(&self) {
         self.writer_task.close().await;
-        self.writer.close().await;
+        match &self.writes {
+            Writes::Lite(gate) => drop(gate.lock().await.take()),
+            Writes::Pool(pool) => pool.close().await,
+        }
         match &self.readers {
             Readers::Lite(readers) => readers.close(),
             Readers::Pool(pool) => pool.close().await,
@@ -364,36 +425,15 @@ impl Store {
     }
 }
 
-/// Settings every new connection gets. SQLite: WAL so readers never block the writer; FULL so a
-/// commit is on disk before it is acknowledged; foreign keys on.
-async fn prepare_connection(conn: &mut Conn, backend: Backend) -> Result<(), sqlx::Error> {
-    if backend == Backend::Sqlite {
-        for pragma in [
-            "PRAGMA journal_mode = WAL",
-            "PRAGMA synchronous = FULL",
-            "PRAGMA foreign_keys = ON",
-            "PRAGMA busy_timeout = 10000",
-        ] {
-            sqlx::query(pragma).execute(&mut *conn).await?;
-        }
-    }
-    Ok(())
-}
-
-/// See [`Store::begin_write`]; also used by the group-commit writer.
-pub(crate) async fn begin_write_on(pool: &AnyPool, backend: Backend) -> Result<WriteTx, Error> {
-    let tx = match backend {
-        Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await?,
-        Backend::Postgres => {
-            let mut tx = pool.begin().await?;
-            sqlx::query("SELECT 1 AS locked FROM (SELECT pg_advisory_xact_lock($1)) AS l")
-                .bind(POSTGRES_WRITE_LOCK)
-                .execute(&mut *tx)
-                .await?;
-            tx
-        }
-    };
-    Ok(WriteTx { tx, _turn: None })
+/// A PostgreSQL write transaction holding the advisory lock shared by all replicas (see
+/// [`Store::begin_write`]); also used by the group-commit writer.
+pub(crate) async fn begin_write_on(pool: &AnyPool) -> Result<WriteTx, Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT 1 AS locked FROM (SELECT pg_advisory_xact_lock($1)) AS l")
+        .bind(POSTGRES_WRITE_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    Ok(WriteTx::Any(tx))
 }
 
 /// The file a `sqlite://PATH?options` (or `sqlite:PATH`) URL names.

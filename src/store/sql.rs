@@ -2,19 +2,20 @@
 //! ([`Bind`]), rows decoded into typed values ([`Column`], [`FromRow`]), run on a [`Tx`], which
 //! is one of two connections:
 //!
-//! - [`Tx::Lite`]: a direct SQLite connection ([`LiteConn`]): the group-commit writer
-//!   thread's (`store/writer.rs`) and the hot readers'. A statement is a direct call into
-//!   SQLite, prepared once and cached, so a batch of a hundred enrollments costs no thread
-//!   hand-off per statement (docs/PERFORMANCE.md). Its futures are ready when first polled.
-//! - [`Tx::Any`]: a sqlx `Any` connection (PostgreSQL, and SQLite's rare writes and
-//!   migrations), where every statement is a round trip to the driver.
+//! - [`Tx::Lite`]: a SQLite connection through rusqlite ([`LiteConn`]): the group-commit
+//!   writer thread's (`store/writer.rs`), the rare writes', and the readers'. A statement is a
+//!   direct call into SQLite, prepared once and cached, so a batch of a hundred enrollments
+//!   costs no thread hand-off per statement (docs/PERFORMANCE.md). Its futures are ready when
+//!   first polled.
+//! - [`Tx::Any`]: a PostgreSQL connection through sqlx's `Any` driver, where every statement
+//!   is a round trip to the server.
 //!
 //! Queries use numbered `$N` parameters on both. Every store module writes its SQL once,
 //! against this type; none touches sqlx or rusqlite itself.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::TryStreamExt;
@@ -622,7 +623,7 @@ impl Tx<'_> {
     pub(crate) fn numbered_params(&self) -> bool {
         match self {
             Tx::Lite(_) => false,
-            Tx::Any(conn) => conn.backend_name() != "SQLite",
+            Tx::Any(_) => true,
         }
     }
 }
@@ -832,7 +833,7 @@ pub(crate) const WAL_KEEP_BYTES: i64 = 64 << 20;
 /// still using old frames (a long export) keeps them, and the log, until it ends.
 pub(crate) fn spawn_checkpointer(
     path: PathBuf,
-    gate: Arc<tokio::sync::Mutex<()>>,
+    gate: super::WriteGate,
     stop: std::sync::mpsc::Receiver<()>,
 ) -> Result<std::thread::JoinHandle<()>, Error> {
     let conn = LiteConn::open(&path)?;
@@ -859,9 +860,9 @@ const CATCH_UP_FRAMES: i64 = 1_024;
 /// passes that catch up with what the writer appended meanwhile (each shorter than the one
 /// before), then one with the writer held, after which the writer's next batch starts the
 /// log again.
-fn checkpoint_pass(
+fn checkpoint_pass<T>(
     conn: &LiteConn,
-    gate: &tokio::sync::Mutex<()>,
+    gate: &tokio::sync::Mutex<T>,
     restart_frames: i64,
 ) -> Result<(), Error> {
     let (mut frames, mut copied) = conn.checkpoint()?;
@@ -894,6 +895,7 @@ fn checkpoint_pass(
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
 
     /// Under writes that never pause, PASSIVE passes alone never let SQLite start the log
     /// again. One pass with the writer held (between two of its commits, as the group-commit

@@ -27,12 +27,12 @@ use std::time::Instant;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use sqlx::AnyPool;
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot};
 
 use super::audit::Ready;
 use super::certificates::{self, Completion, NewCertificate, Recorded};
 use super::sql::{spawn_checkpointer, LiteConn, Tx};
-use super::{begin_write_on, Backend, Store};
+use super::{begin_write_on, Store, WriteGate};
 use crate::error::Error;
 use crate::issuance::SignedCertificate;
 
@@ -187,8 +187,8 @@ impl Batch {
     }
 
     /// PostgreSQL: runs the batch in one transaction on `pool` and commits it.
-    async fn commit_sqlx(&mut self, pool: &AnyPool, backend: Backend) -> Result<i64, Error> {
-        let mut tx = begin_write_on(pool, backend).await?;
+    async fn commit_sqlx(&mut self, pool: &AnyPool) -> Result<i64, Error> {
+        let mut tx = begin_write_on(pool).await?;
         let first_seq = self.run(&mut tx.on()).await?;
         tx.commit().await?;
         Ok(first_seq)
@@ -275,7 +275,7 @@ enum Ending {
 
 impl Writer {
     /// PostgreSQL: a task on the runtime, batches on `pool` (the store's write connection).
-    pub(crate) fn spawn_sqlx(pool: AnyPool, backend: Backend) -> Self {
+    pub(crate) fn spawn_sqlx(pool: AnyPool) -> Self {
         let (queue, mut incoming) = mpsc::channel::<Work>(4 * MAX_JOBS);
         let stats = WriterStats::new();
         let observed = stats.clone();
@@ -287,7 +287,7 @@ impl Writer {
                     break;
                 }
                 let (size, started) = (batch.len(), Instant::now());
-                let committed = batch.commit_sqlx(&pool, backend).await;
+                let committed = batch.commit_sqlx(&pool).await;
                 observed.observe(size, started, &committed);
                 batch.answer(committed);
                 if !more {
@@ -306,7 +306,7 @@ impl Writer {
     /// direct calls. `gate` is the store's write gate: held for each batch, so the store's
     /// rare writes on its other connection take turns with batches instead of contending
     /// for SQLite's lock.
-    pub(crate) fn spawn_sqlite(path: &Path, gate: Arc<Mutex<()>>) -> Result<Self, Error> {
+    pub(crate) fn spawn_sqlite(path: &Path, gate: WriteGate) -> Result<Self, Error> {
         let mut conn = LiteConn::open(path)?.without_autocheckpoint()?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
