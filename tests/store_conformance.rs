@@ -19,6 +19,7 @@ use medid::audit::{Action, Actor, AuditEvent};
 use medid::domain::ManufacturerId;
 use medid::issuance::{IssuerId, IssuerName};
 use medid::store::ledger::AuditQuery;
+use medid::store::lifecycle::{CrlRecord, CrlSaved, SignedCrl};
 use medid::store::registry::ManufacturerRecord;
 use medid::store::{
     AuditLog, CertificateLedger, CertificateRecords, MerkleLog, PkiBinding, RecoveryStore,
@@ -251,40 +252,100 @@ async fn audit_rows_are_append_only(db: Db) {
     );
 }
 
+/// Plans the next CRL of `issuer` at `now` from what the store holds, with a placeholder
+/// signature naming its number.
+async fn plan_crl(store: &Store, issuer: IssuerId, now: time::OffsetDateTime) -> SignedCrl {
+    let basis = store.crl_basis(issuer).await.unwrap();
+    let plan = medid::policy::crl::next(&basis, now, time::Duration::hours(24));
+    let entries = store.crl_entries(issuer, plan.listed_from).await.unwrap();
+    SignedCrl {
+        basis,
+        plan,
+        entries,
+        der: format!("crl {}", plan.number).into_bytes(),
+    }
+}
+
+/// Plans, "signs" and records the next CRL, as the service does.
+async fn publish_crl(store: &Store, issuer: IssuerId, now: time::OffsetDateTime) -> CrlRecord {
+    let crl = plan_crl(store, issuer, now).await;
+    match store
+        .record_crl(issuer, &crl, &event(Action::CrlSign, "spiffe://t/ca"))
+        .await
+        .unwrap()
+    {
+        CrlSaved::Recorded(record) => record,
+        CrlSaved::Stale => panic!("nothing else wrote: the CRL cannot be stale"),
+    }
+}
+
 async fn crl_numbers_rise_by_one_under_concurrent_issuers(db: Db) {
-    let issuers = (0..10).map(|i| {
-        let store = db.store.clone();
+    let op = IssuerId::first(IssuerName::Operational);
+    // Ten replicas plan the same next CRL at once: exactly one records it.
+    let first = plan_crl(&db.store, op, at()).await;
+    let racing = (0..10).map(|_| {
+        let (store, crl) = (db.store.clone(), first.clone());
         tokio::spawn(async move {
             store
-                .issue_crl(
-                    IssuerId::first(IssuerName::Operational),
-                    at() + time::Duration::seconds(i),
-                    time::Duration::hours(24),
-                    |number, this_update, next_update, entries| {
-                        assert!(entries.is_empty());
-                        assert_eq!(next_update - this_update, time::Duration::hours(24));
-                        Ok(format!("crl {number}").into_bytes())
-                    },
-                )
+                .record_crl(op, &crl, &event(Action::CrlSign, "spiffe://t/ca"))
                 .await
                 .unwrap()
         })
     });
-    let mut crls: Vec<_> = futures_util::future::join_all(issuers)
+    let saved: Vec<CrlSaved> = futures_util::future::join_all(racing)
         .await
         .into_iter()
         .map(|c| c.unwrap())
         .collect();
-    crls.sort_by_key(|c| c.number);
+    let recorded = saved
+        .iter()
+        .filter(|s| matches!(s, CrlSaved::Recorded(_)))
+        .count();
+    assert_eq!(recorded, 1, "{saved:?}");
+    let size = db.store.tree_size().await.unwrap();
+    assert_eq!(size, 1, "one event, for the one CRL recorded");
+    // Then nine more, each planned after the last, the clock going back and forth.
+    let mut crls = vec![db.store.latest_crl(op).await.unwrap().unwrap()];
+    for i in 1..10 {
+        let skew = if i % 2 == 0 { 60 } else { -60 };
+        crls.push(publish_crl(&db.store, op, at() + time::Duration::seconds(skew)).await);
+    }
     let numbers: Vec<i64> = crls.iter().map(|c| c.number).collect();
     assert_eq!(numbers, (1..=10).collect::<Vec<i64>>());
     for c in &crls {
         assert_eq!(c.der, format!("crl {}", c.number).into_bytes());
+        assert_eq!(c.next_update - c.this_update, time::Duration::hours(24));
     }
     assert!(
         crls.windows(2)
             .all(|w| w[0].this_update <= w[1].this_update),
         "thisUpdate never goes back as numbers rise"
+    );
+    // A revocation committed after a CRL was planned makes it stale: nothing is recorded.
+    let stale = plan_crl(&db.store, op, at()).await;
+    let raw = db.raw().await;
+    insert_certificate(
+        &raw,
+        "0c01",
+        "device-operational",
+        "revoked",
+        "spiffe://t/device/acme/x",
+        at().unix_timestamp() + 86_400,
+    )
+    .await;
+    assert_eq!(
+        db.store
+            .record_crl(op, &stale, &event(Action::CrlSign, "spiffe://t/ca"))
+            .await
+            .unwrap(),
+        CrlSaved::Stale
+    );
+    let replanned = publish_crl(&db.store, op, at()).await;
+    assert_eq!(replanned.number, 11);
+    assert_eq!(
+        plan_crl(&db.store, op, at()).await.entries.len(),
+        1,
+        "the revocation is listed"
     );
     let latest = db
         .store
@@ -292,7 +353,7 @@ async fn crl_numbers_rise_by_one_under_concurrent_issuers(db: Db) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(latest.number, 10);
+    assert_eq!(latest.number, 11);
     let head = db
         .store
         .crl_head(IssuerId::first(IssuerName::Operational))
@@ -543,26 +604,20 @@ async fn a_revocation_marks_its_rows_once_and_the_next_crl_lists_them(db: Db) {
         let row = db.store.certificate(op, serial).await.unwrap().unwrap();
         assert_eq!(row.status, CertState::Revoked, "{serial}");
     }
-    let crl = db
-        .store
-        .issue_crl(op, at(), time::Duration::hours(24), |_, _, _, entries| {
-            let mut listed: Vec<(Vec<u8>, Option<RevocationReason>)> = entries
-                .iter()
-                .map(|e| (e.serial.clone(), e.reason))
-                .collect();
-            listed.sort_by(|a, b| a.0.cmp(&b.0));
-            assert_eq!(
-                listed,
-                vec![
-                    (vec![0x0a, 0x01], Some(RevocationReason::KeyCompromise)),
-                    (vec![0x0a, 0x02], Some(RevocationReason::KeyCompromise)),
-                ]
-            );
-            Ok(b"crl".to_vec())
-        })
-        .await
-        .unwrap();
-    assert_eq!(crl.number, 1);
+    let planned = plan_crl(&db.store, op, at()).await;
+    let listed: Vec<(Vec<u8>, Option<RevocationReason>)> = planned
+        .entries
+        .iter()
+        .map(|e| (e.serial.clone(), e.reason))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            (vec![0x0a, 0x01], Some(RevocationReason::KeyCompromise)),
+            (vec![0x0a, 0x02], Some(RevocationReason::KeyCompromise)),
+        ]
+    );
+    assert_eq!(publish_crl(&db.store, op, at()).await.number, 1);
 }
 
 async fn tokens_are_stored_by_hash_and_read_back(db: Db) {
@@ -1292,20 +1347,9 @@ async fn revocations_from_a_kept_crl_are_applied_once(db: Db) {
         (CertState::Revoked, UNRECORDED_SUBJECT, Profile::Unrecorded)
     );
     // The next CRL is numbered after the kept one and lists both.
-    let crl = db
-        .store
-        .issue_crl(
-            issued::issuer(),
-            at() + time::Duration::days(1),
-            time::Duration::days(1),
-            |number, _, _, listed| {
-                assert_eq!(number, 8);
-                assert_eq!(listed.len(), 2);
-                Ok(vec![0x30])
-            },
-        )
-        .await
-        .unwrap();
+    let next = plan_crl(&db.store, issued::issuer(), at() + time::Duration::days(1)).await;
+    assert_eq!((next.plan.number, next.entries.len()), (8, 2));
+    let crl = publish_crl(&db.store, issued::issuer(), at() + time::Duration::days(1)).await;
     assert_eq!(crl.number, 8);
     // Again: nothing left to apply, the number is not moved back.
     let outcome = recover().await.unwrap();

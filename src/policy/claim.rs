@@ -3,6 +3,8 @@
 //! ([`ClaimFacts`]) and asks [`check`] inside the same transaction, so nothing that commits
 //! meanwhile can slip between the decision and the row.
 
+use time::OffsetDateTime;
+
 use crate::domain::{quote, CertState, DeviceSerial, ManufacturerId, Role, SubjectState};
 use crate::error::Error;
 
@@ -47,6 +49,16 @@ pub struct ClaimFacts {
     pub device_enrolled: bool,
     /// Principals: the principal as recorded, if it exists.
     pub principal: Option<RecordedPrincipal>,
+    /// New devices enrolled with a one-time token: the token as stored (None if unknown).
+    pub token: Option<TokenFacts>,
+}
+
+/// A one-time enrollment token as stored, and the time of the write that would spend it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenFacts {
+    pub used_at: Option<OffsetDateTime>,
+    pub expires_at: OffsetDateTime,
+    pub now: OffsetDateTime,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,7 +109,7 @@ pub fn check(claim: &Claim, facts: &ClaimFacts) -> Result<(), Error> {
         Claim::NewDevice {
             manufacturer,
             serial,
-            ..
+            token_sha256,
         } => {
             // Of two concurrent enrollments of one serial, the first to commit wins; the
             // other's certificate never leaves the process.
@@ -106,6 +118,14 @@ pub fn check(claim: &Claim, facts: &ClaimFacts) -> Result<(), Error> {
                     "device {} of manufacturer {manufacturer} is already enrolled",
                     quote(serial.as_str())
                 )));
+            }
+            // A token is spent once, before it expires; which of the three failed is not
+            // said, so a guesser learns nothing.
+            let spendable = |t: &TokenFacts| t.used_at.is_none() && t.expires_at >= t.now;
+            if token_sha256.is_some() && !facts.token.as_ref().is_some_and(spendable) {
+                return Err(Error::PermissionDenied(
+                    "the enrollment token is unknown, expired or already used".into(),
+                ));
             }
             Ok(())
         }
@@ -251,5 +271,37 @@ mod tests {
             check(&claim, &taken),
             Err(Error::AlreadyExists(_))
         ));
+    }
+
+    #[test]
+    fn a_token_is_spent_once_and_before_it_expires() {
+        let claim = Claim::NewDevice {
+            manufacturer: ManufacturerId::parse("acme").unwrap(),
+            serial: DeviceSerial::parse("P-1").unwrap(),
+            token_sha256: Some("h".into()),
+        };
+        let now = time::macros::datetime!(2026-12-01 12:00 UTC);
+        let token = |used_at, expires_at| ClaimFacts {
+            token: Some(TokenFacts {
+                used_at,
+                expires_at,
+                now,
+            }),
+            ..Default::default()
+        };
+        assert!(
+            check(&claim, &token(None, now)).is_ok(),
+            "valid until its end"
+        );
+        for facts in [
+            ClaimFacts::default(),
+            token(Some(now), now + time::Duration::hours(1)),
+            token(None, now - time::Duration::seconds(1)),
+        ] {
+            assert!(
+                matches!(check(&claim, &facts), Err(Error::PermissionDenied(_))),
+                "{facts:?}"
+            );
+        }
     }
 }

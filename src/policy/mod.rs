@@ -6,6 +6,7 @@
 
 pub mod belonging;
 pub mod claim;
+pub mod crl;
 pub mod csr;
 pub mod est;
 pub mod lifecycle;

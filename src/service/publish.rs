@@ -4,14 +4,14 @@
 use time::{Duration, OffsetDateTime};
 
 use super::{Ca, IssuerFilter, Refused};
-use crate::audit::Target;
+use crate::audit::{Actor, AuditEvent, Target};
 use crate::domain::{CertState, Principal, RevocationReason};
 use crate::error::Error;
 use crate::issuance::ocsp::{self, CertStatus, HashAlg, SingleResponse};
 use crate::issuance::{IssuerId, IssuerName};
 use crate::policy::{self, Action};
 use crate::store::certificates::fingerprint;
-use crate::store::lifecycle::{CertRecord, CrlRecord};
+use crate::store::lifecycle::{CertRecord, CrlRecord, CrlSaved, SignedCrl};
 use crate::store::{CertificateLedger, CertificateRecords, RevocationStore};
 
 /// How long an OCSP answer may be cached (its nextUpdate − thisUpdate).
@@ -31,6 +31,9 @@ const TLS_RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 pub struct CrlSignal {
     signed: tokio::sync::watch::Sender<u64>,
     applied: tokio::sync::watch::Sender<u64>,
+    /// One CRL signing at a time in this process, so this process's own publications never
+    /// find each other's CRL in the way (other replicas may; then it plans again).
+    turn: tokio::sync::Mutex<()>,
 }
 
 impl Default for CrlSignal {
@@ -38,9 +41,14 @@ impl Default for CrlSignal {
         Self {
             signed: tokio::sync::watch::channel(0).0,
             applied: tokio::sync::watch::channel(0).0,
+            turn: tokio::sync::Mutex::new(()),
         }
     }
 }
+
+/// Times a CRL is planned and signed again when another replica's CRL or a revocation
+/// committed in between, before the publication fails as UNAVAILABLE.
+const CRL_ATTEMPTS: usize = 8;
 
 impl CrlSignal {
     /// For the TLS layer: wakes on every newly signed CRL.
@@ -129,18 +137,7 @@ pub struct TrustBundle {
 impl Ca {
     /// Signs and stores the next CRL of `issuer`, and returns once the TLS layer carries it.
     pub async fn publish_crl(&self, issuer: IssuerId) -> Result<CrlRecord, Error> {
-        let authority = self.authority.clone();
-        let crl = self
-            .store
-            .issue_crl(
-                issuer,
-                self.clock.now(),
-                self.crl_validity,
-                |number, this_update, next_update, entries| {
-                    authority.sign_crl(issuer, number, this_update, next_update, entries)
-                },
-            )
-            .await?;
+        let crl = self.sign_next_crl(issuer).await?;
         tracing::info!(issuer = %issuer, number = crl.number, "signed CRL");
         // The database holds the CRL; the copy outside it is what a restore is checked
         // against, so a failure here is loud but does not undo the signed CRL.
@@ -150,6 +147,51 @@ impl Ca {
         let generation = self.crls.signed();
         self.crls.wait_applied(generation).await;
         Ok(crl)
+    }
+
+    /// Plans the next CRL from what the store holds ([`policy::crl::next`]), signs it, and
+    /// records it if nothing changed meanwhile; otherwise plans again.
+    async fn sign_next_crl(&self, issuer: IssuerId) -> Result<CrlRecord, Error> {
+        let _turn = self.crls.turn.lock().await;
+        for _ in 0..CRL_ATTEMPTS {
+            let now = self.clock.now();
+            let basis = self.store.crl_basis(issuer).await?;
+            let plan = policy::crl::next(&basis, now, self.crl_validity);
+            let entries = self.store.crl_entries(issuer, plan.listed_from).await?;
+            let der = self.authority.sign_crl(
+                issuer,
+                plan.number as u64,
+                plan.this_update,
+                plan.next_update,
+                &entries,
+            )?;
+            let event = AuditEvent::new(
+                now,
+                Actor::system(),
+                crate::audit::Action::CrlSign,
+                Target::ca(&issuer.label()),
+            )
+            .with("number", plan.number)
+            .with("this_update", plan.this_update.unix_timestamp())
+            .with("next_update", plan.next_update.unix_timestamp())
+            .with("entries", entries.len() as i64)
+            .with("crl_sha256", fingerprint(&der));
+            let signed = SignedCrl {
+                basis,
+                plan,
+                entries,
+                der,
+            };
+            match self.store.record_crl(issuer, &signed, &event).await? {
+                CrlSaved::Recorded(crl) => return Ok(crl),
+                CrlSaved::Stale => {
+                    tracing::debug!(issuer = %issuer, "CRL planned over changed data; again")
+                }
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "the CRL of {issuer} changed under {CRL_ATTEMPTS} signings in a row; retry"
+        )))
     }
 
     /// Signs the next CRL of each of `issuers` (each once, whatever the repeats).

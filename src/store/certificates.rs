@@ -13,7 +13,7 @@ use crate::domain::{
 };
 use crate::error::Error;
 use crate::issuance::{CertificateTemplate, IssuerId, SignedCertificate};
-use crate::policy::claim::{ClaimFacts, RecordedPrincipal};
+use crate::policy::claim::{ClaimFacts, RecordedPrincipal, TokenFacts};
 
 pub use crate::policy::claim::Claim;
 
@@ -372,8 +372,21 @@ async fn check_claim(
         Claim::NewDevice {
             manufacturer,
             serial,
-            ..
+            token_sha256,
         } => {
+            if let Some(token) = token_sha256 {
+                let stored: Option<(Option<OffsetDateTime>, OffsetDateTime)> = tx
+                    .optional(
+                        "SELECT used_at, expires_at FROM enrollment_tokens WHERE token_sha256 = $1",
+                        &[token],
+                    )
+                    .await?;
+                facts.token = stored.map(|(used_at, expires_at)| TokenFacts {
+                    used_at,
+                    expires_at,
+                    now,
+                });
+            }
             let enrolled: u64 = tx
                 .one(
                     "SELECT COUNT(*) FROM devices WHERE manufacturer_id = $1 AND serial = $2",
@@ -402,7 +415,7 @@ async fn check_claim(
         ..
     } = &r.claim
     {
-        super::lifecycle::consume_token(tx, token, now).await?;
+        super::lifecycle::spend_token(tx, token, now).await?;
     }
     Ok(())
 }

@@ -5,10 +5,11 @@ use time::OffsetDateTime;
 use super::registry::DeviceState;
 use super::sql::{FromRow, Row, StoredReason, Tx};
 use super::{audit, Store};
-use crate::audit::{Actor, AuditEvent, Target};
+use crate::audit::AuditEvent;
 use crate::domain::{CertState, ManufacturerId, Profile, RevocationReason, Role, SubjectState};
 use crate::error::Error;
 use crate::issuance::{IssuerId, RevokedEntry};
+use crate::policy::crl::{CrlBasis, CrlPlan};
 
 /// A certificate row with its subject's scope.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +91,37 @@ pub struct CrlRecord {
     pub der: Vec<u8>,
 }
 
+/// A CRL signed over what the store held: the basis it was planned from and the entries it
+/// lists, to be recorded only if both still hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedCrl {
+    pub basis: CrlBasis,
+    pub plan: CrlPlan,
+    pub entries: Vec<RevokedEntry>,
+    pub der: Vec<u8>,
+}
+
+/// What recording a signed CRL did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CrlSaved {
+    Recorded(CrlRecord),
+    /// Another CRL or a revocation committed after the CRL was planned: nothing stored.
+    Stale,
+}
+
+/// An issuer's last CRL number and thisUpdate, read on `tx`.
+async fn crl_basis_on(tx: &mut Tx<'_>, issuer: IssuerId) -> Result<CrlBasis, Error> {
+    Ok(CrlBasis {
+        last_number: last_crl_number(tx, issuer).await?,
+        last_this_update: tx
+            .optional(
+                "SELECT this_update FROM crls WHERE issuer = $1 ORDER BY number DESC LIMIT 1",
+                &[&issuer],
+            )
+            .await?,
+    })
+}
+
 /// A CRL's number and validity, without its body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CrlHead {
@@ -108,8 +140,10 @@ pub enum SubjectChange<'a> {
     Disable(&'a str),
 }
 
-/// Spends a token inside the transaction that records the enrollment. Exactly one caller wins.
-pub(crate) async fn consume_token(
+/// Spends a token inside the transaction that records the enrollment, once
+/// [`policy::claim::check`](crate::policy::claim::check) has found it spendable under the
+/// same write lock.
+pub(crate) async fn spend_token(
     tx: &mut Tx<'_>,
     token_sha256: &str,
     now: OffsetDateTime,
@@ -117,16 +151,16 @@ pub(crate) async fn consume_token(
     let spent = tx
         .execute(
             "UPDATE enrollment_tokens SET used_at = $1
-             WHERE token_sha256 = $2 AND used_at IS NULL AND expires_at >= $1",
+             WHERE token_sha256 = $2 AND used_at IS NULL",
             &[&now, &token_sha256],
         )
         .await?;
     if spent == 1 {
         Ok(())
     } else {
-        Err(Error::PermissionDenied(
-            "the enrollment token is unknown, expired or already used".into(),
-        ))
+        Err(Error::Integrity(format!(
+            "the enrollment token checked as spendable was not spent ({spent} rows)"
+        )))
     }
 }
 
@@ -157,20 +191,18 @@ pub(super) async fn set_crl_number(
     Ok(())
 }
 
+/// `issuer`'s revoked certificates with notAfter at or after `listed_from`, by serial.
 async fn revoked_entries(
     tx: &mut Tx<'_>,
     issuer: IssuerId,
-    this_update: OffsetDateTime,
+    listed_from: OffsetDateTime,
 ) -> Result<Vec<RevokedEntry>, Error> {
-    // RFC 5280 §3.3: an entry may leave the CRL only after the certificate has expired; keep it
-    // a day longer so relying parties with skewed clocks still see it (Vault CVE-2021-29653).
-    let keep_after = this_update - time::Duration::days(1);
     let rows: Vec<(String, OffsetDateTime, StoredReason)> = tx
         .all(
             "SELECT serial, revoked_at, revocation_reason FROM certificates
              WHERE issuer = $1 AND status = $2 AND not_after >= $3
              ORDER BY serial",
-            &[&issuer, &CertState::Revoked, &keep_after],
+            &[&issuer, &CertState::Revoked, &listed_from],
         )
         .await?;
     rows.into_iter()
@@ -314,61 +346,56 @@ impl super::RevocationStore for Store {
         Ok(revoked)
     }
 
-    async fn issue_crl(
+    async fn crl_basis(&self, issuer: IssuerId) -> Result<CrlBasis, Error> {
+        let mut reader = self.reader().await?;
+        crl_basis_on(&mut reader.tx(), issuer).await
+    }
+
+    async fn crl_entries(
         &self,
         issuer: IssuerId,
-        now: OffsetDateTime,
-        validity: time::Duration,
-        sign: impl FnOnce(u64, OffsetDateTime, OffsetDateTime, &[RevokedEntry]) -> Result<Vec<u8>, Error>
-            + Send,
-    ) -> Result<CrlRecord, Error> {
+        listed_from: OffsetDateTime,
+    ) -> Result<Vec<RevokedEntry>, Error> {
+        let mut reader = self.reader().await?;
+        revoked_entries(&mut reader.tx(), issuer, listed_from).await
+    }
+
+    async fn record_crl(
+        &self,
+        issuer: IssuerId,
+        crl: &SignedCrl,
+        event: &AuditEvent,
+    ) -> Result<CrlSaved, Error> {
         let mut tx = self.begin_write().await?;
         let mut on = tx.on();
-        let last = last_crl_number(&mut on, issuer).await?;
-        let number = last.unwrap_or(0) + 1;
-        let previous: Option<OffsetDateTime> = on
-            .optional(
-                "SELECT this_update FROM crls WHERE issuer = $1 ORDER BY number DESC LIMIT 1",
-                &[&issuer],
-            )
-            .await?;
-        let this_update = match previous {
-            Some(p) if p > now => p,
-            _ => now,
-        };
-        let next_update = this_update + validity;
-        let entries = revoked_entries(&mut on, issuer, this_update).await?;
-        let der = sign(number as u64, this_update, next_update, &entries)?;
-        set_crl_number(&mut on, issuer, number).await?;
+        if crl_basis_on(&mut on, issuer).await? != crl.basis
+            || revoked_entries(&mut on, issuer, crl.plan.listed_from).await? != crl.entries
+        {
+            return Ok(CrlSaved::Stale);
+        }
+        let plan = &crl.plan;
+        set_crl_number(&mut on, issuer, plan.number).await?;
         on.execute(
             "INSERT INTO crls (issuer, number, this_update, next_update, der)
              VALUES ($1, $2, $3, $4, $5)",
-            &[&issuer, &number, &this_update, &next_update, &der],
+            &[
+                &issuer,
+                &plan.number,
+                &plan.this_update,
+                &plan.next_update,
+                &crl.der,
+            ],
         )
         .await?;
-        // Publishing is a state change: one event per CRL, in the same transaction.
-        let event = AuditEvent::new(
-            now,
-            Actor::system(),
-            crate::audit::Action::CrlSign,
-            Target::ca(&issuer.label()),
-        )
-        .with("number", number)
-        .with("this_update", this_update.unix_timestamp())
-        .with("next_update", next_update.unix_timestamp())
-        .with("entries", entries.len() as i64)
-        .with(
-            "crl_sha256",
-            crate::domain::hex(ring::digest::digest(&ring::digest::SHA256, &der).as_ref()),
-        );
-        audit::append(&mut on, &event).await?;
+        // Publishing is a state change: its event is in the same transaction.
+        audit::append(&mut on, event).await?;
         tx.commit().await?;
-        Ok(CrlRecord {
-            number,
-            this_update,
-            next_update,
-            der,
-        })
+        Ok(CrlSaved::Recorded(CrlRecord {
+            number: plan.number,
+            this_update: plan.this_update,
+            next_update: plan.next_update,
+            der: crl.der.clone(),
+        }))
     }
 
     async fn latest_crl(&self, issuer: IssuerId) -> Result<Option<CrlRecord>, Error> {

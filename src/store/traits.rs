@@ -12,7 +12,9 @@ use super::certificates::{
     AdoptedCertificate, CensusRow, Completion, NewCertificate, PeerRecord, Recorded,
 };
 use super::ledger::{AuditQuery, LedgerEntry};
-use super::lifecycle::{CertRecord, CrlHead, CrlRecord, SubjectChange, TokenRecord};
+use super::lifecycle::{
+    CertRecord, CrlHead, CrlRecord, CrlSaved, SignedCrl, SubjectChange, TokenRecord,
+};
 use super::recovery::{Recovered, RecoveryOutcome};
 use super::registry::{DeviceQuery, DeviceRecord, ManufacturerRecord};
 use crate::audit::ledger::EventFields;
@@ -22,6 +24,7 @@ use crate::audit::StoredEvent;
 use crate::domain::{ManufacturerId, PkiFingerprint, RevocationReason};
 use crate::error::Error;
 use crate::issuance::{IssuerId, RevokedEntry, SignedCertificate};
+use crate::policy::crl::CrlBasis;
 
 /// The audit log's writes that change nothing else, and reading events back (refusals, the
 /// aggregate, tests).
@@ -213,20 +216,29 @@ pub trait RevocationStore {
         event: &AuditEvent,
     ) -> impl Future<Output = Result<Vec<(IssuerId, String)>, Error>> + Send;
 
-    /// Issues the next CRL of `issuer`: takes the next number, reads the revoked entries that
-    /// must appear (revoked certificates not expired more than a day before thisUpdate),
-    /// lets `sign` produce the DER from (number, thisUpdate, nextUpdate, entries), and stores
-    /// it — all in one transaction, so numbers are strictly increasing with exactly one CRL per
-    /// number. thisUpdate is `now`, or the previous CRL's if that is later (a replica whose clock
-    /// runs behind never publishes a higher number with an earlier thisUpdate).
-    fn issue_crl(
+    /// `issuer`'s last CRL number and thisUpdate, which the next CRL is planned from
+    /// ([`crate::policy::crl::next`]).
+    fn crl_basis(&self, issuer: IssuerId) -> impl Future<Output = Result<CrlBasis, Error>> + Send;
+
+    /// `issuer`'s revoked certificates whose notAfter is at or after `listed_from`, by serial:
+    /// the entries of its next CRL.
+    fn crl_entries(
         &self,
         issuer: IssuerId,
-        now: OffsetDateTime,
-        validity: time::Duration,
-        sign: impl FnOnce(u64, OffsetDateTime, OffsetDateTime, &[RevokedEntry]) -> Result<Vec<u8>, Error>
-            + Send,
-    ) -> impl Future<Output = Result<CrlRecord, Error>> + Send;
+        listed_from: OffsetDateTime,
+    ) -> impl Future<Output = Result<Vec<RevokedEntry>, Error>> + Send;
+
+    /// Records a CRL signed over `crl.basis` and `crl.entries`, with its `event`, if both
+    /// still hold under the write lock; otherwise stores nothing and answers
+    /// [`CrlSaved::Stale`] (another CRL or a revocation committed meanwhile: plan and sign
+    /// again). So numbers rise by one with exactly one CRL per number, and a CRL never misses
+    /// a revocation that committed before it.
+    fn record_crl(
+        &self,
+        issuer: IssuerId,
+        crl: &SignedCrl,
+        event: &AuditEvent,
+    ) -> impl Future<Output = Result<CrlSaved, Error>> + Send;
 
     fn latest_crl(
         &self,
