@@ -380,16 +380,45 @@ impl<'r> Column<'r> for crate::audit::merkle::Hash {
 }
 
 /// A column by position or by name.
-pub(crate) trait ColumnIndex:
-    rusqlite::RowIndex + sqlx::ColumnIndex<sqlx::any::AnyRow> + std::fmt::Debug + Copy
-{
+pub(crate) trait ColumnIndex: sqlx::ColumnIndex<sqlx::any::AnyRow> + std::fmt::Debug + Copy {
+    /// The position of this column in a SQLite row whose statement's columns are `names`.
+    fn position(self, names: &LiteColumns, row: &rusqlite::Row<'_>) -> Result<usize, Error>;
 }
-impl ColumnIndex for usize {}
-impl ColumnIndex for &str {}
 
-/// A fetched row, lent by the connection: SQLite's current row, or a sqlx row.
+impl ColumnIndex for usize {
+    fn position(self, _: &LiteColumns, _: &rusqlite::Row<'_>) -> Result<usize, Error> {
+        Ok(self)
+    }
+}
+
+impl ColumnIndex for &str {
+    fn position(self, names: &LiteColumns, row: &rusqlite::Row<'_>) -> Result<usize, Error> {
+        names
+            .of(row)
+            .iter()
+            .position(|n| n == self)
+            .ok_or_else(|| Error::Internal(format!("the query has no column {self:?}")))
+    }
+}
+
+/// A SQLite statement's column names, read once per query and only if a column is asked for
+/// by name (rusqlite's own lookup by name asks SQLite for every name on every call).
+#[derive(Default)]
+pub(crate) struct LiteColumns(std::cell::OnceCell<Vec<String>>);
+
+impl LiteColumns {
+    fn of(&self, row: &rusqlite::Row<'_>) -> &[String] {
+        self.0.get_or_init(|| {
+            let stmt: &rusqlite::Statement<'_> = row.as_ref();
+            stmt.column_names().into_iter().map(str::to_owned).collect()
+        })
+    }
+}
+
+/// A fetched row, lent by the connection: SQLite's current row (with its statement's column
+/// names), or a sqlx row.
 pub(crate) enum Row<'r> {
-    Lite(&'r rusqlite::Row<'r>),
+    Lite(&'r rusqlite::Row<'r>, &'r LiteColumns),
     Any(&'r sqlx::any::AnyRow),
 }
 
@@ -397,7 +426,7 @@ impl<'r> Row<'r> {
     fn value(&self, i: impl ColumnIndex) -> Result<Value<'r>, Error> {
         use rusqlite::types::ValueRef;
         match *self {
-            Row::Lite(row) => Ok(match row.get_ref(i)? {
+            Row::Lite(row, names) => Ok(match row.get_ref(i.position(names, row)?)? {
                 ValueRef::Null => Value::Null,
                 ValueRef::Integer(v) => Value::Int(v),
                 ValueRef::Text(v) => Value::Text(
@@ -538,9 +567,10 @@ impl Tx<'_> {
             Tx::Lite(conn) => {
                 let mut stmt = conn.bound(sql, &params)?;
                 let mut rows = stmt.raw_query();
+                let names = LiteColumns::default();
                 while seen < limit {
                     let Some(row) = rows.next()? else { break };
-                    each(&Row::Lite(row))?;
+                    each(&Row::Lite(row, &names))?;
                     seen += 1;
                 }
             }
