@@ -14,14 +14,29 @@ use crate::error::Error;
 #[derive(Debug, Clone)]
 pub(crate) struct Ready {
     recorded_at: time::OffsetDateTime,
+    action: Action,
     outcome: Outcome,
     head: crate::audit::merkle::LeafPrefix,
-    /// Actor URI, actor role, action, target, reason, detail (JSON), and the canonical bytes
-    /// after the sequence number, back to back; `ends` holds where each ends.
+    /// The [`Part`]s, back to back; `ends` holds where each ends.
     text: String,
-    ends: [usize; 7],
+    ends: [usize; PARTS],
     has_reason: bool,
 }
+
+/// The text fields of a [`Ready`] event, in the order they are kept.
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    ActorUri,
+    ActorRole,
+    Target,
+    Reason,
+    /// The detail as stored (JSON).
+    Detail,
+    /// The event's canonical bytes after its sequence number (what its leaf hash covers).
+    Canonical,
+}
+
+const PARTS: usize = 6;
 
 impl Ready {
     pub(crate) fn new(event: &AuditEvent) -> Result<Self, Error> {
@@ -29,23 +44,24 @@ impl Ready {
         let tail = std::str::from_utf8(&tail)
             .map_err(|e| Error::internal("canonical JSON is not UTF-8", e))?;
         let reason = event.reason.as_deref().unwrap_or("");
-        let parts = [
+        // In the order of `Part`.
+        let parts: [&str; PARTS] = [
             event.actor.uri.as_str(),
             &event.actor.role,
-            event.action.name(),
             &event.target,
             reason,
             &detail,
             tail,
         ];
         let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-        let mut ends = [0; 7];
+        let mut ends = [0; PARTS];
         for (end, part) in ends.iter_mut().zip(parts) {
             text.push_str(part);
             *end = text.len();
         }
         Ok(Self {
             recorded_at: event.recorded_at,
+            action: event.action,
             outcome: event.outcome,
             head,
             text,
@@ -62,20 +78,39 @@ impl Ready {
         self.recorded_at
     }
 
-    /// Text part `i` (see `text`).
-    fn part(&self, i: usize) -> &str {
+    fn part(&self, part: Part) -> &str {
+        let i = part as usize;
         let start = if i == 0 { 0 } else { self.ends[i - 1] };
         &self.text[start..self.ends[i]]
     }
 
+    fn actor_uri(&self) -> &str {
+        self.part(Part::ActorUri)
+    }
+
+    fn actor_role(&self) -> &str {
+        self.part(Part::ActorRole)
+    }
+
+    fn target(&self) -> &str {
+        self.part(Part::Target)
+    }
+
+    /// None and an empty reason stay apart.
     fn reason(&self) -> Option<&str> {
-        self.has_reason.then(|| self.part(4))
+        self.has_reason.then(|| self.part(Part::Reason))
+    }
+
+    fn detail(&self) -> &str {
+        self.part(Part::Detail)
     }
 
     /// The leaf hash of this event as event `seq`.
     fn leaf(&self, seq: i64) -> crate::audit::merkle::Hash {
-        self.head
-            .finish(&[seq.to_string().as_bytes(), self.part(6).as_bytes()])
+        self.head.finish(&[
+            seq.to_string().as_bytes(),
+            self.part(Part::Canonical).as_bytes(),
+        ])
     }
 }
 
@@ -88,6 +123,15 @@ pub(crate) async fn append_ready(tx: &mut Tx<'_>, event: &Ready) -> Result<i64, 
 /// write lock (BEGIN IMMEDIATE), so MAX(seq) + 1 cannot race.
 pub(crate) async fn append(tx: &mut Tx<'_>, event: &AuditEvent) -> Result<i64, Error> {
     append_many(tx, &[Ready::new(event)?]).await
+}
+
+/// An event's text columns, borrowed.
+struct Fields<'a> {
+    actor_uri: &'a str,
+    actor_role: &'a str,
+    target: &'a str,
+    reason: Option<&'a str>,
+    detail: &'a str,
 }
 
 /// The columns of an audit row, in INSERT order.
@@ -136,28 +180,29 @@ pub(crate) async fn append_many(tx: &mut Tx<'_>, events: &[Ready]) -> Result<i64
             }
             sql.push(')');
         }
-        // Actor URI, actor role, action, target, reason, detail: borrowed for the statement.
-        let parts: Vec<([&str; 5], Option<&str>)> = chunk
+        // The text fields, borrowed from the events for the statement.
+        let fields: Vec<Fields<'_>> = chunk
             .iter()
-            .map(|(_, r, _)| {
-                (
-                    [r.part(0), r.part(1), r.part(2), r.part(3), r.part(5)],
-                    r.reason(),
-                )
+            .map(|(_, r, _)| Fields {
+                actor_uri: r.actor_uri(),
+                actor_role: r.actor_role(),
+                target: r.target(),
+                reason: r.reason(),
+                detail: r.detail(),
             })
             .collect();
         let mut args: Vec<&(dyn Bind + Sync)> = Vec::with_capacity(chunk.len() * COLUMNS);
-        for ((seq, ready, leaf), (text, reason)) in chunk.iter().zip(&parts) {
+        for ((seq, ready, leaf), f) in chunk.iter().zip(&fields) {
             args.extend([
                 seq as &(dyn Bind + Sync),
                 &ready.recorded_at,
-                &text[0],
-                &text[1],
-                &text[2],
-                &text[3],
+                &f.actor_uri,
+                &f.actor_role,
+                &ready.action,
+                &f.target,
                 &ready.outcome,
-                reason,
-                &text[4],
+                &f.reason,
+                &f.detail,
                 leaf,
             ]);
         }
@@ -242,13 +287,13 @@ mod tests {
             empty_reason,
         ] {
             let r = Ready::new(&e).unwrap();
-            assert_eq!(r.part(0), e.actor.uri);
-            assert_eq!(r.part(1), e.actor.role);
-            assert_eq!(r.part(2), e.action.name());
-            assert_eq!(r.part(3), e.target);
+            assert_eq!(r.actor_uri(), e.actor.uri);
+            assert_eq!(r.actor_role(), e.actor.role);
+            assert_eq!(r.action, e.action);
+            assert_eq!(r.target(), e.target);
             // No reason and an empty reason stay apart.
             assert_eq!(r.reason(), e.reason.as_deref());
-            assert_eq!(r.part(5), serde_json::to_string(&e.detail).unwrap());
+            assert_eq!(r.detail(), serde_json::to_string(&e.detail).unwrap());
             assert_eq!(r.recorded_at(), e.recorded_at);
             assert_eq!(r.outcome, e.outcome);
             for seq in [1, 63, 64, 65, 1_000_000] {

@@ -380,7 +380,9 @@ impl<'r> Column<'r> for crate::audit::merkle::Hash {
 }
 
 /// A column by position or by name.
-pub(crate) trait ColumnIndex: sqlx::ColumnIndex<sqlx::any::AnyRow> + std::fmt::Debug + Copy {
+pub(crate) trait ColumnIndex:
+    sqlx::ColumnIndex<sqlx::any::AnyRow> + std::fmt::Debug + Copy
+{
     /// The position of this column in a SQLite row whose statement's columns are `names`.
     fn position(self, names: &LiteColumns, row: &rusqlite::Row<'_>) -> Result<usize, Error>;
 }
