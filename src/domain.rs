@@ -413,7 +413,7 @@ pub struct Principal {
     /// For stations, gateways, auditors and admins: their id within the role.
     pub principal_id: Option<PrincipalId>,
     /// Serial (hex) of the certificate the caller presented.
-    pub certificate_serial: String,
+    pub certificate_serial: CertSerial,
     /// The profile of that certificate.
     pub certificate_profile: Profile,
 }
@@ -491,6 +491,31 @@ impl CertSerial {
     }
     pub fn to_hex(&self) -> String {
         hex(&self.0)
+    }
+
+    /// A serial as written in requests, files and the store: hex digits, an even number of
+    /// them, 1–20 octets (RFC 5280 §4.1.2.2).
+    pub fn parse_hex(s: &str) -> Result<Self, Error> {
+        match unhex(s) {
+            Some(bytes) if !bytes.is_empty() && bytes.len() <= 20 => Ok(Self(bytes)),
+            _ => Err(Error::InvalidArgument(format!(
+                "certificate serial {} is not 1 to 20 octets of hex",
+                quote(s)
+            ))),
+        }
+    }
+}
+
+/// In audit details and JSON output: its hex.
+impl From<&CertSerial> for serde_json::Value {
+    fn from(serial: &CertSerial) -> Self {
+        serde_json::Value::String(serial.to_hex())
+    }
+}
+
+impl From<CertSerial> for serde_json::Value {
+    fn from(serial: CertSerial) -> Self {
+        Self::from(&serial)
     }
 }
 

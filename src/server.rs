@@ -316,7 +316,7 @@ async fn adopt_bootstrap_admin(ca: &Ca, files: &PkiFiles) -> Result<(), Error> {
     })?;
     let adopted = AdoptedCertificate {
         issuer,
-        serial: crate::domain::hex(cert.raw_serial()),
+        serial: crate::domain::CertSerial::from_bytes(cert.raw_serial().to_vec()),
         profile: crate::domain::Profile::Principal,
         role: Role::Admin,
         subject_uri: subject_uri.clone(),

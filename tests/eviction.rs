@@ -78,7 +78,7 @@ async fn status(server: &TestServer, serial: &str) -> String {
         .store
         .certificate(
             medid::issuance::IssuerId::first(medid::issuance::IssuerName::Operational),
-            serial,
+            &medid::domain::CertSerial::parse_hex(serial).unwrap(),
         )
         .await
         .unwrap()

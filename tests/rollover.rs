@@ -407,7 +407,7 @@ async fn the_operational_ca_rolls_over_while_every_principal_keeps_working() {
         .store
         .certificate(
             IssuerId::first(IssuerName::Operational),
-            &common::serial_of(&admin),
+            &medid::domain::CertSerial::parse_hex(&common::serial_of(&admin)).unwrap(),
         )
         .await
         .unwrap()

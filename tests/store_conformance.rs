@@ -28,6 +28,11 @@ use medid::store::{
 use medid::store::{Backend, Store};
 use medid::Error;
 
+/// A serial from its hex.
+fn sn(hex: &str) -> medid::domain::CertSerial {
+    medid::domain::CertSerial::parse_hex(hex).unwrap()
+}
+
 /// The same time for every event, so cases do not depend on the clock.
 fn at() -> time::OffsetDateTime {
     time::macros::datetime!(2026-01-01 00:00 UTC)
@@ -572,7 +577,8 @@ async fn a_revocation_marks_its_rows_once_and_the_next_crl_lists_them(db: Db) {
     insert_certificate(&raw, "0a01", "device-operational", "active", subject, later).await;
     insert_certificate(&raw, "0a02", "device-operational", "active", subject, later).await;
     let op = IssuerId::first(IssuerName::Operational);
-    let revoke = |targets: Vec<(IssuerId, String)>, subject: Option<&'static str>| {
+    let revoke = |targets: Vec<(IssuerId, medid::domain::CertSerial)>,
+                  subject: Option<&'static str>| {
         let store = db.store.clone();
         async move {
             store
@@ -589,19 +595,24 @@ async fn a_revocation_marks_its_rows_once_and_the_next_crl_lists_them(db: Db) {
     };
     let size = db.store.tree_size().await.unwrap();
     assert_eq!(
-        revoke(vec![(op, "0a01".into())], None).await,
-        vec![(op, "0a01".into())]
+        revoke(vec![(op, sn("0a01"))], None).await,
+        vec![(op, sn("0a01"))]
     );
     assert_eq!(db.store.tree_size().await.unwrap(), size + 1, "one event");
     // Already revoked: nothing more is revoked.
-    assert!(revoke(vec![(op, "0a01".into())], None).await.is_empty());
+    assert!(revoke(vec![(op, sn("0a01"))], None).await.is_empty());
     // By subject: every certificate of it not yet revoked, read inside the transaction.
     assert_eq!(
         revoke(Vec::new(), Some(subject)).await,
-        vec![(op, "0a02".into())]
+        vec![(op, sn("0a02"))]
     );
     for serial in ["0a01", "0a02"] {
-        let row = db.store.certificate(op, serial).await.unwrap().unwrap();
+        let row = db
+            .store
+            .certificate(op, &sn(serial))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(row.status, CertState::Revoked, "{serial}");
     }
     let planned = plan_crl(&db.store, op, at()).await;
@@ -716,12 +727,15 @@ async fn devices_are_read_one_by_one_and_page_by_page(db: Db) {
             .unwrap();
     }
     let raw = db.raw().await;
-    for (m, serial, state) in [
+    for (n, (m, serial, state)) in [
         ("acme", "SN-1", "active"),
         ("acme", "SN-2", "decommissioned"),
         ("acme", "SN-3", "active"),
         ("beta", "SN-1", "active"),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         sqlx::query(
             "INSERT INTO devices (manufacturer_id, serial, model, udi_di, uri, state, enrolled_at,
                  birth_serial) VALUES ($1, $2, 'X', NULL, $3, $4, $5, $6)",
@@ -731,7 +745,7 @@ async fn devices_are_read_one_by_one_and_page_by_page(db: Db) {
         .bind(format!("spiffe://t/device/{m}/{serial}"))
         .bind(state)
         .bind(at().unix_timestamp())
-        .bind(format!("{m}{serial}"))
+        .bind(format!("0b{n:02x}"))
         .execute(&raw)
         .await
         .unwrap();
@@ -958,14 +972,14 @@ async fn a_recorded_certificate_completes_its_device_and_a_refused_claim_stores_
     let recorded = enroll(&db, &m, 1, uri, "p-1", "k1", None).await.unwrap();
     let device = recorded.device.expect("the device row as written");
     assert_eq!(
-        (device.uri.as_str(), device.birth_serial.as_str()),
+        (device.uri.as_str(), device.birth_serial.to_hex().as_str()),
         (uri, "4001")
     );
     assert_eq!(db.store.device(&m, "p-1").await.unwrap(), device);
     assert!(recorded.superseded.is_empty());
     let der = db
         .store
-        .certificate(issued::issuer(), "4001")
+        .certificate(issued::issuer(), &sn("4001"))
         .await
         .unwrap()
         .expect("the certificate row");
@@ -1064,7 +1078,7 @@ async fn a_renewal_supersedes_the_older_certificates_of_its_profile(db: Db) {
             Role::Device,
             Claim::Renewal {
                 rekey_required: false,
-                caller_serial: caller.to_owned(),
+                caller_serial: sn(caller),
             },
             7,
         )
@@ -1103,18 +1117,18 @@ async fn a_renewal_supersedes_the_older_certificates_of_its_profile(db: Db) {
     let certs = db.store.certificates_of(uri).await.unwrap();
     let states: Vec<_> = certs
         .iter()
-        .map(|c| (c.serial.as_str(), c.status, c.reason))
+        .map(|c| (c.serial.clone(), c.status, c.reason))
         .collect();
     assert_eq!(
         states,
         vec![
-            ("4001", CertState::Active, None),
+            (sn("4001"), CertState::Active, None),
             (
-                "4002",
+                sn("4002"),
                 CertState::Revoked,
                 Some(RevocationReason::Superseded)
             ),
-            ("4003", CertState::Active, None),
+            (sn("4003"), CertState::Active, None),
         ],
         "in issue order; the birth certificate (another profile) stays"
     );
@@ -1145,7 +1159,7 @@ async fn a_renewal_supersedes_the_older_certificates_of_its_profile(db: Db) {
         .expiring(at() + time::Duration::days(30), Some(&m), 10)
         .await
         .unwrap();
-    let serials: Vec<_> = soon.iter().map(|c| c.serial.as_str()).collect();
+    let serials: Vec<_> = soon.iter().map(|c| c.serial.to_hex()).collect();
     assert_eq!(serials, ["4003"]);
     let other = ManufacturerId::parse("other").unwrap();
     assert!(db
@@ -1231,7 +1245,7 @@ async fn an_adopted_certificate_is_recorded_once(db: Db) {
     let uri = "spiffe://t/service/medid";
     let adopted = AdoptedCertificate {
         issuer: issued::issuer(),
-        serial: "7a01".into(),
+        serial: sn("7a01"),
         profile: Profile::Server,
         role: Role::Service,
         subject_uri: uri.into(),
@@ -1257,7 +1271,7 @@ async fn an_adopted_certificate_is_recorded_once(db: Db) {
     assert_eq!(db.store.tree_size().await.unwrap(), size + 1, "one event");
     let stored = db
         .store
-        .certificate(issued::issuer(), "7a01")
+        .certificate(issued::issuer(), &sn("7a01"))
         .await
         .unwrap()
         .unwrap();
@@ -1320,7 +1334,7 @@ async fn revocations_from_a_kept_crl_are_applied_once(db: Db) {
     );
     let known = db
         .store
-        .certificate(issued::issuer(), "4001")
+        .certificate(issued::issuer(), &sn("4001"))
         .await
         .unwrap()
         .unwrap();
@@ -1334,7 +1348,7 @@ async fn revocations_from_a_kept_crl_are_applied_once(db: Db) {
     );
     let unknown = db
         .store
-        .certificate(issued::issuer(), "5555")
+        .certificate(issued::issuer(), &sn("5555"))
         .await
         .unwrap()
         .unwrap();

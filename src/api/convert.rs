@@ -126,7 +126,7 @@ pub fn device(d: &DeviceRecord) -> proto::Device {
             DeviceState::Decommissioned => proto::DeviceState::Decommissioned,
         } as i32,
         enrolled_at: timestamp(d.enrolled_at),
-        birth_certificate_serial: d.birth_serial.clone(),
+        birth_certificate_serial: d.birth_serial.to_hex(),
     }
 }
 

@@ -65,7 +65,7 @@ fn cert_info(c: &CertRecord, state: &str) -> proto::CertificateInfo {
     proto::CertificateInfo {
         issuer,
         issuer_generation,
-        serial: c.serial.clone(),
+        serial: c.serial.to_hex(),
         profile: c.profile.as_str().to_owned(),
         subject_uri: c.subject_uri.clone(),
         not_before: convert::timestamp(c.not_before),
@@ -154,7 +154,7 @@ impl LifecycleService for Api {
                     proto::CertificateRef {
                         issuer,
                         issuer_generation,
-                        serial: s,
+                        serial: s.to_hex(),
                     }
                 })
                 .collect(),

@@ -5,7 +5,9 @@
 
 use time::OffsetDateTime;
 
-use crate::domain::{quote, CertState, DeviceSerial, ManufacturerId, Role, SubjectState};
+use crate::domain::{
+    quote, CertSerial, CertState, DeviceSerial, ManufacturerId, Role, SubjectState,
+};
 use crate::error::Error;
 
 /// Who a new certificate is for, and what that subject must satisfy.
@@ -21,7 +23,7 @@ pub enum Claim {
     /// A renewal for an existing device or gateway, by the holder of `caller_serial`.
     Renewal {
         rekey_required: bool,
-        caller_serial: String,
+        caller_serial: CertSerial,
     },
     /// medid's own certificates (TLS server, delegated OCSP responders).
     Service,
@@ -155,7 +157,7 @@ mod tests {
     fn renewal(rekey: bool) -> Claim {
         Claim::Renewal {
             rekey_required: rekey,
-            caller_serial: "01".into(),
+            caller_serial: CertSerial::from_bytes(vec![1]),
         }
     }
 

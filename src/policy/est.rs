@@ -260,7 +260,7 @@ mod tests {
             manufacturer: Some(ManufacturerId::parse("acme").unwrap()),
             device_serial: (role == Role::Device).then(|| DeviceSerial::parse("D1").unwrap()),
             principal_id: None,
-            certificate_serial: "01".into(),
+            certificate_serial: crate::domain::CertSerial::from_bytes(vec![1]),
             certificate_profile: profile,
         }
     }

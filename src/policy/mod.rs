@@ -265,7 +265,7 @@ mod tests {
             manufacturer: manufacturer.map(|m| ManufacturerId::parse(m).unwrap()),
             device_serial: (role == Role::Device).then(|| DeviceSerial::parse("D1").unwrap()),
             principal_id: None,
-            certificate_serial: "01".into(),
+            certificate_serial: crate::domain::CertSerial::from_bytes(vec![1]),
             certificate_profile: crate::domain::Profile::Principal,
         }
     }

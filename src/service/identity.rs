@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 
 use super::Ca;
 use crate::audit::{Actor, AuditEvent, Target};
-use crate::domain::{CertState, Profile, Role};
+use crate::domain::{CertSerial, CertState, Profile, Role};
 use crate::error::Error;
 use crate::issuance::bootstrap::write_public;
 use crate::issuance::{IssuerId, IssuerName, ServiceKey};
@@ -24,7 +24,7 @@ use crate::store::CertificateLedger;
 /// A service certificate found on disk.
 struct OnDisk {
     der: Vec<u8>,
-    serial: String,
+    serial: CertSerial,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
     dns: Vec<String>,
@@ -59,7 +59,7 @@ fn on_disk(cert: &Path, key: &Path) -> Option<OnDisk> {
     }
     let key = ServiceKey::load(key).ok().filter(|k| k.certified_by(&der));
     Some(OnDisk {
-        serial: crate::domain::hex(c.raw_serial()),
+        serial: CertSerial::from_bytes(c.raw_serial().to_vec()),
         not_before: c.validity().not_before.to_datetime(),
         not_after: c.validity().not_after.to_datetime(),
         dns,
@@ -156,7 +156,7 @@ impl Ca {
             .await?;
         tracing::info!(
             uri = subject_uri,
-            serial = disk.serial,
+            serial = %disk.serial,
             "recorded the service's {profile} certificate"
         );
         Ok(true)
@@ -171,7 +171,7 @@ impl Ca {
         profile: Profile,
         subject_uri: String,
         action: crate::audit::Action,
-        replaces: Option<String>,
+        replaces: Option<CertSerial>,
     ) -> Result<(super::Issued, Vec<crate::issuance::IssuerId>), Error> {
         let new = NewCertificate {
             template,
@@ -245,7 +245,7 @@ impl Ca {
         tracing::info!(
             serial = issued.serial,
             not_after = %issued.not_after,
-            replaced = disk.serial,
+            replaced = %disk.serial,
             "renewed the service's TLS certificate"
         );
         self.tls_renewals.send_modify(|generation| *generation += 1);
@@ -290,7 +290,7 @@ impl Ca {
                         );
                         tracing::info!(
                             issuer = %issuer,
-                            serial = disk.serial,
+                            serial = %disk.serial,
                             "reusing the OCSP responder kept on disk"
                         );
                         continue;

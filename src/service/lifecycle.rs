@@ -5,8 +5,8 @@ use time::{Duration, OffsetDateTime};
 use super::{Ca, Issued, IssuerFilter, Refused};
 use crate::audit::{Actor, Target};
 use crate::domain::{
-    quote, CertState, DeviceSerial, ManufacturerId, Principal, PrincipalId, PrincipalRole, Profile,
-    RevocationReason, Role,
+    quote, CertSerial, CertState, DeviceSerial, ManufacturerId, Principal, PrincipalId,
+    PrincipalRole, Profile, RevocationReason, Role,
 };
 use crate::error::Error;
 use crate::issuance::{IssuerId, IssuerName};
@@ -150,7 +150,7 @@ impl Ca {
         who: &Principal,
         target: RevokeTarget,
         reason: Option<RevocationReason>,
-    ) -> Result<Vec<(IssuerId, String)>, Refused> {
+    ) -> Result<Vec<(IssuerId, CertSerial)>, Refused> {
         let action = crate::audit::Action::CertificateRevoke;
         let label = match &target {
             RevokeTarget::Certificate { serial, .. } => format!("certificate/{}", quote(serial)),
@@ -184,7 +184,7 @@ impl Ca {
                 },
                 reason,
             )?;
-            let open: Vec<(IssuerId, String)> = certs
+            let open: Vec<(IssuerId, CertSerial)> = certs
                 .iter()
                 .filter(|c| c.status != CertState::Revoked)
                 .map(|c| (c.issuer, c.serial.clone()))
@@ -244,7 +244,7 @@ impl Ca {
         role: &PrincipalRole,
         id: &PrincipalId,
         reason: Option<RevocationReason>,
-    ) -> Result<Vec<(IssuerId, String)>, Refused> {
+    ) -> Result<Vec<(IssuerId, CertSerial)>, Refused> {
         let action = crate::audit::Action::PrincipalEvict;
         let uri = self.profiles.trust_domain.principal_uri(role, id);
         let decide = async {
@@ -282,7 +282,7 @@ impl Ca {
     async fn revocation_targets(&self, target: &RevokeTarget) -> Result<Vec<CertRecord>, Error> {
         match target {
             RevokeTarget::Certificate { issuer, serial } => {
-                let serial = serial.to_ascii_lowercase();
+                let serial = CertSerial::parse_hex(serial)?;
                 let issuers = self.issuers_matching(*issuer);
                 let mut found = Vec::new();
                 for i in issuers {
@@ -371,7 +371,7 @@ impl Ca {
         self.audited(who, action.audit(), &target, done.await).await
     }
 
-    async fn publish_crls_for(&self, revoked: &[(IssuerId, String)]) -> Result<(), Error> {
+    async fn publish_crls_for(&self, revoked: &[(IssuerId, CertSerial)]) -> Result<(), Error> {
         self.publish_crls_of(revoked.iter().map(|(i, _)| *i).collect())
             .await
     }

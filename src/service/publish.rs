@@ -294,7 +294,7 @@ impl Ca {
     async fn status_of_query(&self, query: CertificateStatusQuery) -> Result<StatusAnswer, Error> {
         let record = match query {
             CertificateStatusQuery::Serial { issuer, serial } => {
-                let serial = serial.to_ascii_lowercase();
+                let serial = crate::domain::CertSerial::parse_hex(&serial)?;
                 let issuers = self.issuers_matching(issuer);
                 let mut found = None;
                 for i in issuers {
@@ -360,7 +360,10 @@ impl Ca {
             } else {
                 match self
                     .store
-                    .certificate(issuer, &crate::domain::hex(&id.serial))
+                    .certificate(
+                        issuer,
+                        &crate::domain::CertSerial::from_bytes(id.serial.clone()),
+                    )
                     .await
                 {
                     Ok(Some(record)) => status_of(&record),

@@ -105,7 +105,7 @@ impl Ca {
                     |r| {
                         let target = match r.subject_uri.as_deref() {
                             Some(uri) if uri != UNRECORDED_SUBJECT => Target::uri(uri),
-                            _ => Target::certificate(&r.serial),
+                            _ => Target::certificate(&r.serial.to_hex()),
                         };
                         let mut event = AuditEvent::new(
                             now,

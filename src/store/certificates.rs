@@ -9,7 +9,8 @@ use super::sql::{FromRow, Row, Tx};
 use super::{audit, Store};
 use crate::audit::{Actor, AuditEvent, Target};
 use crate::domain::{
-    CertState, DeviceSerial, ManufacturerId, Profile, RevocationReason, Role, SubjectState,
+    CertSerial, CertState, DeviceSerial, ManufacturerId, Profile, RevocationReason, Role,
+    SubjectState,
 };
 use crate::error::Error;
 use crate::issuance::{CertificateTemplate, IssuerId, SignedCertificate};
@@ -52,7 +53,7 @@ pub enum Completion {
     /// One of the service's own certificates (its TLS server certificate, an OCSP
     /// responder's). The one it `replaces` (this process's previous one, by serial) is revoked
     /// as superseded; other replicas' certificates of the same subject are left alone.
-    Service { replaces: Option<String> },
+    Service { replaces: Option<CertSerial> },
 }
 
 /// What recording a new certificate did besides storing it.
@@ -69,7 +70,7 @@ pub struct Recorded {
 #[derive(Debug, Clone)]
 pub struct AdoptedCertificate {
     pub issuer: IssuerId,
-    pub serial: String,
+    pub serial: CertSerial,
     pub profile: Profile,
     pub role: Role,
     pub subject_uri: String,
@@ -84,7 +85,7 @@ pub struct AdoptedCertificate {
 pub struct PeerRecord {
     pub role: Role,
     pub subject_uri: String,
-    pub serial: String,
+    pub serial: CertSerial,
     pub profile: Profile,
     pub status: CertState,
     pub not_before: OffsetDateTime,
@@ -110,12 +111,12 @@ pub(super) async fn record_in(
     let now = event.recorded_at();
     check_claim(tx, r, now).await?;
     let t = &r.template;
-    let (fp, serial) = (fingerprint(&signed.der), signed.serial.to_hex());
+    let (fp, serial) = (fingerprint(&signed.der), &signed.serial);
     insert_certificate(
         tx,
         &Inserted {
             issuer: signed.issuer,
-            serial: &serial,
+            serial,
             profile: r.profile,
             role: r.role,
             subject_uri: &r.subject_uri,
@@ -128,7 +129,7 @@ pub(super) async fn record_in(
         },
     )
     .await?;
-    let recorded = complete(tx, completion, &r.subject_uri, &serial, now).await?;
+    let recorded = complete(tx, completion, &r.subject_uri, serial, now).await?;
     audit::append_ready(tx, event).await?;
     Ok(recorded)
 }
@@ -136,7 +137,7 @@ pub(super) async fn record_in(
 /// An active certificate's row, as inserted.
 struct Inserted<'a> {
     issuer: IssuerId,
-    serial: &'a str,
+    serial: &'a CertSerial,
     profile: Profile,
     role: Role,
     subject_uri: &'a str,
@@ -192,10 +193,10 @@ async fn supersede_others(
     tx: &mut Tx<'_>,
     subject_uri: &str,
     profile: Profile,
-    cert_serial: &str,
+    cert_serial: &CertSerial,
     recorded_at: OffsetDateTime,
 ) -> Result<Vec<IssuerId>, Error> {
-    let older: Vec<(IssuerId, String)> = tx
+    let older: Vec<(IssuerId, CertSerial)> = tx
         .all(
             "SELECT issuer, serial FROM certificates
              WHERE subject_uri = $1 AND profile = $2 AND status = $3 AND serial <> $4",
@@ -214,9 +215,9 @@ async fn supersede_others(
 async fn revoke_superseded(
     tx: &mut Tx<'_>,
     issuer: IssuerId,
-    serial: &str,
+    serial: &CertSerial,
     subject_uri: &str,
-    by: &str,
+    by: &CertSerial,
     recorded_at: OffsetDateTime,
 ) -> Result<(), Error> {
     let reason = RevocationReason::Superseded;
@@ -244,7 +245,7 @@ async fn complete(
     tx: &mut Tx<'_>,
     completion: &Completion,
     subject_uri: &str,
-    cert_serial: &str,
+    cert_serial: &CertSerial,
     recorded_at: OffsetDateTime,
 ) -> Result<Recorded, Error> {
     let mut recorded = Recorded::default();

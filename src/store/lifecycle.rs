@@ -6,7 +6,9 @@ use super::registry::DeviceState;
 use super::sql::{FromRow, Row, StoredReason, Tx};
 use super::{audit, Store};
 use crate::audit::AuditEvent;
-use crate::domain::{CertState, ManufacturerId, Profile, RevocationReason, Role, SubjectState};
+use crate::domain::{
+    CertSerial, CertState, ManufacturerId, Profile, RevocationReason, Role, SubjectState,
+};
 use crate::error::Error;
 use crate::issuance::{IssuerId, RevokedEntry};
 use crate::policy::crl::{CrlBasis, CrlPlan};
@@ -15,7 +17,7 @@ use crate::policy::crl::{CrlBasis, CrlPlan};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertRecord {
     pub issuer: IssuerId,
-    pub serial: String,
+    pub serial: CertSerial,
     pub profile: Profile,
     pub role: Role,
     pub subject_uri: String,
@@ -222,7 +224,7 @@ impl super::CertificateRecords for Store {
     async fn certificate(
         &self,
         issuer: IssuerId,
-        serial: &str,
+        serial: &CertSerial,
     ) -> Result<Option<CertRecord>, Error> {
         let mut reader = self.reader().await?;
         reader
@@ -276,12 +278,12 @@ impl super::CertificateRecords for Store {
 impl super::RevocationStore for Store {
     async fn revoke(
         &self,
-        targets: &[(IssuerId, String)],
+        targets: &[(IssuerId, CertSerial)],
         subject: Option<&str>,
         reason: Option<RevocationReason>,
         change: SubjectChange<'_>,
         event: &AuditEvent,
-    ) -> Result<Vec<(IssuerId, String)>, Error> {
+    ) -> Result<Vec<(IssuerId, CertSerial)>, Error> {
         let at = event.recorded_at;
         let mut tx = self.begin_write().await?;
         let mut on = tx.on();
@@ -290,7 +292,7 @@ impl super::RevocationStore for Store {
         if let Some(uri) = subject {
             // Read under the write lock: a certificate recorded a moment ago is included, and
             // none can be recorded for the subject until this commits.
-            let rows: Vec<(IssuerId, String)> = on
+            let rows: Vec<(IssuerId, CertSerial)> = on
                 .all(
                     "SELECT issuer, serial FROM certificates WHERE subject_uri = $1 AND status <> $2",
                     &[&uri, &revoked_state],

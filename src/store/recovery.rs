@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 use super::lifecycle::{last_crl_number, set_crl_number};
 use super::{audit, Store};
 use crate::audit::AuditEvent;
-use crate::domain::{CertState, Profile, RevocationReason, Role};
+use crate::domain::{CertSerial, CertState, Profile, RevocationReason, Role};
 use crate::error::Error;
 use crate::issuance::{IssuerId, RevokedEntry};
 
@@ -16,7 +16,7 @@ pub const UNRECORDED_SUBJECT: &str = "unrecorded";
 /// A revocation re-applied from a kept CRL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recovered {
-    pub serial: String,
+    pub serial: CertSerial,
     /// The certificate's subject, or `None` when the database had no row for the serial.
     pub subject_uri: Option<String>,
     pub revoked_at: OffsetDateTime,
@@ -47,7 +47,7 @@ impl super::RecoveryStore for Store {
         let revoked = CertState::Revoked;
         let mut outcome = RecoveryOutcome::default();
         for entry in entries {
-            let serial = crate::domain::hex(&entry.serial);
+            let serial = CertSerial::from_bytes(entry.serial.clone());
             let row: Option<(CertState, String)> = on
                 .optional(
                     "SELECT status, subject_uri FROM certificates WHERE issuer = $1 AND serial = $2",

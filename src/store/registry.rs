@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 use super::sql::{FromRow, Row};
 use super::{audit, Store};
 use crate::audit::AuditEvent;
-use crate::domain::{quote, ManufacturerId};
+use crate::domain::{quote, CertSerial, ManufacturerId};
 use crate::error::Error;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +48,7 @@ pub struct DeviceRecord {
     pub uri: String,
     pub state: DeviceState,
     pub enrolled_at: OffsetDateTime,
-    pub birth_serial: String,
+    pub birth_serial: CertSerial,
 }
 
 /// Filters and position for a device listing.

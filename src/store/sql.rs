@@ -242,6 +242,28 @@ impl<'r> Column<'r> for crate::issuance::IssuerId {
     }
 }
 
+/// A certificate serial is stored as lowercase hex.
+impl Typed for crate::domain::CertSerial {
+    const KIND: Kind = Kind::Text;
+}
+
+impl Bind for crate::domain::CertSerial {
+    fn arg(&self) -> Arg<'_> {
+        Arg::Text(Cow::Owned(self.to_hex()))
+    }
+}
+
+impl<'r> Column<'r> for crate::domain::CertSerial {
+    fn from_value(v: Value<'r>) -> Result<Self, Error> {
+        let text = <&str>::from_value(v)?;
+        crate::domain::CertSerial::parse_hex(text).map_err(|_| {
+            Error::Integrity(format!(
+                "the store holds a serial that is not hex: {text:?}"
+            ))
+        })
+    }
+}
+
 /// A revocation reason is stored as its RFC 5280 code (NULL when none was given).
 impl Typed for crate::domain::RevocationReason {
     const KIND: Kind = Kind::Int;

@@ -21,7 +21,7 @@ use crate::audit::ledger::EventFields;
 use crate::audit::merkle::Hash;
 use crate::audit::AuditEvent;
 use crate::audit::StoredEvent;
-use crate::domain::{ManufacturerId, PkiFingerprint, RevocationReason};
+use crate::domain::{CertSerial, ManufacturerId, PkiFingerprint, RevocationReason};
 use crate::error::Error;
 use crate::issuance::{IssuerId, RevokedEntry, SignedCertificate};
 use crate::policy::crl::CrlBasis;
@@ -184,7 +184,7 @@ pub trait CertificateRecords {
     fn certificate(
         &self,
         issuer: IssuerId,
-        serial: &str,
+        serial: &CertSerial,
     ) -> impl Future<Output = Result<Option<CertRecord>, Error>> + Send;
 
     /// Every certificate of a subject, oldest first.
@@ -209,12 +209,12 @@ pub trait RevocationStore {
     /// `event`, in one transaction. Returns the serials revoked now.
     fn revoke(
         &self,
-        targets: &[(IssuerId, String)],
+        targets: &[(IssuerId, CertSerial)],
         subject: Option<&str>,
         reason: Option<RevocationReason>,
         change: SubjectChange<'_>,
         event: &AuditEvent,
-    ) -> impl Future<Output = Result<Vec<(IssuerId, String)>, Error>> + Send;
+    ) -> impl Future<Output = Result<Vec<(IssuerId, CertSerial)>, Error>> + Send;
 
     /// `issuer`'s last CRL number and thisUpdate, which the next CRL is planned from
     /// ([`crate::policy::crl::next`]).
