@@ -366,6 +366,22 @@ async fn revocation_authority_follows_the_role() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
+    // So is a serial that is not hex, or longer than 20 octets, with one refusal event each.
+    let before = server.audit_events().await.len();
+    for bad in ["not-hex", "abc", &"00".repeat(21)] {
+        let err = lifecycle(&server, &server.admin())
+            .await
+            .revoke(revoke_serial(bad, proto::RevocationReason::KeyCompromise))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
+        assert!(err.message().contains("hex"), "{}", err.message());
+    }
+    let refusals: Vec<_> = server.audit_events().await.split_off(before);
+    assert_eq!(refusals.len(), 3, "{refusals:?}");
+    assert!(refusals
+        .iter()
+        .all(|e| e.event.outcome != medid::audit::Outcome::Success));
     // The device's own station may, with cessationOfOperation.
     lifecycle(&server, &acme)
         .await
@@ -624,6 +640,20 @@ async fn gateways_ask_for_certificate_status_by_serial_or_der() {
         .unwrap()
         .into_inner();
     assert_eq!(st.status, proto::CertStatus::Unknown as i32);
+    // A serial that is not hex is a bad request, not an unknown certificate.
+    let err = gw
+        .get_certificate_status(proto::GetCertificateStatusRequest {
+            certificate: Some(proto::get_certificate_status_request::Certificate::Serial(
+                proto::CertificateRef {
+                    issuer: 0,
+                    serial: "zz".into(),
+                    issuer_generation: 0,
+                },
+            )),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
     // A device may not ask.
     let err = lifecycle(&server, &device.birth)
         .await
