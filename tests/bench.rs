@@ -69,3 +69,50 @@ fn bench_runs_every_scenario_and_reports_what_it_did_as_json() {
     assert!(export["p50_ms"].is_null(), "{export}");
     assert_eq!(by_name("inclusion proofs (whole log each)")["ops"], 3);
 }
+
+/// `--scenario fill` puts its events in the log through RecordAccessStream; with `--data-dir`
+/// the log stays, and a later run (another fill, an export) works on the same one.
+#[test]
+fn fill_keeps_its_log_in_the_data_dir_for_later_runs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("bench");
+    let run = |extra: &[&str]| -> Vec<Value> {
+        let out = Command::new(env!("CARGO_BIN_EXE_medid"))
+            .args(["bench", "--json", "--concurrency", "2", "--batch", "7"])
+            .arg("--data-dir")
+            .arg(&data)
+            .args(extra)
+            .env("MEDID_LOG", "error")
+            .output()
+            .expect("medid bench runs");
+        assert!(
+            out.status.success(),
+            "medid bench failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("--json prints one JSON array")
+    };
+    let fill = "fill: access events, streams (per-batch ack latency)";
+    let first = run(&["--scenario", "fill", "--count", "30", "--devices", "3"]);
+    assert_eq!(first[0]["scenario"], fill);
+    assert_eq!(first[0]["ops"], 30);
+    assert!(data.join("medid.db").exists(), "the database is kept");
+    let second = run(&[
+        "--scenario",
+        "fill",
+        "--count",
+        "30",
+        "--devices",
+        "3",
+        "--scenario",
+        "export",
+    ]);
+    assert_eq!(second[0]["ops"], 30);
+    let export = second
+        .iter()
+        .find(|f| f["scenario"] == "export + offline verify (events)")
+        .expect("an export");
+    // Both fills' events, the three devices' enrollments and the principals' issuance, all
+    // in one verified log.
+    assert!(export["ops"].as_u64().is_some_and(|n| n >= 63), "{export}");
+}

@@ -2,7 +2,7 @@
 //! can be read apart from the load generator's) and prints throughput, p50/p99 latency and the
 //! server's CPU time per scenario. Figures, never assertions: see docs/PERFORMANCE.md.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use crate::audit::verify::CHUNK_LINES;
@@ -33,6 +33,10 @@ pub enum Scenario {
     /// Single inclusion proofs (GetInclusionProof) spread over the whole log, each verified
     /// against the signed checkpoint.
     Proof,
+    /// Fills the log: `--count` access events over RecordAccessStream, naming `--devices`
+    /// enrolled devices in turn, through the real path (sealed, hashed, group-committed).
+    /// Not in the default set; with `--data-dir`, later runs measure against the filled log.
+    Fill,
 }
 
 #[derive(Debug, Args)]
@@ -54,6 +58,14 @@ pub struct BenchArgs {
     /// Inclusion proofs the proof scenario asks for (each reads the whole log once).
     #[arg(long, default_value_t = 20)]
     pub proofs: usize,
+    /// Devices the fill scenario's events name in turn (each gets count / devices events).
+    #[arg(long, default_value_t = 1000)]
+    pub devices: usize,
+    /// Keep the server's directory (configuration, development PKI, database) here instead of
+    /// a temporary one, and reuse what it holds: fill a log once, then measure proofs and
+    /// exports against it.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
     /// Print the figures as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -61,8 +73,23 @@ pub struct BenchArgs {
 
 struct Server {
     child: Child,
-    dir: tempfile::TempDir,
+    dir: ServerDir,
     url: String,
+}
+
+/// Where the server keeps its files: a temporary directory, or one kept (`--data-dir`).
+enum ServerDir {
+    Temporary(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl ServerDir {
+    fn path(&self) -> &Path {
+        match self {
+            ServerDir::Temporary(dir) => dir.path(),
+            ServerDir::Kept(dir) => dir,
+        }
+    }
 }
 
 impl Drop for Server {
@@ -114,8 +141,17 @@ fn free_port() -> Result<u16, Error> {
         .map_err(|e| Error::Unavailable(format!("no free port: {e}")))
 }
 
-async fn start() -> Result<Server, Error> {
-    let dir = tempfile::tempdir().map_err(|e| Error::internal("temp dir", e))?;
+async fn start(data_dir: Option<&Path>) -> Result<Server, Error> {
+    let dir = match data_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::Internal(format!("creating {}: {e}", dir.display())))?;
+            ServerDir::Kept(dir.to_owned())
+        }
+        None => {
+            ServerDir::Temporary(tempfile::tempdir().map_err(|e| Error::internal("temp dir", e))?)
+        }
+    };
     let (grpc, http) = (free_port()?, free_port()?);
     let config = dir.path().join("medid.toml");
     let text = format!(
@@ -190,6 +226,24 @@ async fn issue(
     Ok((cert.certificate_pem, key.serialize_pem()))
 }
 
+/// Succeeds also when what is created exists already (a reused `--data-dir`).
+fn created<T>(answer: Result<T, tonic::Status>) -> Result<(), Error> {
+    match answer {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
+        Err(s) => Err(super::client::status(s)),
+    }
+}
+
+/// The size of the server's database files (the database and its WAL), in bytes.
+fn database_bytes(dir: &Path) -> u64 {
+    ["medid.db", "medid.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 /// One scenario's figures.
 struct Figures {
     name: &'static str,
@@ -226,6 +280,93 @@ fn progress(name: &str, done: usize, total: usize) {
     }
 }
 
+/// The fill scenario's load: `args.count` events over one stream per worker, each batch made
+/// when it is sent (memory stays flat whatever the count), the events naming device `F-k` in
+/// turn and one of 10,000 patients.
+async fn fill(
+    server: &Server,
+    gateway: &Arc<ClientCredentials>,
+    args: &BenchArgs,
+    workers: usize,
+    devices: usize,
+) -> Result<Vec<Duration>, Error> {
+    let per = args.count.div_ceil(workers);
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tasks = (0..workers).map(|w| {
+        let first = (w * per).min(args.count);
+        let end = (first + per).min(args.count);
+        let (url, creds, done, size) = (
+            server.url.clone(),
+            gateway.clone(),
+            done.clone(),
+            args.batch.max(1),
+        );
+        async move {
+            let mut lat = Vec::new();
+            if first == end {
+                return Ok::<_, Error>(lat);
+            }
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let mut acks =
+                audit_service_client::AuditServiceClient::new(connect(&url, &creds).await?)
+                    .record_access_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await
+                    .map_err(super::client::status)?
+                    .into_inner();
+            let mut next = first;
+            while next < end {
+                let upto = (next + size).min(end);
+                let at = prost_types::Timestamp {
+                    seconds: time::OffsetDateTime::now_utc().unix_timestamp(),
+                    nanos: 0,
+                };
+                let events: Vec<AccessEvent> = (next..upto)
+                    .map(|i| AccessEvent {
+                        device: Some(DeviceRef {
+                            manufacturer_id: "bench".into(),
+                            serial: format!("F-{}", i % devices),
+                        }),
+                        user_id: format!("nurse-{}", i % 97),
+                        user_role: "nurse".into(),
+                        action: AccessAction::Read as i32,
+                        data_category: "vital-signs".into(),
+                        patient_ref: format!("Patient/p-{}", i % 10_000),
+                        purpose_of_use: "TREAT".into(),
+                        outcome: AccessOutcome::Success as i32,
+                        occurred_at: Some(at),
+                        ..Default::default()
+                    })
+                    .collect();
+                let (t, sent) = (Instant::now(), events.len());
+                tx.send(AccessBatch { events })
+                    .await
+                    .map_err(|_| Error::Unavailable("stream closed".into()))?;
+                let ack = acks
+                    .message()
+                    .await
+                    .map_err(super::client::status)?
+                    .ok_or_else(|| Error::Unavailable("stream ended before its ack".into()))?;
+                lat.push(t.elapsed());
+                if ack.seqs.len() != sent {
+                    return Err(Error::Internal(format!(
+                        "{sent} events sent, {} acknowledged",
+                        ack.seqs.len()
+                    )));
+                }
+                let total = done.fetch_add(sent, std::sync::atomic::Ordering::Relaxed) + sent;
+                progress("fill", total, args.count);
+                next = upto;
+            }
+            Ok(lat)
+        }
+    });
+    let lat: Vec<Vec<Duration>> = join_all(tasks)
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    Ok(lat.concat())
+}
+
 /// Drives the load from one thread of its own (a current-thread runtime). The client then
 /// takes at most one of the machine's cores, as a separate gateway process would, and pays no
 /// wakeups between runtime threads. On two cores that measured 8–19% more throughput in every
@@ -257,7 +398,9 @@ async fn drive(args: BenchArgs) -> Result<(), Error> {
         args.scenarios.clone()
     };
     let workers = args.concurrency.clamp(1, 32);
-    let server = start().await?;
+    let server = start(args.data_dir.as_deref()).await?;
+    // Serials unique to this run, so a reused directory takes new enrollments.
+    let run = time::OffsetDateTime::now_utc().unix_timestamp();
     let pki = server.dir.path().join("pki");
     let admin = connect(
         &server.url,
@@ -267,14 +410,15 @@ async fn drive(args: BenchArgs) -> Result<(), Error> {
         ),
     )
     .await?;
-    admin_service_client::AdminServiceClient::new(admin.clone())
-        .create_manufacturer(CreateManufacturerRequest {
-            id: "bench".into(),
-            display_name: "Bench".into(),
-            allowed_models: vec![],
-        })
-        .await
-        .map_err(super::client::status)?;
+    created(
+        admin_service_client::AdminServiceClient::new(admin.clone())
+            .create_manufacturer(CreateManufacturerRequest {
+                id: "bench".into(),
+                display_name: "Bench".into(),
+                allowed_models: vec![],
+            })
+            .await,
+    )?;
     let station = issue(
         &admin,
         proto::PrincipalRole::ManufacturerStation,
@@ -336,7 +480,7 @@ async fn drive(args: BenchArgs) -> Result<(), Error> {
                             enrollment_service_client::EnrollmentServiceClient::new(ch)
                                 .enroll_device(EnrollDeviceRequest {
                                     csr,
-                                    serial: format!("B{first}-{w}-{i}"),
+                                    serial: format!("B{run}-{first}-{w}-{i}"),
                                     model: "X".into(),
                                     udi_di: String::new(),
                                 })
@@ -368,7 +512,7 @@ async fn drive(args: BenchArgs) -> Result<(), Error> {
                 let event = AccessEvent {
                     device: Some(DeviceRef {
                         manufacturer_id: "bench".into(),
-                        serial: "B0-0-0".into(),
+                        serial: format!("B{run}-0-0-0"),
                     }),
                     action: AccessAction::Read as i32,
                     data_category: "vital-signs".into(),
@@ -381,17 +525,18 @@ async fn drive(args: BenchArgs) -> Result<(), Error> {
                     ..Default::default()
                 };
                 if enrolled == 0 {
-                    enrollment_service_client::EnrollmentServiceClient::new(
-                        connect(&server.url, &station_creds).await?,
-                    )
-                    .enroll_device(EnrollDeviceRequest {
-                        csr: csr()?,
-                        serial: "B0-0-0".into(),
-                        model: "X".into(),
-                        udi_di: String::new(),
-                    })
-                    .await
-                    .map_err(super::client::status)?;
+                    created(
+                        enrollment_service_client::EnrollmentServiceClient::new(
+                            connect(&server.url, &station_creds).await?,
+                        )
+                        .enroll_device(EnrollDeviceRequest {
+                            csr: csr()?,
+                            serial: format!("B{run}-0-0-0"),
+                            model: "X".into(),
+                            udi_di: String::new(),
+                        })
+                        .await,
+                    )?;
                     enrolled = 1;
                     (cpu_before, started) = (server.cpu_seconds(), Instant::now());
                 }
@@ -488,6 +633,32 @@ async fn drive(args: BenchArgs) -> Result<(), Error> {
                         .collect::<Result<_, _>>()?;
                     ("access events, unary", args.count, lat.concat())
                 }
+            }
+            Scenario::Fill => {
+                // The devices first, untimed, through the station as a factory would.
+                let devices = args.devices.clamp(1, 100_000);
+                let mut factory = enrollment_service_client::EnrollmentServiceClient::new(
+                    connect(&server.url, &station_creds).await?,
+                );
+                for d in 0..devices {
+                    created(
+                        factory
+                            .enroll_device(EnrollDeviceRequest {
+                                csr: csr()?,
+                                serial: format!("F-{d}"),
+                                model: "X".into(),
+                                udi_di: String::new(),
+                            })
+                            .await,
+                    )?;
+                }
+                (cpu_before, started) = (server.cpu_seconds(), Instant::now());
+                let lat = fill(&server, &gateway_creds, &args, workers, devices).await?;
+                (
+                    "fill: access events, streams (per-batch ack latency)",
+                    args.count,
+                    lat,
+                )
             }
             Scenario::Proof => {
                 let channel = connect(&server.url, &server.creds(&auditor.0, &auditor.1)).await?;
@@ -619,6 +790,14 @@ async fn drive(args: BenchArgs) -> Result<(), Error> {
             server_cpu: 0.0,
             server_rss_mib: figures.server_rss_mib,
         });
+        if scenario == Scenario::Fill && !args.json {
+            let bytes = database_bytes(server.dir.path());
+            println!(
+                "fill: the database is {:.1} MiB on disk after it ({} bytes)",
+                bytes as f64 / (1024.0 * 1024.0),
+                bytes
+            );
+        }
         for figures in std::iter::once(figures).chain(alone) {
             if !args.json {
                 let ms = |p: f64| {
