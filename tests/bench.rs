@@ -67,7 +67,7 @@ fn bench_runs_every_scenario_and_reports_what_it_did_as_json() {
     );
     // No latencies for the export: null, not NaN (which is not JSON).
     assert!(export["p50_ms"].is_null(), "{export}");
-    assert_eq!(by_name("inclusion proofs (whole log each)")["ops"], 3);
+    assert_eq!(by_name("inclusion proofs (stored tree)")["ops"], 3);
 }
 
 /// `--scenario fill` puts its events in the log through RecordAccessStream; with `--data-dir`

@@ -141,6 +141,7 @@ conformance!(
     an_adopted_certificate_is_recorded_once,
     revocations_from_a_kept_crl_are_applied_once,
     the_leaf_hashes_fold_in_order_from_any_point,
+    the_stored_tree_answers_every_proof_and_is_rebuilt_when_missing,
 );
 
 async fn migrations_apply_once_and_reopening_changes_nothing(db: Db) {
@@ -1420,4 +1421,75 @@ async fn the_leaf_hashes_fold_in_order_from_any_point(db: Db) {
             medid::domain::hex(&all[3])
         )]
     );
+}
+
+/// Every subtree root a proof needs, read from the stored tree, equals the root recomputed
+/// from the leaves, for events appended alone, in batches and inside other writes; a database
+/// whose stored tree is missing (one from before it existed) gets it back when opened.
+async fn the_stored_tree_answers_every_proof_and_is_rebuilt_when_missing(db: Db) {
+    use medid::audit::merkle;
+    for batch in [1usize, 2, 3, 5, 8, 13, 1, 1, 21] {
+        let events: Vec<_> = (0..batch)
+            .map(|i| event(Action::DataAccess, &format!("spiffe://t/device/acme/d-{i}")))
+            .collect();
+        db.store.append_events(events).await.unwrap();
+    }
+    // Appends inside another write (a manufacturer's creation) grow the tree too.
+    acme(&db).await;
+    let size = db.store.tree_size().await.unwrap() as usize;
+    assert_eq!(size, 56);
+    let leaves = db.store.leaf_hashes(size as u64).await.unwrap();
+    every_proof_from_the_stored_tree(&db.store, &leaves).await;
+    assert_eq!(
+        db.store.build_tree().await.unwrap(),
+        0,
+        "nothing left to build"
+    );
+    // Without its stored tree (as before it existed), the database is rebuilt when opened.
+    let raw = db.raw().await;
+    sqlx::query("DELETE FROM merkle_nodes")
+        .execute(&raw)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE merkle_state SET size = 0")
+        .execute(&raw)
+        .await
+        .unwrap();
+    let missing = db
+        .store
+        .subtree_roots(&merkle::inclusion_ranges(0, size).unwrap())
+        .await;
+    assert!(matches!(missing, Err(Error::Integrity(_))), "{missing:?}");
+    db.store.close().await;
+    let reopened = Store::open_url(&db.url).await.unwrap();
+    every_proof_from_the_stored_tree(&reopened, &leaves).await;
+}
+
+/// Every inclusion and consistency proof over `leaves`, compared with the roots recomputed.
+async fn every_proof_from_the_stored_tree(store: &Store, leaves: &[medid::audit::merkle::Hash]) {
+    use medid::audit::merkle;
+    let roots = |ranges: &[std::ops::Range<usize>]| -> Vec<_> {
+        ranges
+            .iter()
+            .map(|r| merkle::root(&leaves[r.clone()]))
+            .collect()
+    };
+    for n in 1..=leaves.len() {
+        for m in 0..n {
+            let ranges = merkle::inclusion_ranges(m, n).unwrap();
+            assert_eq!(
+                store.subtree_roots(&ranges).await.unwrap(),
+                roots(&ranges),
+                "inclusion {m} of {n}"
+            );
+            if m > 0 {
+                let ranges = merkle::consistency_ranges(m, n).unwrap();
+                assert_eq!(
+                    store.subtree_roots(&ranges).await.unwrap(),
+                    roots(&ranges),
+                    "consistency {m} to {n}"
+                );
+            }
+        }
+    }
 }

@@ -55,7 +55,7 @@ pub struct BenchArgs {
     /// Events per RecordAccessStream batch.
     #[arg(long, default_value_t = 500)]
     pub batch: usize,
-    /// Inclusion proofs the proof scenario asks for (each reads the whole log once).
+    /// Inclusion proofs the proof scenario asks for, spread over the log.
     #[arg(long, default_value_t = 20)]
     pub proofs: usize,
     /// Devices the fill scenario's events name in turn (each gets count / devices events).
@@ -706,7 +706,7 @@ async fn drive(args: BenchArgs) -> Result<(), Error> {
                     }
                     progress("proofs", i as usize + 1, n as usize);
                 }
-                ("inclusion proofs (whole log each)", n as usize, lat)
+                ("inclusion proofs (stored tree)", n as usize, lat)
             }
             Scenario::Export => {
                 let channel = connect(&server.url, &server.creds(&auditor.0, &auditor.1)).await?;

@@ -145,8 +145,11 @@ pub(crate) async fn append_many(tx: &mut Tx<'_>, events: &[Ready]) -> Result<i64
         .one("SELECT COALESCE(MAX(seq), 0) + 1 FROM audit_events", &[])
         .await?;
     let mut rows = Vec::with_capacity(events.len());
+    let mut leaves = Vec::with_capacity(events.len());
     for (seq, ready) in (first..).zip(events) {
-        rows.push((seq, ready, crate::domain::hex(&ready.leaf(seq))));
+        let leaf = ready.leaf(seq);
+        leaves.push(leaf);
+        rows.push((seq, ready, crate::domain::hex(&leaf)));
     }
     let numbered = tx.numbered_params();
     let per_insert = tx.rows_per_insert().max(1);
@@ -208,6 +211,9 @@ pub(crate) async fn append_many(tx: &mut Tx<'_>, events: &[Ready]) -> Result<i64
         }
         tx.execute(&sql, &args).await?;
     }
+    // The stored tree grows in the same transaction (store/tree.rs).
+    let last = first + events.len() as i64 - 1;
+    super::tree::extend(tx, last, first, &leaves).await?;
     Ok(first)
 }
 

@@ -141,6 +141,50 @@ impl super::MerkleLog for Store {
         Ok(())
     }
 
+    async fn subtree_roots(&self, ranges: &[std::ops::Range<usize>]) -> Result<Vec<Hash>, Error> {
+        let mut reader = self.reader().await?;
+        let mut tx = reader.tx();
+        let mut roots = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            roots.push(super::tree::range_root(&mut tx, r.start as u64..r.end as u64).await?);
+        }
+        Ok(roots)
+    }
+
+    async fn leaf_hash(&self, seq: i64) -> Result<Option<Hash>, Error> {
+        let mut reader = self.reader().await?;
+        reader
+            .tx()
+            .optional("SELECT leaf_hash FROM audit_events WHERE seq = $1", &[&seq])
+            .await
+    }
+
+    async fn build_tree(&self) -> Result<u64, Error> {
+        // Leaves per transaction: the rare-write lock is held for one chunk at a time.
+        const CHUNK: i64 = 65_536;
+        let mut added = 0u64;
+        loop {
+            let mut tx = self.begin_write().await?;
+            let mut on = tx.on();
+            let covered = super::tree::covered(&mut on).await?;
+            let size: i64 = on
+                .one("SELECT COALESCE(MAX(seq), 0) FROM audit_events", &[])
+                .await?;
+            if covered >= size {
+                return Ok(added);
+            }
+            let upto = (covered + CHUNK).min(size);
+            super::tree::extend(&mut on, upto, upto + 1, &[]).await?;
+            tx.commit().await?;
+            added += (upto - covered) as u64;
+            tracing::info!(
+                covered = upto,
+                of = size,
+                "stored the audit log's Merkle tree"
+            );
+        }
+    }
+
     async fn leaf_hashes_as_stored(&self, size: u64) -> Result<Vec<Hash>, Error> {
         let mut reader = self.reader().await?;
         let rows: Vec<String> = reader

@@ -28,6 +28,7 @@ pub mod recovery;
 pub mod registry;
 pub(crate) mod sql;
 mod traits;
+mod tree;
 mod writer;
 
 pub use traits::{
@@ -85,6 +86,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "certificate_census",
         include_str!("../../migrations/sqlite/0007_certificate_census.sql"),
     ),
+    (
+        8,
+        "merkle_nodes",
+        include_str!("../../migrations/sqlite/0008_merkle_nodes.sql"),
+    ),
 ];
 
 /// PostgreSQL migrations: the same schema, written for PostgreSQL from the start.
@@ -108,6 +114,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "certificate_census",
         include_str!("../../migrations/postgres/0004_certificate_census.sql"),
+    ),
+    (
+        5,
+        "merkle_nodes",
+        include_str!("../../migrations/postgres/0005_merkle_nodes.sql"),
     ),
 ];
 
@@ -323,6 +334,7 @@ impl Store {
             readers,
         };
         store.migrate().await?;
+        MerkleLog::build_tree(&store).await?;
         Ok(store)
     }
 

@@ -74,6 +74,22 @@ pub trait MerkleLog {
         each: impl FnMut(u64, Hash) + Send,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
+    /// The roots of the leaf ranges of a proof ([`crate::audit::merkle::inclusion_ranges`],
+    /// `consistency_ranges`), read from the stored tree: O(log n) reads each, whatever the
+    /// log's length. An absent node is an integrity error.
+    fn subtree_roots(
+        &self,
+        ranges: &[std::ops::Range<usize>],
+    ) -> impl Future<Output = Result<Vec<Hash>, Error>> + Send;
+
+    /// The leaf hash of event `seq`, as stored.
+    fn leaf_hash(&self, seq: i64) -> impl Future<Output = Result<Option<Hash>, Error>> + Send;
+
+    /// Extends the stored tree over events appended before it existed (a database from an
+    /// earlier release), in transactions of a bounded number of leaves; returns how many
+    /// leaves it added. Runs at start, before the service answers.
+    fn build_tree(&self) -> impl Future<Output = Result<u64, Error>> + Send;
+
     /// Leaf hashes of events up to `size` as stored, gaps and all (for exporting a damaged log
     /// so the verifier can name the damage).
     fn leaf_hashes_as_stored(

@@ -1,0 +1,239 @@
+//! The audit log's Merkle tree (RFC 9162), stored as the log grows: every complete subtree of
+//! 16 leaves or more (levels 4 and up) is one row of `merkle_nodes` (level,
+//! index, root), written in the transaction that appends the leaf completing it. A smaller
+//! subtree is hashed from its leaves when a proof needs it (at most 8 leaves, one read). A
+//! proof then needs O(log n) reads however long the log is, instead of a pass over every leaf,
+//! and the log stores one node for every 16 events.
+//!
+//! Node (level, idx) covers leaves `idx * 2^level .. (idx + 1) * 2^level`; level 0 is the
+//! leaf hash kept with each event (`audit_events.leaf_hash`, event `seq` is leaf `seq - 1`).
+//! `merkle_state.size` is how many leaves the stored nodes cover.
+
+use std::ops::Range;
+
+use super::sql::{Bind, Tx};
+use crate::audit::merkle::{node_hash, Hash};
+use crate::error::Error;
+
+/// A complete subtree and its root.
+#[derive(Debug, Clone, Copy)]
+struct Node {
+    level: u32,
+    idx: i64,
+    hash: Hash,
+}
+
+/// The lowest level stored: subtrees of 2^4 = 16 leaves and more. Storing every level cost
+/// about a fifth of stream ingest (one more B-tree row per event).
+const STORED_LEVEL: u32 = 4;
+
+/// Rows per multi-row INSERT of nodes (three parameters each).
+const NODES_PER_INSERT: usize = 256;
+
+/// The leaves the stored nodes cover.
+pub(super) async fn covered(tx: &mut Tx<'_>) -> Result<i64, Error> {
+    tx.one("SELECT size FROM merkle_state WHERE id = 1", &[])
+        .await
+}
+
+/// Extends the stored tree to cover the first `size` leaves. `fresh` holds the leaf hashes of
+/// events `fresh_first ..` just appended in this transaction (so they need not be read back);
+/// any other leaf not yet covered is read from the log. Runs under the write lock.
+pub(super) async fn extend(
+    tx: &mut Tx<'_>,
+    size: i64,
+    fresh_first: i64,
+    fresh: &[Hash],
+) -> Result<(), Error> {
+    let from = covered(tx).await?;
+    if from >= size {
+        return Ok(());
+    }
+    let mut stack = frontier(tx, from).await?;
+    let mut made = Vec::new();
+    // Leaves from + 1 .. fresh_first - 1 (by seq) are older events: read them back.
+    let older_end = (fresh_first - 1).min(size);
+    if from < older_end {
+        let mut next = from;
+        let mut failed = None;
+        tx.scan(
+            "SELECT seq, leaf_hash FROM audit_events WHERE seq > $1 AND seq <= $2 ORDER BY seq",
+            &[&from, &older_end],
+            &mut |row| {
+                let seq: i64 = row.get(0)?;
+                let hash: Hash = row.get(1)?;
+                if seq != next + 1 {
+                    failed = Some(next + 1);
+                    return Err(Error::Integrity(format!(
+                        "audit log: sequence {} is missing",
+                        next + 1
+                    )));
+                }
+                next = seq;
+                push(&mut stack, &mut made, seq - 1, hash);
+                Ok(())
+            },
+        )
+        .await?;
+        if next != older_end {
+            return Err(Error::Integrity(format!(
+                "audit log: sequence {} is missing",
+                failed.unwrap_or(next + 1)
+            )));
+        }
+    }
+    for (seq, hash) in (fresh_first..).zip(fresh) {
+        if seq > from && seq <= size {
+            push(&mut stack, &mut made, seq - 1, *hash);
+        }
+    }
+    insert_nodes(tx, &made).await?;
+    tx.execute("UPDATE merkle_state SET size = $1 WHERE id = 1", &[&size])
+        .await?;
+    Ok(())
+}
+
+/// Pushes leaf `index` onto the right edge of the tree, merging the complete subtrees it
+/// completes (each one a new node to store).
+fn push(stack: &mut Vec<Node>, made: &mut Vec<Node>, index: i64, hash: Hash) {
+    let mut node = Node {
+        level: 0,
+        idx: index,
+        hash,
+    };
+    while let Some(left) = stack.last().filter(|l| l.level == node.level) {
+        node = Node {
+            level: node.level + 1,
+            idx: left.idx / 2,
+            hash: node_hash(&left.hash, &node.hash),
+        };
+        stack.pop();
+        if node.level >= STORED_LEVEL {
+            made.push(node);
+        }
+    }
+    stack.push(node);
+}
+
+/// The complete subtrees that cover leaves `0 .. size`, largest (leftmost) first.
+async fn frontier(tx: &mut Tx<'_>, size: i64) -> Result<Vec<Node>, Error> {
+    let mut out = Vec::new();
+    let mut start = 0i64;
+    for level in (0..63u32).rev() {
+        let width = 1i64 << level;
+        if size & width != 0 {
+            let idx = start >> level;
+            out.push(Node {
+                level,
+                idx,
+                hash: node(tx, level, idx).await?,
+            });
+            start += width;
+        }
+    }
+    Ok(out)
+}
+
+/// The stored root of node (level, idx).
+async fn node(tx: &mut Tx<'_>, level: u32, idx: i64) -> Result<Hash, Error> {
+    let missing = || {
+        Error::Integrity(format!(
+            "the stored Merkle tree has no node {idx} at level {level}"
+        ))
+    };
+    if level == 0 {
+        return tx
+            .optional::<Hash>(
+                "SELECT leaf_hash FROM audit_events WHERE seq = $1",
+                &[&(idx + 1)],
+            )
+            .await?
+            .ok_or_else(missing);
+    }
+    if level < STORED_LEVEL {
+        // Not stored: hashed from its leaves (events first + 1 ..= first + width).
+        let width = 1i64 << level;
+        let first = idx * width;
+        let leaves: Vec<Hash> = tx
+            .all(
+                "SELECT leaf_hash FROM audit_events WHERE seq > $1 AND seq <= $2 ORDER BY seq",
+                &[&first, &(first + width)],
+            )
+            .await?;
+        if leaves.len() as i64 != width {
+            return Err(missing());
+        }
+        return Ok(crate::audit::merkle::root(&leaves));
+    }
+    let bytes: Option<Vec<u8>> = tx
+        .optional(
+            "SELECT hash FROM merkle_nodes WHERE level = $1 AND idx = $2",
+            &[&i64::from(level), &idx],
+        )
+        .await?;
+    let bytes = bytes.ok_or_else(missing)?;
+    bytes.try_into().map_err(|_| {
+        Error::Integrity(format!(
+            "the stored Merkle node {idx} at level {level} is not 32 bytes"
+        ))
+    })
+}
+
+async fn insert_nodes(tx: &mut Tx<'_>, nodes: &[Node]) -> Result<(), Error> {
+    let numbered = tx.numbered_params();
+    let mut rest = nodes;
+    while !rest.is_empty() {
+        // With plain `?` (SQLite), a power of two rows per statement, so a handful of
+        // statements are prepared once and cached, as for the events themselves.
+        let most = rest.len().min(NODES_PER_INSERT);
+        let take = if numbered { most } else { 1 << most.ilog2() };
+        let (chunk, tail) = rest.split_at(take);
+        rest = tail;
+        let mut sql = String::from("INSERT INTO merkle_nodes (level, idx, hash) VALUES ");
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            if numbered {
+                sql.push_str(&format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3));
+            } else {
+                sql.push_str("(?, ?, ?)");
+            }
+        }
+        let rows: Vec<(i64, i64, &[u8])> = chunk
+            .iter()
+            .map(|n| (i64::from(n.level), n.idx, n.hash.as_slice()))
+            .collect();
+        let mut args: Vec<&(dyn Bind + Sync)> = Vec::with_capacity(3 * rows.len());
+        for (level, idx, hash) in &rows {
+            args.extend([level as &(dyn Bind + Sync), idx, hash]);
+        }
+        tx.execute(&sql, &args).await?;
+    }
+    Ok(())
+}
+
+/// The root (MTH) of the leaves in `range`, a subtree of the RFC 9162 tree (as the ranges of
+/// [`crate::audit::merkle::inclusion_ranges`] and `consistency_ranges` are): its complete
+/// aligned parts, largest first, read from the stored tree and hashed from the right.
+pub(super) async fn range_root(tx: &mut Tx<'_>, range: Range<u64>) -> Result<Hash, Error> {
+    let mut parts = Vec::new();
+    let mut at = range.start;
+    while at < range.end {
+        let mut level = 0u32;
+        while level < 62 {
+            let width = 1u64 << (level + 1);
+            if at % width != 0 || at + width > range.end {
+                break;
+            }
+            level += 1;
+        }
+        parts.push(node(tx, level, (at >> level) as i64).await?);
+        at += 1u64 << level;
+    }
+    let mut parts = parts.into_iter().rev();
+    let last = parts
+        .next()
+        .ok_or_else(|| Error::Internal("the root of an empty range".into()))?;
+    Ok(parts.fold(last, |right, left| node_hash(&left, &right)))
+}
