@@ -327,8 +327,9 @@ async fn crl_numbers_rise_by_one_under_concurrent_issuers(db: Db) {
             .all(|w| w[0].this_update <= w[1].this_update),
         "thisUpdate never goes back as numbers rise"
     );
-    // A revocation committed after a CRL was planned makes it stale: nothing is recorded.
-    let stale = plan_crl(&db.store, op, at()).await;
+    // A revocation committed after a CRL was planned does not hold it up: that CRL is
+    // recorded as planned, and the next one lists the revocation.
+    let planned = plan_crl(&db.store, op, at()).await;
     let raw = db.raw().await;
     insert_certificate(
         &raw,
@@ -339,27 +340,30 @@ async fn crl_numbers_rise_by_one_under_concurrent_issuers(db: Db) {
         at().unix_timestamp() + 86_400,
     )
     .await;
-    assert_eq!(
-        db.store
-            .record_crl(op, &stale, &event(Action::CrlSign, "spiffe://t/ca"))
-            .await
-            .unwrap(),
-        CrlSaved::Stale
+    let saved = db
+        .store
+        .record_crl(op, &planned, &event(Action::CrlSign, "spiffe://t/ca"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&saved, CrlSaved::Recorded(crl) if crl.number == 11),
+        "{saved:?}"
     );
-    let replanned = publish_crl(&db.store, op, at()).await;
-    assert_eq!(replanned.number, 11);
+    assert!(planned.entries.is_empty());
+    let next = plan_crl(&db.store, op, at()).await;
     assert_eq!(
-        plan_crl(&db.store, op, at()).await.entries.len(),
-        1,
-        "the revocation is listed"
+        (next.plan.number, next.entries.len()),
+        (12, 1),
+        "the revocation is listed next"
     );
+    assert_eq!(publish_crl(&db.store, op, at()).await.number, 12);
     let latest = db
         .store
         .latest_crl(IssuerId::first(IssuerName::Operational))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(latest.number, 11);
+    assert_eq!(latest.number, 12);
     let head = db
         .store
         .crl_head(IssuerId::first(IssuerName::Operational))

@@ -46,8 +46,8 @@ impl Default for CrlSignal {
     }
 }
 
-/// Times a CRL is planned and signed again when another replica's CRL or a revocation
-/// committed in between, before the publication fails as UNAVAILABLE.
+/// Times a CRL is planned and signed again when another replica's CRL was recorded in
+/// between, before the publication fails as UNAVAILABLE.
 const CRL_ATTEMPTS: usize = 8;
 
 impl CrlSignal {

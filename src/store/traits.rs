@@ -244,11 +244,11 @@ pub trait RevocationStore {
         listed_from: OffsetDateTime,
     ) -> impl Future<Output = Result<Vec<RevokedEntry>, Error>> + Send;
 
-    /// Records a CRL signed over `crl.basis` and `crl.entries`, with its `event`, if both
-    /// still hold under the write lock; otherwise stores nothing and answers
-    /// [`CrlSaved::Stale`] (another CRL or a revocation committed meanwhile: plan and sign
-    /// again). So numbers rise by one with exactly one CRL per number, and a CRL never misses
-    /// a revocation that committed before it.
+    /// Records a CRL planned from `crl.basis`, with its `event`, if that is still the
+    /// issuer's last CRL under the write lock; otherwise stores nothing and answers
+    /// [`CrlSaved::Stale`] (another replica's CRL came first: plan and sign again). So numbers
+    /// rise by one with exactly one CRL per number. A CRL lists every revocation committed
+    /// before it was planned; one committed after is on the CRL its own publication signs.
     fn record_crl(
         &self,
         issuer: IssuerId,
