@@ -739,9 +739,102 @@ async fn officers_search_the_trail_page_by_page_and_the_search_is_audited() {
     assert_eq!(err.code(), Code::PermissionDenied);
 }
 
-/// Periodic checkpoints extend the last one's Merkle frontier instead of re-reading the whole
-/// log; what they sign must equal a full re-read, and a change behind medid's back is still
-/// found once the full-check period has passed (docs/AUDIT.md).
+/// Every checkpoint checks what was added since the last signed one, from the stored rows and
+/// the stored tree (O(k + log n)): an event edited after the last checkpoint, a stored tree
+/// node those events complete, and a stored node the last signed root depends on are each
+/// found by the next periodic check, named in one `audit.integrity` event however often the
+/// check runs while the damage lasts (docs/AUDIT.md "Integrity checks").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_checkpoint_checks_what_was_added_since_the_last_signed_one() {
+    for case in ["event", "node", "root"] {
+        let w = world().await;
+        let mut gw = audit(&w.server, &w.gateway).await;
+        let mut officer = audit(&w.server, &w.auditor).await;
+        for n in 0..40 {
+            gw.record_access(access("PUMP-1", &format!("a-{n}")))
+                .await
+                .unwrap();
+        }
+        let signed = officer
+            .get_checkpoint(proto::GetCheckpointRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .tree_size as i64;
+        for n in 0..40 {
+            gw.record_access(access("PUMP-1", &format!("b-{n}")))
+                .await
+                .unwrap();
+        }
+        let pool = db(&w).await;
+        let expected = match case {
+            "event" => {
+                let seq = signed + 7;
+                let changed = sqlx::query(
+                    "UPDATE audit_events SET detail = REPLACE(detail, '\"b-', '\"c-') WHERE seq = $1",
+                )
+                .bind(seq)
+                .execute(&pool)
+                .await
+                .unwrap();
+                assert_eq!(changed.rows_affected(), 1);
+                format!("event {seq} no longer matches its leaf hash")
+            }
+            "node" => {
+                // The first 16-leaf subtree wholly after the checkpoint.
+                let idx = (signed + 15) / 16;
+                sqlx::query(
+                    "UPDATE merkle_nodes SET hash = (SELECT hash FROM merkle_nodes
+                     WHERE level = 4 AND idx = 0) WHERE level = 4 AND idx = $1",
+                )
+                .bind(idx)
+                .execute(&pool)
+                .await
+                .unwrap();
+                format!("stored Merkle node {idx} at level 4")
+            }
+            _ => {
+                // The largest subtree of the signed root (stored: it covers 32 leaves or more).
+                let level = 63 - (signed as u64).leading_zeros() as i64;
+                assert!(level >= 5, "{signed}");
+                sqlx::query(
+                    "UPDATE merkle_nodes SET hash = (SELECT hash FROM merkle_nodes
+                     WHERE level = 4 AND idx = 1) WHERE level = $1 AND idx = 0",
+                )
+                .bind(level)
+                .execute(&pool)
+                .await
+                .unwrap();
+                format!("no longer yields the signed root of the first {signed} events")
+            }
+        };
+        pool.close().await;
+        let err = officer
+            .get_checkpoint(proto::GetCheckpointRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Internal, "{case}: {err:?}");
+        for _ in 0..3 {
+            w.server.clock.advance(time::Duration::seconds(11));
+            let damage = w.server.ca.maybe_checkpoint().await.unwrap_err();
+            assert!(damage.to_string().contains(&expected), "{case}: {damage}");
+        }
+        let raised: Vec<_> = w
+            .server
+            .audit_events()
+            .await
+            .into_iter()
+            .filter(|e| e.event.action == medid::audit::Action::AuditIntegrity)
+            .collect();
+        assert_eq!(raised.len(), 1, "{case}: raised once: {raised:?}");
+        let detail = raised[0].event.detail["detail"].as_str().unwrap();
+        assert!(detail.contains(&expected), "{case}: {detail}");
+    }
+}
+
+/// Periodic checkpoints check only what was added since the last one; what they sign must
+/// equal a full re-read, and an older row deleted behind medid's back is still found once the
+/// full-check period has passed (docs/AUDIT.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_extend_the_frontier_and_still_reread_the_whole_log_periodically() {
     let w = world().await;

@@ -41,6 +41,14 @@ pub fn leaf(seq: i64, e: &AuditEvent) -> Result<Hash, Error> {
     Ok(merkle::leaf_hash(&canonical))
 }
 
+/// The RFC 9162 leaf hash of event `seq` from its members as stored: what an integrity check
+/// compares with the leaf hash stored beside them.
+pub fn leaf_of_fields(seq: i64, e: &EventFields<'_>) -> Result<Hash, Error> {
+    let mut canonical = Vec::with_capacity(512);
+    write_canonical_parts(seq, e, &mut canonical)?;
+    Ok(merkle::leaf_hash(&canonical))
+}
+
 /// An event prepared for the log before its sequence number is known: its canonical form with
 /// the number left open (the bytes before it already hashed), and its detail as stored. The
 /// group-commit writer then only finishes the hash with `seq ‖ tail`, leaving the
@@ -179,9 +187,25 @@ pub fn export_line(
     leaf_hash: &str,
     inclusion_proof: Option<&[Hash]>,
 ) -> Result<String, Error> {
+    finish_export_line(export_line_start(seq, e)?, seq, leaf_hash, inclusion_proof)
+}
+
+/// The first part of an event line, up to its event: what an export writes from the row a
+/// reader lends, before it has the event's inclusion proof.
+pub fn export_line_start(seq: i64, e: &EventFields<'_>) -> Result<Vec<u8>, Error> {
     let mut line = Vec::with_capacity(512);
     line.extend_from_slice(b"{\"event\":");
     write_canonical_parts(seq, e, &mut line)?;
+    Ok(line)
+}
+
+/// An event line from its [`export_line_start`], its leaf hash and its inclusion proof.
+pub fn finish_export_line(
+    mut line: Vec<u8>,
+    seq: i64,
+    leaf_hash: &str,
+    inclusion_proof: Option<&[Hash]>,
+) -> Result<String, Error> {
     if let Some(proof) = inclusion_proof {
         line.extend_from_slice(b",\"inclusion_proof\":[");
         for (i, h) in proof.iter().enumerate() {

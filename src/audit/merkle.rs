@@ -98,6 +98,14 @@ pub struct CompactRange {
 
 impl CompactRange {
     pub fn push(&mut self, leaf: Hash) {
+        self.push_noting(leaf, |_, _, _| {});
+    }
+
+    /// Pushes `leaf`, telling `completed` of every complete subtree of two leaves or more it
+    /// closes, smallest first: (level, index, root), where node (level, index) covers leaves
+    /// `index * 2^level .. (index + 1) * 2^level`.
+    pub fn push_noting(&mut self, leaf: Hash, mut completed: impl FnMut(u32, u64, &Hash)) {
+        let end = self.size + 1;
         let mut node = (leaf, 0u32);
         while let Some(&(left, height)) = self.peaks.last() {
             if height != node.1 {
@@ -105,9 +113,18 @@ impl CompactRange {
             }
             self.peaks.pop();
             node = (node_hash(&left, &node.0), height + 1);
+            completed(node.1, (end >> node.1) - 1, &node.0);
         }
         self.peaks.push(node);
-        self.size += 1;
+        self.size = end;
+    }
+
+    /// The compact range of the first `size` leaves from its peaks (subtree root and level,
+    /// largest first), as a stored tree holds them.
+    pub fn from_peaks(size: u64, peaks: Vec<(Hash, u32)>) -> Option<Self> {
+        let levels: u64 = peaks.iter().map(|(_, l)| 1u64 << l).sum();
+        let decreasing = peaks.windows(2).all(|w| w[0].1 > w[1].1);
+        (levels == size && decreasing).then_some(Self { size, peaks })
     }
 
     pub fn size(&self) -> u64 {

@@ -33,35 +33,41 @@ pub struct Ledger {
     pub every_events: u64,
     /// …or after this long, if the log grew.
     pub every: Duration,
-    /// Serialises checkpoint signing (one note per tree size), and holds the Merkle frontier
-    /// of the last checkpoint this process signed or verified.
-    pub signing: Mutex<Option<Frontier>>,
+    /// Serialises checkpoint signing (one note per tree size), and remembers when this
+    /// process last re-read the whole log.
+    pub signing: Mutex<Checked>,
 }
 
-/// The compact range (O(log n) subtree roots) of the log at a signed checkpoint, so the next
-/// checkpoint hashes only the events since, not the whole log again.
-#[derive(Debug, Clone)]
-pub struct Frontier {
-    size: u64,
-    root: Hash,
-    range: merkle::CompactRange,
-    /// When the whole log was last re-read and found to extend the signed checkpoints.
-    verified_at: OffsetDateTime,
+/// What this process has checked of the log.
+#[derive(Debug, Default)]
+pub struct Checked {
+    /// When the whole log was last re-read and found to extend the signed checkpoints (none
+    /// yet since the start).
+    pub full_at: Option<OffsetDateTime>,
+    /// The damage the last periodic check found and raised as `audit.integrity` (raised once,
+    /// not every second while it lasts).
+    pub raised: Option<String>,
 }
 
-/// Periodic checkpoints extend the frontier; at least this often (and for every export, and
-/// after every restart) they re-read the whole log instead, so a row changed behind medid's
-/// back is found and raised as `audit.integrity` within this time.
-pub const FULL_CHECK_EVERY: Duration = Duration::minutes(5);
+/// Every checkpoint checks what was added since the last signed one: each new event's leaf
+/// hash recomputed from its stored members, the stored tree nodes those events complete, and
+/// that the stored tree still yields the last signed root (O(k + log n) for k new events). At
+/// least this often, and for every unfiltered export, the leaf hashes of the whole log are
+/// re-read as well, so an older row deleted, moved or rehashed behind medid's back is found
+/// and raised as `audit.integrity` within this time. `medid audit fsck` re-derives everything.
+pub const FULL_CHECK_EVERY: Duration = Duration::hours(24);
+
+/// Events per page an integrity check reads.
+const CHECK_PAGE: i64 = 2048;
 
 /// How much of the log a checkpoint re-reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reread {
-    /// Every event: the log must extend the previous signed checkpoint.
+    /// The leaf hashes of every event: the log must extend the previous signed checkpoint.
     All,
-    /// Only events after the frontier, when the frontier is the latest signed checkpoint and
-    /// was verified within [`FULL_CHECK_EVERY`].
-    SinceFrontier,
+    /// Only what was added since the last signed checkpoint (and the whole log when the last
+    /// full re-read is older than [`FULL_CHECK_EVERY`]).
+    Since,
 }
 
 /// What a gateway reports about one access to device data, validated.
@@ -263,7 +269,7 @@ impl Ca {
 
     async fn checkpoint(&self, reread: Reread) -> Result<(Checkpoint, String), Error> {
         let l = self.ledger();
-        let mut frontier = l.signing.lock().await;
+        let mut checked = l.signing.lock().await;
         let size = self.store.tree_size().await?;
         let known = self.latest_known_checkpoint().await?;
         if let Some((cp, _)) = &known {
@@ -275,39 +281,24 @@ impl Ca {
             }
         }
         let now = self.clock.now();
-        let extend = match (&*frontier, &known) {
-            (Some(f), Some((cp, _)))
-                if reread == Reread::SinceFrontier
-                    && f.size == cp.size
-                    && f.root == cp.root
-                    && now - f.verified_at < FULL_CHECK_EVERY =>
-            {
-                Some(f.clone())
-            }
-            _ => None,
-        };
-        let (range, verified_at) = match extend {
-            Some(f) => {
-                let mut range = f.range;
-                self.store
-                    .fold_leaf_hashes_after(f.size, size, |_, leaf| range.push(leaf))
-                    .await?;
-                (range, f.verified_at)
-            }
-            None => (self.reread_all(size, known.as_ref()).await?, now),
+        let full = reread == Reread::All
+            || checked
+                .full_at
+                .is_none_or(|at| now - at >= FULL_CHECK_EVERY);
+        let range = if full {
+            let range = self.reread_all(size, known.as_ref()).await?;
+            // The events since the last checkpoint are re-hashed from their members as well.
+            self.verify_since(known.as_ref().map(|(cp, _)| cp), size)
+                .await?;
+            checked.full_at = Some(now);
+            range
+        } else {
+            self.verify_since(known.as_ref().map(|(cp, _)| cp), size)
+                .await?
         };
         let root = range.root();
-        let mut keep = |cp: &Checkpoint| {
-            *frontier = Some(Frontier {
-                size: cp.size,
-                root: cp.root,
-                range: range.clone(),
-                verified_at,
-            });
-        };
         if let Some((cp, note)) = &known {
             if cp.size == size && root == cp.root {
-                keep(cp);
                 return Ok((cp.clone(), note.clone()));
             }
         }
@@ -326,8 +317,65 @@ impl Ca {
         if inserted {
             append_outside(&l.checkpoint_dir, &note)?;
         }
-        keep(&cp);
         Ok((cp, note))
+    }
+
+    /// The incremental check: the stored tree still yields `base`'s signed root, and every
+    /// event after it, up to `size`, hashes (from its stored members) to its stored leaf hash
+    /// and to the stored nodes it completes. Returns the log's compact range at `size`.
+    async fn verify_since(
+        &self,
+        base: Option<&Checkpoint>,
+        size: u64,
+    ) -> Result<merkle::CompactRange, Error> {
+        let mut range = match base {
+            Some(cp) => {
+                let range = self.store.compact_range(cp.size).await?;
+                if range.root() != cp.root {
+                    return Err(Error::Integrity(format!(
+                        "audit log: the stored Merkle tree no longer yields the signed root of \
+                         the first {} events",
+                        cp.size
+                    )));
+                }
+                range
+            }
+            None => merkle::CompactRange::default(),
+        };
+        let all = AuditQuery::default();
+        let mut at = range.size() as i64;
+        while at < size as i64 {
+            let after = at;
+            let mut made = Vec::new();
+            let mut check = |seq: i64, fields: ledger::EventFields<'_>, stored: &str| {
+                if seq != at + 1 {
+                    return Err(Error::Integrity(format!(
+                        "audit log: sequence {} is missing",
+                        at + 1
+                    )));
+                }
+                let leaf = ledger::leaf_of_fields(seq, &fields)?;
+                if crate::domain::hex(&leaf) != stored {
+                    return Err(Error::Integrity(format!(
+                        "audit log: event {seq} no longer matches its leaf hash"
+                    )));
+                }
+                range.push_noting(leaf, |level, idx, root| made.push((level, idx, *root)));
+                at = seq;
+                Ok(())
+            };
+            self.store
+                .scan_ledger(&all, after, size as i64, CHECK_PAGE, &mut check)
+                .await?;
+            if at == after {
+                return Err(Error::Integrity(format!(
+                    "audit log: sequence {} is missing",
+                    at + 1
+                )));
+            }
+            self.store.check_stored_nodes(&made).await?;
+        }
+        Ok(range)
     }
 
     /// One streaming pass over the whole log (O(log n) memory): its compact range, after
@@ -378,7 +426,23 @@ impl Ca {
         let many = size - last_size.min(size) >= l.every_events;
         let old = last_at.is_none_or(|at| self.clock.now() - at >= l.every);
         if grew && (many || old) {
-            self.checkpoint(Reread::SinceFrontier).await?;
+            match self.checkpoint(Reread::Since).await {
+                Ok(_) => l.signing.lock().await.raised = None,
+                Err(damage @ Error::Integrity(_)) => {
+                    let text = damage.to_string();
+                    let new = {
+                        let mut checked = l.signing.lock().await;
+                        let new = checked.raised.as_ref() != Some(&text);
+                        checked.raised = Some(text);
+                        new
+                    };
+                    if new {
+                        self.raise_integrity(&damage).await?;
+                    }
+                    return Err(damage);
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
@@ -389,7 +453,7 @@ impl Ca {
     ) -> Result<(Checkpoint, String), Refused> {
         let signed = async {
             policy::authorize(who, policy::Action::ReadCheckpoint)?;
-            self.checkpoint(Reread::SinceFrontier).await
+            self.checkpoint(Reread::Since).await
         };
         self.audited(
             who,
@@ -480,11 +544,9 @@ impl Ca {
         let prepared = self
             .prepare_export(who, &query, &filter, previous_size)
             .await;
-        let (cp, note, filtered, leaves) = self
+        let (cp, note, filtered, consistency) = self
             .audited(who, action, &Target::ledger(), prepared)
             .await?;
-        // Built once: each event's inclusion proof is then O(log n), not O(n).
-        let tree = filtered.then(|| merkle::Tree::new(leaves.clone()));
         let (tx, rx) = mpsc::channel(64);
         let ca = self.clone();
         let exporter = who.uri.clone();
@@ -497,8 +559,7 @@ impl Ca {
             cp,
             note,
             filtered,
-            leaves,
-            tree,
+            consistency,
             exporter,
             previous_size,
         });
@@ -506,34 +567,29 @@ impl Ca {
     }
 
     /// The export's one success event (written before any data leaves), the checkpoint it is
-    /// verified against, and the leaf hashes its proofs need.
+    /// verified against, and the consistency proof from `previous_size` (from the stored tree).
     async fn prepare_export(
         &self,
         who: &Principal,
         query: &AuditQuery,
         filter: &Value,
         previous_size: u64,
-    ) -> Result<(Checkpoint, String, bool, Vec<Hash>), Error> {
+    ) -> Result<(Checkpoint, String, bool, Option<Vec<Hash>>), Error> {
         let action = crate::audit::Action::AuditExport;
         let event = AuditEvent::new(self.clock.now(), Actor::of(who), action, Target::ledger())
             .with("filter", filter.clone())
             .with("dicom_event", "110106");
         self.store.record_event(&event).await?;
-        let (cp, note) = match self.checkpoint_now().await {
+        let filtered = !query.is_empty();
+        // An unfiltered export reads the whole log anyway: it re-reads every leaf hash first.
+        // A filtered one costs O(k log n): it checks what was added since the last checkpoint.
+        let reread = if filtered { Reread::Since } else { Reread::All };
+        let (cp, note) = match self.checkpoint(reread).await {
             Ok(c) => c,
             Err(damage @ Error::Integrity(_)) => {
                 // Export what is there under the last trustworthy checkpoint, so the verifier
                 // names the damage; and raise the alarm in the log itself.
-                tracing::error!(detail = %damage, "audit log integrity check failed");
-                let mut alert = AuditEvent::new(
-                    self.clock.now(),
-                    Actor::system(),
-                    crate::audit::Action::AuditIntegrity,
-                    Target::ledger(),
-                )
-                .with("detail", damage.to_string());
-                alert.outcome = crate::audit::Outcome::Failed;
-                self.store.record_event(&alert).await?;
+                self.raise_integrity(&damage).await?;
                 self.latest_known_checkpoint().await?.ok_or(damage)?
             }
             Err(e) => return Err(e),
@@ -544,13 +600,37 @@ impl Ca {
                 cp.size
             )));
         }
-        let filtered = !query.is_empty();
-        let leaves = if filtered || previous_size > 0 {
-            self.store.leaf_hashes_as_stored(cp.size).await?
+        let consistency = if previous_size > 0 && previous_size < cp.size {
+            let ranges = merkle::consistency_ranges(previous_size as usize, cp.size as usize)
+                .ok_or_else(|| Error::Internal("consistency proof out of range".into()))?;
+            match self.store.subtree_roots(&ranges).await {
+                Ok(proof) => Some(proof),
+                // A damaged stored tree: the bundle goes without, and its verifier says so.
+                Err(Error::Integrity(e)) => {
+                    tracing::error!(detail = %e, "no consistency proof for the export");
+                    None
+                }
+                Err(e) => return Err(e),
+            }
         } else {
-            Vec::new()
+            (previous_size > 0).then(Vec::new)
         };
-        Ok((cp, note, filtered, leaves))
+        Ok((cp, note, filtered, consistency))
+    }
+
+    /// Raises damage an integrity check found: logged, and recorded in the log itself as an
+    /// `audit.integrity` event (failed) naming it.
+    async fn raise_integrity(&self, damage: &Error) -> Result<(), Error> {
+        tracing::error!(detail = %damage, "audit log integrity check failed");
+        let mut alert = AuditEvent::new(
+            self.clock.now(),
+            Actor::system(),
+            crate::audit::Action::AuditIntegrity,
+            Target::ledger(),
+        )
+        .with("detail", damage.to_string());
+        alert.outcome = crate::audit::Outcome::Failed;
+        self.store.record_event(&alert).await.map(|_| ())
     }
 
     /// A failure part-way through an export (its success event is already written): recorded
@@ -576,8 +656,7 @@ impl Ca {
             cp,
             note,
             filtered,
-            leaves,
-            tree,
+            consistency,
             exporter,
             previous_size,
         } = e;
@@ -600,19 +679,27 @@ impl Ca {
                 let mut after = 0i64;
                 loop {
                     let mut lines = Vec::with_capacity(EXPORT_PAGE as usize);
+                    let mut starts = Vec::new();
                     let mut last = None;
                     let mut write = |seq: i64, fields: ledger::EventFields<'_>, leaf: &str| {
-                        let proof = tree
-                            .as_ref()
-                            .map(|t| t.inclusion_proof((seq - 1) as usize).unwrap_or_default());
-                        lines.push(ledger::export_line(seq, &fields, leaf, proof.as_deref())?);
+                        if filtered {
+                            // Finished once the page's proofs are read.
+                            let start = ledger::export_line_start(seq, &fields)?;
+                            starts.push((seq, start, leaf.to_owned()));
+                        } else {
+                            lines.push(ledger::export_line(seq, &fields, leaf, None)?);
+                        }
                         last = Some(seq);
                         Ok(())
                     };
-                    let page = store
+                    let scanned = store
                         .scan_ledger(&query, after, cp.size as i64, EXPORT_PAGE, &mut write)
-                        .await
-                        .map(|()| lines);
+                        .await;
+                    let page = match scanned {
+                        Ok(()) if filtered => with_proofs(&store, cp.size, starts).await,
+                        Ok(()) => Ok(lines),
+                        Err(e) => Err(e),
+                    };
                     let failed = page.is_err();
                     if pages_tx.send(page).await.is_err() || failed {
                         return;
@@ -648,9 +735,7 @@ impl Ca {
                     }
                 }
             }
-            if previous_size > 0 {
-                let proof =
-                    merkle::consistency_proof(previous_size as usize, &leaves).unwrap_or_default();
+            if let Some(proof) = consistency {
                 let line = json!({"type": "consistency", "from_size": previous_size, "to_size": cp.size,
                                   "proof": proof.iter().map(|h| crate::domain::hex(h)).collect::<Vec<_>>()});
                 if tx.send(Ok(line.to_string())).await.is_err() {
@@ -721,10 +806,35 @@ struct ExportStream {
     cp: Checkpoint,
     note: String,
     filtered: bool,
-    leaves: Vec<Hash>,
-    tree: Option<merkle::Tree>,
+    consistency: Option<Vec<Hash>>,
     exporter: String,
     previous_size: u64,
+}
+
+/// A filtered export's page: each event line finished with its inclusion proof in the tree of
+/// `size`, read from the stored tree for the whole page at once (O(log n) nodes an event).
+async fn with_proofs(
+    store: &crate::store::Store,
+    size: u64,
+    starts: Vec<(i64, Vec<u8>, String)>,
+) -> Result<Vec<String>, Error> {
+    let mut ranges = Vec::new();
+    let mut counts = Vec::with_capacity(starts.len());
+    for (seq, _, _) in &starts {
+        let mine = merkle::inclusion_ranges((*seq - 1) as usize, size as usize)
+            .ok_or_else(|| Error::Internal("inclusion proof out of range".into()))?;
+        counts.push(mine.len());
+        ranges.extend(mine);
+    }
+    let roots = store.subtree_roots(&ranges).await?;
+    let mut roots = roots.as_slice();
+    let mut lines = Vec::with_capacity(starts.len());
+    for ((seq, start, leaf), n) in starts.into_iter().zip(counts) {
+        let (proof, rest) = roots.split_at(n);
+        roots = rest;
+        lines.push(ledger::finish_export_line(start, seq, &leaf, Some(proof))?);
+    }
+    Ok(lines)
 }
 
 fn filter_json(q: &AuditQuery) -> Value {

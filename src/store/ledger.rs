@@ -151,6 +151,16 @@ impl super::MerkleLog for Store {
         Ok(roots)
     }
 
+    async fn compact_range(&self, size: u64) -> Result<crate::audit::merkle::CompactRange, Error> {
+        let mut reader = self.reader().await?;
+        super::tree::compact_range(&mut reader.tx(), size as i64).await
+    }
+
+    async fn check_stored_nodes(&self, nodes: &[(u32, u64, Hash)]) -> Result<(), Error> {
+        let mut reader = self.reader().await?;
+        super::tree::check_nodes(&mut reader.tx(), nodes).await
+    }
+
     async fn leaf_hash(&self, seq: i64) -> Result<Option<Hash>, Error> {
         let mut reader = self.reader().await?;
         reader
@@ -183,21 +193,6 @@ impl super::MerkleLog for Store {
                 "stored the audit log's Merkle tree"
             );
         }
-    }
-
-    async fn leaf_hashes_as_stored(&self, size: u64) -> Result<Vec<Hash>, Error> {
-        let mut reader = self.reader().await?;
-        let rows: Vec<String> = reader
-            .tx()
-            .all(
-                "SELECT leaf_hash FROM audit_events WHERE seq <= $1 ORDER BY seq",
-                &[&(size as i64)],
-            )
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|h| crate::domain::unhex_array(h).unwrap_or([0; 32]))
-            .collect())
     }
 
     async fn append_events(&self, events: Vec<AuditEvent>) -> Result<Vec<i64>, Error> {

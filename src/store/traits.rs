@@ -82,6 +82,21 @@ pub trait MerkleLog {
         ranges: &[std::ops::Range<usize>],
     ) -> impl Future<Output = Result<Vec<Hash>, Error>> + Send;
 
+    /// The compact range (the peaks) of the first `size` leaves, read from the stored tree in
+    /// O(log n) reads: what an incremental integrity check extends.
+    fn compact_range(
+        &self,
+        size: u64,
+    ) -> impl Future<Output = Result<crate::audit::merkle::CompactRange, Error>> + Send;
+
+    /// Compares recomputed subtree roots (level, index, root) with the stored tree; levels
+    /// it does not store are skipped. The first one that differs or is absent is an
+    /// integrity error naming it.
+    fn check_stored_nodes(
+        &self,
+        nodes: &[(u32, u64, Hash)],
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
     /// The leaf hash of event `seq`, as stored.
     fn leaf_hash(&self, seq: i64) -> impl Future<Output = Result<Option<Hash>, Error>> + Send;
 
@@ -89,13 +104,6 @@ pub trait MerkleLog {
     /// earlier release), in transactions of a bounded number of leaves; returns how many
     /// leaves it added. Runs at start, before the service answers.
     fn build_tree(&self) -> impl Future<Output = Result<u64, Error>> + Send;
-
-    /// Leaf hashes of events up to `size` as stored, gaps and all (for exporting a damaged log
-    /// so the verifier can name the damage).
-    fn leaf_hashes_as_stored(
-        &self,
-        size: u64,
-    ) -> impl Future<Output = Result<Vec<Hash>, Error>> + Send;
 
     /// Appends events (a batch of access events), group-committed with other callers' events in
     /// one transaction: all of them or none. Returns once durable.

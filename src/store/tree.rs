@@ -134,6 +134,39 @@ async fn frontier(tx: &mut Tx<'_>, size: i64) -> Result<Vec<Node>, Error> {
     Ok(out)
 }
 
+/// The compact range of the first `size` leaves, from the stored tree.
+pub(super) async fn compact_range(
+    tx: &mut Tx<'_>,
+    size: i64,
+) -> Result<crate::audit::merkle::CompactRange, Error> {
+    let peaks = frontier(tx, size).await?;
+    crate::audit::merkle::CompactRange::from_peaks(
+        size as u64,
+        peaks.iter().map(|n| (n.hash, n.level)).collect(),
+    )
+    .ok_or_else(|| Error::Internal(format!("the frontier of {size} leaves is not one")))
+}
+
+/// Compares recomputed roots with the stored nodes (stored levels only).
+pub(super) async fn check_nodes(tx: &mut Tx<'_>, nodes: &[(u32, u64, Hash)]) -> Result<(), Error> {
+    for &(level, idx, hash) in nodes {
+        if level < STORED_LEVEL {
+            continue;
+        }
+        let stored = node(tx, level, idx as i64).await?;
+        if stored != hash {
+            let width = 1u64 << level;
+            return Err(Error::Integrity(format!(
+                "the stored Merkle node {idx} at level {level} (events {}..={}) does not match \
+                 the events it covers",
+                idx * width + 1,
+                (idx + 1) * width
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The stored root of node (level, idx).
 async fn node(tx: &mut Tx<'_>, level: u32, idx: i64) -> Result<Hash, Error> {
     let missing = || {
