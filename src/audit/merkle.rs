@@ -421,6 +421,29 @@ pub fn verify_consistency(
 mod tests {
     use super::*;
 
+    #[test]
+    fn pushing_names_every_completed_subtree_and_peaks_rebuild_the_range() {
+        let leaves: Vec<Hash> = (0u8..70).map(|i| leaf_hash(&[i])).collect();
+        let mut range = CompactRange::default();
+        let mut seen = 0;
+        for (i, leaf) in leaves.iter().enumerate() {
+            range.push_noting(*leaf, |level, idx, hash| {
+                let width = 1usize << level;
+                let first = idx as usize * width;
+                assert_eq!(first + width, i + 1, "the subtree ends at the leaf pushed");
+                assert_eq!(*hash, root(&leaves[first..first + width]), "{level} {idx}");
+                seen += 1;
+            });
+            assert_eq!(range.root(), root(&leaves[..=i]));
+            let again = CompactRange::from_peaks(range.size(), range.peaks.clone()).unwrap();
+            assert_eq!(again.root(), range.root());
+        }
+        // Every subtree of 2, 4, 8, … leaves that fits in 70 is named once.
+        assert_eq!(seen, 35 + 17 + 8 + 4 + 2 + 1);
+        assert!(CompactRange::from_peaks(5, vec![(leaves[0], 1), (leaves[1], 1)]).is_none());
+        assert!(CompactRange::from_peaks(3, vec![(leaves[0], 1)]).is_none());
+    }
+
     fn fold(ranges: Vec<std::ops::Range<usize>>, leaves: &[Hash]) -> Option<Vec<Hash>> {
         let mut folder = ProofFolder::new(ranges);
         for leaf in leaves {

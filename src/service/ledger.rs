@@ -281,10 +281,16 @@ impl Ca {
             }
         }
         let now = self.clock.now();
-        let full = reread == Reread::All
-            || checked
-                .full_at
-                .is_none_or(|at| now - at >= FULL_CHECK_EVERY);
+        // The period starts with the process: a restart trusts the last signed checkpoint and
+        // checks the stored tree against it, instead of re-reading a long log at every start.
+        let due = match checked.full_at {
+            None => {
+                checked.full_at = Some(now);
+                false
+            }
+            Some(at) => now - at >= FULL_CHECK_EVERY,
+        };
+        let full = reread == Reread::All || due;
         let range = if full {
             let range = self.reread_all(size, known.as_ref()).await?;
             // The events since the last checkpoint are re-hashed from their members as well.
@@ -677,6 +683,20 @@ impl Ca {
             let store = ca.store.clone();
             tokio::spawn(async move {
                 let mut after = 0i64;
+                let mut up_to = cp.size as i64;
+                if query.from.is_some() || query.to.is_some() {
+                    match store.time_span(query.from, query.to).await {
+                        Ok(Some((first, last))) => {
+                            after = first - 1;
+                            up_to = up_to.min(last);
+                        }
+                        Ok(None) => up_to = 0,
+                        Err(e) => {
+                            let _ = pages_tx.send(Err(e)).await;
+                            return;
+                        }
+                    }
+                }
                 loop {
                     let mut lines = Vec::with_capacity(EXPORT_PAGE as usize);
                     let mut starts = Vec::new();
@@ -693,7 +713,7 @@ impl Ca {
                         Ok(())
                     };
                     let scanned = store
-                        .scan_ledger(&query, after, cp.size as i64, EXPORT_PAGE, &mut write)
+                        .scan_ledger(&query, after, up_to, EXPORT_PAGE, &mut write)
                         .await;
                     let page = match scanned {
                         Ok(()) if filtered => with_proofs(&store, cp.size, starts).await,
@@ -773,9 +793,16 @@ impl Ca {
                 .with("dicom_event", "110101");
             self.store.record_event(&event).await?;
             let size = page_size.clamp(1, 500) as i64;
+            let (mut after, mut up_to) = (after, i64::MAX);
+            if query.from.is_some() || query.to.is_some() {
+                match self.store.time_span(query.from, query.to).await? {
+                    Some((first, last)) => (after, up_to) = (after.max(first - 1), last),
+                    None => up_to = 0,
+                }
+            }
             let entries = self
                 .store
-                .ledger_entries(&query, after, i64::MAX, size + 1)
+                .ledger_entries(&query, after, up_to, size + 1)
                 .await?;
             let more = entries.len() as i64 > size;
             let page: Vec<_> = entries.into_iter().take(size as usize).collect();

@@ -161,6 +161,30 @@ impl super::MerkleLog for Store {
         super::tree::check_nodes(&mut reader.tx(), nodes).await
     }
 
+    async fn time_span(
+        &self,
+        from: Option<OffsetDateTime>,
+        to: Option<OffsetDateTime>,
+    ) -> Result<Option<(i64, i64)>, Error> {
+        let (from, to) = (
+            from.map_or(i64::MIN, |t| t.unix_timestamp()),
+            to.map_or(i64::MAX, |t| t.unix_timestamp()),
+        );
+        let mut reader = self.reader().await?;
+        let span: (Option<i64>, Option<i64>) = reader
+            .tx()
+            .one(
+                "SELECT MIN(seq), MAX(seq) FROM audit_events
+                 WHERE recorded_at >= $1 AND recorded_at <= $2",
+                &[&from, &to],
+            )
+            .await?;
+        Ok(match span {
+            (Some(first), Some(last)) => Some((first, last)),
+            _ => None,
+        })
+    }
+
     async fn leaf_hash(&self, seq: i64) -> Result<Option<Hash>, Error> {
         let mut reader = self.reader().await?;
         reader
@@ -281,36 +305,85 @@ impl super::MerkleLog for Store {
         limit: i64,
         each: &mut (dyn FnMut(i64, EventFields<'_>, &str) -> Result<(), Error> + Send),
     ) -> Result<(), Error> {
-        let manufacturer_prefix = q.manufacturer.as_ref().map(|m| format!("%/device/{m}/%"));
-        let station_prefix = q
-            .manufacturer
-            .as_ref()
-            .map(|m| format!("%/manufacturer/{m}/%"));
-        // The manufacturer itself (`spiffe://td/manufacturer/M`, the target of its creation).
-        let itself = q
-            .manufacturer
-            .as_ref()
-            .map(|m| format!("%/manufacturer/{m}"));
-        let sql = format!(
+        // Only the filters asked for are in the statement, so the planner can walk the index
+        // of the one given (target, actor, patient, time) in sequence order.
+        let manufacturer = q.manufacturer.as_ref().map(|m| {
+            [
+                format!("%/device/{m}/%"),
+                format!("%/manufacturer/{m}/%"),
+                // The manufacturer itself (`spiffe://td/manufacturer/M`, its creation's target).
+                format!("%/manufacturer/{m}"),
+            ]
+        });
+        let manufacturer_field = self.detail_field("manufacturer");
+        let patient_field = self.detail_field("patient_ref");
+        let mut sql = String::from(
             "SELECT seq, recorded_at, actor_uri, actor_role, action, target, outcome, reason, detail,
                     leaf_hash
-             FROM audit_events
-             WHERE seq > $1 AND seq <= $2
-               AND ($3 IS NULL OR recorded_at >= $4)
-               AND ($5 IS NULL OR recorded_at <= $6)
-               AND ($7 IS NULL OR target = $8 OR {device} = $9)
-               AND ($10 IS NULL OR target LIKE $11 OR target LIKE $12 OR actor_uri LIKE $13
-                    OR {manufacturer} = $14 OR target LIKE $24)
-               AND ($15 IS NULL OR actor_uri = $16)
-               AND ($17 IS NULL OR action = $18)
-               AND ($19 IS NULL OR outcome = $20)
-               AND ($21 IS NULL OR {patient} = $22)
-             ORDER BY seq LIMIT $23",
-            device = self.detail_field("device_uri"),
-            manufacturer = self.detail_field("manufacturer"),
-            patient = self.detail_field("patient_ref"),
+             FROM audit_events WHERE seq > $1 AND seq <= $2",
         );
-        let (from, to) = (q.from, q.to);
+        let mut args: Vec<&(dyn super::sql::Bind + Sync)> = vec![&after, &up_to];
+        // Parameters $1 and $2 are taken; each condition's `?` are numbered on from $3.
+        let mut next = 3usize;
+        let mut cond = |sql: &mut String, text: &str| {
+            sql.push_str(" AND ");
+            for ch in text.chars() {
+                if ch == '?' {
+                    sql.push_str(&format!("${next}"));
+                    next += 1;
+                } else {
+                    sql.push(ch);
+                }
+            }
+        };
+        if let Some(from) = &q.from {
+            cond(&mut sql, "recorded_at >= ?");
+            args.push(from);
+        }
+        if let Some(to) = &q.to {
+            cond(&mut sql, "recorded_at <= ?");
+            args.push(to);
+        }
+        if let Some(device) = &q.device_uri {
+            // A device's events are those targeting it (an access event's target is the
+            // device it read, the same URI as its detail's `device_uri`).
+            cond(&mut sql, "target = ?");
+            args.push(device);
+        }
+        if let (Some(m), Some(patterns)) = (&q.manufacturer, &manufacturer) {
+            cond(
+                &mut sql,
+                &format!(
+                    "(target LIKE ? OR target LIKE ? OR actor_uri LIKE ? OR {manufacturer_field} = ? \
+                     OR target LIKE ?)"
+                ),
+            );
+            args.extend([
+                &patterns[0] as &(dyn super::sql::Bind + Sync),
+                &patterns[1],
+                &patterns[1],
+                m,
+                &patterns[2],
+            ]);
+        }
+        if let Some(actor) = &q.actor_uri {
+            cond(&mut sql, "actor_uri = ?");
+            args.push(actor);
+        }
+        if let Some(action) = &q.action {
+            cond(&mut sql, "action = ?");
+            args.push(action);
+        }
+        if let Some(outcome) = &q.outcome {
+            cond(&mut sql, "outcome = ?");
+            args.push(outcome);
+        }
+        if let Some(patient) = &q.patient_ref {
+            cond(&mut sql, &format!("{patient_field} = ?"));
+            args.push(patient);
+        }
+        sql.push_str(&format!(" ORDER BY seq LIMIT ${next}"));
+        args.push(&limit);
         let mut reader = self.reader().await?;
         let mut lend = |row: &Row<'_>| {
             let fields = EventFields {
@@ -325,38 +398,6 @@ impl super::MerkleLog for Store {
             };
             each(row.get(0)?, fields, row.get(9)?)
         };
-        reader
-            .tx()
-            .scan(
-                &sql,
-                &[
-                    &after,
-                    &up_to,
-                    &from,
-                    &from,
-                    &to,
-                    &to,
-                    &q.device_uri,
-                    &q.device_uri,
-                    &q.device_uri,
-                    &q.manufacturer,
-                    &manufacturer_prefix,
-                    &station_prefix,
-                    &station_prefix,
-                    &q.manufacturer,
-                    &q.actor_uri,
-                    &q.actor_uri,
-                    &q.action,
-                    &q.action,
-                    &q.outcome,
-                    &q.outcome,
-                    &q.patient_ref,
-                    &q.patient_ref,
-                    &limit,
-                    &itself,
-                ],
-                &mut lend,
-            )
-            .await
+        reader.tx().scan(&sql, &args, &mut lend).await
     }
 }

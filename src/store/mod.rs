@@ -91,6 +91,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "merkle_nodes",
         include_str!("../../migrations/sqlite/0008_merkle_nodes.sql"),
     ),
+    (
+        9,
+        "ledger_filters",
+        include_str!("../../migrations/sqlite/0009_ledger_filters.sql"),
+    ),
 ];
 
 /// PostgreSQL migrations: the same schema, written for PostgreSQL from the start.
@@ -119,6 +124,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "merkle_nodes",
         include_str!("../../migrations/postgres/0005_merkle_nodes.sql"),
+    ),
+    (
+        6,
+        "ledger_filters",
+        include_str!("../../migrations/postgres/0006_ledger_filters.sql"),
     ),
 ];
 

@@ -97,6 +97,15 @@ pub trait MerkleLog {
         nodes: &[(u32, u64, Hash)],
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
+    /// The first and last sequence numbers of events recorded in the window `from ..= to`
+    /// (either end open), read from the time index (O(k) index entries, no event rows); none
+    /// when no event was recorded then. A filtered read scans only this span.
+    fn time_span(
+        &self,
+        from: Option<OffsetDateTime>,
+        to: Option<OffsetDateTime>,
+    ) -> impl Future<Output = Result<Option<(i64, i64)>, Error>> + Send;
+
     /// The leaf hash of event `seq`, as stored.
     fn leaf_hash(&self, seq: i64) -> impl Future<Output = Result<Option<Hash>, Error>> + Send;
 
