@@ -607,6 +607,101 @@ async fn tampering_with_the_database_is_detected_and_named() {
     }
 }
 
+/// Records 40 accesses to PUMP-1 (patients a-0 … a-39) and has the log signed: its size.
+async fn forty_accesses_signed(w: &World) -> u64 {
+    let mut gw = audit(&w.server, &w.gateway).await;
+    for n in 0..40 {
+        gw.record_access(access("PUMP-1", &format!("a-{n}")))
+            .await
+            .unwrap();
+    }
+    audit(&w.server, &w.auditor)
+        .await
+        .get_checkpoint(proto::GetCheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .tree_size
+}
+
+/// `medid audit fsck` re-derives everything from the database and names the first damage,
+/// including an older event edited with its leaf hash left alone, which no incremental check
+/// reads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fsck_rederives_the_whole_log_and_names_the_first_bad_entry() {
+    let fsck = |w: &World| {
+        let out = Command::new(env!("CARGO_BIN_EXE_medid"))
+            .args([
+                "audit",
+                "fsck",
+                "--database-url",
+                &w.server.config.database_url,
+            ])
+            .arg("--key")
+            .arg(w.server.pki("audit-signing.pub"))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    for case in ["event", "node", "checkpoint"] {
+        let w = world().await;
+        let signed = forty_accesses_signed(&w).await;
+        let (ok, out) = fsck(&w);
+        assert!(ok, "{case}: {out}");
+        assert!(
+            out.contains(&format!("OK: {signed} events")) && out.contains("signed checkpoints"),
+            "{case}: {out}"
+        );
+        let pool = db(&w).await;
+        let expected = match case {
+            "event" => {
+                // An access event under the signed checkpoint.
+                let seq = signed as i64 - 5;
+                let changed = sqlx::query(
+                    "UPDATE audit_events SET detail = REPLACE(detail, '\"a-', '\"z-') WHERE seq = $1",
+                )
+                .bind(seq)
+                .execute(&pool)
+                .await
+                .unwrap();
+                assert_eq!(changed.rows_affected(), 1);
+                format!("fsck FAILED: audit log: event {seq} does not match its stored leaf hash")
+            }
+            "node" => {
+                sqlx::query(
+                    "UPDATE merkle_nodes SET hash = (SELECT hash FROM merkle_nodes
+                     WHERE level = 4 AND idx = 0) WHERE level = 4 AND idx = 1",
+                )
+                .execute(&pool)
+                .await
+                .unwrap();
+                "the stored Merkle node 1 at level 4 (events 17..=32)".to_string()
+            }
+            _ => {
+                sqlx::query("UPDATE audit_checkpoints SET note = REPLACE(note, 'a', 'b')")
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                "a stored checkpoint does not verify".to_string()
+            }
+        };
+        pool.close().await;
+        let (ok, out) = fsck(&w);
+        assert!(!ok, "{case}: damage went unnoticed: {out}");
+        assert!(
+            out.contains(&expected),
+            "{case}: expected {expected:?} in {out}"
+        );
+    }
+}
+
 /// Every filter an auditor can give exports exactly the events it matches (checked here
 /// against the whole log, filtered independently), each with an inclusion proof from the
 /// stored tree that `medid audit verify` accepts: a time window, a device, an actor, a
@@ -869,17 +964,7 @@ async fn each_checkpoint_checks_what_was_added_since_the_last_signed_one() {
         let w = world().await;
         let mut gw = audit(&w.server, &w.gateway).await;
         let mut officer = audit(&w.server, &w.auditor).await;
-        for n in 0..40 {
-            gw.record_access(access("PUMP-1", &format!("a-{n}")))
-                .await
-                .unwrap();
-        }
-        let signed = officer
-            .get_checkpoint(proto::GetCheckpointRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .tree_size as i64;
+        let signed = forty_accesses_signed(&w).await as i64;
         for n in 0..40 {
             gw.record_access(access("PUMP-1", &format!("b-{n}")))
                 .await

@@ -10,6 +10,7 @@ pub mod anonymous;
 pub mod counters;
 mod enroll;
 mod est;
+pub mod fsck;
 mod identity;
 pub mod ledger;
 mod lifecycle;

@@ -253,6 +253,20 @@ impl super::MerkleLog for Store {
         Ok(inserted)
     }
 
+    async fn checkpoints(&self) -> Result<Vec<String>, Error> {
+        let mut reader = self.reader().await?;
+        reader
+            .tx()
+            .all("SELECT note FROM audit_checkpoints ORDER BY tree_size", &[])
+            .await
+    }
+
+    async fn tree_covered(&self) -> Result<u64, Error> {
+        let mut reader = self.reader().await?;
+        let covered = super::tree::covered(&mut reader.tx()).await?;
+        Ok(covered as u64)
+    }
+
     async fn latest_checkpoint(&self) -> Result<Option<(u64, String, OffsetDateTime)>, Error> {
         let mut reader = self.reader().await?;
         reader

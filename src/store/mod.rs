@@ -35,6 +35,8 @@ pub use traits::{
     AuditLog, CertificateLedger, CertificateRecords, MerkleLog, PkiBinding, RecoveryStore,
     Registry, RevocationStore, TokenStore,
 };
+/// The lowest level of the Merkle tree stored (subtrees of 16 leaves and more).
+pub use tree::STORED_LEVEL as STORED_TREE_LEVEL;
 pub use writer::WriterStats;
 
 use std::path::Path;

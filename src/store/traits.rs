@@ -131,6 +131,12 @@ pub trait MerkleLog {
         at: OffsetDateTime,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
 
+    /// Every stored checkpoint note, oldest first.
+    fn checkpoints(&self) -> impl Future<Output = Result<Vec<String>, Error>> + Send;
+
+    /// How many leaves the stored tree covers (`merkle_state`).
+    fn tree_covered(&self) -> impl Future<Output = Result<u64, Error>> + Send;
+
     /// The newest checkpoint: (tree size, note, signed at).
     fn latest_checkpoint(
         &self,

@@ -25,7 +25,7 @@ struct Node {
 
 /// The lowest level stored: subtrees of 2^4 = 16 leaves and more. Storing every level cost
 /// about a fifth of stream ingest (one more B-tree row per event).
-const STORED_LEVEL: u32 = 4;
+pub const STORED_LEVEL: u32 = 4;
 
 /// Rows per multi-row INSERT of nodes (three parameters each).
 const NODES_PER_INSERT: usize = 256;
