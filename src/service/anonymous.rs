@@ -14,7 +14,8 @@
 //!   together under `source/other`.
 //!
 //! Counts not yet written are lost if the process dies (at most one interval's); a clean
-//! shutdown writes them.
+//! shutdown writes them, and a write that fails keeps them for the next. Flushes run one at a
+//! time, so one that returns has written everything counted before it began.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -24,6 +25,7 @@ use std::time::Instant;
 use time::OffsetDateTime;
 
 use crate::audit::{Actor, AuditEvent, Outcome, Target};
+use crate::error::Error;
 
 /// Why an unauthenticated request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -104,7 +106,7 @@ pub struct Tally {
 struct State {
     buckets: HashMap<IpAddr, Bucket>,
     /// None: the sources past `max_sources`.
-    tallies: BTreeMap<(Option<IpAddr>, AnonymousReason), Tally>,
+    tallies: Tallies,
     sources: usize,
     /// Refusals since start, by reason (the order of [`AnonymousReason::ALL`]); never reset.
     totals: [u64; AnonymousReason::ALL.len()],
@@ -115,7 +117,13 @@ struct State {
 pub struct AnonymousRefusals {
     limits: AnonymousLimits,
     state: Mutex<State>,
+    /// One flush at a time, so a flush that returns has written every refusal counted before
+    /// it began, including those a concurrent (periodic) flush had already taken.
+    flushing: tokio::sync::Mutex<()>,
 }
+
+/// Tallies taken from the current interval and not yet written.
+type Tallies = BTreeMap<(Option<IpAddr>, AnonymousReason), Tally>;
 
 impl AnonymousRefusals {
     pub fn new(limits: AnonymousLimits) -> Self {
@@ -126,6 +134,7 @@ impl AnonymousRefusals {
                 max_sources: limits.max_sources.max(1),
             },
             state: Mutex::default(),
+            flushing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -216,9 +225,36 @@ impl AnonymousRefusals {
             });
     }
 
+    /// Ends the interval: its tallies go to `write` as the events that record them, and the
+    /// next interval starts empty. If `write` fails, the tallies are put back to be written by
+    /// the next flush, so no refusal goes uncounted while the store is unavailable.
+    pub async fn flush<F, Fut>(&self, now: OffsetDateTime, write: F) -> Result<usize, Error>
+    where
+        F: FnOnce(Vec<AuditEvent>) -> Fut,
+        Fut: std::future::Future<Output = Result<(), Error>>,
+    {
+        let _one = self.flushing.lock().await;
+        let tallies = self.take();
+        let events = events_of(now, &tallies);
+        let written = events.len();
+        match write(events).await {
+            Ok(()) => Ok(written),
+            Err(e) => {
+                self.put_back(tallies);
+                Err(e)
+            }
+        }
+    }
+
     /// The tallies of the interval that ends now, as the events that record them; the next
-    /// interval starts empty. Buckets that are full again are forgotten.
-    pub fn take_events(&self, now: OffsetDateTime) -> Vec<AuditEvent> {
+    /// interval starts empty.
+    #[cfg(test)]
+    fn take_events(&self, now: OffsetDateTime) -> Vec<AuditEvent> {
+        events_of(now, &self.take())
+    }
+
+    /// Takes the interval's tallies; buckets that are full again are forgotten.
+    fn take(&self) -> Tallies {
         let mut state = self.lock();
         let tallies = std::mem::take(&mut state.tallies);
         state.sources = 0;
@@ -229,10 +265,33 @@ impl AnonymousRefusals {
             .buckets
             .retain(|_, b| b.tokens + at.duration_since(b.updated).as_secs_f64() * rate < full);
         tallies
-            .into_iter()
-            .map(|((source, reason), tally)| aggregate_event(now, source, reason, tally))
-            .collect()
     }
+
+    /// Merges tallies that could not be written into the current interval's.
+    fn put_back(&self, tallies: Tallies) {
+        let mut state = self.lock();
+        for (key, tally) in tallies {
+            state
+                .tallies
+                .entry(key)
+                .and_modify(|t| {
+                    t.count += tally.count;
+                    t.first = t.first.min(tally.first);
+                    t.last = t.last.max(tally.last);
+                })
+                .or_insert(tally);
+        }
+        let sources: std::collections::BTreeSet<IpAddr> =
+            state.tallies.keys().filter_map(|(s, _)| *s).collect();
+        state.sources = sources.len();
+    }
+}
+
+fn events_of(now: OffsetDateTime, tallies: &Tallies) -> Vec<AuditEvent> {
+    tallies
+        .iter()
+        .map(|(&(source, reason), &tally)| aggregate_event(now, source, reason, tally))
+        .collect()
 }
 
 fn aggregate_event(
@@ -330,5 +389,58 @@ mod tests {
                 ("urn:medid:source:127.0.0.3", 1),
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_keeps_its_counts_for_the_next_and_flushes_wait_for_each_other() {
+        let a = std::sync::Arc::new(AnonymousRefusals::new(limits()));
+        let now = OffsetDateTime::UNIX_EPOCH;
+        a.refused(ip(2), AnonymousReason::BadToken, now);
+        let failed = a
+            .flush(now, |_| async {
+                Err(Error::Unavailable("store down".into()))
+            })
+            .await;
+        assert!(failed.is_err());
+        a.refused(ip(2), AnonymousReason::BadToken, now);
+        // A slow flush holds what it took; one that starts meanwhile returns after it.
+        let (taken_tx, taken_rx) = tokio::sync::oneshot::channel();
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let written = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let slow = {
+            let (a, written) = (a.clone(), written.clone());
+            tokio::spawn(async move {
+                a.flush(now, |events| async move {
+                    let _ = taken_tx.send(());
+                    let _ = release_rx.await;
+                    written.lock().unwrap().extend(events);
+                    Ok(())
+                })
+                .await
+            })
+        };
+        taken_rx.await.unwrap();
+        let second = {
+            let (a, written) = (a.clone(), written.clone());
+            tokio::spawn(async move {
+                a.flush(now, |events| async move {
+                    written.lock().unwrap().extend(events);
+                    Ok(())
+                })
+                .await
+            })
+        };
+        tokio::task::yield_now().await;
+        assert!(!second.is_finished());
+        release_tx.send(()).unwrap();
+        assert_eq!(slow.await.unwrap().unwrap(), 1);
+        assert_eq!(second.await.unwrap().unwrap(), 0);
+        let counts: Vec<u64> = written
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e.detail["count"].as_u64().unwrap())
+            .collect();
+        assert_eq!(counts, vec![2]);
     }
 }

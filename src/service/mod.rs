@@ -7,6 +7,7 @@
 //! `publish.rs` CRLs, OCSP, certificate status and the trust bundle.
 
 pub mod anonymous;
+pub mod archive;
 pub mod counters;
 mod enroll;
 mod est;
@@ -295,9 +296,11 @@ impl Ca {
 
     /// Writes the aggregated events of unauthenticated refusals counted since the last call.
     pub async fn flush_anonymous_refusals(&self) -> Result<usize, Error> {
-        let events = self.anonymous.take_events(self.clock.now());
-        self.store.record_events(&events).await?;
-        Ok(events.len())
+        self.anonymous
+            .flush(self.clock.now(), |events| async move {
+                self.store.record_events(&events).await.map(|_| ())
+            })
+            .await
     }
 
     fn principal_of(&self, peer: PeerRecord) -> Result<Principal, Error> {
