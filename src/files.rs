@@ -132,7 +132,7 @@ pub fn warn_if_exposed<'a>(paths: impl IntoIterator<Item = &'a Path>) {
 }
 
 /// After a rename, the directory entry must reach the disk too.
-fn sync_parent(path: &Path) {
+pub fn sync_parent(path: &Path) {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();

@@ -630,25 +630,14 @@ async fn forty_accesses_signed(w: &World) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fsck_rederives_the_whole_log_and_names_the_first_bad_entry() {
     let fsck = |w: &World| {
-        let out = Command::new(env!("CARGO_BIN_EXE_medid"))
-            .args([
-                "audit",
-                "fsck",
-                "--database-url",
-                &w.server.config.database_url,
-            ])
-            .arg("--key")
-            .arg(w.server.pki("audit-signing.pub"))
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        medid(&[
+            "audit".into(),
+            "fsck".into(),
+            "--database-url".into(),
+            w.server.config.database_url.clone().into(),
+            "--key".into(),
+            w.server.pki("audit-signing.pub").into(),
+        ])
     };
     for case in ["event", "node", "checkpoint"] {
         let w = world().await;
@@ -982,7 +971,7 @@ async fn each_checkpoint_checks_what_was_added_since_the_last_signed_one() {
                 .await
                 .unwrap();
                 assert_eq!(changed.rows_affected(), 1);
-                format!("event {seq} no longer matches its leaf hash")
+                format!("event {seq} does not match its stored leaf hash")
             }
             "node" => {
                 // The first 16-leaf subtree wholly after the checkpoint.
@@ -1093,4 +1082,279 @@ async fn checkpoints_extend_the_frontier_and_still_reread_the_whole_log_periodic
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Internal, "{err:?}");
+}
+
+/// Runs the real `medid audit` CLI with `args`; (success, stdout + stderr).
+fn medid(args: &[std::ffi::OsString]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_medid"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Retention: `medid audit archive` writes the events of a day to a bundle that verifies on
+/// its own, then drops their rows; every live event still has an inclusion proof, earlier
+/// signed checkpoints (inside the archived part, of any size) still have consistency proofs,
+/// complete and filtered exports still verify and say what is archived, fsck passes, and an
+/// archived event is proven by its bundle plus a consistency proof from the bundle's
+/// checkpoint to today's. Only archived rows can be deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archiving_a_day_drops_its_rows_and_every_proof_still_verifies() {
+    let w = world().await;
+    let dir = w.server.dir.path().to_owned();
+    let mut gw = audit(&w.server, &w.gateway).await;
+    let mut auditor = audit(&w.server, &w.auditor).await;
+    let checkpoint = |note_file: &str| {
+        let path = dir.join(note_file);
+        move |cp: proto::SignedCheckpoint| {
+            std::fs::write(&path, &cp.note).unwrap();
+            cp.tree_size
+        }
+    };
+    // Day one: a checkpoint part-way (an odd size, inside the archived part later) and one at
+    // the end of the day.
+    let mut sizes = Vec::new();
+    for (events, note_file) in [(0..13, "early.note"), (13..40, "day-one.note")] {
+        for n in events {
+            gw.record_access(access("PUMP-1", &format!("d1-{n}")))
+                .await
+                .unwrap();
+        }
+        sizes.push(checkpoint(note_file)(
+            auditor
+                .get_checkpoint(proto::GetCheckpointRequest {})
+                .await
+                .unwrap()
+                .into_inner(),
+        ));
+    }
+    let (early, day_one) = (sizes[0], sizes[1]);
+    assert!(early % 16 != 0 && early < day_one, "{early} {day_one}");
+    // Day two.
+    w.server.clock.advance(time::Duration::days(1));
+    let cutoff = w.server.clock.now() - time::Duration::hours(1);
+    for n in 0..30 {
+        let mut event = access(
+            if n % 2 == 0 { "PUMP-1" } else { "PUMP-2" },
+            &format!("d2-{n}"),
+        );
+        event.occurred_at = Some(prost_types::Timestamp {
+            seconds: w.server.clock.now().unix_timestamp(),
+            nanos: 0,
+        });
+        gw.record_access(event).await.unwrap();
+    }
+    let key = w.server.pki("audit-signing.pub");
+    let db_url = w.server.config.database_url.clone();
+    let bundle = dir.join("day-one.jsonl");
+    let cutoff_text = medid::audit::ledger::rfc3339(cutoff).unwrap();
+    let archive_args = |out: &Path| -> Vec<std::ffi::OsString> {
+        vec![
+            "audit".into(),
+            "archive".into(),
+            "--database-url".into(),
+            db_url.clone().into(),
+            "--key".into(),
+            key.clone().into(),
+            "--before".into(),
+            cutoff_text.clone().into(),
+            "--out".into(),
+            out.into(),
+        ]
+    };
+    let args = archive_args(&bundle);
+    let (ok, out) = medid(&args);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("OK: events 1..={day_one} archived")),
+        "{out}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&bundle).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // The bundle verifies on its own, offline.
+    let (ok, out) = verify(&w, &bundle, Some(&dir.join("early.note")));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("OK: {day_one} events verified")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "consistent with the earlier checkpoint of size {early}"
+        )),
+        "{out}"
+    );
+
+    // The rows are gone; the live ones cannot be deleted.
+    let pool = w.server.db().await;
+    let left: i64 = sqlx::query_scalar(&format!(
+        "SELECT COUNT(*) FROM audit_events WHERE seq <= {day_one}"
+    ))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(left, 0);
+    let refused = sqlx::query(&format!(
+        "DELETE FROM audit_events WHERE seq = {}",
+        day_one + 1
+    ))
+    .execute(&pool)
+    .await
+    .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("only archived events may be dropped"),
+        "{refused}"
+    );
+    let archived_event: String =
+        sqlx::query_scalar("SELECT detail FROM audit_events WHERE action = 'audit.archive'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(
+        archived_event.contains(&format!("\"last_seq\":{day_one}")),
+        "{archived_event}"
+    );
+    pool.close().await;
+
+    // Live events are proven against today's checkpoint, whose tree still covers the archived
+    // part; an archived event's proof is refused with directions.
+    let now = auditor
+        .get_checkpoint(proto::GetCheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let root: [u8; 32] = now.root_hash.clone().try_into().unwrap();
+    for seq in [day_one as i64 + 1, day_one as i64 + 2, now.tree_size as i64] {
+        let p = auditor
+            .get_inclusion_proof(proto::GetInclusionProofRequest {
+                seq,
+                tree_size: now.tree_size,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let leaf: [u8; 32] = p.leaf_hash.try_into().unwrap();
+        let proof: Vec<[u8; 32]> = p.proof.into_iter().map(|h| h.try_into().unwrap()).collect();
+        assert!(
+            merkle::verify_inclusion(seq as u64 - 1, now.tree_size, &leaf, &proof, &root),
+            "{seq}"
+        );
+    }
+    let gone = auditor
+        .get_inclusion_proof(proto::GetInclusionProofRequest {
+            seq: 3,
+            tree_size: now.tree_size,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::FailedPrecondition);
+    assert!(
+        gone.message().contains("archive bundle"),
+        "{}",
+        gone.message()
+    );
+
+    // Consistency from both day-one checkpoints (the bundle's, and the odd-sized one inside
+    // the archived part), through the real CLI.
+    std::fs::write(dir.join("auditor.pem"), &w.auditor.cert_pem).unwrap();
+    std::fs::write(dir.join("auditor.key"), &w.auditor.key_pem).unwrap();
+    let client = |cmd: &[&str]| -> Vec<std::ffi::OsString> {
+        let mut v: Vec<std::ffi::OsString> = cmd.iter().map(Into::into).collect();
+        for (flag, value) in [
+            ("--server", w.server.url.clone().into()),
+            ("--ca", w.server.pki("root-ca.pem")),
+            ("--cert", dir.join("auditor.pem")),
+            ("--key", dir.join("auditor.key")),
+        ] {
+            v.push(flag.into());
+            v.push(value.into());
+        }
+        v
+    };
+    for since in ["day-one.jsonl.note", "early.note"] {
+        let mut args = client(&["audit", "prove-consistency", "--since"]);
+        args.insert(3, dir.join(since).into());
+        args.extend(["--audit-key".into(), key.clone().into()]);
+        let (ok, out) = medid(&args);
+        assert!(ok, "{since}: {out}");
+    }
+
+    // A complete export starts after the archived part and verifies; so does a filtered one,
+    // and one proving consistency with a checkpoint inside the archived part.
+    let complete = dir.join("complete.jsonl");
+    export(
+        &w,
+        proto::ExportAuditRequest {
+            filter: None,
+            previous_tree_size: early,
+        },
+        &complete,
+    )
+    .await;
+    let header: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&complete)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["archived_through"], day_one);
+    let (ok, out) = verify(&w, &complete, Some(&dir.join("early.note")));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("events 1..={day_one} are archived")),
+        "{out}"
+    );
+    let filtered = dir.join("pump-2.jsonl");
+    export(
+        &w,
+        proto::ExportAuditRequest {
+            filter: Some(proto::AuditFilter {
+                device_uri: "spiffe://medid.local/device/acme/PUMP-2".into(),
+                ..Default::default()
+            }),
+            previous_tree_size: 0,
+        },
+        &filtered,
+    )
+    .await;
+    let (ok, out) = verify(&w, &filtered, None);
+    assert!(ok, "{out}");
+    assert!(out.contains("OK: 15 events verified"), "{out}");
+
+    // fsck starts from the archive and checks what is left.
+    let (ok, out) = medid(&[
+        "audit".into(),
+        "fsck".into(),
+        "--database-url".into(),
+        db_url.clone().into(),
+        "--key".into(),
+        key.clone().into(),
+    ]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("(events 1..={day_one} are archived)")),
+        "{out}"
+    );
+
+    // Nothing more was recorded before the cutoff: a second run says so and changes nothing.
+    let args = archive_args(&dir.join("again.jsonl"));
+    let (ok, out) = medid(&args);
+    assert!(!ok && out.contains("nothing to archive"), "{out}");
+    assert!(!dir.join("again.jsonl").exists());
 }

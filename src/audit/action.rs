@@ -44,6 +44,7 @@ pub enum Action {
     AuditCheckpointRead,
     AuditProofRead,
     AuditIntegrity,
+    AuditArchive,
     // Refusals that are not of one operation.
     RequestLimit,
     AuthRefusedAggregate,
@@ -119,7 +120,7 @@ pub struct FhirCoding {
 }
 
 impl Action {
-    pub const ALL: [Action; 34] = [
+    pub const ALL: [Action; 35] = [
         Action::ManufacturerCreate,
         Action::ManufacturerList,
         Action::PrincipalIssue,
@@ -149,6 +150,7 @@ impl Action {
         Action::AuditCheckpointRead,
         Action::AuditProofRead,
         Action::AuditIntegrity,
+        Action::AuditArchive,
         Action::RequestLimit,
         Action::AuthRefusedAggregate,
         Action::CertificateReserve,
@@ -188,6 +190,7 @@ impl Action {
             Action::AuditCheckpointRead => "audit.checkpoint.read",
             Action::AuditProofRead => "audit.proof.read",
             Action::AuditIntegrity => "audit.integrity",
+            Action::AuditArchive => "audit.archive",
             Action::RequestLimit => "request.limit",
             Action::AuthRefusedAggregate => "auth.refused.aggregate",
             Action::CertificateReserve => "certificate.reserve",
@@ -228,6 +231,7 @@ impl Action {
             "audit.checkpoint.read" => Action::AuditCheckpointRead,
             "audit.proof.read" => Action::AuditProofRead,
             "audit.integrity" => Action::AuditIntegrity,
+            "audit.archive" => Action::AuditArchive,
             "request.limit" => Action::RequestLimit,
             "auth.refused.aggregate" => Action::AuthRefusedAggregate,
             "certificate.reserve" => Action::CertificateReserve,
@@ -319,6 +323,8 @@ impl Action {
             }
             Action::AuditExport => (EXPORT, None, Read),
             Action::AuditIntegrity => (SECURITY_ALERT, None, Execute),
+            // The events went to a bundle, then their rows were dropped: a change to the log.
+            Action::AuditArchive => (SECURITY_ALERT, Some(SECURITY_CONFIGURATION), Delete),
             Action::RequestLimit => (SECURITY_ALERT, Some(RESTRICTED_FUNCTION), Execute),
             Action::AuthRefusedAggregate => (SECURITY_ALERT, Some(NODE_AUTHENTICATION), Execute),
             Action::AuthAuthenticate => (USER_AUTHENTICATION, Some(LOGIN), Execute),

@@ -131,6 +131,11 @@ impl CompactRange {
         self.size
     }
 
+    /// The subtree roots and their levels, largest first.
+    pub fn peaks(&self) -> &[(Hash, u32)] {
+        &self.peaks
+    }
+
     /// MTH of the leaves pushed so far (RFC 9162 §2.1.1: the right part nests to the right).
     pub fn root(&self) -> Hash {
         match self.peaks.split_last() {

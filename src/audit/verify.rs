@@ -20,6 +20,9 @@ pub struct Report {
     pub origin: String,
     /// Checked consistency with an earlier checkpoint of this size.
     pub consistent_with: Option<u64>,
+    /// The events before the bundle's first, archived (their compact range in the header
+    /// stands for them); 0 when the bundle starts at the first event.
+    pub archived_through: u64,
 }
 
 /// Why a bundle failed, naming the first bad sequence number where there is one.
@@ -92,6 +95,27 @@ struct Line<'a> {
     from_size: Option<u64>,
     #[serde(borrow)]
     proof: Option<Vec<Cow<'a, str>>>,
+    /// A header's archived prefix: the events before the first one in the bundle.
+    prefix: Option<Prefix>,
+}
+
+/// The compact range of the events before a complete bundle's first (archived ones): their
+/// count and the roots of the subtrees that cover them, largest first, as [level, hash].
+#[derive(Debug, Deserialize)]
+struct Prefix {
+    size: u64,
+    peaks: Vec<(u32, String)>,
+}
+
+impl Prefix {
+    fn range(&self) -> Option<merkle::CompactRange> {
+        let peaks = self
+            .peaks
+            .iter()
+            .map(|(level, hex)| hash_of(hex).map(|h| (h, *level)))
+            .collect::<Option<Vec<_>>>()?;
+        merkle::CompactRange::from_peaks(self.size, peaks)
+    }
 }
 
 impl Line<'_> {
@@ -375,6 +399,8 @@ pub struct Verifier<'k> {
     consistency: Vec<(u64, Option<Vec<Hash>>)>,
     /// The last line was an end line: its event count.
     end: Option<Option<u64>>,
+    /// Events before the first in the bundle (an archived prefix in the header).
+    prefix: u64,
 }
 
 struct Header {
@@ -402,6 +428,7 @@ impl<'k> Verifier<'k> {
             note: None,
             consistency: Vec::new(),
             end: None,
+            prefix: 0,
         }
     }
 
@@ -432,6 +459,20 @@ impl<'k> Verifier<'k> {
                     origin: line.origin.as_deref().map(str::to_owned),
                     filtered: line.filtered.unwrap_or(true),
                 });
+                if let Some(prefix) = &line.prefix {
+                    match prefix.range() {
+                        Some(range) => {
+                            self.last_seq = range.size() as i64;
+                            self.prefix = range.size();
+                            self.tree = range;
+                        }
+                        None => {
+                            self.malformed.get_or_insert(malformed(
+                                "the header's archived prefix is not a compact range",
+                            ));
+                        }
+                    }
+                }
                 self.read_previous();
             } else {
                 self.headless = true;
@@ -469,8 +510,8 @@ impl<'k> Verifier<'k> {
         if let (Some(note), Some(origin)) = (&self.previous, origin) {
             if let Ok(prev) = checkpoint::verify(note, origin, self.public_key) {
                 self.previous_size = Some(prev.size);
-                if prev.size == 0 {
-                    self.previous_root = Some(merkle::empty_root());
+                if prev.size == self.tree.size() {
+                    self.previous_root = Some(self.tree.root());
                 }
             }
         }
@@ -561,13 +602,14 @@ impl<'k> Verifier<'k> {
             ));
         }
         if !filtered {
-            if seen < cp.size {
+            let have = self.prefix + seen;
+            if have < cp.size {
                 return Err(Failure::Truncated {
-                    have: seen,
+                    have,
                     signed: cp.size,
                 });
             }
-            if seen > cp.size || self.tree.root() != cp.root {
+            if have > cp.size || self.tree.root() != cp.root {
                 return Err(Failure::RootMismatch { size: cp.size });
             }
         }
@@ -583,8 +625,10 @@ impl<'k> Verifier<'k> {
                     signed: prev.size,
                 });
             }
-            let ok = if !filtered {
-                self.previous_root == Some(prev.root)
+            // A complete bundle reached the earlier size itself, unless it lies in the
+            // archived prefix: then, as for a filtered bundle, a consistency proof says it.
+            let ok = if let (false, Some(root)) = (filtered, self.previous_root) {
+                root == prev.root
             } else {
                 let proof = self
                     .consistency
@@ -593,7 +637,7 @@ impl<'k> Verifier<'k> {
                     .and_then(|(_, p)| p.as_deref());
                 match proof {
                     Some(p) => merkle::verify_consistency(prev.size, cp.size, &prev.root, &cp.root, p),
-                    None => return Err(malformed(format!("no consistency proof from size {} in this filtered bundle (export with --previous-checkpoint)", prev.size))),
+                    None => return Err(malformed(format!("no consistency proof from size {} in this bundle (export with --previous-checkpoint)", prev.size))),
                 }
             };
             if !ok {
@@ -607,6 +651,7 @@ impl<'k> Verifier<'k> {
             filtered,
             origin,
             consistent_with,
+            archived_through: self.prefix,
         })
     }
 }
@@ -690,6 +735,72 @@ mod tests {
         lines.push(serde_json::json!({"type": "checkpoint", "note": note(&leaves)}).to_string());
         lines.push(format!(r#"{{"type":"end","events":{kept}}}"#));
         lines
+    }
+
+    /// A complete bundle of events `after + 1 ..= n` whose header carries the compact range of
+    /// the first `after` (archived) events, with `peak` edited by `edit` when given.
+    fn archived_bundle(n: i64, after: u64, edit: Option<usize>) -> Vec<String> {
+        let (events, leaves) = events(n, |_| false);
+        let mut range = merkle::CompactRange::default();
+        for leaf in &leaves[..after as usize] {
+            range.push(*leaf);
+        }
+        let peaks: Vec<serde_json::Value> = range
+            .peaks()
+            .iter()
+            .enumerate()
+            .map(|(i, (hash, level))| {
+                let mut hash = *hash;
+                if Some(i) == edit {
+                    hash[0] ^= 1;
+                }
+                serde_json::json!([level, crate::domain::hex(&hash)])
+            })
+            .collect();
+        let mut lines = vec![serde_json::json!({"type": "header", "origin": "t/audit",
+            "filtered": false, "prefix": {"size": after, "peaks": peaks}})
+        .to_string()];
+        lines.extend(
+            events
+                .into_iter()
+                .filter(|(seq, _)| *seq as u64 > after)
+                .map(|(_, l)| l),
+        );
+        let kept = lines.len() - 1;
+        lines.push(serde_json::json!({"type": "checkpoint", "note": note(&leaves)}).to_string());
+        lines.push(format!(r#"{{"type":"end","events":{kept}}}"#));
+        lines
+    }
+
+    #[test]
+    fn an_archived_prefix_stands_for_its_events_only_if_the_signed_root_agrees() {
+        let (_, public) = key();
+        let check = |lines: &[String]| {
+            let mut v = Verifier::new(&public, None);
+            v.push(&lines.iter().map(String::as_str).collect::<Vec<_>>());
+            v.finish()
+        };
+        let report = check(&archived_bundle(100, 48, None)).unwrap();
+        assert_eq!((report.events, report.archived_through), (52, 48));
+        assert_eq!(
+            check(&archived_bundle(100, 48, Some(1))),
+            Err(Failure::RootMismatch { size: 100 })
+        );
+        // A prefix whose peaks do not add up to its size is not one.
+        let mut lines = archived_bundle(100, 48, None);
+        lines[0] = lines[0].replace("\"size\":48", "\"size\":47");
+        assert!(matches!(check(&lines), Err(Failure::Malformed(_))));
+        // The events must start right after the prefix.
+        let mut lines = archived_bundle(100, 48, None);
+        lines.remove(1);
+        assert_eq!(
+            check(&lines),
+            Err(Failure::Missing {
+                seq: 49,
+                after: 48,
+                next: 50
+            })
+        );
     }
 
     /// A complete bundle of `n` events as medid writes it, and the public key that signed it.

@@ -58,19 +58,27 @@ pub enum AuditCommand {
     /// stored tree node from the leaves, every signed checkpoint's root and signature. Prints
     /// progress on stderr; stops at the first bad entry and names it (exit status 1).
     Fsck {
-        /// The service's TOML configuration file (its database_url is checked).
-        #[arg(long, env = "MEDID_CONFIG")]
-        config: Option<PathBuf>,
-        /// sqlite://PATH or postgres://…, instead of the configuration's.
-        #[arg(long, env = "MEDID_DATABASE_URL")]
-        database_url: Option<String>,
-        /// The audit public key (PEM) the checkpoints must be signed with.
-        #[arg(long, default_value = "certs-dev/audit-signing.pub")]
-        key: PathBuf,
+        #[command(flatten)]
+        db: DatabaseArgs,
         /// A checkpoint note kept outside the database (for example the checkpoint
         /// directory's latest.note), checked against the log too; repeat for several.
         #[arg(long)]
         checkpoint: Vec<PathBuf>,
+    },
+    /// Retention: write the events recorded before --before, up to a signed checkpoint, to a
+    /// bundle that `medid audit verify` checks on its own; read it back and verify it; then
+    /// drop their rows from the database, keeping the stored Merkle tree, so proofs and
+    /// consistency across the archived range still verify. Run it where the database is; the
+    /// service may keep running. Keep the bundle (and its copies) for the retention period.
+    Archive {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        /// Archive events recorded before this time (RFC 3339).
+        #[arg(long)]
+        before: String,
+        /// The bundle to write (mode 0600); must not exist yet.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Print the current signed checkpoint (admin, auditor, gateway).
     Checkpoint {
@@ -125,6 +133,20 @@ pub enum AuditCommand {
         #[arg(long, default_value = "certs-dev/audit-signing.pub")]
         audit_key: PathBuf,
     },
+}
+
+/// The database a local command works on, and the audit key its checkpoints are signed with.
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// The service's TOML configuration file (its database_url is used).
+    #[arg(long, env = "MEDID_CONFIG")]
+    config: Option<PathBuf>,
+    /// sqlite://PATH or postgres://…, instead of the configuration's.
+    #[arg(long, env = "MEDID_DATABASE_URL")]
+    database_url: Option<String>,
+    /// The audit public key (PEM) the checkpoints must be signed with.
+    #[arg(long, default_value = "certs-dev/audit-signing.pub")]
+    key: PathBuf,
 }
 
 /// Which events: every flag given must match.
@@ -248,23 +270,14 @@ fn event_line(v: &serde_json::Value) -> String {
     )
 }
 
-async fn fsck(
-    config: Option<PathBuf>,
-    database_url: Option<String>,
-    key: &PathBuf,
-    checkpoints: &[PathBuf],
-) -> Result<(), Error> {
-    let public = audit_key(key)?;
-    let outside = checkpoints
-        .iter()
-        .map(read)
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut config = match &config {
+/// The database of `config` (or `database_url`), which must exist.
+async fn open_database(db: &DatabaseArgs) -> Result<crate::store::Store, Error> {
+    let mut config = match &db.config {
         Some(path) => crate::config::Config::from_file(path)?,
         None => crate::config::Config::default(),
     };
-    if let Some(url) = database_url {
-        config.database_url = url;
+    if let Some(url) = &db.database_url {
+        config.database_url = url.clone();
     }
     let store = match config.database()? {
         crate::config::Database::Sqlite(path) => {
@@ -278,6 +291,16 @@ async fn fsck(
         }
         crate::config::Database::Postgres(url) => crate::store::Store::open_url(&url).await?,
     };
+    Ok(store)
+}
+
+async fn fsck(db: &DatabaseArgs, checkpoints: &[PathBuf]) -> Result<(), Error> {
+    let public = audit_key(&db.key)?;
+    let outside = checkpoints
+        .iter()
+        .map(read)
+        .collect::<Result<Vec<_>, _>>()?;
+    let store = open_database(db).await?;
     let started = std::time::Instant::now();
     let mut reported = 0u64;
     let report = crate::service::fsck::fsck(&store, &public, &outside, |done, total| {
@@ -292,11 +315,16 @@ async fn fsck(
         Ok(r) => {
             println!(
                 "OK: {} events, {} stored tree nodes and {} signed checkpoints re-derived and \
-                 verified in {:.1} s",
+                 verified in {:.1} s{}",
                 r.events,
                 r.nodes,
                 r.checkpoints,
-                started.elapsed().as_secs_f64()
+                started.elapsed().as_secs_f64(),
+                if r.archived > 0 {
+                    format!(" (events 1..={} are archived)", r.archived)
+                } else {
+                    String::new()
+                }
             );
             Ok(())
         }
@@ -307,8 +335,61 @@ async fn fsck(
     }
 }
 
+async fn archive(db: &DatabaseArgs, before: &str, out: &std::path::Path) -> Result<(), Error> {
+    use crate::service::archive::Stage;
+    let public = audit_key(&db.key)?;
+    let before =
+        time::OffsetDateTime::parse(before, &time::format_description::well_known::Rfc3339)
+            .map_err(|e| {
+                Error::InvalidArgument(format!("--before {before}: not an RFC 3339 time: {e}"))
+            })?;
+    if out.exists() {
+        return Err(Error::InvalidArgument(format!(
+            "{} exists; an archive bundle is never overwritten",
+            out.display()
+        )));
+    }
+    let store = open_database(db).await?;
+    let started = std::time::Instant::now();
+    let mut reported = 0u64;
+    let report = crate::service::archive::archive(
+        &store,
+        &public,
+        before,
+        out,
+        crate::clock::Clock::now(&crate::clock::SystemClock),
+        |stage| match stage {
+            Stage::Written(done, total) => {
+                if done - reported >= 1_000_000 || done == total {
+                    reported = done;
+                    eprintln!("archive: {done} of {total} events written");
+                }
+            }
+            Stage::Verified => eprintln!("archive: {} read back and verified", out.display()),
+            Stage::Dropped(n) => {
+                if n % 1_000_000 < 20_000 {
+                    eprintln!("archive: {n} rows dropped");
+                }
+            }
+        },
+    )
+    .await?;
+    println!(
+        "OK: events {}..={} archived to {} ({} bytes, SHA-256 {}), {} rows dropped, in {:.1} s",
+        report.first_seq,
+        report.last_seq,
+        out.display(),
+        report.bytes,
+        report.bundle_sha256,
+        report.dropped,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 pub async fn run(cmd: AuditCommand) -> Result<(), Error> {
     match cmd {
+        AuditCommand::Archive { db, before, out } => archive(&db, &before, &out).await,
         AuditCommand::RecordAccess(args) => super::access::run(args).await,
         AuditCommand::Query {
             conn,
@@ -454,12 +535,7 @@ pub async fn run(cmd: AuditCommand) -> Result<(), Error> {
             }
             Ok(())
         }
-        AuditCommand::Fsck {
-            config,
-            database_url,
-            key,
-            checkpoint,
-        } => fsck(config, database_url, &key, &checkpoint).await,
+        AuditCommand::Fsck { db, checkpoint } => fsck(&db, &checkpoint).await,
         AuditCommand::Verify {
             bundle,
             key,
@@ -484,6 +560,12 @@ pub async fn run(cmd: AuditCommand) -> Result<(), Error> {
                             .map(|s| format!("; consistent with the earlier checkpoint of size {s}"))
                             .unwrap_or_default()
                     );
+                    if r.archived_through > 0 {
+                        println!(
+                            "events 1..={} are archived: the bundle carries their compact range",
+                            r.archived_through
+                        );
+                    }
                     Ok(())
                 }
                 Err(f) => Err(Error::FailedPrecondition(format!(

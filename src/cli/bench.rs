@@ -69,6 +69,10 @@ pub struct BenchArgs {
     /// exports against it.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// The server's database instead of SQLite in its directory (a postgres:// URL: a
+    /// PostgreSQL run). With `--data-dir`, later runs measure against what it holds.
+    #[arg(long)]
+    pub database_url: Option<String>,
     /// Print the figures as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -144,7 +148,7 @@ fn free_port() -> Result<u16, Error> {
         .map_err(|e| Error::Unavailable(format!("no free port: {e}")))
 }
 
-async fn start(data_dir: Option<&Path>) -> Result<Server, Error> {
+async fn start(data_dir: Option<&Path>, database_url: Option<&str>) -> Result<Server, Error> {
     let dir = match data_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir)
@@ -157,10 +161,13 @@ async fn start(data_dir: Option<&Path>) -> Result<Server, Error> {
     };
     let (grpc, http) = (free_port()?, free_port()?);
     let config = dir.path().join("medid.toml");
+    let database_url = match database_url {
+        Some(url) => url.to_owned(),
+        None => format!("sqlite://{}", dir.path().join("medid.db").display()),
+    };
     let text = format!(
         "listen = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
-         database_url = \"sqlite://{}\"\npki_dir = \"{}\"\ncreate_dev_pki = true\nest_enabled = false\n",
-        dir.path().join("medid.db").display(),
+         database_url = \"{database_url}\"\npki_dir = \"{}\"\ncreate_dev_pki = true\nest_enabled = false\n",
         dir.path().join("pki").display()
     );
     std::fs::write(&config, text).map_err(|e| Error::internal("writing config", e))?;
@@ -401,7 +408,7 @@ async fn drive(args: BenchArgs) -> Result<(), Error> {
         args.scenarios.clone()
     };
     let workers = args.concurrency.clamp(1, 32);
-    let server = start(args.data_dir.as_deref()).await?;
+    let server = start(args.data_dir.as_deref(), args.database_url.as_deref()).await?;
     // Serials unique to this run, so a reused directory takes new enrollments.
     let run = time::OffsetDateTime::now_utc().unix_timestamp();
     let pki = server.dir.path().join("pki");
@@ -804,7 +811,7 @@ async fn drive(args: BenchArgs) -> Result<(), Error> {
             server_cpu: 0.0,
             server_rss_mib: figures.server_rss_mib,
         });
-        if scenario == Scenario::Fill && !args.json {
+        if scenario == Scenario::Fill && !args.json && args.database_url.is_none() {
             let bytes = database_bytes(server.dir.path());
             println!(
                 "fill: the database is {:.1} MiB on disk after it ({} bytes)",

@@ -18,7 +18,7 @@ use crate::issuance::checkpoint_key::CheckpointSigner;
 use crate::policy;
 use crate::store::ledger::AuditQuery;
 use crate::store::registry::{DeviceRecord, DeviceState};
-use crate::store::{AuditLog, MerkleLog, Registry};
+use crate::store::{AuditLog, MerkleLog, Registry, Retention};
 
 /// Events per page an export reads.
 const EXPORT_PAGE: i64 = 500;
@@ -348,39 +348,15 @@ impl Ca {
             }
             None => merkle::CompactRange::default(),
         };
-        let all = AuditQuery::default();
-        let mut at = range.size() as i64;
-        while at < size as i64 {
-            let after = at;
-            let mut made = Vec::new();
-            let mut check = |seq: i64, fields: ledger::EventFields<'_>, stored: &str| {
-                if seq != at + 1 {
-                    return Err(Error::Integrity(format!(
-                        "audit log: sequence {} is missing",
-                        at + 1
-                    )));
-                }
-                let leaf = ledger::leaf_of_fields(seq, &fields)?;
-                if crate::domain::hex(&leaf) != stored {
-                    return Err(Error::Integrity(format!(
-                        "audit log: event {seq} no longer matches its leaf hash"
-                    )));
-                }
-                range.push_noting(leaf, |level, idx, root| made.push((level, idx, *root)));
-                at = seq;
-                Ok(())
-            };
-            self.store
-                .scan_ledger(&all, after, size as i64, CHECK_PAGE, &mut check)
-                .await?;
-            if at == after {
-                return Err(Error::Integrity(format!(
-                    "audit log: sequence {} is missing",
-                    at + 1
-                )));
-            }
-            self.store.check_stored_nodes(&made).await?;
-        }
+        super::fsck::rehash(
+            &self.store,
+            &mut range,
+            size,
+            CHECK_PAGE,
+            |_| Ok(()),
+            |_| {},
+        )
+        .await?;
         Ok(range)
     }
 
@@ -393,10 +369,17 @@ impl Ca {
         known: Option<&(Checkpoint, String)>,
     ) -> Result<merkle::CompactRange, Error> {
         let prefix = known.map(|(cp, _)| cp.size);
-        let mut range = merkle::CompactRange::default();
-        let mut prefix_root = (prefix == Some(0)).then(merkle::empty_root);
+        // Archived events have no rows: the pass starts from the stored tree's compact range
+        // of them (the signed root it must reach vouches for it).
+        let archived = self.store.archived_through().await?;
+        let mut range = self.store.compact_range(archived).await?;
+        let mut prefix_root = match prefix {
+            Some(p) if p < archived => Some(self.store.compact_range(p).await?.root()),
+            Some(p) if p == archived => Some(range.root()),
+            _ => None,
+        };
         self.store
-            .fold_leaf_hashes(size, |count, leaf| {
+            .fold_leaf_hashes_after(archived, size, |count, leaf| {
                 range.push(leaf);
                 if Some(count) == prefix {
                     prefix_root = Some(range.root());
@@ -484,6 +467,10 @@ impl Ca {
                 )));
             }
             self.within_log("tree_size", tree_size).await?;
+            let archived = self.store.archived_through().await?;
+            if seq as u64 <= archived {
+                return Err(archived_event(seq, archived));
+            }
             // From the stored tree: O(log n) reads, whatever the log's length.
             let index = (seq - 1) as usize;
             let ranges = merkle::inclusion_ranges(index, tree_size as usize)
@@ -519,7 +506,20 @@ impl Ca {
             self.within_log("new_size", new).await?;
             let ranges = merkle::consistency_ranges(old as usize, new as usize)
                 .ok_or_else(|| Error::Internal("consistency proof out of range".into()))?;
-            self.store.subtree_roots(&ranges).await
+            match self.store.subtree_roots(&ranges).await {
+                Err(Error::Integrity(e)) => {
+                    let archived = self.store.archived_through().await?;
+                    if old > archived {
+                        return Err(Error::Integrity(e));
+                    }
+                    Err(Error::FailedPrecondition(format!(
+                        "old_size {old} lies in the archived part of the log (events \
+                         1..={archived}) and is not the size of a signed checkpoint, the only \
+                         sizes whose proofs survive archiving"
+                    )))
+                }
+                proved => proved,
+            }
         };
         self.audited(
             who,
@@ -667,12 +667,24 @@ impl Ca {
             previous_size,
         } = e;
         tokio::spawn(async move {
-            let header = json!({
+            let prefix = match ca.archived_prefix(filtered).await {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = tx.send(Err(ca.export_failed(&actor, e).await)).await;
+                    return;
+                }
+            };
+            let archived = prefix.0;
+            let mut header = json!({
                 "type": "header", "format": "medid-audit-bundle", "version": 1,
                 "origin": cp.origin, "tree_size": cp.size, "filtered": filtered,
                 "filter": filter, "exported_by": exporter,
                 "exported_at": ledger::rfc3339(ca.clock.now()).unwrap_or_default(),
+                "archived_through": archived,
             });
+            if let Some(range) = prefix.1 {
+                header["prefix"] = prefix_json(&range);
+            }
             if tx.send(Ok(header.to_string())).await.is_err() {
                 return;
             }
@@ -682,12 +694,12 @@ impl Ca {
             let (pages_tx, mut pages) = mpsc::channel::<Result<Vec<String>, Error>>(2);
             let store = ca.store.clone();
             tokio::spawn(async move {
-                let mut after = 0i64;
+                let mut after = archived as i64;
                 let mut up_to = cp.size as i64;
                 if query.from.is_some() || query.to.is_some() {
                     match store.time_span(query.from, query.to).await {
                         Ok(Some((first, last))) => {
-                            after = first - 1;
+                            after = after.max(first - 1);
                             up_to = up_to.min(last);
                         }
                         Ok(None) => up_to = 0,
@@ -793,7 +805,8 @@ impl Ca {
                 .with("dicom_event", "110101");
             self.store.record_event(&event).await?;
             let size = page_size.clamp(1, 500) as i64;
-            let (mut after, mut up_to) = (after, i64::MAX);
+            let archived = self.store.archived_through().await? as i64;
+            let (mut after, mut up_to) = (after.max(archived), i64::MAX);
             if query.from.is_some() || query.to.is_some() {
                 match self.store.time_span(query.from, query.to).await? {
                     Some((first, last)) => (after, up_to) = (after.max(first - 1), last),
@@ -862,6 +875,42 @@ async fn with_proofs(
         lines.push(ledger::finish_export_line(start, seq, &leaf, Some(proof))?);
     }
     Ok(lines)
+}
+
+/// The refusal of a proof of an archived event.
+fn archived_event(seq: i64, archived: u64) -> Error {
+    Error::FailedPrecondition(format!(
+        "event {seq} is archived (events 1..={archived} are): prove it from its archive bundle \
+         (medid audit verify BUNDLE), then that today's log extends the bundle's checkpoint \
+         (medid audit prove-consistency --since BUNDLE.note)"
+    ))
+}
+
+/// A header's `prefix`: the compact range of the archived events.
+pub(super) fn prefix_json(range: &merkle::CompactRange) -> Value {
+    json!({
+        "size": range.size(),
+        "peaks": range.peaks().iter()
+            .map(|(hash, level)| json!([level, crate::domain::hex(hash)]))
+            .collect::<Vec<_>>(),
+    })
+}
+
+impl Ca {
+    /// How many events are archived, and for a complete export their compact range from the
+    /// stored tree (what the bundle's verifier starts from).
+    async fn archived_prefix(
+        &self,
+        filtered: bool,
+    ) -> Result<(u64, Option<merkle::CompactRange>), Error> {
+        let archived = self.store.archived_through().await?;
+        let range = if archived > 0 && !filtered {
+            Some(self.store.compact_range(archived).await?)
+        } else {
+            None
+        };
+        Ok((archived, range))
+    }
 }
 
 fn filter_json(q: &AuditQuery) -> Value {

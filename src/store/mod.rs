@@ -18,6 +18,7 @@
 //! Schema changes live in `migrations/sqlite/` and `migrations/postgres/` and are applied at
 //! start.
 
+pub mod archive;
 pub mod audit;
 pub mod backup;
 pub mod binding;
@@ -33,7 +34,7 @@ mod writer;
 
 pub use traits::{
     AuditLog, CertificateLedger, CertificateRecords, MerkleLog, PkiBinding, RecoveryStore,
-    Registry, RevocationStore, TokenStore,
+    Registry, Retention, RevocationStore, TokenStore,
 };
 /// The lowest level of the Merkle tree stored (subtrees of 16 leaves and more).
 pub use tree::STORED_LEVEL as STORED_TREE_LEVEL;
@@ -98,6 +99,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "ledger_filters",
         include_str!("../../migrations/sqlite/0009_ledger_filters.sql"),
     ),
+    (
+        10,
+        "audit_archives",
+        include_str!("../../migrations/sqlite/0010_audit_archives.sql"),
+    ),
 ];
 
 /// PostgreSQL migrations: the same schema, written for PostgreSQL from the start.
@@ -131,6 +137,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         6,
         "ledger_filters",
         include_str!("../../migrations/postgres/0006_ledger_filters.sql"),
+    ),
+    (
+        7,
+        "audit_archives",
+        include_str!("../../migrations/postgres/0007_audit_archives.sql"),
     ),
 ];
 

@@ -518,6 +518,7 @@ tuple_row!(A 0, B 1);
 tuple_row!(A 0, B 1, C 2);
 tuple_row!(A 0, B 1, C 2, D 3);
 tuple_row!(A 0, B 1, C 2, D 3, E 4);
+tuple_row!(A 0, B 1, C 2, D 3, E 4, F 5);
 
 /// A connection to run statements on, inside a write transaction or for reads.
 pub(crate) enum Tx<'c> {

@@ -8,6 +8,7 @@ use std::future::Future;
 
 use time::OffsetDateTime;
 
+use super::archive::{ArchiveCut, ArchiveRecord};
 use super::certificates::{
     AdoptedCertificate, CensusRow, Completion, NewCertificate, PeerRecord, Recorded,
 };
@@ -45,6 +46,42 @@ pub trait AuditLog {
         after: i64,
         limit: i64,
     ) -> impl Future<Output = Result<Vec<StoredEvent>, Error>> + Send;
+}
+
+/// Retention of the audit log (`medid audit archive`, and whatever must start after the
+/// archived events: integrity checks, exports, proofs).
+pub trait Retention {
+    /// Every archive recorded, oldest first.
+    fn archives(&self) -> impl Future<Output = Result<Vec<ArchiveRecord>, Error>> + Send;
+
+    /// How many events (from the first) are archived: their rows may be gone, and the live
+    /// log starts after them. 0 when nothing was archived.
+    fn archived_through(&self) -> impl Future<Output = Result<u64, Error>> + Send;
+
+    /// The next archive of events recorded before `before`: from the end of the last archive
+    /// to the largest signed checkpoint whose events were all recorded before `before`. None
+    /// when no such checkpoint covers an event not yet archived.
+    fn archive_cut(
+        &self,
+        before: OffsetDateTime,
+    ) -> impl Future<Output = Result<Option<ArchiveCut>, Error>> + Send;
+
+    /// Records `archive` (its bundle written and verified) with its audit `event`, in one
+    /// transaction that also keeps the leaf hashes the stored tree needs once the rows are
+    /// gone. The archive must start where the last one ended and end at a signed checkpoint
+    /// with its root.
+    fn record_archive(
+        &self,
+        archive: &ArchiveRecord,
+        event: &AuditEvent,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Drops the rows of archived events still present, in bounded transactions (resuming a
+    /// drop that was interrupted); `progress(dropped so far)` after each. Returns how many.
+    fn drop_archived(
+        &self,
+        progress: impl FnMut(u64) + Send,
+    ) -> impl Future<Output = Result<u64, Error>> + Send;
 }
 
 /// The Merkle ledger over the audit log: appending access events, leaf hashes, checkpoints,

@@ -6,8 +6,10 @@
 //! and the log stores one node for every 16 events.
 //!
 //! Node (level, idx) covers leaves `idx * 2^level .. (idx + 1) * 2^level`; level 0 is the
-//! leaf hash kept with each event (`audit_events.leaf_hash`, event `seq` is leaf `seq - 1`).
-//! `merkle_state.size` is how many leaves the stored nodes cover.
+//! leaf hash kept with each event (`audit_events.leaf_hash`, event `seq` is leaf `seq - 1`),
+//! or, for an archived event whose small subtrees are still needed, a level-0 row of
+//! `merkle_nodes` ([`keep_leaves`]). `merkle_state.size` is how many leaves the stored nodes
+//! cover.
 
 use std::ops::Range;
 
@@ -174,25 +176,10 @@ async fn node(tx: &mut Tx<'_>, level: u32, idx: i64) -> Result<Hash, Error> {
             "the stored Merkle tree has no node {idx} at level {level}"
         ))
     };
-    if level == 0 {
-        return tx
-            .optional::<Hash>(
-                "SELECT leaf_hash FROM audit_events WHERE seq = $1",
-                &[&(idx + 1)],
-            )
-            .await?
-            .ok_or_else(missing);
-    }
     if level < STORED_LEVEL {
         // Not stored: hashed from its leaves (events first + 1 ..= first + width).
         let width = 1i64 << level;
-        let first = idx * width;
-        let leaves: Vec<Hash> = tx
-            .all(
-                "SELECT leaf_hash FROM audit_events WHERE seq > $1 AND seq <= $2 ORDER BY seq",
-                &[&first, &(first + width)],
-            )
-            .await?;
+        let leaves = leaves(tx, idx * width, width).await?;
         if leaves.len() as i64 != width {
             return Err(missing());
         }
@@ -205,11 +192,85 @@ async fn node(tx: &mut Tx<'_>, level: u32, idx: i64) -> Result<Hash, Error> {
         )
         .await?;
     let bytes = bytes.ok_or_else(missing)?;
+    hash_of(bytes, level, idx)
+}
+
+fn hash_of(bytes: Vec<u8>, level: u32, idx: i64) -> Result<Hash, Error> {
     bytes.try_into().map_err(|_| {
         Error::Integrity(format!(
             "the stored Merkle node {idx} at level {level} is not 32 bytes"
         ))
     })
+}
+
+/// The leaf hashes of leaves `first .. first + width` (fewer if some are absent), in order:
+/// from the events, or for archived events whose leaves were kept (see [`keep_leaves`]) from
+/// the level-0 rows of the stored tree.
+async fn leaves(tx: &mut Tx<'_>, first: i64, width: i64) -> Result<Vec<Hash>, Error> {
+    let live: Vec<(i64, Hash)> = tx
+        .all(
+            "SELECT seq, leaf_hash FROM audit_events WHERE seq > $1 AND seq <= $2 ORDER BY seq",
+            &[&first, &(first + width)],
+        )
+        .await?;
+    if live.len() as i64 == width {
+        return Ok(live.into_iter().map(|(_, h)| h).collect());
+    }
+    let kept: Vec<(i64, Vec<u8>)> = tx
+        .all(
+            "SELECT idx, hash FROM merkle_nodes WHERE level = 0 AND idx >= $1 AND idx < $2
+             ORDER BY idx",
+            &[&first, &(first + width)],
+        )
+        .await?;
+    let mut by_index = std::collections::BTreeMap::new();
+    for (idx, bytes) in kept {
+        by_index.insert(idx, hash_of(bytes, 0, idx)?);
+    }
+    for (seq, hash) in live {
+        by_index.insert(seq - 1, hash);
+    }
+    Ok(by_index.into_values().collect())
+}
+
+/// Before the events of `blocks` are dropped (medid audit archive), keeps the leaf hashes of
+/// each 16-leaf block named, at or below `upto`, as level-0 rows of the stored tree: the nodes
+/// below the stored level in those blocks stay computable. The blocks are those holding the
+/// size of a signed checkpoint (consistency proofs from it need them) and the archive's end.
+pub(super) async fn keep_leaves(tx: &mut Tx<'_>, blocks: &[i64], upto: i64) -> Result<(), Error> {
+    let width = 1i64 << STORED_LEVEL;
+    let mut kept = Vec::new();
+    for &block in blocks {
+        let first = block * width;
+        let rows: Vec<(i64, Hash)> = tx
+            .all(
+                "SELECT seq, leaf_hash FROM audit_events WHERE seq > $1 AND seq <= $2
+                 ORDER BY seq",
+                &[&first, &(first + width).min(upto)],
+            )
+            .await?;
+        kept.extend(rows.into_iter().map(|(seq, hash)| Node {
+            level: 0,
+            idx: seq - 1,
+            hash,
+        }));
+    }
+    kept.sort_by_key(|n| n.idx);
+    kept.dedup_by_key(|n| n.idx);
+    // Leaves kept by an earlier archive are not written twice.
+    let mut fresh = Vec::with_capacity(kept.len());
+    for n in kept {
+        let there: Option<i64> = tx
+            .optional(
+                "SELECT idx FROM merkle_nodes WHERE level = 0 AND idx = $1",
+                &[&n.idx],
+            )
+            .await?;
+        if there.is_none() {
+            fresh.push(n);
+        }
+    }
+    insert_nodes(tx, &fresh).await
 }
 
 async fn insert_nodes(tx: &mut Tx<'_>, nodes: &[Node]) -> Result<(), Error> {
