@@ -36,6 +36,10 @@ pub enum Scenario {
     /// Single inclusion proofs (GetInclusionProof) spread over the whole log, each verified
     /// against the signed checkpoint.
     Proof,
+    /// Signed checkpoints, `--proofs` of them, each after one more batch of `--batch` access
+    /// events: GetCheckpoint re-hashes what was added since the last one (the incremental
+    /// integrity check), then signs.
+    Checkpoint,
     /// Fills the log: `--count` access events over RecordAccessStream, naming `--devices`
     /// enrolled devices in turn, through the real path (sealed, hashed, group-committed).
     /// Not in the default set; with `--data-dir`, later runs measure against the filled log.
@@ -167,8 +171,10 @@ async fn start(data_dir: Option<&Path>, database_url: Option<&str>) -> Result<Se
     };
     let text = format!(
         "listen = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
-         database_url = \"{database_url}\"\npki_dir = \"{}\"\ncreate_dev_pki = true\nest_enabled = false\n",
-        dir.path().join("pki").display()
+         database_url = \"{database_url}\"\npki_dir = \"{}\"\naudit_checkpoint_dir = \"{}\"\n\
+         create_dev_pki = true\nest_enabled = false\n",
+        dir.path().join("pki").display(),
+        dir.path().join("checkpoints").display()
     );
     std::fs::write(&config, text).map_err(|e| Error::internal("writing config", e))?;
     let exe = std::env::current_exe().map_err(|e| Error::internal("finding medid", e))?;
@@ -290,6 +296,25 @@ fn progress(name: &str, done: usize, total: usize) {
     }
 }
 
+/// Event `i` of a fill over `devices` devices (`F-k`, in turn) and 10,000 patients.
+fn fill_event(i: usize, devices: usize, at: prost_types::Timestamp) -> AccessEvent {
+    AccessEvent {
+        device: Some(DeviceRef {
+            manufacturer_id: "bench".into(),
+            serial: format!("F-{}", i % devices),
+        }),
+        user_id: format!("nurse-{}", i % 97),
+        user_role: "nurse".into(),
+        action: AccessAction::Read as i32,
+        data_category: "vital-signs".into(),
+        patient_ref: format!("Patient/p-{}", i % 10_000),
+        purpose_of_use: "TREAT".into(),
+        outcome: AccessOutcome::Success as i32,
+        occurred_at: Some(at),
+        ..Default::default()
+    }
+}
+
 /// The fill scenario's load: `args.count` events over one stream per worker, each batch made
 /// when it is sent (memory stays flat whatever the count), the events naming device `F-k` in
 /// turn and one of 10,000 patients.
@@ -330,23 +355,8 @@ async fn fill(
                     seconds: time::OffsetDateTime::now_utc().unix_timestamp(),
                     nanos: 0,
                 };
-                let events: Vec<AccessEvent> = (next..upto)
-                    .map(|i| AccessEvent {
-                        device: Some(DeviceRef {
-                            manufacturer_id: "bench".into(),
-                            serial: format!("F-{}", i % devices),
-                        }),
-                        user_id: format!("nurse-{}", i % 97),
-                        user_role: "nurse".into(),
-                        action: AccessAction::Read as i32,
-                        data_category: "vital-signs".into(),
-                        patient_ref: format!("Patient/p-{}", i % 10_000),
-                        purpose_of_use: "TREAT".into(),
-                        outcome: AccessOutcome::Success as i32,
-                        occurred_at: Some(at),
-                        ..Default::default()
-                    })
-                    .collect();
+                let events: Vec<AccessEvent> =
+                    (next..upto).map(|i| fill_event(i, devices, at)).collect();
                 let (t, sent) = (Instant::now(), events.len());
                 tx.send(AccessBatch { events })
                     .await
@@ -669,6 +679,65 @@ async fn drive(args: BenchArgs) -> Result<(), Error> {
                     args.count,
                     lat,
                 )
+            }
+            Scenario::Checkpoint => {
+                // A device of its own, so the fill's devices keep their counts.
+                created(
+                    enrollment_service_client::EnrollmentServiceClient::new(
+                        connect(&server.url, &station_creds).await?,
+                    )
+                    .enroll_device(EnrollDeviceRequest {
+                        csr: csr()?,
+                        serial: "C-0".into(),
+                        model: "X".into(),
+                        udi_di: String::new(),
+                    })
+                    .await,
+                )?;
+                let mut reader = audit_service_client::AuditServiceClient::new(
+                    connect(&server.url, &server.creds(&auditor.0, &auditor.1)).await?,
+                );
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                let mut acks = audit_service_client::AuditServiceClient::new(
+                    connect(&server.url, &gateway_creds).await?,
+                )
+                .record_access_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .map_err(super::client::status)?
+                .into_inner();
+                (cpu_before, started) = (server.cpu_seconds(), Instant::now());
+                let n = args.proofs.max(1);
+                let mut lat = Vec::with_capacity(n);
+                for round in 0..n {
+                    let at = prost_types::Timestamp {
+                        seconds: time::OffsetDateTime::now_utc().unix_timestamp(),
+                        nanos: 0,
+                    };
+                    let events = (0..args.batch.max(1))
+                        .map(|i| {
+                            let mut event = fill_event(round * args.batch + i, 1, at);
+                            if let Some(d) = event.device.as_mut() {
+                                d.serial = "C-0".into();
+                            }
+                            event
+                        })
+                        .collect();
+                    tx.send(AccessBatch { events })
+                        .await
+                        .map_err(|_| Error::Unavailable("stream closed".into()))?;
+                    acks.message()
+                        .await
+                        .map_err(super::client::status)?
+                        .ok_or_else(|| Error::Unavailable("stream ended before its ack".into()))?;
+                    let t = Instant::now();
+                    reader
+                        .get_checkpoint(GetCheckpointRequest {})
+                        .await
+                        .map_err(super::client::status)?;
+                    lat.push(t.elapsed());
+                    progress("checkpoints", round + 1, n);
+                }
+                ("checkpoint after each batch (check + sign)", n, lat)
             }
             Scenario::Proof => {
                 let channel = connect(&server.url, &server.creds(&auditor.0, &auditor.1)).await?;

@@ -144,11 +144,11 @@ impl super::MerkleLog for Store {
     async fn subtree_roots(&self, ranges: &[std::ops::Range<usize>]) -> Result<Vec<Hash>, Error> {
         let mut reader = self.reader().await?;
         let mut tx = reader.tx();
-        let mut roots = Vec::with_capacity(ranges.len());
-        for r in ranges {
-            roots.push(super::tree::range_root(&mut tx, r.start as u64..r.end as u64).await?);
-        }
-        Ok(roots)
+        let ranges: Vec<std::ops::Range<u64>> = ranges
+            .iter()
+            .map(|r| r.start as u64..r.end as u64)
+            .collect();
+        super::tree::range_roots(&mut tx, &ranges).await
     }
 
     async fn compact_range(&self, size: u64) -> Result<crate::audit::merkle::CompactRange, Error> {

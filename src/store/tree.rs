@@ -151,11 +151,26 @@ pub(super) async fn compact_range(
 
 /// Compares recomputed roots with the stored nodes (stored levels only).
 pub(super) async fn check_nodes(tx: &mut Tx<'_>, nodes: &[(u32, u64, Hash)]) -> Result<(), Error> {
+    // Where each statement is a round trip, the stored nodes are read a few hundred at once.
+    let batched = if tx.numbered_params() {
+        let keys: Vec<(u32, i64)> = nodes
+            .iter()
+            .filter(|n| n.0 >= STORED_LEVEL)
+            .map(|&(level, idx, _)| (level, idx as i64))
+            .collect();
+        stored_nodes(tx, &keys).await?
+    } else {
+        Default::default()
+    };
     for &(level, idx, hash) in nodes {
         if level < STORED_LEVEL {
             continue;
         }
-        let stored = node(tx, level, idx as i64).await?;
+        let stored = match batched.get(&(level, idx as i64)) {
+            Some(h) => *h,
+            // Not read in a batch, or absent: one read, which names an absent node.
+            None => node(tx, level, idx as i64).await?,
+        };
         if stored != hash {
             let width = 1u64 << level;
             return Err(Error::Integrity(format!(
@@ -307,10 +322,9 @@ async fn insert_nodes(tx: &mut Tx<'_>, nodes: &[Node]) -> Result<(), Error> {
     Ok(())
 }
 
-/// The root (MTH) of the leaves in `range`, a subtree of the RFC 9162 tree (as the ranges of
-/// [`crate::audit::merkle::inclusion_ranges`] and `consistency_ranges` are): its complete
-/// aligned parts, largest first, read from the stored tree and hashed from the right.
-pub(super) async fn range_root(tx: &mut Tx<'_>, range: Range<u64>) -> Result<Hash, Error> {
+/// The complete aligned subtrees that make up `range` (level, index), largest first: what its
+/// root is hashed from.
+fn parts(range: &Range<u64>) -> Vec<(u32, i64)> {
     let mut parts = Vec::new();
     let mut at = range.start;
     while at < range.end {
@@ -322,12 +336,136 @@ pub(super) async fn range_root(tx: &mut Tx<'_>, range: Range<u64>) -> Result<Has
             }
             level += 1;
         }
-        parts.push(node(tx, level, (at >> level) as i64).await?);
+        parts.push((level, (at >> level) as i64));
         at += 1u64 << level;
     }
-    let mut parts = parts.into_iter().rev();
+    parts
+}
+
+/// Hashes the roots of a range's parts together, from the right.
+fn fold(parts: impl DoubleEndedIterator<Item = Hash>) -> Result<Hash, Error> {
+    let mut parts = parts.rev();
     let last = parts
         .next()
         .ok_or_else(|| Error::Internal("the root of an empty range".into()))?;
     Ok(parts.fold(last, |right, left| node_hash(&left, &right)))
+}
+
+/// The root (MTH) of the leaves in `range`, a subtree of the RFC 9162 tree (as the ranges of
+/// [`crate::audit::merkle::inclusion_ranges`] and `consistency_ranges` are): its complete
+/// aligned parts, largest first, read from the stored tree and hashed from the right.
+pub(super) async fn range_root(tx: &mut Tx<'_>, range: Range<u64>) -> Result<Hash, Error> {
+    let mut roots = Vec::new();
+    for (level, idx) in parts(&range) {
+        roots.push(node(tx, level, idx).await?);
+    }
+    fold(roots.into_iter())
+}
+
+/// The stored nodes among `nodes` (levels [`STORED_LEVEL`] and up), read a few hundred per
+/// statement; an absent one is absent from the map.
+async fn stored_nodes(
+    tx: &mut Tx<'_>,
+    nodes: &[(u32, i64)],
+) -> Result<std::collections::HashMap<(u32, i64), Hash>, Error> {
+    let mut known = std::collections::HashMap::with_capacity(nodes.len());
+    for chunk in nodes.chunks(READ_CHUNK) {
+        let mut sql =
+            String::from("SELECT level, idx, hash FROM merkle_nodes WHERE (level, idx) IN (");
+        let keys: Vec<(i64, i64)> = chunk.iter().map(|&(l, i)| (i64::from(l), i)).collect();
+        let mut args: Vec<&(dyn Bind + Sync)> = Vec::with_capacity(2 * chunk.len());
+        for (i, (level, idx)) in keys.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("(${}, ${})", 2 * i + 1, 2 * i + 2));
+            args.extend([level as &(dyn Bind + Sync), idx]);
+        }
+        sql.push(')');
+        let rows: Vec<(i64, i64, Vec<u8>)> = tx.all(&sql, &args).await?;
+        for (level, idx, bytes) in rows {
+            let level = level as u32;
+            known.insert((level, idx), hash_of(bytes, level, idx)?);
+        }
+    }
+    Ok(known)
+}
+
+/// Stored nodes, or leaves, read per statement where each statement is a round trip.
+const READ_CHUNK: usize = 256;
+
+/// The roots of many ranges (a page of proofs). Where each statement is a round trip
+/// (PostgreSQL), the nodes and leaves they need are read a few hundred per statement instead
+/// of one each; elsewhere this is [`range_root`] for each.
+pub(super) async fn range_roots(
+    tx: &mut Tx<'_>,
+    ranges: &[Range<u64>],
+) -> Result<Vec<Hash>, Error> {
+    if !tx.numbered_params() {
+        let mut roots = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            roots.push(range_root(tx, r.clone()).await?);
+        }
+        return Ok(roots);
+    }
+    let split: Vec<Vec<(u32, i64)>> = ranges.iter().map(parts).collect();
+    let all: std::collections::BTreeSet<(u32, i64)> = split.iter().flatten().copied().collect();
+    let stored: Vec<(u32, i64)> = all
+        .iter()
+        .filter(|(level, _)| *level >= STORED_LEVEL)
+        .copied()
+        .collect();
+    let mut known = stored_nodes(tx, &stored).await?;
+    let seqs: Vec<i64> = all
+        .iter()
+        .filter(|(level, _)| *level < STORED_LEVEL)
+        .flat_map(|&(level, idx)| {
+            let width = 1i64 << level;
+            (idx * width + 1)..=(idx * width + width)
+        })
+        .collect::<std::collections::BTreeSet<i64>>()
+        .into_iter()
+        .collect();
+    let mut leaves: std::collections::HashMap<i64, Hash> = Default::default();
+    for chunk in seqs.chunks(READ_CHUNK) {
+        let mut sql = String::from("SELECT seq, leaf_hash FROM audit_events WHERE seq IN (");
+        let mut args: Vec<&(dyn Bind + Sync)> = Vec::with_capacity(chunk.len());
+        for (i, seq) in chunk.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", i + 1));
+            args.push(seq);
+        }
+        sql.push(')');
+        let rows: Vec<(i64, Hash)> = tx.all(&sql, &args).await?;
+        leaves.extend(rows);
+    }
+    let mut roots = Vec::with_capacity(ranges.len());
+    for parts in split {
+        let mut hashes = Vec::with_capacity(parts.len());
+        for (level, idx) in parts {
+            let hash = match known.get(&(level, idx)) {
+                Some(h) => *h,
+                None if level < STORED_LEVEL => {
+                    let width = 1i64 << level;
+                    let mine: Option<Vec<Hash>> = (idx * width + 1..=idx * width + width)
+                        .map(|seq| leaves.get(&seq).copied())
+                        .collect();
+                    let hash = match mine {
+                        Some(mine) => crate::audit::merkle::root(&mine),
+                        // Some leaves archived (kept in the tree) or absent: one by one.
+                        None => node(tx, level, idx).await?,
+                    };
+                    known.insert((level, idx), hash);
+                    hash
+                }
+                // Absent: the one-by-one read names it.
+                None => node(tx, level, idx).await?,
+            };
+            hashes.push(hash);
+        }
+        roots.push(fold(hashes.into_iter())?);
+    }
+    Ok(roots)
 }
