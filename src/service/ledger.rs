@@ -587,10 +587,11 @@ impl Ca {
             .with("dicom_event", "110106");
         self.store.record_event(&event).await?;
         let filtered = !query.is_empty();
-        // An unfiltered export reads the whole log anyway: it re-reads every leaf hash first.
-        // A filtered one costs O(k log n): it checks what was added since the last checkpoint.
-        let reread = if filtered { Reread::Since } else { Reread::All };
-        let (cp, note) = match self.checkpoint(reread).await {
+        // What was added since the last checkpoint is checked here, O(k + log n). An unfiltered
+        // export also folds every leaf hash it streams and compares the root with the signed
+        // one before its checkpoint line (`stream_export`): a whole-log re-read before the
+        // first line would keep the caller waiting minutes on a long log.
+        let (cp, note) = match self.checkpoint(Reread::Since).await {
             Ok(c) => c,
             Err(damage @ Error::Integrity(_)) => {
                 // Export what is there under the last trustworthy checkpoint, so the verifier
@@ -682,8 +683,8 @@ impl Ca {
                 "exported_at": ledger::rfc3339(ca.clock.now()).unwrap_or_default(),
                 "archived_through": archived,
             });
-            if let Some(range) = prefix.1 {
-                header["prefix"] = prefix_json(&range);
+            if let Some(range) = &prefix.1 {
+                header["prefix"] = prefix_json(range);
             }
             if tx.send(Ok(header.to_string())).await.is_err() {
                 return;
@@ -692,8 +693,13 @@ impl Ca {
             // this one hands lines to the gRPC stream. Each line is written straight from the
             // row SQLite lends (`Store::scan_ledger`), so nothing is copied out of it first.
             let (pages_tx, mut pages) = mpsc::channel::<Result<Vec<String>, Error>>(2);
+            // A complete export's verdict on the stored leaf hashes, sent before its last page.
+            let (verdict_tx, verdict) = tokio::sync::oneshot::channel::<Option<Error>>();
+            let mut folded = prefix.1.clone().unwrap_or_default();
+            let (signed_size, signed_root) = (cp.size, cp.root);
             let store = ca.store.clone();
             tokio::spawn(async move {
+                let mut damage: Option<Error> = None;
                 let mut after = archived as i64;
                 let mut up_to = cp.size as i64;
                 if query.from.is_some() || query.to.is_some() {
@@ -720,6 +726,9 @@ impl Ca {
                             starts.push((seq, start, leaf.to_owned()));
                         } else {
                             lines.push(ledger::export_line(seq, &fields, leaf, None)?);
+                            if damage.is_none() {
+                                damage = fold_stored(&mut folded, seq, leaf).err();
+                            }
                         }
                         last = Some(seq);
                         Ok(())
@@ -741,8 +750,23 @@ impl Ca {
                         // An empty page ends the export.
                         None => return,
                     }
+                    if !filtered && after >= signed_size as i64 {
+                        let mut damage = damage.take();
+                        if damage.is_none()
+                            && (folded.size() != signed_size || folded.root() != signed_root)
+                        {
+                            damage = Some(Error::Integrity(format!(
+                                "audit log: the stored leaf hashes no longer yield the signed \
+                                 root of tree size {signed_size}"
+                            )));
+                        }
+                        let _ = verdict_tx.send(damage);
+                        let _ = pages_tx.send(Ok(Vec::new())).await;
+                        return;
+                    }
                 }
             });
+            let mut verdict = Some(verdict);
             let mut count = 0u64;
             loop {
                 let page = match pages.recv().await {
@@ -758,6 +782,13 @@ impl Ca {
                     }
                 };
                 if page.is_empty() {
+                    // Damage a complete export found is raised before its checkpoint line, so
+                    // the log records it by the time the caller has the bundle.
+                    if let Some(Ok(Some(damage))) = verdict.take().map(|mut v| v.try_recv()) {
+                        if let Err(e) = ca.raise_integrity(&damage).await {
+                            tracing::error!(error = %e, "could not record the integrity alarm");
+                        }
+                    }
                     break;
                 }
                 for line in page {
@@ -875,6 +906,22 @@ async fn with_proofs(
         lines.push(ledger::finish_export_line(start, seq, &leaf, Some(proof))?);
     }
     Ok(lines)
+}
+
+/// Pushes a complete export's next stored leaf hash onto `folded`; the first gap or malformed
+/// hash is the damage it names.
+fn fold_stored(folded: &mut merkle::CompactRange, seq: i64, leaf: &str) -> Result<(), Error> {
+    if seq as u64 != folded.size() + 1 {
+        return Err(Error::Integrity(format!(
+            "audit log: event {} is missing (the sequence jumps from {} to {seq})",
+            folded.size() + 1,
+            folded.size()
+        )));
+    }
+    let hash = crate::domain::unhex_array::<32>(leaf)
+        .ok_or_else(|| Error::Integrity(format!("audit log: bad leaf hash at {seq}")))?;
+    folded.push(hash);
+    Ok(())
 }
 
 /// The refusal of a proof of an archived event.
