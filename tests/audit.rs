@@ -1061,7 +1061,8 @@ async fn checkpoints_extend_the_frontier_and_still_reread_the_whole_log_periodic
     assert!(ok, "{out}");
 
     // An old event deleted behind medid's back: checkpoints from the frontier do not re-read
-    // it, but once FULL_CHECK_EVERY has passed the next one does, and refuses.
+    // it, but once FULL_CHECK_EVERY has passed the maintenance loop's next one does, raises
+    // it, and from then on requests are refused instead of signed.
     let pool = db(&w).await;
     sqlx::query("DELETE FROM audit_events WHERE seq = 3")
         .execute(&pool)
@@ -1077,11 +1078,22 @@ async fn checkpoints_extend_the_frontier_and_still_reread_the_whole_log_periodic
         .clock
         .advance(medid::service::ledger::FULL_CHECK_EVERY + time::Duration::seconds(1));
     gw.record_access(access("PUMP-1", "later")).await.unwrap();
+    let damage = w.server.ca.maybe_checkpoint().await.unwrap_err();
+    assert!(
+        damage.to_string().contains("sequence 3 is missing"),
+        "{damage}"
+    );
     let err = officer
         .get_checkpoint(proto::GetCheckpointRequest {})
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Internal, "{err:?}");
+    assert!(w
+        .server
+        .audit_events()
+        .await
+        .iter()
+        .any(|e| e.event.action == medid::audit::Action::AuditIntegrity));
 }
 
 /// Runs the real `medid audit` CLI with `args`; (success, stdout + stderr).

@@ -52,9 +52,10 @@ pub struct Checked {
 /// Every checkpoint checks what was added since the last signed one: each new event's leaf
 /// hash recomputed from its stored members, the stored tree nodes those events complete, and
 /// that the stored tree still yields the last signed root (O(k + log n) for k new events). At
-/// least this often, and for every unfiltered export, the leaf hashes of the whole log are
-/// re-read as well, so an older row deleted, moved or rehashed behind medid's back is found
-/// and raised as `audit.integrity` within this time. `medid audit fsck` re-derives everything.
+/// least this often the maintenance loop also re-reads the leaf hashes of the whole log, so an
+/// older row deleted, moved or rehashed behind medid's back is found and raised as
+/// `audit.integrity` within this time; an unfiltered export checks the leaf hashes it streams.
+/// `medid audit fsck` re-derives everything.
 pub const FULL_CHECK_EVERY: Duration = Duration::hours(24);
 
 /// Events per page an integrity check reads.
@@ -65,9 +66,12 @@ const CHECK_PAGE: i64 = 2048;
 enum Reread {
     /// The leaf hashes of every event: the log must extend the previous signed checkpoint.
     All,
-    /// Only what was added since the last signed checkpoint (and the whole log when the last
-    /// full re-read is older than [`FULL_CHECK_EVERY`]).
+    /// Only what was added since the last signed checkpoint: what a request waits for. While
+    /// a periodic check's damage stands, it refuses with that damage instead of signing.
     Since,
+    /// The maintenance loop's check: what was added, and the whole log when the last full
+    /// re-read is older than [`FULL_CHECK_EVERY`] (so no request waits for a long re-read).
+    Periodic,
 }
 
 /// What a gateway reports about one access to device data, validated.
@@ -270,6 +274,11 @@ impl Ca {
     async fn checkpoint(&self, reread: Reread) -> Result<(Checkpoint, String), Error> {
         let l = self.ledger();
         let mut checked = l.signing.lock().await;
+        if reread == Reread::Since {
+            if let Some(damage) = &checked.raised {
+                return Err(Error::Integrity(damage.clone()));
+            }
+        }
         let size = self.store.tree_size().await?;
         let known = self.latest_known_checkpoint().await?;
         if let Some((cp, _)) = &known {
@@ -290,7 +299,7 @@ impl Ca {
             }
             Some(at) => now - at >= FULL_CHECK_EVERY,
         };
-        let full = reread == Reread::All || due;
+        let full = reread == Reread::All || (reread == Reread::Periodic && due);
         let range = if full {
             let range = self.reread_all(size, known.as_ref()).await?;
             // The events since the last checkpoint are re-hashed from their members as well.
@@ -415,10 +424,10 @@ impl Ca {
         let many = size - last_size.min(size) >= l.every_events;
         let old = last_at.is_none_or(|at| self.clock.now() - at >= l.every);
         if grew && (many || old) {
-            match self.checkpoint(Reread::Since).await {
+            match self.checkpoint(Reread::Periodic).await {
                 Ok(_) => l.signing.lock().await.raised = None,
-                Err(damage @ Error::Integrity(_)) => {
-                    let text = damage.to_string();
+                Err(Error::Integrity(text)) => {
+                    let damage = Error::Integrity(text.clone());
                     let new = {
                         let mut checked = l.signing.lock().await;
                         let new = checked.raised.as_ref() != Some(&text);
