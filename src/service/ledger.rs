@@ -69,8 +69,9 @@ enum Reread {
     /// Only what was added since the last signed checkpoint: what a request waits for. While
     /// a periodic check's damage stands, it refuses with that damage instead of signing.
     Since,
-    /// The maintenance loop's check: what was added, and the whole log when the last full
-    /// re-read is older than [`FULL_CHECK_EVERY`] (so no request waits for a long re-read).
+    /// The maintenance loop's check: what was added, even while damage stands (to find it
+    /// repaired). When [`FULL_CHECK_EVERY`] has passed, the loop re-reads the whole log first,
+    /// outside the signing lock, so no request waits for a long re-read.
     Periodic,
 }
 
@@ -292,15 +293,8 @@ impl Ca {
         let now = self.clock.now();
         // The period starts with the process: a restart trusts the last signed checkpoint and
         // checks the stored tree against it, instead of re-reading a long log at every start.
-        let due = match checked.full_at {
-            None => {
-                checked.full_at = Some(now);
-                false
-            }
-            Some(at) => now - at >= FULL_CHECK_EVERY,
-        };
-        let full = reread == Reread::All || (reread == Reread::Periodic && due);
-        let range = if full {
+        checked.full_at.get_or_insert(now);
+        let range = if reread == Reread::All {
             let range = self.reread_all(size, known.as_ref()).await?;
             // The events since the last checkpoint are re-hashed from their members as well.
             self.verify_since(known.as_ref().map(|(cp, _)| cp), size)
@@ -406,6 +400,27 @@ impl Ca {
         Ok(range)
     }
 
+    /// The whole-log re-read, when [`FULL_CHECK_EVERY`] has passed since the last: outside the
+    /// signing lock, so requests for checkpoints and exports do not wait for it.
+    async fn reread_all_when_due(&self) -> Result<(), Error> {
+        let l = self.ledger();
+        let now = self.clock.now();
+        let due = l
+            .signing
+            .lock()
+            .await
+            .full_at
+            .is_some_and(|at| now - at >= FULL_CHECK_EVERY);
+        if !due {
+            return Ok(());
+        }
+        let size = self.store.tree_size().await?;
+        let known = self.latest_known_checkpoint().await?;
+        self.reread_all(size, known.as_ref()).await?;
+        l.signing.lock().await.full_at = Some(now);
+        Ok(())
+    }
+
     pub(super) fn parse_own(&self, note: &str) -> Result<Checkpoint, Error> {
         let l = self.ledger();
         crate::audit::checkpoint::verify(note, l.signer.name(), &l.signer.public_key())
@@ -424,7 +439,11 @@ impl Ca {
         let many = size - last_size.min(size) >= l.every_events;
         let old = last_at.is_none_or(|at| self.clock.now() - at >= l.every);
         if grew && (many || old) {
-            match self.checkpoint(Reread::Periodic).await {
+            let checked = async {
+                self.reread_all_when_due().await?;
+                self.checkpoint(Reread::Periodic).await
+            };
+            match checked.await {
                 Ok(_) => l.signing.lock().await.raised = None,
                 Err(Error::Integrity(text)) => {
                     let damage = Error::Integrity(text.clone());
