@@ -1080,7 +1080,7 @@ async fn checkpoints_extend_the_frontier_and_still_reread_the_whole_log_periodic
     gw.record_access(access("PUMP-1", "later")).await.unwrap();
     let damage = w.server.ca.maybe_checkpoint().await.unwrap_err();
     assert!(
-        damage.to_string().contains("sequence 3 is missing"),
+        damage.to_string().contains("event 3 is missing"),
         "{damage}"
     );
     let err = officer

@@ -118,7 +118,7 @@ impl super::MerkleLog for Store {
             for &(seq, hash) in &page {
                 if seq != count as i64 + 1 {
                     return Err(Error::Integrity(format!(
-                        "audit log: sequence {} is missing",
+                        "audit log: event {} is missing",
                         count + 1
                     )));
                 }

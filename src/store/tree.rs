@@ -67,7 +67,7 @@ pub(super) async fn extend(
                 if seq != next + 1 {
                     failed = Some(next + 1);
                     return Err(Error::Integrity(format!(
-                        "audit log: sequence {} is missing",
+                        "audit log: event {} is missing",
                         next + 1
                     )));
                 }
@@ -79,7 +79,7 @@ pub(super) async fn extend(
         .await?;
         if next != older_end {
             return Err(Error::Integrity(format!(
-                "audit log: sequence {} is missing",
+                "audit log: event {} is missing",
                 failed.unwrap_or(next + 1)
             )));
         }
