@@ -1010,6 +1010,10 @@ async fn each_checkpoint_checks_what_was_added_since_the_last_signed_one() {
         for _ in 0..3 {
             w.server.clock.advance(time::Duration::seconds(11));
             let damage = w.server.ca.maybe_checkpoint().await.unwrap_err();
+            assert!(
+                w.server.ca.integrity_state().await.0,
+                "/metrics reports the damage"
+            );
             assert!(damage.to_string().contains(&expected), "{case}: {damage}");
         }
         let raised: Vec<_> = w

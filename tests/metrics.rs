@@ -232,6 +232,9 @@ async fn metrics_count_calls_refusals_and_issuance_and_read_the_state_when_scrap
         "a checkpoint covers the log"
     );
     assert!(metric(&after, "medid_audit_checkpoint_age_seconds", &[]).is_some());
+    assert_eq!(value(&after, "medid_audit_integrity_damaged", &[]), 0.0);
+    assert_eq!(value(&after, "medid_audit_archived_events", &[]), 0.0);
+    assert!(metric(&after, "medid_audit_full_check_age_seconds", &[]).is_some());
     rules_name_only_exported_metrics(&after);
     the_reference_table_lists_what_is_exported(&after);
     assert!(

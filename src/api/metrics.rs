@@ -25,7 +25,7 @@ use prometheus_client::registry::Registry;
 use super::conn::{ConnInfo, Gate};
 use crate::error::Error;
 use crate::service::Ca;
-use crate::store::{CertificateLedger, MerkleLog, RevocationStore};
+use crate::store::{CertificateLedger, MerkleLog, Retention, RevocationStore};
 
 /// What the OpenMetrics text is served as.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -486,6 +486,30 @@ pub async fn render(ca: &Ca, exporter: &Exporter) -> Result<String, Error> {
         "Events in the audit log (its tree size)",
         events,
     );
+    let archived = Gauge::<i64>::default();
+    archived.set(ca.store.archived_through().await? as i64);
+    registry.register(
+        "audit_archived_events",
+        "Events archived by medid audit archive (their rows dropped; the stored tree keeps them)",
+        archived,
+    );
+    let (damaged, full_at) = ca.integrity_state().await;
+    let damage = Gauge::<i64>::default();
+    damage.set(i64::from(damaged));
+    registry.register(
+        "audit_integrity_damaged",
+        "1 while damage a periodic integrity check raised stands (checkpoints are refused)",
+        damage,
+    );
+    if let Some(at) = full_at {
+        let age = Gauge::<i64>::default();
+        age.set((now - at).whole_seconds());
+        registry.register(
+            "audit_full_check_age_seconds",
+            "Seconds since this process last re-read the whole log (or started)",
+            age,
+        );
+    }
     if let Some((checkpoint_size, _, signed_at)) = ca.store.latest_checkpoint().await? {
         let (covered, age) = (Gauge::<i64>::default(), Gauge::<i64>::default());
         covered.set(checkpoint_size as i64);

@@ -400,6 +400,13 @@ impl Ca {
         Ok(range)
     }
 
+    /// Whether damage a periodic check raised stands, and when this process last re-read the
+    /// whole log (or started its period), for `/metrics`.
+    pub async fn integrity_state(&self) -> (bool, Option<OffsetDateTime>) {
+        let checked = self.ledger().signing.lock().await;
+        (checked.raised.is_some(), checked.full_at)
+    }
+
     /// The whole-log re-read, when [`FULL_CHECK_EVERY`] has passed since the last: outside the
     /// signing lock, so requests for checkpoints and exports do not wait for it.
     async fn reread_all_when_due(&self) -> Result<(), Error> {
