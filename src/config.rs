@@ -97,6 +97,8 @@ pub struct Config {
     /// `/metrics` counts the certificates by profile and state at most this often, in
     /// seconds, and serves the last count in between (0: on every scrape).
     pub metrics_census_interval_seconds: u64,
+    /// CA keys and the audit-signing key in a PKCS#11 token instead of files (docs/HSM.md).
+    pub pkcs11: Option<Pkcs11Config>,
     /// TESTS ONLY: abort the process at this step of the issuance cycle (`after-sign`,
     /// `after-commit`) to prove crash safety. Never set it in production.
     pub dangerous_crash_at: Option<String>,
@@ -143,12 +145,63 @@ impl Default for Config {
             access_event_max_age_days: 30,
             log_format: crate::logging::LogFormat::Text,
             metrics_census_interval_seconds: 60,
+            pkcs11: None,
             dangerous_crash_at: None,
         }
     }
 }
 
+/// `[pkcs11]`: the token that holds the CA keys.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11Config {
+    /// The vendor's PKCS#11 module (a shared library).
+    pub module: PathBuf,
+    /// The token's label.
+    pub token_label: String,
+    /// A file holding the user PIN, mode 0600; never the PIN itself.
+    pub pin_file: PathBuf,
+    /// Sessions open at most at once (default 4): one per concurrent signature.
+    #[serde(default = "default_sessions")]
+    pub sessions: usize,
+    /// Labels of the keys in the token.
+    #[serde(default)]
+    pub key_labels: crate::issuance::keys::KeyLabels,
+}
+
+fn default_sessions() -> usize {
+    4
+}
+
+impl Pkcs11Config {
+    /// The token settings and key labels [`crate::issuance::keys::KeySource::open`] takes.
+    pub fn settings(
+        &self,
+    ) -> (
+        crate::issuance::hsm::TokenSettings,
+        crate::issuance::keys::KeyLabels,
+    ) {
+        (
+            crate::issuance::hsm::TokenSettings {
+                module: self.module.clone(),
+                token_label: self.token_label.clone(),
+                pin_file: self.pin_file.clone(),
+                sessions: self.sessions,
+            },
+            self.key_labels.clone(),
+        )
+    }
+}
+
 impl Config {
+    /// Where this configuration keeps the CA keys: the `[pkcs11]` token (opened and logged
+    /// in), or files.
+    pub fn key_source(&self) -> Result<crate::issuance::keys::KeySource, Error> {
+        crate::issuance::keys::KeySource::open(
+            self.pkcs11.as_ref().map(Pkcs11Config::settings).as_ref(),
+        )
+    }
+
     /// Reads a TOML file; keys it omits keep their defaults, except `create_dev_pki`, which a
     /// configuration file must turn on explicitly.
     pub fn from_file(path: &Path) -> Result<Self, Error> {
@@ -199,6 +252,30 @@ impl Config {
             return Err(Error::InvalidArgument(
                 "access_event_max_age_days must be 1 to 3650".into(),
             ));
+        }
+        if let Some(p) = &self.pkcs11 {
+            if p.token_label.is_empty() || p.token_label.len() > 32 {
+                return Err(Error::InvalidArgument(
+                    "pkcs11.token_label must be 1 to 32 characters (PKCS#11 token labels)".into(),
+                ));
+            }
+            if !(1..=256).contains(&p.sessions) {
+                return Err(Error::InvalidArgument(
+                    "pkcs11.sessions must be 1 to 256".into(),
+                ));
+            }
+            let l = &p.key_labels;
+            let labels = [&l.root, &l.device_identity, &l.operational, &l.audit];
+            if labels.iter().any(|x| x.is_empty())
+                || labels
+                    .iter()
+                    .enumerate()
+                    .any(|(i, a)| labels[i + 1..].contains(a))
+            {
+                return Err(Error::InvalidArgument(
+                    "pkcs11.key_labels must be four different, non-empty labels".into(),
+                ));
+            }
         }
         if !(16 * 1024..=64 * 1024 * 1024).contains(&self.max_message_bytes) {
             return Err(Error::InvalidArgument(

@@ -110,6 +110,7 @@ async fn current_trust(ca: &Ca) -> Result<tls::Trust, Error> {
 pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared, Error> {
     config.validate()?;
     let files = PkiFiles::new(&config.pki_dir);
+    let keys = config.key_source()?;
     if !files.exists() {
         if !config.create_dev_pki {
             return Err(Error::FailedPrecondition(format!(
@@ -126,11 +127,13 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
                 config.operational_ca_validity_days.into(),
             ),
             profiles: profile_settings(config, TrustDomain::parse(DEV_TRUST_DOMAIN)?),
+            keys: keys.clone(),
         };
         bootstrap::init(&files, &opts, clock.now())?;
         tracing::warn!(dir = %files.dir.display(), "created a DEVELOPMENT PKI (see its README.md); not for production");
     }
     let metadata = PkiMetadata::load(&files)?;
+    keys.check(&metadata.key_custody, &files.dir)?;
     warn_exposed_files(config, &files);
     let trust_domain = TrustDomain::parse(&metadata.trust_domain)?;
 
@@ -157,7 +160,7 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
 
     let ca = Arc::new(Ca {
         store,
-        authority: Arc::new(Authority::load(&files.dir)?),
+        authority: Arc::new(Authority::load(&files.dir, keys.clone())?),
         clock,
         profiles: profile_settings(config, trust_domain),
         lifecycle: LifecyclePolicy {
@@ -168,6 +171,7 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
         crls: Default::default(),
         ledger: crate::service::ledger::Ledger {
             signer: crate::issuance::checkpoint_key::CheckpointSigner::load(
+                &keys,
                 &files.audit_key,
                 format!("{}/audit", metadata.trust_domain),
             )?,

@@ -168,6 +168,7 @@ async fn everything_medid_issues_passes_pkilint() {
     // OCSP responder.
     medid::issuance::bootstrap::rotate(
         &medid::issuance::bootstrap::PkiFiles::new(&server.config.pki_dir),
+        &medid::issuance::keys::KeySource::Files,
         medid::issuance::IssuerName::Operational,
         &server.pki("root-ca.key"),
         time::Duration::days(365),

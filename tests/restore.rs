@@ -206,7 +206,9 @@ async fn a_kept_crl_that_medid_did_not_sign_revokes_nothing() {
         .output()
         .unwrap();
     assert!(init.status.success());
-    let foreign = medid::issuance::Authority::load(other.path()).unwrap();
+    let foreign =
+        medid::issuance::Authority::load(other.path(), medid::issuance::keys::KeySource::Files)
+            .unwrap();
     let now = common::system_now();
     let der = foreign
         .sign_crl(

@@ -226,6 +226,7 @@ async fn the_operational_ca_rolls_over_while_every_principal_keeps_working() {
     let files = medid::issuance::bootstrap::PkiFiles::new(&server.config.pki_dir);
     let made = medid::issuance::bootstrap::rotate(
         &files,
+        &medid::issuance::keys::KeySource::Files,
         IssuerName::Operational,
         &server.pki("root-ca.key"),
         Duration::days(365),

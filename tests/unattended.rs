@@ -181,6 +181,7 @@ async fn two_years_unattended_in_fast_forward() {
         if current.not_after - now < Duration::days(WARNING_DAYS.into()) {
             medid::issuance::bootstrap::rotate(
                 &medid::issuance::bootstrap::PkiFiles::new(&server.config.pki_dir),
+                &medid::issuance::keys::KeySource::Files,
                 IssuerName::Operational,
                 &server.pki("root-ca.key"),
                 Duration::days(CA_DAYS.into()),

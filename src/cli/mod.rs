@@ -397,8 +397,13 @@ fn ca_init(args: InitArgs) -> Result<(), Error> {
         server_names: server_names.clone(),
         operational_ca_lifetime: time::Duration::days(config.operational_ca_validity_days.into()),
         profiles: crate::server::profile_settings(&config, trust_domain),
+        keys: config.key_source()?,
     };
     bootstrap::init(&files, &opts, SystemClock.now())?;
+    let token = opts
+        .keys
+        .token()
+        .map(|(t, l)| (t.label().to_owned(), l.clone()));
     println!("created PKI in {}", dir.display());
     println!("  root CA:              {}", files.root_cert.display());
     println!("  device-identity CA:   {}", files.device_ca_cert.display());
@@ -408,8 +413,22 @@ fn ca_init(args: InitArgs) -> Result<(), Error> {
     );
     println!("  service TLS:          {}", files.server_cert.display());
     println!("  first admin:          {}", files.admin_cert.display());
-    println!("  audit-signing key:    {}", files.audit_key.display());
-    println!("private keys (*.key) are mode 0600; keep them off shared disks");
+    match &token {
+        None => {
+            println!("  audit-signing key:    {}", files.audit_key.display());
+            println!("private keys (*.key) are mode 0600; keep them off shared disks");
+        }
+        Some((token, labels)) => {
+            println!(
+                "CA keys and the audit-signing key were generated in the PKCS#11 token {token:?} \
+                 (non-extractable): {}, {}, {}, {}",
+                labels.root, labels.device_identity, labels.operational, labels.audit
+            );
+            println!(
+                "the service's TLS key and the first admin's key (*.key) are files of mode 0600"
+            );
+        }
+    }
     println!("CRL, OCSP and CA URLs: {}", config.public_base_url);
     if server_names.is_empty() {
         println!("note: the service's TLS certificate names only localhost, 127.0.0.1 and ::1; pass --server-name for production");
@@ -439,6 +458,7 @@ fn ca_rotate(args: RotateArgs) -> Result<(), Error> {
     let name = args.issuer.name();
     let made = bootstrap::rotate(
         &files,
+        &config.key_source()?,
         name,
         &root_key,
         time::Duration::days(

@@ -17,6 +17,8 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SerialNumber,
 };
+
+use super::keys::{signing_error, CaKey, KeyCustody, KeyRole, KeySource};
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
@@ -134,6 +136,13 @@ pub struct PkiMetadata {
     pub trust_domain: String,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// Where the CA keys and the audit-signing key are (absent: files).
+    #[serde(default, skip_serializing_if = "is_files")]
+    pub key_custody: KeyCustody,
+}
+
+fn is_files(c: &KeyCustody) -> bool {
+    *c == KeyCustody::Files
 }
 
 impl PkiMetadata {
@@ -160,6 +169,8 @@ pub struct InitOptions {
     pub server_names: Vec<String>,
     pub operational_ca_lifetime: Duration,
     pub profiles: ProfileSettings,
+    /// Where the CA keys and the audit-signing key are made.
+    pub keys: KeySource,
 }
 
 /// Creates the PKI in `files.dir`. Refuses to overwrite existing material unless `force`.
@@ -174,6 +185,38 @@ pub fn init(files: &PkiFiles, opts: &InitOptions, now: OffsetDateTime) -> Result
             return Err(Error::AlreadyExists(format!(
                 "refusing to overwrite existing PKI material ({}); pass --force to replace it",
                 existing.join(", ")
+            )));
+        }
+    }
+    let roles = [
+        (KeyRole::Root, &files.root_key),
+        (
+            KeyRole::Issuing(IssuerId::first(IssuerName::DeviceIdentity)),
+            &files.device_ca_key,
+        ),
+        (
+            KeyRole::Issuing(IssuerId::first(IssuerName::Operational)),
+            &files.operational_ca_key,
+        ),
+        (KeyRole::Audit, &files.audit_key),
+    ];
+    if let Some((token, labels)) = opts.keys.token() {
+        // A token's keys are never replaced, --force or not: refuse before making any.
+        let held: Vec<String> = roles
+            .iter()
+            .filter(|(role, file)| opts.keys.has(*role, file))
+            .map(|(role, _)| match role {
+                KeyRole::Root => labels.root.clone(),
+                KeyRole::Issuing(id) => labels.issuing(*id),
+                KeyRole::Audit => labels.audit.clone(),
+            })
+            .collect();
+        if !held.is_empty() {
+            return Err(Error::AlreadyExists(format!(
+                "the PKCS#11 token {:?} already holds keys labelled {}; remove them with the \
+                 HSM's own tools or configure other [pkcs11.key_labels]",
+                token.label(),
+                held.join(", ")
             )));
         }
     }
@@ -201,7 +244,7 @@ pub fn init(files: &PkiFiles, opts: &InitOptions, now: OffsetDateTime) -> Result
     let ca_not_before = now - Duration::hours(1);
 
     // Root: self-signed, no AKI (RFC 5280 §4.2.1.1 allows omitting it on a self-signed root).
-    let root_key = new_key()?;
+    let root_key = opts.keys.generate(KeyRole::Root)?;
     let mut root = ca_params(
         td,
         "medid root CA",
@@ -212,10 +255,10 @@ pub fn init(files: &PkiFiles, opts: &InitOptions, now: OffsetDateTime) -> Result
     root.use_authority_key_identifier_extension = false;
     let root_cert = root
         .self_signed(&root_key)
-        .map_err(|e| Error::internal("signing root CA", e))?;
+        .map_err(|e| signing_error("signing root CA", e))?;
     let root_issuer = Issuer::new(root, &root_key);
 
-    let device_key = new_key()?;
+    let device_key = opts.keys.generate(roles[1].0)?;
     let device_params = ca_params(
         td,
         &issuing_ca_name(IssuerId::first(IssuerName::DeviceIdentity)),
@@ -225,9 +268,9 @@ pub fn init(files: &PkiFiles, opts: &InitOptions, now: OffsetDateTime) -> Result
     );
     let device_cert = device_params
         .signed_by(&device_key, &root_issuer)
-        .map_err(|e| Error::internal("signing device-identity CA", e))?;
+        .map_err(|e| signing_error("signing device-identity CA", e))?;
 
-    let operational_key = new_key()?;
+    let operational_key = opts.keys.generate(roles[2].0)?;
     let operational_params = ca_params(
         td,
         &issuing_ca_name(IssuerId::first(IssuerName::Operational)),
@@ -237,16 +280,16 @@ pub fn init(files: &PkiFiles, opts: &InitOptions, now: OffsetDateTime) -> Result
     );
     let operational_cert = operational_params
         .signed_by(&operational_key, &root_issuer)
-        .map_err(|e| Error::internal("signing operational CA", e))?;
+        .map_err(|e| signing_error("signing operational CA", e))?;
 
-    write_private(&files.root_key, &root_key.serialize_pem())?;
+    root_key.keep(&files.root_key)?;
     write_public(&files.root_cert, &root_cert.pem())?;
-    write_private(&files.device_ca_key, &device_key.serialize_pem())?;
+    device_key.keep(&files.device_ca_key)?;
     write_public(&files.device_ca_cert, &device_cert.pem())?;
-    write_private(&files.operational_ca_key, &operational_key.serialize_pem())?;
+    operational_key.keep(&files.operational_ca_key)?;
     write_public(&files.operational_ca_cert, &operational_cert.pem())?;
 
-    let authority = super::Authority::load(&files.dir)?;
+    let authority = super::Authority::load(&files.dir, opts.keys.clone())?;
     let operational = authority.current(IssuerName::Operational);
     let operational_der = authority.issuer_cert(operational.id)?.der;
 
@@ -294,14 +337,20 @@ pub fn init(files: &PkiFiles, opts: &InitOptions, now: OffsetDateTime) -> Result
     write_public(&files.admin_cert, &crate::pem::certificate(&admin_cert.der))?;
 
     // The audit-signing key: Ed25519, not a CA key (DESIGN.md "Audit ledger").
-    let audit_key = KeyPair::generate_for(&rcgen::PKCS_ED25519)
-        .map_err(|e| Error::internal("generating audit key", e))?;
-    write_private(&files.audit_key, &audit_key.serialize_pem())?;
-    write_public(&files.audit_public_key, &audit_key.public_key_pem())?;
+    let audit_key = opts.keys.generate(KeyRole::Audit)?;
+    audit_key.keep(&files.audit_key)?;
+    write_public(
+        &files.audit_public_key,
+        &crate::pem::encode(
+            "PUBLIC KEY",
+            &rcgen::PublicKeyData::subject_public_key_info(&audit_key),
+        ),
+    )?;
 
     let metadata = PkiMetadata {
         trust_domain: td.to_owned(),
         created_at: now,
+        key_custody: opts.keys.custody(),
     };
     let json = serde_json::to_string_pretty(&metadata)
         .map_err(|e| Error::internal("encoding pki.json", e))?;
@@ -327,29 +376,37 @@ fn issuing_ca_name(id: IssuerId) -> String {
 /// certificates with it from then on.
 pub fn rotate(
     files: &PkiFiles,
+    keys: &KeySource,
     name: IssuerName,
     root_key: &Path,
     lifetime: Duration,
     now: OffsetDateTime,
 ) -> Result<IssuerInfo, Error> {
     let metadata = PkiMetadata::load(files)?;
-    let authority = super::Authority::load(&files.dir)?;
+    keys.check(&metadata.key_custody, &files.dir)?;
+    let authority = super::Authority::load(&files.dir, keys.clone())?;
     let current = authority.current(name);
     let next = IssuerId {
         name,
         generation: current.id.generation + 1,
     };
-    let root_pem = fs::read_to_string(root_key).map_err(|e| {
-        Error::FailedPrecondition(format!(
-            "reading the root CA key {}: {e} (pass --root-key where the root key is kept)",
-            root_key.display()
-        ))
-    })?;
-    let root_key = KeyPair::from_pem(&root_pem)
-        .map_err(|e| Error::FailedPrecondition(format!("{}: {e}", root_key.display())))?;
+    let root_key = match keys {
+        KeySource::Files => {
+            let root_pem = fs::read_to_string(root_key).map_err(|e| {
+                Error::FailedPrecondition(format!(
+                    "reading the root CA key {}: {e} (pass --root-key where the root key is kept)",
+                    root_key.display()
+                ))
+            })?;
+            CaKey::File(Box::new(KeyPair::from_pem(&root_pem).map_err(|e| {
+                Error::FailedPrecondition(format!("{}: {e}", root_key.display()))
+            })?))
+        }
+        KeySource::Token { .. } => keys.load(KeyRole::Root, root_key)?,
+    };
     let root_der = authority.root().der.clone();
     if x509_parser::parse_x509_certificate(&root_der)
-        .map(|(_, c)| c.public_key().subject_public_key.data.as_ref() != root_key.public_key_raw())
+        .map(|(_, c)| c.public_key().subject_public_key.data.as_ref() != root_key.public_raw())
         .unwrap_or(true)
     {
         return Err(Error::FailedPrecondition(format!(
@@ -363,7 +420,7 @@ pub fn rotate(
         IssuerName::DeviceIdentity => no_well_defined_expiry(),
         IssuerName::Operational => (now + lifetime).min(authority.root().not_after),
     };
-    let key = new_key()?;
+    let key = keys.generate(KeyRole::Issuing(next))?;
     let params = ca_params(
         &metadata.trust_domain,
         &issuing_ca_name(next),
@@ -373,9 +430,9 @@ pub fn rotate(
     );
     let cert = params
         .signed_by(&key, &root_issuer)
-        .map_err(|e| Error::internal("signing the new issuing CA", e))?;
+        .map_err(|e| signing_error("signing the new issuing CA", e))?;
     let (cert_path, key_path) = files.issuing_ca(next);
-    write_private(&key_path, &key.serialize_pem())?;
+    key.keep(&key_path)?;
     write_public(&cert_path, &cert.pem())?;
     Ok(IssuerInfo {
         id: next,

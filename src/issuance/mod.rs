@@ -6,6 +6,8 @@
 
 pub mod bootstrap;
 pub mod checkpoint_key;
+pub mod hsm;
+pub mod keys;
 pub mod ocsp;
 mod profile;
 
@@ -119,7 +121,7 @@ pub struct CaCert {
 struct IssuingCa {
     id: IssuerId,
     cert: CaCert,
-    issuer: Issuer<'static, KeyPair>,
+    issuer: Issuer<'static, keys::CaKey>,
     /// The CA certificate's subjectKeyIdentifier, for AKIs of what it signs.
     ski: Vec<u8>,
     /// DER of the CA's subject Name and its public key bits: what OCSP CertIDs hash.
@@ -153,6 +155,7 @@ impl fmt::Debug for IssuingCa {
 #[derive(Debug)]
 pub struct Authority {
     files: bootstrap::PkiFiles,
+    keys: keys::KeySource,
     root: CaCert,
     /// The root's public key bits: every issuing CA must be signed by it.
     root_key_bits: Vec<u8>,
@@ -252,7 +255,7 @@ pub struct SignedCertificate {
 
 impl Authority {
     /// Loads the CA material `medid ca init` (and `medid ca rotate`) wrote to `dir`.
-    pub fn load(dir: &Path) -> Result<Self, Error> {
+    pub fn load(dir: &Path, keys: keys::KeySource) -> Result<Self, Error> {
         let files = bootstrap::PkiFiles::new(dir);
         let root = load_ca_cert(&files.root_cert)?;
         let root_key_bits = x509_parser::parse_x509_certificate(&root.der)
@@ -260,6 +263,7 @@ impl Authority {
             .map_err(|e| Error::Internal(format!("{}: {e}", files.root_cert.display())))?;
         let authority = Self {
             files,
+            keys,
             root,
             root_key_bits,
             issuing: RwLock::new(Vec::new()),
@@ -294,7 +298,12 @@ impl Authority {
                 if !cert.exists() {
                     break;
                 }
-                let ca = load_issuing(id, &cert, &key)?;
+                let ca = load_issuing(
+                    id,
+                    &cert,
+                    self.keys.load(keys::KeyRole::Issuing(id), &key)?,
+                    &key,
+                )?;
                 self.check_signed_by_root(&ca, &cert)?;
                 added.push(ca.info());
                 let mut issuing = self.issuing.write().expect("CA lock is never poisoned");
@@ -458,7 +467,7 @@ impl Authority {
         };
         let crl = params
             .signed_by(&ca.issuer)
-            .map_err(|e| Error::internal("signing CRL", e))?;
+            .map_err(|e| keys::signing_error("signing CRL", e))?;
         Ok(crl.der().to_vec())
     }
 
@@ -529,6 +538,11 @@ impl Authority {
         responder.sign(responses, nonce, produced_at)
     }
 
+    /// Where this PKI's keys are.
+    pub fn keys(&self) -> &keys::KeySource {
+        &self.keys
+    }
+
     pub fn root(&self) -> &CaCert {
         &self.root
     }
@@ -558,7 +572,7 @@ impl Authority {
         let params: CertificateParams = t.to_params()?;
         let cert = params
             .signed_by(&t.public_key, &ca.issuer)
-            .map_err(|e| Error::internal("signing certificate", e))?;
+            .map_err(|e| keys::signing_error("signing certificate", e))?;
         Ok(SignedCertificate {
             issuer: t.issuer,
             serial: t.serial.clone(),
@@ -585,10 +599,13 @@ fn load_ca_cert(path: &Path) -> Result<CaCert, Error> {
     Ok(CaCert { der, not_after })
 }
 
-fn load_issuing(id: IssuerId, cert_path: &Path, key_path: &Path) -> Result<IssuingCa, Error> {
+fn load_issuing(
+    id: IssuerId,
+    cert_path: &Path,
+    key: keys::CaKey,
+    key_path: &Path,
+) -> Result<IssuingCa, Error> {
     let cert = load_ca_cert(cert_path)?;
-    let key = KeyPair::from_pem(&read(key_path)?)
-        .map_err(|e| Error::Internal(format!("{}: {e}", key_path.display())))?;
     let bad = |what: &str| Error::Internal(format!("{}: {what}", cert_path.display()));
     let (_, parsed) =
         x509_parser::parse_x509_certificate(&cert.der).map_err(|e| bad(&e.to_string()))?;
@@ -604,10 +621,13 @@ fn load_issuing(id: IssuerId, cert_path: &Path, key_path: &Path) -> Result<Issui
         .ok_or_else(|| bad("CA certificate has no subjectKeyIdentifier"))?;
     let subject_der = parsed.subject().as_raw().to_vec();
     let key_bits = parsed.public_key().subject_public_key.data.to_vec();
-    if key.public_key_raw() != key_bits.as_slice() {
+    if key.public_raw() != key_bits.as_slice() {
+        let holder = match &key {
+            keys::CaKey::File(_) => key_path.display().to_string(),
+            keys::CaKey::Token(k) => format!("the token key labelled {:?}", k.label()),
+        };
         return Err(Error::FailedPrecondition(format!(
-            "{} does not hold the key of {}",
-            key_path.display(),
+            "{holder} does not hold the key of {}",
             cert_path.display()
         )));
     }

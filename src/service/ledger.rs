@@ -316,7 +316,7 @@ impl Ca {
             size,
             root,
         };
-        let note = l.signer.sign(&cp);
+        let note = l.signer.sign(&cp)?;
         let inserted = self
             .store
             .save_checkpoint(size, &root, &note, self.clock.now())

@@ -1,0 +1,549 @@
+//! CA keys in a PKCS#11 token: SoftHSMv2 (Debian `softhsm2`), a token initialised here in a
+//! temporary directory with SoftHSM's own `softhsm2-util`. `medid ca init` (the real CLI)
+//! makes every CA key and the audit-signing key inside it; the real server then enrolls,
+//! renews, revokes, publishes CRLs and OCSP and signs checkpoints with them, checked by
+//! OpenSSL, OpenSC's `pkcs11-tool` and pkilint. The token is then taken away under the running
+//! server, and brought back.
+//!
+//! Runs when SoftHSM is installed; with `MEDID_REQUIRE_SOFTHSM=1` (`.ci/run`) a missing
+//! SoftHSM fails the tests instead of skipping them.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use common::{csr_p256, Identity, TestServer};
+use medid::config::Pkcs11Config;
+use medid::proto::{self, lifecycle_service_client::LifecycleServiceClient};
+use tonic::Code;
+
+const MODULES: [&str; 2] = [
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+];
+const PIN: &str = "314159";
+
+/// The SoftHSM set up for this test binary: its module, and one token per test, made before
+/// any test loads the module (SoftHSM reads its token directory when it is initialised).
+struct SoftHsm {
+    module: PathBuf,
+    _dir: tempfile::TempDir,
+    tokens: Vec<(String, PathBuf)>,
+    pin_file: PathBuf,
+}
+
+const TOKENS: [&str; 2] = ["medid-main", "medid-refusals"];
+
+/// One test at a time: the module is process-wide, and the first test restarts it when its
+/// token comes back.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn softhsm() -> Option<&'static SoftHsm> {
+    static HSM: OnceLock<Option<SoftHsm>> = OnceLock::new();
+    HSM.get_or_init(|| {
+        let module = MODULES.iter().map(PathBuf::from).find(|p| p.exists());
+        let util = Command::new("softhsm2-util").arg("--version").output().is_ok();
+        let (Some(module), true) = (module, util) else {
+            assert!(
+                std::env::var_os("MEDID_REQUIRE_SOFTHSM").is_none(),
+                "MEDID_REQUIRE_SOFTHSM is set but SoftHSMv2 (softhsm2-util, libsofthsm2.so) is missing"
+            );
+            eprintln!("SoftHSMv2 not installed: PKCS#11 tests skipped (.ci/run installs it)");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let tokendir = dir.path().join("tokens");
+        std::fs::create_dir(&tokendir).unwrap();
+        let conf = dir.path().join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                tokendir.display()
+            ),
+        )
+        .unwrap();
+        // Read by the module in this process and in the `medid` processes started here.
+        std::env::set_var("SOFTHSM2_CONF", &conf);
+        let mut tokens = Vec::new();
+        for label in TOKENS {
+            let before = entries(&tokendir);
+            let out = Command::new("softhsm2-util")
+                .args(["--init-token", "--free", "--label", label, "--pin", PIN])
+                .args(["--so-pin", "271828"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let made: Vec<PathBuf> = entries(&tokendir)
+                .into_iter()
+                .filter(|p| !before.contains(p))
+                .collect();
+            assert_eq!(made.len(), 1, "one directory per token");
+            tokens.push((label.to_owned(), made[0].clone()));
+        }
+        let pin_file = dir.path().join("pin");
+        medid::files::write_atomic(&pin_file, PIN.as_bytes(), medid::files::Access::Private)
+            .unwrap();
+        Some(SoftHsm {
+            module,
+            _dir: dir,
+            tokens,
+            pin_file,
+        })
+    })
+    .as_ref()
+}
+
+fn entries(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect()
+}
+
+impl SoftHsm {
+    fn config(&self, token: &str) -> Pkcs11Config {
+        Pkcs11Config {
+            module: self.module.clone(),
+            token_label: token.into(),
+            pin_file: self.pin_file.clone(),
+            sessions: 4,
+            key_labels: Default::default(),
+        }
+    }
+
+    fn token_dir(&self, token: &str) -> &Path {
+        &self.tokens.iter().find(|(l, _)| l == token).unwrap().1
+    }
+
+    /// `pkcs11-tool` (OpenSC, independent of medid) listing the token's private keys.
+    fn list_private_keys(&self, token: &str) -> String {
+        let out = Command::new("pkcs11-tool")
+            .arg("--module")
+            .arg(&self.module)
+            .args(["--token-label", token, "--login", "--pin", PIN])
+            .args(["--list-objects", "--type", "privkey"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+fn toml_config(dir: &Path, p: &Pkcs11Config) -> PathBuf {
+    let path = dir.join("medid.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "pki_dir = {:?}\n[pkcs11]\nmodule = {:?}\ntoken_label = {:?}\npin_file = {:?}\n",
+            dir.join("pki"),
+            p.module,
+            p.token_label,
+            p.pin_file
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn medid(args: &[&str], config: &Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_medid"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+async fn renew(
+    server: &TestServer,
+    who: &Identity,
+) -> Result<(Identity, proto::IssuedCertificate), tonic::Status> {
+    let (csr, key_pem) = csr_p256();
+    let issued = LifecycleServiceClient::new(server.channel(who).await)
+        .request_operational_certificate(proto::RequestOperationalCertificateRequest { csr })
+        .await?
+        .into_inner();
+    Ok((
+        Identity {
+            cert_pem: issued.certificate_pem.clone(),
+            key_pem,
+        },
+        issued,
+    ))
+}
+
+async fn try_enroll(
+    server: &TestServer,
+    station: &Identity,
+    serial: &str,
+) -> Result<proto::IssuedCertificate, tonic::Status> {
+    server
+        .enrollment_client(station)
+        .await
+        .enroll_device(proto::EnrollDeviceRequest {
+            csr: csr_p256().0,
+            serial: serial.into(),
+            model: "X".into(),
+            udi_di: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner().certificate.expect("a certificate"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_keys_in_softhsm_sign_everything_and_issuance_waits_out_a_lost_token() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(hsm) = softhsm() else { return };
+    let token = TOKENS[0];
+    let dir = tempfile::tempdir().unwrap();
+    let p11 = hsm.config(token);
+    let config = toml_config(dir.path(), &p11);
+
+    // `medid ca init` makes the keys inside the token: no CA or audit key file exists.
+    let (ok, text) = medid(&["ca", "init", "--trust-domain", "hsm.test"], &config);
+    assert!(ok, "{text}");
+    assert!(text.contains("generated in the PKCS#11 token"), "{text}");
+    let pki = dir.path().join("pki");
+    for key in [
+        "root-ca.key",
+        "device-ca.key",
+        "operational-ca.key",
+        "audit-signing.key",
+    ] {
+        assert!(!pki.join(key).exists(), "{key} was written");
+    }
+    assert!(pki.join("audit-signing.pub").exists());
+    let metadata = std::fs::read_to_string(pki.join("pki.json")).unwrap();
+    assert!(metadata.contains("\"pkcs11\""), "{metadata}");
+    // OpenSC's pkcs11-tool sees four private keys, each sensitive and never extractable.
+    let listing = hsm.list_private_keys(token);
+    for label in [
+        "medid-root",
+        "medid-device-identity",
+        "medid-operational",
+        "medid-audit",
+    ] {
+        let block = listing
+            .split("Private Key Object")
+            .find(|b| b.contains(&format!("label:      {label}\n")))
+            .unwrap_or_else(|| panic!("no private key {label} in:\n{listing}"));
+        assert!(
+            block.contains("Access:") && block.contains("sensitive"),
+            "{block}"
+        );
+        assert!(block.contains("never extractable"), "{block}");
+        assert!(!block.contains("Access:     extractable"), "{block}");
+    }
+    // A second init into the same token refuses before making anything.
+    let other = tempfile::tempdir().unwrap();
+    let other_config = toml_config(other.path(), &p11);
+    let (ok, text) = medid(&["ca", "init", "--trust-domain", "hsm.test"], &other_config);
+    assert!(
+        !ok && text.contains("already holds keys labelled medid-root"),
+        "{text}"
+    );
+    assert!(!other.path().join("pki/root-ca.pem").exists());
+
+    // The real server with those keys.
+    let server = TestServer::start_with(dir, common::system_now(), |c| {
+        c.pkcs11 = Some(p11.clone());
+    })
+    .await;
+    server.add_manufacturer("acme", &[]).await;
+    let station = server.station("acme", "line-1").await;
+    let (birth, _) = server.enroll(&station, "HSM-1").await;
+    let (operational, good) = renew(&server, &birth).await.expect("renewal");
+    let (_, doomed) = renew(&server, &birth).await.expect("renewal");
+    LifecycleServiceClient::new(server.channel(&server.admin()).await)
+        .revoke(common::revoke_for_key_compromise(&doomed.serial))
+        .await
+        .expect("revocation");
+    let work = server.dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let write = |name: &str, text: &str| {
+        let p = work.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let birth_pem = write("birth.pem", &birth.cert_pem);
+    let good_pem = write("good.pem", &good.certificate_pem);
+    let doomed_pem = write("doomed.pem", &doomed.certificate_pem);
+    let station_pem = write("station.pem", &station.cert_pem);
+
+    // OpenSSL verifies what the token signed: the chain, the CRL, the OCSP answers.
+    let verify = |cert: &Path, ca: &str, crl: Option<&Path>| {
+        let mut cmd = Command::new("openssl");
+        cmd.args(["verify", "-CAfile"])
+            .arg(server.pki("root-ca.pem"))
+            .arg("-untrusted")
+            .arg(server.pki(ca));
+        if let Some(crl) = crl {
+            cmd.args(["-crl_check", "-CRLfile"]).arg(crl);
+        }
+        run(cmd.arg(cert))
+    };
+    for (cert, ca) in [
+        (&birth_pem, "device-ca.pem"),
+        (&good_pem, "operational-ca.pem"),
+        (&station_pem, "operational-ca.pem"),
+    ] {
+        let (ok, text) = verify(cert, ca, None);
+        assert!(ok, "{}: {text}", cert.display());
+    }
+    let crl = work.join("operational.crl");
+    let (ok, text) = run(Command::new("curl")
+        .args(["-sSf", "-o"])
+        .arg(&crl)
+        .arg(format!("{}/crl/operational.crl", server.http_url)));
+    assert!(ok, "{text}");
+    let crl_pem = work.join("operational-crl.pem");
+    let (ok, text) = run(Command::new("openssl")
+        .args(["crl", "-inform", "DER", "-in"])
+        .arg(&crl)
+        .arg("-out")
+        .arg(&crl_pem));
+    assert!(ok, "{text}");
+    let (ok, text) = verify(&doomed_pem, "operational-ca.pem", Some(&crl_pem));
+    assert!(!ok && text.contains("certificate revoked"), "{text}");
+    let (ok, text) = verify(&good_pem, "operational-ca.pem", Some(&crl_pem));
+    assert!(ok, "{text}");
+    let ocsp = |cert: PathBuf| {
+        let server = &server;
+        move || common::openssl_ocsp(server, &cert)
+    };
+    let text = tokio::task::block_in_place(ocsp(good_pem.clone()));
+    assert!(
+        text.contains(": good") && text.contains("Response verify OK"),
+        "{text}"
+    );
+    let text = tokio::task::block_in_place(ocsp(doomed_pem.clone()));
+    assert!(text.contains(": revoked"), "{text}");
+
+    // A checkpoint signed by the token's Ed25519 key verifies with the public key file.
+    let gateway = server
+        .issue(proto::PrincipalRole::Gateway, "icu-gw", "")
+        .await;
+    let mut audit =
+        proto::audit_service_client::AuditServiceClient::new(server.channel(&gateway).await);
+    audit
+        .record_access(common::access_event("HSM-1", 1))
+        .await
+        .expect("access recorded");
+    let cp = audit
+        .get_checkpoint(proto::GetCheckpointRequest {})
+        .await
+        .expect("checkpoint")
+        .into_inner();
+    let key = medid::audit::checkpoint::public_key_from_pem(
+        &std::fs::read_to_string(server.pki("audit-signing.pub")).unwrap(),
+    )
+    .unwrap();
+    medid::audit::checkpoint::verify(&cp.note, "hsm.test/audit", &key)
+        .expect("checkpoint verifies");
+
+    // pkilint over what the token signed.
+    if let Ok(lint) = std::env::var("MEDID_LINT_PKI") {
+        let out = work.join("lint");
+        std::fs::create_dir(&out).unwrap();
+        for name in ["root-ca.pem", "device-ca.pem", "operational-ca.pem"] {
+            std::fs::copy(server.pki(name), out.join(name)).unwrap();
+        }
+        for p in [&birth_pem, &good_pem, &station_pem] {
+            std::fs::copy(p, out.join(p.file_name().unwrap())).unwrap();
+        }
+        std::fs::copy(&crl, out.join("operational.crl")).unwrap();
+        let (_, report) = run(Command::new(&lint).arg(&out));
+        assert!(
+            report.contains("lint-pki:"),
+            "lint-pki did not run: {report}"
+        );
+        // The one accepted finding, as in tests/pki_lint.rs: pkilint's URI check does not
+        // know the spiffe scheme.
+        let findings: Vec<&str> = report
+            .lines()
+            .filter(|l| l.contains("(ERROR)") || l.contains("(FATAL)") || l.contains("(WARNING)"))
+            .filter(|l| !(l.contains("pkix.invalid_uri_syntax") && l.contains("\"spiffe://")))
+            .collect();
+        assert!(findings.is_empty(), "pkilint findings:\n{report}");
+    }
+
+    // The token goes away (its directory is moved aside): issuance answers UNAVAILABLE
+    // with a clear message, while status reads, the CRL and OCSP keep being served.
+    let token_dir = hsm.token_dir(token).to_path_buf();
+    let aside = token_dir.with_extension("away");
+    std::fs::rename(&token_dir, &aside).unwrap();
+    let refused = try_enroll(&server, &station, "HSM-2").await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("PKCS#11 token \"medid-main\" is unavailable"),
+        "{refused:?}"
+    );
+    let refused = renew(&server, &operational).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    let status = LifecycleServiceClient::new(server.channel(&gateway).await)
+        .get_certificate_status(proto::GetCertificateStatusRequest {
+            certificate: Some(proto::get_certificate_status_request::Certificate::Serial(
+                proto::CertificateRef {
+                    issuer: 0,
+                    serial: good.serial.clone(),
+                    issuer_generation: 0,
+                },
+            )),
+        })
+        .await
+        .expect("status reads need no key")
+        .into_inner();
+    assert_eq!(status.status, proto::CertStatus::Good as i32);
+    let crl_again = work.join("again.crl");
+    let (ok, text) = run(Command::new("curl")
+        .args(["-sSf", "-o"])
+        .arg(&crl_again)
+        .arg(format!("{}/crl/operational.crl", server.http_url)));
+    assert!(ok, "{text}");
+    assert_eq!(
+        std::fs::read(&crl_again).unwrap(),
+        std::fs::read(&crl).unwrap()
+    );
+    let text = tokio::task::block_in_place(ocsp(good_pem.clone()));
+    assert!(
+        text.contains(": good") && text.contains("Response verify OK"),
+        "{text}"
+    );
+    // No row and no certificate for the refused enrollment.
+    assert_eq!(
+        server
+            .count("SELECT COUNT(*) FROM devices WHERE serial = 'HSM-2'")
+            .await,
+        0
+    );
+
+    // The token comes back: issuance resumes without a restart (the pool retries at most
+    // once a second, so a few attempts may still be refused).
+    std::fs::rename(&aside, &token_dir).unwrap();
+    let mut resumed = None;
+    for _ in 0..20 {
+        match try_enroll(&server, &station, "HSM-2").await {
+            Ok(issued) => {
+                resumed = Some(issued);
+                break;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        }
+    }
+    let resumed = match resumed {
+        Some(r) => r,
+        None => panic!(
+            "enrollment resumes once the token is back: {:?}",
+            try_enroll(&server, &station, "HSM-2").await
+        ),
+    };
+    let resumed_pem = write("resumed.pem", &resumed.certificate_pem);
+    let (ok, text) = verify(&resumed_pem, "device-ca.pem", None);
+    assert!(ok, "{text}");
+    renew(&server, &operational).await.expect("renewal resumes");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_refused_at_start_with_a_wrong_pin_an_exposed_pin_file_or_a_file_pki() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(hsm) = softhsm() else { return };
+    let token = TOKENS[1];
+    let dir = tempfile::tempdir().unwrap();
+    let mut p11 = hsm.config(token);
+
+    // A PIN file others may read is refused, before the module is asked anything.
+    let exposed = dir.path().join("exposed-pin");
+    std::fs::write(&exposed, PIN).unwrap();
+    std::fs::set_permissions(
+        &exposed,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    p11.pin_file = exposed;
+    let (ok, text) = medid(
+        &["ca", "init", "--trust-domain", "hsm.test"],
+        &toml_config(dir.path(), &p11),
+    );
+    assert!(!ok && text.contains("is mode 0644; make it 0600"), "{text}");
+
+    // A wrong PIN is refused at start, naming the PIN file.
+    let wrong = dir.path().join("wrong-pin");
+    medid::files::write_atomic(&wrong, b"000000", medid::files::Access::Private).unwrap();
+    p11.pin_file = wrong;
+    let (ok, text) = medid(
+        &["ca", "init", "--trust-domain", "hsm.test"],
+        &toml_config(dir.path(), &p11),
+    );
+    assert!(!ok && text.contains("PinIncorrect"), "{text}");
+    assert!(!dir.path().join("pki/root-ca.pem").exists());
+
+    // A token the module does not have.
+    let mut missing = hsm.config(token);
+    missing.token_label = "no-such-token".into();
+    let (ok, text) = medid(
+        &["ca", "init", "--trust-domain", "hsm.test"],
+        &toml_config(dir.path(), &missing),
+    );
+    assert!(!ok && text.contains("no token with this label"), "{text}");
+
+    // A PKI whose keys are files is not served from a token, nor the reverse.
+    let files_pki = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(files_pki).await;
+    let files_dir = server.stop().await;
+    let mut config = medid::config::Config {
+        pki_dir: files_dir.path().join("pki"),
+        database_url: format!("sqlite://{}", files_dir.path().join("other.db").display()),
+        pkcs11: Some(hsm.config(token)),
+        ..Default::default()
+    };
+    let err = medid::server::prepare(&config, std::sync::Arc::new(medid::clock::SystemClock))
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string()
+            .contains("are files, not in a PKCS#11 token"),
+        "{err}"
+    );
+    let (ok, text) = medid(
+        &["ca", "init", "--trust-domain", "hsm.test"],
+        &toml_config(dir.path(), &hsm.config(token)),
+    );
+    assert!(ok, "{text}");
+    config.pki_dir = dir.path().join("pki");
+    config.pkcs11 = None;
+    let err = medid::server::prepare(&config, std::sync::Arc::new(medid::clock::SystemClock))
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string()
+            .contains("are in the PKCS#11 token \"medid-refusals\"; configure [pkcs11]"),
+        "{err}"
+    );
+}
