@@ -701,14 +701,18 @@ pub enum PkiPart {
     OperationalCa,
     /// The Ed25519 key that signs audit checkpoints (its public key is fingerprinted).
     AuditSigningKey,
+    /// A CRL of the root the service put in service (recorded once each, with its event; not
+    /// a part a PKI directory must match).
+    RootCrl,
 }
 
 impl PkiPart {
-    pub const ALL: [PkiPart; 4] = [
+    pub const ALL: [PkiPart; 5] = [
         PkiPart::Root,
         PkiPart::DeviceIdentityCa,
         PkiPart::OperationalCa,
         PkiPart::AuditSigningKey,
+        PkiPart::RootCrl,
     ];
 
     /// The stored name.
@@ -718,6 +722,7 @@ impl PkiPart {
             PkiPart::DeviceIdentityCa => "device-identity-ca",
             PkiPart::OperationalCa => "operational-ca",
             PkiPart::AuditSigningKey => "audit-signing-key",
+            PkiPart::RootCrl => "root-crl",
         }
     }
 
@@ -732,6 +737,7 @@ impl PkiPart {
             PkiPart::DeviceIdentityCa => "device-identity CA certificate",
             PkiPart::OperationalCa => "operational CA certificate",
             PkiPart::AuditSigningKey => "audit-signing public key",
+            PkiPart::RootCrl => "root CA's CRL",
         }
     }
 }

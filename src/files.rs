@@ -140,6 +140,16 @@ pub fn sync_parent(path: &Path) {
     }
 }
 
+/// Runs `f`, which blocks on a disk or a device (an HSM), where the runtime allows it to
+/// without stalling other tasks (`block_in_place` on a multi-threaded runtime); directly
+/// elsewhere.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

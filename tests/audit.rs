@@ -502,10 +502,16 @@ async fn tampering_with_the_database_is_detected_and_named() {
     for case in ["edit", "delete", "swap", "truncate", "rewrite"] {
         let w = world().await;
         let mut gw = audit(&w.server, &w.gateway).await;
-        for i in 0..6 {
+        // At least six accesses, ending four leaves into a block of 16: the event tampered
+        // with (the third from the end) is among the newest leaves, which the stored tree does
+        // not cover with a node yet.
+        for i in 0.. {
             gw.record_access(access("PUMP-1", &format!("p-{i}")))
                 .await
                 .unwrap();
+            if i >= 5 && w.server.audit_events().await.len() % 16 == 4 {
+                break;
+            }
         }
         // A checkpoint the auditor keeps (a copy of checkpoints/latest.note).
         let cp = gw
@@ -517,6 +523,9 @@ async fn tampering_with_the_database_is_detected_and_named() {
         std::fs::write(&kept, &cp.note).unwrap();
         let n = cp.tree_size as i64;
         let k = n - 3;
+        for e in w.server.audit_events().await {
+            eprintln!("DBG {} {:?} {}", e.seq, e.event.action, e.event.target);
+        }
         let pool = db(&w).await;
         match case {
             "edit" => {
@@ -578,6 +587,10 @@ async fn tampering_with_the_database_is_detected_and_named() {
             _ => unreachable!(),
         }
         pool.close().await;
+        // The log keeps growing after the damage.
+        gw.record_access(access("PUMP-1", "after"))
+            .await
+            .unwrap_or_else(|e| panic!("{case}: the log stopped taking events: {e:?}"));
         let bundle = path(&w, "tampered.jsonl");
         export(&w, proto::ExportAuditRequest::default(), &bundle).await;
         let (ok, out) = verify(&w, &bundle, Some(&kept));

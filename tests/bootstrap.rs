@@ -334,7 +334,11 @@ async fn a_database_refuses_a_pki_directory_it_was_not_created_with() {
         .pki_binding()
         .await
         .unwrap();
-    assert_eq!(bound.len(), 4, "root, both issuing CAs and the audit key");
+    let (crls, parts): (Vec<_>, Vec<_>) = bound
+        .iter()
+        .partition(|f| f.part == medid::domain::PkiPart::RootCrl);
+    assert_eq!(parts.len(), 4, "root, both issuing CAs and the audit key");
+    assert_eq!(crls.len(), 1, "the root CRL put in service");
 
     // Another PKI beside it: the same database is refused, naming both roots.
     let other = dir.path().join("other-pki");

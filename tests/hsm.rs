@@ -19,10 +19,6 @@ use medid::config::Pkcs11Config;
 use medid::proto::{self, lifecycle_service_client::LifecycleServiceClient};
 use tonic::Code;
 
-const MODULES: [&str; 2] = [
-    "/usr/lib/softhsm/libsofthsm2.so",
-    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-];
 const PIN: &str = "314159";
 
 /// The SoftHSM set up for this test binary: its module, and one token per test, made before
@@ -43,7 +39,8 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 fn softhsm() -> Option<&'static SoftHsm> {
     static HSM: OnceLock<Option<SoftHsm>> = OnceLock::new();
     HSM.get_or_init(|| {
-        let module = MODULES.iter().map(PathBuf::from).find(|p| p.exists());
+        let module = medid::issuance::hsm::SOFTHSM_MODULES
+            .iter().map(PathBuf::from).find(|p| p.exists());
         let util = Command::new("softhsm2-util").arg("--version").output().is_ok();
         let (Some(module), true) = (module, util) else {
             assert!(
@@ -360,6 +357,30 @@ async fn ca_keys_in_softhsm_sign_everything_and_issuance_waits_out_a_lost_token(
     medid::audit::checkpoint::verify(&cp.note, "hsm.test/audit", &key)
         .expect("checkpoint verifies");
 
+    // The root's CRL: signed by the token's root key at `ca init`, and again by the key
+    // ceremony's `ca sign-root-crl` (another process, the same token); openssl verifies both.
+    let root_crl_verifies = |crl: &Path| {
+        run(Command::new("openssl")
+            .args([
+                "crl", "-inform", "DER", "-noout", "-text", "-verify", "-CAfile",
+            ])
+            .arg(server.pki("root-ca.pem"))
+            .arg("-in")
+            .arg(crl))
+    };
+    let (ok, text) = root_crl_verifies(&server.pki("root.crl"));
+    assert!(ok && text.contains("verify OK"), "{text}");
+    let (ok, text) = medid(&["ca", "sign-root-crl"], &config);
+    assert!(ok && text.contains("signed root CRL number 2"), "{text}");
+    let (ok, text) = root_crl_verifies(&server.pki("root.crl"));
+    assert!(ok && text.contains("verify OK"), "{text}");
+    server
+        .ca
+        .maintain()
+        .await
+        .expect("upkeep loads the root CRL");
+    assert_eq!(server.ca.authority.root_crl().unwrap().number, 2);
+
     // pkilint over what the token signed.
     if let Ok(lint) = std::env::var("MEDID_LINT_PKI") {
         let out = work.join("lint");
@@ -371,6 +392,7 @@ async fn ca_keys_in_softhsm_sign_everything_and_issuance_waits_out_a_lost_token(
             std::fs::copy(p, out.join(p.file_name().unwrap())).unwrap();
         }
         std::fs::copy(&crl, out.join("operational.crl")).unwrap();
+        std::fs::copy(server.pki("root.crl"), out.join("root.crl")).unwrap();
         let (_, report) = run(Command::new(&lint).arg(&out));
         assert!(
             report.contains("lint-pki:"),

@@ -186,6 +186,18 @@ async fn everything_medid_issues_passes_pkilint() {
         server.pki("ocsp-operational-2.pem"),
         "ocsp-responder-generation-2.pem",
     );
+    // The root's CRLs: the first, from `ca init`, and one revoking generation 1.
+    std::fs::copy(server.pki("root.crl"), out.join("root-first.crl")).unwrap();
+    let root_crl = medid::issuance::bootstrap::revoke_issuer(
+        &medid::issuance::bootstrap::PkiFiles::new(&server.config.pki_dir),
+        &medid::issuance::keys::KeySource::Files,
+        medid::issuance::IssuerId::first(medid::issuance::IssuerName::Operational),
+        Some(medid::domain::RevocationReason::KeyCompromise),
+        &server.pki("root-ca.key"),
+        medid::clock::Clock::now(server.clock.as_ref()),
+    )
+    .unwrap();
+    std::fs::write(out.join("root-revoking.crl"), &root_crl.der).unwrap();
     let result = std::process::Command::new(&lint)
         .arg(&out)
         .output()

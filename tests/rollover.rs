@@ -461,3 +461,288 @@ fn ca_rotate_on_the_command_line_makes_the_next_generation_and_refuses_a_wrong_r
     assert!(!pki.join("operational-ca-3.pem").exists());
     assert!(!pki.join("operational-ca-3.key").exists());
 }
+
+/// `medid ca revoke-issuer` with the CLI, as a key ceremony with the root key brought in from
+/// offline.
+fn ceremony(server: &TestServer, args: &[&str], root_key: Option<&Path>) -> (bool, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_medid"));
+    cmd.arg("ca")
+        .args(args)
+        .arg("--dir")
+        .arg(&server.config.pki_dir);
+    if let Some(key) = root_key {
+        cmd.arg("--root-key").arg(key);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// `/crl/root.crl` through curl, checked with the root certificate by openssl.
+fn root_crl_text(server: &TestServer, work: &Path) -> String {
+    let der = work.join("root.crl");
+    let _ = std::fs::remove_file(&der);
+    run(Command::new("curl")
+        .args(["-sSf", "-o"])
+        .arg(&der)
+        .arg(format!("{}/crl/root.crl", server.http_url)));
+    run(Command::new("openssl")
+        .args([
+            "crl", "-inform", "DER", "-noout", "-text", "-verify", "-CAfile",
+        ])
+        .arg(server.pki("root-ca.pem"))
+        .arg("-in")
+        .arg(der))
+}
+
+fn serial_hex(pem_path: &Path) -> String {
+    let der = medid::pem::parse_certificates(&std::fs::read(pem_path).unwrap())
+        .unwrap()
+        .remove(0);
+    let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
+    c.raw_serial().iter().map(|b| format!("{b:02X}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_offline_root_revokes_a_rolled_over_issuing_ca_through_its_crl() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let work = work.path();
+    let server = TestServer::start_with(dir, common::system_now(), |_| {}).await;
+    let admin = server.admin();
+    let old_gateway = issue(&server, &admin, PrincipalRole::Gateway, "gw-old").await;
+    assert!(works(&server, &old_gateway).await);
+
+    // `ca init` made the root's first CRL: number 1, nothing revoked, a year ahead, and the
+    // service recorded it.
+    let text = root_crl_text(&server, work);
+    assert!(text.contains("verify OK"), "{text}");
+    assert!(
+        text.contains("X509v3 CRL Number: \n                1"),
+        "{text}"
+    );
+    assert!(text.contains("No Revoked Certificates"), "{text}");
+    let root_crl_events = |events: &[medid::audit::StoredEvent]| -> Vec<medid::audit::AuditEvent> {
+        events
+            .iter()
+            .filter(|e| e.event.action == medid::audit::Action::CaRootCrl)
+            .map(|e| e.event.clone())
+            .collect()
+    };
+    assert_eq!(root_crl_events(&server.audit_events().await).len(), 1);
+
+    // The root key goes offline: out of the PKI directory.
+    let offline = work.join("root-ca.key");
+    std::fs::rename(server.pki("root-ca.key"), &offline).unwrap();
+    let root_crl_before = std::fs::read(server.pki("root.crl")).unwrap();
+
+    // The current generation signs every new certificate: refused, nothing written.
+    let (ok, text) = ceremony(
+        &server,
+        &["revoke-issuer", "--issuer", "operational"],
+        Some(&offline),
+    );
+    assert!(!ok);
+    assert!(
+        text.contains("current generation") && text.contains("rotate"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read(server.pki("root.crl")).unwrap(),
+        root_crl_before
+    );
+
+    let (ok, text) = ceremony(
+        &server,
+        &["rotate", "--issuer", "operational"],
+        Some(&offline),
+    );
+    assert!(ok, "{text}");
+    server.ca.maintain().await.unwrap();
+    let new_gateway = issue(&server, &admin, PrincipalRole::Gateway, "gw-new").await;
+    let new_admin = issue(&server, &admin, PrincipalRole::Admin, "admin-2").await;
+
+    // Without the root key, or with another key, or naming no issuer: refused, nothing written.
+    let (ok, text) = ceremony(&server, &["revoke-issuer", "--issuer", "operational"], None);
+    assert!(!ok);
+    assert!(text.contains("--root-key"), "{text}");
+    let (ok, text) = ceremony(
+        &server,
+        &["revoke-issuer", "--issuer", "operational"],
+        Some(&server.pki("admin.key")),
+    );
+    assert!(!ok);
+    assert!(text.contains("not the key of"), "{text}");
+    let (ok, text) = ceremony(
+        &server,
+        &["revoke-issuer", "--issuer", "operational-9"],
+        Some(&offline),
+    );
+    assert!(!ok);
+    assert!(text.contains("no issuing CA operational-9"), "{text}");
+    assert_eq!(
+        std::fs::read(server.pki("root.crl")).unwrap(),
+        root_crl_before
+    );
+
+    // The CRL generation 1 signed, for openssl's check of the whole chain below.
+    let leaf_crl = work.join("operational.crl");
+    run(Command::new("curl")
+        .args(["-sSf", "-o"])
+        .arg(&leaf_crl)
+        .arg(format!("{}/crl/operational.crl", server.http_url)));
+    let chain_ok = |work: &Path| {
+        let leaf = write(work, "old-gw.pem", &old_gateway.cert_pem);
+        let root_der = work.join("root.crl");
+        let root_pem_crl = work.join("root-crl.pem");
+        run(Command::new("openssl")
+            .args(["crl", "-inform", "DER", "-in"])
+            .arg(&root_der)
+            .arg("-out")
+            .arg(&root_pem_crl));
+        let leaf_pem_crl = work.join("operational-crl.pem");
+        run(Command::new("openssl")
+            .args(["crl", "-inform", "DER", "-in"])
+            .arg(&leaf_crl)
+            .arg("-out")
+            .arg(&leaf_pem_crl));
+        run(Command::new("openssl")
+            .args(["verify", "-crl_check_all", "-CAfile"])
+            .arg(server.pki("root-ca.pem"))
+            .arg("-untrusted")
+            .arg(server.pki("operational-ca.pem"))
+            .arg("-CRLfile")
+            .arg(&root_pem_crl)
+            .arg("-CRLfile")
+            .arg(&leaf_pem_crl)
+            .arg(leaf))
+    };
+    let verdict = chain_ok(work);
+    assert!(verdict.contains(": OK"), "{verdict}");
+
+    let (ok, text) = ceremony(
+        &server,
+        &[
+            "revoke-issuer",
+            "--issuer",
+            "operational",
+            "--reason",
+            "keyCompromise",
+        ],
+        Some(&offline),
+    );
+    assert!(ok, "{text}");
+    assert!(text.contains("root CRL number 2"), "{text}");
+    server.ca.maintain().await.unwrap();
+
+    // Published: the generation's serial, keyCompromise, signed by the root; openssl now
+    // refuses the chain through it, and the service refuses its certificates at TLS.
+    let text = root_crl_text(&server, work);
+    assert!(text.contains("verify OK"), "{text}");
+    assert!(
+        text.contains(&serial_hex(&server.pki("operational-ca.pem"))),
+        "{text}"
+    );
+    assert!(text.contains("Key Compromise"), "{text}");
+    let verdict = chain_ok(work);
+    assert!(verdict.contains("certificate revoked"), "{verdict}");
+    assert!(
+        !works(&server, &old_gateway).await,
+        "a revoked issuer's certificate"
+    );
+    assert!(works(&server, &new_gateway).await);
+    assert!(
+        !works(&server, &admin).await,
+        "the first admin's issuer is revoked too"
+    );
+    // The service's own TLS certificate moved to the generation in service.
+    let served = medid::pem::parse_certificates(&std::fs::read(server.pki("server.pem")).unwrap())
+        .unwrap()
+        .remove(0);
+    let (_, served) = x509_parser::parse_x509_certificate(&served).unwrap();
+    assert!(
+        served
+            .issuer()
+            .to_string()
+            .ends_with("CN=medid operational CA 2"),
+        "{}",
+        served.issuer()
+    );
+    let operational = subjects(&bundle(&server, &new_admin).await.operational_ca_pem);
+    assert_eq!(operational.len(), 1, "{operational:?}");
+    assert!(operational[0].ends_with("CN=medid operational CA 2"));
+    let events = root_crl_events(&server.audit_events().await);
+    assert_eq!(events.len(), 2, "one event per root CRL put in service");
+    assert_eq!(events[1].detail["revoked_issuers"], "operational");
+    assert_eq!(events[1].detail["number"], 2);
+    let metrics = common::scrape_metrics(&server);
+    let next = metrics
+        .iter()
+        .find(|s| s.name == "medid_root_crl_next_update_timestamp_seconds")
+        .expect("the root CRL's nextUpdate is exported");
+    let crl = server.ca.authority.root_crl().unwrap();
+    assert_eq!(next.value as i64, crl.next_update.unix_timestamp());
+    assert!(crl.next_update - crl.this_update >= Duration::days(365));
+
+    // Twice: refused. The next CRL, signed at the ceremony, keeps the entry.
+    let (ok, text) = ceremony(
+        &server,
+        &["revoke-issuer", "--issuer", "operational"],
+        Some(&offline),
+    );
+    assert!(!ok);
+    assert!(text.contains("was revoked by the root"), "{text}");
+    let (ok, text) = ceremony(&server, &["sign-root-crl"], Some(&offline));
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("number 3 (1 issuing CA(s) revoked)"),
+        "{text}"
+    );
+    server.ca.maintain().await.unwrap();
+    assert_eq!(server.ca.authority.root_crl().unwrap().number, 3);
+
+    // A root CRL signed by another key is refused by the upkeep; the one in service stays.
+    let stranger = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_medid"))
+        .args(["ca", "init", "--dir"])
+        .arg(stranger.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::copy(stranger.path().join("root.crl"), server.pki("root.crl")).unwrap();
+    let refused = server.ca.maintain().await.unwrap_err();
+    assert!(
+        refused.to_string().contains("not a CRL of the root CA"),
+        "{refused}"
+    );
+    let text = root_crl_text(&server, work);
+    assert!(
+        text.contains("verify OK") && text.contains("                3\n"),
+        "{text}"
+    );
+
+    // With the root key online again, the upkeep re-signs the CRL at half its validity.
+    std::fs::write(
+        server.pki("root.crl"),
+        &server.ca.authority.root_crl().unwrap().der,
+    )
+    .unwrap();
+    std::fs::rename(&offline, server.pki("root-ca.key")).unwrap();
+    server.ca.maintain().await.unwrap();
+    assert_eq!(
+        server.ca.authority.root_crl().unwrap().number,
+        3,
+        "not due yet"
+    );
+    server.clock.advance(Duration::days(183));
+    server.ca.maintain().await.unwrap();
+    let renewed = server.ca.authority.root_crl().unwrap();
+    assert_eq!(renewed.number, 4);
+    assert_eq!(
+        renewed.this_update.unix_timestamp(),
+        server.clock.now().unix_timestamp()
+    );
+    assert_eq!(renewed.entries.len(), 1);
+}

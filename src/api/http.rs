@@ -4,6 +4,7 @@
 //! | path | answer |
 //! |---|---|
 //! | `GET /crl/{issuer}.crl` | current CRL, DER, `application/pkix-crl` |
+//! | `GET /crl/root.crl` | the root's CRL (the issuing CAs it revoked), DER |
 //! | `GET /ca/{root,device-identity,operational}.der` | CA certificate, DER, `application/pkix-cert` |
 //!
 //! `{issuer}` is an issuing-CA generation's label: `device-identity`, `operational`, and after
@@ -83,6 +84,18 @@ fn issuer_named(ca: &Ca, label: &str) -> Option<IssuerId> {
 }
 
 async fn crl(State(ca): State<Arc<Ca>>, Path(file): Path<String>) -> Response {
+    if file == "root.crl" {
+        return match ca.authority.root_crl() {
+            Some(crl) => {
+                let age = (crl.next_update - ca.clock.now()).whole_seconds();
+                der("application/pkix-crl", crl.der, age.min(3600))
+            }
+            None => text(
+                StatusCode::NOT_FOUND,
+                "this PKI has no root CRL in its directory (root.crl); its root publishes one elsewhere",
+            ),
+        };
+    }
     let Some(issuer) = file
         .strip_suffix(".crl")
         .and_then(|label| issuer_named(&ca, label))

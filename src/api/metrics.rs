@@ -600,6 +600,15 @@ pub async fn render(ca: &Ca, exporter: &Exporter) -> Result<String, Error> {
             .get_or_create(&CertificateLabels { certificate })
             .set(not_after.unix_timestamp());
     }
+    if let Some(crl) = ca.authority.root_crl() {
+        let next_update = Gauge::<i64>::default();
+        next_update.set(crl.next_update.unix_timestamp());
+        registry.register(
+            "root_crl_next_update_timestamp_seconds",
+            "When the root CA's CRL in service (root.crl) must be replaced, in Unix seconds",
+            next_update,
+        );
+    }
     let not_after = gauge::<CaLabels>(
         &mut registry,
         "ca_not_after_timestamp_seconds",

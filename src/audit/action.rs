@@ -33,6 +33,8 @@ pub enum Action {
     CrlGet,
     CrlSign,
     CaRollover,
+    /// A root CRL put in service (issuing CAs the root revoked, or a re-signed CRL).
+    CaRootCrl,
     PkiBind,
     ServiceCertificateAdopt,
     ServiceCertificateRenew,
@@ -120,7 +122,7 @@ pub struct FhirCoding {
 }
 
 impl Action {
-    pub const ALL: [Action; 35] = [
+    pub const ALL: [Action; 36] = [
         Action::ManufacturerCreate,
         Action::ManufacturerList,
         Action::PrincipalIssue,
@@ -140,6 +142,7 @@ impl Action {
         Action::CrlGet,
         Action::CrlSign,
         Action::CaRollover,
+        Action::CaRootCrl,
         Action::PkiBind,
         Action::ServiceCertificateAdopt,
         Action::ServiceCertificateRenew,
@@ -180,6 +183,7 @@ impl Action {
             Action::CrlGet => "crl.get",
             Action::CrlSign => "crl.sign",
             Action::CaRollover => "ca.rollover",
+            Action::CaRootCrl => "ca.root.crl",
             Action::PkiBind => "pki.bind",
             Action::ServiceCertificateAdopt => "service.certificate.adopt",
             Action::ServiceCertificateRenew => "service.certificate.renew",
@@ -221,6 +225,7 @@ impl Action {
             "crl.get" => Action::CrlGet,
             "crl.sign" => Action::CrlSign,
             "ca.rollover" => Action::CaRollover,
+            "ca.root.crl" => Action::CaRootCrl,
             "pki.bind" => Action::PkiBind,
             "service.certificate.adopt" => Action::ServiceCertificateAdopt,
             "service.certificate.renew" => Action::ServiceCertificateRenew,
@@ -306,7 +311,7 @@ impl Action {
                 Some(OBJECT_SECURITY_ATTRIBUTES_CHANGED),
                 Create,
             ),
-            Action::CaRollover | Action::PkiBind => {
+            Action::CaRollover | Action::CaRootCrl | Action::PkiBind => {
                 (SECURITY_ALERT, Some(SECURITY_CONFIGURATION), Update)
             }
             Action::ManufacturerList

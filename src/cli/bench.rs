@@ -24,6 +24,10 @@ pub enum Scenario {
     Enroll,
     /// Enrollments with a new mTLS connection each.
     EnrollReconnect,
+    /// Enrollments over persistent mTLS connections to a second server whose CA keys are in a
+    /// SoftHSMv2 token (made here with `softhsm2-util` in a temporary directory): compare with
+    /// `enroll` in the same run. Not in the default set.
+    EnrollHsm,
     /// Access events through RecordAccessStream, in batches.
     AccessStream,
     /// Access events through concurrent unary RecordAccess.
@@ -152,7 +156,81 @@ fn free_port() -> Result<u16, Error> {
         .map_err(|e| Error::Unavailable(format!("no free port: {e}")))
 }
 
-async fn start(data_dir: Option<&Path>, database_url: Option<&str>) -> Result<Server, Error> {
+/// A SoftHSMv2 token made for one bench run, in a temporary directory of its own.
+struct BenchToken {
+    dir: tempfile::TempDir,
+    module: PathBuf,
+    pin_file: PathBuf,
+}
+
+const BENCH_TOKEN: &str = "medid-bench";
+
+impl BenchToken {
+    fn conf(&self) -> PathBuf {
+        self.dir.path().join("softhsm2.conf")
+    }
+
+    /// Initialises the token with SoftHSM's own `softhsm2-util` and a random PIN, kept in a
+    /// 0600 file as the server's configuration names it.
+    fn make() -> Result<Self, Error> {
+        let module = crate::issuance::hsm::SOFTHSM_MODULES
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "the enroll-hsm scenario needs SoftHSMv2 (Debian `softhsm2`): no module at {}",
+                    crate::issuance::hsm::SOFTHSM_MODULES.join(" or ")
+                ))
+            })?;
+        let dir = tempfile::tempdir().map_err(|e| Error::internal("temp dir", e))?;
+        let tokens = dir.path().join("tokens");
+        crate::files::create_private_dir(&tokens)?;
+        let token = Self {
+            pin_file: dir.path().join("pin"),
+            dir,
+            module,
+        };
+        std::fs::write(
+            token.conf(),
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                tokens.display()
+            ),
+        )
+        .map_err(|e| Error::internal("writing softhsm2.conf", e))?;
+        let pin = crate::issuance::random_serial().to_string();
+        crate::files::write_atomic(
+            &token.pin_file,
+            pin.as_bytes(),
+            crate::files::Access::Private,
+        )?;
+        let so_pin = crate::issuance::random_serial().to_string();
+        let out = Command::new("softhsm2-util")
+            .env("SOFTHSM2_CONF", token.conf())
+            .args(["--init-token", "--free", "--label", BENCH_TOKEN])
+            .args(["--pin", &pin, "--so-pin", &so_pin])
+            .output()
+            .map_err(|e| {
+                Error::FailedPrecondition(format!(
+                    "the enroll-hsm scenario needs softhsm2-util (Debian `softhsm2`): {e}"
+                ))
+            })?;
+        if !out.status.success() {
+            return Err(Error::Internal(format!(
+                "softhsm2-util --init-token: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(token)
+    }
+}
+
+async fn start(
+    data_dir: Option<&Path>,
+    database_url: Option<&str>,
+    token: Option<&BenchToken>,
+) -> Result<Server, Error> {
     let dir = match data_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir)
@@ -175,10 +253,21 @@ async fn start(data_dir: Option<&Path>, database_url: Option<&str>) -> Result<Se
          create_dev_pki = true\nest_enabled = false\n",
         dir.path().join("pki").display(),
         dir.path().join("checkpoints").display()
-    );
+    ) + &token
+        .map(|t| {
+            format!(
+                "[pkcs11]\nmodule = {:?}\ntoken_label = {BENCH_TOKEN:?}\npin_file = {:?}\n",
+                t.module, t.pin_file
+            )
+        })
+        .unwrap_or_default();
     std::fs::write(&config, text).map_err(|e| Error::internal("writing config", e))?;
     let exe = std::env::current_exe().map_err(|e| Error::internal("finding medid", e))?;
-    let child = Command::new(exe)
+    let mut command = Command::new(exe);
+    if let Some(token) = token {
+        command.env("SOFTHSM2_CONF", token.conf());
+    }
+    let child = command
         .args(["serve", "--config"])
         .arg(&config)
         // The server's log level: errors only, unless asked (`MEDID_BENCH_SERVER_LOG`).
@@ -387,6 +476,96 @@ async fn fill(
     Ok(lat.concat())
 }
 
+/// A connection as the server's first admin.
+async fn admin_channel(server: &Server) -> Result<Channel, Error> {
+    let pki = server.dir.path().join("pki");
+    connect(
+        &server.url,
+        &server.creds(
+            &read(&pki.join("admin.pem"))?,
+            &read(&pki.join("admin.key"))?,
+        ),
+    )
+    .await
+}
+
+/// The bench's manufacturer (made if missing) and a station certificate and key of its own.
+async fn factory_station(admin: &Channel) -> Result<(String, String), Error> {
+    created(
+        admin_service_client::AdminServiceClient::new(admin.clone())
+            .create_manufacturer(CreateManufacturerRequest {
+                id: "bench".into(),
+                display_name: "Bench".into(),
+                allowed_models: vec![],
+            })
+            .await,
+    )?;
+    issue(
+        admin,
+        proto::PrincipalRole::ManufacturerStation,
+        "line-1",
+        "bench",
+    )
+    .await
+}
+
+/// Enrolls one device per CSR through `workers` stations, over a persistent connection each
+/// or (`reconnect`) a new connection per enrollment; serials `{prefix}-{worker}-{i}`.
+async fn enroll(
+    url: &str,
+    station: &Arc<ClientCredentials>,
+    csrs: Vec<Vec<u8>>,
+    workers: usize,
+    reconnect: bool,
+    prefix: &str,
+) -> Result<Vec<Duration>, Error> {
+    let chunks: Vec<Vec<Vec<u8>>> = csrs
+        .chunks(csrs.len().div_ceil(workers).max(1))
+        .map(|c| c.to_vec())
+        .collect();
+    let tasks = chunks.into_iter().enumerate().map(|(w, chunk)| {
+        let creds = station.clone();
+        async move {
+            let mut lat = Vec::with_capacity(chunk.len());
+            // One client TLS configuration per worker, as one device keeps one: reconnections
+            // resume the TLS session (server tickets).
+            let dialer =
+                Connector::new(url, &creds.ca_pem, Some((&creds.cert_pem, &creds.key_pem)))?;
+            let mut channel = if reconnect {
+                None
+            } else {
+                Some(dialer.connect().await?)
+            };
+            for (i, csr) in chunk.into_iter().enumerate() {
+                let t = Instant::now();
+                let ch = match &channel {
+                    Some(c) => c.clone(),
+                    None => dialer.connect().await?,
+                };
+                enrollment_service_client::EnrollmentServiceClient::new(ch)
+                    .enroll_device(EnrollDeviceRequest {
+                        csr,
+                        serial: format!("{prefix}-{w}-{i}"),
+                        model: "X".into(),
+                        udi_di: String::new(),
+                    })
+                    .await
+                    .map_err(super::client::status)?;
+                lat.push(t.elapsed());
+                if reconnect {
+                    channel = None;
+                }
+            }
+            Ok::<_, Error>(lat)
+        }
+    });
+    let lat: Vec<Vec<Duration>> = join_all(tasks)
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    Ok(lat.concat())
+}
+
 /// Drives the load from one thread of its own (a current-thread runtime). The client then
 /// takes at most one of the machine's cores, as a separate gateway process would, and pays no
 /// wakeups between runtime threads. On two cores that measured 8–19% more throughput in every
@@ -418,34 +597,12 @@ async fn drive(args: BenchArgs) -> Result<(), Error> {
         args.scenarios.clone()
     };
     let workers = args.concurrency.clamp(1, 32);
-    let server = start(args.data_dir.as_deref(), args.database_url.as_deref()).await?;
+    let server = start(args.data_dir.as_deref(), args.database_url.as_deref(), None).await?;
     // Serials unique to this run, so a reused directory takes new enrollments.
     let run = time::OffsetDateTime::now_utc().unix_timestamp();
     let pki = server.dir.path().join("pki");
-    let admin = connect(
-        &server.url,
-        &server.creds(
-            &read(&pki.join("admin.pem"))?,
-            &read(&pki.join("admin.key"))?,
-        ),
-    )
-    .await?;
-    created(
-        admin_service_client::AdminServiceClient::new(admin.clone())
-            .create_manufacturer(CreateManufacturerRequest {
-                id: "bench".into(),
-                display_name: "Bench".into(),
-                allowed_models: vec![],
-            })
-            .await,
-    )?;
-    let station = issue(
-        &admin,
-        proto::PrincipalRole::ManufacturerStation,
-        "line-1",
-        "bench",
-    )
-    .await?;
+    let admin = admin_channel(&server).await?;
+    let station = factory_station(&admin).await?;
     let gateway = issue(&admin, proto::PrincipalRole::Gateway, "gw", "").await?;
     let auditor = issue(&admin, proto::PrincipalRole::Auditor, "aud", "").await?;
     let station_creds = Arc::new(server.creds(&station.0, &station.1));
@@ -461,63 +618,26 @@ async fn drive(args: BenchArgs) -> Result<(), Error> {
         let mut verify_alone: Option<(usize, f64)> = None;
         // A scenario that does untimed work at its end says when its timed part ended.
         let mut ended: Option<Instant> = None;
+        // A scenario run against a server of its own: that server's CPU seconds and RSS.
+        let mut elsewhere: Option<(f64, f64)> = None;
         let (name, ops, latencies): (&'static str, usize, Vec<Duration>) = match scenario {
             Scenario::Enroll | Scenario::EnrollReconnect => {
                 let reconnect = scenario == Scenario::EnrollReconnect;
                 // CSRs first: key generation is the device's cost, not the CA's.
                 let csrs: Vec<Vec<u8>> =
                     (0..args.count).map(|_| csr()).collect::<Result<_, _>>()?;
-                let chunks: Vec<Vec<Vec<u8>>> = csrs
-                    .chunks(args.count.div_ceil(workers).max(1))
-                    .map(|c| c.to_vec())
-                    .collect();
                 (cpu_before, started) = (server.cpu_seconds(), Instant::now());
                 let first = enrolled;
                 enrolled += args.count;
-                let tasks = chunks.into_iter().enumerate().map(|(w, chunk)| {
-                    let creds = station_creds.clone();
-                    let url = server.url.clone();
-                    async move {
-                        let mut lat = Vec::with_capacity(chunk.len());
-                        // One client TLS configuration per worker, as one device keeps one:
-                        // reconnections resume the TLS session (server tickets).
-                        let dialer = Connector::new(
-                            &url,
-                            &creds.ca_pem,
-                            Some((&creds.cert_pem, &creds.key_pem)),
-                        )?;
-                        let mut channel = if reconnect {
-                            None
-                        } else {
-                            Some(dialer.connect().await?)
-                        };
-                        for (i, csr) in chunk.into_iter().enumerate() {
-                            let t = Instant::now();
-                            let ch = match &channel {
-                                Some(c) => c.clone(),
-                                None => dialer.connect().await?,
-                            };
-                            enrollment_service_client::EnrollmentServiceClient::new(ch)
-                                .enroll_device(EnrollDeviceRequest {
-                                    csr,
-                                    serial: format!("B{run}-{first}-{w}-{i}"),
-                                    model: "X".into(),
-                                    udi_di: String::new(),
-                                })
-                                .await
-                                .map_err(super::client::status)?;
-                            lat.push(t.elapsed());
-                            if reconnect {
-                                channel = None;
-                            }
-                        }
-                        Ok::<_, Error>(lat)
-                    }
-                });
-                let lat: Vec<Vec<Duration>> = join_all(tasks)
-                    .await
-                    .into_iter()
-                    .collect::<Result<_, _>>()?;
+                let lat = enroll(
+                    &server.url,
+                    &station_creds,
+                    csrs,
+                    workers,
+                    reconnect,
+                    &format!("B{run}-{first}"),
+                )
+                .await?;
                 (
                     if reconnect {
                         "enroll, new connection each"
@@ -525,7 +645,33 @@ async fn drive(args: BenchArgs) -> Result<(), Error> {
                         "enroll, persistent connections"
                     },
                     args.count,
-                    lat.concat(),
+                    lat,
+                )
+            }
+            Scenario::EnrollHsm => {
+                let token = BenchToken::make()?;
+                let hsm = start(None, None, Some(&token)).await?;
+                let hsm_admin = admin_channel(&hsm).await?;
+                let hsm_station = factory_station(&hsm_admin).await?;
+                let csrs: Vec<Vec<u8>> =
+                    (0..args.count).map(|_| csr()).collect::<Result<_, _>>()?;
+                let hsm_cpu = hsm.cpu_seconds();
+                started = Instant::now();
+                let lat = enroll(
+                    &hsm.url,
+                    &Arc::new(hsm.creds(&hsm_station.0, &hsm_station.1)),
+                    csrs,
+                    workers,
+                    false,
+                    &format!("H{run}"),
+                )
+                .await?;
+                ended = Some(Instant::now());
+                elsewhere = Some((hsm.cpu_seconds() - hsm_cpu, hsm.rss_mib()));
+                (
+                    "enroll, persistent connections, SoftHSM keys",
+                    args.count,
+                    lat,
                 )
             }
             Scenario::AccessStream | Scenario::AccessUnary => {
@@ -866,8 +1012,8 @@ async fn drive(args: BenchArgs) -> Result<(), Error> {
             ops,
             seconds,
             latencies,
-            server_cpu: server.cpu_seconds() - cpu_before,
-            server_rss_mib: server.rss_mib(),
+            server_cpu: elsewhere.map_or_else(|| server.cpu_seconds() - cpu_before, |e| e.0),
+            server_rss_mib: elsewhere.map_or_else(|| server.rss_mib(), |e| e.1),
         };
         if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             eprint!("\r");

@@ -45,6 +45,20 @@ pub enum ReasonArg {
 }
 
 impl ReasonArg {
+    /// The reason as the CA records it.
+    pub fn reason(self) -> crate::domain::RevocationReason {
+        use crate::domain::RevocationReason as R;
+        match self {
+            ReasonArg::KeyCompromise => R::KeyCompromise,
+            ReasonArg::CaCompromise => R::CaCompromise,
+            ReasonArg::AffiliationChanged => R::AffiliationChanged,
+            ReasonArg::Superseded => R::Superseded,
+            ReasonArg::CessationOfOperation => R::CessationOfOperation,
+            ReasonArg::PrivilegeWithdrawn => R::PrivilegeWithdrawn,
+            ReasonArg::AaCompromise => R::AaCompromise,
+        }
+    }
+
     fn proto(self) -> proto::RevocationReason {
         use proto::RevocationReason as R;
         match self {

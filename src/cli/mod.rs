@@ -158,22 +158,74 @@ pub enum CaCommand {
     /// every new certificate once the service loads it (within a minute, or at its next
     /// start). The old generation keeps its CRL and OCSP for what it signed until it ends.
     Rotate(RotateArgs),
+    /// Revoke an issuing-CA generation by the root: the next root CRL (root.crl, served at
+    /// /crl/root.crl) lists its certificate, and a running service takes it out of service
+    /// within a minute. The current generation cannot be revoked: rotate first.
+    RevokeIssuer(RevokeIssuerArgs),
+    /// Sign the next root CRL, the same issuing CAs revoked, valid for a year: with a root
+    /// kept offline, once before the current one's nextUpdate.
+    SignRootCrl(RootCeremony),
 }
 
+/// Where the PKI and the root key are, for what only the root key may sign.
 #[derive(Debug, Args)]
-pub struct RotateArgs {
-    /// The service's TOML configuration, for its pki_dir.
+pub struct RootCeremony {
+    /// The service's TOML configuration, for its pki_dir (and its [pkcs11] token).
     #[arg(long, env = "MEDID_CONFIG")]
     pub config: Option<PathBuf>,
     /// The PKI directory [default: the configuration's pki_dir, or certs-dev].
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// The root CA's private key [default: root-ca.key in the PKI directory; with a token,
+    /// the token's root key].
+    #[arg(long)]
+    pub root_key: Option<PathBuf>,
+}
+
+impl RootCeremony {
+    /// The configuration, the PKI (which must exist) and the root key's path.
+    fn open(&self) -> Result<(Config, PkiFiles, PathBuf), Error> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(dir) = &self.dir {
+            config.pki_dir = dir.clone();
+        }
+        let files = PkiFiles::new(&config.pki_dir);
+        if !files.exists() {
+            return Err(Error::FailedPrecondition(format!(
+                "no PKI in {}; run `medid ca init` first",
+                files.dir.display()
+            )));
+        }
+        let root_key = self
+            .root_key
+            .clone()
+            .unwrap_or_else(|| files.root_key.clone());
+        Ok((config, files, root_key))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeIssuerArgs {
+    #[command(flatten)]
+    pub ceremony: RootCeremony,
+    /// The generation to revoke, by label: device-identity, operational, operational-2, …
+    #[arg(long)]
+    pub issuer: String,
+    /// The RFC 5280 reason recorded in the root CRL.
+    #[arg(long, value_enum)]
+    pub reason: Option<lifecycle::ReasonArg>,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    #[command(flatten)]
+    pub ceremony: RootCeremony,
     /// Which issuing CA to roll over.
     #[arg(long, value_enum)]
     pub issuer: lifecycle::IssuerArg,
-    /// The root CA's private key [default: root-ca.key in the PKI directory].
-    #[arg(long)]
-    pub root_key: Option<PathBuf>,
     /// Lifetime of the new operational CA certificate, in days [default: the
     /// configuration's operational_ca_validity_days, 1825]. The device-identity CA has no
     /// well-defined expiry.
@@ -220,6 +272,8 @@ pub async fn run(cli: Cli) -> Result<std::process::ExitCode, Error> {
         }
         Command::Ca(CaCommand::Init(args)) => ca_init(args),
         Command::Ca(CaCommand::Rotate(args)) => ca_rotate(args),
+        Command::Ca(CaCommand::RevokeIssuer(args)) => ca_revoke_issuer(args),
+        Command::Ca(CaCommand::SignRootCrl(args)) => ca_sign_root_crl(args),
         Command::Admin(cmd) => client::admin(cmd).await,
         Command::Enroll(args) => client::enroll(args).await,
         Command::Device(cmd) => client::device(cmd).await,
@@ -406,6 +460,10 @@ fn ca_init(args: InitArgs) -> Result<(), Error> {
         .map(|(t, l)| (t.label().to_owned(), l.clone()));
     println!("created PKI in {}", dir.display());
     println!("  root CA:              {}", files.root_cert.display());
+    println!(
+        "  root CRL:             {} (nothing revoked; nextUpdate in a year)",
+        files.root_crl.display()
+    );
     println!("  device-identity CA:   {}", files.device_ca_cert.display());
     println!(
         "  operational CA:       {}",
@@ -439,22 +497,51 @@ fn ca_init(args: InitArgs) -> Result<(), Error> {
     Ok(())
 }
 
+fn ca_revoke_issuer(args: RevokeIssuerArgs) -> Result<(), Error> {
+    let (config, files, root_key) = args.ceremony.open()?;
+    let id = crate::issuance::IssuerId::parse(&args.issuer).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "{:?} is not an issuing-CA label (device-identity, operational, operational-2, …)",
+            args.issuer
+        ))
+    })?;
+    let crl = bootstrap::revoke_issuer(
+        &files,
+        &config.key_source()?,
+        id,
+        args.reason.map(lifecycle::ReasonArg::reason),
+        &root_key,
+        SystemClock.now(),
+    )?;
+    println!(
+        "the root revoked issuing CA {id}: root CRL number {} in {}, valid until {}",
+        crl.number,
+        files.root_crl.display(),
+        crl.next_update
+    );
+    println!(
+        "a running medid takes {id} out of service within a minute (or at its next start); CRL {}/crl/root.crl",
+        config.public_base_url.trim_end_matches('/')
+    );
+    Ok(())
+}
+
+fn ca_sign_root_crl(args: RootCeremony) -> Result<(), Error> {
+    let (config, files, root_key) = args.open()?;
+    let crl =
+        bootstrap::sign_root_crl(&files, &config.key_source()?, &root_key, SystemClock.now())?;
+    println!(
+        "signed root CRL number {} ({} issuing CA(s) revoked) in {}, valid until {}",
+        crl.number,
+        crl.entries.len(),
+        files.root_crl.display(),
+        crl.next_update
+    );
+    Ok(())
+}
+
 fn ca_rotate(args: RotateArgs) -> Result<(), Error> {
-    let mut config = match &args.config {
-        Some(path) => Config::from_file(path)?,
-        None => Config::default(),
-    };
-    if let Some(dir) = args.dir {
-        config.pki_dir = dir;
-    }
-    let files = PkiFiles::new(&config.pki_dir);
-    if !files.exists() {
-        return Err(Error::FailedPrecondition(format!(
-            "no PKI in {}; run `medid ca init` first",
-            files.dir.display()
-        )));
-    }
-    let root_key = args.root_key.unwrap_or_else(|| files.root_key.clone());
+    let (config, files, root_key) = args.ceremony.open()?;
     let name = args.issuer.name();
     let made = bootstrap::rotate(
         &files,

@@ -19,6 +19,7 @@ use rcgen::{
 };
 
 use super::keys::{signing_error, CaKey, KeyCustody, KeyRole, KeySource};
+use super::root_crl::{RootCrl, ROOT_CRL_VALIDITY};
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
@@ -38,6 +39,8 @@ pub struct PkiFiles {
     pub metadata: PathBuf,
     pub root_cert: PathBuf,
     pub root_key: PathBuf,
+    /// The root's CRL (DER): which issuing CAs it revoked.
+    pub root_crl: PathBuf,
     pub device_ca_cert: PathBuf,
     pub device_ca_key: PathBuf,
     pub operational_ca_cert: PathBuf,
@@ -58,6 +61,7 @@ impl PkiFiles {
             metadata: f("pki.json"),
             root_cert: f("root-ca.pem"),
             root_key: f("root-ca.key"),
+            root_crl: f("root.crl"),
             device_ca_cert: f("device-ca.pem"),
             device_ca_key: f("device-ca.key"),
             operational_ca_cert: f("operational-ca.pem"),
@@ -71,11 +75,12 @@ impl PkiFiles {
         }
     }
 
-    fn all(&self) -> [&PathBuf; 14] {
+    fn all(&self) -> [&PathBuf; 15] {
         [
             &self.metadata,
             &self.root_cert,
             &self.root_key,
+            &self.root_crl,
             &self.device_ca_cert,
             &self.device_ca_key,
             &self.operational_ca_cert,
@@ -176,7 +181,7 @@ pub struct InitOptions {
 /// Creates the PKI in `files.dir`. Refuses to overwrite existing material unless `force`.
 pub fn init(files: &PkiFiles, opts: &InitOptions, now: OffsetDateTime) -> Result<(), Error> {
     if !opts.force {
-        let existing: Vec<String> = files.all()[..13]
+        let existing: Vec<String> = files.all()[..14]
             .iter()
             .filter(|p| p.exists())
             .map(|p| p.display().to_string())
@@ -282,8 +287,19 @@ pub fn init(files: &PkiFiles, opts: &InitOptions, now: OffsetDateTime) -> Result
         .signed_by(&operational_key, &root_issuer)
         .map_err(|e| signing_error("signing operational CA", e))?;
 
+    // The root's first CRL: nothing revoked yet.
+    let root_crl = RootCrl::sign(
+        root_cert.der().as_ref(),
+        &root_key,
+        1,
+        now,
+        ROOT_CRL_VALIDITY,
+        vec![],
+    )?;
+
     root_key.keep(&files.root_key)?;
     write_public(&files.root_cert, &root_cert.pem())?;
+    write_public_bytes(&files.root_crl, &root_crl.der)?;
     device_key.keep(&files.device_ca_key)?;
     write_public(&files.device_ca_cert, &device_cert.pem())?;
     operational_key.keep(&files.operational_ca_key)?;
@@ -390,30 +406,8 @@ pub fn rotate(
         name,
         generation: current.id.generation + 1,
     };
-    let root_key = match keys {
-        KeySource::Files => {
-            let root_pem = fs::read_to_string(root_key).map_err(|e| {
-                Error::FailedPrecondition(format!(
-                    "reading the root CA key {}: {e} (pass --root-key where the root key is kept)",
-                    root_key.display()
-                ))
-            })?;
-            CaKey::File(Box::new(KeyPair::from_pem(&root_pem).map_err(|e| {
-                Error::FailedPrecondition(format!("{}: {e}", root_key.display()))
-            })?))
-        }
-        KeySource::Token { .. } => keys.load(KeyRole::Root, root_key)?,
-    };
+    let root_key = root_key_at_hand(files, keys, &authority, root_key)?;
     let root_der = authority.root().der.clone();
-    if x509_parser::parse_x509_certificate(&root_der)
-        .map(|(_, c)| c.public_key().subject_public_key.data.as_ref() != root_key.public_raw())
-        .unwrap_or(true)
-    {
-        return Err(Error::FailedPrecondition(format!(
-            "the key given is not the key of {}",
-            files.root_cert.display()
-        )));
-    }
     let root_issuer = Issuer::from_ca_cert_der(&root_der, root_key)
         .map_err(|e| Error::internal("reading the root CA certificate", e))?;
     let not_after = match name {
@@ -438,6 +432,101 @@ pub fn rotate(
         id: next,
         not_after,
     })
+}
+
+/// The root key, for a ceremony: a PKCS#8 PEM file at `path` (files custody; the root key is
+/// often kept offline and brought in), or the token's root key. Refused unless it is the key
+/// of the root certificate in the PKI directory.
+fn root_key_at_hand(
+    files: &PkiFiles,
+    keys: &KeySource,
+    authority: &super::Authority,
+    path: &Path,
+) -> Result<CaKey, Error> {
+    let key = match keys {
+        KeySource::Files => {
+            let pem = fs::read_to_string(path).map_err(|e| {
+                Error::FailedPrecondition(format!(
+                    "reading the root CA key {}: {e} (pass --root-key where the root key is kept)",
+                    path.display()
+                ))
+            })?;
+            CaKey::File(Box::new(KeyPair::from_pem(&pem).map_err(|e| {
+                Error::FailedPrecondition(format!("{}: {e}", path.display()))
+            })?))
+        }
+        KeySource::Token { .. } => keys.load(KeyRole::Root, path)?,
+    };
+    if x509_parser::parse_x509_certificate(&authority.root().der)
+        .map(|(_, c)| c.public_key().subject_public_key.data.as_ref() != key.public_raw())
+        .unwrap_or(true)
+    {
+        return Err(Error::FailedPrecondition(format!(
+            "the key given is not the key of {}",
+            files.root_cert.display()
+        )));
+    }
+    Ok(key)
+}
+
+/// `medid ca revoke-issuer`: the root revokes the certificate of issuing-CA generation `id`
+/// (which must not be the current generation of its CA: `medid ca rotate` first), in the next
+/// root CRL, signed with the root key (`root_key`, as for [`rotate`]) and written to
+/// `root.crl`. A running service loads it at its next upkeep, drops the generation from
+/// service (its trust anchor, CRL and OCSP responder) and records the new root CRL.
+pub fn revoke_issuer(
+    files: &PkiFiles,
+    keys: &KeySource,
+    id: IssuerId,
+    reason: Option<crate::domain::RevocationReason>,
+    root_key: &Path,
+    now: OffsetDateTime,
+) -> Result<RootCrl, Error> {
+    let metadata = PkiMetadata::load(files)?;
+    keys.check(&metadata.key_custody, &files.dir)?;
+    let authority = super::Authority::load(&files.dir, keys.clone())?;
+    let cert = authority.issuer_cert(id)?;
+    if authority.current(id.name).id == id {
+        return Err(Error::FailedPrecondition(format!(
+            "{id} is the current generation of the {} CA and signs every new certificate; \
+             run `medid ca rotate --issuer {}` first, then revoke {id}",
+            id.name.as_str(),
+            id.name.as_str()
+        )));
+    }
+    if let Some(entry) = authority.revoked_by_root(id) {
+        return Err(Error::AlreadyExists(format!(
+            "{id} was revoked by the root at {}",
+            entry.revoked_at
+        )));
+    }
+    let key = root_key_at_hand(files, keys, &authority, root_key)?;
+    let serial = x509_parser::parse_x509_certificate(&cert.der)
+        .map_err(|e| Error::Internal(format!("the {id} CA certificate: {e}")))?
+        .1
+        .raw_serial()
+        .to_vec();
+    let entry = super::RevokedEntry {
+        serial,
+        revoked_at: now,
+        reason,
+    };
+    authority.sign_next_root_crl(&key, now, ROOT_CRL_VALIDITY, Some(entry))
+}
+
+/// `medid ca sign-root-crl`: signs the next root CRL, the same issuing CAs revoked, valid for
+/// [`ROOT_CRL_VALIDITY`] from `now`. For a root kept offline, before the CRL's nextUpdate.
+pub fn sign_root_crl(
+    files: &PkiFiles,
+    keys: &KeySource,
+    root_key: &Path,
+    now: OffsetDateTime,
+) -> Result<RootCrl, Error> {
+    let metadata = PkiMetadata::load(files)?;
+    keys.check(&metadata.key_custody, &files.dir)?;
+    let authority = super::Authority::load(&files.dir, keys.clone())?;
+    let key = root_key_at_hand(files, keys, &authority, root_key)?;
+    authority.sign_next_root_crl(&key, now, ROOT_CRL_VALIDITY, None)
 }
 
 fn new_key() -> Result<KeyPair, Error> {
@@ -489,4 +578,8 @@ pub fn write_private(path: &Path, contents: &str) -> Result<(), Error> {
 
 pub fn write_public(path: &Path, contents: &str) -> Result<(), Error> {
     write_atomic(path, contents.as_bytes(), Access::Public)
+}
+
+pub fn write_public_bytes(path: &Path, contents: &[u8]) -> Result<(), Error> {
+    write_atomic(path, contents, Access::Public)
 }

@@ -24,6 +24,13 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 
+/// Where Debian and Ubuntu install SoftHSMv2's PKCS#11 module (the bench and the tests use
+/// SoftHSM; a deployment names its HSM's module in `[pkcs11] module`).
+pub const SOFTHSM_MODULES: [&str; 2] = [
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+];
+
 use crate::error::Error;
 
 /// What the configuration says of the token (`[pkcs11]`, docs/HSM.md).
@@ -612,8 +619,10 @@ impl TokenKey {
     }
 
     /// Signs `msg`: a DER ECDSA-Sig-Value, or the 64 bytes of an Ed25519 signature.
+    /// Waiting for a session and the token's own work block this
+    /// thread, so on the server's runtime the other tasks move to another worker meanwhile.
     pub fn sign_message(&self, msg: &[u8]) -> Result<Vec<u8>, Error> {
-        self.token.sign(&self.label, self.kind, msg)
+        crate::files::blocking(|| self.token.sign(&self.label, self.kind, msg))
     }
 }
 

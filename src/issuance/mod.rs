@@ -10,6 +10,7 @@ pub mod hsm;
 pub mod keys;
 pub mod ocsp;
 mod profile;
+pub mod root_crl;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -157,8 +158,8 @@ pub struct Authority {
     files: bootstrap::PkiFiles,
     keys: keys::KeySource,
     root: CaCert,
-    /// The root's public key bits: every issuing CA must be signed by it.
-    root_key_bits: Vec<u8>,
+    /// The root's CRL (`root.crl`), when the PKI has one: which issuing CAs it revoked.
+    root_crl: RwLock<Option<root_crl::RootCrl>>,
     /// Sorted by (name, generation).
     issuing: RwLock<Vec<Arc<IssuingCa>>>,
     /// Delegated OCSP responders (RFC 6960 §4.2.2.2), one per issuing CA generation;
@@ -258,14 +259,11 @@ impl Authority {
     pub fn load(dir: &Path, keys: keys::KeySource) -> Result<Self, Error> {
         let files = bootstrap::PkiFiles::new(dir);
         let root = load_ca_cert(&files.root_cert)?;
-        let root_key_bits = x509_parser::parse_x509_certificate(&root.der)
-            .map(|(_, c)| c.public_key().subject_public_key.data.to_vec())
-            .map_err(|e| Error::Internal(format!("{}: {e}", files.root_cert.display())))?;
         let authority = Self {
             files,
             keys,
             root,
-            root_key_bits,
+            root_crl: RwLock::new(None),
             issuing: RwLock::new(Vec::new()),
             ocsp: RwLock::new(HashMap::new()),
         };
@@ -284,8 +282,10 @@ impl Authority {
 
     /// Loads the issuing-CA generations on disk that are not loaded yet (generation 1 is
     /// `operational-ca.pem`, the next `operational-ca-2.pem`, …; each must be signed by the
-    /// root) and returns them.
+    /// root) and returns them. Reads `root.crl` again too: a root CRL that does not verify
+    /// is refused, and the one loaded before stays.
     pub fn refresh(&self) -> Result<Vec<IssuerInfo>, Error> {
+        self.reload_root_crl()?;
         let mut added = Vec::new();
         for name in [IssuerName::DeviceIdentity, IssuerName::Operational] {
             let mut generation = self
@@ -315,24 +315,121 @@ impl Authority {
         Ok(added)
     }
 
+    fn reload_root_crl(&self) -> Result<(), Error> {
+        let der = match std::fs::read(&self.files.root_crl) {
+            Ok(der) => der,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(Error::Internal(format!(
+                    "reading {}: {e}",
+                    self.files.root_crl.display()
+                )))
+            }
+        };
+        if self.root_crl().is_some_and(|crl| crl.der == der) {
+            return Ok(());
+        }
+        let crl = root_crl::RootCrl::read(&self.root.der, &der).map_err(|e| {
+            Error::FailedPrecondition(format!("{}: {e}", self.files.root_crl.display()))
+        })?;
+        if self.root_crl().is_some_and(|old| old.number >= crl.number) {
+            return Err(Error::FailedPrecondition(format!(
+                "{}: CRL number {} is not after the one in service",
+                self.files.root_crl.display(),
+                crl.number
+            )));
+        }
+        *self
+            .root_crl
+            .write()
+            .expect("root CRL lock is never poisoned") = Some(crl);
+        Ok(())
+    }
+
+    /// The root's CRL in service, if the PKI has one.
+    pub fn root_crl(&self) -> Option<root_crl::RootCrl> {
+        self.root_crl
+            .read()
+            .expect("root CRL lock is never poisoned")
+            .clone()
+    }
+
+    /// When the root's CRL revoked the certificate of issuing CA `id`, the entry saying so.
+    pub fn revoked_by_root(&self, id: IssuerId) -> Option<RevokedEntry> {
+        let ca = self.issuing(id).ok()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&ca.cert.der).ok()?;
+        self.root_crl()?.revokes(cert.raw_serial()).cloned()
+    }
+
+    /// Re-signs the root's CRL (same entries, the next number) when the root key is online
+    /// (a development PKI's `root-ca.key`, or the token's root key) and half of `validity`
+    /// has passed since its thisUpdate, or makes its first when there is none. Returns the
+    /// CRL signed, if one was.
+    pub fn renew_root_crl(
+        &self,
+        now: OffsetDateTime,
+        validity: time::Duration,
+    ) -> Result<Option<root_crl::RootCrl>, Error> {
+        if self
+            .root_crl()
+            .is_some_and(|crl| now < crl.this_update + validity / 2)
+            || !self.keys.has(keys::KeyRole::Root, &self.files.root_key)
+        {
+            return Ok(None);
+        }
+        let key = self.keys.load(keys::KeyRole::Root, &self.files.root_key)?;
+        self.sign_next_root_crl(&key, now, validity, None).map(Some)
+    }
+
+    /// Signs the next root CRL with `root_key` (its entries and `added`, the next number, or
+    /// number 1), valid from `now` for `validity`, writes it to `root.crl` and puts it in
+    /// service.
+    pub fn sign_next_root_crl(
+        &self,
+        root_key: &keys::CaKey,
+        now: OffsetDateTime,
+        validity: time::Duration,
+        added: Option<RevokedEntry>,
+    ) -> Result<root_crl::RootCrl, Error> {
+        let crl = match self.root_crl() {
+            Some(crl) => crl.next(&self.root.der, root_key, now, validity, added)?,
+            None => root_crl::RootCrl::sign(
+                &self.root.der,
+                root_key,
+                1,
+                now,
+                validity,
+                added.into_iter().collect(),
+            )?,
+        };
+        bootstrap::write_public_bytes(&self.files.root_crl, &crl.der)?;
+        *self
+            .root_crl
+            .write()
+            .expect("root CRL lock is never poisoned") = Some(crl.clone());
+        Ok(crl)
+    }
+
     fn check_signed_by_root(&self, ca: &IssuingCa, path: &Path) -> Result<(), Error> {
         let (_, parsed) = x509_parser::parse_x509_certificate(&ca.cert.der)
             .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
-        ring::signature::UnparsedPublicKey::new(
-            &ring::signature::ECDSA_P256_SHA256_ASN1,
-            &self.root_key_bits,
-        )
-        .verify(
-            parsed.tbs_certificate.as_ref(),
-            &parsed.signature_value.data,
-        )
-        .map_err(|_| {
-            Error::FailedPrecondition(format!(
-                "{} is not signed by the root CA in {}",
-                path.display(),
-                self.files.root_cert.display()
-            ))
-        })
+        let (_, root) = x509_parser::parse_x509_certificate(&self.root.der)
+            .map_err(|e| Error::Internal(format!("{}: {e}", self.files.root_cert.display())))?;
+        if parsed.issuer().as_raw() == root.subject().as_raw()
+            && root_crl::verifies(
+                &root,
+                &parsed.signature_algorithm.algorithm.to_id_string(),
+                parsed.tbs_certificate.as_ref(),
+                &parsed.signature_value.data,
+            )
+        {
+            return Ok(());
+        }
+        Err(Error::FailedPrecondition(format!(
+            "{} is not signed by the root CA in {}",
+            path.display(),
+            self.files.root_cert.display()
+        )))
     }
 
     fn all(&self) -> Vec<Arc<IssuingCa>> {
@@ -396,47 +493,17 @@ impl Authority {
     /// after checking its issuer name and its signature with the CA's key. Anything else is
     /// refused: a forged file must not be able to revoke.
     pub fn read_own_crl(&self, issuer: IssuerId, der: &[u8]) -> Result<OwnCrl, Error> {
-        use x509_parser::prelude::FromDer;
-        let bad =
-            |why: String| Error::InvalidArgument(format!("not a CRL of the {issuer} CA: {why}"));
-        let (rest, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(der)
-            .map_err(|e| bad(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(bad("trailing bytes".into()));
-        }
         let ca = self.issuing(issuer)?;
-        if crl.tbs_cert_list.issuer.as_raw() != ca.subject_der.as_slice() {
-            return Err(bad("another issuer name".into()));
-        }
-        ring::signature::UnparsedPublicKey::new(
-            &ring::signature::ECDSA_P256_SHA256_ASN1,
-            &ca.key_bits,
-        )
-        .verify(crl.tbs_cert_list.as_ref(), &crl.signature_value.data)
-        .map_err(|_| bad("the signature does not verify".into()))?;
-        let number = crl
-            .crl_number()
-            .and_then(|n| n.to_string().parse::<u64>().ok())
-            .ok_or_else(|| bad("no CRL number".into()))?;
-        let entries = crl
-            .iter_revoked_certificates()
-            .map(|r| {
-                let reason = match r.reason_code() {
-                    Some((_, code)) => RevocationReason::from_code(code.0.into())?,
-                    None => None,
-                };
-                Ok(RevokedEntry {
-                    serial: r.raw_serial().to_vec(),
-                    revoked_at: r.revocation_date.to_datetime(),
-                    reason,
-                })
-            })
-            .collect::<Result<_, Error>>()?;
-        Ok(OwnCrl {
-            number,
-            this_update: crl.tbs_cert_list.this_update.to_datetime(),
-            entries,
+        root_crl::parse_crl(der, &ca.subject_der, |_, tbs, sig| {
+            ring::signature::UnparsedPublicKey::new(
+                &ring::signature::ECDSA_P256_SHA256_ASN1,
+                &ca.key_bits,
+            )
+            .verify(tbs, sig)
+            .is_ok()
         })
+        .map(|(crl, _)| crl)
+        .map_err(|why| Error::InvalidArgument(format!("not a CRL of the {issuer} CA: {why}")))
     }
 
     /// Signs CRL number `number` of `issuer` (RFC 5280 §5: v2, AKI, cRLNumber, nextUpdate).

@@ -211,7 +211,12 @@ impl Ca {
             .recorded_active(&disk, Profile::Server, &subject)
             .await?;
         let now = self.clock.now();
-        let due = now >= renew_after(disk.not_before, disk.not_after);
+        // Due at two thirds of its life, or at once when the root revoked its issuer.
+        let issuer_revoked = self
+            .authority
+            .issuer_of_certificate(&disk.der)
+            .is_some_and(|id| self.authority.revoked_by_root(id).is_some());
+        let due = now >= renew_after(disk.not_before, disk.not_after) || issuer_revoked;
         if active && !due && disk.key.is_some() {
             return Ok(false);
         }

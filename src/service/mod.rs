@@ -601,14 +601,18 @@ impl Ca {
 
     /// The issuing-CA generations still in service at `now`: their certificates have not
     /// ended, so what they signed may still be valid. Each keeps a CRL, an OCSP responder and
-    /// its place in the trust bundle and the TLS verifier. The current generation of each
-    /// CA always counts.
+    /// its place in the trust bundle and the TLS verifier. A generation the root's CRL
+    /// revokes is out of service. The current generation of each CA always counts (`medid
+    /// ca revoke-issuer` refuses to revoke it).
     pub fn issuers_in_service(&self) -> Vec<crate::issuance::IssuerInfo> {
         let now = self.clock.now();
         self.authority
             .issuers()
             .into_iter()
-            .filter(|i| i.not_after > now || self.authority.current(i.id.name).id == i.id)
+            .filter(|i| {
+                self.authority.current(i.id.name).id == i.id
+                    || (i.not_after > now && self.authority.revoked_by_root(i.id).is_none())
+            })
             .collect()
     }
 
@@ -638,7 +642,14 @@ impl Ca {
     pub async fn check_belonging(&self) -> Result<(), Error> {
         use policy::belonging::{judge, unrecorded, Belonging};
         let current = self.pki_fingerprints();
-        let recorded = self.store.pki_binding().await?;
+        // The root CRLs recorded are not parts the directory must match.
+        let recorded: Vec<_> = self
+            .store
+            .pki_binding()
+            .await?
+            .into_iter()
+            .filter(|f| f.part != crate::domain::PkiPart::RootCrl)
+            .collect();
         if judge(&recorded, &current)? == Belonging::First {
             if let Some((size, note, _)) = self.store.latest_checkpoint().await? {
                 if self.parse_own(&note).is_err() {

@@ -61,8 +61,9 @@ impl CrlSignal {
         self.applied.send_modify(|a| *a = (*a).max(generation));
     }
 
-    /// Records a signed CRL and returns its generation.
-    fn signed(&self) -> u64 {
+    /// Records a signed CRL (or a change to which CAs are in service) and returns its
+    /// generation.
+    pub(super) fn signed(&self) -> u64 {
         let mut generation = 0;
         self.signed.send_modify(|g| {
             *g += 1;
@@ -72,7 +73,7 @@ impl CrlSignal {
     }
 
     /// Waits until the TLS layer carries `generation`, if a TLS layer is listening.
-    async fn wait_applied(&self, generation: u64) {
+    pub(super) async fn wait_applied(&self, generation: u64) {
         if self.signed.receiver_count() == 0 {
             return;
         }
@@ -420,12 +421,23 @@ impl Ca {
         }
     }
 
-    /// Periodic upkeep: load issuing-CA generations `medid ca rotate` added, re-sign each CRL
-    /// at half its validity, renew OCSP responders and the TLS server certificate, and warn of
+    /// Periodic upkeep: load issuing-CA generations `medid ca rotate` added and the root CRL
+    /// `medid ca revoke-issuer` wrote, re-sign the root CRL when the root key is online, re-sign
+    /// each CRL at half its validity, renew OCSP responders and the TLS server certificate, and warn of
     /// CA certificates ending soon.
     pub async fn maintain(&self) -> Result<(), Error> {
         self.load_new_generations().await?;
         let now = self.clock.now();
+        if let Some(crl) = self
+            .authority
+            .renew_root_crl(now, crate::issuance::root_crl::ROOT_CRL_VALIDITY)?
+        {
+            tracing::info!(
+                number = crl.number,
+                "signed the root CA's CRL with the online root key"
+            );
+        }
+        self.record_root_crl().await?;
         for issuer in self.issuers_in_service().into_iter().map(|i| i.id) {
             let stale = match self.store.latest_crl(issuer).await? {
                 Some(crl) => now >= crl.this_update + self.crl_validity / 2,

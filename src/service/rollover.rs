@@ -46,7 +46,7 @@ impl Ca {
             let name = match fingerprint.part {
                 PkiPart::DeviceIdentityCa => IssuerName::DeviceIdentity,
                 PkiPart::OperationalCa => IssuerName::Operational,
-                PkiPart::Root | PkiPart::AuditSigningKey => continue,
+                PkiPart::Root | PkiPart::AuditSigningKey | PkiPart::RootCrl => continue,
             };
             let id = IssuerId { name, generation };
             let info = self.authority.issuer_cert(id)?;
@@ -68,6 +68,62 @@ impl Ca {
                 tracing::info!(issuer = %id, "recorded the rollover to issuing CA {id}");
             }
         }
+        Ok(())
+    }
+
+    /// Records the root CRL in service once: a `ca.root.crl` event with its number, validity
+    /// and the issuing-CA generations it revokes. A generation it revokes leaves service (its
+    /// CRL, OCSP responder and places in the trust bundle and the TLS verifier), so the TLS
+    /// verifier is rebuilt without it before this returns.
+    pub(super) async fn record_root_crl(&self) -> Result<(), Error> {
+        let Some(crl) = self.authority.root_crl() else {
+            return Ok(());
+        };
+        let fingerprint = crate::domain::PkiFingerprint {
+            part: PkiPart::RootCrl,
+            sha256: crate::service::fingerprint(&crl.der),
+        };
+        if self.store.pki_binding().await?.contains(&fingerprint) {
+            return Ok(());
+        }
+        let revoked: Vec<IssuerId> = self
+            .authority
+            .issuers()
+            .into_iter()
+            .map(|i| i.id)
+            .filter(|id| self.authority.revoked_by_root(*id).is_some())
+            .collect();
+        let event = AuditEvent::new(
+            self.clock.now(),
+            Actor::system(),
+            crate::audit::Action::CaRootCrl,
+            Target::ca("root"),
+        )
+        .with("number", crl.number as i64)
+        .with("this_update", crl.this_update.unix_timestamp())
+        .with("next_update", crl.next_update.unix_timestamp())
+        .with("entries", crl.entries.len() as i64)
+        .with(
+            "revoked_issuers",
+            revoked
+                .iter()
+                .map(|id| id.label())
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+        .with("crl_sha256", fingerprint.sha256.clone());
+        if self
+            .store
+            .bind_pki(std::slice::from_ref(&fingerprint), &event)
+            .await?
+        {
+            for id in &revoked {
+                tracing::warn!(issuer = %id, "the root CA revoked issuing CA {id}: out of service");
+            }
+            tracing::info!(number = crl.number, "recorded the root CA's CRL");
+        }
+        let generation = self.crls.signed();
+        self.crls.wait_applied(generation).await;
         Ok(())
     }
 
@@ -110,8 +166,19 @@ impl Ca {
             .collect()
     }
 
-    /// Logs a warning for each CA certificate [`Ca::ca_lifetimes`] warns about.
+    /// Logs a warning for each CA certificate [`Ca::ca_lifetimes`] warns about, and for a
+    /// root CRL whose nextUpdate is within `ca_expiry_warning` (with the root key online,
+    /// upkeep re-signs it long before).
     pub fn warn_ca_expiry(&self) {
+        if let Some(crl) = self.authority.root_crl() {
+            let days_left = (crl.next_update - self.clock.now()).whole_days();
+            if crl.next_update - self.clock.now() < self.ca_expiry_warning {
+                tracing::warn!(
+                    days_left,
+                    "the root CA's CRL reaches its nextUpdate in {days_left} days; sign the next one with `medid ca sign-root-crl` where the root key is kept"
+                );
+            }
+        }
         for life in self.ca_lifetimes() {
             let Some(days_left) = life.days_left_when_warned else {
                 continue;

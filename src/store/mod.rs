@@ -104,6 +104,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "audit_archives",
         include_str!("../../migrations/sqlite/0010_audit_archives.sql"),
     ),
+    (
+        11,
+        "merkle_edge",
+        include_str!("../../migrations/sqlite/0011_merkle_edge.sql"),
+    ),
 ];
 
 /// PostgreSQL migrations: the same schema, written for PostgreSQL from the start.
@@ -142,6 +147,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         7,
         "audit_archives",
         include_str!("../../migrations/postgres/0007_audit_archives.sql"),
+    ),
+    (
+        8,
+        "merkle_edge",
+        include_str!("../../migrations/postgres/0008_merkle_edge.sql"),
     ),
 ];
 
@@ -276,7 +286,7 @@ impl WriteTx {
                 let conn = guard.as_ref().expect(OPEN_WRITE);
                 // The fsync of the commit blocks; let the runtime move other tasks off this
                 // worker meanwhile.
-                let committed = blocking(|| conn.batch("COMMIT"));
+                let committed = crate::files::blocking(|| conn.batch("COMMIT"));
                 if committed.is_err() {
                     let _ = conn.batch("ROLLBACK");
                 }
@@ -287,14 +297,6 @@ impl WriteTx {
     }
 }
 
-/// Runs `f`, which blocks on disk, where the runtime allows it to without stalling other
-/// tasks (`block_in_place` on a multi-threaded runtime); directly elsewhere.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
-    }
-}
 /// A sqlx connection: PostgreSQL's, and SQLite's for rare writes and migrations.
 pub(crate) type Conn = sqlx::AnyConnection;
 

@@ -47,11 +47,13 @@ pub(super) async fn extend(
     fresh_first: i64,
     fresh: &[Hash],
 ) -> Result<(), Error> {
-    let from = covered(tx).await?;
+    let (from, edge): (i64, Option<Vec<u8>>) = tx
+        .one("SELECT size, edge FROM merkle_state WHERE id = 1", &[])
+        .await?;
     if from >= size {
         return Ok(());
     }
-    let mut stack = frontier(tx, from).await?;
+    let mut stack = right_edge(tx, from, edge).await?;
     let mut made = Vec::new();
     // Leaves from + 1 .. fresh_first - 1 (by seq) are older events: read them back.
     let older_end = (fresh_first - 1).min(size);
@@ -90,9 +92,57 @@ pub(super) async fn extend(
         }
     }
     insert_nodes(tx, &made).await?;
-    tx.execute("UPDATE merkle_state SET size = $1 WHERE id = 1", &[&size])
-        .await?;
+    let edge: Vec<u8> = size
+        .to_be_bytes()
+        .into_iter()
+        .chain(
+            stack
+                .iter()
+                .filter(|n| n.level < STORED_LEVEL)
+                .flat_map(|n| n.hash),
+        )
+        .collect();
+    tx.execute(
+        "UPDATE merkle_state SET size = $1, edge = $2 WHERE id = 1",
+        &[&size, &edge],
+    )
+    .await?;
     Ok(())
+}
+
+/// The complete subtrees that cover leaves `0 .. size` (the covered size, whose right edge
+/// below the stored level is `edge` when recorded), largest first. The stored nodes come
+/// from the tree, the small ones from `edge`: never from the newest events themselves, so a
+/// damaged row among them cannot stop the log from growing.
+async fn right_edge(tx: &mut Tx<'_>, size: i64, edge: Option<Vec<u8>>) -> Result<Vec<Node>, Error> {
+    let small = size & ((1i64 << STORED_LEVEL) - 1);
+    // The size it was written for, then one hash per small subtree.
+    let Some(hashes) = edge
+        .as_deref()
+        .and_then(|e| e.strip_prefix(&size.to_be_bytes()[..]))
+        .filter(|h| h.len() == 32 * small.count_ones() as usize)
+    else {
+        return frontier(tx, size).await;
+    };
+    let mut out = frontier(tx, size - small).await?;
+    let mut start = size - small;
+    let mut hashes = hashes.chunks_exact(32);
+    for level in (0..STORED_LEVEL).rev() {
+        let width = 1i64 << level;
+        if small & width != 0 {
+            let hash: Hash = hashes
+                .next()
+                .and_then(|h| h.try_into().ok())
+                .expect("the edge was checked to hold one hash per small subtree");
+            out.push(Node {
+                level,
+                idx: start >> level,
+                hash,
+            });
+            start += width;
+        }
+    }
+    Ok(out)
 }
 
 /// Pushes leaf `index` onto the right edge of the tree, merging the complete subtrees it
