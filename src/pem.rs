@@ -92,3 +92,15 @@ pub fn csr_der(bytes: &[u8]) -> Result<Vec<u8>, Error> {
     }
     Ok(first.as_ref().to_vec())
 }
+
+/// A CRL given as DER, or as a PEM `X509 CRL` block (the first).
+pub fn crl_der(bytes: &[u8]) -> Result<Vec<u8>, Error> {
+    use rustls_pki_types::pem::PemObject;
+    let text_start = bytes.iter().position(|b| !b.is_ascii_whitespace());
+    if !text_start.is_some_and(|i| bytes[i..].starts_with(b"-----BEGIN")) {
+        return Ok(bytes.to_vec());
+    }
+    rustls_pki_types::CertificateRevocationListDer::from_pem_slice(bytes)
+        .map(|der| der.as_ref().to_vec())
+        .map_err(|e| Error::InvalidArgument(format!("bad PEM CRL: {}", describe_error(&e))))
+}

@@ -111,6 +111,15 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
     config.validate()?;
     let files = PkiFiles::new(&config.pki_dir);
     let keys = config.key_source()?;
+    if !files.exists() && files.pending.exists() {
+        return Err(Error::FailedPrecondition(format!(
+            "the PKI in {} awaits its issuing-CA certificates: have {} and {} signed by the \
+             root, then run `medid ca install` (docs/DEPLOYMENT.md \"An existing root\")",
+            files.dir.display(),
+            files.device_ca_csr.display(),
+            files.operational_ca_csr.display()
+        )));
+    }
     if !files.exists() {
         if !config.create_dev_pki {
             return Err(Error::FailedPrecondition(format!(
@@ -128,6 +137,7 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
             ),
             profiles: profile_settings(config, TrustDomain::parse(DEV_TRUST_DOMAIN)?),
             keys: keys.clone(),
+            external_root: false,
         };
         bootstrap::init(&files, &opts, clock.now())?;
         tracing::warn!(dir = %files.dir.display(), "created a DEVELOPMENT PKI (see its README.md); not for production");

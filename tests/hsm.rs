@@ -30,7 +30,7 @@ struct SoftHsm {
     pin_file: PathBuf,
 }
 
-const TOKENS: [&str; 2] = ["medid-main", "medid-refusals"];
+const TOKENS: [&str; 3] = ["medid-main", "medid-refusals", "medid-external"];
 
 /// One test at a time: the module is process-wide, and the first test restarts it when its
 /// token comes back.
@@ -382,31 +382,17 @@ async fn ca_keys_in_softhsm_sign_everything_and_issuance_waits_out_a_lost_token(
     assert_eq!(server.ca.authority.root_crl().unwrap().number, 2);
 
     // pkilint over what the token signed.
-    if let Ok(lint) = std::env::var("MEDID_LINT_PKI") {
-        let out = work.join("lint");
-        std::fs::create_dir(&out).unwrap();
-        for name in ["root-ca.pem", "device-ca.pem", "operational-ca.pem"] {
-            std::fs::copy(server.pki(name), out.join(name)).unwrap();
-        }
-        for p in [&birth_pem, &good_pem, &station_pem] {
-            std::fs::copy(p, out.join(p.file_name().unwrap())).unwrap();
-        }
-        std::fs::copy(&crl, out.join("operational.crl")).unwrap();
-        std::fs::copy(server.pki("root.crl"), out.join("root.crl")).unwrap();
-        let (_, report) = run(Command::new(&lint).arg(&out));
-        assert!(
-            report.contains("lint-pki:"),
-            "lint-pki did not run: {report}"
-        );
-        // The one accepted finding, as in tests/pki_lint.rs: pkilint's URI check does not
-        // know the spiffe scheme.
-        let findings: Vec<&str> = report
-            .lines()
-            .filter(|l| l.contains("(ERROR)") || l.contains("(FATAL)") || l.contains("(WARNING)"))
-            .filter(|l| !(l.contains("pkix.invalid_uri_syntax") && l.contains("\"spiffe://")))
-            .collect();
-        assert!(findings.is_empty(), "pkilint findings:\n{report}");
+    let out = work.join("lint");
+    std::fs::create_dir(&out).unwrap();
+    for name in ["root-ca.pem", "device-ca.pem", "operational-ca.pem"] {
+        std::fs::copy(server.pki(name), out.join(name)).unwrap();
     }
+    for p in [&birth_pem, &good_pem, &station_pem] {
+        std::fs::copy(p, out.join(p.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(&crl, out.join("operational.crl")).unwrap();
+    std::fs::copy(server.pki("root.crl"), out.join("root.crl")).unwrap();
+    common::assert_pkilint_clean(&out);
 
     // The token goes away (its directory is moved aside): issuance answers UNAVAILABLE
     // with a clear message, while status reads, the CRL and OCSP keep being served.
@@ -568,4 +554,82 @@ async fn a_token_is_refused_at_start_with_a_wrong_pin_an_exposed_pin_file_or_a_f
             .contains("are in the PKCS#11 token \"medid-refusals\"; configure [pkcs11]"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuing_keys_in_the_token_are_certified_by_an_existing_root() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(hsm) = softhsm() else { return };
+    let token = TOKENS[2];
+    let dir = tempfile::tempdir().unwrap();
+    let p11 = hsm.config(token);
+    let config = toml_config(dir.path(), &p11);
+    let pki = dir.path().join("pki");
+
+    // The issuing keys and the audit key in the token, CSRs signed with them; no root key.
+    let (ok, text) = medid(
+        &[
+            "ca",
+            "init",
+            "--external-root",
+            "--trust-domain",
+            "hsm.test",
+        ],
+        &config,
+    );
+    assert!(ok, "{text}");
+    let listing = hsm.list_private_keys(token);
+    for label in ["medid-device-identity", "medid-operational", "medid-audit"] {
+        assert!(
+            listing.contains(&format!("label:      {label}\n")),
+            "no private key {label} in:\n{listing}"
+        );
+    }
+    assert!(!listing.contains("medid-root"), "{listing}");
+    for key in ["device-ca.key", "operational-ca.key", "audit-signing.key"] {
+        assert!(!pki.join(key).exists(), "{key} was written");
+    }
+    let work = tempfile::tempdir().unwrap();
+    let root = common::EnterpriseRoot::make(&work.path().join("root"), "Maker Root CA");
+    let (device, operational) = (work.path().join("device.pem"), work.path().join("op.pem"));
+    root.sign(&pki.join("device-ca.csr"), &device, common::ISSUING);
+    root.sign(
+        &pki.join("operational-ca.csr"),
+        &operational,
+        common::ISSUING,
+    );
+    let (ok, text) = medid(
+        &[
+            "ca",
+            "install",
+            "--root",
+            root.pem().to_str().unwrap(),
+            "--device-ca",
+            device.to_str().unwrap(),
+            "--operational-ca",
+            operational.to_str().unwrap(),
+        ],
+        &config,
+    );
+    assert!(ok, "{text}");
+
+    // The server signs with the token's keys under that root.
+    let server = TestServer::start_with(dir, common::system_now(), |c| {
+        c.pkcs11 = Some(p11.clone());
+    })
+    .await;
+    server.add_manufacturer("acme", &[]).await;
+    let station = server.station("acme", "line-1").await;
+    let birth = try_enroll(&server, &station, "EXT-HSM-1")
+        .await
+        .expect("enrollment");
+    let leaf = work.path().join("birth.pem");
+    std::fs::write(&leaf, &birth.certificate_pem).unwrap();
+    let (ok, text) = run(Command::new("openssl")
+        .args(["verify", "-x509_strict", "-CAfile"])
+        .arg(root.pem())
+        .arg("-untrusted")
+        .arg(&device)
+        .arg(&leaf));
+    assert!(ok && text.contains(": OK"), "{text}");
 }

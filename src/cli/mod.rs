@@ -152,8 +152,15 @@ pub struct BackupArgs {
 #[derive(Debug, Subcommand)]
 pub enum CaCommand {
     /// Create a root CA, the device-identity and operational CAs, the service's TLS
-    /// certificate, the audit-signing key and a first admin certificate.
+    /// certificate, the audit-signing key and a first admin certificate (with
+    /// --external-root: the issuing CAs' keys and CSRs for an existing root).
     Init(InitArgs),
+    /// Complete a PKI begun with `ca init --external-root`: install the issuing-CA
+    /// certificates the root signed, after checking each against its key and the root.
+    Install(InstallArgs),
+    /// Install the next generation of an issuing CA whose CSR `ca rotate --csr` made, once
+    /// the existing root has signed it; the running service loads it within a minute.
+    InstallIssuer(InstallIssuerArgs),
     /// Roll an issuing CA over: a new key and certificate, signed by the root, that signs
     /// every new certificate once the service loads it (within a minute, or at its next
     /// start). The old generation keeps its CRL and OCSP for what it signed until it ends.
@@ -231,6 +238,26 @@ pub struct RotateArgs {
     /// well-defined expiry.
     #[arg(long)]
     pub lifetime_days: Option<u32>,
+    /// For an existing root (`ca init --external-root`): make the next generation's key and
+    /// a CSR for the root to sign, then `medid ca install-issuer` (no root key needed).
+    #[arg(long, conflicts_with_all = ["root_key", "lifetime_days"])]
+    pub csr: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InstallIssuerArgs {
+    /// The service's TOML configuration, for its pki_dir (and its [pkcs11] token).
+    #[arg(long, env = "MEDID_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The PKI directory [default: the configuration's pki_dir, or certs-dev].
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Which issuing CA the certificate is the next generation of.
+    #[arg(long, value_enum)]
+    pub issuer: lifecycle::IssuerArg,
+    /// The certificate the root signed for the CSR of `ca rotate --csr` (PEM).
+    #[arg(long)]
+    pub cert: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -256,6 +283,39 @@ pub struct InitArgs {
     /// Replace existing material (the old CA keys are lost).
     #[arg(long)]
     pub force: bool,
+    /// The root is an existing one (an enterprise or offline root whose key medid never
+    /// holds): make the issuing CAs' keys and CSRs (device-ca.csr, operational-ca.csr) and
+    /// stop; `medid ca install` completes the PKI with the certificates the root signs.
+    #[arg(long)]
+    pub external_root: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// The service's TOML configuration (as for `ca init`).
+    #[arg(long, env = "MEDID_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The PKI directory `ca init --external-root` made [default: the configuration's
+    /// pki_dir, or certs-dev].
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// The root CA certificate (PEM): self-signed, the trust anchor relying parties hold.
+    #[arg(long)]
+    pub root: PathBuf,
+    /// The device-identity CA certificate the root signed for device-ca.csr (PEM).
+    #[arg(long)]
+    pub device_ca: PathBuf,
+    /// The operational CA certificate the root signed for operational-ca.csr (PEM).
+    #[arg(long)]
+    pub operational_ca: PathBuf,
+    /// The root's current CRL (DER or PEM), served at /crl/root.crl; without it the root
+    /// publishes its CRL elsewhere.
+    #[arg(long)]
+    pub root_crl: Option<PathBuf>,
+    /// Base URL for the CRL, OCSP and CA URLs in the certificates [default: the
+    /// configuration's public_base_url, or http://127.0.0.1:8080].
+    #[arg(long)]
+    pub public_base_url: Option<String>,
 }
 
 /// The exit status of `medid serve` when the drain deadline closed connections still open.
@@ -271,6 +331,8 @@ pub async fn run(cli: Cli) -> Result<std::process::ExitCode, Error> {
             })
         }
         Command::Ca(CaCommand::Init(args)) => ca_init(args),
+        Command::Ca(CaCommand::Install(args)) => ca_install(args),
+        Command::Ca(CaCommand::InstallIssuer(args)) => ca_install_issuer(args),
         Command::Ca(CaCommand::Rotate(args)) => ca_rotate(args),
         Command::Ca(CaCommand::RevokeIssuer(args)) => ca_revoke_issuer(args),
         Command::Ca(CaCommand::SignRootCrl(args)) => ca_sign_root_crl(args),
@@ -430,9 +492,54 @@ fn ca_init(args: InitArgs) -> Result<(), Error> {
         server_names,
         public_base_url,
         force,
+        external_root,
     } = args;
     let trust_domain = TrustDomain::parse(&trust_domain)?;
-    let mut config = match &config {
+    let config = init_config(config.as_deref(), dir, public_base_url)?;
+    let dir = config.pki_dir.clone();
+    let files = PkiFiles::new(&dir);
+    let opts = bootstrap::InitOptions {
+        trust_domain: trust_domain.clone(),
+        force,
+        server_names: server_names.clone(),
+        operational_ca_lifetime: time::Duration::days(config.operational_ca_validity_days.into()),
+        profiles: crate::server::profile_settings(&config, trust_domain),
+        keys: config.key_source()?,
+        external_root,
+    };
+    bootstrap::init(&files, &opts, SystemClock.now())?;
+    if external_root {
+        println!(
+            "made the issuing CAs' keys in {} for an existing root",
+            dir.display()
+        );
+        println!(
+            "  device-identity CA CSR: {}",
+            files.device_ca_csr.display()
+        );
+        println!(
+            "  operational CA CSR:     {}",
+            files.operational_ca_csr.display()
+        );
+        println!(
+            "  audit-signing key:      {}",
+            files.audit_public_key.display()
+        );
+        println!("have the root sign each CSR as a CA certificate with basicConstraints CA:TRUE, pathLenConstraint 0 (critical) and keyUsage keyCertSign, cRLSign (critical), then:");
+        println!("  medid ca install --dir {} --root ROOT.pem --device-ca DEVICE-CA.pem --operational-ca OPERATIONAL-CA.pem [--root-crl ROOT.crl]", dir.display());
+        return Ok(());
+    }
+    print_made(&config, &files, &opts);
+    Ok(())
+}
+
+/// The configuration `ca init` and `ca install` work with: the file's, with flags on top.
+fn init_config(
+    path: Option<&std::path::Path>,
+    dir: Option<PathBuf>,
+    public_base_url: Option<String>,
+) -> Result<Config, Error> {
+    let mut config = match path {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
     };
@@ -443,27 +550,57 @@ fn ca_init(args: InitArgs) -> Result<(), Error> {
         config.pki_dir = dir;
     }
     config.validate()?;
-    let dir = config.pki_dir.clone();
-    let files = PkiFiles::new(&dir);
+    Ok(config)
+}
+
+fn ca_install(args: InstallArgs) -> Result<(), Error> {
+    let config = init_config(args.config.as_deref(), args.dir, args.public_base_url)?;
+    let files = PkiFiles::new(&config.pki_dir);
+    let pending = bootstrap::PendingPki::load(&files)?;
+    let trust_domain = TrustDomain::parse(&pending.trust_domain)?;
+    let read = |path: &PathBuf| {
+        std::fs::read(path)
+            .map_err(|e| Error::InvalidArgument(format!("reading {}: {e}", path.display())))
+    };
+    let given = bootstrap::SignedByRoot {
+        root: read(&args.root)?,
+        device_identity: read(&args.device_ca)?,
+        operational: read(&args.operational_ca)?,
+        root_crl: args.root_crl.as_ref().map(read).transpose()?,
+    };
     let opts = bootstrap::InitOptions {
         trust_domain: trust_domain.clone(),
-        force,
-        server_names: server_names.clone(),
+        force: false,
+        server_names: pending.server_names.clone(),
         operational_ca_lifetime: time::Duration::days(config.operational_ca_validity_days.into()),
         profiles: crate::server::profile_settings(&config, trust_domain),
         keys: config.key_source()?,
+        external_root: true,
     };
-    bootstrap::init(&files, &opts, SystemClock.now())?;
+    bootstrap::install(&files, &opts, &given, SystemClock.now())?;
+    print_made(&config, &files, &opts);
+    if given.root_crl.is_none() {
+        println!("note: no --root-crl: /crl/root.crl answers 404 until a root.crl is placed in the PKI directory");
+    }
+    Ok(())
+}
+
+/// What `ca init` and `ca install` print once the PKI is complete.
+fn print_made(config: &Config, files: &PkiFiles, opts: &bootstrap::InitOptions) {
+    let dir = &files.dir;
+    let server_names = &opts.server_names;
     let token = opts
         .keys
         .token()
         .map(|(t, l)| (t.label().to_owned(), l.clone()));
     println!("created PKI in {}", dir.display());
     println!("  root CA:              {}", files.root_cert.display());
-    println!(
-        "  root CRL:             {} (nothing revoked; nextUpdate in a year)",
-        files.root_crl.display()
-    );
+    if !opts.external_root {
+        println!(
+            "  root CRL:             {} (nothing revoked; nextUpdate in a year)",
+            files.root_crl.display()
+        );
+    }
     println!("  device-identity CA:   {}", files.device_ca_cert.display());
     println!(
         "  operational CA:       {}",
@@ -477,10 +614,15 @@ fn ca_init(args: InitArgs) -> Result<(), Error> {
             println!("private keys (*.key) are mode 0600; keep them off shared disks");
         }
         Some((token, labels)) => {
+            let root = if opts.external_root {
+                String::new()
+            } else {
+                format!("{}, ", labels.root)
+            };
             println!(
                 "CA keys and the audit-signing key were generated in the PKCS#11 token {token:?} \
-                 (non-extractable): {}, {}, {}, {}",
-                labels.root, labels.device_identity, labels.operational, labels.audit
+                 (non-extractable): {root}{}, {}, {}",
+                labels.device_identity, labels.operational, labels.audit
             );
             println!(
                 "the service's TLS key and the first admin's key (*.key) are files of mode 0600"
@@ -494,7 +636,6 @@ fn ca_init(args: InitArgs) -> Result<(), Error> {
     if is_loopback_url(&config.public_base_url) {
         println!("note: the CRL and OCSP URLs point at this host's loopback; pass --public-base-url (or set public_base_url) for production");
     }
-    Ok(())
 }
 
 fn ca_revoke_issuer(args: RevokeIssuerArgs) -> Result<(), Error> {
@@ -540,9 +681,40 @@ fn ca_sign_root_crl(args: RootCeremony) -> Result<(), Error> {
     Ok(())
 }
 
+fn ca_install_issuer(args: InstallIssuerArgs) -> Result<(), Error> {
+    let (config, files, _) = RootCeremony {
+        config: args.config,
+        dir: args.dir,
+        root_key: None,
+    }
+    .open()?;
+    let pem = std::fs::read(&args.cert)
+        .map_err(|e| Error::InvalidArgument(format!("reading {}: {e}", args.cert.display())))?;
+    let name = args.issuer.name();
+    let made =
+        bootstrap::install_issuer(&files, &config.key_source()?, name, &pem, SystemClock.now())?;
+    print_generation(&config, &files, name, &made);
+    Ok(())
+}
+
 fn ca_rotate(args: RotateArgs) -> Result<(), Error> {
     let (config, files, root_key) = args.ceremony.open()?;
     let name = args.issuer.name();
+    if args.csr {
+        let (next, csr) = bootstrap::request_next_generation(&files, &config.key_source()?, name)?;
+        println!(
+            "made the key of {} CA generation {} and its CSR {}",
+            name.as_str(),
+            next.generation,
+            csr.display()
+        );
+        println!(
+            "have the root sign it as a CA certificate with basicConstraints CA:TRUE, pathLenConstraint 0 and keyUsage keyCertSign, cRLSign, then: medid ca install-issuer --issuer {} --cert FILE --dir {}",
+            name.as_str(),
+            files.dir.display()
+        );
+        return Ok(());
+    }
     let made = bootstrap::rotate(
         &files,
         &config.key_source()?,
@@ -555,6 +727,17 @@ fn ca_rotate(args: RotateArgs) -> Result<(), Error> {
         ),
         SystemClock.now(),
     )?;
+    print_generation(&config, &files, name, &made);
+    Ok(())
+}
+
+/// What `ca rotate` and `ca install-issuer` print about the generation they made.
+fn print_generation(
+    config: &Config,
+    files: &PkiFiles,
+    name: crate::issuance::IssuerName,
+    made: &crate::issuance::IssuerInfo,
+) {
     let (cert, _) = files.issuing_ca(made.id);
     println!(
         "created {} CA generation {} in {}, valid until {}",
@@ -570,7 +753,6 @@ fn ca_rotate(args: RotateArgs) -> Result<(), Error> {
         made.id
     );
     println!("the older generations keep publishing CRLs and OCSP for what they signed until they end; keep their files");
-    Ok(())
 }
 
 /// True when `url`'s host is a loopback name or address.

@@ -51,6 +51,10 @@ pub struct PkiFiles {
     pub audit_public_key: PathBuf,
     pub admin_cert: PathBuf,
     pub admin_key: PathBuf,
+    /// `ca init --external-root`: what it made, awaiting `ca install`.
+    pub pending: PathBuf,
+    pub device_ca_csr: PathBuf,
+    pub operational_ca_csr: PathBuf,
 }
 
 impl PkiFiles {
@@ -72,11 +76,17 @@ impl PkiFiles {
             audit_public_key: f("audit-signing.pub"),
             admin_cert: f("admin.pem"),
             admin_key: f("admin.key"),
+            pending: f("pending.json"),
+            device_ca_csr: f("device-ca.csr"),
+            operational_ca_csr: f("operational-ca.csr"),
         }
     }
 
-    fn all(&self) -> [&PathBuf; 15] {
+    fn all(&self) -> [&PathBuf; 18] {
         [
+            &self.pending,
+            &self.device_ca_csr,
+            &self.operational_ca_csr,
             &self.metadata,
             &self.root_cert,
             &self.root_key,
@@ -128,6 +138,12 @@ impl PkiFiles {
         }
     }
 
+    /// The CSR of an issuing-CA generation whose certificate an existing root signs
+    /// (`device-ca.csr`, `operational-ca-2.csr`, …).
+    pub fn issuing_csr(&self, id: IssuerId) -> PathBuf {
+        self.issuing_ca(id).0.with_extension("csr")
+    }
+
     /// True when `ca init` has completed in this directory.
     pub fn exists(&self) -> bool {
         self.metadata.exists()
@@ -176,12 +192,48 @@ pub struct InitOptions {
     pub profiles: ProfileSettings,
     /// Where the CA keys and the audit-signing key are made.
     pub keys: KeySource,
+    /// The root is an existing one (an enterprise or offline root medid never holds the key
+    /// of): stop after the issuing CAs' keys and CSRs, for `ca install`.
+    pub external_root: bool,
+}
+
+/// What `ca init --external-root` leaves in `pending.json` for `ca install`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PendingPki {
+    pub trust_domain: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(default, skip_serializing_if = "is_files")]
+    pub key_custody: KeyCustody,
+    /// The names of the service's TLS certificate, made at install.
+    pub server_names: Vec<String>,
+}
+
+impl PendingPki {
+    /// The pending PKI of `files`; ALREADY_EXISTS once it is complete.
+    pub fn load(files: &PkiFiles) -> Result<Self, Error> {
+        if files.exists() {
+            return Err(Error::AlreadyExists(format!(
+                "{} is a complete PKI already",
+                files.dir.display()
+            )));
+        }
+        let text = fs::read_to_string(&files.pending).map_err(|e| {
+            Error::FailedPrecondition(format!(
+                "reading {}: {e} (run `medid ca init --external-root` first)",
+                files.pending.display()
+            ))
+        })?;
+        serde_json::from_str(&text)
+            .map_err(|e| Error::Internal(format!("{}: {e}", files.pending.display())))
+    }
 }
 
 /// Creates the PKI in `files.dir`. Refuses to overwrite existing material unless `force`.
 pub fn init(files: &PkiFiles, opts: &InitOptions, now: OffsetDateTime) -> Result<(), Error> {
     if !opts.force {
-        let existing: Vec<String> = files.all()[..14]
+        let existing: Vec<String> = files.all()[..17]
             .iter()
             .filter(|p| p.exists())
             .map(|p| p.display().to_string())
@@ -209,6 +261,7 @@ pub fn init(files: &PkiFiles, opts: &InitOptions, now: OffsetDateTime) -> Result
         // A token's keys are never replaced, --force or not: refuse before making any.
         let held: Vec<String> = roles
             .iter()
+            .filter(|(role, _)| !(opts.external_root && *role == KeyRole::Root))
             .filter(|(role, file)| opts.keys.has(*role, file))
             .map(|(role, _)| match role {
                 KeyRole::Root => labels.root.clone(),
@@ -246,6 +299,9 @@ pub fn init(files: &PkiFiles, opts: &InitOptions, now: OffsetDateTime) -> Result
     }
 
     let td = opts.trust_domain.as_str();
+    if opts.external_root {
+        return request_issuing_certificates(files, opts, now);
+    }
     let ca_not_before = now - Duration::hours(1);
 
     // Root: self-signed, no AKI (RFC 5280 §4.2.1.1 allows omitting it on a self-signed root).
@@ -305,6 +361,71 @@ pub fn init(files: &PkiFiles, opts: &InitOptions, now: OffsetDateTime) -> Result
     operational_key.keep(&files.operational_ca_key)?;
     write_public(&files.operational_ca_cert, &operational_cert.pem())?;
 
+    make_audit_key(files, &opts.keys)?;
+    finish(files, opts, td, now)
+}
+
+/// `ca init --external-root`: the issuing CAs' keys (files or the token), a CSR for each
+/// (subject `O=<trust domain>, CN=medid … CA`, asking for basicConstraints CA with
+/// pathLenConstraint 0 and keyUsage keyCertSign, cRLSign, digitalSignature), the audit key,
+/// then `pending.json` last.
+fn request_issuing_certificates(
+    files: &PkiFiles,
+    opts: &InitOptions,
+    now: OffsetDateTime,
+) -> Result<(), Error> {
+    let td = opts.trust_domain.as_str();
+    for (name, key_path, csr_path) in [
+        (
+            IssuerName::DeviceIdentity,
+            &files.device_ca_key,
+            &files.device_ca_csr,
+        ),
+        (
+            IssuerName::Operational,
+            &files.operational_ca_key,
+            &files.operational_ca_csr,
+        ),
+    ] {
+        let id = IssuerId::first(name);
+        let key = opts.keys.generate(KeyRole::Issuing(id))?;
+        let pem = issuing_csr(td, id, &key)?;
+        key.keep(key_path)?;
+        write_public(csr_path, &pem)?;
+    }
+    make_audit_key(files, &opts.keys)?;
+    let pending = PendingPki {
+        trust_domain: td.to_owned(),
+        created_at: now,
+        key_custody: opts.keys.custody(),
+        server_names: opts.server_names.clone(),
+    };
+    let json = serde_json::to_string_pretty(&pending)
+        .map_err(|e| Error::internal("encoding pending.json", e))?;
+    write_public(&files.pending, &(json + "\n"))
+}
+
+/// The audit-signing key: Ed25519, not a CA key (DESIGN.md "Audit ledger").
+fn make_audit_key(files: &PkiFiles, keys: &KeySource) -> Result<(), Error> {
+    let audit_key = keys.generate(KeyRole::Audit)?;
+    audit_key.keep(&files.audit_key)?;
+    write_public(
+        &files.audit_public_key,
+        &crate::pem::encode(
+            "PUBLIC KEY",
+            &rcgen::PublicKeyData::subject_public_key_info(&audit_key),
+        ),
+    )
+}
+
+/// The end of `ca init` and of `ca install`, once the CA certificates are in place: the
+/// service's TLS certificate, the first admin, then `pki.json`, which makes the PKI.
+fn finish(
+    files: &PkiFiles,
+    opts: &InitOptions,
+    td: &str,
+    now: OffsetDateTime,
+) -> Result<(), Error> {
     let authority = super::Authority::load(&files.dir, opts.keys.clone())?;
     let operational = authority.current(IssuerName::Operational);
     let operational_der = authority.issuer_cert(operational.id)?.der;
@@ -352,17 +473,6 @@ pub fn init(files: &PkiFiles, opts: &InitOptions, now: OffsetDateTime) -> Result
     write_private(&files.admin_key, &admin_key.serialize_pem())?;
     write_public(&files.admin_cert, &crate::pem::certificate(&admin_cert.der))?;
 
-    // The audit-signing key: Ed25519, not a CA key (DESIGN.md "Audit ledger").
-    let audit_key = opts.keys.generate(KeyRole::Audit)?;
-    audit_key.keep(&files.audit_key)?;
-    write_public(
-        &files.audit_public_key,
-        &crate::pem::encode(
-            "PUBLIC KEY",
-            &rcgen::PublicKeyData::subject_public_key_info(&audit_key),
-        ),
-    )?;
-
     let metadata = PkiMetadata {
         trust_domain: td.to_owned(),
         created_at: now,
@@ -371,6 +481,316 @@ pub fn init(files: &PkiFiles, opts: &InitOptions, now: OffsetDateTime) -> Result
     let json = serde_json::to_string_pretty(&metadata)
         .map_err(|e| Error::internal("encoding pki.json", e))?;
     write_public(&files.metadata, &(json + "\n"))?;
+    Ok(())
+}
+
+/// The certificates `ca install` takes: the root's and the two issuing CAs' (PEM), and
+/// optionally the root's current CRL (DER or PEM).
+#[derive(Debug, Clone)]
+pub struct SignedByRoot {
+    pub root: Vec<u8>,
+    pub device_identity: Vec<u8>,
+    pub operational: Vec<u8>,
+    pub root_crl: Option<Vec<u8>>,
+}
+
+/// `medid ca install`: completes a PKI that `ca init --external-root` began, with the
+/// certificates the existing root signed for its CSRs. Everything is checked before anything
+/// is written: the root is a self-signed CA certificate in its validity; each issuing-CA
+/// certificate certifies the key made for it, is signed by that root, is valid now, and is a
+/// CA with pathLenConstraint 0, keyCertSign and cRLSign; the three subjects differ; a root
+/// CRL verifies with the root. Then the certificates are written, the service's TLS
+/// certificate and the first admin are issued, and `pki.json` makes the PKI.
+pub fn install(
+    files: &PkiFiles,
+    opts: &InitOptions,
+    given: &SignedByRoot,
+    now: OffsetDateTime,
+) -> Result<PkiMetadata, Error> {
+    let pending = PendingPki::load(files)?;
+    opts.keys.check(&pending.key_custody, &files.dir)?;
+    let bad = |what: &str, why: String| Error::InvalidArgument(format!("{what}: {why}"));
+    let one = |what: &str, pem: &[u8]| -> Result<Vec<u8>, Error> {
+        let certs = crate::pem::parse_certificates(pem).map_err(|e| bad(what, e.to_string()))?;
+        match certs.as_slice() {
+            [one] => Ok(one.to_vec()),
+            _ => Err(bad(
+                what,
+                format!("{} certificates; give exactly one", certs.len()),
+            )),
+        }
+    };
+    let root_der = one("the root certificate", &given.root)?;
+    let (_, root) = x509_parser::parse_x509_certificate(&root_der)
+        .map_err(|e| bad("the root certificate", e.to_string()))?;
+    if root.subject().as_raw() != root.issuer().as_raw()
+        || !super::root_crl::verifies(
+            &root,
+            &root.signature_algorithm.algorithm.to_id_string(),
+            root.tbs_certificate.as_ref(),
+            &root.signature_value.data,
+        )
+    {
+        return Err(bad(
+            "the root certificate",
+            "not self-signed (give the root itself, not an intermediate)".into(),
+        ));
+    }
+    check_ca(&root, "the root certificate", now, false)?;
+    let mut subjects = vec![root.subject().as_raw().to_vec()];
+    let mut issuing = Vec::new();
+    for (name, pem, key_path) in [
+        (
+            IssuerName::DeviceIdentity,
+            &given.device_identity,
+            &files.device_ca_key,
+        ),
+        (
+            IssuerName::Operational,
+            &given.operational,
+            &files.operational_ca_key,
+        ),
+    ] {
+        let id = IssuerId::first(name);
+        let what = format!("the {} CA certificate", name.as_str());
+        let der = one(&what, pem)?;
+        let key = opts.keys.load(KeyRole::Issuing(id), key_path)?;
+        let subject = check_issuing(
+            &root,
+            &what,
+            &der,
+            &key,
+            &files.issuing_csr(id),
+            &subjects,
+            now,
+        )?;
+        subjects.push(subject);
+        issuing.push((id, der));
+    }
+    let root_crl = match &given.root_crl {
+        Some(bytes) => Some(
+            RootCrl::read(&root_der, &crate::pem::crl_der(bytes)?)
+                .map_err(|e| bad("the root CRL", e.to_string()))?,
+        ),
+        None => None,
+    };
+
+    write_public(&files.root_cert, &crate::pem::certificate(&root_der))?;
+    for (id, der) in &issuing {
+        write_public(&files.issuing_ca(*id).0, &crate::pem::certificate(der))?;
+    }
+    if let Some(crl) = &root_crl {
+        write_public_bytes(&files.root_crl, &crl.der)?;
+    }
+    let opts = InitOptions {
+        server_names: pending.server_names.clone(),
+        ..opts.clone()
+    };
+    finish(files, &opts, &pending.trust_domain, now)?;
+    for spent in [
+        &files.pending,
+        &files.device_ca_csr,
+        &files.operational_ca_csr,
+    ] {
+        if let Err(e) = fs::remove_file(spent) {
+            tracing::warn!(file = %spent.display(), error = %e, "removing what ca install no longer needs");
+        }
+    }
+    PkiMetadata::load(files)
+}
+
+/// Checks `der`, a certificate an existing root signed for an issuing CA's CSR: it certifies
+/// `key`, `root` signed it, it is an issuing CA valid now ([`check_ca`]), and its subject is
+/// none of `taken`. Returns its subject (DER).
+fn check_issuing(
+    root: &x509_parser::certificate::X509Certificate<'_>,
+    what: &str,
+    der: &[u8],
+    key: &CaKey,
+    csr: &Path,
+    taken: &[Vec<u8>],
+    now: OffsetDateTime,
+) -> Result<Vec<u8>, Error> {
+    let bad = |why: String| Error::InvalidArgument(format!("{what}: {why}"));
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| bad(e.to_string()))?;
+    if cert.public_key().subject_public_key.data.as_ref() != key.public_raw() {
+        return Err(bad(format!(
+            "it does not certify the key made for it (its CSR is {})",
+            csr.display()
+        )));
+    }
+    if cert.issuer().as_raw() != root.subject().as_raw()
+        || !super::root_crl::verifies(
+            root,
+            &cert.signature_algorithm.algorithm.to_id_string(),
+            cert.tbs_certificate.as_ref(),
+            &cert.signature_value.data,
+        )
+    {
+        return Err(bad("not signed by the root certificate".into()));
+    }
+    check_ca(&cert, what, now, true)?;
+    if taken.iter().any(|s| s == cert.subject().as_raw()) {
+        return Err(bad(format!(
+            "its subject {} is also another CA's; each CA needs a name of its own",
+            cert.subject()
+        )));
+    }
+    Ok(cert.subject().as_raw().to_vec())
+}
+
+/// The CSR (PEM) of issuing CA `id` for an existing root to sign, signed with its `key`:
+/// `O=<trust domain>, CN=medid … CA`, asking for basicConstraints CA with pathLenConstraint 0
+/// and keyUsage keyCertSign, cRLSign, digitalSignature.
+fn issuing_csr(trust_domain: &str, id: IssuerId, key: &CaKey) -> Result<String, Error> {
+    let now = OffsetDateTime::now_utc();
+    let mut params = ca_params(trust_domain, &issuing_ca_name(id), now, now, Some(0));
+    // Neither has a place in a CSR.
+    params.serial_number = None;
+    params.use_authority_key_identifier_extension = false;
+    params
+        .serialize_request(key)
+        .map_err(|e| signing_error("signing the issuing CA's CSR", e))?
+        .pem()
+        .map_err(|e| Error::internal("encoding the CSR", e))
+}
+
+/// The PKI of `files` (whose key custody `keys` must match), loaded, and the id the next
+/// generation of `name` would have.
+fn next_generation(
+    files: &PkiFiles,
+    keys: &KeySource,
+    name: IssuerName,
+) -> Result<(PkiMetadata, super::Authority, IssuerId), Error> {
+    let metadata = PkiMetadata::load(files)?;
+    keys.check(&metadata.key_custody, &files.dir)?;
+    let authority = super::Authority::load(&files.dir, keys.clone())?;
+    let next = IssuerId {
+        name,
+        generation: authority.current(name).id.generation + 1,
+    };
+    Ok((metadata, authority, next))
+}
+
+/// `medid ca rotate --csr`, for an existing root: the next generation's key
+/// (`operational-ca-2.key`, or in the token) and its CSR (`operational-ca-2.csr`) for the root
+/// to sign; [`install_issuer`] completes it. Nothing is in service until then (only a
+/// certificate makes a generation). Refused while an earlier request awaits its certificate.
+pub fn request_next_generation(
+    files: &PkiFiles,
+    keys: &KeySource,
+    name: IssuerName,
+) -> Result<(IssuerId, PathBuf), Error> {
+    let (metadata, _, next) = next_generation(files, keys, name)?;
+    let (_, key_path) = files.issuing_ca(next);
+    let csr_path = files.issuing_csr(next);
+    if csr_path.exists() || keys.has(KeyRole::Issuing(next), &key_path) {
+        return Err(Error::AlreadyExists(format!(
+            "generation {} of the {} CA awaits its certificate ({}); install it with `medid ca \
+             install-issuer`, or remove its key and CSR to start again",
+            next.generation,
+            name.as_str(),
+            csr_path.display()
+        )));
+    }
+    let key = keys.generate(KeyRole::Issuing(next))?;
+    let pem = issuing_csr(&metadata.trust_domain, next, &key)?;
+    key.keep(&key_path)?;
+    write_public(&csr_path, &pem)?;
+    Ok((next, csr_path))
+}
+
+/// `medid ca install-issuer`: installs the certificate the root signed for the generation
+/// [`request_next_generation`] requested, after [`check_issuing`] (against the root in the
+/// PKI directory and the subjects of the root and every generation). A running service loads
+/// it at its next upkeep, as after `ca rotate`.
+pub fn install_issuer(
+    files: &PkiFiles,
+    keys: &KeySource,
+    name: IssuerName,
+    cert_pem: &[u8],
+    now: OffsetDateTime,
+) -> Result<IssuerInfo, Error> {
+    let (_, authority, next) = next_generation(files, keys, name)?;
+    let (cert_path, key_path) = files.issuing_ca(next);
+    let csr_path = files.issuing_csr(next);
+    if !csr_path.exists() {
+        return Err(Error::FailedPrecondition(format!(
+            "no request for generation {} of the {} CA awaits a certificate ({} is missing); \
+             run `medid ca rotate --issuer {} --csr` first",
+            next.generation,
+            name.as_str(),
+            csr_path.display(),
+            name.as_str()
+        )));
+    }
+    let what = format!("the certificate for {next}");
+    let certs = crate::pem::parse_certificates(cert_pem)
+        .map_err(|e| Error::InvalidArgument(format!("{what}: {e}")))?;
+    let [der] = certs.as_slice() else {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: {} certificates; give exactly one",
+            certs.len()
+        )));
+    };
+    let root_der = authority.root().der.clone();
+    let (_, root) = x509_parser::parse_x509_certificate(&root_der)
+        .map_err(|e| Error::Internal(format!("{}: {e}", files.root_cert.display())))?;
+    let mut taken = vec![root.subject().as_raw().to_vec()];
+    for info in authority.issuers() {
+        let ca = authority.issuer_cert(info.id)?;
+        if let Ok((_, c)) = x509_parser::parse_x509_certificate(&ca.der) {
+            taken.push(c.subject().as_raw().to_vec());
+        }
+    }
+    let key = keys.load(KeyRole::Issuing(next), &key_path)?;
+    check_issuing(&root, &what, der, &key, &csr_path, &taken, now)?;
+    write_public(&cert_path, &crate::pem::certificate(der))?;
+    if let Err(e) = fs::remove_file(&csr_path) {
+        tracing::warn!(file = %csr_path.display(), error = %e, "removing the CSR ca install-issuer no longer needs");
+    }
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| Error::Internal(format!("{what}: {e}")))?;
+    Ok(IssuerInfo {
+        id: next,
+        not_after: cert.validity().not_after.to_datetime(),
+    })
+}
+
+/// A CA certificate valid at `now` (basicConstraints CA, keyCertSign and cRLSign; an issuing
+/// CA also pathLenConstraint 0, as its CSR asked).
+fn check_ca(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+    what: &str,
+    now: OffsetDateTime,
+    issuing: bool,
+) -> Result<(), Error> {
+    let bad = |why: String| Error::InvalidArgument(format!("{what}: {why}"));
+    let validity = cert.validity();
+    if validity.not_before.to_datetime() > now || validity.not_after.to_datetime() <= now {
+        return Err(bad(format!(
+            "valid {} to {}, not now",
+            validity.not_before, validity.not_after
+        )));
+    }
+    let constraints = cert.basic_constraints().ok().flatten().map(|b| b.value);
+    match constraints {
+        Some(b) if b.ca => {
+            if issuing && b.path_len_constraint != Some(0) {
+                return Err(bad(format!(
+                    "pathLenConstraint {}; an issuing CA of medid signs only end-entity \
+                     certificates: sign it with pathLenConstraint 0, as its CSR asks",
+                    b.path_len_constraint
+                        .map_or("absent".to_owned(), |n| n.to_string())
+                )));
+            }
+        }
+        _ => return Err(bad("not a CA certificate (basicConstraints CA:TRUE)".into())),
+    }
+    let usage = cert.key_usage().ok().flatten().map(|k| k.value);
+    if !usage.is_some_and(|k| k.key_cert_sign() && k.crl_sign()) {
+        return Err(bad("its keyUsage lacks keyCertSign or cRLSign".into()));
+    }
     Ok(())
 }
 

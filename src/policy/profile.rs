@@ -150,7 +150,12 @@ impl ProfileSettings {
             serial: device_serial,
             udi_di,
         } = *device;
-        let validity = (now - BACKDATE, no_well_defined_expiry());
+        // No well-defined expiry (IEEE 802.1AR), or the device-identity CA's end where an
+        // existing root gave it one.
+        let validity = (
+            now - BACKDATE,
+            no_well_defined_expiry().min(issuer.not_after),
+        );
         let mut t = self.template(issuer.id, serial, validity, public_key);
         t.subject = SubjectName {
             organization: Some(manufacturer_name.to_owned()),

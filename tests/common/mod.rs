@@ -671,3 +671,135 @@ pub async fn anonymous_channel(server: &TestServer) -> Channel {
         .await
         .unwrap()
 }
+
+/// The extensions an existing root gives medid's issuing CAs (OpenSSL x509v3 config lines).
+pub const ISSUING: &str = "basicConstraints = critical,CA:TRUE,pathlen:0\n\
+                           keyUsage = critical,keyCertSign,cRLSign,digitalSignature";
+
+/// Runs `cmd`, which must succeed; its stdout and stderr.
+fn succeeds(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{cmd:?}: {text}");
+    text
+}
+
+/// An existing (enterprise) root made with OpenSSL, independent of medid: an RSA-3072 key and
+/// certificate, and an `openssl ca` setup for its CRL.
+pub struct EnterpriseRoot {
+    pub dir: PathBuf,
+}
+
+impl EnterpriseRoot {
+    pub fn make(dir: &Path, name: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        succeeds(
+            std::process::Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "rsa:3072", "-nodes", "-sha256"])
+                .args(["-days", "3650", "-subj", &format!("/O=Hospital/CN={name}")])
+                .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+                .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+                .arg("-keyout")
+                .arg(dir.join("root.key"))
+                .arg("-out")
+                .arg(dir.join("root.pem")),
+        );
+        std::fs::write(dir.join("index.txt"), "").unwrap();
+        std::fs::write(dir.join("crlnumber"), "01\n").unwrap();
+        std::fs::write(
+            dir.join("ca.cnf"),
+            format!(
+                "[ca]\ndefault_ca = root\n[root]\ndatabase = {}\ncrlnumber = {}\n\
+                 certificate = {}\nprivate_key = {}\ndefault_md = sha256\n\
+                 default_crl_days = 365\ncrl_extensions = crl_ext\n\
+                 [crl_ext]\nauthorityKeyIdentifier = keyid:always\n",
+                dir.join("index.txt").display(),
+                dir.join("crlnumber").display(),
+                dir.join("root.pem").display(),
+                dir.join("root.key").display()
+            ),
+        )
+        .unwrap();
+        Self {
+            dir: dir.to_owned(),
+        }
+    }
+
+    pub fn pem(&self) -> PathBuf {
+        self.dir.join("root.pem")
+    }
+
+    /// Signs `csr` as a CA certificate with the extensions given (openssl x509 -req).
+    pub fn sign(&self, csr: &Path, out: &Path, extensions: &str) {
+        let ext = self.dir.join("ext.cnf");
+        std::fs::write(
+            &ext,
+            format!(
+                "[v3]\n{extensions}\nsubjectKeyIdentifier = hash\n\
+                 authorityKeyIdentifier = keyid:always\n"
+            ),
+        )
+        .unwrap();
+        succeeds(
+            std::process::Command::new("openssl")
+                .args(["x509", "-req", "-sha256", "-days", "1825", "-set_serial"])
+                .arg(format!("0x{:016x}", rand_serial()))
+                .arg("-in")
+                .arg(csr)
+                .arg("-CA")
+                .arg(self.pem())
+                .arg("-CAkey")
+                .arg(self.dir.join("root.key"))
+                .arg("-extfile")
+                .arg(&ext)
+                .args(["-extensions", "v3"])
+                .arg("-out")
+                .arg(out),
+        );
+    }
+
+    pub fn crl(&self) -> PathBuf {
+        let out = self.dir.join("root.crl.pem");
+        succeeds(
+            std::process::Command::new("openssl")
+                .args(["ca", "-gencrl", "-config"])
+                .arg(self.dir.join("ca.cnf"))
+                .arg("-out")
+                .arg(&out),
+        );
+        out
+    }
+}
+
+fn rand_serial() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    (t.as_nanos() as u64) | (1 << 62)
+}
+
+/// pkilint over every certificate, CRL and OCSP response in `dir`, through the lint-pki
+/// script `MEDID_LINT_PKI` names (`.ci/run` sets it; unset, nothing runs). Any finding fails,
+/// but for pkilint's URI check not knowing the spiffe scheme (tests/pki_lint.rs says why).
+pub fn assert_pkilint_clean(dir: &Path) {
+    let Ok(lint) = std::env::var("MEDID_LINT_PKI") else {
+        return;
+    };
+    let out = std::process::Command::new(&lint)
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("MEDID_LINT_PKI={lint} cannot run: {e}"));
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        report.contains("lint-pki:"),
+        "lint-pki did not run: {report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let findings: Vec<&str> = report
+        .lines()
+        .filter(|l| l.contains("(ERROR)") || l.contains("(FATAL)") || l.contains("(WARNING)"))
+        .filter(|l| !(l.contains("pkix.invalid_uri_syntax") && l.contains("\"spiffe://")))
+        .collect();
+    assert!(findings.is_empty(), "pkilint findings:\n{report}");
+}
