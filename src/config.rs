@@ -167,6 +167,23 @@ pub struct Pkcs11Config {
     /// Labels of the keys in the token.
     #[serde(default)]
     pub key_labels: crate::issuance::keys::KeyLabels,
+    /// The root key on a token of its own.
+    #[serde(default)]
+    pub root: Option<Pkcs11RootConfig>,
+}
+
+/// `[pkcs11.root]`: the root key on a token of its own (an offline HSM or smartcard brought in
+/// for key ceremonies). It belongs in the configuration those ceremonies use (`ca init`, `ca
+/// rotate`, `ca revoke-issuer`, `ca sign-root-crl`); the service's configuration leaves it
+/// out, so the service never opens the root's token.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11RootConfig {
+    /// Its module [default: `[pkcs11] module`].
+    pub module: Option<PathBuf>,
+    pub token_label: String,
+    /// A file holding its user PIN, mode 0600.
+    pub pin_file: PathBuf,
 }
 
 fn default_sessions() -> usize {
@@ -197,9 +214,22 @@ impl Config {
     /// Where this configuration keeps the CA keys: the `[pkcs11]` token (opened and logged
     /// in), or files.
     pub fn key_source(&self) -> Result<crate::issuance::keys::KeySource, Error> {
-        crate::issuance::keys::KeySource::open(
+        let source = crate::issuance::keys::KeySource::open(
             self.pkcs11.as_ref().map(Pkcs11Config::settings).as_ref(),
-        )
+        )?;
+        match self
+            .pkcs11
+            .as_ref()
+            .and_then(|p| Some((p, p.root.as_ref()?)))
+        {
+            Some((p, root)) => source.with_root_token(&crate::issuance::hsm::TokenSettings {
+                module: root.module.clone().unwrap_or_else(|| p.module.clone()),
+                token_label: root.token_label.clone(),
+                pin_file: root.pin_file.clone(),
+                sessions: 1,
+            }),
+            None => Ok(source),
+        }
     }
 
     /// Reads a TOML file; keys it omits keep their defaults, except `create_dev_pki`, which a
@@ -263,6 +293,22 @@ impl Config {
                 return Err(Error::InvalidArgument(
                     "pkcs11.sessions must be 1 to 256".into(),
                 ));
+            }
+            if let Some(root) = &p.root {
+                if root.token_label.is_empty() || root.token_label.len() > 32 {
+                    return Err(Error::InvalidArgument(
+                        "pkcs11.root.token_label must be 1 to 32 characters".into(),
+                    ));
+                }
+                if root.token_label == p.token_label
+                    && root.module.as_ref().is_none_or(|m| *m == p.module)
+                {
+                    return Err(Error::InvalidArgument(
+                        "pkcs11.root names the issuing keys' own token; leave [pkcs11.root] out \
+                         to keep the root key there"
+                            .into(),
+                    ));
+                }
             }
             let l = &p.key_labels;
             let labels = [&l.root, &l.device_identity, &l.operational, &l.audit];

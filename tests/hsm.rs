@@ -22,7 +22,9 @@ use tonic::Code;
 const PIN: &str = "314159";
 
 /// The SoftHSM set up for this test binary: its module, and one token per test, made before
-/// any test loads the module (SoftHSM reads its token directory when it is initialised).
+/// any test loads the module (SoftHSM reads its token directory when it is initialised). No
+/// label is the start of another: `pkcs11-tool --token-label` takes the first token whose
+/// label starts with the one given.
 struct SoftHsm {
     module: PathBuf,
     _dir: tempfile::TempDir,
@@ -30,7 +32,13 @@ struct SoftHsm {
     pin_file: PathBuf,
 }
 
-const TOKENS: [&str; 3] = ["medid-main", "medid-refusals", "medid-external"];
+const TOKENS: [&str; 5] = [
+    "medid-main",
+    "medid-refusals",
+    "medid-external",
+    "medid-split-ca",
+    "medid-offline-root",
+];
 
 /// One test at a time: the module is process-wide, and the first test restarts it when its
 /// token comes back.
@@ -108,6 +116,7 @@ impl SoftHsm {
             pin_file: self.pin_file.clone(),
             sessions: 4,
             key_labels: Default::default(),
+            root: None,
         }
     }
 
@@ -632,4 +641,77 @@ async fn issuing_keys_in_the_token_are_certified_by_an_existing_root() {
         .arg(&device)
         .arg(&leaf));
     assert!(ok && text.contains(": OK"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_root_key_on_a_token_of_its_own_is_used_only_by_key_ceremonies() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(hsm) = softhsm() else { return };
+    let (issuing, root_token) = (TOKENS[3], TOKENS[4]);
+    let dir = tempfile::tempdir().unwrap();
+    let p11 = hsm.config(issuing);
+    // The service's configuration, and the ceremony's: the same plus [pkcs11.root].
+    let service = toml_config(dir.path(), &p11);
+    let ceremony = dir.path().join("ceremony.toml");
+    std::fs::write(
+        &ceremony,
+        std::fs::read_to_string(&service).unwrap()
+            + &format!(
+                "[pkcs11.root]\ntoken_label = {root_token:?}\npin_file = {:?}\n",
+                hsm.pin_file
+            ),
+    )
+    .unwrap();
+
+    let (ok, text) = medid(&["ca", "init", "--trust-domain", "hsm.test"], &ceremony);
+    assert!(ok, "{text}");
+    let in_root = hsm.list_private_keys(root_token);
+    assert!(in_root.contains("label:      medid-root\n"), "{in_root}");
+    assert_eq!(
+        in_root.matches("Private Key Object").count(),
+        1,
+        "{in_root}"
+    );
+    let in_issuing = hsm.list_private_keys(issuing);
+    assert!(!in_issuing.contains("medid-root"), "{in_issuing}");
+    assert_eq!(
+        in_issuing.matches("Private Key Object").count(),
+        3,
+        "{in_issuing}"
+    );
+
+    // The service, without [pkcs11.root], has no root key: it never signs a root CRL.
+    let server = TestServer::start_with(dir, common::system_now(), |c| {
+        c.pkcs11 = Some(p11.clone());
+    })
+    .await;
+    server.add_manufacturer("acme", &[]).await;
+    let station = server.station("acme", "line-1").await;
+    try_enroll(&server, &station, "SPLIT-1")
+        .await
+        .expect("enrollment with the issuing token");
+    let later = medid::clock::Clock::now(server.clock.as_ref()) + time::Duration::days(200);
+    assert_eq!(
+        server
+            .ca
+            .authority
+            .renew_root_crl(later, medid::issuance::root_crl::ROOT_CRL_VALIDITY)
+            .unwrap(),
+        None
+    );
+
+    // Ceremonies with the root's token: the next generation, and the next root CRL.
+    let (ok, text) = medid(&["ca", "rotate", "--issuer", "operational"], &ceremony);
+    assert!(ok, "{text}");
+    assert_eq!(server.ca.load_new_generations().await.unwrap().len(), 1);
+    let (ok, text) = medid(&["ca", "sign-root-crl"], &ceremony);
+    assert!(ok && text.contains("number 2"), "{text}");
+    server.ca.maintain().await.unwrap();
+    assert_eq!(server.ca.authority.root_crl().unwrap().number, 2);
+    // The service's configuration cannot: its token has no root key.
+    let (ok, text) = medid(&["ca", "sign-root-crl"], &service);
+    assert!(!ok && text.contains("medid-root"), "{text}");
+    try_enroll(&server, &station, "SPLIT-2")
+        .await
+        .expect("enrollment under generation 2");
 }

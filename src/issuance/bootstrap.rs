@@ -257,23 +257,28 @@ pub fn init(files: &PkiFiles, opts: &InitOptions, now: OffsetDateTime) -> Result
         ),
         (KeyRole::Audit, &files.audit_key),
     ];
-    if let Some((token, labels)) = opts.keys.token() {
+    if let Some((_, labels)) = opts.keys.token() {
         // A token's keys are never replaced, --force or not: refuse before making any.
         let held: Vec<String> = roles
             .iter()
             .filter(|(role, _)| !(opts.external_root && *role == KeyRole::Root))
             .filter(|(role, file)| opts.keys.has(*role, file))
-            .map(|(role, _)| match role {
-                KeyRole::Root => labels.root.clone(),
-                KeyRole::Issuing(id) => labels.issuing(*id),
-                KeyRole::Audit => labels.audit.clone(),
+            .map(|(role, _)| {
+                let label = match role {
+                    KeyRole::Root => labels.root.clone(),
+                    KeyRole::Issuing(id) => labels.issuing(*id),
+                    KeyRole::Audit => labels.audit.clone(),
+                };
+                format!(
+                    "{label} (in {:?})",
+                    opts.keys.holder(*role).unwrap_or_default()
+                )
             })
             .collect();
         if !held.is_empty() {
             return Err(Error::AlreadyExists(format!(
-                "the PKCS#11 token {:?} already holds keys labelled {}; remove them with the \
+                "the PKCS#11 token already holds keys labelled {}; remove them with the \
                  HSM's own tools or configure other [pkcs11.key_labels]",
-                token.label(),
                 held.join(", ")
             )));
         }

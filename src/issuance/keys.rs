@@ -66,6 +66,9 @@ pub enum KeySource {
     Token {
         token: Arc<Token>,
         labels: KeyLabels,
+        /// The root key's own token (`[pkcs11.root]`, in a key ceremony's configuration);
+        /// without it the root key is in `token` too.
+        root: Option<Arc<Token>>,
     },
 }
 
@@ -73,10 +76,15 @@ impl fmt::Debug for KeySource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             KeySource::Files => f.write_str("Files"),
-            KeySource::Token { token, labels } => f
+            KeySource::Token {
+                token,
+                labels,
+                root,
+            } => f
                 .debug_struct("Token")
                 .field("token", &token.label())
                 .field("labels", labels)
+                .field("root", &root.as_ref().map(|t| t.label().to_owned()))
                 .finish(),
         }
     }
@@ -98,7 +106,42 @@ impl KeySource {
             Some((settings, labels)) => Ok(KeySource::Token {
                 token: Token::open(settings)?,
                 labels: labels.clone(),
+                root: None,
             }),
+        }
+    }
+
+    /// The same source with the root key on a token of its own (opened and logged in).
+    pub fn with_root_token(self, settings: &TokenSettings) -> Result<Self, Error> {
+        match self {
+            KeySource::Files => Err(Error::InvalidArgument(
+                "[pkcs11.root] needs [pkcs11]: the root's token is for a PKI whose keys are in tokens"
+                    .into(),
+            )),
+            KeySource::Token { token, labels, .. } => Ok(KeySource::Token {
+                token,
+                labels,
+                root: Some(Token::open(settings)?),
+            }),
+        }
+    }
+
+    /// The label of the token that holds `role`'s key, when keys are in tokens.
+    pub fn holder(&self, role: KeyRole) -> Option<&str> {
+        self.token_for(role).map(|t| t.label())
+    }
+
+    /// The token that holds `role`'s key.
+    fn token_for(&self, role: KeyRole) -> Option<&Arc<Token>> {
+        match (self, role) {
+            (KeySource::Files, _) => None,
+            (
+                KeySource::Token {
+                    root: Some(root), ..
+                },
+                KeyRole::Root,
+            ) => Some(root),
+            (KeySource::Token { token, .. }, _) => Some(token),
         }
     }
 
@@ -164,7 +207,9 @@ impl KeySource {
                     .map(|k| CaKey::File(Box::new(k)))
                     .map_err(|e| Error::internal("generating a key", e))
             }
-            KeySource::Token { token, labels } => token
+            KeySource::Token { labels, .. } => self
+                .token_for(role)
+                .expect("a token source has a token for every role")
                 .generate(&Self::label(labels, role), Self::kind(role))
                 .map(CaKey::Token),
         }
@@ -180,7 +225,9 @@ impl KeySource {
                     .map(|k| CaKey::File(Box::new(k)))
                     .map_err(|e| Error::Internal(format!("{}: {e}", file.display())))
             }
-            KeySource::Token { token, labels } => token
+            KeySource::Token { labels, .. } => self
+                .token_for(role)
+                .expect("a token source has a token for every role")
                 .key(&Self::label(labels, role), Self::kind(role))
                 .map(CaKey::Token),
         }
@@ -198,7 +245,7 @@ impl KeySource {
     pub fn token(&self) -> Option<(&Arc<Token>, &KeyLabels)> {
         match self {
             KeySource::Files => None,
-            KeySource::Token { token, labels } => Some((token, labels)),
+            KeySource::Token { token, labels, .. } => Some((token, labels)),
         }
     }
 }
