@@ -279,6 +279,8 @@ async fn ca_keys_in_softhsm_sign_everything_and_issuance_waits_out_a_lost_token(
     let (birth, _) = server.enroll(&station, "HSM-1").await;
     let (operational, good) = renew(&server, &birth).await.expect("renewal");
     let (_, doomed) = renew(&server, &birth).await.expect("renewal");
+    // Revoked while the token is away, below.
+    let (_, spare) = renew(&server, &birth).await.expect("renewal");
     LifecycleServiceClient::new(server.channel(&server.admin()).await)
         .revoke(common::revoke_for_key_compromise(&doomed.serial))
         .await
@@ -403,6 +405,13 @@ async fn ca_keys_in_softhsm_sign_everything_and_issuance_waits_out_a_lost_token(
     std::fs::copy(server.pki("root.crl"), out.join("root.crl")).unwrap();
     common::assert_pkilint_clean(&out);
 
+    // The CRL in service as the token goes away (the upkeep above may have re-signed it).
+    let (ok, text) = run(Command::new("curl")
+        .args(["-sSf", "-o"])
+        .arg(&crl)
+        .arg(format!("{}/crl/operational.crl", server.http_url)));
+    assert!(ok, "{text}");
+
     // The token goes away (its directory is moved aside): issuance answers UNAVAILABLE
     // with a clear message, while status reads, the CRL and OCSP keep being served.
     let token_dir = hsm.token_dir(token).to_path_buf();
@@ -447,6 +456,36 @@ async fn ca_keys_in_softhsm_sign_everything_and_issuance_waits_out_a_lost_token(
         text.contains(": good") && text.contains("Response verify OK"),
         "{text}"
     );
+    // A revocation while the token is away is recorded and in force at once (status,
+    // OCSP); only its CRL waits for the token, and says so.
+    let refused = LifecycleServiceClient::new(server.channel(&server.admin()).await)
+        .revoke(common::revoke_for_key_compromise(&spare.serial))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("is revoked (recorded")
+            && refused.message().contains("CRL could not be signed yet"),
+        "{refused:?}"
+    );
+    let status = LifecycleServiceClient::new(server.channel(&gateway).await)
+        .get_certificate_status(proto::GetCertificateStatusRequest {
+            certificate: Some(proto::get_certificate_status_request::Certificate::Serial(
+                proto::CertificateRef {
+                    issuer: 0,
+                    serial: spare.serial.clone(),
+                    issuer_generation: 0,
+                },
+            )),
+        })
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(status.status, proto::CertStatus::Revoked as i32);
+    let spare_pem = write("spare.pem", &spare.certificate_pem);
+    let text = tokio::task::block_in_place(ocsp(spare_pem.clone()));
+    assert!(text.contains(": revoked"), "{text}");
+
     // No row and no certificate for the refused enrollment.
     assert_eq!(
         server
@@ -482,6 +521,21 @@ async fn ca_keys_in_softhsm_sign_everything_and_issuance_waits_out_a_lost_token(
     let (ok, text) = verify(&resumed_pem, "device-ca.pem", None);
     assert!(ok, "{text}");
     renew(&server, &operational).await.expect("renewal resumes");
+    // The upkeep signs the CRL the revocation was owed: openssl now refuses the certificate.
+    server.ca.maintain().await.expect("upkeep");
+    let (ok, text) = run(Command::new("curl")
+        .args(["-sSf", "-o"])
+        .arg(&crl_again)
+        .arg(format!("{}/crl/operational.crl", server.http_url)));
+    assert!(ok, "{text}");
+    let (ok, text) = run(Command::new("openssl")
+        .args(["crl", "-inform", "DER", "-in"])
+        .arg(&crl_again)
+        .arg("-out")
+        .arg(&crl_pem));
+    assert!(ok, "{text}");
+    let (ok, text) = verify(&spare_pem, "operational-ca.pem", Some(&crl_pem));
+    assert!(!ok && text.contains("certificate revoked"), "{text}");
     server.stop().await;
 }
 

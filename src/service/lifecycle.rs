@@ -229,7 +229,13 @@ impl Ca {
             )
             .await;
         let revoked = self.audited(who, action, &audit_target, revoked).await?;
-        let published = self.publish_crls_for(&revoked).await;
+        let published = self.publish_crls_for(&revoked).await.map_err(|e| {
+            Error::Unavailable(format!(
+                "{label} is revoked (recorded: medid refuses it and OCSP answers revoked from \
+                 now on), but its CRL could not be signed yet: {e}; the upkeep signs it within \
+                 a minute of the signer's return"
+            ))
+        });
         self.audited(who, action, &audit_target, published).await?;
         Ok(revoked)
     }

@@ -439,8 +439,17 @@ impl Ca {
         }
         self.record_root_crl().await?;
         for issuer in self.issuers_in_service().into_iter().map(|i| i.id) {
-            let stale = match self.store.latest_crl(issuer).await? {
-                Some(crl) => now >= crl.this_update + self.crl_validity / 2,
+            // Due at half its validity, or at once when a revocation was recorded at or
+            // after it was signed (its publication failed: the signer was away, say).
+            let stale = match self.store.crl_head(issuer).await? {
+                Some(crl) => {
+                    now >= crl.this_update + self.crl_validity / 2
+                        || self
+                            .store
+                            .latest_revocation(issuer)
+                            .await?
+                            .is_some_and(|at| at >= crl.this_update)
+                }
                 None => true,
             };
             if stale {

@@ -420,6 +420,19 @@ impl super::RevocationStore for Store {
         )
     }
 
+    async fn latest_revocation(&self, issuer: IssuerId) -> Result<Option<OffsetDateTime>, Error> {
+        let mut reader = self.reader().await?;
+        // The status as a literal: it is the condition of the partial index this reads.
+        let latest: Option<OffsetDateTime> = reader
+            .tx()
+            .one(
+                "SELECT MAX(revoked_at) FROM certificates WHERE issuer = $1 AND status = 'revoked'",
+                &[&issuer],
+            )
+            .await?;
+        Ok(latest)
+    }
+
     async fn crl_head(&self, issuer: IssuerId) -> Result<Option<CrlHead>, Error> {
         let mut reader = self.reader().await?;
         let row: Option<(i64, OffsetDateTime, OffsetDateTime)> = reader

@@ -109,6 +109,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "merkle_edge",
         include_str!("../../migrations/sqlite/0011_merkle_edge.sql"),
     ),
+    (
+        12,
+        "revocation_times",
+        include_str!("../../migrations/sqlite/0012_revocation_times.sql"),
+    ),
 ];
 
 /// PostgreSQL migrations: the same schema, written for PostgreSQL from the start.
@@ -152,6 +157,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         8,
         "merkle_edge",
         include_str!("../../migrations/postgres/0008_merkle_edge.sql"),
+    ),
+    (
+        9,
+        "revocation_times",
+        include_str!("../../migrations/postgres/0009_revocation_times.sql"),
     ),
 ];
 

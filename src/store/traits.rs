@@ -321,6 +321,14 @@ pub trait RevocationStore {
         issuer: IssuerId,
     ) -> impl Future<Output = Result<Option<CrlRecord>, Error>> + Send;
 
+    /// When the newest revocation of one of `issuer`'s certificates was recorded: a CRL
+    /// signed before then is owed a successor (its signing failed, say with the key's token
+    /// away). One read of an index.
+    fn latest_revocation(
+        &self,
+        issuer: IssuerId,
+    ) -> impl Future<Output = Result<Option<OffsetDateTime>, Error>> + Send;
+
     /// The newest CRL's number and validity (`/metrics`), without reading its body.
     fn crl_head(
         &self,
