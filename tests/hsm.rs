@@ -197,6 +197,23 @@ async fn renew(
     ))
 }
 
+/// GetCertificateStatus of an operational certificate, as `who` (it needs no key).
+async fn status_of(server: &TestServer, who: &Identity, serial: &str) -> proto::CertificateStatus {
+    LifecycleServiceClient::new(server.channel(who).await)
+        .get_certificate_status(proto::GetCertificateStatusRequest {
+            certificate: Some(proto::get_certificate_status_request::Certificate::Serial(
+                proto::CertificateRef {
+                    issuer: 0,
+                    serial: serial.into(),
+                    issuer_generation: 0,
+                },
+            )),
+        })
+        .await
+        .expect("status reads need no key")
+        .into_inner()
+}
+
 async fn try_enroll(
     server: &TestServer,
     station: &Identity,
@@ -427,19 +444,7 @@ async fn ca_keys_in_softhsm_sign_everything_and_issuance_waits_out_a_lost_token(
     );
     let refused = renew(&server, &operational).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
-    let status = LifecycleServiceClient::new(server.channel(&gateway).await)
-        .get_certificate_status(proto::GetCertificateStatusRequest {
-            certificate: Some(proto::get_certificate_status_request::Certificate::Serial(
-                proto::CertificateRef {
-                    issuer: 0,
-                    serial: good.serial.clone(),
-                    issuer_generation: 0,
-                },
-            )),
-        })
-        .await
-        .expect("status reads need no key")
-        .into_inner();
+    let status = status_of(&server, &gateway, &good.serial).await;
     assert_eq!(status.status, proto::CertStatus::Good as i32);
     let crl_again = work.join("again.crl");
     let (ok, text) = run(Command::new("curl")
@@ -468,19 +473,7 @@ async fn ca_keys_in_softhsm_sign_everything_and_issuance_waits_out_a_lost_token(
             && refused.message().contains("CRL could not be signed yet"),
         "{refused:?}"
     );
-    let status = LifecycleServiceClient::new(server.channel(&gateway).await)
-        .get_certificate_status(proto::GetCertificateStatusRequest {
-            certificate: Some(proto::get_certificate_status_request::Certificate::Serial(
-                proto::CertificateRef {
-                    issuer: 0,
-                    serial: spare.serial.clone(),
-                    issuer_generation: 0,
-                },
-            )),
-        })
-        .await
-        .expect("status")
-        .into_inner();
+    let status = status_of(&server, &gateway, &spare.serial).await;
     assert_eq!(status.status, proto::CertStatus::Revoked as i32);
     let spare_pem = write("spare.pem", &spare.certificate_pem);
     let text = tokio::task::block_in_place(ocsp(spare_pem.clone()));
