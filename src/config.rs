@@ -99,6 +99,8 @@ pub struct Config {
     pub metrics_census_interval_seconds: u64,
     /// CA keys and the audit-signing key in a PKCS#11 token instead of files (docs/HSM.md).
     pub pkcs11: Option<Pkcs11Config>,
+    /// The IHE ATNA feed of the ledger to an Audit Record Repository (docs/INTEGRATION.md).
+    pub atna: Option<AtnaConfig>,
     /// TESTS ONLY: abort the process at this step of the issuance cycle (`after-sign`,
     /// `after-commit`) to prove crash safety. Never set it in production.
     pub dangerous_crash_at: Option<String>,
@@ -146,8 +148,58 @@ impl Default for Config {
             log_format: crate::logging::LogFormat::Text,
             metrics_census_interval_seconds: 60,
             pkcs11: None,
+            atna: None,
             dangerous_crash_at: None,
         }
+    }
+}
+
+/// `[atna]`: the ledger fed, in order, to an Audit Record Repository over syslog with mutual
+/// TLS (IHE ITI-20; RFC 5424 messages, RFC 5425 transport).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AtnaConfig {
+    /// host:port of the repository's syslog-over-TLS listener (6514 by convention).
+    pub syslog: String,
+    /// The DNS name (or IP address) its certificate must carry [default: the host of
+    /// `syslog`].
+    pub server_name: Option<String>,
+    /// Trust anchors for the repository's certificate (PEM).
+    pub ca_file: PathBuf,
+    /// medid's certificate chain and key for the mutual authentication (PEM; the key file
+    /// mode 0600).
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// The HOSTNAME of each message [default: the machine's host name].
+    pub hostname: Option<String>,
+    /// Events per write (1 to 10,000; default 500).
+    #[serde(default = "default_atna_batch")]
+    pub batch: usize,
+    /// Events sent again after each new connection (default 1,000): syslog has no
+    /// acknowledgement, so what the previous connection wrote last may not have been
+    /// received. The repository tells repeats apart by their sequence number.
+    #[serde(default = "default_atna_resend")]
+    pub resend: u64,
+}
+
+fn default_atna_batch() -> usize {
+    500
+}
+
+fn default_atna_resend() -> u64 {
+    1000
+}
+
+impl AtnaConfig {
+    /// The name the repository's certificate must carry.
+    pub fn server_name(&self) -> &str {
+        self.server_name.as_deref().unwrap_or_else(|| {
+            let host = self
+                .syslog
+                .rsplit_once(':')
+                .map_or(self.syslog.as_str(), |(h, _)| h);
+            host.trim_start_matches('[').trim_end_matches(']')
+        })
     }
 }
 
@@ -320,6 +372,22 @@ impl Config {
             {
                 return Err(Error::InvalidArgument(
                     "pkcs11.key_labels must be four different, non-empty labels".into(),
+                ));
+            }
+        }
+        if let Some(a) = &self.atna {
+            if a.syslog
+                .rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "atna.syslog must be host:port, not {:?}",
+                    a.syslog
+                )));
+            }
+            if !(1..=10_000).contains(&a.batch) {
+                return Err(Error::InvalidArgument(
+                    "atna.batch must be 1 to 10000".into(),
                 ));
             }
         }

@@ -208,6 +208,10 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
             crate::service::publish::OCSP_VALIDITY,
             config.ocsp_signatures_per_second,
         ),
+        atna: match &config.atna {
+            Some(atna) => Some(Arc::new(crate::service::feed::AtnaFeed::new(atna)?)),
+            None => None,
+        },
     });
     if let Some(step) = &config.dangerous_crash_at {
         tracing::warn!(
@@ -397,6 +401,7 @@ pub async fn run(
         tokio::spawn(maintenance(ca.clone())),
         tokio::spawn(checkpoints(ca.clone())),
         tokio::spawn(anonymous_refusals(ca.clone(), prepared.anonymous_interval)),
+        tokio::spawn(atna_feed(ca.clone())),
     ];
     let gate = Gate::new(prepared.connections);
     let exporter = crate::api::metrics::Exporter::new(
@@ -652,6 +657,14 @@ async fn checkpoints(ca: Arc<Ca>) {
         if let Err(e) = ca.maybe_checkpoint().await {
             tracing::error!(error = %e, "signing an audit checkpoint failed");
         }
+    }
+}
+
+/// Runs the ATNA feed, when one is configured.
+async fn atna_feed(ca: Arc<Ca>) {
+    match ca.atna.clone() {
+        Some(feed) => feed.run(ca).await,
+        None => std::future::pending().await,
     }
 }
 

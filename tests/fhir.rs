@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::Command;
 
 use common::{csr_p256, TestServer};
 use medid::audit::action::{DataAction, DCM};
@@ -16,46 +15,6 @@ use medid::proto::{self, PrincipalRole};
 use serde_json::Value;
 
 const OBSERVER: &str = "medid.hospital.example/audit";
-
-/// Validates each line with `fhir.resources`; returns how many passed, or the first failure.
-/// `None` when no validator is configured (plain `cargo test` on a machine without it).
-fn validate(lines: &[String]) -> Option<Result<usize, String>> {
-    let Ok(python) = std::env::var("MEDID_FHIR_PYTHON") else {
-        eprintln!("MEDID_FHIR_PYTHON not set: FHIR validation skipped (.ci/run sets it)");
-        return None;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("events.ndjson");
-    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    let script = "import sys, json\n\
-                  import fhir.resources\n\
-                  from fhir.resources.auditevent import AuditEvent\n\
-                  assert fhir.resources.__fhir_version__ == '4.0.1', fhir.resources.__fhir_version__\n\
-                  n = 0\n\
-                  for i, line in enumerate(open(sys.argv[1])):\n\
-                  \x20   try:\n\
-                  \x20       AuditEvent.parse_obj(json.loads(line))\n\
-                  \x20   except Exception as e:\n\
-                  \x20       print('line', i + 1, line.strip(), e)\n\
-                  \x20       sys.exit(1)\n\
-                  \x20   n += 1\n\
-                  print('valid', n)\n";
-    let out = Command::new(&python)
-        .args(["-c", script])
-        .arg(&path)
-        .output()
-        .unwrap_or_else(|e| panic!("MEDID_FHIR_PYTHON={python}: {e}"));
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    Some(if out.status.success() {
-        text.trim()
-            .strip_prefix("valid ")
-            .and_then(|n| n.parse().ok())
-            .ok_or(text)
-    } else {
-        Err(text)
-    })
-}
 
 /// Every string in `v` that FHIR would refuse for being empty, by path.
 fn empty_strings(v: &Value, path: &str, out: &mut Vec<String>) {
@@ -210,7 +169,7 @@ fn every_kind_of_event_and_outcome_renders_as_a_valid_fhir_audit_event() {
     }
     let numbered: Vec<(i64, AuditEvent)> = (1..).zip(events).collect();
     let lines = render_all(&numbered);
-    if let Some(result) = validate(&lines) {
+    if let Some(result) = common::fhir_validate(&lines) {
         assert_eq!(result, Ok(lines.len()), "FHIR validation");
     }
 }
@@ -569,7 +528,7 @@ async fn every_event_the_service_writes_is_valid_fhir() {
     let stored = server.audit_events().await;
     let events: Vec<(i64, AuditEvent)> = stored.into_iter().map(|s| (s.seq, s.event)).collect();
     let lines = render_all(&events);
-    if let Some(result) = validate(&lines) {
+    if let Some(result) = common::fhir_validate(&lines) {
         assert_eq!(result, Ok(lines.len()), "FHIR validation");
     }
 

@@ -80,6 +80,36 @@ impl std::fmt::Debug for Connector {
     }
 }
 
+/// A rustls client configuration (TLS 1.3 or 1.2, ring) trusting the certificates of
+/// `ca_pem`, with the client identity (certificate chain PEM, private key PEM) when given.
+pub fn client_tls_config(
+    ca_pem: &[u8],
+    identity: Option<(&[u8], &[u8])>,
+) -> Result<rustls::ClientConfig, Error> {
+    use rustls_pki_types::pem::PemObject;
+    let bad =
+        |what: &str, e: &dyn std::fmt::Display| Error::InvalidArgument(format!("{what}: {e}"));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in crate::pem::parse_certificates(ca_pem)? {
+        roots.add(cert).map_err(|e| bad("CA certificate", &e))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(super::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| bad("TLS versions", &e))?
+        .with_root_certificates(roots);
+    Ok(match identity {
+        Some((cert_pem, key_pem)) => {
+            let chain = crate::pem::parse_certificates(cert_pem)?;
+            let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem)
+                .map_err(|e| bad("client private key", &crate::pem::describe_error(&e)))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| bad("client certificate", &e))?
+        }
+        None => builder.with_no_client_auth(),
+    })
+}
+
 impl Connector {
     /// `identity` is the client's (certificate chain PEM, private key PEM), or none.
     pub fn new(
@@ -87,28 +117,9 @@ impl Connector {
         ca_pem: &[u8],
         identity: Option<(&[u8], &[u8])>,
     ) -> Result<Self, Error> {
-        use rustls_pki_types::pem::PemObject;
         let bad =
             |what: &str, e: &dyn std::fmt::Display| Error::InvalidArgument(format!("{what}: {e}"));
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in crate::pem::parse_certificates(ca_pem)? {
-            roots.add(cert).map_err(|e| bad("CA certificate", &e))?;
-        }
-        let builder = rustls::ClientConfig::builder_with_provider(super::tls::provider())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| bad("TLS versions", &e))?
-            .with_root_certificates(roots);
-        let mut config = match identity {
-            Some((cert_pem, key_pem)) => {
-                let chain = crate::pem::parse_certificates(cert_pem)?;
-                let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem)
-                    .map_err(|e| bad("client private key", &crate::pem::describe_error(&e)))?;
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|e| bad("client certificate", &e))?
-            }
-            None => builder.with_no_client_auth(),
-        };
+        let mut config = client_tls_config(ca_pem, identity)?;
         config.alpn_protocols = vec![b"h2".to_vec()];
         let addr = server
             .split_once("://")

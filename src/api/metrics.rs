@@ -365,6 +365,11 @@ impl Exporter {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FeedLabels {
+    destination: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CaLabels {
     ca: String,
     standing: &'static str,
@@ -599,6 +604,35 @@ pub async fn render(ca: &Ca, exporter: &Exporter) -> Result<String, Error> {
         service
             .get_or_create(&CertificateLabels { certificate })
             .set(not_after.unix_timestamp());
+    }
+    if let Some(feed) = &ca.atna {
+        let labels = FeedLabels {
+            destination: feed.destination().to_owned(),
+        };
+        let status = feed.status();
+        // Read before a family's guard is taken: no guard may live across an await.
+        let behind: i64 = feed.lag(ca).await?.try_into().unwrap_or(i64::MAX);
+        let lag = gauge::<FeedLabels>(
+            &mut registry,
+            "atna_lag_events",
+            "Ledger events the ATNA feed has not written to its repository yet",
+        );
+        lag.get_or_create(&labels).set(behind);
+        let connected = gauge::<FeedLabels>(
+            &mut registry,
+            "atna_connected",
+            "1 while the ATNA feed holds a connection to its repository",
+        );
+        connected
+            .get_or_create(&labels)
+            .set(i64::from(status.connected));
+        let sent = gauge::<FeedLabels>(
+            &mut registry,
+            "atna_sent_through",
+            "The ledger sequence number through which the ATNA feed has written",
+        );
+        sent.get_or_create(&labels)
+            .set(status.sent_through.try_into().unwrap_or(i64::MAX));
     }
     if let Some(crl) = ca.authority.root_crl() {
         let next_update = Gauge::<i64>::default();

@@ -12,6 +12,7 @@ mod lifecycle;
 pub mod limits;
 pub mod listen;
 pub mod metrics;
+pub mod syslog;
 pub mod tls;
 
 use std::sync::Arc;

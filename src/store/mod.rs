@@ -23,6 +23,7 @@ pub mod audit;
 pub mod backup;
 pub mod binding;
 pub mod certificates;
+pub mod feed;
 pub mod ledger;
 pub mod lifecycle;
 pub mod recovery;
@@ -33,8 +34,8 @@ mod tree;
 mod writer;
 
 pub use traits::{
-    AuditLog, CertificateLedger, CertificateRecords, MerkleLog, PkiBinding, RecoveryStore,
-    Registry, Retention, RevocationStore, TokenStore,
+    AuditLog, CertificateLedger, CertificateRecords, FeedCursors, MerkleLog, PkiBinding,
+    RecoveryStore, Registry, Retention, RevocationStore, TokenStore,
 };
 /// The lowest level of the Merkle tree stored (subtrees of 16 leaves and more).
 pub use tree::STORED_LEVEL as STORED_TREE_LEVEL;
@@ -114,6 +115,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "revocation_times",
         include_str!("../../migrations/sqlite/0012_revocation_times.sql"),
     ),
+    (
+        13,
+        "feed_cursors",
+        include_str!("../../migrations/sqlite/0013_feed_cursors.sql"),
+    ),
 ];
 
 /// PostgreSQL migrations: the same schema, written for PostgreSQL from the start.
@@ -162,6 +168,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         9,
         "revocation_times",
         include_str!("../../migrations/postgres/0009_revocation_times.sql"),
+    ),
+    (
+        10,
+        "feed_cursors",
+        include_str!("../../migrations/postgres/0010_feed_cursors.sql"),
     ),
 ];
 

@@ -200,6 +200,21 @@ pub trait MerkleLog {
     ) -> impl Future<Output = Result<(), Error>> + Send;
 }
 
+/// Where each audit feed (the ATNA feed to an Audit Record Repository) has got to in the
+/// ledger: the durable cursor it resumes from after restarts.
+pub trait FeedCursors {
+    /// The sequence number through which `destination` has been sent (0: nothing yet).
+    fn feed_cursor(&self, destination: &str) -> impl Future<Output = Result<u64, Error>> + Send;
+
+    /// Records that `destination` has been sent everything through `seq`.
+    fn set_feed_cursor(
+        &self,
+        destination: &str,
+        seq: u64,
+        at: OffsetDateTime,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
 /// The PKI a database belongs to (start-up, rollover).
 pub trait PkiBinding {
     /// Every recorded fingerprint.

@@ -803,3 +803,43 @@ pub fn assert_pkilint_clean(dir: &Path) {
         .collect();
     assert!(findings.is_empty(), "pkilint findings:\n{report}");
 }
+
+/// Validates each line with `fhir.resources`; returns how many passed, or the first failure.
+/// `None` when no validator is configured (plain `cargo test` on a machine without it).
+pub fn fhir_validate(lines: &[String]) -> Option<Result<usize, String>> {
+    let Ok(python) = std::env::var("MEDID_FHIR_PYTHON") else {
+        eprintln!("MEDID_FHIR_PYTHON not set: FHIR validation skipped (.ci/run sets it)");
+        return None;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.ndjson");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let script = "import sys, json\n\
+                  import fhir.resources\n\
+                  from fhir.resources.auditevent import AuditEvent\n\
+                  assert fhir.resources.__fhir_version__ == '4.0.1', fhir.resources.__fhir_version__\n\
+                  n = 0\n\
+                  for i, line in enumerate(open(sys.argv[1])):\n\
+                  \x20   try:\n\
+                  \x20       AuditEvent.parse_obj(json.loads(line))\n\
+                  \x20   except Exception as e:\n\
+                  \x20       print('line', i + 1, line.strip(), e)\n\
+                  \x20       sys.exit(1)\n\
+                  \x20   n += 1\n\
+                  print('valid', n)\n";
+    let out = std::process::Command::new(&python)
+        .args(["-c", script])
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| panic!("MEDID_FHIR_PYTHON={python}: {e}"));
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    Some(if out.status.success() {
+        text.trim()
+            .strip_prefix("valid ")
+            .and_then(|n| n.parse().ok())
+            .ok_or(text)
+    } else {
+        Err(text)
+    })
+}
