@@ -101,6 +101,8 @@ pub struct Config {
     pub pkcs11: Option<Pkcs11Config>,
     /// The IHE ATNA feed of the ledger to an Audit Record Repository (docs/INTEGRATION.md).
     pub atna: Option<AtnaConfig>,
+    /// RESTful ATNA: the ledger posted as FHIR transaction Bundles (docs/INTEGRATION.md).
+    pub atna_rest: Option<AtnaRestConfig>,
     /// TESTS ONLY: abort the process at this step of the issuance cycle (`after-sign`,
     /// `after-commit`) to prove crash safety. Never set it in production.
     pub dangerous_crash_at: Option<String>,
@@ -149,6 +151,7 @@ impl Default for Config {
             metrics_census_interval_seconds: 60,
             pkcs11: None,
             atna: None,
+            atna_rest: None,
             dangerous_crash_at: None,
         }
     }
@@ -201,6 +204,28 @@ impl AtnaConfig {
             host.trim_start_matches('[').trim_end_matches(']')
         })
     }
+}
+
+/// `[atna_rest]`: the ledger posted, in order, to a FHIR endpoint as transaction Bundles of
+/// AuditEvents (RESTful ATNA), each acknowledged by the endpoint's answer.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AtnaRestConfig {
+    /// The FHIR base URL (`https://…`); each Bundle is POSTed to it.
+    pub url: String,
+    /// Trust anchors for the endpoint's certificate (PEM).
+    pub ca_file: PathBuf,
+    /// medid's certificate chain and key, when the endpoint requires mutual TLS (both or
+    /// neither; the key file mode 0600).
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// Events per Bundle (1 to 10,000; default 100).
+    #[serde(default = "default_atna_rest_batch")]
+    pub batch: usize,
+}
+
+fn default_atna_rest_batch() -> usize {
+    100
 }
 
 /// `[pkcs11]`: the token that holds the CA keys.
@@ -388,6 +413,24 @@ impl Config {
             if !(1..=10_000).contains(&a.batch) {
                 return Err(Error::InvalidArgument(
                     "atna.batch must be 1 to 10000".into(),
+                ));
+            }
+        }
+        if let Some(r) = &self.atna_rest {
+            if !r.url.starts_with("https://") {
+                return Err(Error::InvalidArgument(format!(
+                    "atna_rest.url must be an https:// URL, not {:?}",
+                    r.url
+                )));
+            }
+            if r.client_cert.is_some() != r.client_key.is_some() {
+                return Err(Error::InvalidArgument(
+                    "atna_rest.client_cert and atna_rest.client_key go together".into(),
+                ));
+            }
+            if !(1..=10_000).contains(&r.batch) {
+                return Err(Error::InvalidArgument(
+                    "atna_rest.batch must be 1 to 10000".into(),
                 ));
             }
         }

@@ -208,9 +208,16 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
             crate::service::publish::OCSP_VALIDITY,
             config.ocsp_signatures_per_second,
         ),
-        atna: match &config.atna {
-            Some(atna) => Some(Arc::new(crate::service::feed::AtnaFeed::new(atna)?)),
-            None => None,
+        atna: {
+            use crate::service::feed::AtnaFeed;
+            let mut feeds = Vec::new();
+            if let Some(atna) = &config.atna {
+                feeds.push(Arc::new(AtnaFeed::syslog(atna)?));
+            }
+            if let Some(rest) = &config.atna_rest {
+                feeds.push(Arc::new(AtnaFeed::rest(rest)?));
+            }
+            feeds
         },
     });
     if let Some(step) = &config.dangerous_crash_at {
@@ -660,12 +667,10 @@ async fn checkpoints(ca: Arc<Ca>) {
     }
 }
 
-/// Runs the ATNA feed, when one is configured.
+/// Runs the ATNA feeds configured (none: waits forever).
 async fn atna_feed(ca: Arc<Ca>) {
-    match ca.atna.clone() {
-        Some(feed) => feed.run(ca).await,
-        None => std::future::pending().await,
-    }
+    futures_util::future::join_all(ca.atna.iter().map(|feed| feed.clone().run(ca.clone()))).await;
+    std::future::pending::<()>().await;
 }
 
 async fn maintenance(ca: Arc<Ca>) {

@@ -605,34 +605,36 @@ pub async fn render(ca: &Ca, exporter: &Exporter) -> Result<String, Error> {
             .get_or_create(&CertificateLabels { certificate })
             .set(not_after.unix_timestamp());
     }
-    if let Some(feed) = &ca.atna {
-        let labels = FeedLabels {
-            destination: feed.destination().to_owned(),
-        };
-        let status = feed.status();
-        // Read before a family's guard is taken: no guard may live across an await.
-        let behind: i64 = feed.lag(ca).await?.try_into().unwrap_or(i64::MAX);
+    if !ca.atna.is_empty() {
         let lag = gauge::<FeedLabels>(
             &mut registry,
             "atna_lag_events",
             "Ledger events the ATNA feed has not written to its repository yet",
         );
-        lag.get_or_create(&labels).set(behind);
         let connected = gauge::<FeedLabels>(
             &mut registry,
             "atna_connected",
-            "1 while the ATNA feed holds a connection to its repository",
+            "1 while the ATNA feed holds a connection to its repository (RESTful: its last post succeeded)",
         );
-        connected
-            .get_or_create(&labels)
-            .set(i64::from(status.connected));
         let sent = gauge::<FeedLabels>(
             &mut registry,
             "atna_sent_through",
             "The ledger sequence number through which the ATNA feed has written",
         );
-        sent.get_or_create(&labels)
-            .set(status.sent_through.try_into().unwrap_or(i64::MAX));
+        for feed in &ca.atna {
+            let labels = FeedLabels {
+                destination: feed.destination().to_owned(),
+            };
+            let status = feed.status();
+            // Read before a family's guard is taken: no guard may live across an await.
+            let behind: i64 = feed.lag(ca).await?.try_into().unwrap_or(i64::MAX);
+            lag.get_or_create(&labels).set(behind);
+            connected
+                .get_or_create(&labels)
+                .set(i64::from(status.connected));
+            sent.get_or_create(&labels)
+                .set(status.sent_through.try_into().unwrap_or(i64::MAX));
+        }
     }
     if let Some(crl) = ca.authority.root_crl() {
         let next_update = Gauge::<i64>::default();

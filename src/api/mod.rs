@@ -7,6 +7,7 @@ pub mod client;
 pub mod conn;
 mod convert;
 pub mod est;
+pub mod fhir_rest;
 pub mod http;
 mod lifecycle;
 pub mod limits;

@@ -1,12 +1,14 @@
-//! The IHE ATNA feed (ITI-20 Record Audit Event): every ledger event, in order, to an Audit
-//! Record Repository over syslog with mutual TLS ([`crate::api::syslog`]), as a FHIR R4
-//! AuditEvent (the BALP rendering of exports) in an RFC 5424 message whose structured data
-//! carries the event's sequence number.
+//! The IHE ATNA feeds (ITI-20 Record Audit Event): every ledger event, in order, to an Audit
+//! Record Repository as a FHIR R4 AuditEvent (the BALP rendering of exports): over syslog with
+//! mutual TLS ([`crate::api::syslog`]) in an RFC 5424 message whose structured data carries
+//! the event's sequence number, or posted to a FHIR endpoint in transaction Bundles
+//! ([`crate::api::fhir_rest`], RESTful ATNA), each acknowledged by its answer.
 //!
 //! Delivery is at least once. A durable cursor (`feed_cursors`) records how far the feed has
-//! written; after each new connection it starts again `resend` events before the cursor,
-//! because syslog has no acknowledgement and what the last connection wrote may not have
-//! reached the repository. Repeats carry the same sequence number. While the repository is
+//! written; after each new syslog connection it starts again `resend` events before the
+//! cursor, because syslog has no acknowledgement and what the last connection wrote may not
+//! have reached the repository. Repeats carry the same sequence number (and id: a Bundle puts
+//! each AuditEvent at its id, so a repeat stores nothing new). While the repository is
 //! down the feed backs off (1 s doubling to a minute) and the ledger keeps growing: the feed
 //! runs apart from issuance, which never waits for it; its lag is in `/metrics` and health.
 
@@ -16,8 +18,9 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use super::Ca;
+use crate::api::fhir_rest::{transaction, FhirEndpoint};
 use crate::api::syslog::{frame, message, SyslogTls};
-use crate::config::AtnaConfig;
+use crate::config::{AtnaConfig, AtnaRestConfig};
 use crate::error::Error;
 use crate::store::{AuditLog, FeedCursors, MerkleLog, Retention};
 
@@ -32,13 +35,24 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// One configured feed and what it has done.
 pub struct AtnaFeed {
-    tls: SyslogTls,
-    /// The cursor's key: `syslog:<host:port>`.
+    transport: Transport,
+    /// The cursor's key: `syslog:<host:port>`, or the FHIR base URL.
     destination: String,
-    hostname: String,
     batch: usize,
-    resend: u64,
     status: Mutex<FeedStatus>,
+}
+
+/// How a feed reaches its repository.
+enum Transport {
+    /// ITI-20 over syslog: no acknowledgement, so `resend` events go again after each new
+    /// connection.
+    Syslog {
+        tls: SyslogTls,
+        hostname: String,
+        resend: u64,
+    },
+    /// RESTful ATNA: each Bundle acknowledged by a 2xx answer.
+    Fhir(FhirEndpoint),
 }
 
 /// What health and `/metrics` show of a feed.
@@ -62,24 +76,13 @@ impl std::fmt::Debug for AtnaFeed {
 }
 
 impl AtnaFeed {
-    /// Reads the configuration's files (the repository's trust anchors, medid's certificate
-    /// and key); refuses a key file others may read.
-    pub fn new(config: &AtnaConfig) -> Result<Self, Error> {
-        let read = |path: &std::path::Path| {
-            std::fs::read(path).map_err(|e| {
-                Error::InvalidArgument(format!("atna: reading {}: {e}", path.display()))
-            })
-        };
-        if let Some(mode) = crate::files::exposed_mode(&config.client_key) {
-            return Err(Error::InvalidArgument(format!(
-                "atna.client_key {} is mode {mode:04o}; make it 0600",
-                config.client_key.display()
-            )));
-        }
+    /// The syslog feed of `[atna]`. Reads the configuration's files (the repository's trust
+    /// anchors, medid's certificate and key); refuses a key file others may read.
+    pub fn syslog(config: &AtnaConfig) -> Result<Self, Error> {
         let (ca, cert, key) = (
-            read(&config.ca_file)?,
-            read(&config.client_cert)?,
-            read(&config.client_key)?,
+            read("atna.ca_file", &config.ca_file)?,
+            read("atna.client_cert", &config.client_cert)?,
+            read_key("atna.client_key", &config.client_key)?,
         );
         let tls = SyslogTls::new(&config.syslog, config.server_name(), &ca, (&cert, &key))?;
         let hostname = config.hostname.clone().unwrap_or_else(|| {
@@ -87,14 +90,46 @@ impl AtnaFeed {
                 .map(|h| h.trim().to_owned())
                 .unwrap_or_default()
         });
-        Ok(Self {
-            tls,
-            destination: format!("syslog:{}", config.syslog),
-            hostname,
-            batch: config.batch,
-            resend: config.resend,
+        Ok(Self::with(
+            Transport::Syslog {
+                tls,
+                hostname,
+                resend: config.resend,
+            },
+            format!("syslog:{}", config.syslog),
+            config.batch,
+        ))
+    }
+
+    /// The RESTful ATNA feed of `[atna_rest]`.
+    pub fn rest(config: &AtnaRestConfig) -> Result<Self, Error> {
+        let ca = read("atna_rest.ca_file", &config.ca_file)?;
+        let identity = match (&config.client_cert, &config.client_key) {
+            (Some(cert), Some(key)) => Some((
+                read("atna_rest.client_cert", cert)?,
+                read_key("atna_rest.client_key", key)?,
+            )),
+            _ => None,
+        };
+        let endpoint = FhirEndpoint::new(
+            &config.url,
+            &ca,
+            identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+        )?;
+        Ok(Self::with(
+            Transport::Fhir(endpoint),
+            config.url.trim_end_matches('/').to_owned(),
+            config.batch,
+        ))
+    }
+
+    fn with(transport: Transport, destination: String, batch: usize) -> Self {
+        Self {
+            transport,
+            destination,
+            batch,
             status: Mutex::new(FeedStatus::default()),
-        })
+        }
     }
 
     pub fn destination(&self) -> &str {
@@ -135,17 +170,22 @@ impl AtnaFeed {
         }
     }
 
-    /// One connection's life. Resets `backoff` once connected.
+    /// One connection's life (for RESTful ATNA: until a post fails). Resets `backoff` once
+    /// connected.
     async fn session(&self, ca: &Ca, backoff: &mut Duration) -> Result<(), Error> {
-        let mut conn = self.tls.connect().await?;
+        let (mut link, resend) = match &self.transport {
+            Transport::Syslog { tls, resend, .. } => (Some(tls.connect().await?), *resend),
+            Transport::Fhir(_) => (None, 0),
+        };
         *backoff = Duration::from_secs(1);
         let cursor = ca.store.feed_cursor(&self.destination).await?;
-        let mut next = cursor.saturating_sub(self.resend);
         // Events before the log's archived start are not in the database any more.
-        next = next.max(ca.store.archived_through().await?);
-        tracing::info!(destination = %self.destination, from = next + 1, cursor, "ATNA feed connected");
+        let mut next = cursor
+            .saturating_sub(resend)
+            .max(ca.store.archived_through().await?);
+        tracing::info!(destination = %self.destination, from = next + 1, cursor, "ATNA feed started");
         self.update(|s| {
-            s.connected = true;
+            s.connected = link.is_some();
             s.last_error = None;
             s.sent_through = s.sent_through.max(cursor);
         });
@@ -157,28 +197,45 @@ impl AtnaFeed {
                 .await?;
             let Some(last) = events.last().map(|e| e.seq as u64) else {
                 // Caught up: wait, but notice a repository that closed the connection.
-                tokio::select! {
-                    closed = conn.closed() => return Err(closed),
-                    () = tokio::time::sleep(IDLE_POLL) => continue,
+                match link.as_mut() {
+                    Some(conn) => tokio::select! {
+                        closed = conn.closed() => return Err(closed),
+                        () = tokio::time::sleep(IDLE_POLL) => {}
+                    },
+                    None => tokio::time::sleep(IDLE_POLL).await,
                 }
+                continue;
             };
-            let mut frames = Vec::with_capacity(events.len() * 1024);
-            for e in &events {
-                let timestamp = crate::audit::ledger::rfc3339(e.event.recorded_at)?;
-                let body = crate::audit::render::fhir_audit_event(e.seq, &e.event, &observer);
-                frame(
-                    &message(
-                        &timestamp,
-                        &self.hostname,
-                        "medid",
-                        MSGID,
-                        e.seq,
-                        &body.to_string(),
-                    ),
-                    &mut frames,
-                );
+            let rendered = events
+                .iter()
+                .map(|e| crate::audit::render::fhir_audit_event(e.seq, &e.event, &observer));
+            match (&self.transport, link.as_mut()) {
+                (Transport::Syslog { hostname, .. }, Some(conn)) => {
+                    let mut frames = Vec::with_capacity(events.len() * 1024);
+                    for (e, body) in events.iter().zip(rendered) {
+                        let timestamp = crate::audit::ledger::rfc3339(e.event.recorded_at)?;
+                        frame(
+                            &message(
+                                &timestamp,
+                                hostname,
+                                "medid",
+                                MSGID,
+                                e.seq,
+                                &body.to_string(),
+                            ),
+                            &mut frames,
+                        );
+                    }
+                    conn.send(&frames).await?;
+                }
+                (Transport::Fhir(endpoint), _) => {
+                    endpoint.post(&transaction(rendered.collect())).await?;
+                    self.update(|s| s.connected = true);
+                }
+                (Transport::Syslog { .. }, None) => {
+                    unreachable!("a syslog session holds its connection")
+                }
             }
-            conn.send(&frames).await?;
             if last > cursor {
                 ca.store
                     .set_feed_cursor(&self.destination, last, ca.clock.now())
@@ -202,4 +259,20 @@ impl AtnaFeed {
             .max(ca.store.feed_cursor(&self.destination).await?);
         Ok(size.saturating_sub(sent))
     }
+}
+
+fn read(what: &str, path: &std::path::Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path)
+        .map_err(|e| Error::InvalidArgument(format!("{what}: reading {}: {e}", path.display())))
+}
+
+/// A private key file, refused when others may read it.
+fn read_key(what: &str, path: &std::path::Path) -> Result<Vec<u8>, Error> {
+    if let Some(mode) = crate::files::exposed_mode(path) {
+        return Err(Error::InvalidArgument(format!(
+            "{what} {} is mode {mode:04o}; make it 0600",
+            path.display()
+        )));
+    }
+    read(what, path)
 }

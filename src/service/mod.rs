@@ -106,8 +106,8 @@ pub struct Ca {
     pub anonymous: anonymous::AnonymousRefusals,
     /// Signed OCSP answers for reuse, and the budget of fresh signatures.
     pub ocsp_cache: ocsp_cache::OcspCache,
-    /// The ATNA feed to an Audit Record Repository, when configured.
-    pub atna: Option<Arc<feed::AtnaFeed>>,
+    /// The ATNA feeds to Audit Record Repositories configured (syslog, RESTful).
+    pub atna: Vec<Arc<feed::AtnaFeed>>,
     /// A reported device-data access older than this is refused.
     pub access_max_age: Duration,
     /// Where the service's own credentials live (its TLS certificate, OCSP responders).
