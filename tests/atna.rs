@@ -303,6 +303,18 @@ async fn every_event_reaches_rsyslog_once_in_order_across_restarts_of_both() {
     assert_eq!(value("medid_atna_connected"), 1.0);
     assert_eq!(value("medid_atna_sent_through"), size as f64);
     assert_eq!(value("medid_atna_lag_events"), 0.0);
+    let ready = Command::new("curl")
+        .args(["-sS", &format!("{}/readyz", server.http_url)])
+        .output()
+        .unwrap();
+    let ready = String::from_utf8_lossy(&ready.stdout);
+    assert!(
+        ready.contains(&format!(
+            "atna syslog:127.0.0.1:{}: connected, 0 events behind",
+            receiver.port
+        )),
+        "{ready}"
+    );
     drop(receiver);
 }
 

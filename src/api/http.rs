@@ -11,7 +11,7 @@
 //! a rollover `operational-2`, … (`/ca/operational-2.der` likewise).
 //! | `POST /ocsp/{issuer}` (`application/ocsp-request`) | OCSP response, `application/ocsp-response` |
 //! | `GET /ocsp/{issuer}/{base64 request}` | the same (RFC 6960 Appendix A.1) |
-//! | `GET /healthz`, `GET /readyz` | liveness; readiness (the database answers and the service is not draining) |
+//! | `GET /healthz`, `GET /readyz` | liveness; readiness (the database answers and the service is not draining), with a line per ATNA feed (connected, events behind) |
 //! | `GET /metrics` | Prometheus metrics, OpenMetrics text ([`super::metrics`]) |
 
 use std::sync::Arc;
@@ -157,7 +157,32 @@ async fn ready(
         return text(StatusCode::SERVICE_UNAVAILABLE, "draining: shutting down");
     }
     match ca.store.ping().await {
-        Ok(()) => text(StatusCode::OK, "ready"),
+        // The audit feeds are reported, not judged: a repository that is down does not make
+        // the CA unready (the ledger keeps what the feed owes).
+        Ok(()) => {
+            let mut body = String::from("ready");
+            for feed in &ca.atna {
+                let status = feed.status();
+                let behind = match feed.lag(&ca).await {
+                    Ok(n) => format!("{n} events behind"),
+                    Err(_) => "lag unknown".into(),
+                };
+                body.push_str(&format!(
+                    "\natna {}: {}, {behind}{}",
+                    feed.destination(),
+                    if status.connected {
+                        "connected"
+                    } else {
+                        "disconnected"
+                    },
+                    status
+                        .last_error
+                        .map(|e| format!(" (last error: {e})"))
+                        .unwrap_or_default()
+                ));
+            }
+            text(StatusCode::OK, body)
+        }
         Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "database unavailable"),
     }
 }
