@@ -39,6 +39,7 @@ fn issuance(c: &mut Criterion) {
         principal_lifetime: time::Duration::days(90),
         server_lifetime: time::Duration::days(90),
         operational_lifetime: time::Duration::days(7),
+        sdc_models: vec![],
     };
     let manufacturer = ManufacturerId::parse("acme").unwrap();
     let serial = DeviceSerial::parse("PUMP-0001").unwrap();
@@ -66,6 +67,7 @@ fn issuance(c: &mut Criterion) {
                     serial: &serial,
                     udi_di: None,
                 },
+                Default::default(),
                 verified.public_key,
             );
             let params = template.to_params().unwrap();

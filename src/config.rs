@@ -103,6 +103,9 @@ pub struct Config {
     pub atna: Option<AtnaConfig>,
     /// RESTful ATNA: the ledger posted as FHIR transaction Bundles (docs/INTEGRATION.md).
     pub atna_rest: Option<AtnaRestConfig>,
+    /// Device models whose operational certificates carry IEEE 11073 SDC Participant Key
+    /// Purposes (`[[sdc_profiles]]`, docs/INTEGRATION.md).
+    pub sdc_profiles: Vec<SdcProfileConfig>,
     /// TESTS ONLY: abort the process at this step of the issuance cycle (`after-sign`,
     /// `after-commit`) to prove crash safety. Never set it in production.
     pub dangerous_crash_at: Option<String>,
@@ -152,6 +155,7 @@ impl Default for Config {
             pkcs11: None,
             atna: None,
             atna_rest: None,
+            sdc_profiles: Vec::new(),
             dangerous_crash_at: None,
         }
     }
@@ -226,6 +230,59 @@ pub struct AtnaRestConfig {
 
 fn default_atna_rest_batch() -> usize {
     100
+}
+
+/// `[[sdc_profiles]]`: one device model whose operational certificates name SDC roles.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SdcProfileConfig {
+    pub manufacturer: String,
+    pub model: String,
+    /// `provider` (1.2.840.10004.20701.1.1) and/or `consumer` (1.2.840.10004.20701.1.2).
+    pub roles: Vec<SdcRole>,
+}
+
+/// An IEEE 11073 SDC participant role.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SdcRole {
+    Provider,
+    Consumer,
+}
+
+impl Config {
+    /// The SDC models of `[[sdc_profiles]]`, checked.
+    pub fn sdc_models(&self) -> Result<Vec<crate::policy::profile::SdcModel>, Error> {
+        let mut models: Vec<crate::policy::profile::SdcModel> = Vec::new();
+        for p in &self.sdc_profiles {
+            let manufacturer = crate::domain::ManufacturerId::parse(&p.manufacturer)
+                .map_err(|e| Error::InvalidArgument(format!("sdc_profiles: {e}")))?;
+            if p.model.is_empty() || p.roles.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "sdc_profiles: {}/{:?} needs a model and at least one role (provider, consumer)",
+                    p.manufacturer, p.model
+                )));
+            }
+            if models
+                .iter()
+                .any(|m| m.manufacturer == manufacturer && m.model == p.model)
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "sdc_profiles: {}/{} is listed twice",
+                    p.manufacturer, p.model
+                )));
+            }
+            models.push(crate::policy::profile::SdcModel {
+                manufacturer,
+                model: p.model.clone(),
+                roles: crate::policy::profile::SdcRoles {
+                    provider: p.roles.contains(&SdcRole::Provider),
+                    consumer: p.roles.contains(&SdcRole::Consumer),
+                },
+            });
+        }
+        Ok(models)
+    }
 }
 
 /// `[pkcs11]`: the token that holds the CA keys.
@@ -434,6 +491,7 @@ impl Config {
                 ));
             }
         }
+        self.sdc_models()?;
         if !(16 * 1024..=64 * 1024 * 1024).contains(&self.max_message_bytes) {
             return Err(Error::InvalidArgument(
                 "max_message_bytes must be between 16 KiB and 64 MiB".into(),

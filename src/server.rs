@@ -91,6 +91,8 @@ pub fn profile_settings(config: &Config, trust_domain: TrustDomain) -> ProfileSe
         principal_lifetime: time::Duration::days(config.principal_validity_days.into()),
         server_lifetime: time::Duration::days(config.server_validity_days.into()),
         operational_lifetime: time::Duration::hours(config.operational_validity_hours.into()),
+        // Checked by Config::validate.
+        sdc_models: config.sdc_models().unwrap_or_default(),
     }
 }
 

@@ -24,6 +24,11 @@ pub enum Eku {
     ServerAuth,
     /// id-kp-OCSPSigning: only on delegated OCSP responder certificates.
     OcspSigning,
+    /// The IEEE 11073-20701 SDC Participant Key Purpose of a service provider
+    /// (1.2.840.10004.20701.1.1).
+    SdcServiceProvider,
+    /// The SDC Participant Key Purpose of a service consumer (1.2.840.10004.20701.1.2).
+    SdcServiceConsumer,
 }
 
 /// Subject attributes. Each is optional; policy decides which a profile carries.
@@ -113,6 +118,12 @@ impl CertificateTemplate {
                 Eku::ClientAuth => ExtendedKeyUsagePurpose::ClientAuth,
                 Eku::ServerAuth => ExtendedKeyUsagePurpose::ServerAuth,
                 Eku::OcspSigning => ExtendedKeyUsagePurpose::OcspSigning,
+                Eku::SdcServiceProvider => {
+                    ExtendedKeyUsagePurpose::Other(vec![1, 2, 840, 10004, 20701, 1, 1])
+                }
+                Eku::SdcServiceConsumer => {
+                    ExtendedKeyUsagePurpose::Other(vec![1, 2, 840, 10004, 20701, 1, 2])
+                }
             })
             .collect();
         p.use_authority_key_identifier_extension = true;

@@ -81,6 +81,23 @@ pub struct ProfileSettings {
     pub server_lifetime: Duration,
     /// Lifetime of device operational (LDevID-style) certificates.
     pub operational_lifetime: Duration,
+    /// Device models whose operational certificates carry SDC Participant Key Purposes.
+    pub sdc_models: Vec<SdcModel>,
+}
+
+/// Which IEEE 11073 SDC participant roles a device's operational certificate names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SdcRoles {
+    pub provider: bool,
+    pub consumer: bool,
+}
+
+/// One device model of one manufacturer and the SDC roles its devices take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SdcModel {
+    pub manufacturer: ManufacturerId,
+    pub model: String,
+    pub roles: SdcRoles,
 }
 
 /// Lifetime of a delegated OCSP responder certificate; replaced at 2/3 of it.
@@ -183,6 +200,7 @@ impl ProfileSettings {
         now: OffsetDateTime,
         issuer: IssuerInfo,
         device: &BirthSubject<'_>,
+        sdc: SdcRoles,
         public_key: SubjectPublicKey,
     ) -> CertificateTemplate {
         let validity = finite_validity(now, self.operational_lifetime, issuer.not_after);
@@ -196,8 +214,25 @@ impl ProfileSettings {
             self.trust_domain
                 .device_uri(device.manufacturer, device.serial),
         );
+        // IEEE 11073-20701 §9.3: the SDC Participant Key Purposes beside serverAuth and
+        // clientAuth, for the models configured.
         t.ekus = vec![Eku::ClientAuth, Eku::ServerAuth];
+        if sdc.provider {
+            t.ekus.push(Eku::SdcServiceProvider);
+        }
+        if sdc.consumer {
+            t.ekus.push(Eku::SdcServiceConsumer);
+        }
         t
+    }
+
+    /// The SDC roles of `model` of `manufacturer` (none unless configured).
+    pub fn sdc_roles(&self, manufacturer: &ManufacturerId, model: &str) -> SdcRoles {
+        self.sdc_models
+            .iter()
+            .find(|m| &m.manufacturer == manufacturer && m.model == model)
+            .map(|m| m.roles)
+            .unwrap_or_default()
     }
 
     /// A delegated OCSP responder certificate for `issuer` (RFC 6960 §4.2.2.2): EKU

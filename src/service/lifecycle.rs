@@ -74,6 +74,13 @@ impl Ca {
                 Renewal::DeviceOperational => {
                     let (m, s) = device_of(who)?;
                     let registered = self.manufacturer(&m).await?;
+                    // The device's model decides its SDC roles (read only when some are set).
+                    let sdc = if self.profiles.sdc_models.is_empty() {
+                        Default::default()
+                    } else {
+                        let model = self.store.device(&m, s.as_str()).await?.model;
+                        self.profiles.sdc_roles(&m, &model)
+                    };
                     let template = self.profiles.device_operational(
                         serial,
                         now,
@@ -84,6 +91,7 @@ impl Ca {
                             serial: &s,
                             udi_di: None,
                         },
+                        sdc,
                         csr.public_key.clone(),
                     );
                     let completion = Completion::Renewal {
