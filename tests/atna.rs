@@ -121,6 +121,15 @@ fn received(out: &Path) -> Vec<(i64, String)> {
         .collect()
 }
 
+/// `GET /readyz` through curl.
+fn readyz(server: &TestServer) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", &format!("{}/readyz", server.http_url)])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -245,8 +254,11 @@ async fn every_event_reaches_rsyslog_once_in_order_across_restarts_of_both() {
     let first = delivered(&server, &receiver.out).await;
     assert!(first.len() >= 120);
 
-    // The receiver restarts: the feed reconnects and sends what it may have lost again.
+    // The receiver restarts: the feed reconnects and sends what it may have lost again. It
+    // reads its certificate again for each connection: while the file is missing it says so,
+    // and a renewed certificate put in its place is used without a restart.
     let (arr_dir, port, out) = receiver.stop();
+    std::fs::remove_file(&creds.feed_cert).unwrap();
     accesses(&server, &gateway, 120, 60).await;
     let receiver = Receiver::start(
         &arr_dir,
@@ -255,6 +267,24 @@ async fn every_event_reaches_rsyslog_once_in_order_across_restarts_of_both() {
         &creds.arr_cert,
         &creds.arr_key,
     );
+    let said = (0..100)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            let ready = readyz(&server);
+            ready.contains("atna.client_cert: reading").then_some(ready)
+        })
+        .expect("the feed reports the missing certificate");
+    assert!(said.contains("disconnected"), "{said}");
+    let renewed = server
+        .issue(PrincipalRole::Gateway, "atna-feed-2", "")
+        .await;
+    medid::files::write_atomic(
+        &creds.feed_key,
+        renewed.key_pem.as_bytes(),
+        medid::files::Access::Private,
+    )
+    .unwrap();
+    std::fs::write(&creds.feed_cert, &renewed.cert_pem).unwrap();
     delivered(&server, &out).await;
 
     // medid restarts: the feed resumes from its durable cursor.
@@ -303,11 +333,7 @@ async fn every_event_reaches_rsyslog_once_in_order_across_restarts_of_both() {
     assert_eq!(value("medid_atna_connected"), 1.0);
     assert_eq!(value("medid_atna_sent_through"), size as f64);
     assert_eq!(value("medid_atna_lag_events"), 0.0);
-    let ready = Command::new("curl")
-        .args(["-sS", &format!("{}/readyz", server.http_url)])
-        .output()
-        .unwrap();
-    let ready = String::from_utf8_lossy(&ready.stdout);
+    let ready = readyz(&server);
     assert!(
         ready.contains(&format!(
             "atna syslog:127.0.0.1:{}: connected, 0 events behind",

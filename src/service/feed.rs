@@ -42,17 +42,64 @@ pub struct AtnaFeed {
     status: Mutex<FeedStatus>,
 }
 
-/// How a feed reaches its repository.
+/// How a feed reaches its repository. Its files (trust anchors, medid's certificate and key)
+/// are read again for every connection, so a renewed client certificate is taken up without a
+/// restart.
 enum Transport {
     /// ITI-20 over syslog: no acknowledgement, so `resend` events go again after each new
     /// connection.
     Syslog {
-        tls: SyslogTls,
+        config: AtnaConfig,
         hostname: String,
-        resend: u64,
     },
     /// RESTful ATNA: each Bundle acknowledged by a 2xx answer.
+    Fhir(AtnaRestConfig),
+}
+
+/// One session's way to the repository: an open syslog connection (with the HOSTNAME of its
+/// messages), or the FHIR endpoint.
+enum Link<'a> {
+    /// Boxed: a TLS connection's buffers are large.
+    Syslog(Box<crate::api::syslog::SyslogConnection>, &'a str),
     Fhir(FhirEndpoint),
+}
+
+/// A transport with its files read.
+enum Opened {
+    Syslog(SyslogTls),
+    Fhir(FhirEndpoint),
+}
+
+impl Transport {
+    fn open(&self) -> Result<Opened, Error> {
+        match self {
+            Transport::Syslog { config, .. } => {
+                let (ca, cert, key) = (
+                    read("atna.ca_file", &config.ca_file)?,
+                    read("atna.client_cert", &config.client_cert)?,
+                    read_key("atna.client_key", &config.client_key)?,
+                );
+                SyslogTls::new(&config.syslog, config.server_name(), &ca, (&cert, &key))
+                    .map(Opened::Syslog)
+            }
+            Transport::Fhir(config) => {
+                let ca = read("atna_rest.ca_file", &config.ca_file)?;
+                let identity = match (&config.client_cert, &config.client_key) {
+                    (Some(cert), Some(key)) => Some((
+                        read("atna_rest.client_cert", cert)?,
+                        read_key("atna_rest.client_key", key)?,
+                    )),
+                    _ => None,
+                };
+                FhirEndpoint::new(
+                    &config.url,
+                    &ca,
+                    identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+                )
+                .map(Opened::Fhir)
+            }
+        }
+    }
 }
 
 /// What health and `/metrics` show of a feed.
@@ -76,60 +123,42 @@ impl std::fmt::Debug for AtnaFeed {
 }
 
 impl AtnaFeed {
-    /// The syslog feed of `[atna]`. Reads the configuration's files (the repository's trust
-    /// anchors, medid's certificate and key); refuses a key file others may read.
+    /// The syslog feed of `[atna]`. Reads the configuration's files once now (the
+    /// repository's trust anchors, medid's certificate and key), so a start with a bad one is
+    /// refused; refuses a key file others may read.
     pub fn syslog(config: &AtnaConfig) -> Result<Self, Error> {
-        let (ca, cert, key) = (
-            read("atna.ca_file", &config.ca_file)?,
-            read("atna.client_cert", &config.client_cert)?,
-            read_key("atna.client_key", &config.client_key)?,
-        );
-        let tls = SyslogTls::new(&config.syslog, config.server_name(), &ca, (&cert, &key))?;
         let hostname = config.hostname.clone().unwrap_or_else(|| {
             std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_owned())
                 .unwrap_or_default()
         });
-        Ok(Self::with(
+        Self::with(
             Transport::Syslog {
-                tls,
+                config: config.clone(),
                 hostname,
-                resend: config.resend,
             },
             format!("syslog:{}", config.syslog),
             config.batch,
-        ))
+        )
     }
 
     /// The RESTful ATNA feed of `[atna_rest]`.
     pub fn rest(config: &AtnaRestConfig) -> Result<Self, Error> {
-        let ca = read("atna_rest.ca_file", &config.ca_file)?;
-        let identity = match (&config.client_cert, &config.client_key) {
-            (Some(cert), Some(key)) => Some((
-                read("atna_rest.client_cert", cert)?,
-                read_key("atna_rest.client_key", key)?,
-            )),
-            _ => None,
-        };
-        let endpoint = FhirEndpoint::new(
-            &config.url,
-            &ca,
-            identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
-        )?;
-        Ok(Self::with(
-            Transport::Fhir(endpoint),
+        Self::with(
+            Transport::Fhir(config.clone()),
             config.url.trim_end_matches('/').to_owned(),
             config.batch,
-        ))
+        )
     }
 
-    fn with(transport: Transport, destination: String, batch: usize) -> Self {
-        Self {
+    fn with(transport: Transport, destination: String, batch: usize) -> Result<Self, Error> {
+        transport.open()?;
+        Ok(Self {
             transport,
             destination,
             batch,
             status: Mutex::new(FeedStatus::default()),
-        }
+        })
     }
 
     pub fn destination(&self) -> &str {
@@ -173,9 +202,15 @@ impl AtnaFeed {
     /// One connection's life (for RESTful ATNA: until a post fails). Resets `backoff` once
     /// connected.
     async fn session(&self, ca: &Ca, backoff: &mut Duration) -> Result<(), Error> {
-        let (mut link, resend) = match &self.transport {
-            Transport::Syslog { tls, resend, .. } => (Some(tls.connect().await?), *resend),
-            Transport::Fhir(_) => (None, 0),
+        let (mut link, resend) = match (self.transport.open()?, &self.transport) {
+            (Opened::Syslog(tls), Transport::Syslog { config, hostname }) => (
+                Link::Syslog(Box::new(tls.connect().await?), hostname.as_str()),
+                config.resend,
+            ),
+            (Opened::Fhir(endpoint), _) => (Link::Fhir(endpoint), 0),
+            (Opened::Syslog(_), Transport::Fhir(_)) => {
+                unreachable!("a transport opens as its own kind")
+            }
         };
         *backoff = Duration::from_secs(1);
         let cursor = ca.store.feed_cursor(&self.destination).await?;
@@ -185,7 +220,7 @@ impl AtnaFeed {
             .max(ca.store.archived_through().await?);
         tracing::info!(destination = %self.destination, from = next + 1, cursor, "ATNA feed started");
         self.update(|s| {
-            s.connected = link.is_some();
+            s.connected = matches!(link, Link::Syslog(..));
             s.last_error = None;
             s.sent_through = s.sent_through.max(cursor);
         });
@@ -197,20 +232,20 @@ impl AtnaFeed {
                 .await?;
             let Some(last) = events.last().map(|e| e.seq as u64) else {
                 // Caught up: wait, but notice a repository that closed the connection.
-                match link.as_mut() {
-                    Some(conn) => tokio::select! {
+                match &mut link {
+                    Link::Syslog(conn, _) => tokio::select! {
                         closed = conn.closed() => return Err(closed),
                         () = tokio::time::sleep(IDLE_POLL) => {}
                     },
-                    None => tokio::time::sleep(IDLE_POLL).await,
+                    Link::Fhir(_) => tokio::time::sleep(IDLE_POLL).await,
                 }
                 continue;
             };
             let rendered = events
                 .iter()
                 .map(|e| crate::audit::render::fhir_audit_event(e.seq, &e.event, &observer));
-            match (&self.transport, link.as_mut()) {
-                (Transport::Syslog { hostname, .. }, Some(conn)) => {
+            match &mut link {
+                Link::Syslog(conn, hostname) => {
                     let mut frames = Vec::with_capacity(events.len() * 1024);
                     for (e, body) in events.iter().zip(rendered) {
                         let timestamp = crate::audit::ledger::rfc3339(e.event.recorded_at)?;
@@ -228,12 +263,9 @@ impl AtnaFeed {
                     }
                     conn.send(&frames).await?;
                 }
-                (Transport::Fhir(endpoint), _) => {
+                Link::Fhir(endpoint) => {
                     endpoint.post(&transaction(rendered.collect())).await?;
                     self.update(|s| s.connected = true);
-                }
-                (Transport::Syslog { .. }, None) => {
-                    unreachable!("a syslog session holds its connection")
                 }
             }
             if last > cursor {
