@@ -28,6 +28,11 @@ pub enum Scenario {
     /// SoftHSMv2 token (made here with `softhsm2-util` in a temporary directory): compare with
     /// `enroll` in the same run. Not in the default set.
     EnrollHsm,
+    /// Enrollments over persistent mTLS connections to a second server feeding its ledger to
+    /// rsyslogd (started here, with the gtls driver) as an ATNA repository: compare with
+    /// `enroll` in the same run; also how long after the last enrollment the repository had
+    /// every enrollment's event. Not in the default set.
+    EnrollAtna,
     /// Access events through RecordAccessStream, in batches.
     AccessStream,
     /// Access events through concurrent unary RecordAccess.
@@ -170,6 +175,17 @@ impl BenchToken {
         self.dir.path().join("softhsm2.conf")
     }
 
+    /// The server's `[pkcs11]` section and SoftHSM's configuration file.
+    fn extra(&self) -> Extra {
+        Extra {
+            toml: format!(
+                "[pkcs11]\nmodule = {:?}\ntoken_label = {BENCH_TOKEN:?}\npin_file = {:?}\n",
+                self.module, self.pin_file
+            ),
+            env: vec![("SOFTHSM2_CONF", self.conf())],
+        }
+    }
+
     /// Initialises the token with SoftHSM's own `softhsm2-util` and a random PIN, kept in a
     /// 0600 file as the server's configuration names it.
     fn make() -> Result<Self, Error> {
@@ -226,10 +242,128 @@ impl BenchToken {
     }
 }
 
+/// What a scenario adds to its server's configuration: TOML sections, and environment.
+#[derive(Default)]
+struct Extra {
+    toml: String,
+    env: Vec<(&'static str, PathBuf)>,
+}
+
+/// rsyslogd as an ATNA repository for the enroll-atna scenario, and the certificates both
+/// ends use, all from a first start of medid in the scenario's directory: rsyslogd serves
+/// that medid's TLS certificate (it names localhost) and requires the feed's, a gateway
+/// certificate.
+struct AtnaBench {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Child,
+}
+
+impl Drop for AtnaBench {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl AtnaBench {
+    async fn start() -> Result<Self, Error> {
+        let dir = tempfile::tempdir().map_err(|e| Error::internal("temp dir", e))?;
+        let first = start(Some(dir.path()), None, &Extra::default()).await?;
+        let (cert, key) = issue(
+            &admin_channel(&first).await?,
+            proto::PrincipalRole::Gateway,
+            "atna-bench",
+            "",
+        )
+        .await?;
+        drop(first);
+        let path = |name: &str| dir.path().join(name);
+        let pki = |name: &str| dir.path().join("pki").join(name);
+        std::fs::write(path("feed.pem"), cert).map_err(|e| Error::internal("feed.pem", e))?;
+        crate::files::write_atomic(
+            &path("feed.key"),
+            key.as_bytes(),
+            crate::files::Access::Private,
+        )?;
+        std::fs::write(
+            path("chain.pem"),
+            read(&pki("root-ca.pem"))? + &read(&pki("operational-ca.pem"))?,
+        )
+        .map_err(|e| Error::internal("chain.pem", e))?;
+        std::fs::create_dir_all(path("arr")).map_err(|e| Error::internal("arr", e))?;
+        let port = free_port()?;
+        std::fs::write(
+            path("rsyslog.conf"),
+            format!(
+                "global(workDirectory=\"{}\" maxMessageSize=\"64k\" DefaultNetstreamDriver=\"gtls\"\n\
+                 DefaultNetstreamDriverCAFile=\"{}\" DefaultNetstreamDriverCertFile=\"{}\"\n\
+                 DefaultNetstreamDriverKeyFile=\"{}\")\n\
+                 module(load=\"imtcp\" StreamDriver.Name=\"gtls\" StreamDriver.Mode=\"1\" StreamDriver.AuthMode=\"x509/certvalid\")\n\
+                 input(type=\"imtcp\" address=\"127.0.0.1\" port=\"{port}\")\n\
+                 template(name=\"line\" type=\"string\" string=\"%msg%\\n\")\n\
+                 action(type=\"omfile\" file=\"{}\" template=\"line\")\n",
+                path("arr").display(),
+                path("chain.pem").display(),
+                pki("server.pem").display(),
+                pki("server.key").display(),
+                path("arr/received.log").display(),
+            ),
+        )
+        .map_err(|e| Error::internal("rsyslog.conf", e))?;
+        let child = Command::new("rsyslogd")
+            .args(["-n", "-f"])
+            .arg(path("rsyslog.conf"))
+            .arg("-i")
+            .arg(path("arr/rsyslogd.pid"))
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                Error::FailedPrecondition(format!(
+                    "the enroll-atna scenario needs rsyslogd with its gtls driver (Debian `rsyslog`, `rsyslog-gnutls`): {e}"
+                ))
+            })?;
+        let feed = Self { dir, port, child };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(feed);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(Error::Unavailable("rsyslogd did not listen".into()))
+    }
+
+    /// The server's `[atna]` section.
+    fn extra(&self) -> Result<Extra, Error> {
+        let path = |name: &str| self.dir.path().join(name);
+        Ok(Extra {
+            toml: format!(
+                "[atna]\nsyslog = \"127.0.0.1:{}\"\nserver_name = \"localhost\"\nca_file = {:?}\n\
+                 client_cert = {:?}\nclient_key = {:?}\n",
+                self.port,
+                path("pki/root-ca.pem"),
+                path("feed.pem"),
+                path("feed.key"),
+            ),
+            env: vec![],
+        })
+    }
+
+    /// How many messages rsyslogd wrote whose AuditEvent names `action`.
+    fn received(&self, action: &str) -> usize {
+        let needle = format!("\"{action}\"");
+        std::fs::read_to_string(self.dir.path().join("arr/received.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .count()
+    }
+}
+
 async fn start(
     data_dir: Option<&Path>,
     database_url: Option<&str>,
-    token: Option<&BenchToken>,
+    extra: &Extra,
 ) -> Result<Server, Error> {
     let dir = match data_dir {
         Some(dir) => {
@@ -253,19 +387,12 @@ async fn start(
          create_dev_pki = true\nest_enabled = false\n",
         dir.path().join("pki").display(),
         dir.path().join("checkpoints").display()
-    ) + &token
-        .map(|t| {
-            format!(
-                "[pkcs11]\nmodule = {:?}\ntoken_label = {BENCH_TOKEN:?}\npin_file = {:?}\n",
-                t.module, t.pin_file
-            )
-        })
-        .unwrap_or_default();
+    ) + &extra.toml;
     std::fs::write(&config, text).map_err(|e| Error::internal("writing config", e))?;
     let exe = std::env::current_exe().map_err(|e| Error::internal("finding medid", e))?;
     let mut command = Command::new(exe);
-    if let Some(token) = token {
-        command.env("SOFTHSM2_CONF", token.conf());
+    for (name, value) in &extra.env {
+        command.env(name, value);
     }
     let child = command
         .args(["serve", "--config"])
@@ -476,6 +603,39 @@ async fn fill(
     Ok(lat.concat())
 }
 
+/// The enroll load against a server of a scenario's own: a station of its own, `count` CSRs
+/// made first, then the timed enrollments. Returns their latencies and (when the timed part
+/// started, when it ended, (that server's CPU seconds meanwhile, its RSS)).
+async fn enroll_on(
+    server: &Server,
+    count: usize,
+    workers: usize,
+    prefix: &str,
+) -> Result<(Vec<Duration>, (Instant, Instant, (f64, f64))), Error> {
+    let station = factory_station(&admin_channel(server).await?).await?;
+    let csrs: Vec<Vec<u8>> = (0..count).map(|_| csr()).collect::<Result<_, _>>()?;
+    let cpu = server.cpu_seconds();
+    let started = Instant::now();
+    let lat = enroll(
+        &server.url,
+        &Arc::new(server.creds(&station.0, &station.1)),
+        csrs,
+        workers,
+        false,
+        prefix,
+    )
+    .await?;
+    let ended = Instant::now();
+    Ok((
+        lat,
+        (
+            started,
+            ended,
+            (server.cpu_seconds() - cpu, server.rss_mib()),
+        ),
+    ))
+}
+
 /// A connection as the server's first admin.
 async fn admin_channel(server: &Server) -> Result<Channel, Error> {
     let pki = server.dir.path().join("pki");
@@ -597,7 +757,12 @@ async fn drive(args: BenchArgs) -> Result<(), Error> {
         args.scenarios.clone()
     };
     let workers = args.concurrency.clamp(1, 32);
-    let server = start(args.data_dir.as_deref(), args.database_url.as_deref(), None).await?;
+    let server = start(
+        args.data_dir.as_deref(),
+        args.database_url.as_deref(),
+        &Extra::default(),
+    )
+    .await?;
     // Serials unique to this run, so a reused directory takes new enrollments.
     let run = time::OffsetDateTime::now_utc().unix_timestamp();
     let pki = server.dir.path().join("pki");
@@ -620,6 +785,8 @@ async fn drive(args: BenchArgs) -> Result<(), Error> {
         let mut ended: Option<Instant> = None;
         // A scenario run against a server of its own: that server's CPU seconds and RSS.
         let mut elsewhere: Option<(f64, f64)> = None;
+        // The ATNA scenario: ms from the last enrollment to the repository having them all.
+        let mut caught_up: Option<f64> = None;
         let (name, ops, latencies): (&'static str, usize, Vec<Duration>) = match scenario {
             Scenario::Enroll | Scenario::EnrollReconnect => {
                 let reconnect = scenario == Scenario::EnrollReconnect;
@@ -650,26 +817,34 @@ async fn drive(args: BenchArgs) -> Result<(), Error> {
             }
             Scenario::EnrollHsm => {
                 let token = BenchToken::make()?;
-                let hsm = start(None, None, Some(&token)).await?;
-                let hsm_admin = admin_channel(&hsm).await?;
-                let hsm_station = factory_station(&hsm_admin).await?;
-                let csrs: Vec<Vec<u8>> =
-                    (0..args.count).map(|_| csr()).collect::<Result<_, _>>()?;
-                let hsm_cpu = hsm.cpu_seconds();
-                started = Instant::now();
-                let lat = enroll(
-                    &hsm.url,
-                    &Arc::new(hsm.creds(&hsm_station.0, &hsm_station.1)),
-                    csrs,
-                    workers,
-                    false,
-                    &format!("H{run}"),
-                )
-                .await?;
-                ended = Some(Instant::now());
-                elsewhere = Some((hsm.cpu_seconds() - hsm_cpu, hsm.rss_mib()));
+                let hsm = start(None, None, &token.extra()).await?;
+                let (lat, timed) = enroll_on(&hsm, args.count, workers, &format!("H{run}")).await?;
+                (started, ended, elsewhere) = (timed.0, Some(timed.1), Some(timed.2));
                 (
                     "enroll, persistent connections, SoftHSM keys",
+                    args.count,
+                    lat,
+                )
+            }
+            Scenario::EnrollAtna => {
+                let feed = AtnaBench::start().await?;
+                let fed = start(Some(feed.dir.path()), None, &feed.extra()?).await?;
+                let before = feed.received("device.enroll");
+                let (lat, timed) = enroll_on(&fed, args.count, workers, &format!("A{run}")).await?;
+                (started, ended, elsewhere) = (timed.0, Some(timed.1), Some(timed.2));
+                let last = Instant::now();
+                while feed.received("device.enroll") < before + args.count {
+                    if last.elapsed() > Duration::from_secs(120) {
+                        return Err(Error::Unavailable(
+                            "the ATNA repository did not get every enrollment within 2 minutes"
+                                .into(),
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                caught_up = Some(last.elapsed().as_secs_f64() * 1000.0);
+                (
+                    "enroll, persistent connections, ATNA feed on",
                     args.count,
                     lat,
                 )
@@ -1026,6 +1201,11 @@ async fn drive(args: BenchArgs) -> Result<(), Error> {
             server_cpu: 0.0,
             server_rss_mib: figures.server_rss_mib,
         });
+        if let (Some(ms), false) = (caught_up, args.json) {
+            println!(
+                "enroll-atna: rsyslogd had every enrollment's event {ms:.0} ms after the last enrollment answered"
+            );
+        }
         if scenario == Scenario::Fill && !args.json && args.database_url.is_none() {
             let bytes = database_bytes(server.dir.path());
             println!(
