@@ -248,7 +248,7 @@ async fn issuing_cas_chained_to_an_existing_root_are_installed_after_checks_and_
     assert_eq!(server.ca.authority.root_crl().unwrap().number, 1);
 
     // Rolling the operational CA over under that root: a CSR, the root's signature, install.
-    let (asked, text) = medid(&[
+    let rotate_csr = [
         "ca",
         "rotate",
         "--issuer",
@@ -256,20 +256,13 @@ async fn issuing_cas_chained_to_an_existing_root_are_installed_after_checks_and_
         "--csr",
         "--dir",
         pki_arg,
-    ]);
+    ];
+    let (asked, text) = medid(&rotate_csr);
     assert!(asked, "{text}");
     let next_csr = pki.join("operational-ca-2.csr");
     assert!(next_csr.exists() && pki.join("operational-ca-2.key").exists());
     assert!(!pki.join("operational-ca-2.pem").exists());
-    let (twice, text) = medid(&[
-        "ca",
-        "rotate",
-        "--issuer",
-        "operational",
-        "--csr",
-        "--dir",
-        pki_arg,
-    ]);
+    let (twice, text) = medid(&rotate_csr);
     assert!(!twice && text.contains("awaits its certificate"), "{text}");
     let install_next = |cert: &Path| {
         run(Command::new(env!("CARGO_BIN_EXE_medid"))

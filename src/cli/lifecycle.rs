@@ -45,22 +45,9 @@ pub enum ReasonArg {
 }
 
 impl ReasonArg {
-    /// The reason as the CA records it.
+    /// The reason as the CA records it (its RFC 5280 code is also the proto's).
     pub fn reason(self) -> crate::domain::RevocationReason {
         use crate::domain::RevocationReason as R;
-        match self {
-            ReasonArg::KeyCompromise => R::KeyCompromise,
-            ReasonArg::CaCompromise => R::CaCompromise,
-            ReasonArg::AffiliationChanged => R::AffiliationChanged,
-            ReasonArg::Superseded => R::Superseded,
-            ReasonArg::CessationOfOperation => R::CessationOfOperation,
-            ReasonArg::PrivilegeWithdrawn => R::PrivilegeWithdrawn,
-            ReasonArg::AaCompromise => R::AaCompromise,
-        }
-    }
-
-    fn proto(self) -> proto::RevocationReason {
-        use proto::RevocationReason as R;
         match self {
             ReasonArg::KeyCompromise => R::KeyCompromise,
             ReasonArg::CaCompromise => R::CaCompromise,
@@ -318,7 +305,7 @@ pub async fn revoke(args: RevokeArgs) -> Result<(), Error> {
         .await?
         .revoke(proto::RevokeRequest {
             target: Some(target),
-            reason: args.reason.map_or(0, |r| r.proto() as i32),
+            reason: args.reason.map_or(0, |r| r.reason() as i32),
         })
         .await
         .map_err(status)?
@@ -342,7 +329,7 @@ pub async fn decommission(args: DecommissionArgs) -> Result<(), Error> {
                 manufacturer_id: args.manufacturer,
                 serial: args.serial,
             }),
-            reason: args.reason.map_or(0, |r| r.proto() as i32),
+            reason: args.reason.map_or(0, |r| r.reason() as i32),
         })
         .await
         .map_err(status)?

@@ -660,6 +660,14 @@ fn issuing_csr(trust_domain: &str, id: IssuerId, key: &CaKey) -> Result<String, 
         .map_err(|e| Error::internal("encoding the CSR", e))
 }
 
+/// The PKI of `files`, whose key custody `keys` must match: its metadata and its CA.
+fn open_pki(files: &PkiFiles, keys: &KeySource) -> Result<(PkiMetadata, super::Authority), Error> {
+    let metadata = PkiMetadata::load(files)?;
+    keys.check(&metadata.key_custody, &files.dir)?;
+    let authority = super::Authority::load(&files.dir, keys.clone())?;
+    Ok((metadata, authority))
+}
+
 /// The PKI of `files` (whose key custody `keys` must match), loaded, and the id the next
 /// generation of `name` would have.
 fn next_generation(
@@ -667,9 +675,7 @@ fn next_generation(
     keys: &KeySource,
     name: IssuerName,
 ) -> Result<(PkiMetadata, super::Authority, IssuerId), Error> {
-    let metadata = PkiMetadata::load(files)?;
-    keys.check(&metadata.key_custody, &files.dir)?;
-    let authority = super::Authority::load(&files.dir, keys.clone())?;
+    let (metadata, authority) = open_pki(files, keys)?;
     let next = IssuerId {
         name,
         generation: authority.current(name).id.generation + 1,
@@ -823,9 +829,7 @@ pub fn rotate(
     lifetime: Duration,
     now: OffsetDateTime,
 ) -> Result<IssuerInfo, Error> {
-    let metadata = PkiMetadata::load(files)?;
-    keys.check(&metadata.key_custody, &files.dir)?;
-    let authority = super::Authority::load(&files.dir, keys.clone())?;
+    let (metadata, authority) = open_pki(files, keys)?;
     let current = authority.current(name);
     let next = IssuerId {
         name,
@@ -907,9 +911,7 @@ pub fn revoke_issuer(
     root_key: &Path,
     now: OffsetDateTime,
 ) -> Result<RootCrl, Error> {
-    let metadata = PkiMetadata::load(files)?;
-    keys.check(&metadata.key_custody, &files.dir)?;
-    let authority = super::Authority::load(&files.dir, keys.clone())?;
+    let (_, authority) = open_pki(files, keys)?;
     let cert = authority.issuer_cert(id)?;
     if authority.current(id.name).id == id {
         return Err(Error::FailedPrecondition(format!(
@@ -947,9 +949,7 @@ pub fn sign_root_crl(
     root_key: &Path,
     now: OffsetDateTime,
 ) -> Result<RootCrl, Error> {
-    let metadata = PkiMetadata::load(files)?;
-    keys.check(&metadata.key_custody, &files.dir)?;
-    let authority = super::Authority::load(&files.dir, keys.clone())?;
+    let (_, authority) = open_pki(files, keys)?;
     let key = root_key_at_hand(files, keys, &authority, root_key)?;
     authority.sign_next_root_crl(&key, now, ROOT_CRL_VALIDITY, None)
 }

@@ -676,16 +676,8 @@ fn load_issuing(
     let bad = |what: &str| Error::Internal(format!("{}: {what}", cert_path.display()));
     let (_, parsed) =
         x509_parser::parse_x509_certificate(&cert.der).map_err(|e| bad(&e.to_string()))?;
-    let ski = parsed
-        .extensions()
-        .iter()
-        .find_map(|ext| match ext.parsed_extension() {
-            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(id) => {
-                Some(id.0.to_vec())
-            }
-            _ => None,
-        })
-        .ok_or_else(|| bad("CA certificate has no subjectKeyIdentifier"))?;
+    let ski =
+        subject_key_id(&parsed).ok_or_else(|| bad("CA certificate has no subjectKeyIdentifier"))?;
     let subject_der = parsed.subject().as_raw().to_vec();
     let key_bits = parsed.public_key().subject_public_key.data.to_vec();
     if key.public_raw() != key_bits.as_slice() {
@@ -742,6 +734,20 @@ pub fn random_serial() -> CertSerial {
         .fill(&mut bytes[7..])
         .expect("the operating system CSPRNG is available");
     CertSerial::from_bytes(bytes)
+}
+
+/// A certificate's subjectKeyIdentifier, when it has one.
+pub(crate) fn subject_key_id(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+) -> Option<Vec<u8>> {
+    cert.extensions()
+        .iter()
+        .find_map(|ext| match ext.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(id) => {
+                Some(id.0.to_vec())
+            }
+            _ => None,
+        })
 }
 
 #[cfg(test)]

@@ -78,15 +78,7 @@ impl RootCrl {
             .map_err(|e| Error::Internal(format!("the root CA certificate: {e}")))?;
         // The AKI is the root's own SKI where it has one (RFC 5280 §5.2.1), else the key's
         // SHA-256 truncated as rcgen would.
-        let ski = root
-            .extensions()
-            .iter()
-            .find_map(|e| match e.parsed_extension() {
-                x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => {
-                    Some(k.0.to_vec())
-                }
-                _ => None,
-            });
+        let ski = super::subject_key_id(&root);
         let issuer = Issuer::from_ca_cert_der(&CertificateDer::from(root_der.to_vec()), root_key)
             .map_err(|e| Error::internal("reading the root CA certificate", e))?;
         let params = CertificateRevocationListParams {
