@@ -40,6 +40,7 @@ fn issuance(c: &mut Criterion) {
         server_lifetime: time::Duration::days(90),
         operational_lifetime: time::Duration::days(7),
         sdc_models: vec![],
+        gateway_names: vec![],
     };
     let manufacturer = ManufacturerId::parse("acme").unwrap();
     let serial = DeviceSerial::parse("PUMP-0001").unwrap();

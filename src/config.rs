@@ -106,6 +106,10 @@ pub struct Config {
     /// Device models whose operational certificates carry IEEE 11073 SDC Participant Key
     /// Purposes (`[[sdc_profiles]]`, docs/INTEGRATION.md).
     pub sdc_profiles: Vec<SdcProfileConfig>,
+    /// The host names and addresses `medid gateway` instances serve under, by gateway id
+    /// (`[[gateway_hosts]]`, docs/GATEWAY.md): their certificates name them, so devices can
+    /// check the gateway they reach.
+    pub gateway_hosts: Vec<GatewayHostConfig>,
     /// TESTS ONLY: abort the process at this step of the issuance cycle (`after-sign`,
     /// `after-commit`) to prove crash safety. Never set it in production.
     pub dangerous_crash_at: Option<String>,
@@ -156,6 +160,7 @@ impl Default for Config {
             atna: None,
             atna_rest: None,
             sdc_profiles: Vec::new(),
+            gateway_hosts: Vec::new(),
             dangerous_crash_at: None,
         }
     }
@@ -250,7 +255,66 @@ pub enum SdcRole {
     Consumer,
 }
 
+/// `[[gateway_hosts]]`: the names one gateway's certificates carry besides its URI.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayHostConfig {
+    /// The gateway's principal id (as in `medid admin issue --role gateway --id`).
+    pub id: String,
+    /// DNS names (subjectAltName dNSName).
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// IP addresses (subjectAltName iPAddress).
+    #[serde(default)]
+    pub ips: Vec<std::net::IpAddr>,
+}
+
 impl Config {
+    /// The names of `[[gateway_hosts]]`, checked.
+    pub fn gateway_names(&self) -> Result<Vec<crate::policy::profile::GatewayNames>, Error> {
+        let mut out: Vec<crate::policy::profile::GatewayNames> = Vec::new();
+        for g in &self.gateway_hosts {
+            let id = crate::domain::PrincipalId::parse(&g.id)
+                .map_err(|e| Error::InvalidArgument(format!("gateway_hosts: {e}")))?;
+            if g.dns.is_empty() && g.ips.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "gateway_hosts: {} names no dns name and no ip address",
+                    g.id
+                )));
+            }
+            for name in &g.dns {
+                let ok = !name.is_empty()
+                    && name.len() <= 253
+                    && name.split('.').all(|label| {
+                        (1..=63).contains(&label.len())
+                            && label
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                            && !label.starts_with('-')
+                            && !label.ends_with('-')
+                    });
+                if !ok {
+                    return Err(Error::InvalidArgument(format!(
+                        "gateway_hosts: {} is not a DNS name (letters, digits and '-' in dot-separated labels)",
+                        crate::domain::quote(name)
+                    )));
+                }
+            }
+            if out.iter().any(|o| o.id == id) {
+                return Err(Error::InvalidArgument(format!(
+                    "gateway_hosts: {} is listed twice",
+                    g.id
+                )));
+            }
+            out.push(crate::policy::profile::GatewayNames {
+                id,
+                dns: g.dns.iter().map(|d| d.to_ascii_lowercase()).collect(),
+                ips: g.ips.clone(),
+            });
+        }
+        Ok(out)
+    }
+
     /// The SDC models of `[[sdc_profiles]]`, checked.
     pub fn sdc_models(&self) -> Result<Vec<crate::policy::profile::SdcModel>, Error> {
         let mut models: Vec<crate::policy::profile::SdcModel> = Vec::new();
@@ -492,6 +556,7 @@ impl Config {
             }
         }
         self.sdc_models()?;
+        self.gateway_names()?;
         if !(16 * 1024..=64 * 1024 * 1024).contains(&self.max_message_bytes) {
             return Err(Error::InvalidArgument(
                 "max_message_bytes must be between 16 KiB and 64 MiB".into(),

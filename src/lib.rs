@@ -31,6 +31,7 @@ pub mod der;
 pub mod domain;
 pub mod error;
 pub mod files;
+pub mod gateway;
 pub mod issuance;
 pub mod logging;
 pub mod pem;

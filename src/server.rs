@@ -93,6 +93,7 @@ pub fn profile_settings(config: &Config, trust_domain: TrustDomain) -> ProfileSe
         operational_lifetime: time::Duration::hours(config.operational_validity_hours.into()),
         // Checked by Config::validate.
         sdc_models: config.sdc_models().unwrap_or_default(),
+        gateway_names: config.gateway_names().unwrap_or_default(),
     }
 }
 

@@ -1387,3 +1387,87 @@ async fn archiving_a_day_drops_its_rows_and_every_proof_still_verifies() {
     assert!(!ok && out.contains("nothing to archive"), "{out}");
     assert!(!dir.join("again.jsonl").exists());
 }
+
+/// A reporter's event id makes a repeat harmless: the same id from the same gateway names
+/// the event already in the log (in another request, in the same batch, through the stream),
+/// while another gateway's event with that id is its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_sent_again_with_its_event_id_is_recorded_once() {
+    let w = world().await;
+    let other = w.server.issue(PrincipalRole::Gateway, "ward-gw", "").await;
+    let with_id = |id: &str| proto::AccessEvent {
+        event_id: id.into(),
+        resource: "/Observation/1".into(),
+        ..access("PUMP-1", "Patient/p-1")
+    };
+    let before = w.server.audit_events().await.len();
+    let mut gw = audit(&w.server, &w.gateway).await;
+    let first = gw
+        .record_access(with_id("e-1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .seq;
+    let again = gw
+        .record_access(with_id("e-1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .seq;
+    assert_eq!(first, again);
+    // A batch: e-1 again, e-2 twice, one event without an id.
+    let acks: Vec<proto::AccessBatchAck> = gw
+        .record_access_stream(tokio_stream::iter(vec![proto::AccessBatch {
+            events: vec![
+                with_id("e-2"),
+                with_id("e-1"),
+                with_id("e-2"),
+                access("PUMP-2", "Patient/p-2"),
+            ],
+        }]))
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|a| a.unwrap())
+        .collect()
+        .await;
+    let seqs = &acks[0].seqs;
+    assert_eq!(seqs[1], first);
+    assert_eq!(seqs[0], seqs[2]);
+    assert_ne!(seqs[0], first);
+    assert_ne!(seqs[3], seqs[0]);
+    // Another gateway's e-1 is another event.
+    let theirs = audit(&w.server, &other)
+        .await
+        .record_access(with_id("e-1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .seq;
+    assert_ne!(theirs, first);
+    let events = w.server.audit_events().await;
+    assert_eq!(
+        events.len() - before,
+        4,
+        "e-1, e-2, the one without an id, the other's e-1"
+    );
+    let e1 = events.iter().find(|e| e.seq == first).unwrap();
+    assert_eq!(e1.event.detail["event_id"], "e-1");
+    assert_eq!(e1.event.detail["resource"], "/Observation/1");
+    // A malformed id is refused like any bad field, and nothing is recorded.
+    for bad in ["has space", "ü", &"x".repeat(65)] {
+        let err = gw.record_access(with_id(bad)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
+        assert!(err.message().contains("event_id"), "{}", err.message());
+    }
+    let refused = w.server.audit_events().await;
+    assert!(refused[events.len()..]
+        .iter()
+        .all(|e| e.event.action == medid::audit::Action::DataAccess
+            && e.event.outcome != medid::audit::Outcome::Success));
+    // The whole log still verifies offline.
+    let bundle = path(&w, "ids.jsonl");
+    export(&w, proto::ExportAuditRequest::default(), &bundle).await;
+    let (ok, out) = verify(&w, &bundle, None);
+    assert!(ok, "{out}");
+}

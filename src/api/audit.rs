@@ -48,9 +48,10 @@ fn access_input(e: proto::AccessEvent) -> Result<AccessInput, Error> {
         Ok(proto::AccessAction::Update) => DataAction::Update,
         Ok(proto::AccessAction::Delete) => DataAction::Delete,
         Ok(proto::AccessAction::Export) => DataAction::Export,
+        Ok(proto::AccessAction::Execute) => DataAction::Execute,
         _ => {
             return Err(Error::InvalidArgument(
-                "action must be create, read, update, delete or export".into(),
+                "action must be create, read, update, delete, export or execute".into(),
             ))
         }
     };
@@ -79,9 +80,31 @@ fn access_input(e: proto::AccessEvent) -> Result<AccessInput, Error> {
         .occurred_at
         .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds).ok())
         .ok_or_else(|| Error::InvalidArgument("occurred_at is required".into()))?;
+    let completed_at = e
+        .completed_at
+        .map(|t| {
+            time::OffsetDateTime::from_unix_timestamp(t.seconds)
+                .ok()
+                .filter(|at| *at >= occurred_at)
+                .ok_or_else(|| {
+                    Error::InvalidArgument("completed_at must not be before occurred_at".into())
+                })
+        })
+        .transpose()?;
+    let event_id = short("event_id", &e.event_id, 64)?;
+    if let Some(id) = &event_id {
+        if !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(Error::InvalidArgument(
+                "event_id must be 1-64 of A-Z, a-z, 0-9, '.', '_' and '-'".into(),
+            ));
+        }
+    }
     Ok(AccessInput {
         device,
-        user_id: short("user_id", &e.user_id, 128)?,
+        user_id: short("user_id", &e.user_id, 512)?,
         user_role: short("user_role", &e.user_role, 128)?,
         action,
         data_category: e.data_category,
@@ -89,6 +112,9 @@ fn access_input(e: proto::AccessEvent) -> Result<AccessInput, Error> {
         purpose_of_use: e.purpose_of_use,
         outcome_code,
         occurred_at,
+        completed_at,
+        event_id,
+        resource: short("resource", &e.resource, 512)?,
     })
 }
 

@@ -350,15 +350,18 @@ pub enum DataAction {
     Update,
     Delete,
     Export,
+    /// An operation on the data (a FHIR `$operation`, a posted search, a command).
+    Execute,
 }
 
 impl DataAction {
-    pub const ALL: [DataAction; 5] = [
+    pub const ALL: [DataAction; 6] = [
         DataAction::Create,
         DataAction::Read,
         DataAction::Update,
         DataAction::Delete,
         DataAction::Export,
+        DataAction::Execute,
     ];
 
     pub fn name(self) -> &'static str {
@@ -368,6 +371,7 @@ impl DataAction {
             DataAction::Update => "update",
             DataAction::Delete => "delete",
             DataAction::Export => "export",
+            DataAction::Execute => "execute",
         }
     }
 
@@ -383,6 +387,7 @@ impl DataAction {
             DataAction::Read | DataAction::Export => ("read", FhirAction::Read),
             DataAction::Update => ("update", FhirAction::Update),
             DataAction::Delete => ("delete", FhirAction::Delete),
+            DataAction::Execute => ("operation", FhirAction::Execute),
         }
     }
 }

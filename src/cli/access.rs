@@ -20,7 +20,8 @@ pub struct AccessArgs {
     /// A JSON-lines file of accesses (`-`: standard input), sent through the stream in
     /// batches. Each line is an object with the fields of the flags below: `device_uri`, or
     /// `manufacturer_id` and `serial`; `action`, `data_category`, `patient_ref`,
-    /// `purpose_of_use`, `outcome`, `user_id`, `user_role`, `occurred_at`.
+    /// `purpose_of_use`, `outcome`, `user_id`, `user_role`, `occurred_at`, `event_id`,
+    /// `resource`.
     #[arg(long, conflicts_with_all = ["device", "manufacturer", "serial"])]
     pub file: Option<PathBuf>,
     /// The device, by URI (or give --manufacturer and --serial).
@@ -32,7 +33,7 @@ pub struct AccessArgs {
     /// The device's serial number (with --manufacturer).
     #[arg(long, requires = "manufacturer")]
     pub serial: Option<String>,
-    /// create, read, update, delete or export.
+    /// create, read, update, delete, export or execute.
     #[arg(long, default_value = "read")]
     pub action: String,
     /// vital-signs, waveform, alarms, settings, device-log, firmware, identity or location.
@@ -56,6 +57,13 @@ pub struct AccessArgs {
     /// When the access happened, RFC 3339 [default: now].
     #[arg(long)]
     pub occurred_at: Option<String>,
+    /// This script's own id for the event (1-64 of A-Z a-z 0-9 . _ -): reported again with
+    /// the same id, the access is not recorded twice.
+    #[arg(long)]
+    pub event_id: Option<String>,
+    /// What was reached (a request path; ledger only, like --patient).
+    #[arg(long)]
+    pub resource: Option<String>,
     /// Accesses per stream batch, with --file (1–10000).
     #[arg(long, default_value_t = 500)]
     pub batch: usize,
@@ -76,6 +84,8 @@ struct Access {
     user_id: Option<String>,
     user_role: Option<String>,
     occurred_at: Option<String>,
+    event_id: Option<String>,
+    resource: Option<String>,
 }
 
 impl Access {
@@ -92,6 +102,8 @@ impl Access {
             user_id: a.user_id.clone(),
             user_role: a.user_role.clone(),
             occurred_at: a.occurred_at.clone(),
+            event_id: a.event_id.clone(),
+            resource: a.resource.clone(),
         }
     }
 
@@ -103,9 +115,10 @@ impl Access {
             "update" => proto::AccessAction::Update,
             "delete" => proto::AccessAction::Delete,
             "export" => proto::AccessAction::Export,
+            "execute" => proto::AccessAction::Execute,
             other => {
                 return Err(Error::InvalidArgument(format!(
-                    "action {other:?} is not create, read, update, delete or export"
+                    "action {other:?} is not create, read, update, delete, export or execute"
                 )))
             }
         };
@@ -157,6 +170,9 @@ impl Access {
                 seconds: occurred_at.unix_timestamp(),
                 nanos: 0,
             }),
+            event_id: self.event_id.unwrap_or_default(),
+            resource: self.resource.unwrap_or_default(),
+            completed_at: None,
         })
     }
 }

@@ -21,7 +21,7 @@ use crate::proto::{
     lifecycle_service_client::LifecycleServiceClient, RequestOperationalCertificateRequest,
 };
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct AgentArgs {
     /// Directory for cert.pem, key.pem and chain.pem (created if missing).
     #[arg(long)]
@@ -112,6 +112,11 @@ fn current_validity(
     (now <= na).then_some((nb, na))
 }
 
+/// Whether `dir` holds a certificate and matching key that have not expired.
+pub(crate) fn has_valid_certificate(dir: &Path) -> bool {
+    current_validity(&Files::new(dir), OffsetDateTime::now_utc()).is_some()
+}
+
 fn random_unit() -> f64 {
     let mut b = [0u8; 4];
     if SystemRandom::new().fill(&mut b).is_err() {
@@ -120,7 +125,12 @@ fn random_unit() -> f64 {
     f64::from(u32::from_be_bytes(b)) / f64::from(u32::MAX)
 }
 
-async fn renew_once(args: &AgentArgs, files: &Files, have_current: bool) -> Result<(), Error> {
+async fn renew_once(
+    args: &AgentArgs,
+    files: &Files,
+    have_current: bool,
+    renewed: Option<&tokio::sync::mpsc::UnboundedSender<()>>,
+) -> Result<(), Error> {
     let (cert, key) = if have_current {
         (&files.cert, &files.key)
     } else {
@@ -154,6 +164,9 @@ async fn renew_once(args: &AgentArgs, files: &Files, have_current: bool) -> Resu
         Access::Public,
     )?;
     write_atomic(&files.chain, chain.as_bytes(), Access::Public)?;
+    if let Some(renewed) = renewed {
+        let _ = renewed.send(());
+    }
     println!(
         "renewed {}: serial {}, valid until {}",
         issued.subject_uri,
@@ -194,7 +207,12 @@ fn refuses_the_caller(e: &Error) -> bool {
     matches!(e, Error::Unauthenticated(_) | Error::PermissionDenied(_))
 }
 
-pub async fn run(args: AgentArgs) -> Result<(), Error> {
+/// Runs the agent; `renewed` (for `medid gateway`) hears of each renewal once the new files
+/// are in place.
+pub async fn run(
+    args: AgentArgs,
+    renewed: Option<tokio::sync::mpsc::UnboundedSender<()>>,
+) -> Result<(), Error> {
     crate::files::create_private_dir(&args.dir)?;
     let files = Files::new(&args.dir);
     let mut failures = 0u32;
@@ -224,7 +242,7 @@ pub async fn run(args: AgentArgs) -> Result<(), Error> {
         }
         if force || use_bootstrap || now >= due {
             let with_current = current.is_some() && !use_bootstrap;
-            match renew_once(&args, &files, with_current).await {
+            match renew_once(&args, &files, with_current, renewed.as_ref()).await {
                 Ok(()) => {
                     failures = 0;
                     force = false;

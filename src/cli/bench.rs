@@ -49,6 +49,11 @@ pub enum Scenario {
     /// events: GetCheckpoint re-hashes what was added since the last one (the incremental
     /// integrity check), then signs.
     Checkpoint,
+    /// Requests through `medid gateway` in strict and in buffered mode (each its own
+    /// process, in front of a hyper upstream on a thread of this one), against the same
+    /// requests straight to the upstream: the requests/s and the latency the gateway adds.
+    /// Not in the default set.
+    Gateway,
     /// Fills the log: `--count` access events over RecordAccessStream, naming `--devices`
     /// enrolled devices in turn, through the real path (sealed, hashed, group-committed).
     /// Not in the default set; with `--data-dir`, later runs measure against the filled log.
@@ -153,7 +158,7 @@ impl Server {
     }
 }
 
-fn free_port() -> Result<u16, Error> {
+pub(super) fn free_port() -> Result<u16, Error> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")
         .map_err(|e| Error::Unavailable(format!("no free port: {e}")))?;
     l.local_addr()
@@ -387,7 +392,8 @@ async fn start(
          create_dev_pki = true\nest_enabled = false\n",
         dir.path().join("pki").display(),
         dir.path().join("checkpoints").display()
-    ) + &extra.toml;
+    ) + &extra.toml
+        + &super::bench_gateway::gateway_hosts();
     std::fs::write(&config, text).map_err(|e| Error::internal("writing config", e))?;
     let exe = std::env::current_exe().map_err(|e| Error::internal("finding medid", e))?;
     let mut command = Command::new(exe);
@@ -504,6 +510,28 @@ impl Figures {
         let i = ((l.len() as f64 - 1.0) * p).round() as usize;
         l[i].as_secs_f64() * 1000.0
     }
+}
+
+fn print_figures(figures: &Figures) {
+    let ms = |p: f64| {
+        let v = figures.percentile(p);
+        if v.is_nan() {
+            "-".to_string()
+        } else {
+            format!("{v:.2}")
+        }
+    };
+    println!(
+        "{:<48} {:>8} ops {:>9.1} /s  p50 {:>7} ms  p99 {:>7} ms  server CPU {:>6.2} s ({:>5.0} µs/op)  RSS {:>6.1} MiB",
+        figures.name,
+        figures.ops,
+        figures.per_second(),
+        ms(0.5),
+        ms(0.99),
+        figures.server_cpu,
+        figures.cpu_us_per_op(),
+        figures.server_rss_mib
+    );
 }
 
 fn progress(name: &str, done: usize, total: usize) {
@@ -775,6 +803,52 @@ async fn drive(args: BenchArgs) -> Result<(), Error> {
     let mut results = Vec::new();
     let mut enrolled = 0usize;
     for scenario in scenarios {
+        if scenario == Scenario::Gateway {
+            // Three measurements of its own, each with the gateway's CPU and memory.
+            let mut gateways = Vec::new();
+            for id in super::bench_gateway::GATEWAY_IDS {
+                gateways.push(issue(&admin, proto::PrincipalRole::Gateway, id, "").await?);
+            }
+            let gateways: [(String, String); 2] = gateways
+                .try_into()
+                .map_err(|_| Error::Internal("two gateway identities".into()))?;
+            let measured = super::bench_gateway::run(
+                &server.url,
+                &pki,
+                &station_creds,
+                &gateways,
+                args.count,
+                workers,
+                run,
+            )
+            .await?;
+            let mut direct: Option<(f64, f64)> = None;
+            for m in measured {
+                let figures = Figures {
+                    name: m.name,
+                    ops: m.ops,
+                    seconds: m.seconds,
+                    latencies: m.latencies,
+                    server_cpu: m.cpu,
+                    server_rss_mib: m.rss_mib,
+                };
+                let (p50, p99) = (figures.percentile(0.5), figures.percentile(0.99));
+                if !args.json {
+                    print_figures(&figures);
+                    match direct {
+                        None => direct = Some((p50, p99)),
+                        Some((d50, d99)) => println!(
+                            "{:<48} added latency: p50 {:+.2} ms, p99 {:+.2} ms (server CPU is the gateway's)",
+                            "",
+                            p50 - d50,
+                            p99 - d99
+                        ),
+                    }
+                }
+                results.push(figures);
+            }
+            continue;
+        }
         // A scenario that prepares untimed work first (CSRs, the device its events name)
         // starts the clock again when that is done.
         let mut cpu_before = server.cpu_seconds();
@@ -975,6 +1049,7 @@ async fn drive(args: BenchArgs) -> Result<(), Error> {
                     ("access events, unary", args.count, lat.concat())
                 }
             }
+            Scenario::Gateway => unreachable!("measured before this match"),
             Scenario::Fill => {
                 // The devices first, untimed, through the station as a factory would.
                 let devices = args.devices.clamp(1, 100_000);
@@ -1216,25 +1291,7 @@ async fn drive(args: BenchArgs) -> Result<(), Error> {
         }
         for figures in std::iter::once(figures).chain(alone) {
             if !args.json {
-                let ms = |p: f64| {
-                    let v = figures.percentile(p);
-                    if v.is_nan() {
-                        "-".to_string()
-                    } else {
-                        format!("{v:.2}")
-                    }
-                };
-                println!(
-                    "{:<48} {:>8} ops {:>9.1} /s  p50 {:>7} ms  p99 {:>7} ms  server CPU {:>6.2} s ({:>5.0} µs/op)  RSS {:>6.1} MiB",
-                    figures.name,
-                    figures.ops,
-                    figures.per_second(),
-                    ms(0.5),
-                    ms(0.99),
-                    figures.server_cpu,
-                    figures.cpu_us_per_op(),
-                    figures.server_rss_mib
-                );
+                print_figures(&figures);
             }
             results.push(figures);
         }

@@ -64,7 +64,7 @@ static OFFERED: std::sync::Mutex<Option<(String, PathBuf)>> = std::sync::Mutex::
 /// A channel to `server` as the holder of `cert`/`key`, trusting `ca`. It first finds out
 /// whether the server takes this certificate, so a refusal (revoked, unknown issuer,
 /// expired) is named instead of showing as a closed connection on the first call.
-pub(super) async fn open(
+pub(crate) async fn open(
     server: &str,
     ca: &Path,
     cert: &Path,
@@ -217,7 +217,7 @@ pub enum DeviceCommand {
     },
 }
 
-pub(super) fn status(e: tonic::Status) -> Error {
+pub(crate) fn status(e: tonic::Status) -> Error {
     use std::error::Error as _;
     use tonic::Code;
     if let Some(cause) = e.source() {

@@ -2,10 +2,11 @@
 //! commands that talk to a running service over mTLS. `main.rs` only calls [`run`].
 
 mod access;
-mod agent;
+pub(crate) mod agent;
 mod audit;
 mod bench;
-mod client;
+mod bench_gateway;
+pub(crate) mod client;
 pub mod errors;
 mod lifecycle;
 
@@ -66,6 +67,13 @@ pub enum Command {
     Backup(BackupArgs),
     /// Keep an operational certificate fresh: renew at 2/3 of its lifetime, with jitter.
     Agent(agent::AgentArgs),
+    /// Reverse proxy at the hospital edge: device mTLS in, every device-data request an
+    /// access event in the ledger (docs/GATEWAY.md).
+    Gateway {
+        /// The gateway's TOML configuration.
+        #[arg(long, env = "MEDID_GATEWAY_CONFIG")]
+        config: std::path::PathBuf,
+    },
     /// The audit ledger: export, verify offline, checkpoints.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -346,7 +354,8 @@ pub async fn run(cli: Cli) -> Result<std::process::ExitCode, Error> {
         Command::Expiring(args) => lifecycle::expiring(args).await,
         Command::Crl(cmd) => lifecycle::crl(cmd).await,
         Command::Token(cmd) => lifecycle::token(cmd).await,
-        Command::Agent(args) => agent::run(args).await,
+        Command::Agent(args) => agent::run(args, None).await,
+        Command::Gateway { config } => crate::gateway::run(&config).await,
         Command::Backup(args) => backup(args).await,
         Command::Audit(cmd) => audit::run(cmd).await,
         Command::Bench(args) => bench::run(args).await,

@@ -121,6 +121,37 @@ impl RootCrl {
     }
 }
 
+/// Reads `der` as a CRL of the CA whose certificate is `issuer_der` (an issuing CA's, as a
+/// relying party such as `medid gateway` checks it): its issuer must be that CA's subject and
+/// its signature that CA key's. Returns what it says and its nextUpdate.
+pub fn read_issued_crl(
+    issuer_der: &[u8],
+    der: &[u8],
+) -> Result<(OwnCrl, Option<OffsetDateTime>), Error> {
+    let (_, issuer) = x509_parser::parse_x509_certificate(issuer_der)
+        .map_err(|e| Error::InvalidArgument(format!("the CA certificate: {e}")))?;
+    parse_crl(der, issuer.subject().as_raw(), |alg, tbs, sig| {
+        verifies(&issuer, alg, tbs, sig)
+    })
+    .map_err(|why| Error::FailedPrecondition(format!("not a CRL of that CA: {why}")))
+}
+
+/// True when `cert_der` is signed by the key of `signer_der`.
+pub fn signed_by(cert_der: &[u8], signer_der: &[u8]) -> bool {
+    let (Ok((_, cert)), Ok((_, signer))) = (
+        x509_parser::parse_x509_certificate(cert_der),
+        x509_parser::parse_x509_certificate(signer_der),
+    ) else {
+        return false;
+    };
+    verifies(
+        &signer,
+        &cert.signature_algorithm.algorithm.to_id_string(),
+        cert.tbs_certificate.as_ref(),
+        &cert.signature_value.data,
+    )
+}
+
 /// Parses a CRL whose issuer must be `issuer_subject` (its DER) and whose signature `verify`
 /// must accept (given the signature algorithm's OID, the signed bytes and the signature).
 /// Returns what it says and its nextUpdate.

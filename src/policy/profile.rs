@@ -83,6 +83,16 @@ pub struct ProfileSettings {
     pub operational_lifetime: Duration,
     /// Device models whose operational certificates carry SDC Participant Key Purposes.
     pub sdc_models: Vec<SdcModel>,
+    /// The host names gateways serve under (`[[gateway_hosts]]`).
+    pub gateway_names: Vec<GatewayNames>,
+}
+
+/// The DNS names and addresses one gateway's certificates carry beside its URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayNames {
+    pub id: PrincipalId,
+    pub dns: Vec<String>,
+    pub ips: Vec<IpAddr>,
 }
 
 /// Which IEEE 11073 SDC participant roles a device's operational certificate names.
@@ -282,6 +292,10 @@ impl ProfileSettings {
         t.san_uris.push(self.trust_domain.principal_uri(role, id));
         if matches!(role, PrincipalRole::Gateway) {
             t.ekus.push(Eku::ServerAuth);
+            if let Some(names) = self.gateway_names.iter().find(|g| &g.id == id) {
+                t.san_dns = names.dns.clone();
+                t.san_ips = names.ips.clone();
+            }
         }
         t
     }

@@ -90,6 +90,12 @@ pub struct AccessInput {
     /// FHIR AuditEvent.outcome code: 0, 4, 8, 12.
     pub outcome_code: u8,
     pub occurred_at: OffsetDateTime,
+    /// When the access ended, if the reporter says.
+    pub completed_at: Option<OffsetDateTime>,
+    /// The reporter's id of the event: sent again, it is not recorded twice.
+    pub event_id: Option<String>,
+    /// What was reached (a request path); like `patient_ref`, ledger only.
+    pub resource: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -220,13 +226,29 @@ impl Ca {
             if let Some(p) = input.patient_ref {
                 e = e.with("patient_ref", p);
             }
+            if let Some(r) = input.resource {
+                e = e.with("resource", r);
+            }
+            if let Some(at) = input.completed_at {
+                match ledger::rfc3339(at) {
+                    Ok(t) => e = e.with("completed_at", t),
+                    Err(err) => {
+                        return Err(self
+                            .refuse(who, action, &input.device.target(td), err)
+                            .await)
+                    }
+                }
+            }
+            if let Some(id) = &input.event_id {
+                e = e.with("event_id", id.clone());
+            }
             if decommissioned {
                 e.reason = Some("access to a decommissioned device".into());
             }
             flags.push(decommissioned);
-            events.push(e);
+            events.push((e, input.event_id));
         }
-        let appended = self.store.append_events(events).await;
+        let appended = self.store.append_access(events).await;
         let seqs = self
             .audited(who, action, &Target::devices(), appended)
             .await?;

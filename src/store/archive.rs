@@ -201,6 +201,13 @@ impl super::Retention for Store {
                     &[&first, &end],
                 )
                 .await?;
+            // The reporters' ids of those events: an event that old is refused as too old
+            // anyway, so none of them can come back.
+            on.execute(
+                "DELETE FROM access_event_ids WHERE seq >= $1 AND seq <= $2",
+                &[&first, &end],
+            )
+            .await?;
             tx.commit().await?;
             dropped += n;
             progress(dropped);

@@ -84,7 +84,7 @@ impl Ready {
         &self.text[start..self.ends[i]]
     }
 
-    fn actor_uri(&self) -> &str {
+    pub(crate) fn actor_uri(&self) -> &str {
         self.part(Part::ActorUri)
     }
 
@@ -140,6 +140,65 @@ const COLUMNS: usize = 10;
 /// Appends `events` in order with contiguous sequence numbers, by multi-row INSERTs (or one
 /// cached single-row statement each, where statements are direct calls); returns the first
 /// sequence number.
+/// Of the (actor, event id) pairs given, those already in the log, with their events'
+/// sequence numbers.
+pub(crate) async fn known_event_ids(
+    tx: &mut Tx<'_>,
+    wanted: &[(&str, &str)],
+) -> Result<std::collections::HashMap<(String, String), i64>, Error> {
+    let mut known = std::collections::HashMap::new();
+    let numbered = tx.numbered_params();
+    // A batch usually comes from one reporter: one statement per actor and chunk of ids.
+    let mut by_actor: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for (actor, id) in wanted {
+        by_actor.entry(actor).or_default().push(id);
+    }
+    for (actor, ids) in by_actor {
+        for chunk in ids.chunks(256) {
+            let mut sql =
+                String::from("SELECT event_id, seq FROM access_event_ids WHERE actor_uri = ");
+            sql.push_str(if numbered { "$1" } else { "?" });
+            sql.push_str(" AND event_id IN (");
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                if numbered {
+                    sql.push_str(&format!("${}", i + 2));
+                } else {
+                    sql.push('?');
+                }
+            }
+            sql.push(')');
+            let mut args: Vec<&(dyn Bind + Sync)> = Vec::with_capacity(chunk.len() + 1);
+            args.push(&actor);
+            for id in chunk {
+                args.push(id);
+            }
+            let rows: Vec<(String, i64)> = tx.all(&sql, &args).await?;
+            for (id, seq) in rows {
+                known.insert((actor.to_owned(), id), seq);
+            }
+        }
+    }
+    Ok(known)
+}
+
+/// Remembers the reporter's id of each (seq, actor, id) appended, in the same transaction.
+pub(crate) async fn remember_event_ids(
+    tx: &mut Tx<'_>,
+    rows: &[(i64, String, String)],
+) -> Result<(), Error> {
+    for (seq, actor, id) in rows {
+        tx.execute(
+            "INSERT INTO access_event_ids (actor_uri, event_id, seq) VALUES ($1, $2, $3)",
+            &[actor, id, seq],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 pub(crate) async fn append_many(tx: &mut Tx<'_>, events: &[Ready]) -> Result<i64, Error> {
     let first: i64 = tx
         .one("SELECT COALESCE(MAX(seq), 0) + 1 FROM audit_events", &[])
@@ -243,7 +302,12 @@ impl FromRow for StoredEvent {
 
 impl super::AuditLog for Store {
     async fn record_event(&self, event: &AuditEvent) -> Result<i64, Error> {
-        self.append_only(vec![Ready::new(event)?]).await
+        let seqs = self
+            .append_only(vec![Ready::new(event)?], Vec::new())
+            .await?;
+        seqs.first()
+            .copied()
+            .ok_or_else(|| Error::Internal("an appended event got no sequence number".into()))
     }
 
     async fn record_events(&self, events: &[AuditEvent]) -> Result<(), Error> {
@@ -254,7 +318,7 @@ impl super::AuditLog for Store {
             .iter()
             .map(Ready::new)
             .collect::<Result<Vec<_>, _>>()?;
-        self.append_only(ready).await.map(|_| ())
+        self.append_only(ready, Vec::new()).await.map(|_| ())
     }
 
     async fn audit_events(&self, after: i64, limit: i64) -> Result<Vec<StoredEvent>, Error> {

@@ -220,15 +220,26 @@ impl super::MerkleLog for Store {
     }
 
     async fn append_events(&self, events: Vec<AuditEvent>) -> Result<Vec<i64>, Error> {
-        let n = events.len() as i64;
-        if n == 0 {
+        if events.is_empty() {
             return Ok(Vec::new());
         }
         // Sealed here, on the caller's thread; the events' detail trees are freed here too.
         let ready = super::audit::Ready::all(&events)?;
         drop(events);
-        let first = self.append_only(ready).await?;
-        Ok((first..first + n).collect())
+        self.append_only(ready, Vec::new()).await
+    }
+
+    async fn append_access(
+        &self,
+        events: Vec<(AuditEvent, Option<String>)>,
+    ) -> Result<Vec<i64>, Error> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (events, keys): (Vec<AuditEvent>, Vec<Option<String>>) = events.into_iter().unzip();
+        let ready = super::audit::Ready::all(&events)?;
+        drop(events);
+        self.append_only(ready, keys).await
     }
 
     async fn save_checkpoint(

@@ -120,6 +120,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "feed_cursors",
         include_str!("../../migrations/sqlite/0013_feed_cursors.sql"),
     ),
+    (
+        14,
+        "access_event_ids",
+        include_str!("../../migrations/sqlite/0014_access_event_ids.sql"),
+    ),
 ];
 
 /// PostgreSQL migrations: the same schema, written for PostgreSQL from the start.
@@ -173,6 +178,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         10,
         "feed_cursors",
         include_str!("../../migrations/postgres/0010_feed_cursors.sql"),
+    ),
+    (
+        11,
+        "access_event_ids",
+        include_str!("../../migrations/postgres/0011_access_event_ids.sql"),
     ),
 ];
 

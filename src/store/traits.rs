@@ -158,6 +158,15 @@ pub trait MerkleLog {
         events: Vec<AuditEvent>,
     ) -> impl Future<Output = Result<Vec<i64>, Error>> + Send;
 
+    /// Appends access events like [`append_events`](Self::append_events), each with its
+    /// reporter's event id if it has one: an event whose actor already reported that id (in
+    /// the log, or earlier in the same batch) is not appended again, and its sequence number
+    /// is the earlier event's. Returns one sequence number per event, in order.
+    fn append_access(
+        &self,
+        events: Vec<(AuditEvent, Option<String>)>,
+    ) -> impl Future<Output = Result<Vec<i64>, Error>> + Send;
+
     /// Stores a signed checkpoint; false if one for this tree size was already stored (by
     /// another replica: Ed25519 is deterministic, so it is the same note).
     fn save_checkpoint(

@@ -57,11 +57,13 @@ type Answer = (
 );
 
 /// Audit events that change nothing else (access reports, refusals), and where to send their
-/// first sequence number.
+/// sequence numbers.
 struct Append {
     events: Vec<Ready>,
-    count: usize,
-    done: oneshot::Sender<Result<i64, Error>>,
+    /// The reporter's id of each event (empty: none has one). An event whose id its actor
+    /// already reported is not appended again: it gets the earlier event's number.
+    keys: Vec<Option<String>>,
+    done: oneshot::Sender<Result<Vec<i64>, Error>>,
 }
 
 /// One unit of queued work.
@@ -78,6 +80,8 @@ struct Batch {
     records: Vec<Record>,
     appends: Vec<Append>,
     answers: Vec<Answer>,
+    /// Each append's sequence numbers, once the batch has run.
+    numbered: Vec<Vec<i64>>,
     /// The record (index into `answers`) that failed after changing something, which
     /// rolled back the batch: it gets its own error, the others a retryable one.
     failed_part_way: Option<usize>,
@@ -114,9 +118,9 @@ impl Batch {
 
     /// Runs the batch inside an open transaction: the records, each in its own savepoint,
     /// then all the pure audit appends as one multi-row INSERT (so a hundred gateways
-    /// reporting at once cost two statements, not four hundred). Returns the appends' first
-    /// sequence number.
-    async fn run(&mut self, tx: &mut Tx<'_>) -> Result<i64, Error> {
+    /// reporting at once cost two statements, not four hundred), leaving each append's
+    /// sequence numbers in `numbered`.
+    async fn run(&mut self, tx: &mut Tx<'_>) -> Result<(), Error> {
         for record in self.records.drain(..) {
             let Record {
                 new,
@@ -157,14 +161,110 @@ impl Batch {
             }
         }
         if self.appends.is_empty() {
-            return Ok(0);
+            return Ok(());
         }
-        let events: Vec<Ready> = self
-            .appends
-            .iter_mut()
-            .flat_map(|a| std::mem::take(&mut a.events))
+        let keyed = self.appends.iter().any(|a| !a.keys.is_empty());
+        if !keyed {
+            let counts: Vec<usize> = self.appends.iter().map(|a| a.events.len()).collect();
+            let events: Vec<Ready> = self
+                .appends
+                .iter_mut()
+                .flat_map(|a| std::mem::take(&mut a.events))
+                .collect();
+            let mut seq = super::audit::append_many(tx, &events).await?;
+            self.numbered = counts
+                .into_iter()
+                .map(|count| {
+                    let first = seq;
+                    seq += count as i64;
+                    (first..seq).collect()
+                })
+                .collect();
+            return Ok(());
+        }
+        self.run_keyed(tx).await
+    }
+
+    /// The appends when some events carry their reporter's id: those already in the log (or
+    /// earlier in this batch) are not appended again.
+    async fn run_keyed(&mut self, tx: &mut Tx<'_>) -> Result<(), Error> {
+        let mut wanted: Vec<(&str, &str)> = Vec::new();
+        for a in &self.appends {
+            for (event, key) in a.events.iter().zip(&a.keys) {
+                if let Some(key) = key {
+                    wanted.push((event.actor_uri(), key));
+                }
+            }
+        }
+        let mut known = super::audit::known_event_ids(tx, &wanted).await?;
+        // Where each event lands: an earlier number, or the n-th new event.
+        enum Lands {
+            Known(i64),
+            New(usize),
+        }
+        let mut fresh: Vec<Ready> = Vec::new();
+        let mut fresh_keys: Vec<(usize, String, String)> = Vec::new();
+        let mut landing: Vec<Vec<Lands>> = Vec::with_capacity(self.appends.len());
+        let mut pending: std::collections::HashMap<(String, String), usize> =
+            std::collections::HashMap::new();
+        for a in &mut self.appends {
+            let keys = std::mem::take(&mut a.keys);
+            let events = std::mem::take(&mut a.events);
+            let mut lands = Vec::with_capacity(events.len());
+            let n = events.len();
+            for (event, key) in events
+                .into_iter()
+                .zip(keys.into_iter().chain(std::iter::repeat(None)).take(n))
+            {
+                match key {
+                    Some(key) => {
+                        let id = (event.actor_uri().to_owned(), key);
+                        if let Some(seq) = known.get(&id) {
+                            lands.push(Lands::Known(*seq));
+                        } else if let Some(i) = pending.get(&id) {
+                            lands.push(Lands::New(*i));
+                        } else {
+                            let i = fresh.len();
+                            pending.insert(id.clone(), i);
+                            fresh_keys.push((i, id.0, id.1));
+                            fresh.push(event);
+                            lands.push(Lands::New(i));
+                        }
+                    }
+                    None => {
+                        lands.push(Lands::New(fresh.len()));
+                        fresh.push(event);
+                    }
+                }
+            }
+            landing.push(lands);
+        }
+        let first = if fresh.is_empty() {
+            0
+        } else {
+            super::audit::append_many(tx, &fresh).await?
+        };
+        let rows: Vec<(i64, String, String)> = fresh_keys
+            .into_iter()
+            .map(|(i, actor, key)| (first + i as i64, actor, key))
             .collect();
-        super::audit::append_many(tx, &events).await
+        super::audit::remember_event_ids(tx, &rows).await?;
+        for (seq, actor, key) in rows {
+            known.insert((actor, key), seq);
+        }
+        self.numbered = landing
+            .into_iter()
+            .map(|lands| {
+                lands
+                    .into_iter()
+                    .map(|l| match l {
+                        Lands::Known(seq) => seq,
+                        Lands::New(i) => first + i as i64,
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(())
     }
 
     /// SQLite: runs the batch in one transaction on `conn` and commits it.
@@ -173,11 +273,10 @@ impl Batch {
         &mut self,
         conn: &mut LiteConn,
         runtime: &tokio::runtime::Runtime,
-    ) -> Result<i64, Error> {
+    ) -> Result<(), Error> {
         let committed = conn.batch("BEGIN IMMEDIATE").and_then(|()| {
-            let first_seq = runtime.block_on(self.run(&mut conn.tx()))?;
-            conn.batch("COMMIT")?;
-            Ok(first_seq)
+            runtime.block_on(self.run(&mut conn.tx()))?;
+            conn.batch("COMMIT")
         });
         if committed.is_err() {
             // Whatever failed, leave no transaction open (an error here only means none was).
@@ -187,16 +286,16 @@ impl Batch {
     }
 
     /// PostgreSQL: runs the batch in one transaction on `pool` and commits it.
-    async fn commit_sqlx(&mut self, pool: &AnyPool) -> Result<i64, Error> {
+    async fn commit_sqlx(&mut self, pool: &AnyPool) -> Result<(), Error> {
         let mut tx = begin_write_on(pool).await?;
-        let first_seq = self.run(&mut tx.on()).await?;
+        self.run(&mut tx.on()).await?;
         tx.commit().await?;
-        Ok(first_seq)
+        Ok(())
     }
 
     /// Answers every caller once the batch's fate is known. Work that never ran (the
     /// transaction failed first) is dropped, and its callers see the database as unavailable.
-    fn answer(&mut self, committed: Result<i64, Error>) {
+    fn answer(&mut self, committed: Result<(), Error>) {
         if let Err(e) = &committed {
             tracing::warn!(
                 error = %e,
@@ -206,7 +305,7 @@ impl Batch {
             );
         }
         self.records.clear();
-        let status = committed.as_ref().map(|_| ()).map_err(Clone::clone);
+        let status = committed.clone();
         let failed = self.failed_part_way.take();
         for (i, (done, result)) in self.answers.drain(..).enumerate() {
             // The record that failed part-way keeps its own error (it never succeeded).
@@ -217,11 +316,10 @@ impl Batch {
             };
             let _ = done.send(answer);
         }
-        let mut seq = committed.as_ref().copied().unwrap_or(0);
+        let mut numbered = std::mem::take(&mut self.numbered).into_iter();
         for append in self.appends.drain(..) {
-            let answer = status.clone().map(|()| seq);
-            seq += append.count as i64;
-            let _ = append.done.send(answer);
+            let seqs = numbered.next().unwrap_or_default();
+            let _ = append.done.send(status.clone().map(|()| seqs));
         }
     }
 }
@@ -405,19 +503,20 @@ impl Store {
     }
 
     /// Appends audit events that change nothing else, in order and with contiguous sequence
-    /// numbers, in the next group-committed transaction; returns the first sequence number
-    /// once it is durable. All of a batch's appends share one multi-row INSERT.
-    pub(crate) async fn append_only(&self, events: Vec<Ready>) -> Result<i64, Error> {
+    /// numbers, in the next group-committed transaction; returns their sequence numbers once
+    /// they are durable. All of a batch's appends share one multi-row INSERT. `keys` (empty,
+    /// or one per event) are the reporter's ids: an event its actor already reported under
+    /// the same id is not appended again, and its number is the earlier event's.
+    pub(crate) async fn append_only(
+        &self,
+        events: Vec<Ready>,
+        keys: Vec<Option<String>>,
+    ) -> Result<Vec<i64>, Error> {
         let (done, answer) = oneshot::channel();
-        let count = events.len();
         let unavailable = || Error::Unavailable("database unavailable; retry later".into());
         self.writer_task
             .queue
-            .send(Work::Append(Append {
-                events,
-                count,
-                done,
-            }))
+            .send(Work::Append(Append { events, keys, done }))
             .await
             .map_err(|_| unavailable())?;
         answer.await.map_err(|_| unavailable())?
