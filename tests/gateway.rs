@@ -422,21 +422,11 @@ access = false
 
 /// A TLS client of the gateway with `who`'s certificate, trusting medid's root.
 fn client_config(root: &Path, who: &Who) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in medid::pem::parse_certificates(&std::fs::read(root).unwrap()).unwrap() {
-        roots.add(c).unwrap();
-    }
-    let chain = medid::pem::parse_certificates(who.cert.as_bytes()).unwrap();
-    use rustls_pki_types::pem::PemObject;
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(who.key.as_bytes()).unwrap();
     Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
+        medid::api::client::client_tls_config(
+            &std::fs::read(root).unwrap(),
+            Some((who.cert.as_bytes(), who.key.as_bytes())),
+        )
         .unwrap(),
     )
 }
@@ -476,6 +466,8 @@ impl Conn {
             req = req.header(*k, *v);
         }
         let req = req.body(Full::new(Bytes::new())).unwrap();
+        // The connection takes the next request once it has finished with the previous one.
+        self.send.ready().await.map_err(|e| e.to_string())?;
         let resp = self
             .send
             .send_request(req)

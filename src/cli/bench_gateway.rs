@@ -215,6 +215,10 @@ impl Conn {
         let send = match self {
             Conn::Tls(s) | Conn::Plain(s) => s,
         };
+        // The connection takes the next request once it has finished with the previous one.
+        send.ready()
+            .await
+            .map_err(|e| Error::Unavailable(format!("connection: {e}")))?;
         let resp = send
             .send_request(req)
             .await

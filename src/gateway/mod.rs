@@ -40,6 +40,14 @@ type Body = BoxBody<Bytes, hyper::Error>;
 
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client has to send a request's head (HTTP/1.1).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections open at once at most; more are closed when accepted.
+const MAX_CONNECTIONS: usize = 4096;
+/// Concurrent HTTP/2 streams per connection.
+const MAX_STREAMS: u32 = 128;
+/// At a stop, how long requests in flight have to finish.
+const DRAIN: Duration = Duration::from_secs(10);
 /// How long the status question to medid may hold a request the first time a certificate
 /// is seen; without an answer the CRL alone decides.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
@@ -717,6 +725,27 @@ pub async fn run(config_path: &std::path::Path) -> Result<(), Error> {
             }
         });
     }
+    // A line a minute on the spool while it holds anything (the operator's view).
+    {
+        let gw = gateway.clone();
+        tokio::spawn(async move {
+            let mut last = (u64::MAX, u64::MAX);
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                let now = (gw.spool.pending(), gw.spool.rejected());
+                if now != last && (now.0 > 0 || now.1 > 0 || last.0 > 0) {
+                    tracing::info!(
+                        waiting = now.0,
+                        rejected = now.1,
+                        sent = gw.counters.events_sent.load(Ordering::Relaxed),
+                        requests = gw.counters.requests.load(Ordering::Relaxed),
+                        "spool"
+                    );
+                }
+                last = now;
+            }
+        });
+    }
     // The sender.
     {
         let gw = gateway.clone();
@@ -746,6 +775,8 @@ pub async fn run(config_path: &std::path::Path) -> Result<(), Error> {
     tracing::info!(address = %local, mode = gateway.config.mode.name(), "medid gateway listening");
     let shutdown = crate::server::shutdown_signal();
     tokio::pin!(shutdown);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (tcp, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -759,8 +790,14 @@ pub async fn run(config_path: &std::path::Path) -> Result<(), Error> {
             _ = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(%remote, "{MAX_CONNECTIONS} connections open: closing a new one");
+            continue;
+        };
         let gw = gateway.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _permit = permit;
             let config = gw
                 .tls
                 .read()
@@ -790,13 +827,34 @@ pub async fn run(config_path: &std::path::Path) -> Result<(), Error> {
                 let peer = peer.clone();
                 async move { Ok::<_, std::convert::Infallible>(gw.handle(req, peer).await) }
             });
-            let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            builder
+                .http2()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .max_concurrent_streams(MAX_STREAMS)
+                .keep_alive_interval(Some(Duration::from_secs(60)));
+            let served = watcher
+                .watch(
+                    builder
+                        .serve_connection(TokioIo::new(tls), service)
+                        .into_owned(),
+                )
                 .await;
             if let Err(e) = served {
                 tracing::debug!(error = %e, %remote, "connection ended");
             }
         });
+    }
+    // Requests in flight finish (their events written); idle connections close.
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in flight after {DRAIN:?}; stopping anyway");
     }
     // Let the spool take what is queued (buffered mode) before the process ends.
     if tokio::time::timeout(Duration::from_secs(5), gateway.spool.flush())
