@@ -228,7 +228,10 @@ class H(http.server.BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = answer
     def log_message(self, *a):
         pass
-http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+class S(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # a client (the gateway) killed mid-request
+S(("127.0.0.1", port), H).serve_forever()
 "#;
 
 struct Upstream {
@@ -318,6 +321,8 @@ fn h2_upstream(listener: tokio::net::TcpListener) -> Seen {
 struct Gateway {
     config: PathBuf,
     port: u16,
+    /// The plain-HTTP listener of /metrics and /readyz.
+    metrics: u16,
     out: PathBuf,
 }
 
@@ -335,6 +340,7 @@ impl Gateway {
     ) -> Self {
         let (bc, bk) = cast.edge.write(dir, "edge-bootstrap");
         let port = common::free_port();
+        let metrics = common::free_port();
         let config = dir.join("gateway.toml");
         let text = format!(
             r#"listen = "127.0.0.1:{port}"
@@ -348,6 +354,7 @@ crl_refresh_seconds = {refresh}
 max_revocation_age_seconds = {max_age}
 patient_header = "x-patient"
 batch = 50
+metrics_listen = "127.0.0.1:{metrics}"
 
 [[routes]]
 prefix = "/vitals/"
@@ -387,6 +394,7 @@ access = false
         Self {
             config,
             port,
+            metrics,
             out: dir.join("gateway.out"),
         }
     }
@@ -417,6 +425,25 @@ access = false
             "the gateway did not come up: {}",
             std::fs::read_to_string(&self.out).unwrap_or_default()
         );
+    }
+}
+
+impl Gateway {
+    /// `GET /readyz`: the status code and the text.
+    fn readyz(&self) -> (String, String) {
+        let out = curl(&[
+            "-w",
+            "\n%{http_code}",
+            &format!("http://127.0.0.1:{}/readyz", self.metrics),
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+        (code.to_owned(), body.to_owned())
+    }
+
+    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let samples = common::scrape_metrics_at(&format!("http://127.0.0.1:{}", self.metrics));
+        common::metric(&samples, name, labels)
     }
 }
 
@@ -812,6 +839,20 @@ async fn the_gateway_authenticates_routes_and_audits_every_request() {
     }
     let body = refused.expect("the revoked device was never refused");
     assert!(body.contains("revoked"), "{body}");
+    // The operator's view: refusals by reason, upstream timings, the spool.
+    for reason in ["revoked", "not_allowed", "no_route", "no_device"] {
+        let n = gw
+            .metric("medid_gateway_refusals_total", &[("reason", reason)])
+            .unwrap_or(0.0);
+        assert!(n >= 1.0, "no {reason} refusal counted");
+    }
+    assert!(
+        gw.metric("medid_gateway_upstream_seconds_count", &[])
+            .unwrap()
+            >= 6.0
+    );
+    assert_eq!(gw.metric("medid_gateway_spool_healthy", &[]), Some(1.0));
+    assert_eq!(gw.readyz().0, "200");
     let (status, _) = call_once(gw.port, d1.clone(), "GET", "/vitals/new-conn", &[])
         .await
         .unwrap();
@@ -837,6 +878,14 @@ async fn the_gateway_authenticates_routes_and_audits_every_request() {
     }
     let body = closed.expect("the gateway never failed closed");
     assert!(body.contains("revocation data"), "{body}");
+    let (code, text) = gw.readyz();
+    assert_eq!(code, "503", "{text}");
+    assert!(text.contains("revocation data"), "{text}");
+    assert!(
+        gw.metric("medid_gateway_revocation_data_age_seconds", &[])
+            .unwrap()
+            >= 4.0
+    );
     medid_child = medid.spawn();
     let _ = medid.admin().await;
     let mut open_again = false;
@@ -922,6 +971,20 @@ async fn the_gateway_authenticates_routes_and_audits_every_request() {
         .any(|e| detail(e, "resource") == Some("/vitals/while-away")
             && e["detail"]["access_outcome"] == 12));
 
+    for _ in 0..100 {
+        if gw.metric("medid_gateway_spool_waiting_events", &[]) == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        gw.metric("medid_gateway_spool_waiting_events", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        gw.metric("medid_gateway_events_sent_total", &[]),
+        Some(expected_events as f64)
+    );
     // A clean stop leaves an empty spool.
     assert!(term(&mut gw_child).success());
     let log = std::fs::read_to_string(&gw.out).unwrap();
@@ -1074,7 +1137,10 @@ async fn kill_during_traffic(
     // The count that matters: the auditor's export of the whole log, verified offline.
     let bundle = exported(&medid, &cast.auditor, &dir.path().join("bundle.jsonl")).await;
     let after_stop = load_events(&bundle);
-    assert_eq!(after_stop, events, "the export holds what the queries found");
+    assert_eq!(
+        after_stop, events,
+        "the export holds what the queries found"
+    );
     assert_eq!(spool_rows(dir.path(), "events"), 0, "the spool is drained");
     assert_eq!(
         spool_rows(dir.path(), "rejected"),

@@ -45,6 +45,9 @@ struct File {
     /// Upstream answer time limit.
     #[serde(default = "default_upstream_timeout")]
     upstream_timeout_seconds: u64,
+    /// A plain-HTTP listener for `/metrics`, `/healthz` and `/readyz` (none if absent).
+    #[serde(default)]
+    metrics_listen: Option<SocketAddr>,
     #[serde(default)]
     routes: Vec<RouteFile>,
 }
@@ -116,6 +119,7 @@ pub struct GatewayConfig {
     pub patient_header: Option<http::HeaderName>,
     pub batch: usize,
     pub upstream_timeout: std::time::Duration,
+    pub metrics_listen: Option<SocketAddr>,
     pub routes: Vec<Route>,
 }
 
@@ -214,6 +218,7 @@ impl GatewayConfig {
             patient_header,
             batch: f.batch,
             upstream_timeout: std::time::Duration::from_secs(f.upstream_timeout_seconds),
+            metrics_listen: f.metrics_listen,
             routes,
         })
     }

@@ -5,6 +5,7 @@
 //! route an access event in medid's ledger, through a durable spool. docs/GATEWAY.md.
 
 pub mod config;
+pub mod metrics;
 pub mod revocation;
 pub mod rules;
 pub mod sender;
@@ -12,7 +13,7 @@ pub mod spool;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -33,6 +34,7 @@ use time::OffsetDateTime;
 use crate::error::Error;
 use crate::proto;
 use config::GatewayConfig;
+use metrics::{Counters, Refusal};
 use revocation::{Seen, Trust};
 use rules::{Caller, DeviceRef, Mode, Protocol, Route};
 
@@ -127,15 +129,6 @@ impl Peer {
             remote,
         }
     }
-}
-
-/// Counters the gateway logs and serves.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub requests: AtomicU64,
-    pub refused: AtomicU64,
-    pub events_spooled: AtomicU64,
-    pub events_sent: Arc<AtomicU64>,
 }
 
 /// The running gateway, shared by every connection.
@@ -273,6 +266,70 @@ impl Gateway {
         .await
     }
 
+    /// An answer of the gateway's own, counted by reason.
+    fn no(&self, reason: Refusal, status: StatusCode, message: &str) -> Response<Body> {
+        self.counters.refused(reason);
+        text(status, message)
+    }
+
+    /// The figures of `/metrics`.
+    fn metrics(&self) -> String {
+        let now = OffsetDateTime::now_utc();
+        metrics::render(
+            &self.counters,
+            metrics::State {
+                spool_waiting: self.spool.pending(),
+                spool_rejected: self.spool.rejected(),
+                spool_healthy: self.spool.healthy(),
+                revocation: self.trust.current().map(|s| {
+                    (
+                        (now - s.fetched_at).whole_seconds(),
+                        (s.next_update - now).whole_seconds(),
+                    )
+                }),
+            },
+        )
+    }
+
+    /// `/readyz`: 200 while requests can be served (fresh revocation data, a working spool).
+    fn ready(&self) -> (StatusCode, String) {
+        let now = OffsetDateTime::now_utc();
+        let mut lines = Vec::new();
+        let mut ok = true;
+        match self.trust.current() {
+            None => {
+                ok = false;
+                lines.push("revocation data: none yet".to_owned());
+            }
+            Some(s) => match s.stale(now, self.config.max_revocation_age) {
+                Some(why) => {
+                    ok = false;
+                    lines.push(format!("revocation data: {why}"));
+                }
+                None => lines.push(format!(
+                    "revocation data: fetched {} s ago",
+                    (now - s.fetched_at).whole_seconds()
+                )),
+            },
+        }
+        if self.spool.healthy() {
+            lines.push(format!(
+                "spool: {} events waiting, {} rejected",
+                self.spool.pending(),
+                self.spool.rejected()
+            ));
+        } else {
+            ok = false;
+            lines.push("spool: its last write failed".to_owned());
+        }
+        let status = if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        (status, lines.join("\n") + "\n")
+    }
+
     /// medid's word on a certificate seen for the first time (since the last CRL).
     async fn first_seen(&self, peer: &Peer) -> Option<Seen> {
         if let Some(seen) = self.trust.seen(&peer.serial) {
@@ -381,9 +438,7 @@ impl Gateway {
     async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: Arc<Peer>) -> Response<Body> {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let response = self.serve(req, &peer).await;
-        if !response.status().is_success() && !response.status().is_redirection() {
-            self.counters.refused.fetch_add(1, Ordering::Relaxed);
-        }
+        self.counters.answered(response.status());
         response
     }
 
@@ -391,11 +446,12 @@ impl Gateway {
         let started = OffsetDateTime::now_utc();
         let caller = match &peer.caller {
             Ok(c) => c,
-            Err(why) => return text(StatusCode::FORBIDDEN, why),
+            Err(why) => return self.no(Refusal::NoIdentity, StatusCode::FORBIDDEN, why),
         };
         let path = req.uri().path().to_owned();
         let Some(route) = rules::route_for(&self.config.routes, &path) else {
-            return text(
+            return self.no(
+                Refusal::NoRoute,
                 StatusCode::NOT_FOUND,
                 "no route of this gateway serves this path",
             );
@@ -403,7 +459,7 @@ impl Gateway {
         let device = if route.access {
             match rules::device_of(route, caller, &path, req.headers(), &self.trust_domain) {
                 Ok(d) => Some(d),
-                Err(why) => return text(StatusCode::BAD_REQUEST, &why),
+                Err(why) => return self.no(Refusal::NoDevice, StatusCode::BAD_REQUEST, &why),
             }
         } else {
             None
@@ -419,7 +475,8 @@ impl Gateway {
                     Some(v.to_owned())
                 }
                 Some(_) => {
-                    return text(
+                    return self.no(
+                        Refusal::BadPatientHeader,
                         StatusCode::BAD_REQUEST,
                         &format!("the {name} header must be at most 256 printable characters"),
                     )
@@ -429,7 +486,8 @@ impl Gateway {
         };
         let method = req.method().clone();
         // A refusal by the gateway itself: on a device-data route it is an access event too.
-        let refuse = |status: StatusCode, why: String| {
+        let refuse = |reason: Refusal, status: StatusCode, why: String| {
+            self.counters.refused(reason);
             let patient = patient.clone();
             let device = device.clone();
             let method = method.clone();
@@ -450,6 +508,7 @@ impl Gateway {
         };
         if !route.allows(caller) {
             return refuse(
+                Refusal::NotAllowed,
                 StatusCode::FORBIDDEN,
                 format!(
                     "{} ({}) may not use {}",
@@ -462,6 +521,7 @@ impl Gateway {
         }
         let Some(snapshot) = self.trust.current() else {
             return refuse(
+                Refusal::NoRevocationData,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the gateway has no revocation data yet".into(),
             )
@@ -469,10 +529,16 @@ impl Gateway {
         };
         if let Some(why) = snapshot.stale(OffsetDateTime::now_utc(), self.config.max_revocation_age)
         {
-            return refuse(StatusCode::SERVICE_UNAVAILABLE, why).await;
+            return refuse(
+                Refusal::StaleRevocationData,
+                StatusCode::SERVICE_UNAVAILABLE,
+                why,
+            )
+            .await;
         }
         if snapshot.is_revoked(&peer.issuer_subject, &peer.serial) {
             return refuse(
+                Refusal::Revoked,
                 StatusCode::FORBIDDEN,
                 "the client certificate is revoked".into(),
             )
@@ -480,6 +546,7 @@ impl Gateway {
         }
         if self.first_seen(peer).await == Some(Seen::Refused) {
             return refuse(
+                Refusal::NotVouched,
                 StatusCode::FORBIDDEN,
                 "medid does not vouch for the client certificate (revoked, or not issued by it)"
                     .into(),
@@ -488,7 +555,8 @@ impl Gateway {
         }
         if route.access && self.config.mode == Mode::Strict && !self.spool.healthy() {
             // The event could not be written: do not let the request reach the data.
-            return text(
+            return self.no(
+                Refusal::NotRecorded,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the gateway cannot record accesses now (its spool is failing); retry later",
             );
@@ -502,7 +570,7 @@ impl Gateway {
             .unwrap_or_else(|| "/".into());
         let uri = match route.upstream_uri(&path_and_query) {
             Ok(u) => u,
-            Err(why) => return text(StatusCode::BAD_REQUEST, &why),
+            Err(why) => return self.no(Refusal::BadPath, StatusCode::BAD_REQUEST, &why),
         };
         let mut headers =
             rules::upstream_headers(std::mem::take(&mut parts.headers), caller, device.as_ref());
@@ -528,10 +596,12 @@ impl Gateway {
                 &self.http2
             }
         };
+        let forwarded = std::time::Instant::now();
         let answer =
             tokio::time::timeout(self.config.upstream_timeout, client.request(upstream_req)).await;
         let (response, answered) = match answer {
             Ok(Ok(resp)) => {
+                self.counters.upstream(forwarded.elapsed().as_secs_f64());
                 let (mut parts, body) = resp.into_parts();
                 rules::downstream_headers(&mut parts.headers);
                 (Response::from_parts(parts, body.boxed()), true)
@@ -539,7 +609,8 @@ impl Gateway {
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, upstream = %route.upstream, "upstream unreachable");
                 (
-                    text(
+                    self.no(
+                        Refusal::UpstreamUnreachable,
                         StatusCode::BAD_GATEWAY,
                         "the upstream service did not answer",
                     ),
@@ -547,7 +618,8 @@ impl Gateway {
                 )
             }
             Err(_) => (
-                text(
+                self.no(
+                    Refusal::UpstreamTimeout,
                     StatusCode::GATEWAY_TIMEOUT,
                     "the upstream service did not answer in time",
                 ),
@@ -572,7 +644,8 @@ impl Gateway {
                 match self.config.mode {
                     Mode::Strict => {
                         tracing::error!(error = %e, "an access event could not be spooled; the answer is withheld");
-                        return text(
+                        return self.no(
+                            Refusal::NotRecorded,
                             StatusCode::SERVICE_UNAVAILABLE,
                             "the access could not be recorded, so its answer is withheld; retry later",
                         );
@@ -759,6 +832,44 @@ pub async fn run(config_path: &std::path::Path) -> Result<(), Error> {
             gateway.config.batch,
             gateway.counters.events_sent.clone(),
         ));
+    }
+    if let Some(addr) = gateway.config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            Error::Unavailable(format!("listening on {addr} (metrics_listen): {e}"))
+        })?;
+        let gw = gateway.clone();
+        let app = axum::Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get({
+                    let gw = gw.clone();
+                    move || {
+                        let gw = gw.clone();
+                        async move {
+                            (
+                                [(
+                                    http::header::CONTENT_TYPE,
+                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                )],
+                                gw.metrics(),
+                            )
+                        }
+                    }
+                }),
+            )
+            .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+            .route(
+                "/readyz",
+                axum::routing::get(move || {
+                    let gw = gw.clone();
+                    async move { gw.ready() }
+                }),
+            );
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "the metrics listener stopped");
+            }
+        });
     }
     let listener = tokio::net::TcpListener::bind(gateway.config.listen)
         .await

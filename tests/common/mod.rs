@@ -577,12 +577,17 @@ pub struct Sample {
 /// sets it), the text is parsed by Python prometheus_client's OpenMetrics parser, an
 /// independent reader that refuses malformed text; without it, line by line here.
 pub fn scrape_metrics(server: &TestServer) -> Vec<Sample> {
+    scrape_metrics_at(&server.http_url)
+}
+
+/// Every sample of `BASE/metrics` (plain HTTP), read as [`scrape_metrics`] reads medid's.
+pub fn scrape_metrics_at(base: &str) -> Vec<Sample> {
     let work = tempfile::tempdir().unwrap();
     let text = work.path().join("metrics.txt");
     let fetched = std::process::Command::new("curl")
         .args(["-sSf", "-o"])
         .arg(&text)
-        .arg(format!("{}/metrics", server.http_url))
+        .arg(format!("{base}/metrics"))
         .status()
         .unwrap();
     assert!(fetched.success(), "GET /metrics failed");
