@@ -37,6 +37,9 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Address of the plain-HTTP listener for CRLs, OCSP and CA certificates (public data).
     pub http_listen: SocketAddr,
+    /// Serve the compliance console (HTTPS, client certificates) on `console_listen`.
+    pub console_enabled: bool,
+    pub console_listen: SocketAddr,
     /// Serve EST (RFC 7030) on `est_listen`.
     pub est_enabled: bool,
     /// Address of the EST listener (HTTPS, HTTP/1.1, client certificates).
@@ -129,6 +132,8 @@ impl Default for Config {
             operational_ca_validity_days: 5 * 365,
             max_message_bytes: 1024 * 1024,
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            console_enabled: true,
+            console_listen: SocketAddr::from(([127, 0, 0, 1], 8444)),
             est_enabled: true,
             est_listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             est_labels: BTreeMap::new(),

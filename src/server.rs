@@ -71,6 +71,8 @@ pub struct Listeners {
     pub http: TcpListener,
     /// EST over HTTPS (HTTP/1.1), when enabled.
     pub est: Option<TcpListener>,
+    /// The compliance console (HTTPS), when enabled.
+    pub console: Option<TcpListener>,
 }
 
 /// HTTP/2 streams a client may reset before the server has accepted them (h2's default,
@@ -466,6 +468,19 @@ pub async fn run(
         ))
     });
 
+    let console = listeners.console.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "serving the compliance console over HTTPS");
+        }
+        let security = Security::Tls(prepared.tls.clone(), tls::Protocol::Console);
+        let conns = listen::accept(listener, gate.clone(), security, stopped.clone());
+        tokio::spawn(listen::serve_http1(
+            conns,
+            crate::api::console::router(ca.clone()),
+            header_timeout,
+            stopped.clone(),
+        ))
+    });
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, tonic_health::ServingStatus::Serving).await;
     // Reflection v1 and, for older grpcurl builds, v1alpha.
@@ -547,6 +562,11 @@ pub async fn run(
         if let Some(est) = est {
             if let Err(e) = est.await {
                 tracing::error!(error = %e, "EST server task");
+            }
+        }
+        if let Some(console) = console {
+            if let Err(e) = console.await {
+                tracing::error!(error = %e, "console server task");
             }
         }
         let _ = stop_http.send(true);

@@ -214,7 +214,7 @@ fn data_files_are_private_whatever_the_umask_and_exposed_ones_are_named_at_start
         format!(
             "listen = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
              database_url = \"sqlite://data/medid.db\"\npki_dir = \"pki\"\n\
-             create_dev_pki = true\nest_enabled = false\ncheckpoint_every_seconds = 1\n\
+             create_dev_pki = true\nest_enabled = false\nconsole_enabled = false\ncheckpoint_every_seconds = 1\n\
              ca_expiry_warning_days = 2000\n"
         ),
     )

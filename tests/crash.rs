@@ -33,7 +33,7 @@ impl Node {
         let config = self.dir.join("medid.toml");
         let mut text = format!(
             "listen = \"127.0.0.1:{}\"\nhttp_listen = \"127.0.0.1:{}\"\ndatabase_url = \"sqlite://{}\"\n\
-             pki_dir = \"{}\"\ncreate_dev_pki = true\nest_enabled = false\n",
+             pki_dir = \"{}\"\ncreate_dev_pki = true\nest_enabled = false\nconsole_enabled = false\n",
             self.grpc,
             self.http,
             self.dir.join("medid.db").display(),

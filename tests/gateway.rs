@@ -52,7 +52,7 @@ impl Medid {
         let config = self.dir.join("medid.toml");
         let text = format!(
             "listen = \"127.0.0.1:{}\"\nhttp_listen = \"127.0.0.1:{}\"\ndatabase_url = \"sqlite://{}\"\n\
-             pki_dir = \"{}\"\ncreate_dev_pki = true\nest_enabled = false\n\
+             pki_dir = \"{}\"\ncreate_dev_pki = true\nest_enabled = false\nconsole_enabled = false\n\
              [[gateway_hosts]]\nid = \"edge\"\ndns = [\"localhost\"]\nips = [\"127.0.0.1\"]\n",
             self.grpc,
             self.http,

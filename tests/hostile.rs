@@ -48,7 +48,7 @@ impl Node {
             &config,
             format!(
                 "listen = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
-                 est_listen = \"127.0.0.1:{est}\"\ndatabase_url = \"sqlite://{}\"\n\
+                 est_listen = \"127.0.0.1:{est}\"\nconsole_enabled = false\ndatabase_url = \"sqlite://{}\"\n\
                  pki_dir = \"{}\"\ncreate_dev_pki = true\n\
                  connection_header_timeout_seconds = {HEADER_TIMEOUT}\n\
                  connection_idle_timeout_seconds = {IDLE_TIMEOUT}\n",

@@ -29,7 +29,7 @@ fn serve(dir: &Path, format: &str) -> Served {
         format!(
             "listen = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
              database_url = \"sqlite://medid.db\"\npki_dir = \"pki\"\ncreate_dev_pki = true\n\
-             est_listen = \"127.0.0.1:{est}\"\nlog_format = \"{format}\"\n"
+             est_listen = \"127.0.0.1:{est}\"\nconsole_enabled = false\nlog_format = \"{format}\"\n"
         ),
     )
     .unwrap();

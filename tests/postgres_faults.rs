@@ -177,7 +177,7 @@ async fn an_unreachable_database_at_start_is_a_clear_error_and_a_failed_exit() {
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{}\"\nhttp_listen = \"127.0.0.1:{}\"\nest_enabled = false\n\
+            "listen = \"127.0.0.1:{}\"\nhttp_listen = \"127.0.0.1:{}\"\nest_enabled = false\nconsole_enabled = false\n\
              database_url = \"postgres://postgres:secret@127.0.0.1:{port}/test\"\n\
              pki_dir = \"{}\"\ncreate_dev_pki = true\naudit_checkpoint_dir = \"{}\"\n",
             free(),

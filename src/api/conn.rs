@@ -64,23 +64,31 @@ pub enum Listener {
     Est,
     /// Plain HTTP: CRLs, OCSP, CA certificates, health, metrics.
     Http,
+    /// The compliance console over HTTPS.
+    Console,
 }
 
 impl Listener {
-    pub const ALL: [Listener; 3] = [Listener::Grpc, Listener::Est, Listener::Http];
+    pub const ALL: [Listener; 4] = [
+        Listener::Grpc,
+        Listener::Est,
+        Listener::Http,
+        Listener::Console,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Listener::Grpc => "grpc",
             Listener::Est => "est",
             Listener::Http => "http",
+            Listener::Console => "console",
         }
     }
 
     fn wire(self) -> Wire {
         match self {
             Listener::Grpc => Wire::Http2,
-            Listener::Est | Listener::Http => Wire::Http1,
+            Listener::Est | Listener::Http | Listener::Console => Wire::Http1,
         }
     }
 }
@@ -306,7 +314,7 @@ impl Gate {
     }
 
     /// Open connections now, by the listener they came in on.
-    pub fn open_by_listener(&self) -> [(Listener, usize); 3] {
+    pub fn open_by_listener(&self) -> [(Listener, usize); 4] {
         let mut counts = Listener::ALL.map(|l| (l, 0));
         for (_, activity) in self.lock().open.values() {
             if let Some(c) = counts.iter_mut().find(|(l, _)| *l == activity.listener) {

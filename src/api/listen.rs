@@ -40,6 +40,7 @@ pub fn accept(
     let name = match &security {
         Security::Tls(_, Protocol::Grpc) => Listener::Grpc,
         Security::Tls(_, Protocol::Http1) => Listener::Est,
+        Security::Tls(_, Protocol::Console) => Listener::Console,
         Security::Plain => Listener::Http,
     };
     // A handshake is the first thing a TLS client sends: it has the greeting's deadline.

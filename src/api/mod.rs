@@ -5,6 +5,7 @@
 mod audit;
 pub mod client;
 pub mod conn;
+pub mod console;
 mod convert;
 pub mod est;
 pub mod fhir_rest;

@@ -61,6 +61,8 @@ pub enum Protocol {
     Grpc,
     /// EST: HTTP/1.1.
     Http1,
+    /// The compliance console: HTTP/1.1 (the EST configuration, its own listener).
+    Console,
 }
 
 /// What the client-certificate verifier trusts: the issuing-CA certificates in service (DER,
@@ -200,7 +202,7 @@ impl TlsReloader {
             .expect("TLS config lock is never poisoned");
         match protocol {
             Protocol::Grpc => configs.grpc.clone(),
-            Protocol::Http1 => configs.http1.clone(),
+            Protocol::Http1 | Protocol::Console => configs.http1.clone(),
         }
     }
 }

@@ -389,7 +389,7 @@ async fn start(
     let text = format!(
         "listen = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
          database_url = \"{database_url}\"\npki_dir = \"{}\"\naudit_checkpoint_dir = \"{}\"\n\
-         create_dev_pki = true\nest_enabled = false\n",
+         create_dev_pki = true\nest_enabled = false\nconsole_enabled = false\n",
         dir.path().join("pki").display(),
         dir.path().join("checkpoints").display()
     ) + &extra.toml

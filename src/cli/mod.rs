@@ -387,12 +387,20 @@ async fn serve(args: ServeArgs) -> Result<crate::server::Stopped, Error> {
             true => Some(bind(config.est_listen).await?),
             false => None,
         },
+        console: match config.console_enabled {
+            true => Some(bind(config.console_listen).await?),
+            false => None,
+        },
     };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let prepared = crate::server::prepare(&config, clock).await?;
     let est = match config.est_enabled {
         true => format!(", EST over HTTPS on {}", config.est_listen),
         false => String::new(),
+    };
+    let est = match config.console_enabled {
+        true => format!("{est}, the console on https://{}", config.console_listen),
+        false => est,
     };
     println!(
         "medid serving gRPC (mTLS) on {}, CRL/OCSP over HTTP on {}{est} — PKI {}, database {}",

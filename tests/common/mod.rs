@@ -31,6 +31,8 @@ pub struct TestServer {
     pub http_url: String,
     /// Base URL of the EST listener (HTTPS).
     pub est_url: String,
+    /// Base URL of the compliance console (HTTPS).
+    pub console_url: String,
     pub ca: Arc<Ca>,
     pub clock: Arc<FixedClock>,
     pub config: Config,
@@ -92,12 +94,15 @@ impl TestServer {
         let http_addr = http.local_addr().unwrap();
         let est = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let est_addr = est.local_addr().unwrap();
+        let console = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let console_addr = console.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let listeners = medid::server::Listeners {
                 grpc,
                 http,
                 est: Some(est),
+                console: Some(console),
             };
             medid::server::run(prepared, listeners, async {
                 let _ = stopped.await;
@@ -109,6 +114,7 @@ impl TestServer {
             url: format!("https://localhost:{}", addr.port()),
             http_url: format!("http://{http_addr}"),
             est_url: format!("https://localhost:{}", est_addr.port()),
+            console_url: format!("https://localhost:{}", console_addr.port()),
             dir,
             ca,
             clock,
