@@ -77,33 +77,26 @@ fn screenshots() -> PathBuf {
     dir
 }
 
-/// The page at `url` as Chromium rendered it, after its scripts ran (the DOM), and a
-/// screenshot of it in `target/console-screenshots/<shot>.png`.
+/// The page at `url` as Chromium rendered it, after its scripts ran (the DOM), with a
+/// screenshot of it in `target/console-screenshots/<shot>.png`, from one run of the browser.
 fn browse(browser: &str, home: &Path, url: &str, shot: &str) -> String {
-    let common = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--virtual-time-budget=5000",
-        "--window-size=1280,1400",
-    ];
+    let png = screenshots().join(format!("{shot}.png"));
     let out = Command::new(browser)
-        .args(common)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--virtual-time-budget=2000",
+            "--window-size=1280,1400",
+        ])
+        .arg(format!("--screenshot={}", png.display()))
         .arg("--dump-dom")
         .arg(url)
         .env("HOME", home)
         .output()
         .unwrap();
-    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
-    let png = screenshots().join(format!("{shot}.png"));
-    let _ = Command::new(browser)
-        .args(common)
-        .arg(format!("--screenshot={}", png.display()))
-        .arg(url)
-        .env("HOME", home)
-        .output();
-    dom
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 async fn some_accesses(server: &TestServer) {
