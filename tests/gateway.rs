@@ -4,7 +4,8 @@
 //! Checked: identity headers set by the gateway and spoofed ones dropped, a foreign CA refused
 //! at TLS, a revoked device refused after a CRL refresh (on an open connection too), fail-closed
 //! on old revocation data, and `kill -9` of the gateway and of medid during traffic with one
-//! event per completed request in medid's ledger.
+//! event per completed request in medid's ledger. medid's database is SQLite, or PostgreSQL in
+//! the PostgreSQL pass (`MEDID_TEST_BACKEND=postgres`).
 
 mod common;
 
@@ -45,18 +46,31 @@ struct Medid {
     dir: PathBuf,
     grpc: u16,
     http: u16,
+    /// SQLite in `dir`, or a PostgreSQL schema of its own in the PostgreSQL pass.
+    database_url: String,
+}
+
+impl Medid {
+    async fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            grpc: common::free_port(),
+            http: common::free_port(),
+            database_url: common::database_url_for(dir).await,
+        }
+    }
 }
 
 impl Medid {
     fn spawn(&self) -> Child {
         let config = self.dir.join("medid.toml");
         let text = format!(
-            "listen = \"127.0.0.1:{}\"\nhttp_listen = \"127.0.0.1:{}\"\ndatabase_url = \"sqlite://{}\"\n\
+            "listen = \"127.0.0.1:{}\"\nhttp_listen = \"127.0.0.1:{}\"\ndatabase_url = \"{}\"\n\
              pki_dir = \"{}\"\ncreate_dev_pki = true\nest_enabled = false\nconsole_enabled = false\n\
              [[gateway_hosts]]\nid = \"edge\"\ndns = [\"localhost\"]\nips = [\"127.0.0.1\"]\n",
             self.grpc,
             self.http,
-            self.dir.join("medid.db").display(),
+            self.database_url,
             self.dir.join("pki").display()
         );
         std::fs::write(&config, text).unwrap();
@@ -604,11 +618,7 @@ fn curl(args: &[&str]) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_gateway_authenticates_routes_and_audits_every_request() {
     let dir = tempfile::tempdir().unwrap();
-    let medid = Medid {
-        dir: dir.path().to_path_buf(),
-        grpc: common::free_port(),
-        http: common::free_port(),
-    };
+    let medid = Medid::new(dir.path()).await;
     let mut medid_child = medid.spawn();
     let cast = cast(&medid, 3).await;
     let up_port = common::free_port();
@@ -1065,11 +1075,7 @@ async fn kill_during_traffic(
     tempfile::TempDir,
 ) {
     let dir = tempfile::tempdir().unwrap();
-    let medid = Medid {
-        dir: dir.path().to_path_buf(),
-        grpc: common::free_port(),
-        http: common::free_port(),
-    };
+    let medid = Medid::new(dir.path()).await;
     let mut medid_child = medid.spawn();
     let cast = cast(&medid, 4).await;
     let up_port = common::free_port();
