@@ -124,29 +124,39 @@ impl Drop for Server {
     }
 }
 
+/// The CPU seconds (user + system, all threads) process `pid` has used: /proc/<pid>/stat
+/// fields 14 and 15, in USER_HZ (100 on Linux).
+pub(super) fn cpu_seconds(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = after.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+        })
+        .unwrap_or(f64::NAN)
+}
+
+/// The resident memory of process `pid` now (`VmRSS` in /proc/<pid>/status), in MiB.
+pub(super) fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib / 1024.0)
+        })
+        .unwrap_or(f64::NAN)
+}
+
 impl Server {
     fn cpu_seconds(&self) -> f64 {
-        // /proc/<pid>/stat fields 14 and 15: utime, stime in USER_HZ (100 on Linux).
-        std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                let after = s.rsplit_once(')')?.1;
-                let f: Vec<&str> = after.split_whitespace().collect();
-                Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
-            })
-            .unwrap_or(f64::NAN)
+        cpu_seconds(self.child.id())
     }
 
-    /// The server's resident memory now (`VmRSS` in /proc/<pid>/status), in MiB.
+    /// The server's resident memory now, in MiB.
     fn rss_mib(&self) -> f64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-                let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-                Some(kib / 1024.0)
-            })
-            .unwrap_or(f64::NAN)
+        rss_mib(self.child.id())
     }
 
     fn creds(&self, cert: &str, key: &str) -> ClientCredentials {

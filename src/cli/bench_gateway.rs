@@ -99,28 +99,6 @@ impl Drop for Gateway {
     }
 }
 
-fn cpu_seconds(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let after = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = after.split_whitespace().collect();
-            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
-        })
-        .unwrap_or(f64::NAN)
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-            let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kib / 1024.0)
-        })
-        .unwrap_or(f64::NAN)
-}
-
 fn write(path: &Path, text: &str) -> Result<(), Error> {
     std::fs::write(path, text).map_err(|e| Error::Internal(format!("{}: {e}", path.display())))
 }
@@ -345,16 +323,16 @@ pub async fn run(
         let dir = tempfile::tempdir().map_err(|e| Error::internal("temp dir", e))?;
         let gw = start_gateway(dir.path(), medid_url, &root, bootstrap, mode, up).await?;
         let pid = gw.child.id();
-        let cpu_before = cpu_seconds(pid);
+        let cpu_before = super::bench::cpu_seconds(pid);
         let (lat, seconds) = drive(gw.port, configs.clone(), count, "/fhir/").await?;
-        let cpu = cpu_seconds(pid) - cpu_before;
+        let cpu = super::bench::cpu_seconds(pid) - cpu_before;
         out.push(Measured {
             name,
             ops: count,
             seconds,
             latencies: lat,
             cpu,
-            rss_mib: rss_mib(pid),
+            rss_mib: super::bench::rss_mib(pid),
         });
         // The gateway stops before its directory goes.
         drop(gw);
