@@ -867,8 +867,10 @@ impl Drop for Reader<'_> {
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
 /// WAL frames (pages) past which the checkpointer holds the writer back for one short pass, so
-/// that the log can start again from its beginning: 16,384 frames, 64 MiB with 4 KiB pages.
-pub(crate) const WAL_RESTART_FRAMES: i64 = 16_384;
+/// that the log can start again from its beginning: 8,192 frames, 32 MiB of 4 KiB pages (a
+/// frame is a page and a 24-byte header, so about 34 MB of file). Half of [`WAL_KEEP_BYTES`],
+/// so that what the writer appends between two checkpoint passes still fits under it.
+pub(crate) const WAL_RESTART_FRAMES: i64 = 8_192;
 
 /// The size the writer cuts the WAL file back to when the log starts again
 /// (`journal_size_limit`), so a file that grew during a long export does not stay large.
