@@ -28,18 +28,18 @@ const MATRIX: &[(&str, &[&str])] = &[
     ("Admin.ListManufacturers", &["admin"]),
     ("Admin.IssuePrincipalCertificate", &["admin"]),
     ("Enrollment.EnrollDevice", &["station"]),
-    ("Registry.GetDevice", &["admin", "station"]),
-    ("Registry.ListDevices", &["admin", "station"]),
+    ("Registry.GetDevice", &["admin", "station", "auditor"]),
+    ("Registry.ListDevices", &["admin", "station", "auditor"]),
     (
         "Lifecycle.RequestOperationalCertificate",
         &["gateway", "device-birth", "device-op"],
     ),
     ("Lifecycle.Revoke", &["admin", "station"]),
     ("Lifecycle.DecommissionDevice", &["admin", "station"]),
-    ("Lifecycle.ListExpiring", &["admin"]),
+    ("Lifecycle.ListExpiring", &["admin", "auditor"]),
     (
         "Lifecycle.GetRotationStatus",
-        &["admin", "station", "device-birth", "device-op"],
+        &["admin", "station", "auditor", "device-birth", "device-op"],
     ),
     (
         "Lifecycle.GetCertificateStatus",

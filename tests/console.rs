@@ -1,6 +1,7 @@
 //! The compliance console in a real browser: headless Chromium (Debian `chromium`) with the
-//! auditor's certificate in an NSS database (imported with NSS's `pk12util` from a PKCS#12 made
-//! by OpenSSL) and Chromium's AutoSelectCertificateForUrls policy, which `.ci/run` installs. The
+//! auditor's certificate in an NSS database (imported with NSS's `pk12util` from the PKCS#12
+//! file `medid admin issue --p12` wrote) and Chromium's AutoSelectCertificateForUrls policy,
+//! which `.ci/run` installs. The
 //! pages are read as Chromium rendered them, after their scripts ran; screenshots are kept in
 //! `target/console-screenshots/`. Without Chromium or the policy the browser tests are skipped,
 //! unless `MEDID_REQUIRE_CHROMIUM` is set (as `.ci/run` does), when they fail.
@@ -32,27 +33,39 @@ fn chromium() -> Option<&'static str> {
     None
 }
 
-/// A browser profile (an NSS database in its own HOME) holding `who`'s certificate and key,
-/// and trusting medid's root for the console's TLS certificate.
-fn profile(server: &TestServer, who: &Identity, name: &str) -> PathBuf {
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{cmd:?}: {text}");
+    text
+}
+
+/// A browser profile (an NSS database in its own HOME) holding the key and certificate of the
+/// PKCS#12 file `p12` (imported with NSS's `pk12util`), and trusting medid's root for the
+/// console's TLS certificate.
+fn nss_profile(server: &TestServer, name: &str, p12: &Path, password: &str) -> PathBuf {
     let home = server.dir.path().join(format!("browser-{name}"));
     let nssdb = home.join(".pki/nssdb");
     std::fs::create_dir_all(&nssdb).unwrap();
-    let (cert, key, p12) = (
-        home.join("me.pem"),
-        home.join("me.key"),
-        home.join("me.p12"),
-    );
+    let db = format!("sql:{}", nssdb.display());
+    run(Command::new("certutil").args(["-N", "--empty-password", "-d", &db]));
+    run(Command::new("pk12util")
+        .args(["-W", password, "-d", &db, "-i"])
+        .arg(p12));
+    run(Command::new("certutil")
+        .args(["-A", "-n", "medid-root", "-t", "C,,", "-d", &db, "-i"])
+        .arg(server.pki("root-ca.pem")));
+    home
+}
+
+/// [`nss_profile`] for an identity issued in the test, its PKCS#12 made by OpenSSL.
+fn profile(server: &TestServer, who: &Identity, name: &str) -> PathBuf {
+    let dir = server.dir.path().join(format!("identity-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key, p12) = (dir.join("me.pem"), dir.join("me.key"), dir.join("me.p12"));
     std::fs::write(&cert, &who.cert_pem).unwrap();
     std::fs::write(&key, &who.key_pem).unwrap();
-    let run = |cmd: &mut Command| {
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{cmd:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     run(Command::new("openssl")
         .args(["pkcs12", "-export", "-passout", "pass:", "-in"])
         .arg(&cert)
@@ -60,15 +73,56 @@ fn profile(server: &TestServer, who: &Identity, name: &str) -> PathBuf {
         .arg(&key)
         .arg("-out")
         .arg(&p12));
-    let db = format!("sql:{}", nssdb.display());
-    run(Command::new("certutil").args(["-N", "--empty-password", "-d", &db]));
-    run(Command::new("pk12util")
-        .args(["-W", "", "-d", &db, "-i"])
-        .arg(&p12));
-    run(Command::new("certutil")
-        .args(["-A", "-n", "medid-root", "-t", "C,,", "-d", &db, "-i"])
-        .arg(server.pki("root-ca.pem")));
-    home
+    nss_profile(server, name, &p12, "")
+}
+
+/// `medid admin issue ARGS` as the bootstrap admin, against `server`.
+fn admin_issue(server: &TestServer, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_medid"))
+        .args(["admin", "issue"])
+        .args(args)
+        .arg("--server")
+        .arg(&server.url)
+        .arg("--ca")
+        .arg(server.pki("root-ca.pem"))
+        .arg("--cert")
+        .arg(server.pki("admin.pem"))
+        .arg("--key")
+        .arg(server.pki("admin.key"))
+        .output()
+        .unwrap()
+}
+
+/// Checks what every page must have for keyboard and screen-reader users: a language, a skip
+/// link to the main content, a label for every form field, a title for every chart, no
+/// positive tabindex (the reading order is the tab order) and only native controls (links,
+/// buttons, fields, summaries) taking clicks, which the keyboard reaches.
+fn accessible(dom: &str) {
+    assert!(dom.contains("<html lang=\"en\""), "no language: {dom}");
+    assert!(dom.contains("href=\"#main\""), "no skip link: {dom}");
+    assert!(dom.contains("<main id=\"main\""), "no main landmark: {dom}");
+    for (tag, close) in [("<input", ">"), ("<select", ">")] {
+        for chunk in dom.split(tag).skip(1) {
+            let element = &chunk[..chunk.find(close).unwrap()];
+            let id = element
+                .split("id=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or_else(|| panic!("a field without an id: {tag}{element}"));
+            assert!(
+                dom.contains(&format!("<label for=\"{id}\"")),
+                "field {id} has no label"
+            );
+        }
+    }
+    for chunk in dom.split("<svg").skip(1) {
+        let element = &chunk[..chunk.find("</svg>").unwrap()];
+        assert!(element.contains("role=\"img\""), "a chart without role=img");
+        assert!(element.contains("<title id="), "a chart without a title");
+        assert!(element.contains("aria-labelledby="), "a chart not labelled");
+    }
+    assert!(!dom.contains("tabindex=\"1"), "a positive tabindex");
+    assert!(!dom.contains("onclick"), "a click handler on a non-control");
 }
 
 fn screenshots() -> PathBuf {
@@ -121,8 +175,67 @@ async fn an_auditor_searches_and_verifies_events_in_the_browser() {
     let Some(browser) = chromium() else { return };
     let server = TestServer::start().await;
     some_accesses(&server).await;
-    let auditor = server.issue(PrincipalRole::Auditor, "compliance", "").await;
-    let home = profile(&server, &auditor, "auditor");
+    // The auditor's certificate as an operator makes it: `medid admin issue --p12`, checked
+    // by OpenSSL and imported into the browser's NSS database by pk12util.
+    let files = server.dir.path().join("auditor-files");
+    let password = server.dir.path().join("p12-password");
+    std::fs::write(&password, "correct horse battery\n").unwrap();
+    let out = admin_issue(
+        &server,
+        &[
+            "--role",
+            "auditor",
+            "--id",
+            "compliance",
+            "--p12",
+            "--p12-password-file",
+        ],
+    );
+    assert!(!out.status.success(), "--p12-password-file needs its file");
+    let mut args = vec!["--role", "auditor", "--id", "compliance", "--p12"];
+    let (pw, dir) = (password.to_str().unwrap(), files.to_str().unwrap());
+    args.extend(["--p12-password-file", pw, "--out", dir]);
+    let out = admin_issue(&server, &args);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    let p12 = files.join("compliance.p12");
+    assert!(text.contains(&p12.display().to_string()), "{text}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&p12).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the PKCS#12 file holds a key");
+    let info = run(Command::new("openssl")
+        .args(["pkcs12", "-info", "-noout", "-passin"])
+        .arg(format!("file:{pw}"))
+        .arg("-in")
+        .arg(&p12));
+    assert!(info.contains("MAC: sha256"), "{info}");
+    assert!(info.contains("PBES2, PBKDF2, AES-256-CBC"), "{info}");
+    let certs = run(Command::new("openssl")
+        .args(["pkcs12", "-nokeys", "-passin"])
+        .arg(format!("file:{pw}"))
+        .arg("-in")
+        .arg(&p12));
+    assert!(
+        certs.contains("subject=OU = auditor, CN = compliance"),
+        "{certs}"
+    );
+    assert!(
+        certs.contains("subject=O = medid.local, CN = medid operational CA"),
+        "the chain is in it: {certs}"
+    );
+    // A password too short to protect a key is refused before anything is issued.
+    std::fs::write(&password, "short\n").unwrap();
+    let mut args = vec!["--role", "auditor", "--id", "compliance-2", "--p12"];
+    args.extend(["--p12-password-file", pw, "--out", dir]);
+    let out = admin_issue(&server, &args);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("at least 8 characters"),
+        "{out:?}"
+    );
+    assert!(!files.join("compliance-2.pem").exists());
+    let home = nss_profile(&server, "auditor", &p12, "correct horse battery");
     let base = server.console_url.clone();
     let views_before = server
         .audit_events()
@@ -139,6 +252,57 @@ async fn an_auditor_searches_and_verifies_events_in_the_browser() {
     );
     assert!(dom.contains("id=\"integrity\""), "{dom}");
     assert!(dom.contains(">intact<"), "{dom}");
+    assert!(dom.contains("id=\"devices-active\">1<"), "{dom}");
+    assert!(dom.contains("id=\"devices-decommissioned\">0<"), "{dom}");
+    assert!(dom.contains("id=\"chart-ending\""), "{dom}");
+    // The histogram counts what the card counts.
+    let ending_30 = dom
+        .split("id=\"ending-30\">")
+        .nth(1)
+        .and_then(|r| r.split('<').next())
+        .unwrap()
+        .to_owned();
+    assert!(
+        dom.contains(&format!("{ending_30} active certificates end in all")),
+        "{dom}"
+    );
+    assert!(dom.contains("id=\"chart-access\""), "{dom}");
+    assert!(dom.contains("5 access events in all"), "{dom}");
+    assert!(dom.contains("id=\"chart-refused\""), "{dom}");
+    accessible(&dom);
+
+    // The inventory: searched by serial, and the device's own page.
+    let dom = browse(
+        browser,
+        &home,
+        &format!("{base}/devices?serial=PUMP"),
+        "devices",
+    );
+    assert!(dom.contains(">PUMP-1</a>"), "{dom}");
+    accessible(&dom);
+    let dom = browse(
+        browser,
+        &home,
+        &format!("{base}/devices?serial=NOPE"),
+        "devices-none",
+    );
+    assert!(dom.contains("No device matches."), "{dom}");
+    let dom = browse(
+        browser,
+        &home,
+        &format!("{base}/devices/acme/PUMP-1"),
+        "device",
+    );
+    assert!(dom.contains("id=\"device-state\">active<"), "{dom}");
+    assert!(dom.contains("id=\"certificates\""), "{dom}");
+    assert!(dom.contains("id=\"rotation\""), "{dom}");
+    assert!(
+        dom.contains("device-identity"),
+        "the birth certificate is listed: {dom}"
+    );
+    assert_eq!(dom.matches("<td>nurse-").count(), 5, "{dom}");
+    assert!(dom.contains("id=\"chart-device-access\""), "{dom}");
+    accessible(&dom);
 
     let dom = browse(
         browser,
@@ -153,6 +317,71 @@ async fn an_auditor_searches_and_verifies_events_in_the_browser() {
         !dom.contains("<td>device.enroll</td>"),
         "the filter holds: {dom}"
     );
+    assert!(dom.contains("5 matching events in all"), "{dom}");
+    assert!(dom.contains("id=\"download-bundle\""), "{dom}");
+    accessible(&dom);
+
+    // The downloads, exactly the filtered events: the bundle verifies offline with `medid
+    // audit verify`, the CSV has a row and the FHIR file a valid AuditEvent for each.
+    let (cert, key) = (files.join("compliance.pem"), files.join("compliance.key"));
+    let download = |format: &str| {
+        let out = server.dir.path().join(format!("download.{format}"));
+        run(Command::new("curl")
+            .args(["-sS", "--fail", "--cacert"])
+            .arg(server.pki("root-ca.pem"))
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .arg("-o")
+            .arg(&out)
+            .arg(format!(
+                "{base}/audit/export?action=data.access&format={format}"
+            )));
+        std::fs::read_to_string(&out).unwrap()
+    };
+    let bundle = download("jsonl");
+    assert_eq!(bundle.matches("\"type\":\"event\"").count(), 5, "{bundle}");
+    let verified = run(Command::new(env!("CARGO_BIN_EXE_medid"))
+        .args(["audit", "verify"])
+        .arg(server.dir.path().join("download.jsonl"))
+        .arg("--key")
+        .arg(server.pki("audit-signing.pub")));
+    assert!(verified.contains("5"), "{verified}");
+    let csv = download("csv");
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows.len(), 6, "{csv}");
+    assert!(rows[0].starts_with("seq,recorded_at"), "{csv}");
+    assert!(
+        rows[1..].iter().all(|r| r.contains("\"data.access\"")),
+        "{csv}"
+    );
+    let fhir: Vec<String> = download("fhir").lines().map(str::to_owned).collect();
+    assert_eq!(fhir.len(), 5);
+    if let Some(valid) = common::fhir_validate(&fhir) {
+        assert_eq!(valid, Ok(5));
+    }
+    let bad = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(server.pki("root-ca.pem"))
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .arg(format!("{base}/audit/export?format=xml"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&bad.stdout), "400");
+    let exports = server
+        .audit_events()
+        .await
+        .iter()
+        .filter(|e| {
+            e.event.action == medid::audit::Action::AuditExport
+                && e.event.actor.uri == "spiffe://medid.local/auditor/compliance"
+        })
+        .count();
+    assert_eq!(exports, 3, "each download is an audited export");
 
     // The first access event's page: verified by the page's own script.
     let seq = server

@@ -566,6 +566,47 @@ async fn devices_are_listed_page_by_page() {
         token = page.next_page_token;
     }
     assert_eq!(seen, (0..7).map(|i| format!("P-{i}")).collect::<Vec<_>>());
+    // A serial prefix narrows the listing, case-sensitively; a longer one than a serial is
+    // refused.
+    let prefixed = |p: &str| ListDevicesRequest {
+        serial_prefix: p.into(),
+        ..Default::default()
+    };
+    let found = registry
+        .list_devices(prefixed("P-3"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        found
+            .devices
+            .iter()
+            .map(|d| d.serial.as_str())
+            .collect::<Vec<_>>(),
+        ["P-3"]
+    );
+    assert_eq!(
+        registry
+            .list_devices(prefixed("P-"))
+            .await
+            .unwrap()
+            .into_inner()
+            .devices
+            .len(),
+        7
+    );
+    assert!(registry
+        .list_devices(prefixed("p-"))
+        .await
+        .unwrap()
+        .into_inner()
+        .devices
+        .is_empty());
+    let err = registry
+        .list_devices(prefixed(&"P".repeat(65)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
     let err = registry
         .list_devices(ListDevicesRequest {
             page_token: "garbage!".into(),

@@ -151,6 +151,15 @@ pub fn device_query(req: proto::ListDevicesRequest) -> Result<DeviceQuery, Error
             Ok(proto::DeviceState::Decommissioned) => Some(DeviceState::Decommissioned),
             Err(_) => return Err(Error::InvalidArgument("unknown device state".into())),
         },
+        serial_prefix: match req.serial_prefix.as_str() {
+            "" => None,
+            p if p.len() > 64 => {
+                return Err(Error::InvalidArgument(
+                    "serial_prefix must be at most 64 characters (a serial's length)".into(),
+                ))
+            }
+            p => Some(p.to_owned()),
+        },
         page_size: req.page_size,
         page_token: match req.page_token.as_str() {
             "" => None,

@@ -294,3 +294,30 @@ mod tests {
         assert_eq!(v["agent"].as_array().unwrap().len(), 1);
     }
 }
+
+/// What a bundle is rendered as, beside the bundle itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    Csv,
+    Fhir,
+}
+
+/// Renders one line of a verifiable bundle as `view`: an event line gives its CSV row or
+/// FHIR AuditEvent; the header line sets `origin` (the FHIR observer) and gives nothing, as
+/// do the proof, checkpoint and end lines.
+pub fn bundle_line(view: View, line: &serde_json::Value, origin: &mut String) -> Option<String> {
+    match line.get("type").and_then(|t| t.as_str()) {
+        Some("header") => {
+            *origin = line["origin"].as_str().unwrap_or_default().to_owned();
+            None
+        }
+        Some("event") => {
+            let (seq, e) = super::ledger::from_json(&line["event"])?;
+            Some(match view {
+                View::Csv => csv_row(seq, &e, line["leaf_hash"].as_str().unwrap_or_default()),
+                View::Fhir => fhir_audit_event(seq, &e, origin).to_string(),
+            })
+        }
+        _ => None,
+    }
+}

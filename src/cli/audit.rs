@@ -7,7 +7,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use futures_util::StreamExt;
 
 use super::client::{status, Connection};
-use crate::audit::{checkpoint, ledger, merkle, render, verify};
+use crate::audit::{checkpoint, merkle, render, verify};
 use crate::error::Error;
 use crate::proto::{self, audit_service_client::AuditServiceClient};
 
@@ -649,28 +649,21 @@ pub async fn run(cmd: AuditCommand) -> Result<(), Error> {
                 writeln!(bundle, "{line}").map_err(io)?;
                 let v: serde_json::Value = serde_json::from_str(&line)
                     .map_err(|e| Error::Internal(format!("bad bundle line: {e}")))?;
-                match v.get("type").and_then(|t| t.as_str()) {
-                    Some("header") => origin = v["origin"].as_str().unwrap_or_default().to_owned(),
-                    Some("event") => {
-                        count += 1;
-                        if let (Some(w), Some((seq, e))) =
-                            (rendering.as_mut(), ledger::from_json(&v["event"]))
-                        {
-                            let rendered = match format {
-                                Format::Csv => render::csv_row(
-                                    seq,
-                                    &e,
-                                    v["leaf_hash"].as_str().unwrap_or_default(),
-                                ),
-                                _ => render::fhir_audit_event(seq, &e, &origin).to_string(),
-                            };
-                            writeln!(w, "{rendered}").map_err(io)?;
-                        }
-                        if progress && count % 1000 == 0 {
-                            eprint!("\rexported {count} events");
-                        }
+                if v.get("type").and_then(|t| t.as_str()) == Some("event") {
+                    count += 1;
+                    if progress && count % 1000 == 0 {
+                        eprint!("\rexported {count} events");
                     }
-                    _ => {}
+                }
+                let view = match format {
+                    Format::Jsonl => None,
+                    Format::Csv => Some(render::View::Csv),
+                    Format::Fhir => Some(render::View::Fhir),
+                };
+                if let (Some(w), Some(view)) = (rendering.as_mut(), view) {
+                    if let Some(rendered) = render::bundle_line(view, &v, &mut origin) {
+                        writeln!(w, "{rendered}").map_err(io)?;
+                    }
                 }
             }
             bundle.flush().map_err(io)?;

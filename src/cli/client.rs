@@ -126,6 +126,14 @@ pub enum AdminCommand {
         /// Directory for ID.pem, ID-chain.pem and ID.key.
         #[arg(long, default_value = ".")]
         out: PathBuf,
+        /// Also write ID.p12 (PKCS#12: the key, the certificate and its chain; PBES2 with
+        /// AES-256 and HMAC-SHA-256), to import into a browser for the console. Needs a key
+        /// generated here and --p12-password-file.
+        #[arg(long, requires = "p12_password_file", conflicts_with = "csr")]
+        p12: bool,
+        /// A file whose first line is the PKCS#12 password (at least 8 characters).
+        #[arg(long)]
+        p12_password_file: Option<PathBuf>,
     },
 }
 
@@ -211,6 +219,9 @@ pub enum DeviceCommand {
         /// active or decommissioned.
         #[arg(long)]
         state: Option<String>,
+        /// Only devices whose serial starts with this (case-sensitive).
+        #[arg(long)]
+        serial_prefix: Option<String>,
         /// Devices per request (1–500).
         #[arg(long, default_value_t = 100)]
         page_size: u32,
@@ -290,6 +301,8 @@ pub async fn admin(cmd: AdminCommand) -> Result<(), Error> {
             manufacturer,
             key,
             out,
+            p12,
+            p12_password_file,
         } => {
             let (role, manufacturer_id) = match (role, manufacturer) {
                 (RoleArg::Station, Some(m)) => (proto::PrincipalRole::ManufacturerStation, m),
@@ -308,7 +321,15 @@ pub async fn admin(cmd: AdminCommand) -> Result<(), Error> {
                 (RoleArg::Admin, None) => (proto::PrincipalRole::Admin, String::new()),
             };
             let stem = file_stem(&id);
-            let files = OutputFiles::new(&out, &stem);
+            let mut files = OutputFiles::new(&out, &stem);
+            // Read before anything is issued: a bad password file changes nothing.
+            let p12_password = match (p12, &p12_password_file) {
+                (true, Some(path)) => {
+                    files.p12 = Some(out.join(format!("{stem}.p12")));
+                    Some(p12_password(path)?)
+                }
+                _ => None,
+            };
             let pending = PendingKey::prepare(&key, &files)?;
             let mut c = AdminServiceClient::new(conn.channel().await?);
             let issued = c
@@ -322,10 +343,27 @@ pub async fn admin(cmd: AdminCommand) -> Result<(), Error> {
                 .map_err(status)?
                 .into_inner();
             pending.save(&files, &issued)?;
+            if let (Some(path), Some(password)) = (&files.p12, &p12_password) {
+                pending.save_p12(path, password, &issued)?;
+            }
             print_issued(&conn, &issued, &files, None);
             Ok(())
         }
     }
+}
+
+/// The PKCS#12 password: the file's first line, without its line ending.
+fn p12_password(path: &Path) -> Result<String, Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::InvalidArgument(format!("reading {}: {e}", path.display())))?;
+    let password = text.lines().next().unwrap_or("").to_owned();
+    if password.chars().count() < 8 {
+        return Err(Error::InvalidArgument(format!(
+            "the PKCS#12 password in {} must be at least 8 characters: it protects a private key",
+            path.display()
+        )));
+    }
+    Ok(password)
 }
 
 pub async fn enroll(args: EnrollArgs) -> Result<(), Error> {
@@ -394,6 +432,7 @@ pub async fn device(cmd: DeviceCommand) -> Result<(), Error> {
             manufacturer,
             model,
             state,
+            serial_prefix,
             page_size,
         } => {
             let state = match state.as_deref() {
@@ -417,6 +456,7 @@ pub async fn device(cmd: DeviceCommand) -> Result<(), Error> {
                         state: state as i32,
                         page_size,
                         page_token: token,
+                        serial_prefix: serial_prefix.clone().unwrap_or_default(),
                     })
                     .await
                     .map_err(status)?
@@ -450,6 +490,8 @@ pub(super) struct OutputFiles {
     cert: PathBuf,
     chain: PathBuf,
     key: PathBuf,
+    /// `STEM.p12`, when asked for.
+    p12: Option<PathBuf>,
 }
 
 impl OutputFiles {
@@ -458,9 +500,14 @@ impl OutputFiles {
             cert: dir.join(format!("{stem}.pem")),
             chain: dir.join(format!("{stem}-chain.pem")),
             key: dir.join(format!("{stem}.key")),
+            p12: None,
         }
     }
 }
+
+/// PBKDF2 iterations of the PKCS#12 key encryption and of its MAC key: both are derived from
+/// the password, so both must resist guessing.
+const P12_ITERATIONS: u32 = 600_000;
 
 /// A CSR ready to send, and the key to save once the certificate arrives.
 pub(super) struct PendingKey {
@@ -474,6 +521,7 @@ impl PendingKey {
         if src.csr.is_none() {
             outputs.push(&files.key);
         }
+        outputs.extend(files.p12.as_ref());
         if !src.force {
             if let Some(p) = outputs.iter().find(|p| p.exists()) {
                 return Err(Error::AlreadyExists(format!(
@@ -519,6 +567,54 @@ impl PendingKey {
             .chain(issued.chain_pem.iter().map(String::as_str))
             .collect::<String>();
         write_public(&files.chain, &chain)
+    }
+
+    /// Writes the key, the certificate and its chain as one PKCS#12 file (mode 0600).
+    fn save_p12(
+        &self,
+        path: &Path,
+        password: &str,
+        issued: &proto::IssuedCertificate,
+    ) -> Result<(), Error> {
+        use p12_keystore::{
+            Certificate, EncryptionAlgorithm, KeyStore, KeyStoreEntry, MacAlgorithm, PrivateKey,
+            PrivateKeyChain,
+        };
+        let key_pem = self.key_pem.as_deref().ok_or_else(|| {
+            Error::InvalidArgument("--p12 needs a key generated here, not --csr".into())
+        })?;
+        let bad = |what: &str, e: p12_keystore::error::Error| {
+            Error::Internal(format!("making the PKCS#12 file ({what}): {e}"))
+        };
+        let key_der = KeyPair::from_pem(key_pem)
+            .map_err(|e| Error::internal("reading the generated key", e))?
+            .serialize_der();
+        let mut certs = Vec::new();
+        for pem in std::iter::once(&issued.certificate_pem).chain(&issued.chain_pem) {
+            for der in crate::pem::parse_certificates(pem.as_bytes())? {
+                certs.push(Certificate::from_der(&der).map_err(|e| bad("certificate", e))?);
+            }
+        }
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Error::Internal("the issued certificate is empty".into()))?;
+        let key_id = ring::digest::digest(&ring::digest::SHA256, leaf.as_der());
+        let chain = PrivateKeyChain::new(
+            key_id.as_ref(),
+            PrivateKey::from_der(&key_der).map_err(|e| bad("key", e))?,
+            certs,
+        );
+        let mut store = KeyStore::new();
+        store.add_entry(&issued.subject_uri, KeyStoreEntry::PrivateKeyChain(chain));
+        let der = store
+            .writer(password)
+            .encryption_algorithm(EncryptionAlgorithm::PbeWithHmacSha256AndAes256)
+            .encryption_iterations(P12_ITERATIONS)
+            .mac_algorithm(MacAlgorithm::HmacSha256)
+            .mac_iterations(P12_ITERATIONS)
+            .write()
+            .map_err(|e| bad("encoding", e))?;
+        crate::files::write_atomic(path, &der, crate::files::Access::Private)
     }
 }
 
@@ -610,6 +706,12 @@ pub(super) fn print_issued(
     println!("  chain:        {}", files.chain.display());
     if let Some(k) = key {
         println!("  key:          {k} (mode 0600, generated here, never sent)");
+    }
+    if let Some(p) = &files.p12 {
+        println!(
+            "  pkcs#12:      {} (mode 0600, key and chain, for a browser)",
+            p.display()
+        );
     }
 }
 

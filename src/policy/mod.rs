@@ -151,6 +151,15 @@ pub fn authorize(who: &Principal, action: Action<'_>) -> Result<(), Error> {
         }
         (Role::Device, Action::ReadRotation { device_uri, .. }) => who.uri == device_uri,
         (Role::Gateway | Role::Auditor, Action::CertificateStatus) => true,
+        // Compliance review reads the inventory it audits: devices, their rotation and the
+        // certificates about to end; auditors change nothing.
+        (
+            Role::Auditor,
+            Action::ReadDevices { .. }
+            | Action::ListDevices
+            | Action::ReadRotation { .. }
+            | Action::ListExpiring,
+        ) => true,
         (Role::Service | Role::Unrecorded, _) => false,
         (_, Action::TrustBundle | Action::GetCrl) => true,
         _ => false,
@@ -199,6 +208,7 @@ pub fn device_list_scope(
                 _ => Ok(Some(own)),
             }
         }
+        Role::Auditor => authorize(who, Action::ListDevices).map(|_| requested),
         _ => authorize(who, Action::ListDevices).map(|_| None),
     }
 }
@@ -324,6 +334,43 @@ mod tests {
         let other = ManufacturerId::parse("other").unwrap();
         assert!(device_list_scope(&station, Some(other)).is_err());
         assert!(device_list_scope(&principal(Role::Gateway, None), None).is_err());
+    }
+
+    #[test]
+    fn auditors_read_the_inventory_and_change_nothing() {
+        let auditor = principal(Role::Auditor, None);
+        let acme = ManufacturerId::parse("acme").unwrap();
+        for action in [
+            Action::ListDevices,
+            Action::ReadDevices {
+                manufacturer: &acme,
+            },
+            Action::ReadRotation {
+                manufacturer: &acme,
+                device_uri: "spiffe://x/device/acme/1",
+            },
+            Action::ListExpiring,
+        ] {
+            assert!(authorize(&auditor, action).is_ok(), "{action:?}");
+        }
+        for action in [
+            Action::EnrollDevice {
+                manufacturer: &acme,
+            },
+            Action::Decommission {
+                manufacturer: &acme,
+            },
+            Action::CreateToken {
+                manufacturer: &acme,
+            },
+            Action::ReportAccess,
+        ] {
+            assert!(authorize(&auditor, action).is_err(), "{action:?}");
+        }
+        assert_eq!(
+            device_list_scope(&auditor, Some(acme.clone())).unwrap(),
+            Some(acme)
+        );
     }
 
     /// The ledger's roles, as a table: who reports access, who reads checkpoints and proofs,

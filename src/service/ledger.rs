@@ -879,6 +879,23 @@ impl Ca {
         after: i64,
         page_size: u32,
     ) -> Result<(Vec<Value>, Option<i64>), Refused> {
+        self.search_audit(who, query, after, page_size, None)
+            .await
+            .map(|(events, next, _)| (events, next))
+    }
+
+    /// [`Ca::query_audit`], and with `counts` = (seconds, query) the count of every event
+    /// matching that query (usually the same filters over a bounded time range) by buckets of
+    /// that many seconds: one view, one audit event.
+    pub async fn search_audit(
+        &self,
+        who: &Principal,
+        query: AuditQuery,
+        after: i64,
+        page_size: u32,
+        counts: Option<(i64, AuditQuery)>,
+    ) -> Result<(Vec<Value>, Option<i64>, Vec<crate::store::stats::Bucket>), Refused> {
+        use crate::store::ConsoleStats as _;
         let action = crate::audit::Action::AuditQuery;
         self.audited(
             who,
@@ -916,7 +933,11 @@ impl Ca {
                 .iter()
                 .map(|e| ledger::event_json(e.seq, &e.event()?))
                 .collect::<Result<_, _>>()?;
-            Ok((events, next))
+            let buckets = match &counts {
+                Some((seconds, q)) => self.store.audit_buckets(q, *seconds).await?,
+                None => Vec::new(),
+            };
+            Ok((events, next, buckets))
         };
         self.audited(who, action, &Target::ledger(), read.await)
             .await

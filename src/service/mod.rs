@@ -14,6 +14,7 @@ mod est;
 pub mod feed;
 pub mod fsck;
 mod identity;
+pub mod inventory;
 pub mod ledger;
 mod lifecycle;
 pub mod ocsp_cache;

@@ -330,83 +330,15 @@ impl super::MerkleLog for Store {
         limit: i64,
         each: &mut (dyn FnMut(i64, EventFields<'_>, &str) -> Result<(), Error> + Send),
     ) -> Result<(), Error> {
-        // Only the filters asked for are in the statement, so the planner can walk the index
-        // of the one given (target, actor, patient, time) in sequence order.
-        let manufacturer = q.manufacturer.as_ref().map(|m| {
-            [
-                format!("%/device/{m}/%"),
-                format!("%/manufacturer/{m}/%"),
-                // The manufacturer itself (`spiffe://td/manufacturer/M`, its creation's target).
-                format!("%/manufacturer/{m}"),
-            ]
-        });
-        let manufacturer_field = self.detail_field("manufacturer");
-        let patient_field = self.detail_field("patient_ref");
+        let filter = LedgerFilter::new(self, q);
         let mut sql = String::from(
             "SELECT seq, recorded_at, actor_uri, actor_role, action, target, outcome, reason, detail,
                     leaf_hash
              FROM audit_events WHERE seq > $1 AND seq <= $2",
         );
         let mut args: Vec<&(dyn super::sql::Bind + Sync)> = vec![&after, &up_to];
-        // Parameters $1 and $2 are taken; each condition's `?` are numbered on from $3.
-        let mut next = 3usize;
-        let mut cond = |sql: &mut String, text: &str| {
-            sql.push_str(" AND ");
-            for ch in text.chars() {
-                if ch == '?' {
-                    sql.push_str(&format!("${next}"));
-                    next += 1;
-                } else {
-                    sql.push(ch);
-                }
-            }
-        };
-        if let Some(from) = &q.from {
-            cond(&mut sql, "recorded_at >= ?");
-            args.push(from);
-        }
-        if let Some(to) = &q.to {
-            cond(&mut sql, "recorded_at <= ?");
-            args.push(to);
-        }
-        if let Some(device) = &q.device_uri {
-            // A device's events are those targeting it (an access event's target is the
-            // device it read, the same URI as its detail's `device_uri`).
-            cond(&mut sql, "target = ?");
-            args.push(device);
-        }
-        if let (Some(m), Some(patterns)) = (&q.manufacturer, &manufacturer) {
-            cond(
-                &mut sql,
-                &format!(
-                    "(target LIKE ? OR target LIKE ? OR actor_uri LIKE ? OR {manufacturer_field} = ? \
-                     OR target LIKE ?)"
-                ),
-            );
-            args.extend([
-                &patterns[0] as &(dyn super::sql::Bind + Sync),
-                &patterns[1],
-                &patterns[1],
-                m,
-                &patterns[2],
-            ]);
-        }
-        if let Some(actor) = &q.actor_uri {
-            cond(&mut sql, "actor_uri = ?");
-            args.push(actor);
-        }
-        if let Some(action) = &q.action {
-            cond(&mut sql, "action = ?");
-            args.push(action);
-        }
-        if let Some(outcome) = &q.outcome {
-            cond(&mut sql, "outcome = ?");
-            args.push(outcome);
-        }
-        if let Some(patient) = &q.patient_ref {
-            cond(&mut sql, &format!("{patient_field} = ?"));
-            args.push(patient);
-        }
+        // Parameters $1 and $2 are taken; the filter's are numbered on from $3.
+        let next = filter.apply(q, &mut sql, &mut args, 3);
         sql.push_str(&format!(" ORDER BY seq LIMIT ${next}"));
         args.push(&limit);
         let mut reader = self.reader().await?;
@@ -424,5 +356,101 @@ impl super::MerkleLog for Store {
             each(row.get(0)?, fields, row.get(9)?)
         };
         reader.tx().scan(&sql, &args, &mut lend).await
+    }
+}
+
+/// The conditions of a filtered read of the log ([`AuditQuery`]). Only the filters asked for
+/// are in the statement, so the planner can walk the index of the one given (target, actor,
+/// patient, time) in sequence order.
+pub(super) struct LedgerFilter {
+    manufacturer: Option<[String; 3]>,
+    manufacturer_field: String,
+    patient_field: String,
+}
+
+impl LedgerFilter {
+    pub(super) fn new(store: &super::Store, q: &AuditQuery) -> Self {
+        Self {
+            manufacturer: q.manufacturer.as_ref().map(|m| {
+                [
+                    format!("%/device/{m}/%"),
+                    format!("%/manufacturer/{m}/%"),
+                    // The manufacturer itself (`spiffe://td/manufacturer/M`, its creation's target).
+                    format!("%/manufacturer/{m}"),
+                ]
+            }),
+            manufacturer_field: store.detail_field("manufacturer"),
+            patient_field: store.detail_field("patient_ref"),
+        }
+    }
+
+    /// Appends ` AND …` for each filter of `q` to `sql`, its parameters numbered from `next`
+    /// and pushed to `args`; returns the next free parameter number.
+    pub(super) fn apply<'a>(
+        &'a self,
+        q: &'a AuditQuery,
+        sql: &mut String,
+        args: &mut Vec<&'a (dyn super::sql::Bind + Sync)>,
+        mut next: usize,
+    ) -> usize {
+        let mut cond = |sql: &mut String, text: &str| {
+            sql.push_str(" AND ");
+            for ch in text.chars() {
+                if ch == '?' {
+                    sql.push_str(&format!("${next}"));
+                    next += 1;
+                } else {
+                    sql.push(ch);
+                }
+            }
+        };
+        if let Some(from) = &q.from {
+            cond(sql, "recorded_at >= ?");
+            args.push(from);
+        }
+        if let Some(to) = &q.to {
+            cond(sql, "recorded_at <= ?");
+            args.push(to);
+        }
+        if let Some(device) = &q.device_uri {
+            // A device's events are those targeting it (an access event's target is the
+            // device it read, the same URI as its detail's `device_uri`).
+            cond(sql, "target = ?");
+            args.push(device);
+        }
+        if let (Some(m), Some(patterns)) = (&q.manufacturer, &self.manufacturer) {
+            cond(
+                sql,
+                &format!(
+                    "(target LIKE ? OR target LIKE ? OR actor_uri LIKE ? OR {} = ? \
+                     OR target LIKE ?)",
+                    self.manufacturer_field
+                ),
+            );
+            args.extend([
+                &patterns[0] as &(dyn super::sql::Bind + Sync),
+                &patterns[1],
+                &patterns[1],
+                m,
+                &patterns[2],
+            ]);
+        }
+        if let Some(actor) = &q.actor_uri {
+            cond(sql, "actor_uri = ?");
+            args.push(actor);
+        }
+        if let Some(action) = &q.action {
+            cond(sql, "action = ?");
+            args.push(action);
+        }
+        if let Some(outcome) = &q.outcome {
+            cond(sql, "outcome = ?");
+            args.push(outcome);
+        }
+        if let Some(patient) = &q.patient_ref {
+            cond(sql, &format!("{} = ?", self.patient_field));
+            args.push(patient);
+        }
+        next
     }
 }

@@ -29,13 +29,14 @@ pub mod lifecycle;
 pub mod recovery;
 pub mod registry;
 pub(crate) mod sql;
+pub mod stats;
 mod traits;
 mod tree;
 mod writer;
 
 pub use traits::{
-    AuditLog, CertificateLedger, CertificateRecords, FeedCursors, MerkleLog, PkiBinding,
-    RecoveryStore, Registry, Retention, RevocationStore, TokenStore,
+    AuditLog, CertificateLedger, CertificateRecords, ConsoleStats, FeedCursors, MerkleLog,
+    PkiBinding, RecoveryStore, Registry, Retention, RevocationStore, TokenStore,
 };
 /// The lowest level of the Merkle tree stored (subtrees of 16 leaves and more).
 pub use tree::STORED_LEVEL as STORED_TREE_LEVEL;

@@ -57,6 +57,8 @@ pub struct DeviceQuery {
     pub manufacturer: Option<ManufacturerId>,
     pub model: Option<String>,
     pub state: Option<DeviceState>,
+    /// Serials that start with this text (exactly, case and all).
+    pub serial_prefix: Option<String>,
     pub page_size: u32,
     /// Opaque keyset cursor from a previous page.
     pub page_token: Option<String>,
@@ -215,6 +217,7 @@ impl super::Registry for Store {
                AND ($2 IS NULL OR model = $2)
                AND ($3 IS NULL OR state = $3)
                AND (manufacturer_id, serial) > ($4, $5)
+               AND ($7 IS NULL OR substr(serial, 1, length($7)) = $7)
              ORDER BY manufacturer_id, serial
              LIMIT $6"
         );
@@ -230,6 +233,7 @@ impl super::Registry for Store {
                     &after_m,
                     &after_s,
                     &(i64::from(size) + 1),
+                    &q.serial_prefix,
                 ],
             )
             .await?;

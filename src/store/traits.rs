@@ -18,6 +18,7 @@ use super::lifecycle::{
 };
 use super::recovery::{Recovered, RecoveryOutcome};
 use super::registry::{DeviceQuery, DeviceRecord, ManufacturerRecord};
+use super::stats::{Bucket, InventoryCounts};
 use crate::audit::ledger::EventFields;
 use crate::audit::merkle::Hash;
 use crate::audit::AuditEvent;
@@ -428,4 +429,29 @@ pub trait Registry {
         &self,
         q: &DeviceQuery,
     ) -> impl Future<Output = Result<(Vec<DeviceRecord>, Option<String>), Error>> + Send;
+}
+
+/// The console's counts (`store::stats`): aggregates over an index, read-only.
+pub trait ConsoleStats {
+    /// Devices by state, certificates ending within 7 and 30 days of `now`, revocations of
+    /// the 24 hours before it.
+    fn inventory_counts(
+        &self,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<InventoryCounts, Error>> + Send;
+
+    /// Active certificates by the UTC day they end, from `from` through the day `days` days
+    /// later: (day start in seconds since the epoch, count), days with none left out.
+    fn certificates_ending_by_day(
+        &self,
+        from: OffsetDateTime,
+        days: i64,
+    ) -> impl Future<Output = Result<Vec<(i64, u64)>, Error>> + Send;
+
+    /// Events matching `q`, by buckets of `seconds`, oldest first; empty buckets left out.
+    fn audit_buckets(
+        &self,
+        q: &AuditQuery,
+        seconds: i64,
+    ) -> impl Future<Output = Result<Vec<Bucket>, Error>> + Send;
 }
