@@ -414,6 +414,7 @@ pub async fn run(
         tokio::spawn(checkpoints(ca.clone())),
         tokio::spawn(anonymous_refusals(ca.clone(), prepared.anonymous_interval)),
         tokio::spawn(atna_feed(ca.clone())),
+        tokio::spawn(ca.clone().watch_access_anomalies()),
     ];
     let gate = Gate::new(prepared.connections);
     let exporter = crate::api::metrics::Exporter::new(

@@ -476,3 +476,213 @@ async fn a_station_certificate_or_none_gets_no_audit_data() {
     assert!(!text.contains("data.access"), "{text}");
     server.stop().await;
 }
+
+/// Access-anomaly flags, computed by the server's watcher as events arrive: eight ordinary
+/// days of a pump's accesses, then a night access, a new user, a busy day, and an access to a
+/// decommissioned pump by that pump's own (revoked) identity. The flags page lists each with
+/// the event behind it; a restart neither repeats nor loses a count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_anomalies_are_flagged_as_events_arrive() {
+    // Started ten days ago, so that the certificates are valid for the whole story.
+    let start = common::system_now() - time::Duration::days(10);
+    let server = TestServer::start_at(tempfile::tempdir().unwrap(), start).await;
+    server.add_manufacturer("acme", &[]).await;
+    let station = server.station("acme", "line-1").await;
+    server.enroll(&station, "PUMP-1").await;
+    server.enroll(&station, "PUMP-2").await;
+    let gateway = server.issue(PrincipalRole::Gateway, "icu-gw", "").await;
+    let auditor = server.issue(PrincipalRole::Auditor, "compliance", "").await;
+    let (channel, _) = common::connect_at_test_time(&server, &gateway).await;
+    let mut gw = AuditServiceClient::new(channel);
+    let day0 = (start + time::Duration::days(1)).replace_time(time::macros::time!(09:00));
+    let report = |at: time::OffsetDateTime, serial: &str, user: &str| {
+        server.clock.set(at);
+        let mut e = common::access_event(serial, 0);
+        e.user_id = user.into();
+        e.occurred_at = Some(prost_types::Timestamp {
+            seconds: at.unix_timestamp(),
+            nanos: 0,
+        });
+        e
+    };
+    for day in 0..8 {
+        for n in 0..20i64 {
+            let at = day0 + time::Duration::days(day) + time::Duration::minutes(n * 24);
+            let user = ["nurse-1", "nurse-2", "nurse-3"][n as usize % 3];
+            gw.record_access(report(at, "PUMP-1", user)).await.unwrap();
+        }
+    }
+    let day8 = day0 + time::Duration::days(8);
+    let night = gw
+        .record_access(report(day8 - time::Duration::hours(6), "PUMP-1", "nurse-1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .seq;
+    let stranger = gw
+        .record_access(report(day8, "PUMP-1", "nurse-99"))
+        .await
+        .unwrap()
+        .into_inner()
+        .seq;
+    for n in 0..80 {
+        let at = day8 + time::Duration::hours(1) + time::Duration::seconds(n * 30);
+        gw.record_access(report(at, "PUMP-1", "nurse-2"))
+            .await
+            .unwrap();
+    }
+    medid::proto::lifecycle_service_client::LifecycleServiceClient::new(
+        server.channel(&server.admin()).await,
+    )
+    .decommission_device(proto::DecommissionDeviceRequest {
+        device: Some(proto::DeviceRef {
+            manufacturer_id: "acme".into(),
+            serial: "PUMP-2".into(),
+        }),
+        reason: 0,
+    })
+    .await
+    .unwrap();
+    let pump2 = "spiffe://medid.local/device/acme/PUMP-2";
+    let late = day8 + time::Duration::hours(3);
+    let decommissioned = gw
+        .record_access(report(late, "PUMP-2", pump2))
+        .await
+        .unwrap()
+        .into_inner()
+        .seq;
+
+    // The watcher catches up on its own (it polls every second).
+    watcher_reaches(&server, decommissioned).await;
+    assert_eq!(server.count("SELECT COUNT(*) FROM access_flags").await, 5);
+    assert_eq!(
+        server
+            .count(&format!(
+                "SELECT COUNT(*) FROM access_flags WHERE kind = 'unusual-hour' AND seq = {night}"
+            ))
+            .await,
+        1
+    );
+    assert_eq!(
+        server
+            .count(&format!(
+                "SELECT COUNT(*) FROM access_flags WHERE kind = 'first-contact' AND seq = {stranger}"
+            ))
+            .await,
+        1
+    );
+    assert_eq!(
+        server
+            .count("SELECT COUNT(*) FROM access_flags WHERE kind = 'volume'")
+            .await,
+        1,
+        "once for the busy day"
+    );
+    for kind in ["decommissioned-device", "revoked-holder"] {
+        assert_eq!(
+            server
+                .count(&format!(
+                    "SELECT COUNT(*) FROM access_flags WHERE kind = '{kind}' AND seq = {decommissioned}"
+                ))
+                .await,
+            1,
+            "{kind}"
+        );
+    }
+    // Its lag is in /metrics (0 once caught up; a background event may come between).
+    let mut lag = None;
+    for _ in 0..100 {
+        lag = common::metric(
+            &common::scrape_metrics(&server),
+            "medid_anomaly_lag_events",
+            &[],
+        );
+        if lag == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(lag, Some(0.0), "caught up");
+    let pump1_accesses = "SELECT accesses FROM access_profiles WHERE device_uri = 'spiffe://medid.local/device/acme/PUMP-1'";
+    assert_eq!(server.count(pump1_accesses).await, 160 + 2 + 80);
+
+    // The flags page, in the browser.
+    if let Some(browser) = chromium() {
+        let home = profile(&server, &auditor, "flags");
+        let base = server.console_url.clone();
+        let dom = browse(browser, &home, &format!("{base}/flags"), "flags");
+        assert_eq!(dom.matches("<td class=\"flag\">").count(), 5, "{dom}");
+        for kind in [
+            "unusual-hour",
+            "first-contact",
+            "volume",
+            "decommissioned-device",
+            "revoked-holder",
+        ] {
+            assert!(
+                dom.contains(&format!("<td class=\"flag\">{kind}</td>")),
+                "{kind}: {dom}"
+            );
+        }
+        assert!(dom.contains("that day's accesses"), "{dom}");
+        assert!(
+            dom.contains("0 of the device's 160 earlier accesses"),
+            "{dom}"
+        );
+        assert!(
+            dom.contains(&format!("href=\"/audit/event/{night}\"")),
+            "{dom}"
+        );
+        accessible(&dom);
+        let dom = browse(
+            browser,
+            &home,
+            &format!("{base}/flags?kind=volume"),
+            "flags-volume",
+        );
+        assert_eq!(dom.matches("<td class=\"flag\">").count(), 1, "{dom}");
+        let dom = browse(browser, &home, &format!("{base}/"), "overview-flags");
+        assert!(dom.contains("id=\"flags-day\""), "{dom}");
+    }
+
+    // A restart resumes from the cursor: one more access counts once, nothing is flagged again.
+    let dir = server.stop().await;
+    let server = TestServer::start_in(dir).await;
+    server.clock.set(late + time::Duration::minutes(1));
+    let (channel, _) = common::connect_at_test_time(&server, &gateway).await;
+    let last = AuditServiceClient::new(channel)
+        .record_access(report_at(late + time::Duration::minutes(1)))
+        .await
+        .unwrap()
+        .into_inner()
+        .seq;
+    watcher_reaches(&server, last).await;
+    assert_eq!(server.count(pump1_accesses).await, 160 + 2 + 80 + 1);
+    assert_eq!(server.count("SELECT COUNT(*) FROM access_flags").await, 5);
+    server.stop().await;
+}
+
+/// Waits (a minute at most) until the anomaly watcher's cursor has passed `seq`.
+async fn watcher_reaches(server: &TestServer, seq: i64) {
+    let sql = format!(
+        "SELECT COUNT(*) FROM feed_cursors WHERE destination = 'anomaly-flags' AND sent_through >= {seq}"
+    );
+    for _ in 0..600 {
+        if server.count(&sql).await == 1 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the anomaly watcher did not reach event {seq}");
+}
+
+/// An ordinary access to PUMP-1 by nurse-1 at `at`.
+fn report_at(at: time::OffsetDateTime) -> proto::AccessEvent {
+    let mut e = common::access_event("PUMP-1", 0);
+    e.user_id = "nurse-1".into();
+    e.occurred_at = Some(prost_types::Timestamp {
+        seconds: at.unix_timestamp(),
+        nanos: 0,
+    });
+    e
+}

@@ -636,6 +636,16 @@ pub async fn render(ca: &Ca, exporter: &Exporter) -> Result<String, Error> {
                 .set(status.sent_through.try_into().unwrap_or(i64::MAX));
         }
     }
+    {
+        let behind: i64 = ca.anomaly_lag().await?.try_into().unwrap_or(i64::MAX);
+        let lag = Gauge::<i64>::default();
+        lag.set(behind);
+        registry.register(
+            "anomaly_lag_events",
+            "Ledger events the access-anomaly watcher has not looked at yet",
+            lag,
+        );
+    }
     if let Some(crl) = ca.authority.root_crl() {
         let next_update = Gauge::<i64>::default();
         next_update.set(crl.next_update.unix_timestamp());

@@ -4,6 +4,7 @@
 //! Nothing here performs I/O or touches a private key; every function is a function of its
 //! arguments, so every rule is unit-testable with pinned inputs.
 
+pub mod anomaly;
 pub mod belonging;
 pub mod claim;
 pub mod crl;

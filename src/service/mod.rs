@@ -6,6 +6,7 @@
 //! enrollment; `lifecycle.rs` renewal, revocation, decommissioning and rotation;
 //! `publish.rs` CRLs, OCSP, certificate status and the trust bundle.
 
+pub mod anomaly;
 pub mod anonymous;
 pub mod archive;
 pub mod counters;

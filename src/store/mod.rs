@@ -18,6 +18,7 @@
 //! Schema changes live in `migrations/sqlite/` and `migrations/postgres/` and are applied at
 //! start.
 
+pub mod anomaly;
 pub mod archive;
 pub mod audit;
 pub mod backup;
@@ -35,8 +36,8 @@ mod tree;
 mod writer;
 
 pub use traits::{
-    AuditLog, CertificateLedger, CertificateRecords, ConsoleStats, FeedCursors, MerkleLog,
-    PkiBinding, RecoveryStore, Registry, Retention, RevocationStore, TokenStore,
+    AnomalyStore, AuditLog, CertificateLedger, CertificateRecords, ConsoleStats, FeedCursors,
+    MerkleLog, PkiBinding, RecoveryStore, Registry, Retention, RevocationStore, TokenStore,
 };
 /// The lowest level of the Merkle tree stored (subtrees of 16 leaves and more).
 pub use tree::STORED_LEVEL as STORED_TREE_LEVEL;
@@ -126,6 +127,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "access_event_ids",
         include_str!("../../migrations/sqlite/0014_access_event_ids.sql"),
     ),
+    (
+        15,
+        "access_anomalies",
+        include_str!("../../migrations/sqlite/0015_access_anomalies.sql"),
+    ),
 ];
 
 /// PostgreSQL migrations: the same schema, written for PostgreSQL from the start.
@@ -184,6 +190,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         11,
         "access_event_ids",
         include_str!("../../migrations/postgres/0011_access_event_ids.sql"),
+    ),
+    (
+        12,
+        "access_anomalies",
+        include_str!("../../migrations/postgres/0012_access_anomalies.sql"),
     ),
 ];
 

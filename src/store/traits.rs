@@ -8,6 +8,7 @@ use std::future::Future;
 
 use time::OffsetDateTime;
 
+use super::anomaly::{AnomalyPass, Flag, FlagQuery};
 use super::archive::{ArchiveCut, ArchiveRecord};
 use super::certificates::{
     AdoptedCertificate, CensusRow, Completion, NewCertificate, PeerRecord, Recorded,
@@ -454,4 +455,45 @@ pub trait ConsoleStats {
         q: &AuditQuery,
         seconds: i64,
     ) -> impl Future<Output = Result<Vec<Bucket>, Error>> + Send;
+}
+
+/// The access-anomaly watcher's state and its flags (`store::anomaly`).
+pub trait AnomalyStore {
+    /// The stored profiles of these devices (those never seen are absent).
+    fn access_profiles(
+        &self,
+        devices: &[String],
+    ) -> impl Future<
+        Output = Result<
+            std::collections::HashMap<String, crate::policy::anomaly::AccessProfile>,
+            Error,
+        >,
+    > + Send;
+
+    /// Which of `users` have reached `device` before.
+    fn known_contacts(
+        &self,
+        device: &str,
+        users: &[String],
+    ) -> impl Future<Output = Result<std::collections::HashSet<String>, Error>> + Send;
+
+    /// Saves one pass over the events `from < seq <= through` with the cursor moved to
+    /// `through`, in one transaction; `false` (and nothing saved) when the cursor was no
+    /// longer at `from` (another replica made that pass).
+    fn save_anomaly_pass(
+        &self,
+        pass: AnomalyPass,
+        from: u64,
+        through: u64,
+        at: OffsetDateTime,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Flags, newest first.
+    fn flags(&self, q: &FlagQuery) -> impl Future<Output = Result<Vec<Flag>, Error>> + Send;
+
+    /// Flags by kind for accesses since `since`.
+    fn flag_counts(
+        &self,
+        since: OffsetDateTime,
+    ) -> impl Future<Output = Result<Vec<(crate::policy::anomaly::FlagKind, u64)>, Error>> + Send;
 }

@@ -40,6 +40,7 @@ pub fn router(ca: Arc<Ca>) -> Router {
         .route("/audit/event/{seq}", get(event_page))
         .route("/devices", get(devices_page))
         .route("/devices/{manufacturer}/{serial}", get(device_page))
+        .route("/flags", get(flags_page))
         .route(
             "/static/console.css",
             get(|| async { asset("text/css; charset=utf-8", CSS) }),
@@ -95,7 +96,8 @@ fn page(who: Option<&Principal>, title: &str, body: &str) -> Response {
          <link rel=\"stylesheet\" href=\"/static/console.css\"></head><body>\
          <a class=\"skip\" href=\"#main\">Skip to content</a>\
          <header><strong>medid console</strong><nav aria-label=\"Main\"><a href=\"/\">Overview</a> · \
-         <a href=\"/devices\">Devices</a> · <a href=\"/audit\">Audit search</a></nav>{who}</header>\
+         <a href=\"/devices\">Devices</a> · <a href=\"/audit\">Audit search</a> · \
+         <a href=\"/flags\">Flags</a></nav>{who}</header>\
          <main id=\"main\"><h1>{title}</h1>{body}</main></body></html>",
         title = esc(title),
     );
@@ -290,8 +292,34 @@ async fn activity_section(ca: &Ca, who: &Principal) -> String {
         }
     };
     let end = now.div_euclid(DAY) * DAY + DAY;
+    let flags = match ca
+        .flag_counts(who, ca.clock.now() - time::Duration::days(1))
+        .await
+    {
+        Ok(counts) => {
+            let total: u64 = counts.iter().map(|(_, n)| n).sum();
+            let by_kind = counts
+                .iter()
+                .map(|(k, n)| format!("<a href=\"/flags?kind={k}\">{n} {k}</a>", k = k.as_str()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "<div class=\"cards\"><div class=\"card\"><div class=\"n\" id=\"flags-day\">{total}</div>\
+                 <a href=\"/flags\">access-anomaly flags</a> for accesses of the last 24 hours{}</div></div>",
+                if by_kind.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {by_kind}")
+                }
+            )
+        }
+        Err(r) => format!(
+            "<p class=\"fail\" role=\"alert\">{}</p>",
+            esc(&r.error().to_string())
+        ),
+    };
     format!(
-        "<section aria-labelledby=\"activity\"><h2 id=\"activity\">Activity, last 30 days</h2>{}{}</section>",
+        "<section aria-labelledby=\"activity\"><h2 id=\"activity\">Activity, last 30 days</h2>{flags}{}{}</section>",
         chart::bars(&chart::Series {
             id: "chart-access",
             title: "Access events a day",
@@ -801,6 +829,122 @@ async fn event_page(
         data_json = script_json(&data),
     );
     page(Some(&who), &format!("Event {seq}"), &body)
+}
+
+/// Flags per page.
+const FLAG_PAGE: i64 = 50;
+
+/// `GET /flags`: the access-anomaly flags, newest first, each with the event behind it and
+/// why it was raised (docs/CONSOLE.md). Auditors only; a view recorded as `audit.query`.
+async fn flags_page(
+    State(ca): State<Arc<Ca>>,
+    Extension(peer): Extension<ConnInfo>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    use crate::policy::anomaly::FlagKind;
+    use crate::store::anomaly::FlagQuery;
+    let p = form(raw.as_deref().unwrap_or(""));
+    let who = match caller(&ca, &peer).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let kind = match param(&p, "kind").map(|k| {
+        FlagKind::parse(k).ok_or_else(|| {
+            Error::InvalidArgument(format!("{} is not a kind of flag", crate::domain::quote(k)))
+        })
+    }) {
+        Some(Err(e)) => {
+            let mut r = refused_page(Some(&who), &e);
+            *r.status_mut() = StatusCode::BAD_REQUEST;
+            return r;
+        }
+        Some(Ok(k)) => Some(k),
+        None => None,
+    };
+    let query = FlagQuery {
+        kind,
+        device_uri: param(&p, "device").map(str::to_owned),
+        before: param(&p, "before")
+            .and_then(|b| b.parse().ok())
+            .unwrap_or(0),
+        limit: FLAG_PAGE,
+    };
+    let (flags, next) = match ca.access_flags(&who, query).await {
+        Ok(found) => found,
+        Err(r) => return refused(&who, r),
+    };
+    let mut kinds = String::from("<option value=\"\">any</option>");
+    for k in FlagKind::ALL {
+        let selected = if kind == Some(k) { " selected" } else { "" };
+        let _ = write!(kinds, "<option{selected}>{}</option>", k.as_str());
+    }
+    let mut body = format!(
+        "<form class=\"filters\" method=\"get\" action=\"/flags\" role=\"search\">\
+         <label for=\"g-kind\">Kind<select id=\"g-kind\" name=\"kind\">{kinds}</select></label>\
+         <label for=\"g-device\">Device URI<input id=\"g-device\" name=\"device\" type=\"text\" value=\"{}\"></label>\
+         <div><button type=\"submit\">Show</button></div></form>",
+        esc(param(&p, "device").unwrap_or("")),
+    );
+    body.push_str("<details><summary>What each flag means</summary><dl>");
+    for k in FlagKind::ALL {
+        let _ = write!(
+            body,
+            "<dt>{}</dt><dd>{}</dd>",
+            k.as_str(),
+            esc(k.describe())
+        );
+    }
+    body.push_str(
+        "</dl><p>Flags are computed as access events arrive, in the order of the log, from \
+         counts kept per device; hours and days are UTC.</p></details>",
+    );
+    if flags.is_empty() {
+        body.push_str("<p id=\"flags\">No flag.</p>");
+    } else {
+        body.push_str(
+            "<table id=\"flags\"><caption>Flags, newest first</caption><thead><tr>\
+             <th scope=\"col\">Event</th><th scope=\"col\">Access at</th><th scope=\"col\">Flag</th>\
+             <th scope=\"col\">Device</th><th scope=\"col\">User</th><th scope=\"col\">Why</th></tr></thead><tbody>",
+        );
+        for f in &flags {
+            let device = esc(&crate::domain::percent_encode(&f.device_uri));
+            // The events behind it: the event, and for a busy day that day's accesses.
+            let behind = if f.kind == FlagKind::Volume {
+                let day = bucket_label(f.occurred_at.unix_timestamp().div_euclid(DAY) * DAY, DAY);
+                format!(
+                    " (<a href=\"/audit?device={device}&amp;action=data.access&amp;from={day}&amp;to={day}\">that day's accesses</a>)"
+                )
+            } else {
+                String::new()
+            };
+            let _ = write!(
+                body,
+                "<tr><td><a href=\"/audit/event/{seq}\">{seq}</a></td><td>{}</td><td class=\"flag\">{}</td>\
+                 <td><a href=\"/audit?device={device}&amp;action=data.access\"><code>{}</code></a></td><td>{}</td><td>{}{behind}</td></tr>",
+                esc(&rfc3339(f.occurred_at)),
+                f.kind.as_str(),
+                esc(&f.device_uri),
+                esc(f.user_id.as_deref().unwrap_or("—")),
+                esc(&f.explanation),
+                seq = f.seq,
+            );
+        }
+        body.push_str("</tbody></table>");
+    }
+    if let Some(before) = next {
+        let mut q: Vec<String> = p
+            .iter()
+            .filter(|(k, v)| k.as_str() != "before" && !v.is_empty())
+            .map(|(k, v)| format!("{}={}", esc(k), esc(&crate::domain::percent_encode(v))))
+            .collect();
+        q.push(format!("before={before}"));
+        let _ = write!(
+            body,
+            "<p><a id=\"next\" href=\"/flags?{}\">Older flags</a></p>",
+            q.join("&amp;")
+        );
+    }
+    page(Some(&who), "Access-anomaly flags", &body)
 }
 
 /// Devices per page of the inventory.
