@@ -320,6 +320,14 @@ async fn an_auditor_searches_and_verifies_events_in_the_browser() {
     assert!(dom.contains("5 matching events in all"), "{dom}");
     assert!(dom.contains("id=\"download-bundle\""), "{dom}");
     accessible(&dom);
+    // A gateway's reports over time: the chart of a search by actor.
+    let dom = browse(
+        browser,
+        &home,
+        &format!("{base}/audit?actor=spiffe%3A%2F%2Fmedid.local%2Fgateway%2Ficu-gw"),
+        "audit-gateway",
+    );
+    assert!(dom.contains("5 matching events in all"), "{dom}");
 
     // The downloads, exactly the filtered events: the bundle verifies offline with `medid
     // audit verify`, the CSV has a row and the FHIR file a valid AuditEvent for each.
