@@ -100,6 +100,8 @@ struct Server {
     child: Child,
     dir: ServerDir,
     url: String,
+    /// Its plain-HTTP listener (`/metrics`).
+    http: u16,
 }
 
 /// Where the server keeps its files: a temporary directory, or one kept (`--data-dir`).
@@ -426,6 +428,7 @@ async fn start(
         child,
         dir,
         url: format!("https://localhost:{grpc}"),
+        http,
     };
     for _ in 0..600 {
         if server.dir.path().join("pki/admin.key").exists()
@@ -1291,6 +1294,29 @@ async fn drive(args: BenchArgs) -> Result<(), Error> {
                 "enroll-atna: rsyslogd had every enrollment's event {ms:.0} ms after the last enrollment answered"
             );
         }
+        if matches!(scenario, Scenario::AccessStream | Scenario::AccessUnary) && !args.json {
+            // The access-anomaly watcher runs beside the writes; how long after the last
+            // acknowledgement it had looked at every event.
+            let last = Instant::now();
+            loop {
+                match anomaly_lag(server.http).await? {
+                    0 => break,
+                    _ if last.elapsed() > Duration::from_secs(300) => {
+                        return Err(Error::Unavailable(
+                            "the anomaly watcher did not catch up within 5 minutes".into(),
+                        ))
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+            let behind = last.elapsed().as_secs_f64();
+            println!(
+                "{}: the anomaly watcher had every event {:.0} ms after the last acknowledgement ({:.0} events/s over the scenario and its catch-up)",
+                figures.name,
+                behind * 1000.0,
+                figures.ops as f64 / (figures.seconds + behind)
+            );
+        }
         if scenario == Scenario::Fill && !args.json && args.database_url.is_none() {
             let bytes = database_bytes(server.dir.path());
             println!(
@@ -1316,4 +1342,29 @@ async fn drive(args: BenchArgs) -> Result<(), Error> {
         println!("{}", serde_json::Value::Array(v));
     }
     Ok(())
+}
+
+/// `medid_anomaly_lag_events` from the server's `/metrics`.
+async fn anomaly_lag(http: u16) -> Result<u64, Error> {
+    use http_body_util::BodyExt as _;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let uri: http::Uri = format!("http://127.0.0.1:{http}/metrics")
+        .parse()
+        .map_err(|e| Error::internal("the metrics URL", e))?;
+    let answer = client
+        .get(uri)
+        .await
+        .map_err(|e| Error::internal("scraping /metrics", e))?;
+    let body = answer
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| Error::internal("reading /metrics", e))?
+        .to_bytes();
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix("medid_anomaly_lag_events "))
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| Error::Internal("/metrics has no medid_anomaly_lag_events".into()))
 }

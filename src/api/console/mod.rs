@@ -409,6 +409,29 @@ fn form(raw: &str) -> Params {
         .collect()
 }
 
+/// The fields given, but `position` (a page's place), as `key=value` pairs escaped for an
+/// `href`: a link to another page of the same search.
+fn given(p: &Params, position: &str) -> Vec<String> {
+    p.iter()
+        .filter(|(k, v)| k.as_str() != position && !v.is_empty())
+        .map(|(k, v)| format!("{}={}", esc(k), esc(&crate::domain::percent_encode(v))))
+        .collect()
+}
+
+/// A search page whose filters could not be read: the form again, the reason, 400.
+fn bad_filter(who: &Principal, title: &str, form: &str, e: &Error) -> Response {
+    let mut r = page(
+        Some(who),
+        title,
+        &format!(
+            "{form}<p class=\"fail\" role=\"alert\">{}</p>",
+            esc(&e.to_string())
+        ),
+    );
+    *r.status_mut() = StatusCode::BAD_REQUEST;
+    r
+}
+
 fn param<'a>(p: &'a Params, key: &str) -> Option<&'a str> {
     p.get(key).map(|s| s.trim()).filter(|s| !s.is_empty())
 }
@@ -518,19 +541,7 @@ async fn audit_search(
     };
     let query = match query_of(&p) {
         Ok(q) => q,
-        Err(e) => {
-            let mut r = page(
-                Some(&who),
-                "Audit search",
-                &format!(
-                    "{}<p class=\"fail\" role=\"alert\">{}</p>",
-                    filter_form(&p),
-                    esc(&e.to_string())
-                ),
-            );
-            *r.status_mut() = StatusCode::BAD_REQUEST;
-            return r;
-        }
+        Err(e) => return bad_filter(&who, "Audit search", &filter_form(&p), &e),
     };
     let after = param(&p, "after")
         .and_then(|a| a.parse::<i64>().ok())
@@ -557,11 +568,7 @@ async fn audit_search(
         Err(r) => return refused(&who, r),
     };
     let mut body = filter_form(&p);
-    let filters: Vec<String> = p
-        .iter()
-        .filter(|(k, v)| k.as_str() != "after" && !v.is_empty())
-        .map(|(k, v)| format!("{}={}", esc(k), esc(&crate::domain::percent_encode(v))))
-        .collect();
+    let filters = given(&p, "after");
     let with = |extra: &str| {
         let mut q = filters.clone();
         q.push(extra.to_owned());
@@ -932,11 +939,7 @@ async fn flags_page(
         body.push_str("</tbody></table>");
     }
     if let Some(before) = next {
-        let mut q: Vec<String> = p
-            .iter()
-            .filter(|(k, v)| k.as_str() != "before" && !v.is_empty())
-            .map(|(k, v)| format!("{}={}", esc(k), esc(&crate::domain::percent_encode(v))))
-            .collect();
+        let mut q = given(&p, "before");
         q.push(format!("before={before}"));
         let _ = write!(
             body,
@@ -1035,19 +1038,7 @@ async fn devices_page(
     };
     let query = match device_query_of(&p) {
         Ok(q) => q,
-        Err(e) => {
-            let mut r = page(
-                Some(&who),
-                "Devices",
-                &format!(
-                    "{}<p class=\"fail\" role=\"alert\">{}</p>",
-                    device_form(&p),
-                    esc(&e.to_string())
-                ),
-            );
-            *r.status_mut() = StatusCode::BAD_REQUEST;
-            return r;
-        }
+        Err(e) => return bad_filter(&who, "Devices", &device_form(&p), &e),
     };
     let (devices, next) = match ca.list_devices(&who, query).await {
         Ok(found) => found,
@@ -1079,11 +1070,7 @@ async fn devices_page(
         body.push_str("</tbody></table>");
     }
     if let Some(next) = next {
-        let mut q: Vec<String> = p
-            .iter()
-            .filter(|(k, v)| k.as_str() != "page" && !v.is_empty())
-            .map(|(k, v)| format!("{}={}", esc(k), esc(&crate::domain::percent_encode(v))))
-            .collect();
+        let mut q = given(&p, "page");
         q.push(format!(
             "page={}",
             esc(&crate::domain::percent_encode(&next))
