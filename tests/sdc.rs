@@ -1,6 +1,8 @@
 //! IEEE 11073 SDC certificate profiles: device models configured in `[[sdc_profiles]]` get
 //! the SDC Participant Key Purposes in their operational certificates' EKU, beside clientAuth
-//! and serverAuth; other models do not. Read back with OpenSSL and x509-parser, and linted.
+//! and serverAuth; other models do not. Read back with OpenSSL and x509-parser, and linted;
+//! then used by two participants of an independent SDC stack (`sdc11073`, through
+//! `tests/sdc/exchange.py`, with `MEDID_SDC_PYTHON`, which `.ci/run` sets).
 
 mod common;
 
@@ -38,6 +40,16 @@ fn ekus(pem: &str) -> Vec<String> {
 }
 
 async fn operational(server: &TestServer, station: &Identity, serial: &str, model: &str) -> String {
+    operational_with_key(server, station, serial, model).await.0
+}
+
+/// A device's operational certificate, the same followed by its chain (PEM), and its key.
+async fn operational_with_key(
+    server: &TestServer,
+    station: &Identity,
+    serial: &str,
+    model: &str,
+) -> (String, String, String) {
     let (csr, key_pem) = csr_p256();
     let birth = server
         .enrollment_client(station)
@@ -59,14 +71,115 @@ async fn operational(server: &TestServer, station: &Identity, serial: &str, mode
     };
     // Birth certificates are IEEE 802.1AR identities: no SDC purposes there.
     assert_eq!(ekus(&birth.certificate_pem), ["clientAuth"]);
-    LifecycleServiceClient::new(server.channel(&device).await)
-        .request_operational_certificate(proto::RequestOperationalCertificateRequest {
-            csr: csr_p256().0,
-        })
+    let (csr, key_pem) = csr_p256();
+    let issued = LifecycleServiceClient::new(server.channel(&device).await)
+        .request_operational_certificate(proto::RequestOperationalCertificateRequest { csr })
         .await
         .expect("renewal")
-        .into_inner()
-        .certificate_pem
+        .into_inner();
+    let chain: String = std::iter::once(issued.certificate_pem.clone())
+        .chain(issued.chain_pem.iter().cloned())
+        .collect();
+    (issued.certificate_pem, chain, key_pem)
+}
+
+/// Runs the two sdc11073 participants (`tests/sdc/exchange.py`) with these certificates; its
+/// JSON line. `None` without `MEDID_SDC_PYTHON`.
+fn sdc_exchange(
+    dir: &std::path::Path,
+    provider: &str,
+    consumer: &str,
+    check: bool,
+) -> Option<serde_json::Value> {
+    let python = std::env::var("MEDID_SDC_PYTHON").ok()?;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdc/exchange.py");
+    let mut cmd = std::process::Command::new(&python);
+    cmd.arg(script).arg(dir).args([provider, consumer]);
+    if !check {
+        cmd.arg("--no-purpose-check");
+    }
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("MEDID_SDC_PYTHON={python}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_else(|| {
+        panic!(
+            "exchange.py printed nothing: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    Some(serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+}
+
+/// A monitor (provider and consumer) serves its MDIB to a central station (consumer) over
+/// mutual TLS with medid's certificates, through sdc11073 on both sides. A pump's certificate,
+/// without the key purposes, is refused in either role by the participants' check (sdc11073
+/// alone accepts it, as the last two runs show).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdc11073_participants_exchange_with_medid_certificates_and_refuse_a_peer_without_the_key_purpose(
+) {
+    if std::env::var_os("MEDID_SDC_PYTHON").is_none() {
+        eprintln!("MEDID_SDC_PYTHON not set: the sdc11073 exchange is skipped (.ci/run sets it)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(dir, common::system_now(), |c| {
+        c.sdc_profiles = vec![
+            profile("MON-X", &[SdcRole::Provider, SdcRole::Consumer]),
+            profile("CENTRAL-Y", &[SdcRole::Consumer]),
+        ];
+    })
+    .await;
+    server
+        .add_manufacturer("acme", &["MON-X", "CENTRAL-Y", "PUMP-Z"])
+        .await;
+    let station = server.station("acme", "line-1").await;
+    let work = tempfile::tempdir().unwrap();
+    std::fs::copy(server.pki("root-ca.pem"), work.path().join("ca.pem")).unwrap();
+    for (name, serial, model) in [
+        ("monitor", "MON-1", "MON-X"),
+        ("central", "CEN-1", "CENTRAL-Y"),
+        ("pump", "PUMP-1", "PUMP-Z"),
+    ] {
+        let (_, chain, key) = operational_with_key(&server, &station, serial, model).await;
+        std::fs::write(work.path().join(format!("{name}.pem")), chain).unwrap();
+        std::fs::write(work.path().join(format!("{name}.key")), key).unwrap();
+    }
+    let ran = |provider: &str, consumer: &str, check: bool| {
+        sdc_exchange(work.path(), provider, consumer, check).expect("MEDID_SDC_PYTHON is set")
+    };
+
+    let ok = ran("monitor", "central", true);
+    assert_eq!(ok["ok"], true, "{ok}");
+    assert_eq!(ok["metric"], "hr", "{ok}");
+    assert!(ok["provider_purposes"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!(PROVIDER)));
+    assert_eq!(ok["refusals"], serde_json::json!([]), "{ok}");
+
+    // The pump as consumer: the monitor (provider) refuses it.
+    let refused = ran("monitor", "pump", true);
+    assert_eq!(refused["ok"], false, "{refused}");
+    assert_eq!(refused["refusals"][0]["by"], "provider", "{refused}");
+    assert!(refused["refusals"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains(CONSUMER));
+    // The pump as provider: the central station (consumer) refuses it.
+    let refused = ran("pump", "central", true);
+    assert_eq!(refused["ok"], false, "{refused}");
+    assert_eq!(refused["refusals"][0]["by"], "consumer", "{refused}");
+    assert!(refused["refusals"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains(PROVIDER));
+    // The stack on its own accepts both: the refusals above are the participants' check.
+    for (provider, consumer) in [("monitor", "pump"), ("pump", "central")] {
+        let accepted = ran(provider, consumer, false);
+        assert_eq!(accepted["ok"], true, "{provider} → {consumer}: {accepted}");
+    }
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
