@@ -113,6 +113,8 @@ pub struct Config {
     /// (`[[gateway_hosts]]`, docs/GATEWAY.md): their certificates name them, so devices can
     /// check the gateway they reach.
     pub gateway_hosts: Vec<GatewayHostConfig>,
+    /// The access-anomaly rules' thresholds (`[anomaly]`, docs/CONSOLE.md).
+    pub anomaly: AnomalyConfig,
     /// TESTS ONLY: abort the process at this step of the issuance cycle (`after-sign`,
     /// `after-commit`) to prove crash safety. Never set it in production.
     pub dangerous_crash_at: Option<String>,
@@ -166,6 +168,7 @@ impl Default for Config {
             atna_rest: None,
             sdc_profiles: Vec::new(),
             gateway_hosts: Vec::new(),
+            anomaly: AnomalyConfig::default(),
             dangerous_crash_at: None,
         }
     }
@@ -258,6 +261,67 @@ pub struct SdcProfileConfig {
 pub enum SdcRole {
     Provider,
     Consumer,
+}
+
+/// `[anomaly]`: the thresholds of the access-anomaly flags (docs/CONSOLE.md); the defaults are
+/// `policy::anomaly::Thresholds::default()`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnomalyConfig {
+    /// Accesses a device must have had before an hour of the day can be unusual for it.
+    pub hours_baseline: u64,
+    /// An hour is unusual when fewer than this many per mille of the earlier accesses fell in it.
+    pub unusual_hour_per_mille: u64,
+    /// Accesses a device must have had before a user's first access to it is flagged.
+    pub contact_baseline: u64,
+    /// A day is high volume past this many times the mean of the 7 days before...
+    pub volume_factor: u64,
+    /// ...and at this many accesses or more.
+    pub volume_min: u64,
+    /// The local time of the hours and days the rules count, as minutes east of UTC.
+    pub utc_offset_minutes: i32,
+}
+
+impl Default for AnomalyConfig {
+    fn default() -> Self {
+        let t = crate::policy::anomaly::Thresholds::default();
+        Self {
+            hours_baseline: t.hours_baseline,
+            unusual_hour_per_mille: t.unusual_hour_per_mille,
+            contact_baseline: t.contact_baseline,
+            volume_factor: t.volume_factor,
+            volume_min: t.volume_min,
+            utc_offset_minutes: 0,
+        }
+    }
+}
+
+impl AnomalyConfig {
+    /// The thresholds, checked: a share of 1–1000 per mille, a factor and a minimum of 1 or
+    /// more, an offset within ±14 hours.
+    pub fn thresholds(&self) -> Result<crate::policy::anomaly::Thresholds, Error> {
+        let bad = |m: &str| Err(Error::InvalidArgument(format!("anomaly: {m}")));
+        if !(1..=1000).contains(&self.unusual_hour_per_mille) {
+            return bad("unusual_hour_per_mille must be 1 to 1000");
+        }
+        if self.volume_factor == 0 || self.volume_min == 0 {
+            return bad("volume_factor and volume_min must be at least 1");
+        }
+        let offset = time::UtcOffset::from_whole_seconds(self.utc_offset_minutes * 60)
+            .ok()
+            .filter(|_| self.utc_offset_minutes.abs() <= 14 * 60);
+        let Some(offset) = offset else {
+            return bad("utc_offset_minutes must be within -840 and 840");
+        };
+        Ok(crate::policy::anomaly::Thresholds {
+            hours_baseline: self.hours_baseline,
+            unusual_hour_per_mille: self.unusual_hour_per_mille,
+            contact_baseline: self.contact_baseline,
+            volume_factor: self.volume_factor,
+            volume_min: self.volume_min,
+            offset,
+        })
+    }
 }
 
 /// `[[gateway_hosts]]`: the names one gateway's certificates carry besides its URI.
@@ -561,6 +625,7 @@ impl Config {
             }
         }
         self.sdc_models()?;
+        self.anomaly.thresholds()?;
         self.gateway_names()?;
         if !(16 * 1024..=64 * 1024 * 1024).contains(&self.max_message_bytes) {
             return Err(Error::InvalidArgument(
@@ -631,6 +696,39 @@ mod tests {
         std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nlsten = 1\n").unwrap();
         let err = Config::from_file(&path).unwrap_err();
         assert!(err.to_string().contains("lsten"), "{err}");
+    }
+
+    #[test]
+    fn anomaly_thresholds_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("medid.toml");
+        std::fs::write(
+            &path,
+            "[anomaly]\nvolume_factor = 5\nutc_offset_minutes = 60\n",
+        )
+        .unwrap();
+        let c = Config::from_file(&path).unwrap();
+        let t = c.anomaly.thresholds().unwrap();
+        assert_eq!(
+            (t.volume_factor, t.volume_min, t.hours_baseline),
+            (5, 10, 100)
+        );
+        assert_eq!(t.zone(), "UTC+01:00");
+        let bad = |edit: fn(&mut AnomalyConfig), says: &str| {
+            let mut c = Config::default();
+            edit(&mut c.anomaly);
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(says), "{err}");
+        };
+        bad(|a| a.unusual_hour_per_mille = 0, "unusual_hour_per_mille");
+        bad(
+            |a| a.unusual_hour_per_mille = 1001,
+            "unusual_hour_per_mille",
+        );
+        bad(|a| a.volume_factor = 0, "volume_factor");
+        bad(|a| a.utc_offset_minutes = 900, "utc_offset_minutes");
+        std::fs::write(&path, "[anomaly]\nvolume_facter = 5\n").unwrap();
+        assert!(Config::from_file(&path).is_err());
     }
 
     #[test]

@@ -493,7 +493,12 @@ async fn a_station_certificate_or_none_gets_no_audit_data() {
 async fn access_anomalies_are_flagged_as_events_arrive() {
     // Started ten days ago, so that the certificates are valid for the whole story.
     let start = common::system_now() - time::Duration::days(10);
-    let server = TestServer::start_at(tempfile::tempdir().unwrap(), start).await;
+    // A first contact counts after 150 accesses here (the default is 20): `[anomaly]` reaches
+    // the rules and the page's legend.
+    let server = TestServer::start_with(tempfile::tempdir().unwrap(), start, |c| {
+        c.anomaly.contact_baseline = 150;
+    })
+    .await;
     server.add_manufacturer("acme", &[]).await;
     let station = server.station("acme", "line-1").await;
     server.enroll(&station, "PUMP-1").await;
@@ -633,6 +638,8 @@ async fn access_anomalies_are_flagged_as_events_arrive() {
             );
         }
         assert!(dom.contains("that day's accesses"), "{dom}");
+        assert!(dom.contains("already had 150 accesses or more"), "{dom}");
+        assert!(dom.contains("hours and days are UTC"), "{dom}");
         assert!(
             dom.contains("0 of the device's 160 earlier accesses"),
             "{dom}"

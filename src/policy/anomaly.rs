@@ -8,17 +8,56 @@ use std::fmt;
 
 use time::OffsetDateTime;
 
-/// Accesses a device must have had before an hour of the day can be unusual for it.
-pub const HOURS_BASELINE: u64 = 100;
-/// An hour of the day is unusual for a device when fewer than this share of its earlier
-/// accesses were in it.
-pub const UNUSUAL_HOUR_SHARE: f64 = 0.01;
-/// Accesses a device must have had before a user's first access to it is flagged.
-pub const CONTACT_BASELINE: u64 = 20;
-/// A day's accesses are high volume beyond this many times the trailing daily mean...
-pub const VOLUME_FACTOR: u64 = 3;
-/// ...and when they are at least this many.
-pub const VOLUME_MIN: u64 = 10;
+/// The rules' thresholds (`[anomaly]` in the configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    /// Accesses a device must have had before an hour of the day can be unusual for it.
+    pub hours_baseline: u64,
+    /// An hour of the day is unusual for a device when fewer than this many per mille of its
+    /// earlier accesses fell in it.
+    pub unusual_hour_per_mille: u64,
+    /// Accesses a device must have had before a user's first access to it is flagged.
+    pub contact_baseline: u64,
+    /// A day's accesses are high volume beyond this many times the trailing daily mean...
+    pub volume_factor: u64,
+    /// ...and when they are at least this many.
+    pub volume_min: u64,
+    /// The local time whose hours and days the rules count.
+    pub offset: time::UtcOffset,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            hours_baseline: 100,
+            unusual_hour_per_mille: 10,
+            contact_baseline: 20,
+            volume_factor: 3,
+            volume_min: 10,
+            offset: time::UtcOffset::UTC,
+        }
+    }
+}
+
+impl Thresholds {
+    /// The local time's name: `UTC`, or `UTC+01:00`.
+    pub fn zone(&self) -> String {
+        if self.offset.is_utc() {
+            return "UTC".into();
+        }
+        let (h, m, _) = self.offset.as_hms();
+        let sign = if self.offset.is_negative() { '-' } else { '+' };
+        format!("UTC{sign}{:02}:{:02}", h.unsigned_abs(), m.unsigned_abs())
+    }
+
+    /// The day (days since the epoch, in the local time) and the hour of the day of `at`.
+    pub fn day_and_hour(&self, at: OffsetDateTime) -> (i64, usize) {
+        let local = at.to_offset(self.offset);
+        let seconds = at.unix_timestamp() + i64::from(self.offset.whole_seconds());
+        (seconds.div_euclid(86_400), local.hour() as usize)
+    }
+}
+
 /// Days in the trailing baseline; the device must have been seen for that long.
 pub const TRAILING_DAYS: usize = 7;
 
@@ -28,7 +67,7 @@ pub enum FlagKind {
     UnusualHour,
     /// A user reaching a device with a history for the first time.
     FirstContact,
-    /// A day's accesses over [`VOLUME_FACTOR`] times the trailing mean.
+    /// A day's accesses over the volume factor times the trailing mean.
     Volume,
     /// An access to a device already decommissioned.
     DecommissionedDevice,
@@ -60,14 +99,25 @@ impl FlagKind {
         FlagKind::ALL.into_iter().find(|k| k.as_str() == s)
     }
 
-    /// What the flag means, for a page's legend.
-    pub fn describe(self) -> &'static str {
+    /// What the flag means under `t`, for a page's legend.
+    pub fn describe(self, t: &Thresholds) -> String {
         match self {
-            FlagKind::UnusualHour => "an access in an hour of the day (UTC) in which fewer than 1% of the device's earlier accesses (100 at least) fell",
-            FlagKind::FirstContact => "a user's first access to a device that already had 20 accesses or more",
-            FlagKind::Volume => "a day's accesses to a device reaching 10 and more than 3 times its mean over the 7 days before (flagged once a day)",
-            FlagKind::DecommissionedDevice => "an access to a device already decommissioned",
-            FlagKind::RevokedHolder => "an access by a user who is a medid principal or device with no unrevoked certificate valid at the time",
+            FlagKind::UnusualHour => format!(
+                "an access in an hour of the day ({}) in which fewer than {} per mille of the device's earlier accesses ({} at least) fell",
+                t.zone(),
+                t.unusual_hour_per_mille,
+                t.hours_baseline
+            ),
+            FlagKind::FirstContact => format!(
+                "a user's first access to a device that already had {} accesses or more",
+                t.contact_baseline
+            ),
+            FlagKind::Volume => format!(
+                "a day's accesses to a device reaching {} and more than {} times its mean over the {TRAILING_DAYS} days before (flagged once a day)",
+                t.volume_min, t.volume_factor
+            ),
+            FlagKind::DecommissionedDevice => "an access to a device already decommissioned".into(),
+            FlagKind::RevokedHolder => "an access by a user who is a medid principal or device with no unrevoked certificate valid at the time".into(),
         }
     }
 }
@@ -148,10 +198,13 @@ pub struct Access<'a> {
 /// The flags `access` raises against `profile` as it was before it, with their
 /// explanations; `profile` is updated to include it. Events of a day before the profile's
 /// latest (a late report) count in the hours and totals, not in the day's volume.
-pub fn observe(profile: &mut AccessProfile, access: &Access<'_>) -> Vec<(FlagKind, String)> {
+pub fn observe(
+    profile: &mut AccessProfile,
+    access: &Access<'_>,
+    t: &Thresholds,
+) -> Vec<(FlagKind, String)> {
     let mut flags = Vec::new();
-    let day = access.at.unix_timestamp().div_euclid(86_400);
-    let hour = access.at.hour() as usize;
+    let (day, hour) = t.day_and_hour(access.at);
     if access.device_decommissioned {
         flags.push((
             FlagKind::DecommissionedDevice,
@@ -167,22 +220,23 @@ pub fn observe(profile: &mut AccessProfile, access: &Access<'_>) -> Vec<(FlagKin
             ),
         ));
     }
-    if profile.accesses >= HOURS_BASELINE {
-        let share = profile.hours[hour] as f64 / profile.accesses as f64;
-        if share < UNUSUAL_HOUR_SHARE {
+    if profile.accesses >= t.hours_baseline {
+        // Fewer than the share: in whole numbers, count × 1000 < per mille × accesses.
+        let count = profile.hours[hour];
+        if count * 1000 < t.unusual_hour_per_mille * profile.accesses {
             flags.push((
                 FlagKind::UnusualHour,
                 format!(
-                    "{} of the device's {} earlier accesses ({:.1}%) were between {hour:02}:00 and {hour:02}:59 UTC",
-                    profile.hours[hour],
+                    "{count} of the device's {} earlier accesses ({:.1}%) were between {hour:02}:00 and {hour:02}:59 {}",
                     profile.accesses,
-                    share * 100.0
+                    count as f64 * 100.0 / profile.accesses as f64,
+                    t.zone()
                 ),
             ));
         }
     }
     if let Some(user) = access.user_id {
-        if !access.known_contact && profile.accesses >= CONTACT_BASELINE {
+        if !access.known_contact && profile.accesses >= t.contact_baseline {
             flags.push((
                 FlagKind::FirstContact,
                 format!(
@@ -199,18 +253,18 @@ pub fn observe(profile: &mut AccessProfile, access: &Access<'_>) -> Vec<(FlagKin
         profile.day_count += 1;
         let seen_long_enough = day - profile.first_day >= TRAILING_DAYS as i64;
         let mean = profile.trailing.iter().sum::<u64>() as f64 / TRAILING_DAYS as f64;
-        let limit = (VOLUME_FACTOR as f64 * mean.max(1.0)).floor() as u64;
+        let limit = (t.volume_factor as f64 * mean.max(1.0)).floor() as u64;
         if seen_long_enough
             && !profile.volume_flagged
-            && profile.day_count >= VOLUME_MIN
+            && profile.day_count >= t.volume_min
             && profile.day_count > limit
         {
             profile.volume_flagged = true;
             flags.push((
                 FlagKind::Volume,
                 format!(
-                    "{} accesses on this day so far, over {VOLUME_FACTOR} times the mean of the 7 days before ({mean:.1} a day)",
-                    profile.day_count
+                    "{} accesses on this day so far, over {} times the mean of the {TRAILING_DAYS} days before ({mean:.1} a day)",
+                    profile.day_count, t.volume_factor
                 ),
             ));
         }
@@ -242,6 +296,15 @@ mod tests {
     use super::*;
     use time::macros::datetime;
 
+    const T: Thresholds = Thresholds {
+        hours_baseline: 100,
+        unusual_hour_per_mille: 10,
+        contact_baseline: 20,
+        volume_factor: 3,
+        volume_min: 10,
+        offset: time::UtcOffset::UTC,
+    };
+
     fn access(at: OffsetDateTime, user: &str, known: bool) -> Access<'_> {
         Access {
             at,
@@ -266,14 +329,18 @@ mod tests {
             for n in 0..20 {
                 let at = start + time::Duration::days(day) + time::Duration::minutes(n * 24);
                 let user = ["n1", "n2", "n3"][n as usize % 3];
-                let flags = observe(&mut p, &access(at, user, day > 0 || n >= 3));
+                let flags = observe(&mut p, &access(at, user, day > 0 || n >= 3), &T);
                 assert!(flags.is_empty(), "day {day} access {n}: {flags:?}");
             }
         }
         assert_eq!(p.accesses, 160);
         let day8 = start + time::Duration::days(8);
         // 03:00: none of its 160 accesses were in that hour.
-        let flags = observe(&mut p, &access(day8 - time::Duration::hours(6), "n1", true));
+        let flags = observe(
+            &mut p,
+            &access(day8 - time::Duration::hours(6), "n1", true),
+            &T,
+        );
         assert_eq!(kinds(&flags), [FlagKind::UnusualHour]);
         assert!(
             flags[0]
@@ -282,14 +349,14 @@ mod tests {
             "{flags:?}"
         );
         // A new user, in usual hours.
-        let flags = observe(&mut p, &access(day8, "n99", false));
+        let flags = observe(&mut p, &access(day8, "n99", false), &T);
         assert_eq!(kinds(&flags), [FlagKind::FirstContact]);
         // A busy day: the mean is 20, so the 61st access of the day is the first over 60.
         let mut volume = Vec::new();
         for n in 0..80 {
             let at = day8 + time::Duration::minutes(n);
             volume.extend(
-                observe(&mut p, &access(at, "n1", true))
+                observe(&mut p, &access(at, "n1", true), &T)
                     .into_iter()
                     .filter(|(k, _)| *k == FlagKind::Volume),
             );
@@ -300,7 +367,11 @@ mod tests {
             "{volume:?}"
         );
         // The next day starts over, its baseline now including the busy day.
-        observe(&mut p, &access(day8 + time::Duration::days(1), "n1", true));
+        observe(
+            &mut p,
+            &access(day8 + time::Duration::days(1), "n1", true),
+            &T,
+        );
         assert!(!p.volume_flagged);
         assert_eq!(p.trailing[TRAILING_DAYS - 1], 82);
     }
@@ -310,7 +381,11 @@ mod tests {
         let at = datetime!(2026-11-01 03:00 UTC);
         let mut p = AccessProfile::new("d", at.unix_timestamp().div_euclid(86_400));
         for n in 0..50 {
-            let flags = observe(&mut p, &access(at + time::Duration::seconds(n), "x", n > 0));
+            let flags = observe(
+                &mut p,
+                &access(at + time::Duration::seconds(n), "x", n > 0),
+                &T,
+            );
             assert!(flags.is_empty(), "{n}: {flags:?}");
         }
         // 50 on its first day: no trailing week yet, so no volume flag.
@@ -324,7 +399,7 @@ mod tests {
         let mut a = access(at, "spiffe://x/device/acme/2", false);
         a.device_decommissioned = true;
         a.holder_revoked = true;
-        let flags = observe(&mut p, &a);
+        let flags = observe(&mut p, &a, &T);
         assert_eq!(
             kinds(&flags),
             [FlagKind::DecommissionedDevice, FlagKind::RevokedHolder]
@@ -365,11 +440,32 @@ mod tests {
     }
 
     #[test]
+    fn hours_and_days_are_counted_in_the_configured_local_time() {
+        let cet = Thresholds {
+            offset: time::UtcOffset::from_hms(1, 0, 0).unwrap(),
+            ..T
+        };
+        assert_eq!(cet.zone(), "UTC+01:00");
+        assert_eq!(T.zone(), "UTC");
+        let at = datetime!(2026-11-01 23:30 UTC);
+        let (day, hour) = cet.day_and_hour(at);
+        assert_eq!(hour, 0, "00:30 in UTC+01:00");
+        assert_eq!(day, T.day_and_hour(at).0 + 1, "already the next day there");
+        let west = Thresholds {
+            offset: time::UtcOffset::from_hms(-5, -30, 0).unwrap(),
+            ..T
+        };
+        assert_eq!(west.zone(), "UTC-05:30");
+        assert_eq!(west.day_and_hour(at).1, 18);
+        assert!(FlagKind::UnusualHour.describe(&cet).contains("(UTC+01:00)"));
+    }
+
+    #[test]
     fn late_reports_count_in_the_hours_not_in_the_day() {
         let at = datetime!(2026-11-10 10:00 UTC);
         let mut p = AccessProfile::new("d", at.unix_timestamp().div_euclid(86_400));
-        observe(&mut p, &access(at, "n", false));
-        observe(&mut p, &access(at - time::Duration::days(2), "n", true));
+        observe(&mut p, &access(at, "n", false), &T);
+        observe(&mut p, &access(at - time::Duration::days(2), "n", true), &T);
         assert_eq!((p.accesses, p.day_count), (2, 1));
         assert_eq!(FlagKind::parse("volume"), Some(FlagKind::Volume));
         assert_eq!(FlagKind::parse("sneaky"), None);

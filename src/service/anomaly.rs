@@ -141,7 +141,7 @@ impl Ca {
         let mut pass = AnomalyPass::default();
         let mut touched = HashSet::new();
         for e in &events {
-            let day = e.at.unix_timestamp().div_euclid(86_400);
+            let (day, _) = self.anomaly.day_and_hour(e.at);
             let profile = profiles
                 .entry(e.device_uri.clone())
                 .or_insert_with(|| AccessProfile::new(&e.device_uri, day));
@@ -161,6 +161,7 @@ impl Ca {
                     known_contact,
                     holder_revoked,
                 },
+                &self.anomaly,
             );
             if let (Some(u), false) = (&e.user_id, known_contact) {
                 contacts.insert(u.clone());

@@ -112,6 +112,8 @@ pub struct Ca {
     pub atna: Vec<Arc<feed::AtnaFeed>>,
     /// A reported device-data access older than this is refused.
     pub access_max_age: Duration,
+    /// The access-anomaly rules' thresholds (`[anomaly]`).
+    pub anomaly: crate::policy::anomaly::Thresholds,
     /// Where the service's own credentials live (its TLS certificate, OCSP responders).
     pub pki: crate::issuance::bootstrap::PkiFiles,
     /// From this long before a CA certificate ends, the service warns.

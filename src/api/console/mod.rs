@@ -898,12 +898,15 @@ async fn flags_page(
             body,
             "<dt>{}</dt><dd>{}</dd>",
             k.as_str(),
-            esc(k.describe())
+            esc(&k.describe(&ca.anomaly))
         );
     }
-    body.push_str(
+    let _ = write!(
+        body,
         "</dl><p>Flags are computed as access events arrive, in the order of the log, from \
-         counts kept per device; hours and days are UTC.</p></details>",
+         counts kept per device; hours and days are {} (<code>[anomaly]</code> in the \
+         configuration).</p></details>",
+        esc(&ca.anomaly.zone())
     );
     if flags.is_empty() {
         body.push_str("<p id=\"flags\">No flag.</p>");
