@@ -28,18 +28,21 @@ pub struct Thresholds {
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Self {
-            hours_baseline: 100,
-            unusual_hour_per_mille: 10,
-            contact_baseline: 20,
-            volume_factor: 3,
-            volume_min: 10,
-            offset: time::UtcOffset::UTC,
-        }
+        Self::DEFAULT
     }
 }
 
 impl Thresholds {
+    /// Quiet on a steady ward, and each stated in one sentence (docs/CONSOLE.md).
+    pub const DEFAULT: Thresholds = Thresholds {
+        hours_baseline: 100,
+        unusual_hour_per_mille: 10,
+        contact_baseline: 20,
+        volume_factor: 3,
+        volume_min: 10,
+        offset: time::UtcOffset::UTC,
+    };
+
     /// The local time's name: `UTC`, or `UTC+01:00`.
     pub fn zone(&self) -> String {
         if self.offset.is_utc() {
@@ -296,14 +299,7 @@ mod tests {
     use super::*;
     use time::macros::datetime;
 
-    const T: Thresholds = Thresholds {
-        hours_baseline: 100,
-        unusual_hour_per_mille: 10,
-        contact_baseline: 20,
-        volume_factor: 3,
-        volume_min: 10,
-        offset: time::UtcOffset::UTC,
-    };
+    const T: Thresholds = Thresholds::DEFAULT;
 
     fn access(at: OffsetDateTime, user: &str, known: bool) -> Access<'_> {
         Access {
