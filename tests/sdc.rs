@@ -83,6 +83,24 @@ async fn operational_with_key(
     (issued.certificate_pem, chain, key_pem)
 }
 
+/// A server whose `MON-X` monitors provide and consume and whose `CENTRAL-Y` stations
+/// consume; `PUMP-Z` is not an SDC model. With manufacturer acme and one of its stations.
+async fn sdc_server() -> (TestServer, Identity) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(dir, common::system_now(), |c| {
+        c.sdc_profiles = vec![
+            profile("MON-X", &[SdcRole::Provider, SdcRole::Consumer]),
+            profile("CENTRAL-Y", &[SdcRole::Consumer]),
+        ];
+    })
+    .await;
+    server
+        .add_manufacturer("acme", &["MON-X", "CENTRAL-Y", "PUMP-Z"])
+        .await;
+    let station = server.station("acme", "line-1").await;
+    (server, station)
+}
+
 /// Runs the two sdc11073 participants (`tests/sdc/exchange.py`) with these certificates; its
 /// JSON line. `None` without `MEDID_SDC_PYTHON`.
 fn sdc_exchange(
@@ -122,18 +140,7 @@ async fn sdc11073_participants_exchange_with_medid_certificates_and_refuse_a_pee
         eprintln!("MEDID_SDC_PYTHON not set: the sdc11073 exchange is skipped (.ci/run sets it)");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start_with(dir, common::system_now(), |c| {
-        c.sdc_profiles = vec![
-            profile("MON-X", &[SdcRole::Provider, SdcRole::Consumer]),
-            profile("CENTRAL-Y", &[SdcRole::Consumer]),
-        ];
-    })
-    .await;
-    server
-        .add_manufacturer("acme", &["MON-X", "CENTRAL-Y", "PUMP-Z"])
-        .await;
-    let station = server.station("acme", "line-1").await;
+    let (server, station) = sdc_server().await;
     let work = tempfile::tempdir().unwrap();
     std::fs::copy(server.pki("root-ca.pem"), work.path().join("ca.pem")).unwrap();
     for (name, serial, model) in [
@@ -184,18 +191,7 @@ async fn sdc11073_participants_exchange_with_medid_certificates_and_refuse_a_pee
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configured_models_get_the_sdc_key_purposes_in_their_operational_certificates() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start_with(dir, common::system_now(), |c| {
-        c.sdc_profiles = vec![
-            profile("MON-X", &[SdcRole::Provider, SdcRole::Consumer]),
-            profile("CENTRAL-Y", &[SdcRole::Consumer]),
-        ];
-    })
-    .await;
-    server
-        .add_manufacturer("acme", &["MON-X", "CENTRAL-Y", "PUMP-Z"])
-        .await;
-    let station = server.station("acme", "line-1").await;
+    let (server, station) = sdc_server().await;
     let monitor = operational(&server, &station, "MON-1", "MON-X").await;
     let central = operational(&server, &station, "CEN-1", "CENTRAL-Y").await;
     let pump = operational(&server, &station, "PUMP-1", "PUMP-Z").await;

@@ -432,6 +432,23 @@ fn bad_filter(who: &Principal, title: &str, form: &str, e: &Error) -> Response {
     r
 }
 
+/// The field `key` read with `parse`, if given; an error naming the value when it is not
+/// `what`.
+fn parsed<T>(
+    p: &Params,
+    key: &str,
+    parse: impl Fn(&str) -> Option<T>,
+    what: &str,
+) -> Result<Option<T>, Error> {
+    param(p, key)
+        .map(|v| {
+            parse(v).ok_or_else(|| {
+                Error::InvalidArgument(format!("{} is not {what}", crate::domain::quote(v)))
+            })
+        })
+        .transpose()
+}
+
 fn param<'a>(p: &'a Params, key: &str) -> Option<&'a str> {
     p.get(key).map(|s| s.trim()).filter(|s| !s.is_empty())
 }
@@ -459,26 +476,13 @@ fn when(s: &str, end_of_day: bool) -> Result<time::OffsetDateTime, Error> {
 }
 
 fn query_of(p: &Params) -> Result<AuditQuery, Error> {
-    let action = param(p, "action")
-        .map(|a| {
-            Action::parse(a).ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "{} is not an audit action",
-                    crate::domain::quote(a)
-                ))
-            })
-        })
-        .transpose()?;
-    let outcome = param(p, "outcome")
-        .map(|o| {
-            Outcome::parse(o).ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "{} is not success, refused, denied or failed",
-                    crate::domain::quote(o)
-                ))
-            })
-        })
-        .transpose()?;
+    let action = parsed(p, "action", Action::parse, "an audit action")?;
+    let outcome = parsed(
+        p,
+        "outcome",
+        Outcome::parse,
+        "success, refused, denied or failed",
+    )?;
     Ok(AuditQuery {
         from: param(p, "from").map(|s| when(s, false)).transpose()?,
         to: param(p, "to").map(|s| when(s, true)).transpose()?,
@@ -855,18 +859,13 @@ async fn flags_page(
         Ok(w) => w,
         Err(r) => return r,
     };
-    let kind = match param(&p, "kind").map(|k| {
-        FlagKind::parse(k).ok_or_else(|| {
-            Error::InvalidArgument(format!("{} is not a kind of flag", crate::domain::quote(k)))
-        })
-    }) {
-        Some(Err(e)) => {
+    let kind = match parsed(&p, "kind", FlagKind::parse, "a kind of flag") {
+        Ok(k) => k,
+        Err(e) => {
             let mut r = refused_page(Some(&who), &e);
             *r.status_mut() = StatusCode::BAD_REQUEST;
             return r;
         }
-        Some(Ok(k)) => Some(k),
-        None => None,
     };
     let query = FlagQuery {
         kind,
@@ -961,16 +960,7 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
 }
 
 fn device_query_of(p: &Params) -> Result<DeviceQuery, Error> {
-    let state = param(p, "state")
-        .map(|s| {
-            DeviceState::parse(s).ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "{} is not active or decommissioned",
-                    crate::domain::quote(s)
-                ))
-            })
-        })
-        .transpose()?;
+    let state = parsed(p, "state", DeviceState::parse, "active or decommissioned")?;
     let manufacturer = param(p, "manufacturer")
         .map(crate::domain::ManufacturerId::parse)
         .transpose()?;
